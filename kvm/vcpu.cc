@@ -1,0 +1,212 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#include "kvm/vcpu.h"
+
+#include <csignal>
+#include <cstring>
+#include <mutex>
+
+#include "base/log.h"
+#include "kvm/system.h"
+
+namespace colod::kvm {
+
+namespace {
+
+// MSRs whose loss would change what the guest does; a restore that cannot set one of these
+// fails. Others (performance counters, machine-check banks a host may not offer) are skipped
+// with a warning.
+bool essential_msr(uint32_t index) {
+    switch (index) {
+    case 0x10:        // IA32_TSC
+    case 0x174:       // SYSENTER_CS
+    case 0x175:       // SYSENTER_ESP
+    case 0x176:       // SYSENTER_EIP
+    case 0x277:       // PAT
+    case 0x6e0:       // TSC_DEADLINE
+    case 0xc0000081:  // STAR
+    case 0xc0000082:  // LSTAR
+    case 0xc0000083:  // CSTAR
+    case 0xc0000084:  // FMASK
+    case 0xc0000102:  // KERNEL_GS_BASE
+    case 0xc0000103:  // TSC_AUX
+    case 0x11:        // kvmclock (old)
+    case 0x12:
+    case 0x4b564d00:  // kvmclock
+    case 0x4b564d01:
+        return true;
+    default:
+        return false;
+    }
+}
+
+// A kvm_msrs header followed by `count` entries, in one aligned buffer.
+class MsrBuffer {
+public:
+    explicit MsrBuffer(size_t count) : m_words((sizeof(kvm_msrs) + count * sizeof(kvm_msr_entry) + 7) / 8) {
+        header()->nmsrs = static_cast<uint32_t>(count);
+    }
+    // SAFETY: m_words is 8-byte aligned and sized for the header and `count` entries.
+    kvm_msrs* header() { return reinterpret_cast<kvm_msrs*>(m_words.data()); }
+    kvm_msr_entry* entries() { return header()->entries; }
+
+private:
+    std::vector<uint64_t> m_words;
+};
+
+void kick_handler(int) {
+    // Nothing to do: the kicker sets kvm_run->immediate_exit before sending the signal; the
+    // signal only has to interrupt a KVM_RUN already in progress (EINTR).
+}
+
+}  // namespace
+
+int kick_signal() { return SIGUSR1; }
+
+void install_kick_handler() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction action {};
+        action.sa_handler = kick_handler;
+        sigemptyset(&action.sa_mask);
+        action.sa_flags = 0;  // no SA_RESTART: KVM_RUN must return EINTR
+        sigaction(kick_signal(), &action, nullptr);
+    });
+}
+
+base::Result<RunResult> Vcpu::run() {
+    int ret = m_handle->ioctl(KVM_RUN, 0);
+    if (ret == 0)
+        return RunResult::Exit;
+    if (errno == EINTR || errno == EAGAIN)
+        return RunResult::Interrupted;
+    return base::Error::from_errno("KVM_RUN");
+}
+
+void Vcpu::set_immediate_exit(bool on) {
+    __atomic_store_n(&m_run->immediate_exit, on ? 1 : 0, __ATOMIC_SEQ_CST);
+}
+
+base::Result<void> Vcpu::set_cpuid(std::span<const kvm_cpuid_entry2> entries) {
+    std::vector<uint64_t> words((sizeof(kvm_cpuid2) + entries.size() * sizeof(kvm_cpuid_entry2) + 7) / 8);
+    // SAFETY: 8-byte aligned buffer sized for the header and every entry.
+    auto* cpuid = reinterpret_cast<kvm_cpuid2*>(words.data());
+    cpuid->nent = static_cast<uint32_t>(entries.size());
+    std::memcpy(cpuid->entries, entries.data(), entries.size_bytes());
+    TRY(checked_ioctl(*m_handle, KVM_SET_CPUID2, cpuid));
+    return base::ok();
+}
+
+#define SIMPLE_STATE(type, getter, setter, get_ioctl, set_ioctl)       \
+    base::Result<type> Vcpu::getter() {                                \
+        type value{};                                                  \
+        TRY(checked_ioctl(*m_handle, get_ioctl, &value));              \
+        return value;                                                  \
+    }                                                                  \
+    base::Result<void> Vcpu::setter(const type& value) {               \
+        type copy = value;                                             \
+        TRY(checked_ioctl(*m_handle, set_ioctl, &copy));               \
+        return base::ok();                                             \
+    }
+
+SIMPLE_STATE(kvm_regs, regs, set_regs, KVM_GET_REGS, KVM_SET_REGS)
+SIMPLE_STATE(kvm_sregs, sregs, set_sregs, KVM_GET_SREGS, KVM_SET_SREGS)
+SIMPLE_STATE(kvm_fpu, fpu, set_fpu, KVM_GET_FPU, KVM_SET_FPU)
+SIMPLE_STATE(kvm_mp_state, mp_state, set_mp_state, KVM_GET_MP_STATE, KVM_SET_MP_STATE)
+SIMPLE_STATE(kvm_lapic_state, lapic, set_lapic, KVM_GET_LAPIC, KVM_SET_LAPIC)
+SIMPLE_STATE(kvm_vcpu_events, events, set_events, KVM_GET_VCPU_EVENTS, KVM_SET_VCPU_EVENTS)
+#undef SIMPLE_STATE
+
+base::Result<void> Vcpu::msrs(std::span<kvm_msr_entry> entries) {
+    MsrBuffer buffer(entries.size());
+    for (size_t i = 0; i < entries.size(); ++i)
+        buffer.entries()[i].index = entries[i].index;
+    int done = TRY(checked_ioctl(*m_handle, KVM_GET_MSRS, buffer.header()));
+    if (static_cast<size_t>(done) != entries.size())
+        return base::Error::make(base::Errc::Failed, "KVM_GET_MSRS: MSR {:#x} cannot be read",
+                                 entries[static_cast<size_t>(done)].index);
+    for (size_t i = 0; i < entries.size(); ++i)
+        entries[i].data = buffer.entries()[i].data;
+    return base::ok();
+}
+
+base::Result<void> Vcpu::set_msrs(std::span<const kvm_msr_entry> entries) {
+    // KVM stops at the first MSR it refuses; skip refused non-essential ones and go on.
+    size_t start = 0;
+    while (start < entries.size()) {
+        size_t count = entries.size() - start;
+        MsrBuffer buffer(count);
+        std::memcpy(buffer.entries(), entries.data() + start, count * sizeof(kvm_msr_entry));
+        int done = TRY(checked_ioctl(*m_handle, KVM_SET_MSRS, buffer.header()));
+        start += static_cast<size_t>(done);
+        if (start >= entries.size())
+            break;
+        uint32_t refused = entries[start].index;
+        if (essential_msr(refused))
+            return base::Error::make(base::Errc::Failed, "KVM_SET_MSRS: MSR {:#x} refused (value {:#x})", refused,
+                                     entries[start].data);
+        base::logf(base::Level::Warning, "", "vCPU {}: KVM refused MSR {:#x}; skipped", m_id, refused);
+        ++start;
+    }
+    return base::ok();
+}
+
+base::Result<void> Vcpu::probe_msrs(const std::vector<uint32_t>& candidates) {
+    m_saved_msrs.clear();
+    for (uint32_t index : candidates) {
+        MsrBuffer buffer(1);
+        buffer.entries()[0].index = index;
+        if (m_handle->ioctl(KVM_GET_MSRS, reinterpret_cast<unsigned long>(buffer.header())) == 1)
+            m_saved_msrs.push_back(index);
+    }
+    return base::ok();
+}
+
+base::Result<VcpuState> Vcpu::save_state() {
+    VcpuState state;
+    state.regs = TRY(regs());
+    state.sregs = TRY(sregs());
+    state.xsave.assign(m_xsave_bytes / sizeof(uint32_t), 0);
+    TRY(checked_ioctl(*m_handle, m_xsave_bytes > sizeof(kvm_xsave) ? KVM_GET_XSAVE2 : KVM_GET_XSAVE,
+                      state.xsave.data()));
+    TRY(checked_ioctl(*m_handle, KVM_GET_XCRS, &state.xcrs));
+    TRY(checked_ioctl(*m_handle, KVM_GET_DEBUGREGS, &state.debugregs));
+    state.events = TRY(events());
+    state.mp_state = TRY(mp_state());
+    state.lapic = TRY(lapic());
+    state.msrs.resize(m_saved_msrs.size());
+    for (size_t i = 0; i < m_saved_msrs.size(); ++i)
+        state.msrs[i] = kvm_msr_entry{m_saved_msrs[i], 0, 0};
+    TRY(msrs(state.msrs));
+    int khz = m_handle->ioctl(KVM_GET_TSC_KHZ, 0);
+    state.tsc_khz = khz > 0 ? static_cast<uint32_t>(khz) : 0;
+    return state;
+}
+
+base::Result<void> Vcpu::load_state(const VcpuState& state) {
+    if (state.xsave.size() * sizeof(uint32_t) > m_xsave_bytes)
+        return base::Error::make(base::Errc::Mismatch, "XSAVE area of {} bytes does not fit this host's {}",
+                                 state.xsave.size() * sizeof(uint32_t), m_xsave_bytes);
+    if (state.tsc_khz != 0) {
+        int current = m_handle->ioctl(KVM_GET_TSC_KHZ, 0);
+        if (current > 0 && static_cast<uint32_t>(current) != state.tsc_khz &&
+            m_handle->ioctl(KVM_SET_TSC_KHZ, state.tsc_khz) < 0)
+            base::logf(base::Level::Warning, "", "vCPU {}: guest TSC runs at {} kHz here, not the saved {} kHz ({})",
+                       m_id, current, state.tsc_khz, std::strerror(errno));
+    }
+    TRY(set_sregs(state.sregs));
+    TRY(set_regs(state.regs));
+    std::vector<uint32_t> xsave(m_xsave_bytes / sizeof(uint32_t), 0);
+    std::copy(state.xsave.begin(), state.xsave.end(), xsave.begin());
+    TRY(checked_ioctl(*m_handle, KVM_SET_XSAVE, xsave.data()));
+    kvm_xcrs xcrs = state.xcrs;
+    TRY(checked_ioctl(*m_handle, KVM_SET_XCRS, &xcrs));
+    TRY(set_msrs(state.msrs));
+    TRY(set_mp_state(state.mp_state));
+    TRY(set_lapic(state.lapic));
+    TRY(set_events(state.events));
+    kvm_debugregs debugregs = state.debugregs;
+    TRY(checked_ioctl(*m_handle, KVM_SET_DEBUGREGS, &debugregs));
+    return base::ok();
+}
+
+}  // namespace colod::kvm
