@@ -1,0 +1,149 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#include "core/boot.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/elf_loader.h"
+#include "core/guest_memory.h"
+#include "guests/abi.h"
+
+namespace colod::core {
+
+namespace {
+
+// Boot area layout (all below COLOD_IMAGE_MIN).
+constexpr uint64_t k_gdt = 0x1000;
+constexpr uint64_t k_boot_info = 0x2000;
+constexpr uint64_t k_pml4 = 0x10000;
+constexpr uint64_t k_pdpt = 0x11000;
+constexpr uint64_t k_first_pd = 0x12000;
+constexpr uint64_t k_max_pds = (COLOD_IMAGE_MIN - k_first_pd) / k_page_size;
+
+constexpr uint64_t k_gdt_entries[] = {
+    0,                      // null
+    0x00af9b000000ffffull,  // 0x08: 64-bit code, DPL 0
+    0x00cf93000000ffffull,  // 0x10: data, DPL 0
+};
+
+constexpr uint64_t PTE_P = 1, PTE_RW = 2, PTE_PWT = 8, PTE_PCD = 0x10, PTE_PS = 0x80;
+constexpr uint64_t k_gib = 1ull << 30, k_2mib = 2ull << 20;
+
+kvm_segment flat_segment(uint16_t selector, uint8_t type, bool code) {
+    kvm_segment s{};
+    s.base = 0;
+    s.limit = 0xffffffff;
+    s.selector = selector;
+    s.type = type;
+    s.present = 1;
+    s.dpl = 0;
+    s.db = code ? 0 : 1;
+    s.s = 1;
+    s.l = code ? 1 : 0;
+    s.g = 1;
+    return s;
+}
+
+template <typename T>
+base::Result<void> write_guest(GuestMemory& memory, uint64_t gpa, const T* data, size_t count) {
+    auto target = TRY(memory.slice(gpa, sizeof(T) * count, GuestMemory::Access::Write));
+    std::memcpy(target.data(), data, sizeof(T) * count);
+    return base::ok();
+}
+
+}  // namespace
+
+base::Result<BootState> setup_direct_boot(GuestMemory& memory, const ElfImage& image, uint32_t vcpus,
+                                          std::string_view cmdline, const kvm_sregs& sregs_template) {
+    if (memory.size() < COLOD_IMAGE_MIN + k_page_size)
+        return base::Error::make(base::Errc::Invalid, "guest RAM of {} bytes leaves no room above the boot area",
+                                 memory.size());
+    if (cmdline.size() >= COLOD_BOOT_CMDLINE_MAX)
+        return base::Error::make(base::Errc::Invalid, "guest command line of {} bytes (at most {})", cmdline.size(),
+                                 COLOD_BOOT_CMDLINE_MAX - 1);
+
+    TRY(write_guest(memory, k_gdt, k_gdt_entries, std::size(k_gdt_entries)));
+
+    // Identity map from 0 to max(RAM end, 4 GiB) with 2 MiB pages; the MMIO hole uncached.
+    uint64_t top = COLOD_MMIO_HOLE_END;
+    for (const auto& region : memory.regions())
+        top = std::max(top, region.guest_phys + region.size);
+    uint64_t pds = (top + k_gib - 1) / k_gib;
+    if (pds > k_max_pds || pds > 512)
+        return base::Error::make(base::Errc::Invalid, "guest address space of {} GiB is too large for the boot page tables",
+                                 pds);
+    uint64_t pml4[512] = {};
+    pml4[0] = k_pdpt | PTE_P | PTE_RW;
+    TRY(write_guest(memory, k_pml4, pml4, 512));
+    uint64_t pdpt[512] = {};
+    for (uint64_t i = 0; i < pds; ++i)
+        pdpt[i] = (k_first_pd + i * k_page_size) | PTE_P | PTE_RW;
+    TRY(write_guest(memory, k_pdpt, pdpt, 512));
+    for (uint64_t i = 0; i < pds; ++i) {
+        uint64_t pd[512];
+        for (uint64_t j = 0; j < 512; ++j) {
+            uint64_t addr = i * k_gib + j * k_2mib;
+            uint64_t flags = PTE_P | PTE_RW | PTE_PS;
+            if (addr >= COLOD_MMIO_HOLE_START && addr < COLOD_MMIO_HOLE_END)
+                flags |= PTE_PCD | PTE_PWT;
+            pd[j] = addr | flags;
+        }
+        TRY(write_guest(memory, k_first_pd + i * k_page_size, pd, 512));
+    }
+
+    colod_boot_info info{};
+    info.magic = COLOD_BOOT_MAGIC;
+    info.abi_version = COLOD_ABI_VERSION;
+    info.memory_bytes = memory.size();
+    info.vcpus = vcpus;
+    info.region_count = static_cast<uint32_t>(std::min<size_t>(memory.regions().size(), COLOD_BOOT_MAX_REGIONS));
+    for (uint32_t i = 0; i < info.region_count; ++i)
+        info.regions[i] = colod_ram_region{memory.regions()[i].guest_phys, memory.regions()[i].size};
+    info.image_end = image.end;
+    std::memcpy(info.cmdline, cmdline.data(), cmdline.size());
+    TRY(write_guest(memory, k_boot_info, &info, 1));
+
+    BootState boot;
+    boot.sregs = sregs_template;
+    boot.sregs.cs = flat_segment(COLOD_GDT_CODE64, 0xb, true);
+    kvm_segment data = flat_segment(COLOD_GDT_DATA, 0x3, false);
+    boot.sregs.ds = boot.sregs.es = boot.sregs.fs = boot.sregs.gs = boot.sregs.ss = data;
+    // VM entry wants a usable TR and LDT even in long mode (Intel): a busy 64-bit TSS type and
+    // an LDT type, both present, base 0.
+    boot.sregs.tr = kvm_segment{};
+    boot.sregs.tr.limit = 0x67;
+    boot.sregs.tr.type = 0xb;
+    boot.sregs.tr.present = 1;
+    boot.sregs.ldt = kvm_segment{};
+    boot.sregs.ldt.limit = 0xffff;
+    boot.sregs.ldt.type = 0x2;
+    boot.sregs.ldt.present = 1;
+    boot.sregs.gdt.base = k_gdt;
+    boot.sregs.gdt.limit = sizeof(k_gdt_entries) - 1;
+    boot.sregs.idt.base = 0;
+    boot.sregs.idt.limit = 0;
+    boot.sregs.cr0 = 0x80050033;  // PG | AM | WP | NE | ET | MP | PE
+    boot.sregs.cr3 = k_pml4;
+    boot.sregs.cr4 = 0x20;     // PAE
+    boot.sregs.efer = 0x500;   // LME | LMA
+    boot.regs.rip = image.entry;
+    boot.regs.rsp = COLOD_BOOT_STACK_TOP;
+    boot.regs.rdi = k_boot_info;
+    boot.regs.rflags = 0x2;
+    return boot;
+}
+
+std::vector<kvm_cpuid_entry2> cpuid_for_vcpu(std::span<const kvm_cpuid_entry2> supported, uint32_t id) {
+    std::vector<kvm_cpuid_entry2> entries(supported.begin(), supported.end());
+    for (auto& entry : entries) {
+        if (entry.function == 1) {
+            entry.ebx = (entry.ebx & 0x00ffffff) | (id << 24);  // initial APIC ID
+            entry.ecx |= 1u << 31;                             // running under a hypervisor
+        } else if (entry.function == 0xb || entry.function == 0x1f) {
+            entry.edx = id;  // x2APIC ID
+        }
+    }
+    return entries;
+}
+
+}  // namespace colod::core

@@ -1,0 +1,294 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#include "core/machine.h"
+
+#include <csignal>
+#include <cstring>
+
+#include "base/log.h"
+#include "core/boot.h"
+#include "core/elf_loader.h"
+#include "core/power.h"
+#include "core/uart.h"
+#include "guests/abi.h"
+
+namespace colod::core {
+
+std::string_view stop_reason_name(StopReason reason) {
+    switch (reason) {
+    case StopReason::Running: return "running";
+    case StopReason::PowerOff: return "power-off";
+    case StopReason::TripleFault: return "triple-fault";
+    case StopReason::HaltedNoInterrupts: return "halted-with-interrupts-off";
+    case StopReason::InternalError: return "internal-error";
+    case StopReason::Requested: return "requested";
+    }
+    return "unknown";
+}
+
+base::Result<std::unique_ptr<Machine>> Machine::create(const MachineConfig& config) {
+    if (config.vcpus == 0)
+        return base::Error(base::Errc::Invalid, "a machine needs at least one vCPU");
+    auto backend = TRY(kvm::System::make_backend(config.backend));
+    auto system = TRY(kvm::System::open(*backend));
+    int max_vcpus = system.check_extension(KVM_CAP_MAX_VCPUS);
+    if (max_vcpus <= 0)
+        max_vcpus = system.check_extension(KVM_CAP_NR_VCPUS);
+    if (max_vcpus > 0 && config.vcpus > static_cast<uint32_t>(max_vcpus))
+        return base::Error::make(base::Errc::Unsupported, "{} vCPUs requested; this host's KVM allows {}", config.vcpus,
+                                 max_vcpus);
+    auto vm = TRY(system.create_vm());
+    auto memory = TRY(GuestMemory::create(config.memory_bytes));
+    // Manual dirty-log protection must be on before the slots are created.
+    TRY(vm.enable_manual_dirty_log());
+    TRY(memory.register_slots(vm, true));
+    TRY(vm.create_irqchip_and_pit());
+
+    std::unique_ptr<Machine> machine(new Machine(std::move(backend), std::move(system), std::move(vm), std::move(memory)));
+    for (uint32_t id = 0; id < config.vcpus; ++id) {
+        auto vcpu = TRY(machine->m_vm.create_vcpu(id));
+        auto cpuid = cpuid_for_vcpu(machine->m_system.supported_cpuid(), id);
+        TRY(vcpu.set_cpuid(cpuid));
+        machine->m_vcpus.push_back(std::move(vcpu));
+    }
+
+    Machine* self = machine.get();
+    auto uart = std::make_unique<Uart>(
+        COLOD_PORT_COM1, nullptr, [self](bool level) {
+            if (auto result = self->m_vm.irq_line(COLOD_IRQ_COM1, level); !result)
+                base::logf(base::Level::Error, "error", "UART interrupt: {}", result.error().message());
+        });
+    machine->m_uart = uart.get();
+    TRY(machine->m_bus.add_ports(COLOD_PORT_COM1, Uart::k_port_count, *uart));
+    machine->m_devices.push_back(std::move(uart));
+    auto power = std::make_unique<PowerPort>([self](int code) {
+        self->request_stop(StopInfo{StopReason::PowerOff, code, fmt::format("guest powered off with code {}", code)});
+    });
+    TRY(machine->m_bus.add_ports(COLOD_PORT_POWER, 4, *power));
+    machine->m_devices.push_back(std::move(power));
+    return machine;
+}
+
+Machine::Machine(std::unique_ptr<kvm::Backend> backend, kvm::System system, kvm::Vm vm, GuestMemory memory)
+    : m_backend(std::move(backend)),
+      m_system(std::move(system)),
+      m_vm(std::move(vm)),
+      m_memory(std::move(memory)),
+      m_backend_name(m_system.backend_name()) {}
+
+Machine::~Machine() {
+    request_stop(StopInfo{StopReason::Requested, 0, "machine destroyed"});
+    wait();
+}
+
+base::Result<void> Machine::boot_elf(std::span<const std::byte> file, std::string_view cmdline) {
+    auto image = TRY(parse_elf(file));
+    TRY(load_elf(image, file, m_memory));
+    kvm::Vcpu& bsp = m_vcpus.front();
+    auto sregs = TRY(bsp.sregs());
+    auto boot = TRY(setup_direct_boot(m_memory, image, vcpu_count(), cmdline, sregs));
+    TRY(bsp.set_sregs(boot.sregs));
+    TRY(bsp.set_regs(boot.regs));
+    return base::ok();
+}
+
+base::Result<void> Machine::start() {
+    kvm::install_kick_handler();
+    std::lock_guard lock(m_mutex);
+    if (!m_threads.empty())
+        return base::Error(base::Errc::Invalid, "machine already started");
+    m_thread_ids.resize(m_vcpus.size());
+    m_running = m_vcpus.size();
+    for (size_t i = 0; i < m_vcpus.size(); ++i) {
+        m_threads.emplace_back([this, i] { vcpu_loop(i); });
+        m_thread_ids[i] = m_threads.back().native_handle();
+    }
+    return base::ok();
+}
+
+void Machine::kick_all() {
+    // immediate_exit first, then the signal: a vCPU between two KVM_RUNs sees the flag, one
+    // inside KVM_RUN is interrupted by the signal. No window loses the kick.
+    for (auto& vcpu : m_vcpus)
+        vcpu.set_immediate_exit(true);
+    for (size_t i = 0; i < m_thread_ids.size(); ++i)
+        pthread_kill(m_thread_ids[i], kvm::kick_signal());
+}
+
+Machine::PauseGuard Machine::pause() {
+    std::unique_lock owner(m_pause_owner);
+    std::unique_lock lock(m_mutex);
+    if (m_stop.reason != StopReason::Running && m_running == 0)
+        return PauseGuard(nullptr, std::move(owner));
+    m_pause_requested = true;
+    kick_all();
+    m_changed.wait(lock, [&] { return m_parked == m_running; });
+    return PauseGuard(this, std::move(owner));
+}
+
+void Machine::resume() {
+    std::lock_guard lock(m_mutex);
+    if (m_stop.reason == StopReason::Running)
+        for (auto& vcpu : m_vcpus)
+            vcpu.set_immediate_exit(false);
+    m_pause_requested = false;
+    m_changed.notify_all();
+}
+
+void Machine::park() {
+    std::unique_lock lock(m_mutex);
+    if (!m_pause_requested || m_stop.reason != StopReason::Running)
+        return;
+    ++m_parked;
+    m_changed.notify_all();
+    m_changed.wait(lock, [&] { return !m_pause_requested || m_stop.reason != StopReason::Running; });
+    --m_parked;
+}
+
+void Machine::request_stop(StopInfo info) {
+    std::lock_guard lock(m_mutex);
+    if (m_stop.reason == StopReason::Running) {
+        m_stop = std::move(info);
+        base::logf(base::Level::Notice, "guest-stopped", "guest stopped: {} ({})", stop_reason_name(m_stop.reason),
+                   m_stop.detail);
+    }
+    if (!m_threads.empty())
+        kick_all();
+    m_changed.notify_all();
+}
+
+StopInfo Machine::wait() {
+    {
+        std::unique_lock lock(m_mutex);
+        m_changed.wait(lock, [&] { return m_stop.reason != StopReason::Running; });
+    }
+    for (auto& thread : m_threads)
+        if (thread.joinable())
+            thread.join();
+    return stop_info();
+}
+
+bool Machine::stopped() const {
+    std::lock_guard lock(m_mutex);
+    return m_stop.reason != StopReason::Running;
+}
+
+StopInfo Machine::stop_info() const {
+    std::lock_guard lock(m_mutex);
+    return m_stop;
+}
+
+void Machine::vcpu_loop(size_t index) {
+    kvm::Vcpu& vcpu = m_vcpus[index];
+    char name[16];
+    std::snprintf(name, sizeof(name), "vcpu%zu", index);
+    pthread_setname_np(pthread_self(), name);
+    for (;;) {
+        auto result = vcpu.run();
+        if (!result) {
+            request_stop(StopInfo{StopReason::InternalError, 0, result.error().message()});
+            break;
+        }
+        if (*result == kvm::RunResult::Interrupted) {
+            // immediate_exit made KVM_RUN complete any pending I/O and return: a safe point.
+            if (stopped())
+                break;
+            park();
+            continue;
+        }
+        if (!handle_exit(vcpu))
+            break;
+    }
+    std::lock_guard lock(m_mutex);
+    --m_running;
+    m_changed.notify_all();
+}
+
+bool Machine::handle_exit(kvm::Vcpu& vcpu) {
+    kvm_run* run = vcpu.run_struct();
+    switch (run->exit_reason) {
+    case KVM_EXIT_IO: {
+        // SAFETY: KVM places the I/O data inside the kvm_run mapping at data_offset.
+        auto* data = reinterpret_cast<std::byte*>(run) + run->io.data_offset;
+        for (uint32_t i = 0; i < run->io.count; ++i)
+            m_bus.pio(run->io.port, std::span(data + i * run->io.size, run->io.size),
+                      run->io.direction == KVM_EXIT_IO_OUT);
+        return true;
+    }
+    case KVM_EXIT_MMIO:
+        m_bus.mmio(run->mmio.phys_addr,
+                   std::span(reinterpret_cast<std::byte*>(run->mmio.data), std::min<uint32_t>(run->mmio.len, 8)),
+                   run->mmio.is_write != 0);
+        return true;
+    case KVM_EXIT_INTR:
+        return true;
+    case KVM_EXIT_SHUTDOWN:
+        request_stop(StopInfo{StopReason::TripleFault, 0, fmt::format("vCPU {} triple-faulted", vcpu.id())});
+        return false;
+    case KVM_EXIT_HLT:
+        request_stop(StopInfo{StopReason::HaltedNoInterrupts, 0, fmt::format("vCPU {} halted", vcpu.id())});
+        return false;
+    case KVM_EXIT_SYSTEM_EVENT:
+        request_stop(StopInfo{StopReason::PowerOff, 0, fmt::format("system event {}", run->system_event.type)});
+        return false;
+    case KVM_EXIT_INTERNAL_ERROR: {
+        std::string detail = fmt::format("vCPU {}: KVM internal error, suberror {}", vcpu.id(), run->internal.suberror);
+        for (uint32_t i = 0; i < run->internal.ndata && i < 16; ++i)
+            detail += fmt::format(" {:#x}", run->internal.data[i]);
+        if (auto regs = vcpu.regs())
+            detail += fmt::format(" at rip {:#x}", regs->rip);
+        request_stop(StopInfo{StopReason::InternalError, 0, std::move(detail)});
+        return false;
+    }
+    case KVM_EXIT_FAIL_ENTRY:
+        request_stop(StopInfo{StopReason::InternalError, 0,
+                              fmt::format("vCPU {}: VM entry failed, reason {:#x}", vcpu.id(),
+                                          run->fail_entry.hardware_entry_failure_reason)});
+        return false;
+    default:
+        request_stop(StopInfo{StopReason::InternalError, 0,
+                              fmt::format("vCPU {}: unexpected KVM exit {}", vcpu.id(), run->exit_reason)});
+        return false;
+    }
+}
+
+base::Result<bool> Machine::halted_without_interrupts() {
+    for (auto& vcpu : m_vcpus) {
+        auto mp = TRY(vcpu.mp_state());
+        auto regs = TRY(vcpu.regs());
+        if (mp.mp_state != KVM_MP_STATE_HALTED || (regs.rflags & 0x200))
+            return false;
+    }
+    return true;
+}
+
+base::Result<MachineState> Machine::save_state() {
+    MachineState state;
+    for (auto& vcpu : m_vcpus)
+        state.vcpus.push_back(TRY(vcpu.save_state()));
+    state.vm = TRY(m_vm.save_state());
+    for (const auto& device : m_devices)
+        state.devices.push_back(device->save_state());
+    return state;
+}
+
+base::Result<void> Machine::load_state(const MachineState& state) {
+    // Validate the shape before touching anything.
+    if (state.vcpus.size() != m_vcpus.size())
+        return base::Error::make(base::Errc::Mismatch, "state has {} vCPUs, this machine {}", state.vcpus.size(),
+                                 m_vcpus.size());
+    if (state.devices.size() != m_devices.size())
+        return base::Error::make(base::Errc::Mismatch, "state has {} devices, this machine {}", state.devices.size(),
+                                 m_devices.size());
+    for (size_t i = 0; i < m_devices.size(); ++i)
+        if (state.devices[i].name != m_devices[i]->name())
+            return base::Error::make(base::Errc::Mismatch, "state device {} is '{}', this machine has '{}'", i,
+                                     state.devices[i].name, m_devices[i]->name());
+    TRY(m_vm.load_state(state.vm));
+    for (size_t i = 0; i < m_vcpus.size(); ++i)
+        TRY(m_vcpus[i].load_state(state.vcpus[i]));
+    for (size_t i = 0; i < m_devices.size(); ++i)
+        TRY(m_devices[i]->load_state(state.devices[i]));
+    return base::ok();
+}
+
+}  // namespace colod::core

@@ -1,0 +1,157 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#pragma once
+
+#include <pthread.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/result.h"
+#include "core/device.h"
+#include "core/guest_memory.h"
+#include "core/io_bus.h"
+#include "kvm/state.h"
+#include "kvm/system.h"
+#include "kvm/vcpu.h"
+#include "kvm/vm.h"
+
+namespace colod::core {
+
+class Uart;
+
+struct MachineConfig {
+    uint64_t memory_bytes = 256ull << 20;
+    uint32_t vcpus = 1;
+    std::string backend = "kvm";  // "kvm" (/dev/kvm) or "soft" (software backend)
+};
+
+enum class StopReason {
+    Running,            // not stopped
+    PowerOff,           // the guest wrote its exit code to the power port
+    TripleFault,        // KVM_EXIT_SHUTDOWN
+    HaltedNoInterrupts, // every vCPU halted with interrupts disabled: it can never wake
+    InternalError,      // KVM could not run the guest (emulation failure, failed entry ...)
+    Requested,          // the owner stopped the machine
+};
+
+std::string_view stop_reason_name(StopReason reason);
+
+struct StopInfo {
+    StopReason reason = StopReason::Running;
+    int exit_code = 0;  // for PowerOff
+    std::string detail;
+};
+
+// Everything of a machine but its RAM.
+struct MachineState {
+    std::vector<kvm::VcpuState> vcpus;
+    kvm::VmState vm;
+    std::vector<DeviceState> devices;
+};
+
+// One guest: a VM, its memory, its vCPU threads and its devices.
+//
+// Threads: each vCPU runs KVM_RUN in its own thread and handles its exits there (device
+// handlers run on vCPU threads). pause() returns only when every vCPU thread is parked outside
+// KVM_RUN with its pending I/O completed, so state can be read and written consistently until
+// the PauseGuard it returns is released.
+class Machine {
+public:
+    static base::Result<std::unique_ptr<Machine>> create(const MachineConfig& config);
+    ~Machine();
+
+    // Loads an ELF64 image and sets up the bootstrap vCPU for direct boot. Before start().
+    base::Result<void> boot_elf(std::span<const std::byte> image, std::string_view cmdline);
+
+    // Starts the vCPU threads. A secondary in checkpoint mode never calls this until it takes
+    // over: its machine only holds state.
+    class PauseGuard;
+    base::Result<void> start();
+
+    // Stops every vCPU outside KVM_RUN; the machine stays paused until the guard goes. Pauses
+    // are serialised: a second pause() waits for the first guard to go. Returns an empty guard
+    // (nothing to resume) once the machine has stopped.
+    PauseGuard pause();
+
+    // Ends the machine (first reason wins) and wakes wait().
+    void request_stop(StopInfo info);
+    // Blocks until the machine has stopped and every vCPU thread has exited.
+    StopInfo wait();
+    bool stopped() const;
+    StopInfo stop_info() const;
+
+    // While paused: true when every vCPU is halted with interrupts off (a guest that can never
+    // wake). The caller stops the machine.
+    base::Result<bool> halted_without_interrupts();
+
+    // While paused: capture and restore of vCPUs, in-kernel devices and colod's devices.
+    base::Result<MachineState> save_state();
+    base::Result<void> load_state(const MachineState& state);
+
+    GuestMemory& memory() { return m_memory; }
+    kvm::Vm& vm() { return m_vm; }
+    IoBus& bus() { return m_bus; }
+    Uart& uart() { return *m_uart; }
+    uint32_t vcpu_count() const { return static_cast<uint32_t>(m_vcpus.size()); }
+    std::string_view backend_name() const { return m_backend_name; }
+
+private:
+    Machine(std::unique_ptr<kvm::Backend> backend, kvm::System system, kvm::Vm vm, GuestMemory memory);
+    void vcpu_loop(size_t index);
+    bool handle_exit(kvm::Vcpu& vcpu);  // false when the machine must stop
+    void park();                        // a vCPU thread waits out a pause
+    void kick_all();
+    void resume();
+
+    std::unique_ptr<kvm::Backend> m_backend;
+    kvm::System m_system;
+    kvm::Vm m_vm;
+    GuestMemory m_memory;
+    std::string m_backend_name;
+    std::vector<kvm::Vcpu> m_vcpus;
+    IoBus m_bus;
+    std::vector<std::unique_ptr<Device>> m_devices;
+    Uart* m_uart = nullptr;
+
+    std::vector<std::thread> m_threads;
+    std::vector<pthread_t> m_thread_ids;
+
+    mutable std::mutex m_mutex;
+    std::condition_variable m_changed;
+    bool m_pause_requested = false;
+    size_t m_parked = 0;
+    size_t m_running = 0;  // vCPU threads that have not exited
+    StopInfo m_stop;
+    std::mutex m_pause_owner;  // held by the live PauseGuard
+
+public:
+    class PauseGuard {
+    public:
+        PauseGuard() = default;
+        PauseGuard(PauseGuard&& other) noexcept : m_machine(std::exchange(other.m_machine, nullptr)), m_lock(std::move(other.m_lock)) {}
+        PauseGuard& operator=(PauseGuard&&) = delete;
+        ~PauseGuard() { release(); }
+        // Resumes the machine now.
+        void release() {
+            if (m_machine)
+                std::exchange(m_machine, nullptr)->resume();
+            if (m_lock.owns_lock())
+                m_lock.unlock();
+        }
+        bool paused() const { return m_machine != nullptr; }
+
+    private:
+        friend class Machine;
+        PauseGuard(Machine* machine, std::unique_lock<std::mutex> lock) : m_machine(machine), m_lock(std::move(lock)) {}
+        Machine* m_machine = nullptr;
+        std::unique_lock<std::mutex> m_lock;
+    };
+};
+
+}  // namespace colod::core
