@@ -1,0 +1,99 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// The pair's pre-shared key and the cryptography built on it (libsodium): handshake proofs and
+// per-frame MACs. docs/protocol.md explains the construction.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include <sodium.h>
+
+#include "base/result.h"
+#include "proto/messages.h"
+
+namespace colod::proto {
+
+inline constexpr size_t kMinKeyFileBytes = 32;
+inline constexpr size_t kMaxKeyFileBytes = 4096;
+inline constexpr size_t kKeySize = 32;
+
+// Which end of the connection a side is; part of every proof and frame key so that nothing a
+// side sent can be played back to it as the peer's.
+enum class LinkSide : uint8_t { Connecting = 1, Accepting = 2 };
+
+// The pre-shared key, reduced to 32 bytes (keyed BLAKE2b of the file's bytes, so any file of
+// 32+ random bytes works, binary or text). Wiped on destruction; move-only.
+class Key {
+public:
+    // The key of a file: the file must be a regular file of kMinKeyFileBytes..kMaxKeyFileBytes
+    // bytes with no permission bits for group or others (0600, 0400 or stricter). Errors name
+    // the file and the rule it broke (base::Errc::Invalid, Reason::KeyFile).
+    static base::Result<Key> load_file(const std::string& path);
+    // The key for given bytes (tests; also the file loader after its checks).
+    static base::Result<Key> from_bytes(std::span<const std::byte> material);
+
+    Key(Key&& other) noexcept;
+    Key& operator=(Key&& other) noexcept;
+    Key(const Key&) = delete;
+    Key& operator=(const Key&) = delete;
+    ~Key();
+
+    std::span<const std::byte, kKeySize> bytes() const { return m_key; }
+
+private:
+    Key() = default;
+    std::array<std::byte, kKeySize> m_key{};
+};
+
+// Fresh random nonce (randombytes_buf).
+std::array<std::byte, kNonceSize> make_nonce();
+
+// The proof a side sends in AUTH: HMAC-SHA-512/256 under the key over a label, the prover's
+// side, the verifier's nonce (the challenge), the prover's nonce and a hash of both HELLO
+// payloads (so a HELLO altered in transit fails authentication).
+std::array<std::byte, kProofSize> make_proof(const Key& key, LinkSide prover,
+                                             std::span<const std::byte> challenge,
+                                             std::span<const std::byte> prover_nonce,
+                                             std::span<const std::byte> transcript_hash);
+// Constant-time comparison of a received proof against the expected one.
+bool proofs_equal(std::span<const std::byte, kProofSize> a, std::span<const std::byte, kProofSize> b);
+
+// BLAKE2b-256 of the connecting side's HELLO payload followed by the accepting side's.
+std::array<std::byte, kHashSize> transcript_hash(std::span<const std::byte> connecting_hello,
+                                                 std::span<const std::byte> accepting_hello);
+
+// Per-frame authentication: a key per direction derived from the pre-shared key and both
+// nonces; the MAC covers header, payload and CRC, so sequence numbers cannot be replayed or
+// reordered and frames cannot be reflected back to their sender.
+class FrameKey {
+public:
+    static FrameKey derive(const Key& key, LinkSide sender, std::span<const std::byte> connecting_nonce,
+                           std::span<const std::byte> accepting_nonce);
+    FrameKey(FrameKey&& other) noexcept;
+    FrameKey& operator=(FrameKey&& other) noexcept;
+    FrameKey(const FrameKey&) = delete;
+    FrameKey& operator=(const FrameKey&) = delete;
+    ~FrameKey();
+
+    std::span<const std::byte, kKeySize> bytes() const { return m_key; }
+
+private:
+    FrameKey() = default;
+    std::array<std::byte, kKeySize> m_key{};
+};
+
+// Streaming MAC of one frame (crypto_auth_hmacsha512256 init/update/final).
+class FrameMac {
+public:
+    explicit FrameMac(const FrameKey& key);
+    void update(std::span<const std::byte> bytes);
+    std::array<std::byte, kMacSize> finish();
+
+private:
+    crypto_auth_hmacsha512256_state m_state;
+};
+
+}  // namespace colod::proto

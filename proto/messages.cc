@@ -1,0 +1,282 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#include "proto/messages.h"
+
+#include <algorithm>
+
+#include "proto/errors.h"
+#include "proto/wire.h"
+
+namespace colod::proto {
+
+namespace {
+
+bool valid_name(std::string_view name) {
+    if (name.empty() || name.size() > kMaxNameLength)
+        return false;
+    return std::all_of(name.begin(), name.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+}
+
+// Truncates texts that would exceed their prefix or cap; reasons are for humans, and a long
+// one must not make an encoder produce a frame the peer refuses.
+std::string_view clip(std::string_view text) { return text.substr(0, kMaxReasonLength); }
+
+base::Result<std::string> read_name(ByteReader& r, std::string_view what) {
+    std::string name = TRY(r.str8(what, kMaxNameLength));
+    if (!valid_name(name))
+        return error(Reason::BadField, "{} is empty or holds bytes outside printable ASCII", what);
+    return name;
+}
+
+template <size_t N>
+base::Result<void> read_array(ByteReader& r, std::array<std::byte, N>& out, std::string_view what) {
+    auto b = TRY(r.bytes(N, what));
+    std::copy(b.begin(), b.end(), out.begin());
+    return base::ok();
+}
+
+}  // namespace
+
+std::string_view peer_state_name(PeerState state) {
+    switch (state) {
+    case PeerState::PrimaryActive: return "primary-active";
+    case PeerState::SecondaryStandby: return "secondary-standby";
+    case PeerState::SecondaryActive: return "secondary-active";
+    case PeerState::PrimaryStarting: return "primary-starting";
+    }
+    return "unknown";
+}
+
+std::vector<std::byte> Hello::encode() const {
+    std::vector<std::byte> out;
+    ByteWriter w(out);
+    w.u16(protocol_version);
+    w.u8(static_cast<uint8_t>(state));
+    w.u8(static_cast<uint8_t>(frame_auth));
+    w.u64(memory_bytes);
+    w.u32(vcpus);
+    w.bytes(image_hash);
+    w.bytes(nonce);
+    w.str8(vm_name.substr(0, kMaxNameLength));
+    size_t count = std::min(devices.size(), kMaxDevices);
+    w.u16(uint16_t(count));
+    for (size_t i = 0; i < count; ++i) {
+        w.str8(std::string_view(devices[i].name).substr(0, kMaxNameLength));
+        w.u32(devices[i].version);
+    }
+    return out;
+}
+
+base::Result<Hello> Hello::decode(std::span<const std::byte> payload) {
+    ByteReader r(payload);
+    Hello h;
+    h.protocol_version = TRY(r.u16("HELLO protocol version"));
+    uint8_t state = TRY(r.u8("HELLO state"));
+    if (state < 1 || state > 4)
+        return error(Reason::BadField, "HELLO state {}", state);
+    h.state = static_cast<PeerState>(state);
+    uint8_t frame_auth = TRY(r.u8("HELLO frame authentication"));
+    if (frame_auth > 1)
+        return error(Reason::BadField, "HELLO frame authentication {}", frame_auth);
+    h.frame_auth = static_cast<FrameAuth>(frame_auth);
+    h.memory_bytes = TRY(r.u64("HELLO memory size"));
+    if (h.memory_bytes == 0 || h.memory_bytes % kPageSize != 0)
+        return error(Reason::BadField, "HELLO memory size {} is not a nonzero multiple of {}", h.memory_bytes,
+                     kPageSize);
+    h.vcpus = TRY(r.u32("HELLO vCPU count"));
+    if (h.vcpus == 0 || h.vcpus > 4096)
+        return error(Reason::BadField, "HELLO vCPU count {}", h.vcpus);
+    TRY(read_array(r, h.image_hash, "HELLO image hash"));
+    TRY(read_array(r, h.nonce, "HELLO nonce"));
+    h.vm_name = TRY(read_name(r, "HELLO VM name"));
+    uint16_t count = TRY(r.u16("HELLO device count"));
+    if (count > kMaxDevices)
+        return error(Reason::BadField, "HELLO lists {} devices, the limit is {}", count, kMaxDevices);
+    for (uint16_t i = 0; i < count; ++i) {
+        DeviceInfo d;
+        d.name = TRY(read_name(r, "HELLO device name"));
+        d.version = TRY(r.u32("HELLO device version"));
+        for (const auto& seen : h.devices)
+            if (seen.name == d.name)
+                return error(Reason::BadField, "HELLO lists device {} twice", d.name);
+        h.devices.push_back(std::move(d));
+    }
+    return h;
+}
+
+std::string incompatibility(const Hello& local, const Hello& peer) {
+    if (local.protocol_version != peer.protocol_version)
+        return fmt::format("protocol version differs: local {}, peer {}", local.protocol_version,
+                           peer.protocol_version);
+    if (local.vm_name != peer.vm_name)
+        return fmt::format("VM name differs: local '{}', peer '{}'", local.vm_name, peer.vm_name);
+    if (local.memory_bytes != peer.memory_bytes)
+        return fmt::format("memory size differs: local {} bytes, peer {} bytes", local.memory_bytes,
+                           peer.memory_bytes);
+    if (local.vcpus != peer.vcpus)
+        return fmt::format("vCPU count differs: local {}, peer {}", local.vcpus, peer.vcpus);
+    if (local.devices.size() != peer.devices.size())
+        return fmt::format("device count differs: local {}, peer {}", local.devices.size(), peer.devices.size());
+    for (size_t i = 0; i < local.devices.size(); ++i) {
+        const auto& a = local.devices[i];
+        const auto& b = peer.devices[i];
+        if (a.name != b.name || a.version != b.version)
+            return fmt::format("device {} differs: local {} v{}, peer {} v{}", i, a.name, a.version, b.name,
+                               b.version);
+    }
+    if (local.image_hash != peer.image_hash)
+        return "guest image hash differs";
+    if (local.frame_auth != peer.frame_auth)
+        return fmt::format("per-frame authentication differs: local {}, peer {}",
+                           local.frame_auth == FrameAuth::On ? "on" : "off",
+                           peer.frame_auth == FrameAuth::On ? "on" : "off");
+    return {};
+}
+
+std::vector<std::byte> Auth::encode() const {
+    std::vector<std::byte> out;
+    ByteWriter w(out);
+    w.bytes(proof);
+    w.u8(static_cast<uint8_t>(verdict));
+    w.str16(clip(reason));
+    return out;
+}
+
+base::Result<Auth> Auth::decode(std::span<const std::byte> payload) {
+    ByteReader r(payload);
+    Auth a;
+    TRY(read_array(r, a.proof, "AUTH proof"));
+    uint8_t verdict = TRY(r.u8("AUTH verdict"));
+    if (verdict > 1)
+        return error(Reason::BadField, "AUTH verdict {}", verdict);
+    a.verdict = static_cast<Verdict>(verdict);
+    a.reason = TRY(r.str16("AUTH reason", kMaxReasonLength));
+    return a;
+}
+
+std::vector<std::byte> ErrorMessage::encode() const {
+    std::vector<std::byte> out;
+    ByteWriter w(out);
+    w.u16(code);
+    w.str16(clip(reason));
+    return out;
+}
+
+base::Result<ErrorMessage> ErrorMessage::decode(std::span<const std::byte> payload) {
+    ByteReader r(payload);
+    ErrorMessage e;
+    e.code = TRY(r.u16("ERROR code"));
+    e.reason = TRY(r.str16("ERROR reason", kMaxReasonLength));
+    return e;
+}
+
+std::vector<std::byte> Heartbeat::encode() const {
+    std::vector<std::byte> out;
+    ByteWriter w(out);
+    w.u64(committed_seq);
+    w.u64(time_ns);
+    return out;
+}
+
+base::Result<Heartbeat> Heartbeat::decode(std::span<const std::byte> payload) {
+    ByteReader r(payload);
+    Heartbeat h;
+    h.committed_seq = TRY(r.u64("HEARTBEAT committed sequence"));
+    h.time_ns = TRY(r.u64("HEARTBEAT time"));
+    return h;
+}
+
+template <MessageType T>
+std::vector<std::byte> SeqMessage<T>::encode() const {
+    std::vector<std::byte> out;
+    ByteWriter w(out);
+    w.u64(seq);
+    return out;
+}
+
+template <MessageType T>
+base::Result<SeqMessage<T>> SeqMessage<T>::decode(std::span<const std::byte> payload) {
+    ByteReader r(payload);
+    SeqMessage m;
+    m.seq = TRY(r.u64(message_type_name(T)));
+    return m;
+}
+
+template struct SeqMessage<MessageType::CheckpointReady>;
+template struct SeqMessage<MessageType::CheckpointRequest>;
+template struct SeqMessage<MessageType::CheckpointReply>;
+template struct SeqMessage<MessageType::VmstateReceived>;
+template struct SeqMessage<MessageType::VmstateLoaded>;
+
+std::vector<std::byte> VmstateSize::encode() const {
+    std::vector<std::byte> out;
+    ByteWriter w(out);
+    w.u64(seq);
+    w.u64(bytes);
+    w.u64(pages);
+    w.u32(frames);
+    return out;
+}
+
+base::Result<VmstateSize> VmstateSize::decode(std::span<const std::byte> payload) {
+    ByteReader r(payload);
+    VmstateSize s;
+    s.seq = TRY(r.u64("VMSTATE_SIZE sequence"));
+    s.bytes = TRY(r.u64("VMSTATE_SIZE bytes"));
+    s.pages = TRY(r.u64("VMSTATE_SIZE pages"));
+    s.frames = TRY(r.u32("VMSTATE_SIZE frames"));
+    if (s.frames == 0)
+        return error(Reason::BadField, "VMSTATE_SIZE announces no frames");
+    if (s.bytes > uint64_t(s.frames) * kMaxStatePayload)
+        return error(Reason::BadField, "VMSTATE_SIZE announces {} bytes in {} frames", s.bytes, s.frames);
+    return s;
+}
+
+std::vector<std::byte> GuestShutdown::encode() const {
+    std::vector<std::byte> out;
+    ByteWriter w(out);
+    w.u32(uint32_t(exit_code));
+    return out;
+}
+
+base::Result<GuestShutdown> GuestShutdown::decode(std::span<const std::byte> payload) {
+    ByteReader r(payload);
+    GuestShutdown g;
+    g.exit_code = int32_t(TRY(r.u32("GUEST_SHUTDOWN exit code")));
+    return g;
+}
+
+MessageType message_type(const Message& message) {
+    return std::visit([](const auto& m) { return std::decay_t<decltype(m)>::type; }, message);
+}
+
+std::vector<std::byte> encode_message(const Message& message) {
+    return std::visit([](const auto& m) { return m.encode(); }, message);
+}
+
+namespace {
+template <typename M>
+base::Result<Message> decode_as(std::span<const std::byte> payload) {
+    M m = TRY(M::decode(payload));
+    return Message(std::move(m));
+}
+}  // namespace
+
+base::Result<Message> decode_message(MessageType type, std::span<const std::byte> payload) {
+    switch (type) {
+    case MessageType::Hello: return decode_as<Hello>(payload);
+    case MessageType::Auth: return decode_as<Auth>(payload);
+    case MessageType::Error: return decode_as<ErrorMessage>(payload);
+    case MessageType::Heartbeat: return decode_as<Heartbeat>(payload);
+    case MessageType::CheckpointReady: return decode_as<CheckpointReady>(payload);
+    case MessageType::CheckpointRequest: return decode_as<CheckpointRequest>(payload);
+    case MessageType::CheckpointReply: return decode_as<CheckpointReply>(payload);
+    case MessageType::VmstateSize: return decode_as<VmstateSize>(payload);
+    case MessageType::VmstateReceived: return decode_as<VmstateReceived>(payload);
+    case MessageType::VmstateLoaded: return decode_as<VmstateLoaded>(payload);
+    case MessageType::GuestShutdown: return decode_as<GuestShutdown>(payload);
+    case MessageType::VmstateSend: break;
+    }
+    return error(Reason::UnexpectedMessage, "{} is not a control message", message_type_name(type));
+}
+
+}  // namespace colod::proto

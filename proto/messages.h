@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// Typed messages: one struct per message type with encode() into a payload and a pure
+// decode() from a payload span. Decoders read the fields they know and ignore bytes after
+// them, so that a later minor revision can append fields; a field that runs past the payload
+// is Reason::Truncated, a value out of range Reason::BadField.
+//
+// VMSTATE_SEND is not here: its payload is a run of state sections, handled by state.h.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "base/result.h"
+#include "proto/frame.h"
+
+namespace colod::proto {
+
+inline constexpr uint16_t kProtocolVersion = 1;
+inline constexpr size_t kNonceSize = 32;
+inline constexpr size_t kHashSize = 32;
+inline constexpr size_t kProofSize = 32;
+inline constexpr size_t kMaxNameLength = 64;     // VM and device names
+inline constexpr size_t kMaxDevices = 256;
+inline constexpr size_t kMaxReasonLength = 1024;  // ERROR and refusal texts
+inline constexpr uint64_t kPageSize = 4096;
+
+// Role and state of the side that sends a HELLO. A primary uses the peer's value to refuse
+// starting its own guest when the peer has already taken over (no split brain from a careless
+// restart).
+enum class PeerState : uint8_t {
+    PrimaryActive = 1,     // a primary running its guest, looking for a secondary
+    SecondaryStandby = 2,  // a secondary without a running guest, ready to receive state
+    SecondaryActive = 3,   // a secondary that took over: its guest runs unprotected
+    PrimaryStarting = 4,   // a primary that has not started its guest yet
+};
+std::string_view peer_state_name(PeerState state);
+
+// Per-frame authentication; both sides must ask for the same setting.
+enum class FrameAuth : uint8_t { Off = 0, On = 1 };
+
+struct DeviceInfo {
+    std::string name;  // printable ASCII, no spaces, 1..kMaxNameLength bytes
+    uint32_t version = 0;
+    bool operator==(const DeviceInfo&) const = default;
+};
+
+// HELLO: who the sender is and what guest it has. The nonce is the sender's challenge for the
+// handshake (see handshake.h).
+struct Hello {
+    static constexpr MessageType type = MessageType::Hello;
+    uint16_t protocol_version = kProtocolVersion;
+    PeerState state = PeerState::PrimaryActive;
+    FrameAuth frame_auth = FrameAuth::Off;
+    std::string vm_name;
+    uint64_t memory_bytes = 0;  // a nonzero multiple of kPageSize
+    uint32_t vcpus = 0;         // 1..4096
+    std::vector<DeviceInfo> devices;
+    std::array<std::byte, kHashSize> image_hash{};
+    std::array<std::byte, kNonceSize> nonce{};
+
+    uint64_t page_count() const { return memory_bytes / kPageSize; }
+    std::vector<std::byte> encode() const;
+    static base::Result<Hello> decode(std::span<const std::byte> payload);
+    bool operator==(const Hello&) const = default;
+};
+
+// The first difference that makes two sides unable to pair (protocol version, VM name, memory
+// size, vCPU count, device list, image hash, frame authentication setting), as a sentence for
+// both logs; empty when they match. Roles are not compared here (policy for the caller).
+std::string incompatibility(const Hello& local, const Hello& peer);
+
+// AUTH: the sender's proof that it holds the pre-shared key, answering the peer's nonce, and
+// its verdict on the peer's HELLO (a refusal carries the reason).
+enum class Verdict : uint8_t { Accept = 0, Refuse = 1 };
+struct Auth {
+    static constexpr MessageType type = MessageType::Auth;
+    std::array<std::byte, kProofSize> proof{};
+    Verdict verdict = Verdict::Accept;
+    std::string reason;
+
+    std::vector<std::byte> encode() const;
+    static base::Result<Auth> decode(std::span<const std::byte> payload);
+    bool operator==(const Auth&) const = default;
+};
+
+// ERROR: the sender gives up on the link and says why before closing it.
+struct ErrorMessage {
+    static constexpr MessageType type = MessageType::Error;
+    uint16_t code = 0;  // the proto::Reason behind it when there is one, else 0
+    std::string reason;
+
+    std::vector<std::byte> encode() const;
+    static base::Result<ErrorMessage> decode(std::span<const std::byte> payload);
+    bool operator==(const ErrorMessage&) const = default;
+};
+
+// HEARTBEAT: sent when a direction is idle; carries the last committed checkpoint and the
+// sender's CLOCK_REALTIME in nanoseconds (for logs and one-way delay estimates only).
+struct Heartbeat {
+    static constexpr MessageType type = MessageType::Heartbeat;
+    uint64_t committed_seq = 0;
+    uint64_t time_ns = 0;
+
+    std::vector<std::byte> encode() const;
+    static base::Result<Heartbeat> decode(std::span<const std::byte> payload);
+    bool operator==(const Heartbeat&) const = default;
+};
+
+// The checkpoint handshake messages carry only the checkpoint sequence number.
+template <MessageType T>
+struct SeqMessage {
+    static constexpr MessageType type = T;
+    uint64_t seq = 0;
+
+    std::vector<std::byte> encode() const;
+    static base::Result<SeqMessage> decode(std::span<const std::byte> payload);
+    bool operator==(const SeqMessage&) const = default;
+};
+using CheckpointReady = SeqMessage<MessageType::CheckpointReady>;
+using CheckpointRequest = SeqMessage<MessageType::CheckpointRequest>;
+using CheckpointReply = SeqMessage<MessageType::CheckpointReply>;
+using VmstateReceived = SeqMessage<MessageType::VmstateReceived>;
+using VmstateLoaded = SeqMessage<MessageType::VmstateLoaded>;
+
+// VMSTATE_SIZE: announces checkpoint `seq`: `frames` VMSTATE_SEND frames follow with
+// `bytes` payload bytes in all, covering `pages` dirty pages (sent plus elided zero pages).
+struct VmstateSize {
+    static constexpr MessageType type = MessageType::VmstateSize;
+    uint64_t seq = 0;
+    uint64_t bytes = 0;
+    uint64_t pages = 0;
+    uint32_t frames = 0;
+
+    std::vector<std::byte> encode() const;
+    static base::Result<VmstateSize> decode(std::span<const std::byte> payload);
+    bool operator==(const VmstateSize&) const = default;
+};
+
+// GUEST_SHUTDOWN: the guest powered off; both sides stop without failover.
+struct GuestShutdown {
+    static constexpr MessageType type = MessageType::GuestShutdown;
+    int32_t exit_code = 0;
+
+    std::vector<std::byte> encode() const;
+    static base::Result<GuestShutdown> decode(std::span<const std::byte> payload);
+    bool operator==(const GuestShutdown&) const = default;
+};
+
+// Any control message (everything but VMSTATE_SEND).
+using Message = std::variant<Hello, Auth, ErrorMessage, Heartbeat, CheckpointReady, CheckpointRequest,
+                             CheckpointReply, VmstateSize, VmstateReceived, VmstateLoaded, GuestShutdown>;
+
+MessageType message_type(const Message& message);
+std::vector<std::byte> encode_message(const Message& message);
+// Decodes the payload of a frame of the given type. VMSTATE_SEND is UnexpectedMessage here.
+base::Result<Message> decode_message(MessageType type, std::span<const std::byte> payload);
+
+}  // namespace colod::proto
