@@ -1,0 +1,761 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#include "config/config.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <array>
+#include <climits>
+#include <map>
+#include <optional>
+#include <sstream>
+
+#include <boost/program_options.hpp>
+
+#include "base/fd.h"
+
+namespace colod::config {
+
+namespace po = boost::program_options;
+
+namespace {
+
+// ---- The schema: every key the file may hold. --------------------------------------------
+
+enum class Presence {
+    Required,   // no default: the file must set it
+    Defaulted,  // default_value below
+    Derived,    // the default depends on other keys (vm.name, the control sockets)
+};
+
+struct KeySpec {
+    std::string_view section;
+    std::string_view key;
+    Presence presence;
+    std::string_view default_value;
+};
+
+constexpr std::array<std::string_view, 4> k_sections{"vm", "replication", "primary", "secondary"};
+
+constexpr std::array<KeySpec, 20> k_keys{{
+    {"vm", "name", Presence::Derived, ""},
+    {"vm", "memory", Presence::Required, ""},
+    {"vm", "vcpus", Presence::Defaulted, "1"},
+    {"vm", "image", Presence::Required, ""},
+    {"vm", "cmdline", Presence::Defaulted, ""},
+    {"vm", "console-clients", Presence::Defaulted, "16"},
+    {"replication", "mode", Presence::Defaulted, "checkpoint"},
+    {"replication", "checkpoint-interval", Presence::Defaulted, "100ms"},
+    {"replication", "heartbeat-interval", Presence::Defaulted, "50ms"},
+    {"replication", "heartbeat-timeout", Presence::Defaulted, "300ms"},
+    {"replication", "fence-command", Presence::Defaulted, ""},
+    {"replication", "auth-key-file", Presence::Required, ""},
+    {"replication", "max-held-output", Presence::Defaulted, "1M"},
+    {"replication", "connect-retry", Presence::Defaulted, "1s"},
+    {"primary", "replication", Presence::Required, ""},
+    {"primary", "console", Presence::Required, ""},
+    {"primary", "control", Presence::Derived, ""},
+    {"secondary", "replication", Presence::Required, ""},
+    {"secondary", "console", Presence::Required, ""},
+    {"secondary", "control", Presence::Derived, ""},
+}};
+
+std::string full_key(std::string_view section, std::string_view key) { return fmt::format("{}.{}", section, key); }
+
+// Beyond this many problems the file is probably not a config file at all.
+constexpr size_t k_max_problems = 50;
+constexpr size_t k_max_file_size = 1 << 20;
+// sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
+constexpr size_t k_max_socket_path = 107;
+
+// ---- Problems, each one line. ----------------------------------------------------------------
+
+enum class Origin { File, Default, Derived };
+
+// One key's value and where it came from.
+struct Setting {
+    std::string value;
+    int line = 0;  // 0 when not from the file
+    Origin origin = Origin::File;
+};
+
+class Problems {
+public:
+    explicit Problems(std::string file) : m_file(std::move(file)) {}
+
+    // "FILE:LINE: WHAT: RULE" (no ":LINE" when line is 0).
+    void add(int line, std::string_view what, std::string_view rule) {
+        const std::string where = line > 0 ? fmt::format("{}:{}", m_file, line) : m_file;
+        m_problems.push_back({line, fmt::format("{}: {}: {}", where, what, rule)});
+    }
+
+    // "FILE:LINE: KEY = VALUE: RULE", saying where a value not in the file came from.
+    void add(std::string_view key, const Setting& setting, std::string_view rule) {
+        std::string what = fmt::format("{} = {}", key, setting.value.empty() ? "\"\"" : setting.value);
+        if (setting.origin == Origin::Default)
+            what += " (default)";
+        else if (setting.origin == Origin::Derived)
+            what += " (derived)";
+        add(setting.line, what, rule);
+    }
+
+    bool empty() const { return m_problems.empty(); }
+
+    // All problems in file order (problems without a line last), one per line.
+    std::string text() {
+        std::stable_sort(m_problems.begin(), m_problems.end(), [](const auto& a, const auto& b) {
+            return (a.line > 0 ? a.line : INT_MAX) < (b.line > 0 ? b.line : INT_MAX);
+        });
+        std::string out;
+        for (size_t i = 0; i < m_problems.size() && i < k_max_problems; ++i) {
+            if (i > 0)
+                out += '\n';
+            out += m_problems[i].message;
+        }
+        if (m_problems.size() > k_max_problems)
+            out += fmt::format("\n{}: {} more problems not shown", m_file, m_problems.size() - k_max_problems);
+        return out;
+    }
+
+private:
+    struct Problem {
+        int line;
+        std::string message;
+    };
+    std::string m_file;
+    std::vector<Problem> m_problems;
+};
+
+// ---- Lines. ----------------------------------------------------------------------------------
+
+std::string_view trim(std::string_view text) {
+    constexpr std::string_view blanks = " \t\r";
+    const size_t first = text.find_first_not_of(blanks);
+    if (first == std::string_view::npos)
+        return {};
+    const size_t last = text.find_last_not_of(blanks);
+    return text.substr(first, last - first + 1);
+}
+
+size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<size_t> row(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); ++j)
+        row[j] = j;
+    for (size_t i = 1; i <= a.size(); ++i) {
+        size_t diagonal = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= b.size(); ++j) {
+            const size_t above = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+            diagonal = above;
+        }
+    }
+    return row[b.size()];
+}
+
+bool is_known_section(std::string_view section) {
+    return std::find(k_sections.begin(), k_sections.end(), section) != k_sections.end();
+}
+
+const KeySpec* find_key(std::string_view section, std::string_view key) {
+    for (const auto& spec : k_keys) {
+        if (spec.section == section && spec.key == key)
+            return &spec;
+    }
+    return nullptr;
+}
+
+// Why `key` is not a key of `section`, with the likeliest intended key.
+std::string unknown_key_rule(std::string_view section, std::string_view key) {
+    for (const auto& spec : k_keys) {
+        if (spec.key == key && spec.section != section)
+            return fmt::format("unknown key ({} belongs in [{}])", key, spec.section);
+    }
+    const KeySpec* nearest = nullptr;
+    size_t nearest_distance = 3;  // suggest only what a typo could explain
+    std::vector<std::string_view> known;
+    for (const auto& spec : k_keys) {
+        if (spec.section != section)
+            continue;
+        known.push_back(spec.key);
+        const size_t distance = edit_distance(key, spec.key);
+        if (distance < nearest_distance) {
+            nearest = &spec;
+            nearest_distance = distance;
+        }
+    }
+    if (nearest)
+        return fmt::format("unknown key (did you mean {}.{}?)", section, nearest->key);
+    return fmt::format("unknown key (known in [{}]: {})", section, fmt::join(known, ", "));
+}
+
+struct Scanned {
+    std::map<std::string, int> lines;  // full key -> the line that set it
+    std::string normalized;            // what Boost reads: known keys, once, no comments
+};
+
+// Splits the text into sections and keys, line by line. Boost.Program_options reads the result;
+// this pass exists because Boost's reader cannot say on which line a key was, stops at the
+// first problem, silently accepts nothing we could report as a typo without losing the
+// line, and cuts values at any '#' in some versions but not others. Here '#' always starts a
+// comment, wherever it is, so that every Boost version reads the same thing we do.
+Scanned scan(std::string_view text, Problems& problems) {
+    Scanned scanned;
+    std::map<std::string, std::map<std::string, std::string>> sections;  // section -> key -> value
+    std::string section;
+    bool section_known = false;
+    int line_number = 0;
+    while (!text.empty() || line_number == 0) {
+        ++line_number;
+        const size_t end = text.find('\n');
+        std::string_view raw = text.substr(0, end);
+        text = end == std::string_view::npos ? std::string_view{} : text.substr(end + 1);
+
+        const std::string_view line = trim(raw.substr(0, raw.find('#')));
+        if (line.empty()) {
+            if (text.empty())
+                break;
+            continue;
+        }
+        if (line.front() == '[') {
+            if (line.back() != ']' || line.size() < 3) {
+                problems.add(line_number, fmt::format("\"{}\"", line), "not a valid [section] header");
+                section_known = false;
+                section.clear();
+                continue;
+            }
+            section = trim(line.substr(1, line.size() - 2));
+            section_known = is_known_section(section);
+            if (!section_known)
+                problems.add(line_number, fmt::format("[{}]", section),
+                             fmt::format("unknown section (known: {})", fmt::join(k_sections, ", ")));
+            continue;
+        }
+        const size_t equals = line.find('=');
+        if (equals == std::string_view::npos || trim(line.substr(0, equals)).empty()) {
+            problems.add(line_number, fmt::format("\"{}\"", line),
+                         "expected \"key = value\", a [section] header or a # comment");
+            continue;
+        }
+        const std::string key(trim(line.substr(0, equals)));
+        const std::string value(trim(line.substr(equals + 1)));
+        if (section.empty()) {
+            problems.add(line_number, fmt::format("{} = {}", key, value.empty() ? "\"\"" : value),
+                         "key outside of any section");
+            continue;
+        }
+        if (!section_known)
+            continue;  // the unknown section was reported; its keys would only add noise
+        const std::string name = full_key(section, key);
+        const std::string shown = fmt::format("{} = {}", name, value.empty() ? "\"\"" : value);
+        if (!find_key(section, key)) {
+            problems.add(line_number, shown, unknown_key_rule(section, key));
+            continue;
+        }
+        if (auto it = scanned.lines.find(name); it != scanned.lines.end()) {
+            problems.add(line_number, shown, fmt::format("duplicate key (first set on line {})", it->second));
+            continue;
+        }
+        scanned.lines.emplace(name, line_number);
+        sections[section][key] = value;
+    }
+    for (const auto& [name, keys] : sections) {
+        scanned.normalized += fmt::format("[{}]\n", name);
+        for (const auto& [key, value] : keys)
+            scanned.normalized += fmt::format("{} = {}\n", key, value);
+    }
+    return scanned;
+}
+
+// Reads the scanned text with Boost.Program_options against the schema; defaults come from
+// the schema. Keys the file does not set and that have no static default are absent.
+base::Result<std::map<std::string, Setting>> read_settings(const Scanned& scanned) {
+    po::options_description description;
+    std::vector<std::string> names;  // add_options keeps pointers to these
+    names.reserve(k_keys.size());
+    for (const auto& spec : k_keys) {
+        names.push_back(full_key(spec.section, spec.key));
+        auto* semantic = po::value<std::string>();
+        if (spec.presence == Presence::Defaulted)
+            semantic->default_value(std::string(spec.default_value));
+        description.add_options()(names.back().c_str(), semantic);
+    }
+    po::variables_map variables;
+    try {
+        std::istringstream in(scanned.normalized);
+        po::store(po::parse_config_file(in, description, false), variables);
+        po::notify(variables);
+    } catch (const std::exception& error) {
+        // The scanner hands Boost only lines it accepts, so this is a bug, not a bad file.
+        return base::Error(base::Errc::Invalid, fmt::format("reading the config: {}", error.what()));
+    }
+    std::map<std::string, Setting> settings;
+    for (const auto& name : names) {
+        if (!variables.count(name))
+            continue;
+        const auto& variable = variables[name];
+        Setting setting{variable.as<std::string>(), 0, Origin::Default};
+        if (!variable.defaulted()) {
+            setting.origin = Origin::File;
+            if (auto it = scanned.lines.find(name); it != scanned.lines.end())
+                setting.line = it->second;
+        }
+        settings.emplace(name, std::move(setting));
+    }
+    return settings;
+}
+
+// ---- Values. ---------------------------------------------------------------------------------
+
+std::optional<uint64_t> parse_count(std::string_view text, uint64_t min, uint64_t max) {
+    if (text.empty() || text.size() > 12)
+        return std::nullopt;
+    uint64_t value = 0;
+    for (char c : text) {
+        if (c < '0' || c > '9')
+            return std::nullopt;
+        value = value * 10 + static_cast<uint64_t>(c - '0');
+    }
+    if (value < min || value > max)
+        return std::nullopt;
+    return value;
+}
+
+bool is_valid_name(std::string_view name) {
+    if (name.empty() || name.size() > 64)
+        return false;
+    return std::all_of(name.begin(), name.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+               c == '.' || c == '-';
+    });
+}
+
+constexpr std::string_view k_builtin_prefix = "builtin:";
+
+// Two listening endpoints collide on one host when they share a port and an address, where a
+// wildcard address shares every address.
+bool overlaps(const Endpoint& a, const Endpoint& b) {
+    return a.port == b.port && (a.host == b.host || a.is_wildcard() || b.is_wildcard());
+}
+
+class Validator {
+public:
+    Validator(std::map<std::string, Setting> settings, Problems& problems, std::filesystem::path base_dir,
+              const std::vector<std::string>& builtin_images)
+        : m_settings(std::move(settings)), m_problems(problems), m_base_dir(std::move(base_dir)),
+          m_builtin_images(builtin_images) {}
+
+    // Fills `config`; every problem goes to the Problems list.
+    void run(std::string_view file_stem, PairConfig& config) {
+        vm(file_stem, config.vm);
+        replication(config.replication);
+        host(Role::Primary, config.vm.name, config.primary);
+        host(Role::Secondary, config.vm.name, config.secondary);
+        relations(config);
+    }
+
+private:
+    // The setting of a key, or nullptr (after reporting a missing required key).
+    const Setting* setting(std::string_view section, std::string_view key) {
+        const std::string name = full_key(section, key);
+        if (auto it = m_settings.find(name); it != m_settings.end())
+            return &it->second;
+        if (find_key(section, key)->presence == Presence::Required)
+            m_problems.add(0, name, "required key is missing");
+        return nullptr;
+    }
+
+    void fail(std::string_view section, std::string_view key, std::string_view rule) {
+        const std::string name = full_key(section, key);
+        m_failed.push_back(name);
+        m_problems.add(name, m_settings.at(name), rule);
+    }
+
+    bool failed(std::string_view section, std::string_view key) const {
+        return std::find(m_failed.begin(), m_failed.end(), full_key(section, key)) != m_failed.end();
+    }
+
+    template <typename T>
+    std::optional<T> value_of(std::string_view section, std::string_view key, base::Result<T> result) {
+        if (result.ok())
+            return std::move(result).value();
+        fail(section, key, result.error().message());
+        return std::nullopt;
+    }
+
+    std::filesystem::path resolve(std::string_view text) const {
+        const std::filesystem::path path(text);
+        return (path.is_absolute() ? path : m_base_dir / path).lexically_normal();
+    }
+
+    void vm(std::string_view file_stem, VmConfig& vm) {
+        if (!m_settings.count("vm.name")) {
+            if (file_stem.empty())
+                m_problems.add(0, "vm.name", "required key is missing (the file name gives no default)");
+            else
+                m_settings["vm.name"] = Setting{std::string(file_stem), 0, Origin::Derived};
+        }
+        if (const Setting* name = setting("vm", "name")) {
+            if (is_valid_name(name->value))
+                vm.name = name->value;
+            else
+                fail("vm", "name", "must be 1 to 64 characters from A-Z a-z 0-9 _ . -");
+        }
+
+        if (const Setting* memory = setting("vm", "memory")) {
+            if (auto bytes = value_of("vm", "memory", parse_size(memory->value))) {
+                if (*bytes < (uint64_t{16} << 20) || *bytes > (uint64_t{1} << 40))
+                    fail("vm", "memory", "must be between 16M and 1T");
+                else if (*bytes % 4096 != 0)
+                    fail("vm", "memory", "must be a multiple of 4K");
+                else
+                    vm.memory_bytes = *bytes;
+            }
+        }
+
+        if (const Setting* vcpus = setting("vm", "vcpus")) {
+            if (auto count = parse_count(vcpus->value, 1, 64))
+                vm.vcpus = static_cast<uint32_t>(*count);
+            else
+                fail("vm", "vcpus", "must be a whole number between 1 and 64");
+        }
+
+        if (const Setting* image = setting("vm", "image"))
+            this->image(image->value, vm.image);
+
+        if (const Setting* cmdline = setting("vm", "cmdline")) {
+            const bool has_control = std::any_of(cmdline->value.begin(), cmdline->value.end(), [](char c) {
+                return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+            });
+            if (cmdline->value.size() > 255)
+                fail("vm", "cmdline", "must be at most 255 bytes");
+            else if (has_control)
+                fail("vm", "cmdline", "must not contain control characters");
+            else
+                vm.cmdline = cmdline->value;
+        }
+
+        if (const Setting* clients = setting("vm", "console-clients")) {
+            if (auto count = parse_count(clients->value, 1, 1024))
+                vm.console_clients = static_cast<uint32_t>(*count);
+            else
+                fail("vm", "console-clients", "must be a whole number between 1 and 1024");
+        }
+    }
+
+    void image(const std::string& text, Image& image) {
+        if (text.empty()) {
+            fail("vm", "image", "must be builtin:NAME or the path of an ELF64 guest");
+            return;
+        }
+        if (text.starts_with(k_builtin_prefix)) {
+            const std::string name = text.substr(k_builtin_prefix.size());
+            if (std::find(m_builtin_images.begin(), m_builtin_images.end(), name) == m_builtin_images.end()) {
+                fail("vm", "image",
+                     fmt::format("unknown built-in image (known: {})", fmt::join(m_builtin_images, ", ")));
+                return;
+            }
+            image.builtin = name;
+            return;
+        }
+        const std::filesystem::path file = resolve(text);
+        const std::string resolved = file.string() == text ? std::string() : fmt::format(" ({})", file.string());
+        std::error_code error;
+        const auto status = std::filesystem::status(file, error);
+        if (status.type() == std::filesystem::file_type::not_found) {
+            fail("vm", "image", fmt::format("no such file{}", resolved));
+            return;
+        }
+        if (error) {
+            fail("vm", "image", fmt::format("cannot be examined{}: {}", resolved, error.message()));
+            return;
+        }
+        if (status.type() != std::filesystem::file_type::regular) {
+            fail("vm", "image", fmt::format("not a regular file{}", resolved));
+            return;
+        }
+        image.file = file;
+    }
+
+    std::optional<std::chrono::microseconds> duration(std::string_view key, std::chrono::microseconds min,
+                                                      std::chrono::microseconds max) {
+        const Setting* text = setting("replication", key);
+        if (!text)
+            return std::nullopt;
+        auto value = value_of("replication", key, parse_duration(text->value));
+        if (!value)
+            return std::nullopt;
+        if (*value < min || *value > max) {
+            fail("replication", key,
+                 fmt::format("must be between {} and {}", format_duration(min), format_duration(max)));
+            return std::nullopt;
+        }
+        return value;
+    }
+
+    void replication(ReplicationConfig& replication) {
+        using namespace std::chrono_literals;
+        if (const Setting* mode = setting("replication", "mode")) {
+            if (mode->value == "checkpoint")
+                replication.mode = Mode::Checkpoint;
+            else if (mode->value == "colo")
+                replication.mode = Mode::Colo;
+            else
+                fail("replication", "mode", "must be checkpoint or colo");
+        }
+
+        if (auto interval = duration("checkpoint-interval", 1ms, 60s))
+            replication.checkpoint_interval = *interval;
+        const auto heartbeat_interval = duration("heartbeat-interval", 1ms, 10s);
+        if (heartbeat_interval)
+            replication.heartbeat_interval = *heartbeat_interval;
+        if (const Setting* timeout_text = setting("replication", "heartbeat-timeout")) {
+            if (auto timeout = value_of("replication", "heartbeat-timeout", parse_duration(timeout_text->value))) {
+                if (*timeout > 60s)
+                    fail("replication", "heartbeat-timeout", "must be at most 60s");
+                else if (heartbeat_interval && *timeout <= 2 * *heartbeat_interval)
+                    // One late heartbeat must not look like a dead peer.
+                    fail("replication", "heartbeat-timeout",
+                         fmt::format("must be more than twice heartbeat-interval ({})",
+                                     format_duration(*heartbeat_interval)));
+                else
+                    replication.heartbeat_timeout = *timeout;
+            }
+        }
+
+        if (const Setting* fence = setting("replication", "fence-command"))
+            replication.fence_command = fence->value;
+
+        if (const Setting* key_file = setting("replication", "auth-key-file")) {
+            if (key_file->value.empty())
+                fail("replication", "auth-key-file", "must not be empty: the pair authenticates with this key");
+            else
+                replication.auth_key_file = resolve(key_file->value);
+        }
+
+        if (const Setting* held = setting("replication", "max-held-output")) {
+            if (auto bytes = value_of("replication", "max-held-output", parse_size(held->value))) {
+                if (*bytes < 4096 || *bytes > (uint64_t{1} << 30))
+                    fail("replication", "max-held-output", "must be between 4K and 1G");
+                else
+                    replication.max_held_output = *bytes;
+            }
+        }
+
+        if (auto retry = duration("connect-retry", 10ms, 10min))
+            replication.connect_retry = *retry;
+    }
+
+    void host(Role role, const std::string& vm_name, HostConfig& host) {
+        const std::string_view section = role_name(role);
+        if (const Setting* text = setting(section, "replication")) {
+            if (auto endpoint = value_of(section, "replication", parse_endpoint(text->value))) {
+                if (endpoint->is_wildcard())
+                    fail(section, "replication", "must be a specific address, not a wildcard: the peer connects to it");
+                else
+                    host.replication = *endpoint;
+            }
+        }
+        if (const Setting* text = setting(section, "console")) {
+            if (auto endpoint = value_of(section, "console", parse_endpoint(text->value)))
+                host.console = *endpoint;
+        }
+
+        const std::string control_key = full_key(section, "control");
+        if (!m_settings.count(control_key)) {
+            if (vm_name.empty())
+                return;  // vm.name is wrong and was reported; the default would be too
+            m_settings[control_key] =
+                Setting{fmt::format("/run/colod/{}-{}.sock", vm_name, section), 0, Origin::Derived};
+        }
+        const Setting& control = m_settings.at(control_key);
+        if (control.value.empty() || control.value.front() != '/')
+            fail(section, "control", "must be an absolute path");
+        else if (control.value.size() > k_max_socket_path)
+            fail(section, "control",
+                 fmt::format("must be at most {} bytes (the limit of a unix socket address)", k_max_socket_path));
+        else
+            host.control = std::filesystem::path(control.value).lexically_normal();
+    }
+
+    // Checks between keys, each reported once, on the later key. Only keys that passed their
+    // own rule take part, so that one mistake is not reported twice.
+    void relations(const PairConfig& config) {
+        const bool primary_replication = !failed("primary", "replication") && m_settings.count("primary.replication");
+        const bool secondary_replication =
+            !failed("secondary", "replication") && m_settings.count("secondary.replication");
+        const bool primary_console = !failed("primary", "console") && m_settings.count("primary.console");
+        const bool secondary_console = !failed("secondary", "console") && m_settings.count("secondary.console");
+
+        // Within one host, its console must not take its replication port.
+        if (primary_replication && primary_console && overlaps(config.primary.replication, config.primary.console))
+            fail("primary", "console", conflict("primary.replication", config.primary.replication));
+        if (secondary_replication && secondary_console &&
+            overlaps(config.secondary.replication, config.secondary.console))
+            fail("secondary", "console", conflict("secondary.replication", config.secondary.replication));
+
+        if (primary_replication && secondary_replication) {
+            const Endpoint& a = config.primary.replication;
+            const Endpoint& b = config.secondary.replication;
+            // Both on one machine: the demo over loopback, or a test. Then every endpoint of
+            // one side must stay clear of every endpoint of the other.
+            const bool same_host = a.host == b.host || (a.is_loopback() && b.is_loopback());
+            if (a == b) {
+                fail("secondary", "replication", fmt::format("must differ from primary.replication ({})", a.to_string()));
+            } else if (same_host) {
+                if (secondary_console && overlaps(a, config.secondary.console))
+                    fail("secondary", "console", conflict("primary.replication", a));
+                if (primary_console && overlaps(config.primary.console, b))
+                    fail("secondary", "replication", conflict("primary.console", config.primary.console));
+                if (primary_console && secondary_console && !failed("secondary", "console") &&
+                    overlaps(config.primary.console, config.secondary.console))
+                    fail("secondary", "console", conflict("primary.console", config.primary.console));
+            }
+        }
+
+        if (!config.primary.control.empty() && !config.secondary.control.empty() &&
+            config.primary.control == config.secondary.control)
+            fail("secondary", "control",
+                 fmt::format("must differ from primary.control ({})", config.primary.control.string()));
+    }
+
+    static std::string conflict(std::string_view other_key, const Endpoint& other) {
+        return fmt::format("must not use the same port as {} ({}) on the same host", other_key, other.to_string());
+    }
+
+    std::map<std::string, Setting> m_settings;
+    Problems& m_problems;
+    std::filesystem::path m_base_dir;
+    const std::vector<std::string>& m_builtin_images;
+    std::vector<std::string> m_failed;
+};
+
+}  // namespace
+
+std::string_view mode_name(Mode mode) {
+    switch (mode) {
+    case Mode::Checkpoint: return "checkpoint";
+    case Mode::Colo: return "colo";
+    }
+    return "?";
+}
+
+std::string_view role_name(Role role) {
+    switch (role) {
+    case Role::Primary: return "primary";
+    case Role::Secondary: return "secondary";
+    }
+    return "?";
+}
+
+base::Result<Role> parse_role(std::string_view text) {
+    if (text == "primary")
+        return Role::Primary;
+    if (text == "secondary")
+        return Role::Secondary;
+    return base::Error::make(base::Errc::Invalid, "role {}: must be primary or secondary", text);
+}
+
+Role peer_of(Role role) { return role == Role::Primary ? Role::Secondary : Role::Primary; }
+
+std::string Image::to_string() const {
+    if (is_builtin())
+        return fmt::format("{}{}", k_builtin_prefix, builtin);
+    return file.string();
+}
+
+const std::vector<std::string>& known_builtin_images() {
+    static const std::vector<std::string> images{"kvstore"};
+    return images;
+}
+
+base::Result<PairConfig> parse(std::string_view text, std::string_view file_name, const ParseOptions& options) {
+    Problems problems{std::string(file_name)};
+    const Scanned scanned = scan(text, problems);
+    auto settings = read_settings(scanned);
+    if (!settings.ok())
+        return std::move(settings).error().context(file_name);
+
+    std::filesystem::path base_dir = options.base_dir;
+    if (base_dir.empty())
+        base_dir = std::filesystem::path(file_name).parent_path();
+    if (base_dir.empty())
+        base_dir = ".";
+    std::error_code error;
+    const std::filesystem::path absolute_base = std::filesystem::absolute(base_dir, error);
+    if (error)
+        return base::Error::make(base::Errc::Invalid, "{}: resolving {}: {}", file_name, base_dir.string(),
+                                 error.message());
+
+    PairConfig config;
+    config.file = std::filesystem::path(file_name);
+    const auto& images = options.builtin_images.empty() ? known_builtin_images() : options.builtin_images;
+    Validator validator(std::move(settings).value(), problems, absolute_base, images);
+    validator.run(std::filesystem::path(file_name).stem().string(), config);
+    if (!problems.empty())
+        return base::Error(base::Errc::Invalid, problems.text());
+    return config;
+}
+
+base::Result<PairConfig> load(const std::filesystem::path& path, const ParseOptions& options) {
+    const std::string name = path.string();
+    base::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd)
+        return base::Error::from_errno(name);
+    struct stat info {};
+    if (::fstat(fd.get(), &info) != 0)
+        return base::Error::from_errno(name);
+    if (!S_ISREG(info.st_mode))
+        return base::Error::make(base::Errc::Invalid, "{}: not a regular file", name);
+    if (static_cast<uint64_t>(info.st_size) > k_max_file_size)
+        return base::Error::make(base::Errc::Invalid, "{}: larger than {} bytes; not a config file", name,
+                                 k_max_file_size);
+    std::string text;
+    char buffer[8192];
+    for (;;) {
+        const ssize_t n = ::read(fd.get(), buffer, sizeof buffer);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return base::Error::from_errno(name);
+        if (n == 0)
+            break;
+        text.append(buffer, static_cast<size_t>(n));
+        if (text.size() > k_max_file_size)
+            return base::Error::make(base::Errc::Invalid, "{}: larger than {} bytes; not a config file", name,
+                                     k_max_file_size);
+    }
+    return parse(text, name, options);
+}
+
+std::string to_config_text(const PairConfig& config) {
+    std::string out;
+    out += "[vm]\n";
+    out += fmt::format("name = {}\n", config.vm.name);
+    out += fmt::format("memory = {}\n", format_size(config.vm.memory_bytes));
+    out += fmt::format("vcpus = {}\n", config.vm.vcpus);
+    out += fmt::format("image = {}\n", config.vm.image.to_string());
+    out += fmt::format("cmdline = {}\n", config.vm.cmdline);
+    out += fmt::format("console-clients = {}\n", config.vm.console_clients);
+    const auto& replication = config.replication;
+    out += "[replication]\n";
+    out += fmt::format("mode = {}\n", mode_name(replication.mode));
+    out += fmt::format("checkpoint-interval = {}\n", format_duration(replication.checkpoint_interval));
+    out += fmt::format("heartbeat-interval = {}\n", format_duration(replication.heartbeat_interval));
+    out += fmt::format("heartbeat-timeout = {}\n", format_duration(replication.heartbeat_timeout));
+    out += fmt::format("fence-command = {}\n", replication.fence_command);
+    out += fmt::format("auth-key-file = {}\n", replication.auth_key_file.string());
+    out += fmt::format("max-held-output = {}\n", format_size(replication.max_held_output));
+    out += fmt::format("connect-retry = {}\n", format_duration(replication.connect_retry));
+    for (Role role : {Role::Primary, Role::Secondary}) {
+        const HostConfig& host = config.host(role);
+        out += fmt::format("[{}]\n", role_name(role));
+        out += fmt::format("replication = {}\n", host.replication.to_string());
+        out += fmt::format("console = {}\n", host.console.to_string());
+        out += fmt::format("control = {}\n", host.control.string());
+    }
+    return out;
+}
+
+}  // namespace colod::config
