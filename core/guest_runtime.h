@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+
+#include "base/result.h"
+#include "core/console.h"
+#include "core/machine.h"
+
+namespace colod::core {
+
+struct RuntimeOptions {
+    MachineConfig machine;
+    ConsoleOptions console;
+    // How often a running guest is checked for a halt it can never leave (every vCPU halted
+    // with interrupts off). Each check is one pause of the machine (tens of microseconds).
+    std::chrono::milliseconds halt_check{1000};
+};
+
+// A machine with its console: the part the standalone primary, the protected primary and a
+// secondary after takeover share. Console output goes through an output sink that the
+// replication engine can replace (held output); by default it goes straight to the clients.
+class GuestRuntime {
+public:
+    using OutputSink = std::function<void(std::span<const std::byte>)>;
+
+    // Creates the machine (no guest loaded yet, console closed).
+    static base::Result<std::unique_ptr<GuestRuntime>> create(const RuntimeOptions& options);
+    ~GuestRuntime();
+
+    // Loads and sets up an ELF64 guest for direct boot.
+    base::Result<void> boot(std::span<const std::byte> image, std::string_view cmdline);
+    // Opens the console endpoint (clients may connect from now on).
+    base::Result<void> open_console();
+    // Starts the vCPUs and the halt watchdog.
+    base::Result<void> start();
+    // Stops the guest (reason Requested unless it already stopped) and closes the console.
+    void stop(std::string why);
+    // Blocks until the guest has stopped.
+    StopInfo wait();
+
+    // Where guest console output goes. The sink runs on vCPU threads.
+    void set_output_sink(OutputSink sink);
+    // Sends bytes to the console clients now (the held-output path releases through this).
+    void release_output(std::span<const std::byte> bytes);
+
+    Machine& machine() { return *m_machine; }
+    ConsoleServer* console() { return m_console.get(); }
+
+private:
+    GuestRuntime(const RuntimeOptions& options, std::unique_ptr<Machine> machine);
+    void watchdog();
+    void on_output(std::span<const std::byte> bytes);
+
+    RuntimeOptions m_options;
+    std::unique_ptr<Machine> m_machine;
+    std::unique_ptr<ConsoleServer> m_console;
+
+    std::mutex m_sink_mutex;
+    OutputSink m_sink;  // empty: straight to the console
+
+    std::mutex m_watchdog_mutex;
+    std::condition_variable m_watchdog_wake;
+    bool m_watchdog_stop = false;
+    std::thread m_watchdog;
+};
+
+}  // namespace colod::core

@@ -1,0 +1,34 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace colod::core {
+
+// A point-in-time view of one daemon, as `coloctl status` shows it. The JSON keys are part of
+// the interface (DESIGN.md); fields are never removed, only added.
+struct Status {
+    std::string vm;
+    std::string role;        // primary | secondary
+    std::string mode;        // checkpoint | colo
+    std::string state;       // syncing | protected | unprotected | standby | active | stopped
+    std::string backend;     // kvm | soft
+    uint64_t seq = 0;        // last committed checkpoint
+    uint64_t checkpoints = 0;
+    struct {
+        uint64_t last = 0, p50 = 0, p99 = 0, max = 0;
+    } pause_us;
+    struct {
+        uint64_t last = 0, total = 0;
+    } dirty_pages;
+    uint64_t bytes_sent = 0;
+    uint64_t held_output_bytes = 0;
+    std::string peer;        // host:port of the peer's replication endpoint
+    std::string peer_state;  // connected | lost | none
+    uint64_t uptime_ms = 0;
+    uint64_t console_clients = 0;
+    std::string guest;       // running | stopped reason
+};
+
+}  // namespace colod::core

@@ -1,0 +1,98 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// coloctl: asks a running colod-primary or colod-secondary for its status or to act.
+#include <boost/program_options.hpp>
+
+#include <iostream>
+
+#include "config/config.h"
+#include "daemons/common.h"
+#include "daemons/control.h"
+
+namespace po = boost::program_options;
+using namespace colod;
+
+int main(int argc, char** argv) {
+    std::string config_file, role_text, command;
+    std::vector<std::string> args;
+    bool json = false;
+    po::options_description visible(
+        "coloctl: control a colod daemon\n\n"
+        "Usage: coloctl --config FILE --role primary|secondary COMMAND\n"
+        "Commands: status [--json] | checkpoint | failover | stop\n\nOptions");
+    visible.add_options()
+        ("config", po::value(&config_file)->value_name("FILE"), "the VM pair's config file")
+        ("role", po::value(&role_text)->value_name("ROLE"), "which daemon to ask: primary or secondary")
+        ("json", po::bool_switch(&json), "status as one JSON object")
+        ("version", "print the version and exit")
+        ("help", "print this help and exit");
+    po::options_description hidden;
+    hidden.add_options()("command", po::value(&args)->multitoken());
+    po::options_description all;
+    all.add(visible).add(hidden);
+    po::positional_options_description positional;
+    positional.add("command", -1);
+    po::variables_map vm;
+    try {
+        po::store(po::command_line_parser(argc, argv).options(all).positional(positional).run(), vm);
+        po::notify(vm);
+    } catch (const po::error& e) {
+        std::cerr << "coloctl: " << e.what() << "\nTry 'coloctl --help'.\n";
+        return 2;
+    }
+    if (vm.count("help")) {
+        std::cout << visible << "\n";
+        return 0;
+    }
+    if (vm.count("version")) {
+        std::cout << daemons::version_line("coloctl") << "\n";
+        return 0;
+    }
+    // "status --json" may also come after the command word.
+    std::vector<std::string> words;
+    for (const auto& arg : args) {
+        if (arg == "--json")
+            json = true;
+        else
+            words.push_back(arg);
+    }
+    if (config_file.empty() || role_text.empty() || words.size() != 1) {
+        std::cerr << "coloctl: usage: coloctl --config FILE --role primary|secondary status [--json] | checkpoint | "
+                     "failover | stop\n";
+        return 2;
+    }
+    command = words.front();
+    if (command != "status" && command != "checkpoint" && command != "failover" && command != "stop") {
+        std::cerr << "coloctl: unknown command '" << command << "' (status, checkpoint, failover or stop)\n";
+        return 2;
+    }
+    if (json && command != "status") {
+        std::cerr << "coloctl: --json goes with status only\n";
+        return 2;
+    }
+    auto role = config::parse_role(role_text);
+    if (!role) {
+        std::cerr << "coloctl: " << role.error().message() << "\n";
+        return 2;
+    }
+    auto cfg = config::load(config_file);
+    if (!cfg) {
+        std::cerr << "coloctl: invalid config:\n" << cfg.error().message() << "\n";
+        return 2;
+    }
+    auto path = cfg->host(*role).control;
+    std::string request = json ? "status --json" : command;
+    // A failover waits for a final checkpoint and the peer's takeover; give it time.
+    int timeout_ms = command == "failover" ? 60'000 : 10'000;
+    auto reply = daemons::control_request(path, request, timeout_ms);
+    if (!reply) {
+        std::cerr << "coloctl: cannot reach the " << role_text << " daemon at " << path.string() << ": "
+                  << reply.error().message() << "\n";
+        return 3;
+    }
+    if (!reply->ok) {
+        std::cerr << "coloctl: " << reply->body << "\n";
+        return 1;
+    }
+    std::cout << reply->body;
+    return 0;
+}

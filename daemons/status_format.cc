@@ -1,0 +1,55 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#include "daemons/status_format.h"
+
+#include <fmt/format.h>
+
+namespace colod::daemons {
+
+namespace {
+
+std::string quoted(const std::string& text) {
+    std::string out = "\"";
+    for (unsigned char c : text) {
+        switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\t': out += "\\t"; break;
+        default:
+            if (c < 0x20)
+                out += fmt::format("\\u{:04x}", c);
+            else
+                out += static_cast<char>(c);
+        }
+    }
+    return out + "\"";
+}
+
+}  // namespace
+
+std::string status_json(const core::Status& s) {
+    return fmt::format(
+        "{{\"vm\": {}, \"role\": {}, \"mode\": {}, \"state\": {}, \"seq\": {}, \"checkpoints\": {}, "
+        "\"pause_us\": {{\"last\": {}, \"p50\": {}, \"p99\": {}, \"max\": {}}}, "
+        "\"dirty_pages\": {{\"last\": {}, \"total\": {}}}, \"bytes_sent\": {}, \"held_output_bytes\": {}, "
+        "\"peer\": {}, \"peer_state\": {}, \"backend\": {}, \"guest\": {}, \"uptime_ms\": {}, "
+        "\"console_clients\": {}}}\n",
+        quoted(s.vm), quoted(s.role), quoted(s.mode), quoted(s.state), s.seq, s.checkpoints, s.pause_us.last,
+        s.pause_us.p50, s.pause_us.p99, s.pause_us.max, s.dirty_pages.last, s.dirty_pages.total, s.bytes_sent,
+        s.held_output_bytes, quoted(s.peer), quoted(s.peer_state), quoted(s.backend), quoted(s.guest), s.uptime_ms,
+        s.console_clients);
+}
+
+std::string status_text(const core::Status& s) {
+    return fmt::format(
+        "vm:              {}\nrole:            {}\nmode:            {}\nstate:           {}\nguest:           {}\n"
+        "backend:         {}\npeer:            {} ({})\ncheckpoint seq:  {} ({} checkpoints)\n"
+        "pause (us):      last {}  p50 {}  p99 {}  max {}\ndirty pages:     last {}  total {}\n"
+        "bytes sent:      {}\nheld output:     {} bytes\nconsole clients: {}\nuptime:          {:.1f} s\n",
+        s.vm, s.role, s.mode, s.state, s.guest, s.backend, s.peer.empty() ? "-" : s.peer, s.peer_state, s.seq,
+        s.checkpoints, s.pause_us.last, s.pause_us.p50, s.pause_us.p99, s.pause_us.max, s.dirty_pages.last,
+        s.dirty_pages.total, s.bytes_sent, s.held_output_bytes, s.console_clients,
+        static_cast<double>(s.uptime_ms) / 1000.0);
+}
+
+}  // namespace colod::daemons
