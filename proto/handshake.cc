@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#include "proto/handshake.h"
+
+#include "base/log.h"
+#include "proto/errors.h"
+
+namespace colod::proto {
+
+namespace {
+
+LinkSide other(LinkSide side) { return side == LinkSide::Connecting ? LinkSide::Accepting : LinkSide::Connecting; }
+
+// Tells the peer why we give up before the caller closes the link. Best effort: the peer may
+// already be gone, and the error we return matters more than this one.
+void send_error(Link& link, Reason reason, std::string text) {
+    ErrorMessage message{static_cast<uint16_t>(reason), std::move(text)};
+    (void)link.send(message, deadline_after(std::chrono::milliseconds(200)));
+}
+
+void log_failure(const Link& link, const base::Error& err) {
+    base::log(base::Level::Warning, "handshake-failed", fmt::format("handshake with {} failed: {}", link.peer_address(), err.message()),
+              {{"PEER", link.peer_address()}, {"REASON", std::string(reason_name(reason_of(err)))}});
+}
+
+// The peer gave up and said why: an ERROR carrying an auth reason stays an auth failure.
+base::Error peer_gave_up(const Link& link, const Frame& frame) {
+    auto message = frame.message();
+    if (!message)
+        return std::move(message).error();
+    const auto& e = std::get<ErrorMessage>(message.value());
+    Reason reason = static_cast<Reason>(e.code);
+    if (reason != Reason::AuthFailed && reason != Reason::ReflectedChallenge && reason != Reason::Unauthenticated)
+        reason = Reason::Refused;
+    return error(reason, "peer {} refused the connection: {}", link.peer_address(), e.reason);
+}
+
+base::Result<Frame> expect(Link& link, MessageType type, Deadline deadline) {
+    Frame frame = TRY(link.receive(deadline));
+    if (frame.header.type == MessageType::Error)
+        return peer_gave_up(link, frame);
+    if (frame.header.type != type)
+        return error(Reason::UnexpectedMessage, "{} from {} during the handshake where {} belongs",
+                     message_type_name(frame.header.type), link.peer_address(), message_type_name(type));
+    return frame;
+}
+
+base::Result<Hello> run(Link& link, const Key& key, Hello local, Deadline deadline, const PeerPolicy& policy) {
+    local.nonce = make_nonce();
+    auto local_payload = local.encode();
+    TRY(link.send(local, deadline));
+
+    Frame hello_frame = TRY(expect(link, MessageType::Hello, deadline));
+    auto peer_or = Hello::decode(hello_frame.payload());
+    if (!peer_or) {
+        send_error(link, reason_of(peer_or.error()), peer_or.error().message());
+        return std::move(peer_or).error();
+    }
+    Hello peer = std::move(peer_or).value();
+    if (peer.nonce == local.nonce) {
+        send_error(link, Reason::ReflectedChallenge, "reflected challenge");
+        return error(Reason::ReflectedChallenge, "peer {} sent our own challenge back", link.peer_address());
+    }
+
+    std::string refusal = incompatibility(local, peer);
+    if (refusal.empty() && policy)
+        refusal = policy(peer);
+
+    const LinkSide me = link.side();
+    auto peer_payload = hello_frame.payload();
+    auto transcript = me == LinkSide::Connecting ? transcript_hash(local_payload, peer_payload)
+                                                 : transcript_hash(peer_payload, local_payload);
+    Auth auth;
+    auth.proof = make_proof(key, me, peer.nonce, local.nonce, transcript);
+    auth.verdict = refusal.empty() ? Verdict::Accept : Verdict::Refuse;
+    auth.reason = refusal;
+    TRY(link.send(auth, deadline));
+
+    Frame auth_frame = TRY(expect(link, MessageType::Auth, deadline));
+    auto peer_auth_or = Auth::decode(auth_frame.payload());
+    if (!peer_auth_or) {
+        send_error(link, reason_of(peer_auth_or.error()), peer_auth_or.error().message());
+        return std::move(peer_auth_or).error();
+    }
+    const Auth& peer_auth = peer_auth_or.value();
+    auto expected = make_proof(key, other(me), local.nonce, peer.nonce, transcript);
+    if (!proofs_equal(expected, peer_auth.proof)) {
+        send_error(link, Reason::AuthFailed, "authentication failed");
+        return error(Reason::AuthFailed, "peer {} does not hold the pair's key", link.peer_address());
+    }
+    // From here on the peer has proved the key: its refusal is believed and logged.
+    if (peer_auth.verdict == Verdict::Refuse)
+        return error(Reason::Refused, "peer {} refused us: {}", link.peer_address(), peer_auth.reason);
+    if (!refusal.empty())
+        return error(Reason::Refused, "we refused peer {}: {}", link.peer_address(), refusal);
+
+    std::optional<Link::FrameKeys> keys;
+    if (local.frame_auth == FrameAuth::On) {
+        const auto& connecting_nonce = me == LinkSide::Connecting ? local.nonce : peer.nonce;
+        const auto& accepting_nonce = me == LinkSide::Connecting ? peer.nonce : local.nonce;
+        keys = Link::FrameKeys{FrameKey::derive(key, me, connecting_nonce, accepting_nonce),
+                               FrameKey::derive(key, other(me), connecting_nonce, accepting_nonce)};
+    }
+    link.set_authenticated(std::move(keys));
+    return peer;
+}
+
+}  // namespace
+
+base::Result<Hello> handshake(Link& link, const Key& key, Hello local, Deadline deadline, PeerPolicy policy) {
+    auto result = run(link, key, std::move(local), deadline, policy);
+    if (!result) {
+        log_failure(link, result.error());
+        return result;
+    }
+    base::log(base::Level::Info, "peer-authenticated",
+              fmt::format("peer {} authenticated: VM {} in state {}", link.peer_address(), result->vm_name,
+                          peer_state_name(result->state)),
+              {{"PEER", link.peer_address()}});
+    return result;
+}
+
+}  // namespace colod::proto

@@ -1,0 +1,601 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#include "proto/link.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <climits>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "base/log.h"
+#include "proto/crc32c.h"
+#include "proto/errors.h"
+#include "proto/wire.h"
+
+namespace colod::proto {
+
+namespace {
+
+// Bytes of a frame's gather list checksummed and written per step: small enough that the
+// bytes are still in cache when the kernel copies them, large enough to keep syscalls few.
+constexpr size_t kChunk = 256u << 10;
+
+struct HostPort {
+    std::string host;
+    std::string port;
+};
+
+base::Result<HostPort> split_address(std::string_view address) {
+    auto colon = address.rfind(':');
+    if (colon == std::string_view::npos || colon + 1 == address.size())
+        return base::Error::make(base::Errc::Invalid, "address '{}' is not host:port", address);
+    std::string host(address.substr(0, colon));
+    std::string port(address.substr(colon + 1));
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+        host = host.substr(1, host.size() - 2);
+    for (char c : port)
+        if (c < '0' || c > '9')
+            return base::Error::make(base::Errc::Invalid, "address '{}' has a bad port", address);
+    return HostPort{host, port};
+}
+
+struct AddrInfo {
+    addrinfo* list = nullptr;
+    ~AddrInfo() {
+        if (list)
+            ::freeaddrinfo(list);
+    }
+};
+
+base::Result<void> resolve(std::string_view address, int flags, AddrInfo& out) {
+    HostPort hp = TRY(split_address(address));
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = flags | AI_NUMERICSERV;
+    const char* host = hp.host.empty() || hp.host == "*" ? nullptr : hp.host.c_str();
+    int rc = ::getaddrinfo(host, hp.port.c_str(), &hints, &out.list);
+    if (rc != 0)
+        return base::Error::make(base::Errc::Invalid, "resolving '{}': {}", address, ::gai_strerror(rc));
+    return base::ok();
+}
+
+std::string format_address(const sockaddr_storage& ss) {
+    char host[INET6_ADDRSTRLEN] = {};
+    // SAFETY: the family field tells which sockaddr type the storage holds.
+    if (ss.ss_family == AF_INET) {
+        auto* in = reinterpret_cast<const sockaddr_in*>(&ss);
+        ::inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        return fmt::format("{}:{}", host, ntohs(in->sin_port));
+    }
+    if (ss.ss_family == AF_INET6) {
+        auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+        ::inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        return fmt::format("[{}]:{}", host, ntohs(in6->sin6_port));
+    }
+    return "?";
+}
+
+std::string peer_of(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    // SAFETY: getpeername writes at most len bytes into the storage.
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0)
+        return "?";
+    return format_address(ss);
+}
+
+base::Result<void> tune_socket(int fd) {
+    int one = 1;
+    if (::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0)
+        return base::Error::from_errno("setsockopt TCP_NODELAY");
+    if (::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) != 0)
+        return base::Error::from_errno("setsockopt SO_KEEPALIVE");
+    return base::ok();
+}
+
+int remaining_ms(Deadline deadline) {
+    auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0)
+        return 0;
+    return left > INT_MAX ? INT_MAX : int(left);
+}
+
+base::Result<base::Fd> make_eventfd() {
+    base::Fd fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!fd)
+        return base::Error::from_errno("eventfd");
+    return fd;
+}
+
+enum class WaitFor : short { Read = POLLIN, Write = POLLOUT };
+
+// Waits until `fd` is ready, the deadline passes or `wake` is signalled (shutdown).
+base::Result<void> wait_ready(int fd, int wake, WaitFor what, Deadline deadline, std::string_view doing) {
+    for (;;) {
+        pollfd fds[2] = {{fd, static_cast<short>(what), 0}, {wake, POLLIN, 0}};
+        int ms = remaining_ms(deadline);
+        int rc = ::poll(fds, 2, ms);
+        if (rc < 0) {
+            if (errno == EINTR)
+                continue;
+            return base::Error::from_errno("poll");
+        }
+        if (fds[1].revents)
+            return base::Error::make(base::Errc::Stopped, "{}: link shut down", doing);
+        if (fds[0].revents)
+            return base::ok();
+        if (ms == 0)
+            return base::Error::make(base::Errc::Timeout, "{}: deadline passed", doing);
+    }
+}
+
+}  // namespace
+
+// ---- Link ----
+
+struct Link::Shared {
+    base::Fd fd;
+    base::Fd wake;
+    LinkSide side = LinkSide::Connecting;
+    std::string peer;
+    std::atomic<bool> stopped{false};
+
+    std::mutex send_mutex;
+    uint64_t send_sequence = 0;          // guarded by send_mutex
+    std::optional<FrameKey> send_key;    // guarded by send_mutex
+    bool send_broken = false;            // guarded by send_mutex: a frame was cut short
+
+    uint64_t receive_sequence = 0;       // receiving thread only
+    std::optional<FrameKey> receive_key; // set before the receiving thread continues
+    std::atomic<bool> authenticated{false};
+    std::atomic<bool> frame_auth{false};
+
+    std::atomic<int64_t> last_send{0};
+    std::atomic<int64_t> last_receive{0};
+    std::atomic<uint64_t> bytes_sent{0};
+    std::atomic<uint64_t> bytes_received{0};
+
+    base::Result<void> write_iov(std::span<const iovec> iov, Deadline deadline);
+    base::Result<void> read_exact(std::byte* out, size_t n, Deadline deadline, std::string_view doing);
+    base::Result<void> send_frame_locked(const FrameHeader& header, std::span<const iovec> payload, Deadline deadline);
+};
+
+namespace {
+int64_t now_ticks() { return Clock::now().time_since_epoch().count(); }
+}  // namespace
+
+Link::Link(std::unique_ptr<Shared> shared) : m(std::move(shared)) {}
+Link::Link(Link&&) noexcept = default;
+Link& Link::operator=(Link&&) noexcept = default;
+Link::~Link() = default;
+
+base::Result<Link> Link::connect(std::string_view address, Deadline deadline) {
+    AddrInfo ai;
+    TRY(resolve(address, 0, ai));
+    auto wake = TRY(make_eventfd());
+    base::Error last(base::Errc::Failed, fmt::format("connecting to {}: no address", address));
+    for (addrinfo* a = ai.list; a; a = a->ai_next) {
+        base::Fd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol));
+        if (!fd) {
+            last = base::Error::from_errno("socket");
+            continue;
+        }
+        if (::connect(fd.get(), a->ai_addr, a->ai_addrlen) != 0) {
+            if (errno != EINPROGRESS) {
+                last = base::Error::from_errno(fmt::format("connecting to {}", address));
+                continue;
+            }
+            auto ready = wait_ready(fd.get(), wake.get(), WaitFor::Write, deadline,
+                                    fmt::format("connecting to {}", address));
+            if (!ready) {
+                last = std::move(ready).error();
+                if (last.code() == base::Errc::Timeout)
+                    return last;
+                continue;
+            }
+            int err = 0;
+            socklen_t len = sizeof err;
+            ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+            if (err != 0) {
+                last = base::Error::from_errno(fmt::format("connecting to {}", address), err);
+                continue;
+            }
+        }
+        TRY(tune_socket(fd.get()));
+        auto shared = std::make_unique<Shared>();
+        shared->fd = std::move(fd);
+        shared->wake = std::move(wake);
+        shared->side = LinkSide::Connecting;
+        shared->peer = peer_of(shared->fd.get());
+        return Link(std::move(shared));
+    }
+    return last;
+}
+
+LinkSide Link::side() const { return m->side; }
+std::string Link::peer_address() const { return m->peer; }
+
+void Link::shutdown() {
+    if (!m)
+        return;
+    m->stopped = true;
+    uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(m->wake.get(), &one, sizeof one);
+}
+
+void Link::set_authenticated(std::optional<FrameKeys> keys) {
+    std::lock_guard lock(m->send_mutex);
+    if (keys) {
+        m->send_key = std::move(keys->send);
+        m->receive_key = std::move(keys->receive);
+        m->frame_auth = true;
+    }
+    m->authenticated = true;
+}
+bool Link::authenticated() const { return m->authenticated; }
+
+Clock::time_point Link::last_send() const { return Clock::time_point(Clock::duration(m->last_send.load())); }
+Clock::time_point Link::last_receive() const { return Clock::time_point(Clock::duration(m->last_receive.load())); }
+uint64_t Link::bytes_sent() const { return m->bytes_sent; }
+uint64_t Link::bytes_received() const { return m->bytes_received; }
+
+base::Result<void> Link::Shared::write_iov(std::span<const iovec> iov_in, Deadline deadline) {
+    std::vector<iovec> iov(iov_in.begin(), iov_in.end());
+    size_t at = 0;
+    while (at < iov.size()) {
+        if (stopped)
+            return base::Error::make(base::Errc::Stopped, "sending to {}: link shut down", peer);
+        msghdr msg{};
+        msg.msg_iov = &iov[at];
+        msg.msg_iovlen = std::min<size_t>(iov.size() - at, IOV_MAX);
+        ssize_t n = ::sendmsg(fd.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                TRY(wait_ready(fd.get(), wake.get(), WaitFor::Write, deadline, fmt::format("sending to {}", peer)));
+                continue;
+            }
+            if (errno == EPIPE || errno == ECONNRESET)
+                return base::Error(base::Errc::Eof, fmt::format("sending to {}: peer closed the connection", peer),
+                                   errno);
+            return base::Error::from_errno(fmt::format("sending to {}", peer));
+        }
+        bytes_sent += size_t(n);
+        size_t left = size_t(n);
+        while (at < iov.size() && left >= iov[at].iov_len)
+            left -= iov[at++].iov_len;
+        if (left) {
+            iov[at].iov_base = static_cast<std::byte*>(iov[at].iov_base) + left;
+            iov[at].iov_len -= left;
+        }
+    }
+    last_send = now_ticks();
+    return base::ok();
+}
+
+base::Result<void> Link::Shared::read_exact(std::byte* out, size_t n, Deadline deadline, std::string_view doing) {
+    size_t got = 0;
+    while (got < n) {
+        if (stopped)
+            return base::Error::make(base::Errc::Stopped, "{}: link shut down", doing);
+        ssize_t r = ::recv(fd.get(), out + got, n - got, MSG_DONTWAIT);
+        if (r > 0) {
+            got += size_t(r);
+            bytes_received += size_t(r);
+            continue;
+        }
+        if (r == 0)
+            return base::Error::make(base::Errc::Eof, "{}: peer closed the connection{}", doing,
+                                     got ? fmt::format(" after {} of {} bytes", got, n) : std::string());
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            TRY(wait_ready(fd.get(), wake.get(), WaitFor::Read, deadline, doing));
+            continue;
+        }
+        if (errno == ECONNRESET)
+            return base::Error(base::Errc::Eof, fmt::format("{}: connection reset by peer", doing), errno);
+        return base::Error::from_errno(doing);
+    }
+    last_receive = now_ticks();
+    return base::ok();
+}
+
+// Writes one frame: header, payload gather list in chunks (CRC and MAC computed per chunk just
+// before it is written), trailer. Caller holds send_mutex.
+base::Result<void> Link::Shared::send_frame_locked(const FrameHeader& header_in, std::span<const iovec> payload,
+                                                   Deadline deadline) {
+    if (send_broken)
+        return base::Error::make(base::Errc::Failed, "sending to {}: an earlier frame was cut short", peer);
+    FrameHeader header = header_in;
+    header.sequence = send_sequence;
+    if (send_key)
+        header.flags |= static_cast<uint16_t>(FrameFlag::Mac);
+    HeaderBytes head = encode_header(header);
+    std::optional<FrameMac> mac;
+    if (send_key) {
+        mac.emplace(*send_key);
+        mac->update(head);
+    }
+    // From the first byte on, a failure leaves a partial frame in the stream.
+    send_broken = true;
+    // SAFETY: iovec wants non-const pointers; sendmsg only reads them.
+    iovec head_iov{const_cast<std::byte*>(head.data()), head.size()};
+    Crc32c crc;
+    std::vector<iovec> chunk;
+    chunk.push_back(head_iov);
+    size_t chunk_bytes = head.size();
+    auto flush = [&]() -> base::Result<void> {
+        TRY(write_iov(chunk, deadline));
+        chunk.clear();
+        chunk_bytes = 0;
+        return base::ok();
+    };
+    for (const auto& v : payload) {
+        auto* p = static_cast<std::byte*>(v.iov_base);
+        size_t left = v.iov_len;
+        while (left) {
+            size_t take = std::min(left, kChunk - std::min(chunk_bytes, kChunk));
+            if (take == 0) {
+                TRY(flush());
+                continue;
+            }
+            std::span<const std::byte> piece(p, take);
+            crc.update(piece);
+            if (mac)
+                mac->update(piece);
+            chunk.push_back({p, take});
+            chunk_bytes += take;
+            p += take;
+            left -= take;
+            if (chunk_bytes >= kChunk || chunk.size() >= IOV_MAX)
+                TRY(flush());
+        }
+    }
+    std::array<std::byte, kCrcSize + kMacSize> trailer{};
+    store_be32(trailer.data(), crc.value());
+    size_t trailer_size = kCrcSize;
+    if (mac) {
+        mac->update(std::span(trailer).first(kCrcSize));
+        auto tag = mac->finish();
+        std::copy(tag.begin(), tag.end(), trailer.begin() + kCrcSize);
+        trailer_size += kMacSize;
+    }
+    chunk.push_back({trailer.data(), trailer_size});
+    TRY(flush());
+    send_broken = false;
+    ++send_sequence;
+    return base::ok();
+}
+
+base::Result<void> Link::send(const Message& message, Deadline deadline) {
+    auto payload = encode_message(message);
+    FrameHeader header{kWireVersion, message_type(message), 0, 0, uint32_t(payload.size())};
+    // SAFETY: see send_frame_locked.
+    iovec iov{payload.data(), payload.size()};
+    std::lock_guard lock(m->send_mutex);
+    return m->send_frame_locked(header, std::span(&iov, payload.empty() ? 0 : 1), deadline);
+}
+
+base::Result<void> Link::send_state(const EncodedState& state, Deadline deadline) {
+    TRY(send(state.size(), deadline));
+    for (size_t i = 0; i < state.frame_count(); ++i) {
+        FrameHeader header{kWireVersion, MessageType::VmstateSend, 0, 0, state.frame_payload_length(i)};
+        std::lock_guard lock(m->send_mutex);
+        TRY(m->send_frame_locked(header, state.frame_iov(i), deadline));
+    }
+    return base::ok();
+}
+
+base::Result<void> Link::send_raw(std::span<const std::byte> bytes, Deadline deadline) {
+    // SAFETY: see send_frame_locked.
+    iovec iov{const_cast<std::byte*>(bytes.data()), bytes.size()};
+    std::lock_guard lock(m->send_mutex);
+    return m->write_iov(std::span(&iov, 1), deadline);
+}
+
+base::Result<Frame> Link::receive(Deadline deadline) {
+    Frame frame;
+    TRY(receive_into(frame, deadline));
+    return frame;
+}
+
+base::Result<void> Link::receive_into(Frame& frame, Deadline deadline) {
+    std::string doing = fmt::format("receiving from {}", m->peer);
+    HeaderBytes head;
+    TRY(m->read_exact(head.data(), head.size(), deadline, doing));
+    FrameHeader header = TRY(decode_header(head));
+    if (header.sequence != m->receive_sequence)
+        return error(Reason::SequenceGap, "frame {} from {} where frame {} was due", header.sequence, m->peer,
+                     m->receive_sequence);
+    bool authenticated = m->authenticated;
+    if (!authenticated && header.type != MessageType::Hello && header.type != MessageType::Auth &&
+        header.type != MessageType::Error)
+        return error(Reason::Unauthenticated, "{} from {} before authentication", message_type_name(header.type),
+                     m->peer);
+    bool want_mac = m->frame_auth;
+    if (header.has(FrameFlag::Mac) != want_mac)
+        return error(want_mac ? Reason::FrameAuth : Reason::BadFlags, "{} from {} {} a MAC",
+                     message_type_name(header.type), m->peer, want_mac ? "without" : "with");
+    size_t body = header.body_size();
+    if (frame.m_buffer.size() < body)
+        frame.m_buffer.resize(body);
+    TRY(m->read_exact(frame.m_buffer.data(), body, deadline, doing));
+    frame.header = header;
+    auto payload = frame.payload();
+    TRY(check_payload_crc(payload, std::span(frame.m_buffer).subspan(header.payload_length, kCrcSize)));
+    if (want_mac) {
+        FrameMac mac(*m->receive_key);
+        mac.update(head);
+        mac.update(std::span(frame.m_buffer).first(header.payload_length + kCrcSize));
+        auto expected = mac.finish();
+        std::span<const std::byte, kMacSize> got(frame.m_buffer.data() + header.payload_length + kCrcSize, kMacSize);
+        if (!proofs_equal(expected, got))
+            return error(Reason::FrameAuth, "{} frame {} from {}: MAC mismatch", message_type_name(header.type),
+                         header.sequence, m->peer);
+    }
+    ++m->receive_sequence;
+    return base::ok();
+}
+
+// ---- Listener ----
+
+struct Listener::Shared {
+    base::Fd fd;
+    base::Fd wake;
+    std::string local;
+    uint16_t port = 0;
+};
+
+Listener::Listener(std::unique_ptr<Shared> shared) : m(std::move(shared)) {}
+Listener::Listener(Listener&&) noexcept = default;
+Listener& Listener::operator=(Listener&&) noexcept = default;
+Listener::~Listener() = default;
+
+base::Result<Listener> Listener::create(std::string_view address) {
+    AddrInfo ai;
+    TRY(resolve(address, AI_PASSIVE, ai));
+    base::Error last(base::Errc::Failed, fmt::format("listening on {}: no address", address));
+    for (addrinfo* a = ai.list; a; a = a->ai_next) {
+        base::Fd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol));
+        if (!fd) {
+            last = base::Error::from_errno("socket");
+            continue;
+        }
+        int one = 1;
+        ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (::bind(fd.get(), a->ai_addr, a->ai_addrlen) != 0 || ::listen(fd.get(), 16) != 0) {
+            last = base::Error::from_errno(fmt::format("listening on {}", address));
+            continue;
+        }
+        auto shared = std::make_unique<Shared>();
+        sockaddr_storage ss{};
+        socklen_t len = sizeof ss;
+        // SAFETY: getsockname writes at most len bytes into the storage.
+        ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len);
+        shared->local = format_address(ss);
+        // SAFETY: sin_port and sin6_port sit at the same offset.
+        shared->port = ntohs(reinterpret_cast<const sockaddr_in*>(&ss)->sin_port);
+        shared->fd = std::move(fd);
+        shared->wake = TRY(make_eventfd());
+        return Listener(std::move(shared));
+    }
+    return last;
+}
+
+uint16_t Listener::port() const { return m->port; }
+std::string Listener::local_address() const { return m->local; }
+
+void Listener::shutdown() {
+    if (!m)
+        return;
+    uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(m->wake.get(), &one, sizeof one);
+}
+
+base::Result<Link> Listener::accept(Deadline deadline) {
+    for (;;) {
+        TRY(wait_ready(m->fd.get(), m->wake.get(), WaitFor::Read, deadline, fmt::format("accepting on {}", m->local)));
+        base::Fd fd(::accept4(m->fd.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+        if (!fd) {
+            // The connection may have gone again before accept; wait for the next one.
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED || errno == EINTR)
+                continue;
+            return base::Error::from_errno("accept4");
+        }
+        TRY(tune_socket(fd.get()));
+        auto shared = std::make_unique<Link::Shared>();
+        shared->fd = std::move(fd);
+        shared->wake = TRY(make_eventfd());
+        shared->side = LinkSide::Accepting;
+        shared->peer = peer_of(shared->fd.get());
+        return Link(std::move(shared));
+    }
+}
+
+// ---- HeartbeatSender ----
+
+struct HeartbeatSender::Shared {
+    Link* link = nullptr;
+    Clock::duration interval{};
+    std::function<uint64_t()> committed_seq;
+    mutable std::mutex mutex;
+    std::condition_variable wake;
+    bool stopping = false;
+    std::optional<base::Error> failure;
+    std::atomic<uint64_t> sent{0};
+    std::thread thread;
+
+    void run() {
+        std::unique_lock lock(mutex);
+        while (!stopping) {
+            auto due = link->last_send() + interval;
+            if (Clock::now() < due) {
+                wake.wait_until(lock, due);
+                continue;
+            }
+            lock.unlock();
+            timespec ts{};
+            ::clock_gettime(CLOCK_REALTIME, &ts);
+            Heartbeat hb{committed_seq ? committed_seq() : 0, uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec)};
+            auto result = link->send(hb, Clock::now() + interval * 4);
+            lock.lock();
+            if (!result) {
+                failure = std::move(result).error();
+                return;
+            }
+            ++sent;
+        }
+    }
+};
+
+HeartbeatSender::HeartbeatSender(std::unique_ptr<Shared> shared) : m(std::move(shared)) {}
+
+base::Result<std::unique_ptr<HeartbeatSender>> HeartbeatSender::start(Link& link, Clock::duration interval,
+                                                                      std::function<uint64_t()> committed_seq) {
+    if (interval <= Clock::duration::zero())
+        return base::Error::make(base::Errc::Invalid, "heartbeat interval must be positive");
+    auto shared = std::make_unique<Shared>();
+    shared->link = &link;
+    shared->interval = interval;
+    shared->committed_seq = std::move(committed_seq);
+    auto* raw = shared.get();
+    raw->thread = std::thread([raw] { raw->run(); });
+    return std::unique_ptr<HeartbeatSender>(new HeartbeatSender(std::move(shared)));
+}
+
+HeartbeatSender::~HeartbeatSender() {
+    {
+        std::lock_guard lock(m->mutex);
+        m->stopping = true;
+    }
+    m->wake.notify_all();
+    if (m->thread.joinable())
+        m->thread.join();
+}
+
+bool HeartbeatSender::failed() const {
+    std::lock_guard lock(m->mutex);
+    return m->failure.has_value();
+}
+
+std::optional<base::Error> HeartbeatSender::error() const {
+    std::lock_guard lock(m->mutex);
+    return m->failure;
+}
+
+uint64_t HeartbeatSender::sent() const { return m->sent; }
+
+}  // namespace colod::proto
