@@ -1,0 +1,269 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// Frames and control messages: round trips with random values, and one test per malformed
+// class asserting its Reason.
+#include <catch2/catch.hpp>
+
+#include <random>
+
+#include "proto/crc32c.h"
+#include "proto/errors.h"
+#include "proto/frame.h"
+#include "proto/messages.h"
+#include "proto/wire.h"
+
+using namespace colod;
+using namespace colod::proto;
+
+namespace {
+
+std::vector<std::byte> bytes_of(std::string_view s) {
+    auto b = std::as_bytes(std::span(s.data(), s.size()));
+    return {b.begin(), b.end()};
+}
+
+template <typename T>
+Reason reason(const base::Result<T>& r) {
+    REQUIRE_FALSE(r.ok());
+    return reason_of(r.error());
+}
+
+std::string random_name(std::mt19937_64& rng, size_t max = kMaxNameLength) {
+    std::string s(1 + rng() % max, 'a');
+    for (auto& c : s)
+        c = char(0x21 + rng() % (0x7f - 0x21));
+    return s;
+}
+
+Hello random_hello(std::mt19937_64& rng) {
+    Hello h;
+    h.protocol_version = uint16_t(rng());
+    h.state = static_cast<PeerState>(1 + rng() % 4);
+    h.frame_auth = static_cast<FrameAuth>(rng() % 2);
+    h.vm_name = random_name(rng);
+    h.memory_bytes = (1 + rng() % (1ull << 30)) * kPageSize;
+    h.vcpus = uint32_t(1 + rng() % 4096);
+    size_t devices = rng() % 8;
+    for (size_t i = 0; i < devices; ++i)
+        h.devices.push_back({random_name(rng, 60) + std::to_string(i), uint32_t(rng())});
+    for (auto& b : h.image_hash)
+        b = std::byte(rng());
+    for (auto& b : h.nonce)
+        b = std::byte(rng());
+    return h;
+}
+
+Message random_message(std::mt19937_64& rng) {
+    switch (rng() % 11) {
+    case 0: return random_hello(rng);
+    case 1: {
+        Auth a;
+        for (auto& b : a.proof)
+            b = std::byte(rng());
+        a.verdict = static_cast<Verdict>(rng() % 2);
+        a.reason = std::string(rng() % 100, 'r');
+        return a;
+    }
+    case 2: return ErrorMessage{uint16_t(rng()), std::string(rng() % 300, 'e')};
+    case 3: return Heartbeat{rng(), rng()};
+    case 4: return CheckpointReady{rng()};
+    case 5: return CheckpointRequest{rng()};
+    case 6: return CheckpointReply{rng()};
+    case 7: {
+        uint64_t bytes = rng() % (1ull << 40);
+        return VmstateSize{rng(), bytes, rng(), uint32_t(bytes / kMaxStatePayload + 1 + rng() % 1000)};
+    }
+    case 8: return VmstateReceived{rng()};
+    case 9: return VmstateLoaded{rng()};
+    default: return GuestShutdown{int32_t(rng())};
+    }
+}
+
+}  // namespace
+
+TEST_CASE("crc32c matches the standard check value and both implementations agree") {
+    REQUIRE(crc32c(bytes_of("123456789")) == 0xE3069283u);
+    REQUIRE(crc32c({}) == 0u);
+    std::mt19937_64 rng(7);
+    for (size_t size : {1u, 7u, 8u, 63u, 4096u, 12287u, 12288u, 12289u, 40000u, 100003u}) {
+        std::vector<std::byte> data(size);
+        for (auto& b : data)
+            b = std::byte(rng());
+        Crc32c table(CrcImplementation::Table);
+        table.update(data);
+        Crc32c hw;
+        // Split at an odd place: the incremental form must equal the one-shot form.
+        hw.update(std::span(data).first(size / 3));
+        hw.update(std::span(data).subspan(size / 3));
+        INFO("size " << size);
+        REQUIRE(hw.value() == table.value());
+        REQUIRE(crc32c(data) == table.value());
+    }
+}
+
+TEST_CASE("frame header round trip") {
+    std::mt19937_64 rng(1);
+    for (int i = 0; i < 1000; ++i) {
+        FrameHeader h;
+        h.type = static_cast<MessageType>(1 + rng() % 12);
+        h.flags = uint16_t(rng() % 2);
+        h.sequence = rng();
+        h.payload_length = uint32_t(rng() % (payload_cap(h.type) + 1));
+        auto bytes = encode_header(h);
+        auto back = decode_header(bytes);
+        REQUIRE(back.ok());
+        REQUIRE(back.value() == h);
+    }
+}
+
+TEST_CASE("control messages round trip through frames (random, many seeds)") {
+    for (uint64_t seed = 0; seed < 2000; ++seed) {
+        std::mt19937_64 rng(seed);
+        Message m = random_message(rng);
+        uint64_t sequence = rng();
+        auto frame = encode_frame(message_type(m), sequence, encode_message(m));
+        auto view = decode_frame(frame);
+        REQUIRE(view.ok());
+        REQUIRE(view->size == frame.size());
+        REQUIRE(view->header.sequence == sequence);
+        REQUIRE(view->header.type == message_type(m));
+        auto back = decode_message(view->header.type, view->payload);
+        REQUIRE(back.ok());
+        REQUIRE(back.value() == m);
+    }
+}
+
+TEST_CASE("decoders skip fields appended by a later revision") {
+    Heartbeat hb{5, 6};
+    auto payload = hb.encode();
+    payload.resize(payload.size() + 20, std::byte{0xAB});
+    auto back = Heartbeat::decode(payload);
+    REQUIRE(back.ok());
+    REQUIRE(back.value() == hb);
+}
+
+// ---- One test per malformed frame class ----
+
+namespace {
+std::vector<std::byte> valid_frame() { return encode_frame(MessageType::Heartbeat, 3, Heartbeat{1, 2}.encode()); }
+}  // namespace
+
+TEST_CASE("malformed: truncated header") {
+    auto f = valid_frame();
+    REQUIRE(reason(decode_frame(std::span(f).first(kHeaderSize - 1))) == Reason::TruncatedHeader);
+    REQUIRE(reason(decode_header({})) == Reason::TruncatedHeader);
+}
+
+TEST_CASE("malformed: bad magic") {
+    auto f = valid_frame();
+    f[0] = std::byte{'X'};
+    REQUIRE(reason(decode_frame(f)) == Reason::BadMagic);
+}
+
+TEST_CASE("malformed: bad version") {
+    FrameHeader h{2, MessageType::Heartbeat, 0, 0, 16};
+    REQUIRE(reason(decode_header(encode_header(h))) == Reason::BadVersion);
+}
+
+TEST_CASE("malformed: unknown type") {
+    FrameHeader h{kWireVersion, static_cast<MessageType>(13), 0, 0, 16};
+    REQUIRE(reason(decode_header(encode_header(h))) == Reason::UnknownType);
+    h.type = static_cast<MessageType>(0);
+    REQUIRE(reason(decode_header(encode_header(h))) == Reason::UnknownType);
+}
+
+TEST_CASE("malformed: header check mismatch") {
+    auto f = valid_frame();
+    f[17] ^= std::byte{1};  // a length bit: exactly what the header check is for
+    REQUIRE(reason(decode_frame(f)) == Reason::HeaderCheck);
+}
+
+TEST_CASE("malformed: unknown flags") {
+    FrameHeader h{kWireVersion, MessageType::Heartbeat, 0x8000, 0, 16};
+    REQUIRE(reason(decode_header(encode_header(h))) == Reason::BadFlags);
+}
+
+TEST_CASE("malformed: length over cap") {
+    FrameHeader h{kWireVersion, MessageType::Heartbeat, 0, 0, payload_cap(MessageType::Heartbeat) + 1};
+    REQUIRE(reason(decode_header(encode_header(h))) == Reason::LengthOverCap);
+    h.type = MessageType::VmstateSend;
+    h.payload_length = kMaxStatePayload + 1;
+    REQUIRE(reason(decode_header(encode_header(h))) == Reason::LengthOverCap);
+    h.type = MessageType::Hello;
+    h.payload_length = 0xFFFFFFFF;
+    REQUIRE(reason(decode_header(encode_header(h))) == Reason::LengthOverCap);
+}
+
+TEST_CASE("malformed: truncated payload") {
+    auto f = valid_frame();
+    REQUIRE(reason(decode_frame(std::span(f).first(f.size() - 1))) == Reason::TruncatedPayload);
+    REQUIRE(reason(decode_frame(std::span(f).first(kHeaderSize))) == Reason::TruncatedPayload);
+}
+
+TEST_CASE("malformed: payload CRC mismatch") {
+    auto f = valid_frame();
+    f[kHeaderSize + 3] ^= std::byte{0x40};
+    REQUIRE(reason(decode_frame(f)) == Reason::PayloadCrc);
+    auto g = valid_frame();
+    g.back() ^= std::byte{1};
+    REQUIRE(reason(decode_frame(g)) == Reason::PayloadCrc);
+}
+
+TEST_CASE("malformed messages: truncated fields and bad values") {
+    auto hb = Heartbeat{1, 2}.encode();
+    REQUIRE(reason(Heartbeat::decode(std::span(hb).first(15))) == Reason::Truncated);
+    REQUIRE(reason(CheckpointRequest::decode({})) == Reason::Truncated);
+
+    std::mt19937_64 rng(3);
+    Hello h = random_hello(rng);
+    auto payload = h.encode();
+    for (size_t cut = 0; cut < payload.size(); ++cut)
+        REQUIRE(reason(Hello::decode(std::span(payload).first(cut))) == Reason::Truncated);
+
+    Hello bad = h;
+    bad.memory_bytes = 4097;
+    REQUIRE(reason(Hello::decode(bad.encode())) == Reason::BadField);
+    bad = h;
+    bad.vcpus = 0;
+    REQUIRE(reason(Hello::decode(bad.encode())) == Reason::BadField);
+    bad = h;
+    bad.vm_name = "has space";
+    REQUIRE(reason(Hello::decode(bad.encode())) == Reason::BadField);
+    bad = h;
+    bad.devices = {{"uart", 1}, {"uart", 1}};
+    REQUIRE(reason(Hello::decode(bad.encode())) == Reason::BadField);
+    auto state = h.encode();
+    state[2] = std::byte{9};  // PeerState
+    REQUIRE(reason(Hello::decode(state)) == Reason::BadField);
+
+    auto size = VmstateSize{1, 10, 1, 0}.encode();
+    REQUIRE(reason(VmstateSize::decode(size)) == Reason::BadField);
+    REQUIRE(reason(decode_message(MessageType::VmstateSend, {})) == Reason::UnexpectedMessage);
+}
+
+TEST_CASE("incompatibility names the first difference") {
+    std::mt19937_64 rng(11);
+    Hello a = random_hello(rng);
+    Hello b = a;
+    b.nonce[0] ^= std::byte{1};
+    b.state = PeerState::SecondaryStandby;
+    REQUIRE(incompatibility(a, b).empty());
+    b.memory_bytes += kPageSize;
+    REQUIRE_THAT(incompatibility(a, b), Catch::Contains("memory size differs"));
+    b = a;
+    b.image_hash[5] ^= std::byte{1};
+    REQUIRE_THAT(incompatibility(a, b), Catch::Contains("image hash"));
+    b = a;
+    b.vm_name += "x";
+    REQUIRE_THAT(incompatibility(a, b), Catch::Contains("VM name"));
+}
+
+TEST_CASE("error reasons survive context and map to broad classes") {
+    auto e = error(Reason::PageBeyondMemory, "page {}", 99);
+    REQUIRE(e.code() == base::Errc::Protocol);
+    auto wrapped = std::move(e).context("checkpoint 4");
+    REQUIRE(reason_of(wrapped) == Reason::PageBeyondMemory);
+    REQUIRE_THAT(wrapped.message(), Catch::Contains("page-beyond-memory"));
+    REQUIRE(error(Reason::AuthFailed, "x").code() == base::Errc::Auth);
+    REQUIRE(error(Reason::Refused, "x").code() == base::Errc::Mismatch);
+    REQUIRE(reason_of(base::Error::from_errno("read", 5)) == Reason::None);
+}
