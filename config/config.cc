@@ -206,18 +206,15 @@ Scanned scan(std::string_view text, Problems& problems) {
     std::string section;
     bool section_known = false;
     int line_number = 0;
-    while (!text.empty() || line_number == 0) {
+    while (!text.empty()) {
         ++line_number;
         const size_t end = text.find('\n');
-        std::string_view raw = text.substr(0, end);
+        const std::string_view raw = text.substr(0, end);
         text = end == std::string_view::npos ? std::string_view{} : text.substr(end + 1);
 
         const std::string_view line = trim(raw.substr(0, raw.find('#')));
-        if (line.empty()) {
-            if (text.empty())
-                break;
+        if (line.empty())
             continue;
-        }
         if (line.front() == '[') {
             if (line.back() != ']' || line.size() < 3) {
                 problems.add(line_number, fmt::format("\"{}\"", line), "not a valid [section] header");
@@ -582,47 +579,47 @@ private:
     // Checks between keys, each reported once, on the later key. Only keys that passed their
     // own rule take part, so that one mistake is not reported twice.
     void relations(const PairConfig& config) {
-        const bool primary_replication = !failed("primary", "replication") && m_settings.count("primary.replication");
-        const bool secondary_replication =
-            !failed("secondary", "replication") && m_settings.count("secondary.replication");
-        const bool primary_console = !failed("primary", "console") && m_settings.count("primary.console");
-        const bool secondary_console = !failed("secondary", "console") && m_settings.count("secondary.console");
+        auto usable = [this](std::string_view section, std::string_view key) {
+            return m_settings.count(full_key(section, key)) && !failed(section, key);
+        };
+        // Reports `section.key` (at `endpoint`) if it collides with `other` on one host.
+        auto check_overlap = [&](std::string_view section, std::string_view key, const Endpoint& endpoint,
+                                 std::string_view other_key, const Endpoint& other) {
+            if (usable(section, key) && overlaps(endpoint, other))
+                fail(section, key,
+                     fmt::format("must not use the same port as {} ({}) on the same host", other_key,
+                                 other.to_string()));
+        };
+        const HostConfig& primary = config.primary;
+        const HostConfig& secondary = config.secondary;
 
         // Within one host, its console must not take its replication port.
-        if (primary_replication && primary_console && overlaps(config.primary.replication, config.primary.console))
-            fail("primary", "console", conflict("primary.replication", config.primary.replication));
-        if (secondary_replication && secondary_console &&
-            overlaps(config.secondary.replication, config.secondary.console))
-            fail("secondary", "console", conflict("secondary.replication", config.secondary.replication));
+        if (usable("primary", "replication"))
+            check_overlap("primary", "console", primary.console, "primary.replication", primary.replication);
+        if (usable("secondary", "replication"))
+            check_overlap("secondary", "console", secondary.console, "secondary.replication", secondary.replication);
 
-        if (primary_replication && secondary_replication) {
-            const Endpoint& a = config.primary.replication;
-            const Endpoint& b = config.secondary.replication;
-            // Both on one machine: the demo over loopback, or a test. Then every endpoint of
-            // one side must stay clear of every endpoint of the other.
+        if (usable("primary", "replication") && usable("secondary", "replication")) {
+            const Endpoint& a = primary.replication;
+            const Endpoint& b = secondary.replication;
+            // Both on one machine (the demo over loopback, a test): then every endpoint of one
+            // side must also stay clear of every endpoint of the other.
             const bool same_host = a.host == b.host || (a.is_loopback() && b.is_loopback());
             if (a == b) {
                 fail("secondary", "replication", fmt::format("must differ from primary.replication ({})", a.to_string()));
             } else if (same_host) {
-                if (secondary_console && overlaps(a, config.secondary.console))
-                    fail("secondary", "console", conflict("primary.replication", a));
-                if (primary_console && overlaps(config.primary.console, b))
-                    fail("secondary", "replication", conflict("primary.console", config.primary.console));
-                if (primary_console && secondary_console && !failed("secondary", "console") &&
-                    overlaps(config.primary.console, config.secondary.console))
-                    fail("secondary", "console", conflict("primary.console", config.primary.console));
+                if (usable("primary", "console"))
+                    check_overlap("secondary", "replication", b, "primary.console", primary.console);
+                check_overlap("secondary", "console", secondary.console, "primary.replication", a);
+                if (usable("primary", "console"))
+                    check_overlap("secondary", "console", secondary.console, "primary.console", primary.console);
             }
         }
 
-        if (!config.primary.control.empty() && !config.secondary.control.empty() &&
-            config.primary.control == config.secondary.control)
-            fail("secondary", "control",
-                 fmt::format("must differ from primary.control ({})", config.primary.control.string()));
+        if (usable("primary", "control") && usable("secondary", "control") && primary.control == secondary.control)
+            fail("secondary", "control", fmt::format("must differ from primary.control ({})", primary.control.string()));
     }
 
-    static std::string conflict(std::string_view other_key, const Endpoint& other) {
-        return fmt::format("must not use the same port as {} ({}) on the same host", other_key, other.to_string());
-    }
 
     std::map<std::string, Setting> m_settings;
     Problems& m_problems;

@@ -312,6 +312,11 @@ TEST_CASE("endpoint and control socket rules", "[config]") {
           "(10.0.0.1:9400) on the same host");
     CHECK(parsed(with_line("console = 0.0.0.0:4555\n", "console = 0.0.0.0:4556\n", same_host))
               .secondary.console.port == 4556);
+    CHECK(errors_of(with_line("console = 0.0.0.0:4555  #", "console = 0.0.0.0:9401", same_host)) ==
+          "demo.conf:18: secondary.replication = 10.0.0.1:9401: must not use the same port as primary.console "
+          "(0.0.0.0:9401) on the same host");
+    // On two hosts the same console endpoint is fine (the DESIGN example does it).
+    CHECK(parsed(k_design).primary.console == parsed(k_design).secondary.console);
     // Two loopback addresses are one host too.
     std::string loopback = with_line("replication = 10.0.0.1", "replication = 127.0.0.1:9400");
     loopback = with_line("replication = 10.0.0.2", "replication = 127.0.0.2:9400", loopback);
