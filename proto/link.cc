@@ -167,7 +167,10 @@ struct Link::Shared {
     std::atomic<uint64_t> bytes_received{0};
 
     base::Result<void> write_iov(std::span<const iovec> iov, Deadline deadline);
-    base::Result<void> read_exact(std::byte* out, size_t n, Deadline deadline, std::string_view doing);
+    // Reads exactly n bytes. With `crc`, the first `crc_bytes` of them are checksummed as they
+    // arrive, while they are still in cache.
+    base::Result<void> read_exact(std::byte* out, size_t n, Deadline deadline, std::string_view doing,
+                                  Crc32c* crc = nullptr, size_t crc_bytes = 0);
     base::Result<void> send_frame_locked(const FrameHeader& header, std::span<const iovec> payload, Deadline deadline);
 };
 
@@ -285,13 +288,16 @@ base::Result<void> Link::Shared::write_iov(std::span<const iovec> iov_in, Deadli
     return base::ok();
 }
 
-base::Result<void> Link::Shared::read_exact(std::byte* out, size_t n, Deadline deadline, std::string_view doing) {
+base::Result<void> Link::Shared::read_exact(std::byte* out, size_t n, Deadline deadline, std::string_view doing,
+                                           Crc32c* crc, size_t crc_bytes) {
     size_t got = 0;
     while (got < n) {
         if (stopped)
             return base::Error::make(base::Errc::Stopped, "{}: link shut down", doing);
         ssize_t r = ::recv(fd.get(), out + got, n - got, MSG_DONTWAIT);
         if (r > 0) {
+            if (crc && got < crc_bytes)
+                crc->update({out + got, std::min(got + size_t(r), crc_bytes) - got});
             got += size_t(r);
             bytes_received += size_t(r);
             continue;
@@ -432,10 +438,13 @@ base::Result<void> Link::receive_into(Frame& frame, Deadline deadline) {
     size_t body = header.body_size();
     if (frame.m_buffer.size() < body)
         frame.m_buffer.resize(body);
-    TRY(m->read_exact(frame.m_buffer.data(), body, deadline, doing));
+    Crc32c crc;
+    TRY(m->read_exact(frame.m_buffer.data(), body, deadline, doing, &crc, header.payload_length));
     frame.header = header;
-    auto payload = frame.payload();
-    TRY(check_payload_crc(payload, std::span(frame.m_buffer).subspan(header.payload_length, kCrcSize)));
+    uint32_t sent_crc = load_be32(frame.m_buffer.data() + header.payload_length);
+    if (sent_crc != crc.value())
+        return error(Reason::PayloadCrc, "{} frame {} from {}: CRC {:#010x}, computed {:#010x}",
+                     message_type_name(header.type), header.sequence, m->peer, sent_crc, crc.value());
     if (want_mac) {
         FrameMac mac(*m->receive_key);
         mac.update(head);

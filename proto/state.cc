@@ -208,66 +208,87 @@ base::Result<EncodedState> StateEncoder::encode(const StateInput& input) const {
     EncodedState out;
     plan.open_frame();
 
-    // RAM: runs of consecutive indices of one kind (data or zero).
-    bool section_open = false;
-    size_t section_at = 0, section_length = 0;
-    bool run_open = false;
-    size_t run_at = 0;
-    uint64_t run_first = 0;
-    uint32_t run_count = 0;
-    bool run_zero = false;
-
-    auto close_run = [&] {
-        if (run_open) {
-            plan.patch_u32(run_at + 8, run_count);
-            run_open = false;
-        }
+    // RAM. First the runs: consecutive indices of one kind (data or zero pages).
+    struct Run {
+        uint64_t first;
+        uint64_t count;
+        bool zero;
+        size_t data_begin;  // index into `data` of the run's first page (data runs)
     };
-    auto close_section = [&] {
-        close_run();
-        if (section_open) {
-            plan.patch_u32(section_at + 8, uint32_t(section_length));
-            section_open = false;
-        }
-    };
-
+    std::vector<Run> runs;
+    std::vector<std::span<const std::byte>> data;
     for (uint64_t page : input.pages) {
         auto bytes = input.page_bytes(page);
         if (bytes.size() != kPageSize)
             return invalid(fmt::format("page {} lookup gave {} bytes", page, bytes.size()));
         bool zero = m_options.zero_scan == ZeroScan::On && all_zero(bytes);
-        size_t data = zero ? 0 : kPageSize;
-        if (run_open && page == run_first + run_count && zero == run_zero && data <= plan.room() &&
-            run_count < UINT32_MAX) {
-            ++run_count;
+        if (!runs.empty() && runs.back().zero == zero && runs.back().first + runs.back().count == page &&
+            runs.back().count < UINT32_MAX) {
+            ++runs.back().count;
         } else {
-            close_run();
-            size_t need = kRunHeaderSize + data + (section_open ? 0 : kSectionHeaderSize);
-            if (need > plan.room()) {
-                close_section();
-                plan.close_frame();
-                plan.open_frame();
-            }
-            if (!section_open) {
-                section_at = plan.section_header(SectionId::Ram, kRamVersion, 0, {}, 0);
-                section_open = true;
-                section_length = 0;
-            }
-            run_at = plan.meta(kRunHeaderSize);  // zero-filled: count and reserved bytes
-            plan.patch_u64(run_at, page);
-            plan.patch_u8(run_at + 12, zero ? kRunZero : kRunData);
-            section_length += kRunHeaderSize;
-            run_open = true;
-            run_first = page;
-            run_count = 1;
-            run_zero = zero;
+            runs.push_back({page, 1, zero, data.size()});
         }
-        if (!zero)
-            plan.external(bytes);
-        section_length += data;
-        (zero ? out.m_zero_pages : out.m_data_pages) += 1;
+        if (zero)
+            ++out.m_zero_pages;
+        else
+            data.push_back(bytes);
     }
-    close_section();
+
+    // Then pack them into RAM sections, one per frame: header, run table, and the data of all
+    // data runs back to back, so that the gather list holds page bytes without tiny header
+    // pieces between them.
+    constexpr size_t kRamFixed = kSectionHeaderSize + kRamTableHeaderSize;
+    size_t next = 0;
+    uint64_t done_in_run = 0;  // pages of runs[next] already packed into an earlier frame
+    while (next < runs.size()) {
+        if (plan.room() < kRamFixed + kRunHeaderSize + kPageSize) {
+            plan.close_frame();
+            plan.open_frame();
+        }
+        // Choose what fits: whole runs, and a data run split at a page boundary.
+        size_t room = plan.room() - kRamFixed;
+        struct Piece {
+            uint64_t first;
+            uint32_t count;
+            bool zero;
+            size_t data_begin;
+        };
+        std::vector<Piece> pieces;
+        while (next < runs.size() && room >= kRunHeaderSize) {
+            const Run& run = runs[next];
+            uint64_t left = run.count - done_in_run;
+            uint64_t take = left;
+            if (!run.zero)
+                take = std::min<uint64_t>(left, (room - kRunHeaderSize) / kPageSize);
+            if (take == 0)
+                break;
+            pieces.push_back({run.first + done_in_run, uint32_t(take), run.zero, run.data_begin + done_in_run});
+            room -= kRunHeaderSize + (run.zero ? 0 : take * kPageSize);
+            done_in_run += take;
+            if (done_in_run == run.count) {
+                ++next;
+                done_in_run = 0;
+            }
+        }
+        size_t body_length = kRamTableHeaderSize + pieces.size() * kRunHeaderSize;
+        for (const auto& piece : pieces)
+            body_length += piece.zero ? 0 : piece.count * kPageSize;
+        size_t at = plan.section_header(SectionId::Ram, kRamVersion, 0, {}, uint32_t(body_length));
+        (void)at;
+        size_t table = plan.meta(kRamTableHeaderSize + pieces.size() * kRunHeaderSize);
+        plan.patch_u32(table, uint32_t(pieces.size()));
+        for (size_t i = 0; i < pieces.size(); ++i) {
+            size_t entry = table + kRamTableHeaderSize + i * kRunHeaderSize;
+            plan.patch_u64(entry, pieces[i].first);
+            plan.patch_u32(entry + 8, pieces[i].count);
+            plan.patch_u8(entry + 12, pieces[i].zero ? kRunZero : kRunData);
+        }
+        for (const auto& piece : pieces)
+            if (!piece.zero)
+                for (uint32_t i = 0; i < piece.count; ++i)
+                    plan.external(data[piece.data_begin + i]);
+    }
+    out.m_data_pages = data.size();
 
     uint32_t sections = 0;
     for (const auto& s : input.sections) {
@@ -482,16 +503,27 @@ base::Result<void> StateDecoder::decode_section(ByteReader& r, Progress& p, Deco
 
 base::Result<void> StateDecoder::decode_ram(std::span<const std::byte> body, Progress& p, DecodedFrame& out) const {
     ByteReader r(body);
-    while (!r.at_end()) {
+    uint32_t count_runs = TRY(r.u32("RAM run count"));
+    uint32_t reserved = TRY(r.u32("RAM reserved"));
+    if (reserved != 0)
+        return error(Reason::BadField, "RAM reserved field {:#x}", reserved);
+    if (uint64_t(count_runs) * kRunHeaderSize > r.remaining())
+        return error(Reason::SectionOverrun, "RAM run table of {} runs needs {} bytes, its section holds {}", count_runs,
+                     uint64_t(count_runs) * kRunHeaderSize, r.remaining());
+    // The table first: every run checked before any data is handed out.
+    ByteReader data_reader(body.subspan(r.offset() + size_t(count_runs) * kRunHeaderSize));
+    uint64_t data_needed = 0;
+    size_t first_piece = out.pieces.size();
+    for (uint32_t i = 0; i < count_runs; ++i) {
         uint64_t first = TRY(r.u64("RAM run first page"));
         uint32_t count = TRY(r.u32("RAM run page count"));
         uint8_t kind = TRY(r.u8("RAM run kind"));
-        auto reserved = TRY(r.bytes(3, "RAM run reserved"));
+        auto run_reserved = TRY(r.bytes(3, "RAM run reserved"));
         if (count == 0)
             return error(Reason::BadField, "RAM run at page {} with no pages", first);
         if (kind != kRunData && kind != kRunZero)
             return error(Reason::BadField, "RAM run kind {}", kind);
-        if (std::any_of(reserved.begin(), reserved.end(), [](std::byte b) { return b != std::byte{0}; }))
+        if (std::any_of(run_reserved.begin(), run_reserved.end(), [](std::byte b) { return b != std::byte{0}; }))
             return error(Reason::BadField, "RAM run reserved bytes not zero");
         if (first >= m_shape.page_count || count > m_shape.page_count - first)
             return error(Reason::PageBeyondMemory, "RAM run of {} pages at page {}, the guest has {} pages", count, first,
@@ -504,15 +536,20 @@ base::Result<void> StateDecoder::decode_ram(std::span<const std::byte> body, Pro
             p.zero_pages += count;
             out.pieces.push_back(ZeroRun{first, count});
         } else {
-            uint64_t length = uint64_t(count) * kPageSize;
-            if (length > r.remaining())
-                return error(Reason::SectionOverrun, "RAM run of {} pages needs {} bytes, its section holds {}", count,
-                             length, r.remaining());
-            auto data = TRY(r.bytes(size_t(length), "RAM run data"));
+            data_needed += uint64_t(count) * kPageSize;
+            if (data_needed > data_reader.remaining())
+                return error(Reason::SectionOverrun, "RAM runs need {} data bytes, the section holds {}", data_needed,
+                             data_reader.remaining());
             p.data_pages += count;
-            out.pieces.push_back(PageRun{first, count, data});
+            out.pieces.push_back(PageRun{first, count, {}});
         }
     }
+    if (data_needed != data_reader.remaining())
+        return error(Reason::BadField, "RAM section holds {} data bytes, its runs need {}", data_reader.remaining(),
+                     data_needed);
+    for (size_t i = first_piece; i < out.pieces.size(); ++i)
+        if (auto* run = std::get_if<PageRun>(&out.pieces[i]))
+            run->data = TRY(data_reader.bytes(size_t(run->count) * kPageSize, "RAM run data"));
     return base::ok();
 }
 

@@ -6,7 +6,8 @@
 //   VMSTATE_SEND{seq, frame_index, sections...}   x frames, each payload <= the frame limit
 //
 // and each section is  id u8 | name_len u8 | version u16 | instance u32 | body_length u32 |
-// name | body.  Sections: RAM (runs of pages, zero pages elided as runs without data), one per
+// name | body.  Sections: RAM (a table of page runs, then the bytes of its data runs back to
+// back; zero pages are runs without data), one per
 // vCPU, IRQCHIP, PIT, CLOCK, one per device (named), and END, the last thing in the last frame,
 // which carries counts so the receiver can prove it has everything.
 //
@@ -45,6 +46,7 @@ std::string_view section_name(SectionId id);
 
 inline constexpr size_t kStateHeaderSize = 16;    // seq u64, frame_index u32, reserved u32
 inline constexpr size_t kSectionHeaderSize = 12;
+inline constexpr size_t kRamTableHeaderSize = 8;  // run count u32, reserved u32
 inline constexpr size_t kRunHeaderSize = 16;      // first_page u64, count u32, kind u8, 3 reserved
 inline constexpr size_t kEndBodySize = 32;
 inline constexpr uint16_t kRamVersion = 1;

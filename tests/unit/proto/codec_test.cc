@@ -84,7 +84,7 @@ TEST_CASE("crc32c matches the standard check value and both implementations agre
     REQUIRE(crc32c(bytes_of("123456789")) == 0xE3069283u);
     REQUIRE(crc32c({}) == 0u);
     std::mt19937_64 rng(7);
-    for (size_t size : {1u, 7u, 8u, 63u, 4096u, 12287u, 12288u, 12289u, 40000u, 100003u}) {
+    for (size_t size : {1u, 7u, 8u, 63u, 191u, 192u, 193u, 4096u, 8191u, 12287u, 12288u, 12289u, 40000u, 100003u}) {
         std::vector<std::byte> data(size);
         for (auto& b : data)
             b = std::byte(rng());

@@ -307,18 +307,22 @@ struct PayloadBuilder {
     void ram(std::initializer_list<std::tuple<uint64_t, uint32_t, bool>> runs) {
         std::vector<std::byte> body;
         ByteWriter b(body);
+        b.u32(uint32_t(runs.size()));
+        b.u32(0);
+        size_t data = 0;
         for (auto [first, count, zero] : runs) {
             b.u64(first);
             b.u32(count);
             b.u8(zero ? 1 : 0);
             b.zeros(3);
             if (!zero) {
-                b.zeros(count * kPageSize);
+                data += count * kPageSize;
                 data_pages += count;
             } else {
                 zero_pages += count;
             }
         }
+        b.zeros(data);
         section(1, 1, 0, "", body);
     }
     void end(uint64_t seq, uint32_t frames) {
@@ -391,12 +395,21 @@ TEST_CASE("malformed state: section longer than its frame") {
     PayloadBuilder c(1, 0);
     std::vector<std::byte> ram;
     ByteWriter w(ram);
+    w.u32(1);
+    w.u32(0);
     w.u64(0);
     w.u32(4);  // four data pages claimed, none present
     w.u8(0);
     w.zeros(3);
     c.section(1, 1, 0, "", ram);
     REQUIRE(reason(run_one(c)) == Reason::SectionOverrun);
+    PayloadBuilder d(1, 0);
+    std::vector<std::byte> table;
+    ByteWriter t(table);
+    t.u32(1000);  // a run table longer than the section
+    t.u32(0);
+    d.section(1, 1, 0, "", table);
+    REQUIRE(reason(run_one(d)) == Reason::SectionOverrun);
 }
 
 TEST_CASE("malformed state: duplicate section") {
