@@ -25,8 +25,15 @@ void *memcpy(void *__restrict dst, const void *__restrict src, size_t len)
 
 int memcmp(const void *a, const void *b, size_t len)
 {
+    typedef uint64_t word __attribute__((aligned(1), may_alias));
     const uint8_t *x = a;
     const uint8_t *y = b;
+    /* Equal words are skipped eight bytes at a time; the byte loop then finds the difference. */
+    while (len >= 8 && *(const word *)x == *(const word *)y) {
+        x += 8;
+        y += 8;
+        len -= 8;
+    }
     for (size_t i = 0; i < len; i++) {
         if (x[i] != y[i])
             return x[i] < y[i] ? -1 : 1;

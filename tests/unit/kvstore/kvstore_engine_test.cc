@@ -535,3 +535,43 @@ TEST_CASE("random byte streams: one reply per newline, never more, never malform
     }
     CHECK(e.cmd("PING") == "PONG");
 }
+
+TEST_CASE("every byte value is classified right at every position of a word", "[kvstore]") {
+    Engine e;
+    // The engine scans eight bytes at a time: put each byte at offsets around word boundaries.
+    for (int value = 0; value < 256; ++value) {
+        if (value == '\n')
+            continue;
+        for (size_t offset = 0; offset < 24; ++offset) {
+            std::string line = "SET k " + std::string(offset, 'a') + static_cast<char>(value) + "bcdefghijklmnop";
+            bool printable = value >= 0x20 && value <= 0x7e;
+            CAPTURE(value, offset);
+            std::string reply = e.cmd(line);
+            if (printable)
+                REQUIRE(reply == "OK");
+            else
+                REQUIRE(reply == "ERR binary data in line");
+        }
+    }
+}
+
+TEST_CASE("keys that differ in one byte anywhere are different keys", "[kvstore]") {
+    Engine e;
+    // Exercises the word-wise hash, key comparison and space scan on keys of many lengths.
+    for (size_t len = 1; len <= 40; ++len) {
+        std::string base(len, 'q');
+        REQUIRE(e.cmd("SET " + base + " base") == "OK");
+        for (size_t pos = 0; pos < len; ++pos) {
+            std::string other = base;
+            other[pos] = 'r';
+            CAPTURE(len, pos);
+            REQUIRE(e.cmd("GET " + other) == "NIL");
+            REQUIRE(e.cmd("SET " + other + " " + std::to_string(pos)) == "OK");
+            REQUIRE(e.cmd("GET " + other) == std::to_string(pos));
+            REQUIRE(e.cmd("GET " + base) == "base");
+            REQUIRE(e.cmd("DEL " + other) == "OK");
+        }
+        // A key that is a prefix of another is not found as the other.
+        REQUIRE(e.cmd("GET " + base + "q") == "NIL");
+    }
+}
