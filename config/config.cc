@@ -38,13 +38,14 @@ struct KeySpec {
 
 constexpr std::array<std::string_view, 4> k_sections{"vm", "replication", "primary", "secondary"};
 
-constexpr std::array<KeySpec, 20> k_keys{{
+constexpr std::array<KeySpec, 21> k_keys{{
     {"vm", "name", Presence::Derived, ""},
     {"vm", "memory", Presence::Required, ""},
     {"vm", "vcpus", Presence::Defaulted, "1"},
     {"vm", "image", Presence::Required, ""},
     {"vm", "cmdline", Presence::Defaulted, ""},
     {"vm", "console-clients", Presence::Defaulted, "16"},
+    {"vm", "accelerator", Presence::Defaulted, "auto"},
     {"replication", "mode", Presence::Defaulted, "checkpoint"},
     {"replication", "checkpoint-interval", Presence::Defaulted, "100ms"},
     {"replication", "heartbeat-interval", Presence::Defaulted, "50ms"},
@@ -195,11 +196,11 @@ struct Scanned {
     std::string normalized;            // what Boost reads: known keys, once, no comments
 };
 
-// Splits the text into sections and keys, line by line. Boost.Program_options reads the result;
-// this pass exists because Boost's reader cannot say on which line a key was, stops at the
-// first problem, silently accepts nothing we could report as a typo without losing the
-// line, and cuts values at any '#' in some versions but not others. Here '#' always starts a
-// comment, wherever it is, so that every Boost version reads the same thing we do.
+// Splits the text into sections and keys, line by line; Boost.Program_options then reads only
+// the lines this pass accepted. The pass exists because Boost's reader does not say on which
+// line a key was, stops at the first problem instead of reporting them all, and treats '#'
+// inside a line differently across versions (1.74 cuts the value there). Here '#' always
+// starts a comment, wherever it is, and Boost never sees one.
 Scanned scan(std::string_view text, Problems& problems) {
     Scanned scanned;
     std::map<std::string, std::map<std::string, std::string>> sections;  // section -> key -> value
@@ -438,6 +439,13 @@ private:
                 vm.console_clients = static_cast<uint32_t>(*count);
             else
                 fail("vm", "console-clients", "must be a whole number between 1 and 1024");
+        }
+
+        if (const Setting* accelerator = setting("vm", "accelerator")) {
+            if (accelerator->value == "auto" || accelerator->value == "kvm" || accelerator->value == "soft")
+                vm.accelerator = accelerator->value;
+            else
+                fail("vm", "accelerator", "must be auto, kvm or soft");
         }
     }
 
@@ -735,6 +743,7 @@ std::string to_config_text(const PairConfig& config) {
     out += fmt::format("image = {}\n", config.vm.image.to_string());
     out += fmt::format("cmdline = {}\n", config.vm.cmdline);
     out += fmt::format("console-clients = {}\n", config.vm.console_clients);
+    out += fmt::format("accelerator = {}\n", config.vm.accelerator);
     const auto& replication = config.replication;
     out += "[replication]\n";
     out += fmt::format("mode = {}\n", mode_name(replication.mode));

@@ -49,6 +49,10 @@ struct VmConfig {
     Image image;
     std::string cmdline;           // passed to the guest; at most 255 bytes, may be empty
     uint32_t console_clients = 16; // simultaneous console connections, 1 to 1024
+    // How the guest runs: "kvm" (/dev/kvm, refuse to start without it), "soft" (the software
+    // backend) or "auto" (kvm when /dev/kvm exists, else soft). A string because the daemons
+    // hand it on as the backend's name.
+    std::string accelerator = "auto";
 
     bool operator==(const VmConfig&) const = default;
 };

@@ -145,6 +145,7 @@ console = 0.0.0.0:4555
     CHECK(config.vm.vcpus == 1);
     CHECK(config.vm.cmdline.empty());
     CHECK(config.vm.console_clients == 16);
+    CHECK(config.vm.accelerator == "auto");
     CHECK(config.replication.mode == Mode::Checkpoint);
     CHECK(config.replication.checkpoint_interval == 100ms);
     CHECK(config.replication.heartbeat_interval == 50ms);
@@ -160,13 +161,14 @@ TEST_CASE("operator knobs are read", "[config]") {
     std::string text = with_line("mode =", "mode = colo");
     text = with_line("fence-command", "fence-command = /usr/sbin/fence_node host-a --off  # comment", text);
     text += "[vm]\n";  // a section may be opened again
-    text += "cmdline = console=ttyS0 quiet\nconsole-clients = 4\n";
+    text += "cmdline = console=ttyS0 quiet\nconsole-clients = 4\naccelerator = soft\n";
     text += "[replication]\nmax-held-output = 64KiB\nconnect-retry = 2.5s\n";
     const PairConfig config = parsed(text);
     CHECK(config.replication.mode == Mode::Colo);
     CHECK(config.replication.fence_command == "/usr/sbin/fence_node host-a --off");
     CHECK(config.vm.cmdline == "console=ttyS0 quiet");  // '=' inside a value is kept
     CHECK(config.vm.console_clients == 4);
+    CHECK(config.vm.accelerator == "soft");
     CHECK(config.replication.max_held_output == 64 * 1024);
     CHECK(config.replication.connect_retry == 2500ms);
 }
@@ -274,6 +276,9 @@ TEST_CASE("one rule per key, with exact messages", "[config]") {
           "demo.conf:22: vm.console-clients = 0: must be a whole number between 1 and 1024");
     CHECK(errors_of(k_design + "[vm]\nconsole-clients = 1025\n") ==
           "demo.conf:22: vm.console-clients = 1025: must be a whole number between 1 and 1024");
+    CHECK(errors_of(k_design + "[vm]\naccelerator = hvf\n") ==
+          "demo.conf:22: vm.accelerator = hvf: must be auto, kvm or soft");
+    CHECK(parsed(k_design + "[vm]\naccelerator = kvm\n").vm.accelerator == "kvm");
     CHECK(errors_of(k_design + "[replication]\nmax-held-output = 1K\n") ==
           "demo.conf:22: replication.max-held-output = 1K: must be between 4K and 1G");
     CHECK(errors_of(k_design + "[replication]\nmax-held-output = 2G\n") ==
@@ -346,7 +351,7 @@ TEST_CASE("unknown sections and keys are errors", "[config]") {
           "demo.conf:22: vm.mode = colo: unknown key (mode belongs in [replication])");
     CHECK(errors_of(k_design + "[vm]\nballoon = yes\n") ==
           "demo.conf:22: vm.balloon = yes: unknown key (known in [vm]: name, memory, vcpus, image, cmdline, "
-          "console-clients)");
+          "console-clients, accelerator)");
     CHECK(errors_of(k_design + "[vm]\nMemory = 512M\n") ==
           "demo.conf:22: vm.Memory = 512M: unknown key (did you mean vm.memory?)");
     // The keys of an unknown section are not reported one by one.
@@ -487,7 +492,7 @@ TEST_CASE("to_config_text writes a file that reads back the same", "[config]") {
     text = with_line("checkpoint-interval", "checkpoint-interval = 1.5s", text);
     text = with_line("fence-command", "fence-command = /usr/sbin/fence_x --off", text);
     text = with_line("replication = 10.0.0.2", "replication = [fd00::2]:9400", text);
-    text += "[vm]\ncmdline = console=ttyS0\n";
+    text += "[vm]\ncmdline = console=ttyS0\naccelerator = kvm\n";
     const PairConfig config = parsed(text, "/etc/colod/demo.conf");
     const std::string written = to_config_text(config);
     CHECK(written.find("checkpoint-interval = 1.5s\n") != std::string::npos);
