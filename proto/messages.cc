@@ -214,6 +214,7 @@ std::vector<std::byte> VmstateSize::encode() const {
     w.u64(bytes);
     w.u64(pages);
     w.u32(frames);
+    w.u8(static_cast<uint8_t>(kind));
     return out;
 }
 
@@ -224,6 +225,10 @@ base::Result<VmstateSize> VmstateSize::decode(std::span<const std::byte> payload
     s.bytes = TRY(r.u64("VMSTATE_SIZE bytes"));
     s.pages = TRY(r.u64("VMSTATE_SIZE pages"));
     s.frames = TRY(r.u32("VMSTATE_SIZE frames"));
+    uint8_t kind = TRY(r.u8("VMSTATE_SIZE kind"));
+    if (kind > 1)
+        return error(Reason::BadField, "VMSTATE_SIZE kind {}", kind);
+    s.kind = static_cast<StateKind>(kind);
     if (s.frames == 0)
         return error(Reason::BadField, "VMSTATE_SIZE announces no frames");
     if (s.bytes > uint64_t(s.frames) * kMaxStatePayload)

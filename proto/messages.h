@@ -126,7 +126,12 @@ using CheckpointReply = SeqMessage<MessageType::CheckpointReply>;
 using VmstateReceived = SeqMessage<MessageType::VmstateReceived>;
 using VmstateLoaded = SeqMessage<MessageType::VmstateLoaded>;
 
-// VMSTATE_SIZE: announces checkpoint `seq`: `frames` VMSTATE_SEND frames follow with
+// What a state transfer holds. A complete one carries every section of the machine and may be
+// applied as a checkpoint; a pre-copy round (the live initial sync, sent while the primary's
+// guest runs) carries RAM only and is never a checkpoint by itself.
+enum class StateKind : uint8_t { Complete = 0, Precopy = 1 };
+
+// VMSTATE_SIZE: announces state transfer `seq`: `frames` VMSTATE_SEND frames follow with
 // `bytes` payload bytes in all, covering `pages` dirty pages (sent plus elided zero pages).
 struct VmstateSize {
     static constexpr MessageType type = MessageType::VmstateSize;
@@ -134,6 +139,7 @@ struct VmstateSize {
     uint64_t bytes = 0;
     uint64_t pages = 0;
     uint32_t frames = 0;
+    StateKind kind = StateKind::Complete;
 
     std::vector<std::byte> encode() const;
     static base::Result<VmstateSize> decode(std::span<const std::byte> payload);

@@ -203,6 +203,8 @@ base::Result<EncodedState> StateEncoder::encode(const StateInput& input) const {
             return invalid(fmt::format("dirty page list not strictly ascending at entry {}", i));
     if (!input.pages.empty() && !input.page_bytes)
         return invalid("dirty pages given without a page lookup");
+    if (input.kind == StateKind::Precopy && !input.sections.empty())
+        return invalid("a pre-copy round carries RAM only");
 
     Planner plan(input.seq, limit);
     EncodedState out;
@@ -329,7 +331,7 @@ base::Result<EncodedState> StateEncoder::encode(const StateInput& input) const {
         out.m_frames.push_back({f.iov_begin, f.iov_count, f.length});
         bytes += f.length;
     }
-    out.m_size = VmstateSize{input.seq, bytes, out.m_data_pages + out.m_zero_pages, frames};
+    out.m_size = VmstateSize{input.seq, bytes, out.m_data_pages + out.m_zero_pages, frames, input.kind};
     return out;
 }
 
@@ -395,6 +397,7 @@ base::Result<DecodedFrame> StateDecoder::feed(std::span<const std::byte> payload
         return error(Reason::EndMismatch, "{} state bytes received, {} announced", p.bytes, m_size.bytes);
 
     DecodedFrame out;
+    out.kind = m_size.kind;
     bool saw_end = false;
     while (!r.at_end()) {
         if (saw_end)
@@ -433,6 +436,8 @@ base::Result<void> StateDecoder::decode_section(ByteReader& r, Progress& p, Deco
     std::string_view name(reinterpret_cast<const char*>(name_bytes.data()), name_bytes.size());
     if (id != SectionId::Device && name_length != 0)
         return error(Reason::BadField, "{} section carries a name", section_name(id));
+    if (m_size.kind == StateKind::Precopy && id != SectionId::Ram && id != SectionId::End)
+        return error(Reason::BadField, "{} section in a pre-copy round", section_name(id));
 
     auto check_version = [&](uint16_t known) -> base::Result<void> {
         if (version != known)
@@ -577,6 +582,10 @@ base::Result<void> StateDecoder::check_end(std::span<const std::byte> body, cons
                      p.data_pages + p.zero_pages);
     if (m_size.bytes != p.bytes)
         return error(Reason::EndMismatch, "VMSTATE_SIZE announced {} bytes, {} arrived", m_size.bytes, p.bytes);
+    if (m_size.kind == StateKind::Precopy) {
+        out.end = end;
+        return base::ok();
+    }
     for (uint32_t i = 0; i < m_shape.vcpus; ++i)
         if (!p.vcpus_seen[i])
             return error(Reason::MissingSection, "no VCPU section for vCPU {}", i);
@@ -725,6 +734,8 @@ base::Result<Snapshot> decode_snapshot(std::span<const std::byte> file, SectionV
     snap.identity = TRY(Hello::decode(hello.payload));
     FrameView size = TRY(next_frame(MessageType::VmstateSize));
     snap.size = TRY(VmstateSize::decode(size.payload));
+    if (snap.size.kind != StateKind::Complete)
+        return error(Reason::BadSnapshot, "a snapshot must hold a complete state");
     auto decoder = TRY(StateDecoder::create(StateShape::from_hello(snap.identity, versions)));
     TRY(decoder.begin(snap.size));
     for (;;) {

@@ -99,6 +99,7 @@ struct StateInput {
     std::span<const uint64_t> pages;  // dirty page indices, strictly ascending
     PageLookup page_bytes;
     std::vector<SectionInput> sections;  // every non-RAM section except END, in sending order
+    StateKind kind = StateKind::Complete;  // Precopy: RAM only, `sections` must be empty
 };
 
 enum class ZeroScan { On, Off };
@@ -182,7 +183,8 @@ struct EndSummary {
 
 struct DecodedFrame {
     std::vector<StatePiece> pieces;  // in payload order; spans point into the fed payload
-    std::optional<EndSummary> end;   // set when this frame completed the checkpoint
+    std::optional<EndSummary> end;   // set when this frame completed the transfer
+    StateKind kind = StateKind::Complete;
 };
 
 // Validates checkpoints frame by frame. Pure over the spans it is given; holds only counters
@@ -194,8 +196,10 @@ class StateDecoder {
 public:
     static base::Result<StateDecoder> create(StateShape shape);
 
-    // Starts a checkpoint. After a completed checkpoint (or set_last_complete), size.seq must
-    // be the next number, else SequenceGap; a checkpoint already in progress is StateOrder.
+    // Starts a state transfer. After a completed one (or set_last_complete), size.seq must be
+    // the next number, else SequenceGap; a transfer already in progress is StateOrder. A
+    // Complete transfer must hold every vCPU, platform and device section by its END; a
+    // Precopy round holds RAM only (any other section is BadField).
     base::Result<void> begin(const VmstateSize& size);
     base::Result<DecodedFrame> feed(std::span<const std::byte> payload);
     // Forgets a checkpoint in progress (link lost, decode error).

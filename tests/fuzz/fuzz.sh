@@ -33,5 +33,10 @@ ninja -C "$build" -j2 "$target"
 work=$build/fuzz-work/$target
 artifacts=$build/fuzz-work/$target-artifacts/
 mkdir -p "$work" "$artifacts"
-exec "$build/tests/fuzz/$target" -max_total_time="$seconds" -print_final_stats=1 -jobs="$jobs" -workers="$jobs" \
-    -artifact_prefix="$artifacts" -rss_limit_mb=2048 "$work" "$root/tests/fuzz/corpus/$target"
+# libFuzzer writes worker logs (fuzz-N.log) into the current directory: keep them out of the checkout.
+cd "$build/fuzz-work"
+set -- -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="$artifacts" -rss_limit_mb=2048
+if [ "$jobs" -gt 1 ]; then
+    set -- "$@" -jobs="$jobs" -workers="$jobs"
+fi
+exec "$build/tests/fuzz/$target" "$@" "$work" "$root/tests/fuzz/corpus/$target"

@@ -60,10 +60,11 @@ struct Guest {
     }
 };
 
-EncodedState encode(const Guest& g, std::vector<uint64_t> pages, uint32_t limit) {
+EncodedState encode(const Guest& g, std::vector<uint64_t> pages, uint32_t limit,
+                    StateKind kind = StateKind::Complete) {
     auto r = StateEncoder({limit, ZeroScan::On})
                  .encode({1, pages, [&](uint64_t p) { return std::span(g.memory).subspan(p * kPageSize, kPageSize); },
-                          g.sections()});
+                          kind == StateKind::Complete ? g.sections() : std::vector<SectionInput>{}, kind});
     if (!r) {
         std::fprintf(stderr, "encode: %s\n", r.error().message().c_str());
         std::exit(1);
@@ -115,6 +116,7 @@ int main(int argc, char** argv) {
     for (uint64_t p = 20; p < 36; ++p)
         zeros.push_back(p);
     write("proto_fuzz_state", "zero-runs", state_input(encode(g, zeros, kMinFramePayload)));
+    write("proto_fuzz_state", "precopy", state_input(encode(g, {5, 6, 7, 10, 20}, kMinFramePayload, StateKind::Precopy)));
     std::vector<uint64_t> many;
     for (uint64_t p = 0; p < 64; ++p)
         g.memory[p * kPageSize] = std::byte(p + 1), many.push_back(p);

@@ -70,7 +70,8 @@ Message random_message(std::mt19937_64& rng) {
     case 6: return CheckpointReply{rng()};
     case 7: {
         uint64_t bytes = rng() % (1ull << 40);
-        return VmstateSize{rng(), bytes, rng(), uint32_t(bytes / kMaxStatePayload + 1 + rng() % 1000)};
+        return VmstateSize{rng(), bytes, rng(), uint32_t(bytes / kMaxStatePayload + 1 + rng() % 1000),
+                           static_cast<StateKind>(rng() % 2)};
     }
     case 8: return VmstateReceived{rng()};
     case 9: return VmstateLoaded{rng()};

@@ -544,3 +544,32 @@ TEST_CASE("a failed frame leaves the decoder unchanged and applies nothing") {
     REQUIRE(done.ok());
     REQUIRE(done->end.has_value());
 }
+
+TEST_CASE("pre-copy rounds carry RAM only and need no machine sections") {
+    FakeGuest g;
+    g.pages = 32;
+    g.vcpus = 2;
+    g.memory.assign(g.pages * kPageSize, std::byte{1});
+    std::vector<uint64_t> dirty{0, 1, 2, 9};
+    auto lookup = [&](uint64_t p) { return g.page(p); };
+    auto round = StateEncoder().encode({1, dirty, lookup, {}, StateKind::Precopy});
+    REQUIRE(round.ok());
+    REQUIRE(round->size().kind == StateKind::Precopy);
+    auto decoder = StateDecoder::create(g.shape()).value();
+    REQUIRE(decoder.begin(round->size()).ok());
+    auto payload = round->frame_payload(0);
+    auto frame = decoder.feed(payload);
+    REQUIRE(frame.ok());
+    REQUIRE(frame->end.has_value());
+    REQUIRE(frame->kind == StateKind::Precopy);
+
+    std::vector<std::byte> body(8);
+    auto mixed = StateEncoder().encode({2, dirty, lookup, {{SectionId::Vcpu, 1, 0, "", body}}, StateKind::Precopy});
+    REQUIRE(mixed.error().code() == base::Errc::Invalid);
+
+    PayloadBuilder b(2, 0);
+    b.section(2, 1, 0, "", body);
+    b.end(2, 1);
+    REQUIRE(decoder.begin({2, b.out.size(), 0, 1, StateKind::Precopy}).ok());
+    REQUIRE(reason(decoder.feed(b.out)) == Reason::BadField);
+}
