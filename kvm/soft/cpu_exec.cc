@@ -1339,9 +1339,13 @@ bool Cpu::Impl::exec_shift(Insn& d, unsigned size, unsigned count) {
     const unsigned kind = d.regop;
     count &= size == 8 ? 63 : 31;
     if (count == 0) {
-        // No flags change and no write, but a memory operand is still checked.
+        // No flags change, but a 32-bit register is still written (zero-extended) and a memory
+        // operand is still read.
         uint64_t v;
-        return rm_read(d, size, v);
+        GUEST_TRY(rm_read(d, size, v));
+        if (d.mod == 3 && size == 4)
+            reg_write(d.rm, 4, v, true);
+        return true;
     }
     const unsigned bits = size * 8;
     const uint64_t m = size_mask(size);
@@ -1424,7 +1428,10 @@ bool Cpu::Impl::exec_shld(Insn& d, unsigned count) {
     count &= size == 8 ? 63 : 31;
     if (count == 0) {
         uint64_t v;
-        return rm_read(d, size, v);
+        GUEST_TRY(rm_read(d, size, v));
+        if (d.mod == 3 && size == 4)
+            reg_write(d.rm, 4, v, true);
+        return true;
     }
     const unsigned bits = size * 8;
     const uint64_t m = size_mask(size);
