@@ -780,7 +780,6 @@ SoftVcpu::Wait SoftVcpu::wait(int64_t deadline) {
 
 int SoftVcpu::run() {
     kvm_run* run = run_struct();
-    m_ran = true;
     // Complete the exit userspace has just handled, also when immediate_exit is set (KVM
     // finishes pending I/O before honouring it).
     if (m_pending == Pending::PioIn)
@@ -815,6 +814,7 @@ int SoftVcpu::run() {
         if (m_flush_tlb.exchange(false, std::memory_order_relaxed))
             m_cpu.flush_tlb();
         m_exit_recorded = false;
+        m_ran = true;  // the guest has run: KVM freezes CPUID from here on
         m_vm.gate().enter();
         Stop stop = m_cpu.run(m_state, *this, m_budget);
         m_vm.gate().leave();
