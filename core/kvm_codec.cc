@@ -103,12 +103,41 @@ void visit(Io& io, kvm_pit_state2& p) {
 }
 
 template <typename Io>
-void visit_vm(Io& io, kvm::VmState& s) {
+void visit_irqchip(Io& io, kvm::VmState& s) {
     visit(io, s.pic_master);
     visit(io, s.pic_slave);
     visit(io, s.ioapic);
-    visit(io, s.pit);
+}
+
+template <typename Io>
+void visit_clock(Io& io, kvm::VmState& s) {
     io(s.clock.clock), io(s.clock.flags);
+}
+
+// Encodes one part of a VmState with `visitor`.
+template <typename Visitor>
+std::vector<std::byte> encode_part(const kvm::VmState& in, Visitor visitor) {
+    kvm::VmState s = in;
+    StateWriter w;
+    Put io{w};
+    visitor(io, s);
+    return w.take();
+}
+
+// Decodes one part into a copy and commits it to `out` only when the whole body was valid.
+template <typename Visitor>
+base::Result<void> decode_part(std::string_view what, uint16_t version, uint16_t expected,
+                               std::span<const std::byte> bytes, kvm::VmState& out, Visitor visitor) {
+    if (version != expected)
+        return base::Error::make(base::Errc::Unsupported, "{} state version {} (this build reads {})", what, version,
+                                 expected);
+    kvm::VmState s = out;
+    StateReader r(bytes);
+    Get io{r};
+    visitor(io, s);
+    TRY(r.finish(what));
+    out = s;
+    return base::ok();
 }
 
 }  // namespace
@@ -173,24 +202,27 @@ base::Result<kvm::VcpuState> decode_vcpu_state(uint16_t version, std::span<const
     return s;
 }
 
-std::vector<std::byte> encode_vm_state(const kvm::VmState& in) {
-    kvm::VmState s = in;
-    StateWriter w;
-    Put io{w};
-    visit_vm(io, s);
-    return w.take();
+std::vector<std::byte> encode_irqchip_state(const kvm::VmState& state) {
+    return encode_part(state, [](Put& io, kvm::VmState& s) { visit_irqchip(io, s); });
+}
+std::vector<std::byte> encode_pit_state(const kvm::VmState& state) {
+    return encode_part(state, [](Put& io, kvm::VmState& s) { visit(io, s.pit); });
+}
+std::vector<std::byte> encode_clock_state(const kvm::VmState& state) {
+    return encode_part(state, [](Put& io, kvm::VmState& s) { visit_clock(io, s); });
 }
 
-base::Result<kvm::VmState> decode_vm_state(uint16_t version, std::span<const std::byte> bytes) {
-    if (version != k_vm_state_version)
-        return base::Error::make(base::Errc::Unsupported, "VM device state version {} (this build reads {})", version,
-                                 k_vm_state_version);
-    kvm::VmState s;
-    StateReader r(bytes);
-    Get io{r};
-    visit_vm(io, s);
-    TRY(r.finish("VM device state"));
-    return s;
+base::Result<void> decode_irqchip_state(uint16_t version, std::span<const std::byte> bytes, kvm::VmState& state) {
+    return decode_part("irqchip", version, k_irqchip_state_version, bytes, state,
+                       [](Get& io, kvm::VmState& s) { visit_irqchip(io, s); });
+}
+base::Result<void> decode_pit_state(uint16_t version, std::span<const std::byte> bytes, kvm::VmState& state) {
+    return decode_part("PIT", version, k_pit_state_version, bytes, state,
+                       [](Get& io, kvm::VmState& s) { visit(io, s.pit); });
+}
+base::Result<void> decode_clock_state(uint16_t version, std::span<const std::byte> bytes, kvm::VmState& state) {
+    return decode_part("clock", version, k_clock_state_version, bytes, state,
+                       [](Get& io, kvm::VmState& s) { visit_clock(io, s); });
 }
 
 }  // namespace colod::core

@@ -15,12 +15,20 @@
 namespace colod::core {
 
 constexpr uint16_t k_vcpu_state_version = 1;
-constexpr uint16_t k_vm_state_version = 1;
+constexpr uint16_t k_irqchip_state_version = 1;
+constexpr uint16_t k_pit_state_version = 1;
+constexpr uint16_t k_clock_state_version = 1;
 
 std::vector<std::byte> encode_vcpu_state(const kvm::VcpuState& state);
 base::Result<kvm::VcpuState> decode_vcpu_state(uint16_t version, std::span<const std::byte> bytes);
 
-std::vector<std::byte> encode_vm_state(const kvm::VmState& state);
-base::Result<kvm::VmState> decode_vm_state(uint16_t version, std::span<const std::byte> bytes);
+// The VM-wide state travels as three sections: irqchip (PIC master, PIC slave, IOAPIC), PIT
+// and clock. Each decoder fills its part of `state`, on success only.
+std::vector<std::byte> encode_irqchip_state(const kvm::VmState& state);
+std::vector<std::byte> encode_pit_state(const kvm::VmState& state);
+std::vector<std::byte> encode_clock_state(const kvm::VmState& state);
+base::Result<void> decode_irqchip_state(uint16_t version, std::span<const std::byte> bytes, kvm::VmState& state);
+base::Result<void> decode_pit_state(uint16_t version, std::span<const std::byte> bytes, kvm::VmState& state);
+base::Result<void> decode_clock_state(uint16_t version, std::span<const std::byte> bytes, kvm::VmState& state);
 
 }  // namespace colod::core

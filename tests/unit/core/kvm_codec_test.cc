@@ -83,12 +83,21 @@ TEST_CASE("VM device state round-trips") {
     state.pit.channels[0].count_load_time = -5;
     state.pit.flags = 1;
     state.clock.clock = rng();
-    auto bytes = encode_vm_state(state);
-    auto decoded = decode_vm_state(k_vm_state_version, bytes);
-    REQUIRE(decoded);
-    CHECK(encode_vm_state(*decoded) == bytes);
-    CHECK(decoded->ioapic.redirtbl[23].bits == state.ioapic.redirtbl[23].bits);
-    CHECK(decoded->pit.channels[0].count_load_time == -5);
+    kvm::VmState decoded;
+    REQUIRE(decode_irqchip_state(k_irqchip_state_version, encode_irqchip_state(state), decoded));
+    REQUIRE(decode_pit_state(k_pit_state_version, encode_pit_state(state), decoded));
+    REQUIRE(decode_clock_state(k_clock_state_version, encode_clock_state(state), decoded));
+    CHECK(encode_irqchip_state(decoded) == encode_irqchip_state(state));
+    CHECK(encode_pit_state(decoded) == encode_pit_state(state));
+    CHECK(decoded.ioapic.redirtbl[23].bits == state.ioapic.redirtbl[23].bits);
+    CHECK(decoded.pit.channels[0].count_load_time == -5);
+    CHECK(decoded.clock.clock == state.clock.clock);
+    // A bad body leaves the target untouched.
+    kvm::VmState untouched = decoded;
+    auto pit = encode_pit_state(state);
+    pit.pop_back();
+    CHECK_FALSE(decode_pit_state(k_pit_state_version, pit, untouched));
+    CHECK(encode_pit_state(untouched) == encode_pit_state(decoded));
 }
 
 TEST_CASE("vCPU state decoder rejects what does not fit") {
