@@ -40,7 +40,9 @@ using Deadline = Clock::time_point;
 inline Deadline deadline_after(Clock::duration d) { return Clock::now() + d; }
 
 // One received frame. The payload buffer is reused by Link::receive_into, so a receiver that
-// reads frame after frame allocates only when a frame is larger than any before it.
+// reads frame after frame allocates only when a frame is larger than any before it. Spans
+// taken from payload() (and the pieces a StateDecoder made of it) stay valid until the next
+// receive_into on the same Frame: stage what you keep before receiving again.
 class Frame {
 public:
     FrameHeader header;

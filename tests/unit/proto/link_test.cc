@@ -353,7 +353,8 @@ TEST_CASE("frames from concurrent senders never interleave") {
     receiver.join();
     REQUIRE(receiver_result.ok());
     REQUIRE(decoder.last_complete() == kCheckpoints);
-    REQUIRE(heartbeats >= kCheckpoints);
+    // The explicit heartbeat after checkpoint i is read while waiting for checkpoint i + 1.
+    REQUIRE(heartbeats >= kCheckpoints - 1);
 }
 
 // ---- A listening secondary faced with hostile connections ----
@@ -482,4 +483,54 @@ TEST_CASE("a listening secondary survives hostile connections and still accepts 
     }
     real_primary_syncs(secondary.address(), key);
     REQUIRE(secondary.outcome(n).ok());
+}
+
+TEST_CASE("heartbeats flow when the link is idle and carry the committed sequence") {
+    Pair p = make_pair();
+    p.client.set_authenticated(std::nullopt);
+    p.server.set_authenticated(std::nullopt);
+    auto beats = HeartbeatSender::start(p.client, 5ms, [] { return uint64_t(77); });
+    REQUIRE(beats.ok());
+    for (int i = 0; i < 4; ++i) {
+        auto frame = p.server.receive(deadline_after(2s));
+        REQUIRE(frame.ok());
+        REQUIRE(frame->header.type == MessageType::Heartbeat);
+        REQUIRE(std::get<Heartbeat>(frame->message().value()).committed_seq == 77);
+    }
+    // One thread sends them one after another: the 4th left after the 3rd was counted.
+    REQUIRE(beats.value()->sent() >= 3);
+}
+
+TEST_CASE("IPv6 loopback works where the host has it") {
+    auto listener = Listener::create("[::1]:0");
+    if (!listener) {
+        WARN("no IPv6 loopback here: " << listener.error().message());
+        return;
+    }
+    REQUIRE_THAT(listener->local_address(), Catch::StartsWith("[::1]:"));
+    auto client = Link::connect(fmt::format("[::1]:{}", listener->port()), deadline_after(2s));
+    REQUIRE(client.ok());
+    auto server = listener->accept(deadline_after(2s));
+    REQUIRE(server.ok());
+    Key key = key_of('k');
+    base::Result<Hello> theirs{base::Error(base::Errc::Failed, "not run")};
+    std::thread t([&] { theirs = handshake(server.value(), key, demo_hello(PeerState::SecondaryStandby), deadline_after(2s)); });
+    auto mine = handshake(client.value(), key, demo_hello(PeerState::PrimaryActive), deadline_after(2s));
+    t.join();
+    REQUIRE(mine.ok());
+    REQUIRE(theirs.ok());
+}
+
+TEST_CASE("connecting to a closed port and accepting with nobody calling fail cleanly") {
+    uint16_t port;
+    {
+        auto listener = Listener::create("127.0.0.1:0");
+        port = listener->port();
+    }
+    auto refused = Link::connect(fmt::format("127.0.0.1:{}", port), deadline_after(1s));
+    REQUIRE_FALSE(refused.ok());
+    REQUIRE(refused.error().code() == base::Errc::System);
+    auto listener = Listener::create("127.0.0.1:0");
+    REQUIRE(listener->accept(deadline_after(50ms)).error().code() == base::Errc::Timeout);
+    REQUIRE(Link::connect("no-port-here", deadline_after(1s)).error().code() == base::Errc::Invalid);
 }
