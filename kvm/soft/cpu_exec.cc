@@ -182,6 +182,7 @@ Stop Cpu::Impl::run(CpuState& state, CpuBus& bus, uint64_t budget) {
     // Pages written in this slice must be asked for with Access::Write again (dirty logging).
     flush_tlb_writes();
     m_stop_after = StopReason::Budget;
+    m_abort = Abort::None;
     uint64_t steps = 0, executed = 0;
     bool go = true;
     if (m_mmio_valid && budget > 0) {
@@ -192,8 +193,21 @@ Stop Cpu::Impl::run(CpuState& state, CpuBus& bus, uint64_t budget) {
         m_mmio_valid = false;
     }
     m_check_irq = true;
-    while (go && steps < budget)
-        go = run_one(stop, steps, executed);
+    while (go && steps < budget) {
+        if ((m_check_irq | m_shadow) != 0) [[unlikely]] {
+            go = run_one(stop, steps, executed);
+            continue;
+        }
+        ++steps;
+        Insn* dp = nullptr;
+        if (step(dp)) [[likely]] {
+            ++executed;
+            if (m_stop_after != StopReason::Budget) [[unlikely]]
+                go = stop_after(stop);
+            continue;
+        }
+        go = after_abort(stop, *dp, 0, executed);
+    }
     if (go)
         stop.reason = StopReason::Budget;
     store_state();
@@ -201,11 +215,14 @@ Stop Cpu::Impl::run(CpuState& state, CpuBus& bus, uint64_t budget) {
     return stop;
 }
 
-// One interrupt delivery or one instruction. Returns false when run() must stop (`stop` says
-// why).
+// One interrupt check and delivery, or one instruction under an interrupt shadow. Returns false
+// when run() must stop (`stop` says why).
 inline bool Cpu::Impl::run_one(Stop& stop, uint64_t& steps, uint64_t& executed) {
-    if (m_check_irq) [[unlikely]] {
-        if ((m_rflags & IF) && m_shadow == 0) {
+    if (m_check_irq) {
+        if (!(m_rflags & IF)) {
+            // Nothing can be delivered; STI, POPF, IRETQ and SYSRET ask again when IF is set.
+            m_check_irq = false;
+        } else if (m_shadow == 0) {
             const int vector = m_bus->pending_interrupt();
             if (vector >= 0) {
                 m_bus->acknowledge_interrupt(vector);
@@ -221,24 +238,35 @@ inline bool Cpu::Impl::run_one(Stop& stop, uint64_t& steps, uint64_t& executed) 
             m_check_irq = false;
         }
     }
-    Insn d;
+    Insn* dp = nullptr;
     const uint8_t had_shadow = m_shadow;
     m_shadow = 0;
-    m_abort = Abort::None;
     ++steps;
-    if (step(d)) [[likely]] {
+    if (step(dp)) [[likely]] {
         ++executed;
         if (m_stop_after == StopReason::Budget) [[likely]]
             return true;
-        stop.reason = m_stop_after;
-        if (m_stop_after == StopReason::Internal)
-            stop.detail = m_detail;
-        m_stop_after = StopReason::Budget;
-        return false;
+        return stop_after(stop);
     }
+    return after_abort(stop, *dp, had_shadow, executed);
+}
 
+// An instruction retired and asked run() to stop (HLT, an exit).
+bool Cpu::Impl::stop_after(Stop& stop) {
+    stop.reason = m_stop_after;
+    if (m_stop_after == StopReason::Internal)
+        stop.detail = m_detail;
+    m_stop_after = StopReason::Budget;
+    return false;
+}
+
+// An instruction did not retire: deliver its exception, or stop for an exit or an internal
+// error with RIP back at the instruction.
+bool Cpu::Impl::after_abort(Stop& stop, const Insn& d, uint8_t had_shadow, uint64_t& executed) {
     Delivery r = Delivery::Ok;
-    switch (m_abort) {
+    const Abort abort = m_abort;
+    m_abort = Abort::None;
+    switch (abort) {
     case Abort::Fault:
         m_rip = d.rip;
         r = raise_event(m_event, d.rip, d.rip);
@@ -260,6 +288,7 @@ inline bool Cpu::Impl::run_one(Stop& stop, uint64_t& steps, uint64_t& executed) 
         stop.detail = m_detail.empty() ? "instruction aborted without a reason" : m_detail;
         return false;
     }
+    m_abort = Abort::None;
     if (r == Delivery::Ok)
         return true;
     stop.reason = r == Delivery::Shutdown ? StopReason::Shutdown : StopReason::Internal;
@@ -269,17 +298,46 @@ inline bool Cpu::Impl::run_one(Stop& stop, uint64_t& steps, uint64_t& executed) 
 
 // ---- fetch and decode -------------------------------------------------------------------------
 
-inline bool Cpu::Impl::step(Insn& d) {
+inline bool Cpu::Impl::step(Insn*& dp) {
     const uint64_t rip = m_rip;
+    const unsigned off = rip & 0xfff;
+    if (((rip & ~0xfffull) | m_tag_bits) == m_fetch_tag && off <= 4096 - 16) [[likely]] {
+        const uint8_t* p = m_fetch_host + off;
+        CachedInsn& c = m_icache[(rip ^ (rip >> 11)) % kInsnCacheEntries];
+        Insn& d = c.insn;
+        dp = &d;
+        const uint64_t w0 = load<uint64_t>(p), w1 = load<uint64_t>(p + 8);
+        if (c.rip != rip || ((w0 ^ c.bytes[0]) & c.mask[0]) || ((w1 ^ c.bytes[1]) & c.mask[1]))
+            [[unlikely]] {
+            c.rip = ~0ull;
+            d = Insn{};
+            d.rip = rip;
+            if (!decode(d, p, 15))
+                return false;
+            c.rip = rip;
+            c.bytes[0] = w0;
+            c.bytes[1] = w1;
+            c.mask[0] = d.len >= 8 ? ~0ull : (1ull << (8 * d.len)) - 1;
+            c.mask[1] = d.len <= 8 ? 0 : d.len >= 16 ? ~0ull : (1ull << (8 * (d.len - 8))) - 1;
+        }
+        d.bytes = p;
+        if (d.mod != 3)
+            compute_ea(d);
+        m_rip = d.next;
+        return exec_fast(d);
+    }
+    Insn& d = m_slow_insn;
+    dp = &d;
+    d = Insn{};
     d.rip = rip;
     const uint8_t* p;
     unsigned avail = 15;
-    if (((rip & ~0xfffull) | m_tag_bits) == m_fetch_tag && (rip & 0xfff) <= 4096 - 15) [[likely]]
-        p = m_fetch_host + (rip & 0xfff);
-    else if (!fetch_slow(d, p, avail))
+    if (!fetch_slow(d, p, avail))
         return false;
     if (!decode(d, p, avail)) [[unlikely]]
         return false;
+    if (d.mod != 3)
+        compute_ea(d);
     m_rip = d.next;
     return exec(d);
 }
@@ -433,35 +491,35 @@ opcode:
         if (d.mod == 3) {
             d.rm = static_cast<uint8_t>(rm | ((rex & 1) << 3));
         } else {
-            uint64_t ea = 0;
+            uint64_t disp = 0;
             if (rm == 4) {
                 const unsigned sib = *p++;
                 const unsigned index = ((sib >> 3) & 7) | ((rex & 2) << 2);
                 const unsigned base = (sib & 7) | ((rex & 1) << 3);
-                if (index != 4)
-                    ea = m_r[index] << (sib >> 6);
+                if (index != 4) {
+                    d.index = static_cast<uint8_t>(index);
+                    d.scale = static_cast<uint8_t>(sib >> 6);
+                }
                 if ((base & 7) == 5 && d.mod == 0) {
-                    ea += static_cast<uint64_t>(static_cast<int64_t>(load<int32_t>(p)));
+                    disp = static_cast<uint64_t>(static_cast<int64_t>(load<int32_t>(p)));
                     p += 4;
                 } else {
-                    ea += m_r[base];
                     d.base = static_cast<uint8_t>(base);
                 }
             } else if (rm == 5 && d.mod == 0) {
-                ea = static_cast<uint64_t>(static_cast<int64_t>(load<int32_t>(p)));
+                disp = static_cast<uint64_t>(static_cast<int64_t>(load<int32_t>(p)));
                 p += 4;
                 riprel = true;
             } else {
                 d.base = static_cast<uint8_t>(rm | ((rex & 1) << 3));
-                ea = m_r[d.base];
             }
             if (d.mod == 1) {
-                ea += static_cast<uint64_t>(static_cast<int64_t>(static_cast<int8_t>(*p++)));
+                disp += static_cast<uint64_t>(static_cast<int64_t>(static_cast<int8_t>(*p++)));
             } else if (d.mod == 2) {
-                ea += static_cast<uint64_t>(static_cast<int64_t>(load<int32_t>(p)));
+                disp += static_cast<uint64_t>(static_cast<int64_t>(load<int32_t>(p)));
                 p += 4;
             }
-            d.ea = ea;
+            d.disp = disp;
         }
     }
 
@@ -496,10 +554,10 @@ opcode:
             p += 2;
         } else if (attr & kMoffs) {
             if (d.a32) {
-                d.ea = load<uint32_t>(p);
+                d.disp = load<uint32_t>(p);
                 p += 4;
             } else {
-                d.ea = load<uint64_t>(p);
+                d.disp = load<uint64_t>(p);
                 p += 8;
             }
             d.mod = 0;
@@ -522,17 +580,193 @@ opcode:
         return false;
     }
     d.next = d.rip + len;
-    if (d.mod != 3) {
-        if (riprel)
-            d.ea += d.next;
-        if (d.a32)
-            d.ea &= 0xffffffff;
-        if (d.seg != SegOverride::None)
-            d.ea += seg_base(d.seg);
-    }
+    if (riprel)
+        d.disp += d.next;
+    d.ea_slow = d.a32 || d.seg != SegOverride::None;
     if (attr & kBad) [[unlikely]]
         return ud();
+    classify(d);
     return true;
+}
+
+// Picks a fast handler for the common 32/64-bit forms (see Fast).
+void Cpu::Impl::classify(Insn& d) {
+    const unsigned op = d.op;
+    const bool wide = d.opsize == 4 || d.opsize == 8;
+    const bool reg = d.mod == 3;
+    auto set = [&](Fast f, unsigned fd, unsigned fs, unsigned aux) {
+        d.fast = f;
+        d.fd = static_cast<uint8_t>(fd);
+        d.fs = static_cast<uint8_t>(fs);
+        d.aux = static_cast<uint8_t>(aux);
+    };
+    if (d.lock || d.vex)
+        return;
+    if (op < 0x40 && wide) {
+        const unsigned form = op & 7, aop = op >> 3;
+        if (form == 1 && reg)
+            set(Fast::AluRR, d.rm, d.reg, aop);
+        else if (form == 3 && reg)
+            set(Fast::AluRR, d.reg, d.rm, aop);
+        else if (form == 3)
+            set(Fast::AluLoad, d.reg, 0, aop);
+        else if (form == 1 && aop == 7)
+            set(Fast::CmpMR, 0, d.reg, 7);
+        return;
+    }
+    const unsigned rexb = (d.rex & 1) << 3;
+    switch (op) {
+    case 0x81:
+    case 0x83:
+        if (wide && reg)
+            set(Fast::AluRI, d.rm, 0, d.regop);
+        else if (wide && d.regop == 7)
+            set(Fast::CmpMI, 0, 0, 7);
+        break;
+    case 0x85:
+        if (wide && reg)
+            set(Fast::TestRR, d.rm, d.reg, 0);
+        break;
+    case 0x89:
+        if (wide)
+            set(reg ? Fast::MovRR : Fast::Store, d.rm, d.reg, 0);
+        break;
+    case 0x8b:
+        if (wide)
+            set(reg ? Fast::MovRR : Fast::Load, d.reg, d.rm, 0);
+        break;
+    case 0x8d:
+        if (wide && !reg && d.seg == SegOverride::None)
+            set(Fast::Lea, d.reg, 0, 0);
+        break;
+    case 0xb8: case 0xb9: case 0xba: case 0xbb: case 0xbc: case 0xbd: case 0xbe: case 0xbf:
+        if (wide)
+            set(Fast::MovRI, (op & 7) | rexb, 0, 0);
+        break;
+    case 0xc7:
+        if (wide && reg && d.regop == 0)
+            set(Fast::MovRI, d.rm, 0, 0);
+        break;
+    case 0x70: case 0x71: case 0x72: case 0x73: case 0x74: case 0x75: case 0x76: case 0x77:
+    case 0x78: case 0x79: case 0x7a: case 0x7b: case 0x7c: case 0x7d: case 0x7e: case 0x7f:
+    case 0x180: case 0x181: case 0x182: case 0x183: case 0x184: case 0x185: case 0x186: case 0x187:
+    case 0x188: case 0x189: case 0x18a: case 0x18b: case 0x18c: case 0x18d: case 0x18e: case 0x18f:
+        set(Fast::Jcc, 0, 0, op & 15);
+        break;
+    case 0xe9:
+    case 0xeb: set(Fast::Jmp, 0, 0, 0); break;
+    case 0xe8: set(Fast::Call, 0, 0, 0); break;
+    case 0xc3: set(Fast::Ret, 0, 0, 0); break;
+    case 0x50: case 0x51: case 0x52: case 0x53: case 0x54: case 0x55: case 0x56: case 0x57:
+        if (d.opsize == 8)
+            set(Fast::Push, (op & 7) | rexb, 0, 0);
+        break;
+    case 0x58: case 0x59: case 0x5a: case 0x5b: case 0x5c: case 0x5d: case 0x5e: case 0x5f:
+        if (d.opsize == 8)
+            set(Fast::Pop, (op & 7) | rexb, 0, 0);
+        break;
+    case 0xff:
+        if (wide && reg && d.regop < 2)
+            set(Fast::IncDec, d.rm, 0, d.regop);
+        break;
+    case 0x90:
+        if (!rexb)
+            set(Fast::Nop, 0, 0, 0);
+        break;
+    case 0x11f: set(Fast::Nop, 0, 0, 0); break;
+    default: break;
+    }
+}
+
+inline bool Cpu::Impl::exec_fast(Insn& d) {
+    const unsigned size = d.opsize;
+    const uint64_t mask = size_mask(size);
+    switch (d.fast) {
+    case Fast::None: break;
+    case Fast::AluRR: {
+        const unsigned aop = d.aux;
+        const uint64_t r = alu_c(aop, m_r[d.fd] & mask, m_r[d.fs] & mask, size,
+                                 (aop == 2 || aop == 3) ? cf() : 0);
+        if (aop != 7)
+            m_r[d.fd] = r;
+        return true;
+    }
+    case Fast::AluRI: {
+        const unsigned aop = d.aux;
+        const uint64_t r = alu_c(aop, m_r[d.fd] & mask, d.imm & mask, size,
+                                 (aop == 2 || aop == 3) ? cf() : 0);
+        if (aop != 7)
+            m_r[d.fd] = r;
+        return true;
+    }
+    case Fast::AluLoad: {
+        uint64_t v;
+        GUEST_TRY(read_mem(d.ea, size, v, acc_flags()));
+        const unsigned aop = d.aux;
+        const uint64_t r =
+            alu_c(aop, m_r[d.fd] & mask, v, size, (aop == 2 || aop == 3) ? cf() : 0);
+        if (aop != 7)
+            m_r[d.fd] = r;
+        return true;
+    }
+    case Fast::CmpMR: {
+        uint64_t v;
+        GUEST_TRY(read_mem(d.ea, size, v, acc_flags()));
+        alu_c(7, v, m_r[d.fs] & mask, size, 0);
+        return true;
+    }
+    case Fast::CmpMI: {
+        uint64_t v;
+        GUEST_TRY(read_mem(d.ea, size, v, acc_flags()));
+        alu_c(7, v, d.imm & mask, size, 0);
+        return true;
+    }
+    case Fast::TestRR: set_logic(size, m_r[d.fd] & m_r[d.fs] & mask); return true;
+    case Fast::MovRR: m_r[d.fd] = m_r[d.fs] & mask; return true;
+    case Fast::MovRI: m_r[d.fd] = d.imm & mask; return true;
+    case Fast::Load: {
+        uint64_t v;
+        GUEST_TRY(read_mem(d.ea, size, v, acc_flags()));
+        m_r[d.fd] = v;
+        return true;
+    }
+    case Fast::Store: return write_mem(d.ea, size, m_r[d.fs] & mask, acc_flags());
+    case Fast::Lea: m_r[d.fd] = d.ea & mask; return true;
+    case Fast::Jcc:
+        if (cond(d.aux))
+            m_rip = d.next + d.imm;
+        return true;
+    case Fast::Jmp: m_rip = d.next + d.imm; return true;
+    case Fast::Call:
+        GUEST_TRY(push(d.next, 8));
+        m_rip = d.next + d.imm;
+        return true;
+    case Fast::Ret: {
+        uint64_t target;
+        GUEST_TRY(pop(8, target));
+        m_rip = target;
+        return true;
+    }
+    case Fast::Push: return push(m_r[d.fd], 8);
+    case Fast::Pop: {
+        uint64_t v;
+        GUEST_TRY(pop(8, v));
+        m_r[d.fd] = v;
+        return true;
+    }
+    case Fast::IncDec: {
+        const uint8_t carry = cf() ? 1 : 0;
+        const uint64_t old = m_r[d.fd] & mask;
+        const bool dec = d.aux == 1;
+        const uint64_t r = (dec ? old - 1 : old + 1) & mask;
+        set_lazy(dec ? FlagOp::Dec : FlagOp::Inc, size, old, 1, r);
+        m_fcin = carry;
+        m_r[d.fd] = r;
+        return true;
+    }
+    case Fast::Nop: return true;
+    }
+    return exec(d);
 }
 
 // ---- execution --------------------------------------------------------------------------------
@@ -734,7 +968,7 @@ bool Cpu::Impl::exec(Insn& d) {
             return true;
         }
         // With RSP as the base, the address is computed after the increment.
-        const uint64_t ea = d.base == RSP ? d.ea + size : d.ea;
+        const uint64_t ea = d.base == RSP ? d.ea + size : d.ea;  // (computed with the old RSP)
         GUEST_TRY(write(ea, size, v));
         m_r[RSP] += size;
         return true;

@@ -124,11 +124,43 @@ enum class FlagOp : uint8_t { None, Add, Adc, Sub, Sbb, Logic, Inc, Dec };
 // Segment override of an instruction: only FS and GS have a base in 64-bit mode.
 enum class SegOverride : uint8_t { None, Fs, Gs };
 
-// One decoded instruction.
+// Register index meaning "none" in a memory operand; m_r[kNoReg] is always 0.
+inline constexpr uint8_t kNoReg = 16;
+
+// Common instruction forms with a handler of their own in the run loop (cpu_exec.cc); the rest
+// go through the general execute. All are 32- or 64-bit, without LOCK.
+enum class Fast : uint8_t {
+    None,
+    AluRR,    // ALU op `aux` (00-3F row), register fd op= register fs
+    AluRI,    // ALU op `aux`, register fd op= immediate
+    AluLoad,  // ALU op `aux`, register fd op= [ea]
+    CmpMR,    // CMP [ea], register fs
+    CmpMI,    // CMP [ea], immediate
+    TestRR,   // TEST register fd, register fs
+    MovRR,    // register fd = register fs
+    MovRI,    // register fd = immediate
+    Load,     // register fd = [ea]
+    Store,    // [ea] = register fs
+    Lea,      // register fd = ea
+    Jcc,      // condition `aux`
+    Jmp,
+    Call,
+    Ret,
+    Push,     // register fd
+    Pop,      // register fd
+    IncDec,   // aux 0 INC, 1 DEC of register fd
+    Nop,
+};
+
+// One decoded instruction. Everything but `ea` and `bytes` depends only on the instruction's
+// bytes and address, so a decoded instruction can be cached and run again.
 struct Insn {
     uint64_t rip = 0;   // first byte
     uint64_t next = 0;  // RIP of the following instruction
-    uint64_t ea = 0;    // linear address of the memory operand (segment base included)
+    uint64_t ea = 0;    // linear address of the memory operand (segment base included),
+                        // computed from the fields below before each execution
+    uint64_t disp = 0;  // displacement (RIP-relative: already includes `next`; MOV moffs: the
+                        // whole address)
     uint64_t imm = 0;   // first immediate (sign-extended where the encoding says so)
     uint64_t imm2 = 0;  // second immediate (ENTER's nesting level)
     const uint8_t* bytes = nullptr;  // the instruction's bytes, for diagnostics
@@ -144,8 +176,11 @@ struct Insn {
     uint8_t mod = 3;      // ModRM.mod (3: register operand)
     uint8_t reg = 0;      // ModRM.reg extended by REX.R
     uint8_t rm = 0;       // ModRM.rm extended by REX.B (register forms)
-    uint8_t regop = 0;    // ModRM.reg without REX: the group opcode extension
-    uint8_t base = 0xff;  // base register of the memory operand, 0xff if none
+    uint8_t regop = 0;       // ModRM.reg without REX: the group opcode extension
+    uint8_t base = kNoReg;   // base register of the memory operand
+    uint8_t index = kNoReg;  // index register of the memory operand
+    uint8_t scale = 0;       // index shift
+    bool ea_slow = false;    // 67 prefix or FS/GS override: the address needs more work
     // VEX (BMI instructions): vvvv register, L and W bits, implied prefix (0 none, 1 66,
     // 2 F3, 3 F2).
     uint8_t vvvv = 0;
@@ -153,6 +188,10 @@ struct Insn {
     uint8_t vex_w = 0;
     uint8_t vex_pp = 0;
     bool vex = false;
+    Fast fast = Fast::None;
+    uint8_t aux = 0;  // for `fast`: ALU op or condition code
+    uint8_t fd = 0;   // for `fast`: destination register
+    uint8_t fs = 0;   // for `fast`: source register
 };
 
 // A pending architectural event (exception or interrupt) being delivered.
@@ -207,9 +246,21 @@ struct Span {
     uint64_t gpa[2] = {0, 0};
 };
 
+// A decoded instruction remembered with the bytes it was decoded from. A hit requires the
+// bytes at RIP to be the same now, so code written by the guest, another vCPU or a device is
+// never run stale, without any invalidation.
+struct CachedInsn {
+    uint64_t rip = ~0ull;
+    uint64_t bytes[2] = {};  // the first 16 bytes at rip
+    uint64_t mask[2] = {};   // which of them belong to the instruction
+    Insn insn;
+};
+
+inline constexpr unsigned kInsnCacheEntries = 2048;
+
 struct Cpu::Impl {
     // ---- hot state: registers, lazy flags, TLB -----------------------------------------------
-    uint64_t m_r[16] = {};
+    uint64_t m_r[17] = {};  // the 16 GPRs, and m_r[kNoReg] = 0 for address arithmetic
     uint64_t m_rip = 0;
     uint64_t m_rflags = 2;  // arithmetic bits valid only while m_fop == FlagOp::None
     FlagOp m_fop = FlagOp::None;
@@ -226,6 +277,8 @@ struct Cpu::Impl {
     const uint8_t* m_fetch_host = nullptr;
 
     TlbEntry m_tlb[kTlbEntries];
+    CachedInsn m_icache[kInsnCacheEntries];
+    Insn m_slow_insn;  // an instruction decoded outside the cache (near a page end)
     // Slots that got a write tag since the last flush_tlb_writes(), so that the per-run()
     // flush touches only those; more than kWriteSlots means all.
     static constexpr unsigned kWriteSlots = 64;
@@ -259,8 +312,21 @@ struct Cpu::Impl {
 
     // ---- cpu.cc: entry, events, segments -------------------------------------------------------
     Stop run(CpuState& state, CpuBus& bus, uint64_t budget);
-    bool run_one(Stop& stop, uint64_t& steps, uint64_t& executed);
-    bool step(Insn& d);
+    [[gnu::always_inline]] bool run_one(Stop& stop, uint64_t& steps, uint64_t& executed);
+    [[gnu::always_inline]] bool step(Insn*& dp);
+    [[gnu::always_inline]] bool exec_fast(Insn& d);
+    [[gnu::noinline]] bool after_abort(Stop& stop, const Insn& d, uint8_t had_shadow,
+                                       uint64_t& executed);
+    bool stop_after(Stop& stop);
+    [[gnu::always_inline]] void compute_ea(Insn& d) {
+        uint64_t ea = d.disp + m_r[d.base] + (m_r[d.index] << d.scale);
+        if (d.ea_slow) [[unlikely]] {
+            if (d.a32)
+                ea &= 0xffffffff;
+            ea += seg_base(d.seg);
+        }
+        d.ea = ea;
+    }
     void load_state();
     void store_state();
     bool long_mode_ok(std::string& why) const;
@@ -279,7 +345,8 @@ struct Cpu::Impl {
 
     // ---- cpu_exec.cc: decode and execute ------------------------------------------------------
     bool fetch_slow(Insn& d, const uint8_t*& p, unsigned& avail);
-    bool decode(Insn& d, const uint8_t* p, unsigned avail);
+    [[gnu::always_inline]] bool decode(Insn& d, const uint8_t* p, unsigned avail);
+    static void classify(Insn& d);
     bool exec(Insn& d);
     bool exec_0f(Insn& d);
     bool exec_rare(Insn& d);
@@ -344,7 +411,7 @@ struct Cpu::Impl {
     bool ud() { return fault_noerr(x86::UD); }
 
     // ---- registers -----------------------------------------------------------------------------
-    uint64_t reg_read(unsigned idx, unsigned size, bool rex) const {
+    [[gnu::always_inline]] uint64_t reg_read(unsigned idx, unsigned size, bool rex) const {
         switch (size) {
         case 1:
             if (rex || idx < 4 || idx >= 8)
@@ -355,7 +422,7 @@ struct Cpu::Impl {
         default: return m_r[idx];
         }
     }
-    void reg_write(unsigned idx, unsigned size, uint64_t v, bool rex) {
+    [[gnu::always_inline]] void reg_write(unsigned idx, unsigned size, uint64_t v, bool rex) {
         switch (size) {
         case 1:
             if (rex || idx < 4 || idx >= 8)
@@ -370,7 +437,7 @@ struct Cpu::Impl {
     }
 
     // ---- flags -------------------------------------------------------------------------------
-    void set_lazy(FlagOp op, unsigned size, uint64_t dst, uint64_t src, uint64_t res) {
+    [[gnu::always_inline]] void set_lazy(FlagOp op, unsigned size, uint64_t dst, uint64_t src, uint64_t res) {
         m_fop = op;
         m_fsize = static_cast<uint8_t>(size);
         m_fdst = dst;
@@ -436,7 +503,7 @@ struct Cpu::Impl {
         materialize();
         m_rflags = (m_rflags & ~which) | (f & which);
     }
-    bool cf() const {
+    [[gnu::always_inline]] bool cf() const {
         switch (m_fop) {
         case FlagOp::None: return m_rflags & x86::CF;
         case FlagOp::Add: return m_fres < m_fdst;
@@ -445,8 +512,13 @@ struct Cpu::Impl {
         default: return arith_flags() & x86::CF;
         }
     }
-    bool cond(unsigned cc) const {
+    [[gnu::always_inline]] bool cond(unsigned cc) const {
         bool r;
+        if (m_fop != FlagOp::None && ((cc >> 1) == 2 || (cc >> 1) == 4)) {
+            // ZF and SF come from the result whatever the operation (JZ/JNZ after DEC ...).
+            r = (cc >> 1) == 2 ? m_fres == 0 : (m_fres & sign_bit(m_fsize)) != 0;
+            return r ^ (cc & 1);
+        }
         if (m_fop == FlagOp::Sub) {
             // After CMP/SUB the conditions follow from the operands directly.
             const uint64_t a = m_fdst, b = m_fsrc;
@@ -496,12 +568,12 @@ struct Cpu::Impl {
 
     // ALU operations of the 00-3F / 80-83 rows: ADD OR ADC SBB AND SUB XOR CMP. Operands are
     // already truncated to `size`.
-    uint64_t alu(unsigned op, uint64_t a, uint64_t b, unsigned size) {
+    [[gnu::always_inline]] uint64_t alu(unsigned op, uint64_t a, uint64_t b, unsigned size) {
         return alu_c(op, a, b, size, (op == 2 || op == 3) ? cf() : 0);
     }
     // As alu() with the carry-in of ADC/SBB given: a read-modify-write may run the operation
     // more than once (atomic retry) and must not read the flags it has itself just set.
-    uint64_t alu_c(unsigned op, uint64_t a, uint64_t b, unsigned size, uint64_t c) {
+    [[gnu::always_inline]] uint64_t alu_c(unsigned op, uint64_t a, uint64_t b, unsigned size, uint64_t c) {
         const uint64_t m = size_mask(size);
         uint64_t r;
         switch (op) {
@@ -534,7 +606,7 @@ struct Cpu::Impl {
     }
     TlbEntry& tlb_slot(uint64_t lin) { return m_tlb[(lin >> 12) % kTlbEntries]; }
 
-    bool read_mem(uint64_t lin, unsigned size, uint64_t& v, unsigned flags) {
+    [[gnu::always_inline]] bool read_mem(uint64_t lin, unsigned size, uint64_t& v, unsigned flags) {
         TlbEntry& e = tlb_slot(lin);
         const unsigned off = lin & 0xfff;
         if (e.tag_read == tag_for(lin, flags) && off <= 4096 - size) [[likely]] {
@@ -549,7 +621,7 @@ struct Cpu::Impl {
         v = 0;
         return read_slow(lin, size, &v, flags);
     }
-    bool write_mem(uint64_t lin, unsigned size, uint64_t v, unsigned flags) {
+    [[gnu::always_inline]] bool write_mem(uint64_t lin, unsigned size, uint64_t v, unsigned flags) {
         TlbEntry& e = tlb_slot(lin);
         const unsigned off = lin & 0xfff;
         if (e.tag_write == tag_for(lin, flags) && off <= 4096 - size) [[likely]] {
@@ -567,14 +639,14 @@ struct Cpu::Impl {
         return write_mem(lin, size, v, kAccImplicit);
     }
 
-    bool push(uint64_t v, unsigned size) {
+    [[gnu::always_inline]] bool push(uint64_t v, unsigned size) {
         const uint64_t rsp = m_r[x86::RSP] - size;
         if (!write_mem(rsp, size, v, acc_flags() | kAccStack))
             return false;
         m_r[x86::RSP] = rsp;
         return true;
     }
-    bool pop(unsigned size, uint64_t& v) {
+    [[gnu::always_inline]] bool pop(unsigned size, uint64_t& v) {
         if (!read_mem(m_r[x86::RSP], size, v, acc_flags() | kAccStack))
             return false;
         m_r[x86::RSP] += size;
@@ -582,14 +654,14 @@ struct Cpu::Impl {
     }
 
     // r/m operand access
-    bool rm_read(const Insn& d, unsigned size, uint64_t& v) {
+    [[gnu::always_inline]] bool rm_read(const Insn& d, unsigned size, uint64_t& v) {
         if (d.mod == 3) {
             v = reg_read(d.rm, size, d.rex);
             return true;
         }
         return read(d.ea, size, v);
     }
-    bool rm_write(const Insn& d, unsigned size, uint64_t v) {
+    [[gnu::always_inline]] bool rm_write(const Insn& d, unsigned size, uint64_t v) {
         if (d.mod == 3) {
             reg_write(d.rm, size, v, d.rex);
             return true;

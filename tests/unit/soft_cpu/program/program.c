@@ -114,6 +114,7 @@ static void print(const char* f, ...) {
         case 'b': s = fmt_u64(buf + sizeof buf, is_long ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 2, 0); break;
         case 's': s = va_arg(ap, const char*); break;
         case 'c': buf[0] = (char)va_arg(ap, int); buf[1] = 0; s = buf; break;
+        case '%': s = "%"; break;
         default: buf[0] = '%'; buf[1] = *f; buf[2] = 0; s = buf; break;
         }
         for (int pad = width - (int)str_len(s); pad > 0; --pad)
@@ -494,6 +495,6 @@ void program_main(void) {
     test_bits();
     test_control();
     test_structs();
-    print("%5d|%-3d|%c|%o|%b|%X|%%\n", 42, 7, 'z', 511u, 10u, 0xbeefu);
+    print("%5d|%3d|%c|%o|%b|%X|%%|%lx\n", 42, -7, 'z', 511u, 10u, 0xbeefu, 0xfedcba9876543210ull);
     puts_("program end\n");
 }
