@@ -88,6 +88,13 @@ Key& Key::operator=(Key&& other) noexcept {
 }
 Key::~Key() { sodium_memzero(m_key.data(), kKeySize); }
 
+std::array<std::byte, kHashSize> hash_image(std::span<const std::byte> image) {
+    ensure_sodium();
+    std::array<std::byte, kHashSize> out;
+    crypto_generichash(uc(out.data()), out.size(), uc(image.data()), image.size(), nullptr, 0);
+    return out;
+}
+
 std::array<std::byte, kNonceSize> make_nonce() {
     ensure_sodium();
     std::array<std::byte, kNonceSize> nonce;

@@ -48,6 +48,10 @@ private:
     std::array<std::byte, kKeySize> m_key{};
 };
 
+// BLAKE2b-256 of a guest image, for HELLO.image_hash (both sides hash the image they would
+// boot; a difference refuses the pairing).
+std::array<std::byte, kHashSize> hash_image(std::span<const std::byte> image);
+
 // Fresh random nonce (randombytes_buf).
 std::array<std::byte, kNonceSize> make_nonce();
 

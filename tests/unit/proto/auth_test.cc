@@ -85,3 +85,11 @@ TEST_CASE("proofs depend on key, side, both nonces and the transcript") {
     auto t2 = transcript_hash(n2, n1);
     REQUIRE_FALSE(proofs_equal(base_proof, make_proof(key, LinkSide::Connecting, n1, n2, t2)));
 }
+
+TEST_CASE("image hashes tell images apart") {
+    std::string a(1000, 'a'), b = a;
+    b[999] = 'b';
+    auto ha = hash_image(std::as_bytes(std::span(a.data(), a.size())));
+    REQUIRE(ha == hash_image(std::as_bytes(std::span(a.data(), a.size()))));
+    REQUIRE(ha != hash_image(std::as_bytes(std::span(b.data(), b.size()))));
+}
