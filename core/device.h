@@ -34,6 +34,9 @@ public:
 
     // Capture while the machine is paused. Must describe everything the guest can observe.
     virtual DeviceState save_state() const = 0;
+    // Validates `state` without changing anything: the machine checks every device's state
+    // before it loads any, so a load is never partial.
+    virtual base::Result<void> check_state(const DeviceState& state) const = 0;
     // Validates `state` completely before changing anything; loads in place (a secondary loads
     // state again and again into the same paused machine).
     virtual base::Result<void> load_state(const DeviceState& state) = 0;

@@ -279,10 +279,12 @@ base::Result<void> Machine::load_state(const MachineState& state) {
     if (state.devices.size() != m_devices.size())
         return base::Error::make(base::Errc::Mismatch, "state has {} devices, this machine {}", state.devices.size(),
                                  m_devices.size());
-    for (size_t i = 0; i < m_devices.size(); ++i)
+    for (size_t i = 0; i < m_devices.size(); ++i) {
         if (state.devices[i].name != m_devices[i]->name())
             return base::Error::make(base::Errc::Mismatch, "state device {} is '{}', this machine has '{}'", i,
                                      state.devices[i].name, m_devices[i]->name());
+        TRY(m_devices[i]->check_state(state.devices[i]));
+    }
     TRY(m_vm.load_state(state.vm));
     for (size_t i = 0; i < m_vcpus.size(); ++i)
         TRY(m_vcpus[i].load_state(state.vcpus[i]));

@@ -19,12 +19,13 @@ public:
         m_power_off(static_cast<int>(code));
     }
     DeviceState save_state() const override { return DeviceState{std::string(name()), 1, {}}; }
-    base::Result<void> load_state(const DeviceState& state) override {
+    base::Result<void> check_state(const DeviceState& state) const override {
         if (state.version != 1 || !state.bytes.empty())
             return base::Error::make(base::Errc::Invalid, "power port state: version {} with {} bytes", state.version,
                                      state.bytes.size());
         return base::ok();
     }
+    base::Result<void> load_state(const DeviceState& state) override { return check_state(state); }
 
 private:
     std::function<void(int)> m_power_off;

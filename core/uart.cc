@@ -190,30 +190,46 @@ DeviceState Uart::save_state() const {
     return DeviceState{std::string(name()), k_state_version, w.take()};
 }
 
-base::Result<void> Uart::load_state(const DeviceState& state) {
+struct Uart::Saved {
+    uint8_t regs[9];
+    bool thr_interrupt;
+    std::deque<uint8_t> rx;
+};
+
+base::Result<Uart::Saved> Uart::decode_state(const DeviceState& state) const {
     if (state.version != k_state_version)
         return base::Error::make(base::Errc::Unsupported, "{} state version {} (this build reads {})", name(),
                                  state.version, k_state_version);
+    Saved saved;
     StateReader r(state.bytes);
-    uint8_t regs[9];
-    for (auto& reg : regs)
+    for (auto& reg : saved.regs)
         reg = r.get<uint8_t>();
     uint8_t thr = r.get<uint8_t>();
     uint32_t count = r.get<uint32_t>();
     if (count > k_rx_capacity)
         r.fail(fmt::format("receive buffer of {} bytes (at most {})", count, k_rx_capacity));
-    std::deque<uint8_t> rx;
     for (uint32_t i = 0; i < count && !r.failed(); ++i)
-        rx.push_back(r.get<uint8_t>());
+        saved.rx.push_back(r.get<uint8_t>());
     if (thr > 1)
         r.fail("THR-empty flag is not 0 or 1");
     TRY(r.finish(name()));
+    saved.thr_interrupt = thr != 0;
+    return saved;
+}
 
+base::Result<void> Uart::check_state(const DeviceState& state) const {
+    TRY(decode_state(state));
+    return base::ok();
+}
+
+base::Result<void> Uart::load_state(const DeviceState& state) {
+    Saved saved = TRY(decode_state(state));
     std::lock_guard lock(m_mutex);
+    const uint8_t* regs = saved.regs;
     m_ier = regs[0], m_lcr = regs[1], m_mcr = regs[2], m_scr = regs[3], m_fcr = regs[4], m_msr = regs[5];
     m_dll = regs[6], m_dlm = regs[7], m_lsr_overrun = regs[8];
-    m_thr_interrupt = thr != 0;
-    m_rx = std::move(rx);
+    m_thr_interrupt = saved.thr_interrupt;
+    m_rx = std::move(saved.rx);
     // The irqchip state was restored with the VM; bring our idea of the line in line with it by
     // re-asserting whatever the restored registers demand.
     m_irq_level = !(interrupt_id() != IIR_NONE && (m_mcr & MCR_OUT2));

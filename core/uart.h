@@ -32,6 +32,7 @@ public:
     void pio_read(uint16_t port, std::span<std::byte> data) override;
     void pio_write(uint16_t port, std::span<const std::byte> data) override;
     DeviceState save_state() const override;
+    base::Result<void> check_state(const DeviceState& state) const override;
     base::Result<void> load_state(const DeviceState& state) override;
 
     // Queues received bytes; returns how many were taken (fewer when the buffer is full).
@@ -43,6 +44,8 @@ public:
     void set_output(OutputFn output);
 
 private:
+    struct Saved;
+    base::Result<Saved> decode_state(const DeviceState& state) const;
     uint8_t read_register(unsigned offset);
     void write_register(unsigned offset, uint8_t value);
     // Recomputes the interrupt line and tells the irqchip when it changes. Caller holds m_mutex.
