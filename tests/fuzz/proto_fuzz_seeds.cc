@@ -18,7 +18,10 @@ namespace {
 
 std::filesystem::path g_root;
 
-void write(const std::string& target, const std::string& name, const std::vector<std::byte>& bytes) {
+void write(const std::string& target, const std::string& name, std::vector<std::byte> bytes) {
+    // The frame and snapshot targets take a mode byte first: 1 = fix checksums, 0 = as is.
+    if (target == "proto_fuzz_frame" || target == "proto_fuzz_snapshot")
+        bytes.insert(bytes.begin(), std::byte(name == "stream" || name == "small" ? 0 : 1));
     auto dir = g_root / target;
     std::filesystem::create_directories(dir);
     std::ofstream out(dir / name, std::ios::binary);
