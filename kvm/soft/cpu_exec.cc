@@ -301,7 +301,16 @@ bool Cpu::Impl::after_abort(Stop& stop, const Insn& d, uint8_t had_shadow, uint6
 inline bool Cpu::Impl::step(Insn*& dp) {
     const uint64_t rip = m_rip;
     const unsigned off = rip & 0xfff;
-    if (((rip & ~0xfffull) | m_tag_bits) == m_fetch_tag && off <= 4096 - 16) [[likely]] {
+    const uint64_t tag = (rip & ~0xfffull) | m_tag_bits;
+    if (tag != m_fetch_tag) [[unlikely]] {
+        // Another code page: take it from the TLB if it is there.
+        const TlbEntry& e = tlb_slot(rip);
+        if (e.tag_exec == tag) {
+            m_fetch_tag = tag;
+            m_fetch_host = e.host;
+        }
+    }
+    if (tag == m_fetch_tag && off <= 4096 - 16) [[likely]] {
         const uint8_t* p = m_fetch_host + off;
         CachedInsn& c = m_icache[(rip ^ (rip >> 11)) % kInsnCacheEntries];
         Insn& d = c.insn;
@@ -612,8 +621,13 @@ void Cpu::Impl::classify(Insn& d) {
             set(Fast::AluLoad, d.reg, 0, aop);
         else if (form == 1 && aop == 7)
             set(Fast::CmpMR, 0, d.reg, 7);
+        else if (form == 1)
+            set(Fast::AluStore, 0, d.reg, aop);
         return;
     }
+    // Byte registers AH..BH (encodings 4-7 without REX) take the general path.
+    const bool byte_rm_ok = d.rex || d.rm < 4;
+    const bool byte_reg_ok = d.rex || d.reg < 4;
     const unsigned rexb = (d.rex & 1) << 3;
     switch (op) {
     case 0x81:
@@ -622,10 +636,80 @@ void Cpu::Impl::classify(Insn& d) {
             set(Fast::AluRI, d.rm, 0, d.regop);
         else if (wide && d.regop == 7)
             set(Fast::CmpMI, 0, 0, 7);
+        else if (wide)
+            set(Fast::AluStore, 0, kNoReg, d.regop);
+        break;
+    case 0x80:
+        if (!reg && d.regop == 7)
+            set(Fast::Cmp8MI, 0, 0, 7);
+        break;
+    case 0x84:
+        if (reg && byte_rm_ok && byte_reg_ok)
+            set(Fast::Test8RR, d.rm, d.reg, 0);
         break;
     case 0x85:
         if (wide && reg)
             set(Fast::TestRR, d.rm, d.reg, 0);
+        break;
+    case 0x88:
+        if (!reg && byte_reg_ok)
+            set(Fast::Store8, 0, d.reg, 0);
+        break;
+    case 0x8a:
+        if (!reg && byte_reg_ok)
+            set(Fast::Load8, d.reg, 0, 0);
+        break;
+    case 0x63:
+        if (d.opsize == 8)
+            set(Fast::Movsx, d.reg, reg ? d.rm : kNoReg, 4);
+        break;
+    case 0x69:
+    case 0x6b:
+        if (wide)
+            set(Fast::Imul3, d.reg, reg ? d.rm : kNoReg, 0);
+        break;
+    case 0x99:
+        if (wide)
+            set(Fast::Cqo, 0, 0, 0);
+        break;
+    case 0xc1:
+    case 0xd1:
+    case 0xd3:
+        if (wide && reg && d.regop >= 4) {
+            if (op == 0xd1)
+                d.imm = 1;
+            set(op == 0xd3 ? Fast::ShiftRC : Fast::ShiftRI, d.rm, 0, d.regop == 6 ? 4 : d.regop);
+        }
+        break;
+    case 0xc6:
+        if (!reg && d.regop == 0)
+            set(Fast::StoreImm, 0, 0, 1);
+        break;
+    case 0xf7:
+        if (wide && reg && d.regop == 0)
+            set(Fast::TestRI, d.rm, 0, 0);
+        break;
+    case 0x1af:
+        if (wide)
+            set(Fast::Imul, d.reg, reg ? d.rm : kNoReg, 0);
+        break;
+    case 0x1b6:
+    case 0x1b7:
+    case 0x1be:
+    case 0x1bf:
+        if (wide && (!reg || op & 1 || byte_rm_ok))
+            set(op < 0x1b8 ? Fast::Movzx : Fast::Movsx, d.reg, reg ? d.rm : kNoReg,
+                (op & 1) ? 2 : 1);
+        break;
+    case 0x140: case 0x141: case 0x142: case 0x143: case 0x144: case 0x145: case 0x146: case 0x147:
+    case 0x148: case 0x149: case 0x14a: case 0x14b: case 0x14c: case 0x14d: case 0x14e: case 0x14f:
+        if (wide)
+            set(Fast::Cmov, d.reg, reg ? d.rm : kNoReg, op & 15);
+        break;
+    case 0x190: case 0x191: case 0x192: case 0x193: case 0x194: case 0x195: case 0x196: case 0x197:
+    case 0x198: case 0x199: case 0x19a: case 0x19b: case 0x19c: case 0x19d: case 0x19e: case 0x19f:
+        if (reg && byte_rm_ok)
+            set(Fast::Setcc, d.rm, 0, op & 15);
         break;
     case 0x89:
         if (wide)
@@ -644,8 +728,12 @@ void Cpu::Impl::classify(Insn& d) {
             set(Fast::MovRI, (op & 7) | rexb, 0, 0);
         break;
     case 0xc7:
-        if (wide && reg && d.regop == 0)
-            set(Fast::MovRI, d.rm, 0, 0);
+        if (wide && d.regop == 0) {
+            if (reg)
+                set(Fast::MovRI, d.rm, 0, 0);
+            else
+                set(Fast::StoreImm, 0, 0, d.opsize);
+        }
         break;
     case 0x70: case 0x71: case 0x72: case 0x73: case 0x74: case 0x75: case 0x76: case 0x77:
     case 0x78: case 0x79: case 0x7a: case 0x7b: case 0x7c: case 0x7d: case 0x7e: case 0x7f:
@@ -765,6 +853,102 @@ inline bool Cpu::Impl::exec_fast(Insn& d) {
         return true;
     }
     case Fast::Nop: return true;
+    case Fast::AluStore: {
+        const unsigned aop = d.aux;
+        const uint64_t src = (d.fs == kNoReg ? d.imm : m_r[d.fs]) & mask;
+        const uint64_t c = (aop == 2 || aop == 3) ? cf() : 0;
+        return rmw_mem(d.ea, size, false,
+                       [&](uint64_t old) { return alu_c(aop, old, src, size, c); });
+    }
+    case Fast::ShiftRI:
+    case Fast::ShiftRC: {
+        const unsigned count =
+            static_cast<unsigned>(d.fast == Fast::ShiftRC ? m_r[RCX] : d.imm) & (size == 8 ? 63 : 31);
+        const uint64_t v = m_r[d.fd] & mask;
+        if (count == 0) {
+            m_r[d.fd] = v;  // no flags change; a 32-bit register is still zero-extended
+            return true;
+        }
+        uint64_t r;
+        FlagOp fop;
+        if (d.aux == 4) {
+            r = (v << count) & mask;
+            fop = FlagOp::Shl;
+        } else if (d.aux == 5) {
+            r = v >> count;
+            fop = FlagOp::Shr;
+        } else {
+            r = static_cast<uint64_t>(sign_extend(v, size) >> count) & mask;
+            fop = FlagOp::Sar;
+        }
+        set_lazy(fop, size, v, count, r);
+        m_r[d.fd] = r;
+        return true;
+    }
+    case Fast::Imul:
+    case Fast::Imul3: {
+        uint64_t src;
+        if (d.fs != kNoReg)
+            src = m_r[d.fs] & mask;
+        else
+            GUEST_TRY(read_mem(d.ea, size, src, acc_flags()));
+        const uint64_t other = d.fast == Fast::Imul ? m_r[d.fd] & mask : d.imm & mask;
+        const __int128 p = static_cast<__int128>(sign_extend(src, size)) * sign_extend(other, size);
+        const uint64_t r = static_cast<uint64_t>(p) & mask;
+        set_lazy(FlagOp::Mul, size, 0, 0, r);
+        m_fcin = p != sign_extend(r, size);
+        m_r[d.fd] = r;
+        return true;
+    }
+    case Fast::Cqo:
+        if (size == 8)
+            m_r[RDX] = static_cast<uint64_t>(static_cast<int64_t>(m_r[RAX]) >> 63);
+        else
+            m_r[RDX] = (m_r[RAX] & 0x80000000) ? 0xffffffff : 0;
+        return true;
+    case Fast::Movzx:
+    case Fast::Movsx: {
+        uint64_t v;
+        if (d.fs != kNoReg)
+            v = reg_read(d.fs, d.aux, d.rex);
+        else
+            GUEST_TRY(read_mem(d.ea, d.aux, v, acc_flags()));
+        if (d.fast == Fast::Movsx)
+            v = static_cast<uint64_t>(sign_extend(v, d.aux));
+        m_r[d.fd] = v & mask;
+        return true;
+    }
+    case Fast::StoreImm: return write_mem(d.ea, d.aux, d.imm & size_mask(d.aux), acc_flags());
+    case Fast::Store8: return write_mem(d.ea, 1, reg_read(d.fs, 1, d.rex), acc_flags());
+    case Fast::Load8: {
+        uint64_t v;
+        GUEST_TRY(read_mem(d.ea, 1, v, acc_flags()));
+        reg_write(d.fd, 1, v, d.rex);
+        return true;
+    }
+    case Fast::TestRI: set_logic(size, m_r[d.fd] & d.imm & mask); return true;
+    case Fast::Test8RR:
+        set_logic(1, reg_read(d.fd, 1, d.rex) & reg_read(d.fs, 1, d.rex));
+        return true;
+    case Fast::Cmp8MI: {
+        uint64_t v;
+        GUEST_TRY(read_mem(d.ea, 1, v, acc_flags()));
+        alu_c(7, v, d.imm & 0xff, 1, 0);
+        return true;
+    }
+    case Fast::Setcc: reg_write(d.fd, 1, cond(d.aux) ? 1 : 0, d.rex); return true;
+    case Fast::Cmov: {
+        uint64_t v;
+        if (d.fs != kNoReg)
+            v = m_r[d.fs];
+        else
+            GUEST_TRY(read_mem(d.ea, size, v, acc_flags()));
+        if (cond(d.aux))
+            m_r[d.fd] = v & mask;
+        else
+            m_r[d.fd] &= mask;  // a 32-bit CMOV zero-extends even when not taken
+        return true;
+    }
     }
     return exec(d);
 }
@@ -1584,10 +1768,6 @@ bool Cpu::Impl::exec_shift(Insn& d, unsigned size, unsigned count) {
     const unsigned bits = size * 8;
     const uint64_t m = size_mask(size);
     const uint64_t sign = sign_bit(size);
-    auto result_flags = [&](uint64_t r) {
-        return (r == 0 ? ZF : 0) | ((r & sign) ? SF : 0) |
-               (__builtin_parity(static_cast<unsigned>(r & 0xff)) ? 0 : PF);
-    };
     const bool carry_in = cf();
     auto f = [&](uint64_t v) -> uint64_t {
         uint64_t r = v;
@@ -1631,26 +1811,18 @@ bool Cpu::Impl::exec_shift(Insn& d, unsigned size, unsigned count) {
             return r;
         }
         case 4:
-        case 6: {  // SHL / SAL
+        case 6:  // SHL / SAL
             r = count < bits ? (v << count) & m : 0;
-            const bool c_out = count <= bits ? (v >> (bits - count)) & 1 : false;
-            set_arith(ARITH, (c_out ? CF : 0) | ((((r & sign) != 0) != c_out) ? OF : 0) |
-                                 result_flags(r));
+            set_lazy(FlagOp::Shl, size, v, count, r);
             return r;
-        }
-        case 5: {  // SHR
+        case 5:  // SHR
             r = count < bits ? v >> count : 0;
-            const bool c_out = count <= bits ? (v >> (count - 1)) & 1 : false;
-            set_arith(ARITH, (c_out ? CF : 0) | ((v & sign) ? OF : 0) | result_flags(r));
+            set_lazy(FlagOp::Shr, size, v, count, r);
             return r;
-        }
-        default: {  // SAR
-            const int64_t sv = sign_extend(v, size);
-            r = static_cast<uint64_t>(sv >> std::min(count, bits - 1)) & m;
-            const bool c_out = (sv >> std::min(count - 1, 63u)) & 1;
-            set_arith(ARITH, (c_out ? CF : 0) | result_flags(r));
+        default:  // SAR
+            r = static_cast<uint64_t>(sign_extend(v, size) >> std::min(count, bits - 1)) & m;
+            set_lazy(FlagOp::Sar, size, v, count, r);
             return r;
-        }
         }
     };
     return rmw(d, size, f);

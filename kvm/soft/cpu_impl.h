@@ -119,7 +119,10 @@ inline constexpr int64_t sign_extend(uint64_t v, unsigned size) {
 }
 
 // How the arithmetic flags of the last flag-setting instruction are to be computed.
-enum class FlagOp : uint8_t { None, Add, Adc, Sub, Sbb, Logic, Inc, Dec };
+// How the arithmetic flags of the last flag-setting instruction are to be computed. For the
+// shifts m_fdst is the value shifted and m_fsrc the (non-zero, masked) count; for Mul m_fcin is
+// the overflow (CF = OF).
+enum class FlagOp : uint8_t { None, Add, Adc, Sub, Sbb, Logic, Inc, Dec, Shl, Shr, Sar, Mul };
 
 // Segment override of an instruction: only FS and GS have a base in 64-bit mode.
 enum class SegOverride : uint8_t { None, Fs, Gs };
@@ -132,6 +135,7 @@ inline constexpr uint8_t kNoReg = 16;
 enum class Fast : uint8_t {
     None,
     AluRR,    // ALU op `aux` (00-3F row), register fd op= register fs
+    AluStore, // ALU op `aux`, [ea] op= register fs, or immediate if fs == kNoReg
     AluRI,    // ALU op `aux`, register fd op= immediate
     AluLoad,  // ALU op `aux`, register fd op= [ea]
     CmpMR,    // CMP [ea], register fs
@@ -150,6 +154,21 @@ enum class Fast : uint8_t {
     Pop,      // register fd
     IncDec,   // aux 0 INC, 1 DEC of register fd
     Nop,
+    ShiftRI,  // shift `aux` (4 SHL, 5 SHR, 7 SAR) of register fd by the immediate
+    ShiftRC,  // ... by CL
+    Imul,     // register fd = register fd * r/m (0F AF)
+    Imul3,    // register fd = r/m * immediate
+    Cqo,      // CWD/CDQ/CQO at 32/64 bits
+    Movzx,    // register fd = zero-extended r/m of size `aux`
+    Movsx,    // register fd = sign-extended r/m of size `aux`
+    StoreImm, // [ea] = immediate, size `aux`
+    Store8,   // [ea] = byte register fs
+    Load8,    // byte register fd = [ea]
+    TestRI,   // TEST register fd, immediate
+    Test8RR,  // TEST byte register fd, byte register fs
+    Cmp8MI,   // CMP byte [ea], immediate
+    Setcc,    // byte register fd = condition `aux`
+    Cmov,     // if condition `aux`: register fd = r/m
 };
 
 // One decoded instruction. Everything but `ea` and `bytes` depends only on the instruction's
@@ -482,6 +501,27 @@ struct Cpu::Impl {
             f |= m_fcin ? x86::CF : 0;
             f |= ((a ^ b) & (a ^ r) & sign) ? x86::OF : 0;
             f |= (a ^ b ^ r) & x86::AF;
+            break;
+        case FlagOp::Shl: {
+            const unsigned c = static_cast<unsigned>(b), bits = m_fsize * 8u;
+            const bool carry = c <= bits && ((a >> (bits - c)) & 1);
+            f |= carry ? x86::CF : 0;
+            f |= (((r & sign) != 0) != carry) ? x86::OF : 0;
+            break;
+        }
+        case FlagOp::Shr: {
+            const unsigned c = static_cast<unsigned>(b), bits = m_fsize * 8u;
+            f |= (c <= bits && ((a >> (c - 1)) & 1)) ? x86::CF : 0;
+            f |= (a & sign) ? x86::OF : 0;
+            break;
+        }
+        case FlagOp::Sar: {
+            const unsigned c = static_cast<unsigned>(b);
+            f |= ((sign_extend(a, m_fsize) >> std::min(c - 1, 63u)) & 1) ? x86::CF : 0;
+            break;
+        }
+        case FlagOp::Mul:
+            f |= m_fcin ? (x86::CF | x86::OF) : 0;
             break;
         case FlagOp::Logic:
         case FlagOp::None: break;
