@@ -296,6 +296,24 @@ struct Cpu::Impl {
     const uint8_t* m_fetch_host = nullptr;
 
     TlbEntry m_tlb[kTlbEntries];
+    // Host pages of paging structures (gpa page | 1 → host), so that a page walk does not ask
+    // the bus for every level. Flushed with the TLB: valid as long as the memory slots are.
+    struct TablePage {
+        uint64_t tag = 0;
+        uint8_t* host = nullptr;
+    };
+    static constexpr unsigned kTablePages = 64;
+    TablePage m_table_pages[kTablePages];
+    // Paging-structure cache for the upper two levels, as CPUs keep one: for a 2 MiB region
+    // of linear addresses, where its page directory is and what the PML4E and PDPTE above it
+    // allow. Flushed by everything that flushes the TLB and by INVLPG, as on hardware.
+    struct PdeCache {
+        uint64_t key = 0;  // (lin >> 21) + 1, 0 = empty
+        uint64_t pd = 0;   // gpa of the page directory
+        bool user = false, writable = false, nx = false;
+    };
+    static constexpr unsigned kPdeCache = 64;
+    PdeCache m_pde_cache[kPdeCache];
     CachedInsn m_icache[kInsnCacheEntries];
     Insn m_slow_insn;  // an instruction decoded outside the cache (near a page end)
     // Slots that got a write tag since the last flush_tlb_writes(), so that the per-run()
@@ -404,6 +422,18 @@ struct Cpu::Impl {
     };
     bool walk(uint64_t lin, Access acc, unsigned flags, Walk& w);
     bool page_fault(uint64_t lin, Access acc, unsigned flags, uint32_t code);
+    uint8_t* table_page(uint64_t gpa) {
+        TablePage& t = m_table_pages[(gpa >> 12) % kTablePages];
+        const uint64_t tag = (gpa & ~0xfffull) | 1;
+        if (t.tag == tag) [[likely]]
+            return t.host;
+        uint8_t* host = m_bus->ram_page(gpa & ~0xfffull, Access::Read);
+        if (host != nullptr) {
+            t.tag = tag;
+            t.host = host;
+        }
+        return host;
+    }
     bool resolve(uint64_t lin, Access acc, unsigned flags, uint8_t*& host, uint64_t& gpa);
     bool resolve_span(uint64_t lin, unsigned len, Access acc, unsigned flags, Span& s);
     bool span_read(const Span& s, void* out);

@@ -48,10 +48,22 @@ bool Cpu::Impl::walk(uint64_t lin, Access acc, unsigned flags, Walk& w) {
     bool user_ok = true, write_ok = true, nx = false;
     int leaf = 0;
     uint64_t page_mask = 0xfff;
-    for (int level = 3; level >= 0; --level) {
+    int top = 3;
+    const uint64_t key = (lin >> 21) + 1;
+    PdeCache& pc = m_pde_cache[key % kPdeCache];
+    if (pc.key == key) {
+        // The PML4E and PDPTE were walked (and marked accessed) before: start at the PDE.
+        top = 1;
+        table = pc.pd;
+        user_ok = pc.user;
+        write_ok = pc.writable;
+        nx = pc.nx;
+    }
+    PdeCache fill;
+    for (int level = top; level >= 0; --level) {
         const unsigned shift = 12 + 9 * static_cast<unsigned>(level);
         const uint64_t gpa = table + ((lin >> shift) & 511) * 8;
-        const uint8_t* page = m_bus->ram_page(gpa & ~0xfffull, Access::Read);
+        const uint8_t* page = table_page(gpa);
         if (page == nullptr) {
             m_abort = Abort::Internal;
             m_detail = fmt::format("page walk of {:#x}: paging structure at gpa {:#x} is not RAM",
@@ -84,6 +96,8 @@ bool Cpu::Impl::walk(uint64_t lin, Access acc, unsigned flags, Walk& w) {
             break;
         }
         table = pte & PTE_ADDR;
+        if (level == 2)
+            fill = PdeCache{key, table, user_ok, write_ok, nx};
     }
 
     const bool write = acc == Access::Write;
@@ -102,7 +116,7 @@ bool Cpu::Impl::walk(uint64_t lin, Access acc, unsigned flags, Walk& w) {
     }
 
     // Accessed bits on every level used, dirty on the leaf for a write.
-    for (int level = 3; level >= leaf; --level) {
+    for (int level = top; level >= leaf; --level) {
         uint64_t bits = 0;
         if (!(entry[level] & PTE_A))
             bits |= PTE_A;
@@ -115,6 +129,8 @@ bool Cpu::Impl::walk(uint64_t lin, Access acc, unsigned flags, Walk& w) {
             return false;
         }
     }
+    if (fill.key != 0)
+        pc = fill;
     const uint64_t frame = entry[leaf] & PTE_ADDR & ~page_mask;
     w.gpa = frame | (lin & page_mask);
     w.user = user_ok;
@@ -262,6 +278,18 @@ bool Cpu::Impl::span_write(const Span& s, const void* in) {
 }
 
 bool Cpu::Impl::read_slow(uint64_t lin, unsigned len, void* out, unsigned flags) {
+    const unsigned off = lin & 0xfff;
+    if (off + len <= 4096) {
+        uint8_t* host = nullptr;
+        uint64_t gpa = 0;
+        if (!resolve(lin, Access::Read, flags, host, gpa))
+            return false;
+        if (host) {
+            std::memcpy(out, host + off, len);
+            return true;
+        }
+        return mmio_read(gpa, out, len);
+    }
     Span s;
     if (!resolve_span(lin, len, Access::Read, flags, s))
         return false;
@@ -269,6 +297,18 @@ bool Cpu::Impl::read_slow(uint64_t lin, unsigned len, void* out, unsigned flags)
 }
 
 bool Cpu::Impl::write_slow(uint64_t lin, unsigned len, const void* in, unsigned flags) {
+    const unsigned off = lin & 0xfff;
+    if (off + len <= 4096) {
+        uint8_t* host = nullptr;
+        uint64_t gpa = 0;
+        if (!resolve(lin, Access::Write, flags, host, gpa))
+            return false;
+        if (host) {
+            std::memcpy(host + off, in, len);
+            return true;
+        }
+        return mmio_write(gpa, in, len);
+    }
     // Both pages are translated (and may fault) before either is written.
     Span s;
     if (!resolve_span(lin, len, Access::Write, flags, s))
@@ -312,6 +352,10 @@ const uint8_t* Cpu::Impl::host_for_read(uint64_t lin, unsigned len, unsigned fla
 void Cpu::Impl::flush_tlb() {
     for (auto& e : m_tlb)
         e = TlbEntry{};
+    for (auto& t : m_table_pages)
+        t = TablePage{};
+    for (auto& c : m_pde_cache)
+        c = PdeCache{};
     m_tlb_large = false;
     m_write_count = 0;
     m_fetch_tag = 0;
@@ -335,6 +379,8 @@ void Cpu::Impl::invlpg(uint64_t lin) {
         flush_tlb();
         return;
     }
+    for (auto& c : m_pde_cache)  // INVLPG drops all paging-structure cache entries
+        c = PdeCache{};
     const uint64_t page = lin & ~0xfffull;
     TlbEntry& e = tlb_slot(lin);
     if (((e.tag_read | e.tag_write | e.tag_exec) & ~0xfffull) == page)

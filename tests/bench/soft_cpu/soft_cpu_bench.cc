@@ -50,6 +50,38 @@ BENCH_LOOP(call,
 
 namespace {
 
+// A bus like the software VM's: flat RAM and a dirty bitmap set atomically on Write lookups.
+// (FakeBus records every dirty page in a std::set under a mutex, which is right for tests and
+// too slow to measure the interpreter with.)
+class BenchBus : public CpuBus {
+public:
+    BenchBus(uint8_t* ram, uint64_t size) : m_ram(ram), m_size(size), m_dirty(size / 4096 / 64 + 1) {}
+    uint8_t* ram_page(uint64_t gpa, Access access) override {
+        if (gpa >= m_size)
+            return nullptr;
+        if (access == Access::Write)
+            __atomic_fetch_or(&m_dirty[gpa >> 18], 1ull << ((gpa >> 12) & 63), __ATOMIC_RELAXED);
+        return m_ram + (gpa & ~0xfffull);
+    }
+    BusResult mmio_read(uint64_t, void*, uint32_t) override { return BusResult::Exit; }
+    BusResult mmio_write(uint64_t, const void*, uint32_t) override { return BusResult::Exit; }
+    BusResult pio_in(uint16_t, void*, uint32_t) override { return BusResult::Exit; }
+    BusResult pio_out(uint16_t, const void*, uint32_t) override { return BusResult::Exit; }
+    bool rdmsr(uint32_t, uint64_t&) override { return false; }
+    bool wrmsr(uint32_t, uint64_t) override { return false; }
+    void cpuid(uint32_t, uint32_t, uint32_t out[4]) override { out[0] = out[1] = out[2] = out[3] = 0; }
+    int pending_interrupt() override { return -1; }
+    void acknowledge_interrupt(int) override {}
+    uint64_t read_cr8() override { return 0; }
+    void write_cr8(uint64_t) override {}
+    uint64_t tsc() override { return 0; }
+
+private:
+    uint8_t* m_ram;
+    uint64_t m_size;
+    std::vector<uint64_t> m_dirty;
+};
+
 struct Case {
     const char* name;
     void (*native)(uint64_t, void*, uint64_t);
@@ -90,6 +122,7 @@ int main(int argc, char** argv) {
         const auto* begin = reinterpret_cast<const uint8_t*>(c.native);
         m.load(std::vector<uint8_t>(begin, c.end));
         m.b(TestMachine::kCode + 0xff0) = 0xf4;  // HLT: where the loop returns to
+        BenchBus bus(m.bus.ram(), m.bus.ram_size());
         uint64_t iterations = target == 0 ? 200'000 : 1'000'000;
         double interp_rate = 0;
         for (;;) {
@@ -103,7 +136,7 @@ int main(int argc, char** argv) {
             Stop s;
             const double t0 = cpu_now();
             do {
-                s = m.run(slice);
+                s = m.cpu.run(m.state, bus, slice);
                 executed += s.executed;
             } while (s.reason == StopReason::Budget);
             const double t = seconds_since(t0);

@@ -241,6 +241,21 @@ TEST_CASE("INVLPG and CR3 writes drop stale translations", "[soft_cpu]") {
     CHECK(m.state.regs.rax == 222);
 }
 
+TEST_CASE("a CR3 reload drops cached page directories and 2 MiB translations", "[soft_cpu]") {
+    Machine m("paging");
+    const uint64_t lin = 0x1200000;  // a 2 MiB page of its own
+    m.d(lin) = 333;
+    m.d(lin + 0x200000) = 444;
+    m.state.regs.rdi = lin;
+    REQUIRE(m.run().reason == StopReason::Halt);
+    CHECK(m.state.regs.rax == 333);
+    // Point the PDE at the next 2 MiB frame behind the CPU's back, then reload CR3.
+    m.q(TestMachine::kPd + 8 * (lin >> 21)) = (lin + 0x200000) | 0x87;
+    m.at(0x70);
+    REQUIRE(m.run().reason == StopReason::Halt);
+    CHECK(m.state.regs.rax == 444);
+}
+
 TEST_CASE("pages written in a run are asked for with Write in every run", "[soft_cpu]") {
     Machine m("loop");
     m.run(100);

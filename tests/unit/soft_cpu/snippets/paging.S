@@ -1,6 +1,7 @@
 /* Memory accesses for the paging tests, one per entry point; RDI holds the address.
  *   0x00 read  0x10 write  0x20 jump to RDI  0x30 8-byte write at RDI (page-crossing tests)
- *   0x40 8-byte read into RAX  0x50 read then write (A then D)  0x60 INVLPG (%rdi) then read */
+ *   0x40 8-byte read into RAX  0x50 read then write (A then D)  0x60 INVLPG (%rdi) then read
+ *   0x70 reload CR3 then read */
     .code64
     mov (%rdi), %eax
     hlt
@@ -23,5 +24,10 @@
     hlt
     .org 0x60, 0x90
     invlpg (%rdi)
+    mov (%rdi), %eax
+    hlt
+    .org 0x70, 0x90
+    mov %cr3, %rax
+    mov %rax, %cr3
     mov (%rdi), %eax
     hlt
