@@ -2026,7 +2026,7 @@ bool Cpu::Impl::exec_string(Insn& d) {
                             std::memset(t, static_cast<int>(v), n);
                         } else {
                             for (uint64_t i = 0; i < n; ++i)
-                                std::memcpy(t + i * size, &v, size);
+                                store_host(t + i * size, size, v);
                         }
                         advance(RDI, static_cast<int64_t>(n * size));
                         break;

@@ -680,13 +680,8 @@ struct Cpu::Impl {
         TlbEntry& e = tlb_slot(lin);
         const unsigned off = lin & 0xfff;
         if (e.tag_read == tag_for(lin, flags) && off <= 4096 - size) [[likely]] {
-            const uint8_t* p = e.host + off;
-            switch (size) {
-            case 1: v = *p; return true;
-            case 2: { uint16_t x; std::memcpy(&x, p, 2); v = x; return true; }
-            case 4: { uint32_t x; std::memcpy(&x, p, 4); v = x; return true; }
-            default: std::memcpy(&v, p, 8); return true;
-            }
+            v = load_host(e.host + off, size);
+            return true;
         }
         v = 0;
         return read_slow(lin, size, &v, flags);
@@ -695,10 +690,28 @@ struct Cpu::Impl {
         TlbEntry& e = tlb_slot(lin);
         const unsigned off = lin & 0xfff;
         if (e.tag_write == tag_for(lin, flags) && off <= 4096 - size) [[likely]] {
-            std::memcpy(e.host + off, &v, size);
+            store_host(e.host + off, size, v);
             return true;
         }
         return write_slow(lin, size, &v, flags);
+    }
+    // Fixed-size host accesses: one move each, so an aligned guest access stays a single
+    // (atomic) access for other vCPUs, as on hardware.
+    static uint64_t load_host(const uint8_t* p, unsigned size) {
+        switch (size) {
+        case 1: return *p;
+        case 2: { uint16_t x; std::memcpy(&x, p, 2); return x; }
+        case 4: { uint32_t x; std::memcpy(&x, p, 4); return x; }
+        default: { uint64_t x; std::memcpy(&x, p, 8); return x; }
+        }
+    }
+    static void store_host(uint8_t* p, unsigned size, uint64_t v) {
+        switch (size) {
+        case 1: *p = static_cast<uint8_t>(v); break;
+        case 2: { const auto x = static_cast<uint16_t>(v); std::memcpy(p, &x, 2); break; }
+        case 4: { const auto x = static_cast<uint32_t>(v); std::memcpy(p, &x, 4); break; }
+        default: std::memcpy(p, &v, 8); break;
+        }
     }
     bool read(uint64_t lin, unsigned size, uint64_t& v) { return read_mem(lin, size, v, acc_flags()); }
     bool write(uint64_t lin, unsigned size, uint64_t v) { return write_mem(lin, size, v, acc_flags()); }
@@ -763,10 +776,7 @@ struct Cpu::Impl {
             default: return cas_loop<uint64_t>(p, f);
             }
         }
-        uint64_t old = 0;
-        std::memcpy(&old, p, size);
-        const uint64_t nv = f(old);
-        std::memcpy(p, &nv, size);
+        store_host(p, size, f(load_host(p, size)));
         return true;
     }
     template <typename T, typename F>

@@ -285,7 +285,12 @@ bool Cpu::Impl::read_slow(uint64_t lin, unsigned len, void* out, unsigned flags)
         if (!resolve(lin, Access::Read, flags, host, gpa))
             return false;
         if (host) {
-            std::memcpy(out, host + off, len);
+            if (bus_size(len)) {
+                const uint64_t v = load_host(host + off, len);  // one access, as the guest made it
+                std::memcpy(out, &v, len);
+            } else {
+                std::memcpy(out, host + off, len);
+            }
             return true;
         }
         return mmio_read(gpa, out, len);
@@ -304,7 +309,13 @@ bool Cpu::Impl::write_slow(uint64_t lin, unsigned len, const void* in, unsigned 
         if (!resolve(lin, Access::Write, flags, host, gpa))
             return false;
         if (host) {
-            std::memcpy(host + off, in, len);
+            if (bus_size(len)) {
+                uint64_t v = 0;
+                std::memcpy(&v, in, len);
+                store_host(host + off, len, v);
+            } else {
+                std::memcpy(host + off, in, len);
+            }
             return true;
         }
         return mmio_write(gpa, in, len);
