@@ -7,6 +7,7 @@
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
+#include <wmmintrin.h>
 #endif
 
 namespace colod::proto {
@@ -66,40 +67,46 @@ uint32_t multiply_mod_poly(uint32_t a, uint32_t b) {
     return product;
 }
 
-// x^(8n) modulo the polynomial: multiplying a CRC register by it appends n zero bytes.
-uint32_t zeros_operator(size_t n) {
+// x^k modulo the polynomial.
+uint32_t x_power(uint64_t k) {
     uint32_t result = 1u << 31;  // x^0
     uint32_t power = 1u << 30;   // x^1, squared below to x^2, x^4, ...
-    size_t bits = n * 8;
-    while (bits) {
-        if (bits & 1)
+    while (k) {
+        if (k & 1)
             result = multiply_mod_poly(result, power);
         power = multiply_mod_poly(power, power);
-        bits >>= 1;
+        k >>= 1;
     }
     return result;
 }
 
-// Three streams run side by side over three equal lanes; their registers are joined with
-// precomputed operators (register(A||B) = register(A) * x^(8|B|) ^ register0(B)). Lanes are a
-// multiple of 64 bytes up to 4 KiB, so a single 4 KiB page (the common gather piece) gets the
-// three-stream speed too.
+// Three streams run side by side over three equal lanes; their registers are joined by
+// shifting the earlier ones over the later lanes: register(A||B) = register(A)·x^(8|B|) ^
+// register0(B). The shift is a carry-less multiply by a precomputed x^(8|B| - 33), reduced by
+// the crc32 instruction itself (which multiplies by x^32; the other power comes from the
+// bit order of the carry-less product). Lanes are a multiple of 64 bytes up to 4 KiB, so a
+// single 4 KiB page (the common gather piece) gets the three-stream speed too.
 constexpr size_t kLaneUnit = 64;
 constexpr size_t kMaxLaneUnits = 64;  // lanes up to 4 KiB
 
 struct LaneOperators {
-    uint32_t one[kMaxLaneUnits + 1];  // x^(8 * lane) for lane = units * 64
-    uint32_t two[kMaxLaneUnits + 1];  // x^(16 * lane)
+    uint32_t one[kMaxLaneUnits + 1];  // shifts over one lane of units * 64 bytes
+    uint32_t two[kMaxLaneUnits + 1];  // shifts over two lanes
     LaneOperators() {
         for (size_t units = 1; units <= kMaxLaneUnits; ++units) {
-            one[units] = zeros_operator(units * kLaneUnit);
-            two[units] = zeros_operator(2 * units * kLaneUnit);
+            one[units] = x_power(8 * units * kLaneUnit - 33);
+            two[units] = x_power(16 * units * kLaneUnit - 33);
         }
     }
 };
 const LaneOperators kLaneOperators;
 
-__attribute__((target("sse4.2"))) uint32_t update_hardware(uint32_t crc, const std::byte* p,
+__attribute__((target("sse4.2,pclmul"))) inline uint32_t shift_register(uint32_t reg, uint32_t op) {
+    __m128i product = _mm_clmulepi64_si128(_mm_cvtsi32_si128(int(reg)), _mm_cvtsi32_si128(int(op)), 0);
+    return uint32_t(_mm_crc32_u64(0, uint64_t(_mm_cvtsi128_si64(product))));
+}
+
+__attribute__((target("sse4.2,pclmul"))) uint32_t update_hardware(uint32_t crc, const std::byte* p,
                                                            size_t n) {
     uint64_t c0 = crc;
     while (n >= 3 * kLaneUnit) {
@@ -114,8 +121,8 @@ __attribute__((target("sse4.2"))) uint32_t update_hardware(uint32_t crc, const s
             c1 = _mm_crc32_u64(c1, load_le64(b + i));
             c2 = _mm_crc32_u64(c2, load_le64(c + i));
         }
-        c0 = multiply_mod_poly(kLaneOperators.two[units], uint32_t(c0)) ^
-             multiply_mod_poly(kLaneOperators.one[units], uint32_t(c1)) ^ uint32_t(c2);
+        c0 = shift_register(uint32_t(c0), kLaneOperators.two[units]) ^
+             shift_register(uint32_t(c1), kLaneOperators.one[units]) ^ uint32_t(c2);
         p += 3 * lane;
         n -= 3 * lane;
     }
@@ -131,7 +138,7 @@ __attribute__((target("sse4.2"))) uint32_t update_hardware(uint32_t crc, const s
 }
 
 bool cpu_has_sse42() {
-    static const bool has = __builtin_cpu_supports("sse4.2");
+    static const bool has = __builtin_cpu_supports("sse4.2") && __builtin_cpu_supports("pclmul");
     return has;
 }
 #endif

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 // CRC32C (Castagnoli), the checksum of every frame header and payload. Uses the SSE4.2 crc32
-// instruction (three interleaved streams, so the instruction's latency is hidden) when the CPU
-// has it, and a slicing-by-8 table otherwise. Both give identical results; tests check that.
+// instruction (three interleaved streams, so the instruction's latency is hidden, joined with
+// PCLMULQDQ) when the CPU has both, and a slicing-by-8 table otherwise. Both give identical results; tests check that.
 #pragma once
 
 #include <cstddef>

@@ -29,6 +29,8 @@ namespace {
 // Bytes of a frame's gather list checksummed and written per step: small enough that the
 // bytes are still in cache when the kernel copies them, large enough to keep syscalls few.
 constexpr size_t kChunk = 256u << 10;
+// The most a blocked receive waits for before waking (SO_RCVLOWAT).
+constexpr size_t kLowWater = 256u << 10;
 
 struct HostPort {
     std::string host;
@@ -157,6 +159,15 @@ struct Link::Shared {
     bool send_broken = false;            // guarded by send_mutex: a frame was cut short
 
     uint64_t receive_sequence = 0;       // receiving thread only
+    size_t receive_low_water = 1;        // receiving thread only: the socket's SO_RCVLOWAT
+
+    void set_receive_low_water(size_t bytes) {
+        if (bytes == receive_low_water)
+            return;
+        int value = int(bytes);
+        if (::setsockopt(fd.get(), SOL_SOCKET, SO_RCVLOWAT, &value, sizeof value) == 0)
+            receive_low_water = bytes;
+    }
     std::optional<FrameKey> receive_key; // set before the receiving thread continues
     std::atomic<bool> authenticated{false};
     std::atomic<bool> frame_auth{false};
@@ -308,6 +319,10 @@ base::Result<void> Link::Shared::read_exact(std::byte* out, size_t n, Deadline d
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            // Wake only once a good share of what is missing has arrived: on hosts where
+            // system calls are dear, a poll+recv pair per few kilobytes costs more than the
+            // copy itself.
+            set_receive_low_water(std::min(n - got, kLowWater));
             TRY(wait_ready(fd.get(), wake.get(), WaitFor::Read, deadline, doing));
             continue;
         }
