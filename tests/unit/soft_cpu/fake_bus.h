@@ -331,6 +331,26 @@ public:
         q(pt + 8 * ((lin >> 12) & 511)) = (gpa & ~0xfffull) | flags;
         cpu.flush_tlb();
     }
+    // Maps one 4 KiB page at any canonical linear address outside the first 4 GiB, building
+    // the paging structures on the way from the pool.
+    void map_page(uint64_t lin, uint64_t gpa, uint64_t flags) {
+        uint64_t table = kPml4;
+        for (int level = 3; level > 0; --level) {
+            uint64_t& e = q(table + 8 * ((lin >> (12 + 9 * level)) & 511));
+            if (!(e & 1)) {
+                if (m_pool + 4096 > kPtPoolEnd)
+                    throw std::runtime_error("page-table pool exhausted");
+                std::memset(bus.ram() + m_pool, 0, 4096);
+                e = m_pool | 7;
+                m_pool += 4096;
+            } else if (e & 0x80) {
+                throw std::runtime_error("map_page: a large page is in the way");
+            }
+            table = e & 0x000ffffffffff000ull;
+        }
+        q(table + 8 * ((lin >> 12) & 511)) = (gpa & ~0xfffull) | flags;
+        cpu.flush_tlb();
+    }
     uint64_t& pte(uint64_t lin) {
         const uint64_t pde = q(kPd + 8 * ((lin >> 21) & 511));
         return q((pde & 0x000ffffffffff000ull) + 8 * ((lin >> 12) & 511));

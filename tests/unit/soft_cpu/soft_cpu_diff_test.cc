@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 
 #include <cpuid.h>
+#include <sys/mman.h>
 
 #include <fmt/format.h>
 
@@ -22,11 +23,11 @@ using namespace colod::kvm::soft::test;
 namespace {
 
 struct Regs {
-    uint64_t rax, rbx, rcx, rdx, rflags;
+    uint64_t rax, rbx, rcx, rdx, rflags, rsi, rdi;
 };
 
 // Operand constraints an operation needs so that the native run does not trap.
-enum class Domain { Any, Div, Idiv, Div8, Idiv8 };
+enum class Domain { Any, Div, Idiv, Div8, Idiv8, Mem, BitMem, Str };
 
 }  // namespace
 
@@ -36,12 +37,14 @@ enum class Domain { Any, Div, Idiv, Div8, Idiv8 };
     extern "C" void diff_##name(Regs*);                                                       \
     extern "C" const uint8_t diff_##name##_insn[], diff_##name##_end[];                       \
     asm(".text\n.globl diff_" #name "\n.type diff_" #name ", @function\ndiff_" #name ":\n"   \
-        "  push %rbx\n  mov 0(%rdi), %rax\n  mov 8(%rdi), %rbx\n  mov 16(%rdi), %rcx\n"                    \
-        "  mov 24(%rdi), %rdx\n  pushq 32(%rdi)\n  popfq\n"                                   \
+        "  push %rbx\n  mov %rdi, %r8\n  mov 0(%r8), %rax\n  mov 8(%r8), %rbx\n"              \
+        "  mov 16(%r8), %rcx\n  mov 24(%r8), %rdx\n  mov 40(%r8), %rsi\n  mov 48(%r8), %rdi\n" \
+        "  pushq 32(%r8)\n  popfq\n"                                                         \
         ".globl diff_" #name "_insn\ndiff_" #name "_insn:\n  " insn "\n"                      \
         ".globl diff_" #name "_end\ndiff_" #name "_end:\n"                                    \
-        "  pushfq\n  popq 32(%rdi)\n  mov %rax, 0(%rdi)\n  mov %rbx, 8(%rdi)\n"               \
-        "  mov %rcx, 16(%rdi)\n  mov %rdx, 24(%rdi)\n  pop %rbx\n  ret\n");
+        "  pushfq\n  popq 32(%r8)\n  cld\n  mov %rax, 0(%r8)\n  mov %rbx, 8(%r8)\n"          \
+        "  mov %rcx, 16(%r8)\n  mov %rdx, 24(%r8)\n  mov %rsi, 40(%r8)\n  mov %rdi, 48(%r8)\n" \
+        "  pop %rbx\n  ret\n");
 
 // ALU ops in each size, register and immediate forms.
 #define ALU_OPS(op)                                 \
@@ -238,6 +241,80 @@ DIFF_OP(rorxq, "rorxq $17, %rbx, %rax")
 DIFF_OP(rorxl, "rorxl $5, %ebx, %eax")
 DIFF_OP(mulxq, "mulxq %rbx, %rcx, %rax")
 DIFF_OP(mulxl, "mulxl %ebx, %ecx, %eax")
+
+// Memory forms: RSI and RDI point into a two-page buffer that the guest sees at the same
+// linear address (its pages on non-adjacent frames), so page-crossing accesses are tested too.
+DIFF_OP(add_m64, "addq %rbx, (%rsi)")
+DIFF_OP(adc_m32, "adcl %ebx, 3(%rsi)")
+DIFF_OP(sub_m8, "subb %bl, -1(%rsi)")
+DIFF_OP(or_m16, "orw %bx, (%rsi)")
+DIFF_OP(and_rm64, "andq (%rsi), %rax")
+DIFF_OP(xor_rm32, "xorl -2(%rsi), %eax")
+DIFF_OP(cmp_m64_imm, "cmpq $-100, (%rsi)")
+DIFF_OP(cmp_m32_r, "cmpl %ebx, -1(%rsi)")
+DIFF_OP(sbb_m16_imm, "sbbw $0x1234, 1(%rsi)")
+DIFF_OP(add_m32_imm8, "addl $7, (%rsi)")
+DIFF_OP(test_m8_imm, "testb $0x81, (%rsi)")
+DIFF_OP(cmp_m8_imm, "cmpb $0x40, 1(%rsi)")
+DIFF_OP(mov_m64_r, "movq %rbx, -5(%rsi)")
+DIFF_OP(mov_r32_m, "movl 1(%rsi), %eax")
+DIFF_OP(mov_m8_imm, "movb $0x5a, (%rsi)")
+DIFF_OP(mov_m32_imm, "movl $-3, -2(%rsi)")
+DIFF_OP(lock_add_m64, "lock addq %rbx, (%rsi)")
+DIFF_OP(lock_or_m32, "lock orl %ebx, 4(%rsi)")
+DIFF_OP(lock_sbb_m8, "lock sbbb %bl, (%rsi)")
+DIFF_OP(inc_m64, "incq (%rsi)")
+DIFF_OP(dec_m8, "decb 1(%rsi)")
+DIFF_OP(neg_m32, "negl (%rsi)")
+DIFF_OP(not_m16, "notw -1(%rsi)")
+DIFF_OP(lock_dec_m32, "lock decl (%rsi)")
+DIFF_OP(shl_m64_cl, "shlq %cl, (%rsi)")
+DIFF_OP(ror_m16_imm, "rorw $3, 2(%rsi)")
+DIFF_OP(rcl_m32_cl, "rcll %cl, (%rsi)")
+DIFF_OP(sar_m8_1, "sarb $1, (%rsi)")
+DIFF_OP(shr_m32_imm, "shrl $9, -3(%rsi)")
+DIFF_OP(shld_m64_cl, "shldq %cl, %rbx, (%rsi)")
+DIFF_OP(shrd_m32_imm, "shrdl $5, %ebx, (%rsi)")
+DIFF_OP(bt_m64_r, "btq %rbx, (%rsi)")
+DIFF_OP(bts_m32_r, "btsl %ebx, (%rsi)")
+DIFF_OP(btr_m16_r, "btrw %bx, (%rsi)")
+DIFF_OP(btc_m64_r, "lock btcq %rbx, (%rsi)")
+DIFF_OP(bt_m32_imm, "btl $19, (%rsi)")
+DIFF_OP(bts_m64_imm, "btsq $60, 1(%rsi)")
+DIFF_OP(xadd_m32, "xaddl %ebx, (%rsi)")
+DIFF_OP(lock_xadd_m64, "lock xaddq %rbx, (%rsi)")
+DIFF_OP(cmpxchg_m64, "cmpxchgq %rbx, (%rsi)")
+DIFF_OP(lock_cmpxchg_m32, "lock cmpxchgl %ebx, (%rsi)")
+DIFF_OP(cmpxchg_m8, "cmpxchgb %bl, (%rsi)")
+DIFF_OP(xchg_m64, "xchgq %rbx, (%rsi)")
+DIFF_OP(xchg_m16, "xchgw %bx, -1(%rsi)")
+DIFF_OP(cmpxchg8b_m, "lock cmpxchg8b (%rsi)")
+DIFF_OP(cmpxchg16b_m, "lock cmpxchg16b (%rdi)")
+DIFF_OP(movbe_load, "movbeq (%rsi), %rax")
+DIFF_OP(movbe_store, "movbel %ebx, (%rsi)")
+DIFF_OP(movzb_m, "movzbl (%rsi), %eax")
+DIFF_OP(movsw_m, "movswq 2(%rsi), %rax")
+DIFF_OP(movslq_m, "movslq -4(%rsi), %rax")
+DIFF_OP(imul_m, "imulq (%rsi), %rax")
+DIFF_OP(imul3_m, "imull $-77, (%rsi), %eax")
+DIFF_OP(cmovl_m, "cmovlq (%rsi), %rax")
+DIFF_OP(setg_m, "setg (%rsi)")
+DIFF_OP(mul_m32, "mull (%rsi)")
+DIFF_OP(movsb, "movsb")
+DIFF_OP(movsq, "movsq")
+DIFF_OP(rep_movsb, "rep movsb")
+DIFF_OP(rep_movsl, "rep movsl")
+DIFF_OP(std_rep_movsw, "std\n  rep movsw")
+DIFF_OP(rep_stosb, "rep stosb")
+DIFF_OP(rep_stosq, "rep stosq")
+DIFF_OP(std_stosl, "std\n  stosl")
+DIFF_OP(lodsw, "lodsw")
+DIFF_OP(std_rep_lodsb, "std\n  rep lodsb")
+DIFF_OP(repe_cmpsb, "repe cmpsb")
+DIFF_OP(repne_cmpsq, "repne cmpsq")
+DIFF_OP(repne_scasb, "repne scasb")
+DIFF_OP(repe_scasw, "repe scasw")
+DIFF_OP(std_repne_scasl, "std\n  repne scasl")
 
 namespace {
 
@@ -475,6 +552,86 @@ std::vector<Op> ops() {
     CC_ENTRIES(ge)
     CC_ENTRIES(le)
     CC_ENTRIES(g)
+    auto mem = [&](Op o) {
+        if (o.domain == Domain::Any)
+            o.domain = Domain::Mem;
+        v.push_back(o);
+    };
+    mem({OP(add_m64), none});
+    mem({OP(adc_m32), none});
+    mem({OP(sub_m8), none});
+    mem({OP(or_m16), af_only});
+    mem({OP(and_rm64), af_only});
+    mem({OP(xor_rm32), af_only});
+    mem({OP(cmp_m64_imm), none});
+    mem({OP(cmp_m32_r), none});
+    mem({OP(sbb_m16_imm), none});
+    mem({OP(add_m32_imm8), none});
+    mem({OP(test_m8_imm), af_only});
+    mem({OP(cmp_m8_imm), none});
+    mem({OP(mov_m64_r), none});
+    mem({OP(mov_r32_m), none});
+    mem({OP(mov_m8_imm), none});
+    mem({OP(mov_m32_imm), none});
+    mem({OP(lock_add_m64), none});
+    mem({OP(lock_or_m32), af_only});
+    mem({OP(lock_sbb_m8), none});
+    mem({OP(inc_m64), none});
+    mem({OP(dec_m8), none});
+    mem({OP(neg_m32), none});
+    mem({OP(not_m16), none});
+    mem({OP(lock_dec_m32), none});
+    mem({OP(shl_m64_cl), shift_flags<64, false, false>});
+    mem({OP(ror_m16_imm), rotate_imm_flags});
+    mem({OP(rcl_m32_cl), shift_flags<32, true, true>});
+    mem({OP(sar_m8_1), af_only});
+    mem({OP(shr_m32_imm), shift_imm_flags});
+    mem({OP(shld_m64_cl), shld_flags<64>});
+    mem({OP(shrd_m32_imm), shift_imm_flags});
+    mem({OP(bt_m64_r), bt_flags, nullptr, nullptr, Domain::BitMem});
+    mem({OP(bts_m32_r), bt_flags, nullptr, nullptr, Domain::BitMem});
+    mem({OP(btr_m16_r), bt_flags, nullptr, nullptr, Domain::BitMem});
+    mem({OP(btc_m64_r), bt_flags, nullptr, nullptr, Domain::BitMem});
+    mem({OP(bt_m32_imm), bt_flags});
+    mem({OP(bts_m64_imm), bt_flags});
+    mem({OP(xadd_m32), none});
+    mem({OP(lock_xadd_m64), none});
+    mem({OP(cmpxchg_m64), none});
+    mem({OP(lock_cmpxchg_m32), none});
+    mem({OP(cmpxchg_m8), none});
+    mem({OP(xchg_m64), none});
+    mem({OP(xchg_m16), none});
+    mem({OP(cmpxchg8b_m), none});
+    mem({OP(cmpxchg16b_m), none});
+    mem({OP(movbe_load), none});
+    mem({OP(movbe_store), none});
+    mem({OP(movzb_m), none});
+    mem({OP(movsw_m), none});
+    mem({OP(movslq_m), none});
+    mem({OP(imul_m), mul_flags});
+    mem({OP(imul3_m), mul_flags});
+    mem({OP(cmovl_m), none});
+    mem({OP(setg_m), none});
+    mem({OP(mul_m32), mul_flags});
+    auto str = [&](Op o) {
+        o.domain = Domain::Str;
+        v.push_back(o);
+    };
+    str({OP(movsb), none});
+    str({OP(movsq), none});
+    str({OP(rep_movsb), none});
+    str({OP(rep_movsl), none});
+    str({OP(std_rep_movsw), none, nullptr, nullptr, Domain::Str, false, 2});
+    str({OP(rep_stosb), none});
+    str({OP(rep_stosq), none});
+    str({OP(std_stosl), none, nullptr, nullptr, Domain::Str, false, 2});
+    str({OP(lodsw), none});
+    str({OP(std_rep_lodsb), none, nullptr, nullptr, Domain::Str, false, 2});
+    str({OP(repe_cmpsb), none});
+    str({OP(repne_cmpsq), none});
+    str({OP(repne_scasb), none});
+    str({OP(repe_scasw), none});
+    str({OP(std_repne_scasl), none, nullptr, nullptr, Domain::Str, false, 2});
     auto pair = [&](Op o) {
         o.insns = 2;
         v.push_back(o);
@@ -600,7 +757,10 @@ void fix_division(Domain domain, Regs& r, std::mt19937_64& rng) {
         r.rdx = small < 0 ? ~0ull : 0;
         break;
     }
-    case Domain::Any: break;
+    case Domain::Any:
+    case Domain::Mem:
+    case Domain::BitMem:
+    case Domain::Str: break;
     }
 }
 
@@ -610,6 +770,21 @@ TEST_CASE("integer instructions match the host CPU, flags included", "[soft_cpu]
     TestMachine m(std::string(SOFT_CPU_SNIPPETS) + "/stubs.bin");
     std::mt19937_64 rng(20240607);
     const bool bmi = host_has_bmi();
+
+    // The memory operand buffer: two host pages, seen by the guest at the same linear address
+    // on frames 0x305000 and 0x300000.
+    void* mapped = mmap(nullptr, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(mapped != MAP_FAILED);
+    auto* buf = static_cast<uint8_t*>(mapped);
+    const auto lin = reinterpret_cast<uint64_t>(buf);
+    REQUIRE(lin >= (4ull << 30));  // clear of the guest's identity map
+    constexpr uint64_t kFrame0 = 0x305000, kFrame1 = 0x300000;
+    m.map_page(lin, kFrame0, 0x7);
+    m.map_page(lin + 4096, kFrame1, 0x7);
+    uint8_t* guest0 = m.bus.ram() + kFrame0;
+    uint8_t* guest1 = m.bus.ram() + kFrame1;
+    // Places for RSI/RDI: around the page boundary, and inside either page.
+    const uint64_t spots[] = {4096, 4095, 4094, 4093, 4092, 4089, 4097, 4099, 4101, 600, 7000, 2048};
     const int cases = 3000;
     for (const Op& op : ops()) {
         if (op.needs_bmi && !bmi)
@@ -619,11 +794,36 @@ TEST_CASE("integer instructions match the host CPU, flags included", "[soft_cpu]
         m.cpu.flush_tlb();
         int mismatches = 0;
         for (int i = 0; i < cases && mismatches < 5; ++i) {
-            Regs in{pick(rng), pick(rng), pick(rng), pick(rng), 0};
+            Regs in{pick(rng), pick(rng), pick(rng), pick(rng), 0, 0, 0};
             in.rflags = 0x202 | (rng() & kArith);
             if (i % 7 == 0)
                 in.rcx = rng() % 70;  // shift counts around the operand widths
             fix_division(op.domain, in, rng);
+            const bool memory_op =
+                op.domain == Domain::Mem || op.domain == Domain::BitMem || op.domain == Domain::Str;
+            if (memory_op) {
+                in.rsi = lin + spots[rng() % std::size(spots)];
+                in.rdi = lin + spots[rng() % std::size(spots)];
+                if (op.domain == Domain::Str) {
+                    // Small counts, both pointers with room either way; few distinct byte values
+                    // so that REPE/REPNE stop at varied places.
+                    in.rcx = rng() % 24;
+                    in.rsi = lin + 512 + rng() % (8192 - 1024);
+                    in.rdi = lin + 512 + rng() % (8192 - 1024);
+                    for (unsigned k = 0; k < 8192; ++k)
+                        buf[k] = static_cast<uint8_t>(rng() % 3 == 0 ? rng() % 2 : 0);
+                } else {
+                    for (unsigned k = 0; k < 8192; k += 8) {
+                        const uint64_t r = pick(rng);
+                        std::memcpy(buf + k, &r, 8);
+                    }
+                }
+                if (op.domain == Domain::BitMem)
+                    in.rbx = static_cast<uint64_t>(static_cast<int64_t>(rng() % 1024) - 512);
+                in.rdi &= ~15ull;  // CMPXCHG16B wants 16-byte alignment
+                std::memcpy(guest0, buf, 4096);
+                std::memcpy(guest1, buf + 4096, 4096);
+            }
 
             Regs host = in;
             op.native(&host);
@@ -634,11 +834,15 @@ TEST_CASE("integer instructions match the host CPU, flags included", "[soft_cpu]
             m.state.regs.rcx = in.rcx;
             m.state.regs.rdx = in.rdx;
             m.state.regs.rflags = in.rflags;
+            m.state.regs.rsi = in.rsi;
+            m.state.regs.rdi = in.rdi;
             m.state.regs.rip = TestMachine::kCode;
             m.state.regs.rsp = TestMachine::kStackTop;
             const Stop s = m.run(op.insns);
             Regs emu{m.state.regs.rax, m.state.regs.rbx, m.state.regs.rcx, m.state.regs.rdx,
-                     m.state.regs.rflags};
+                     m.state.regs.rflags, m.state.regs.rsi, m.state.regs.rdi};
+            const bool same_memory = !memory_op || (std::memcmp(guest0, buf, 4096) == 0 &&
+                                                    std::memcmp(guest1, buf + 4096, 4096) == 0);
 
             const uint64_t flag_mask = ~(op.undefined_flags ? op.undefined_flags(in) : 0) & 0xfff;
             const uint64_t rax_mask = ~(op.undefined_rax ? op.undefined_rax(in) : 0);
@@ -647,18 +851,23 @@ TEST_CASE("integer instructions match the host CPU, flags included", "[soft_cpu]
                               m.state.regs.rip == TestMachine::kCode + len &&
                               ((host.rax ^ emu.rax) & rax_mask) == 0 && host.rbx == emu.rbx &&
                               ((host.rcx ^ emu.rcx) & rcx_mask) == 0 && host.rdx == emu.rdx &&
-                              ((host.rflags ^ emu.rflags) & flag_mask) == 0;
+                              ((host.rflags ^ emu.rflags) & flag_mask) == 0 &&
+                              host.rsi == emu.rsi && host.rdi == emu.rdi && same_memory;
             if (!same) {
                 ++mismatches;
                 UNSCOPED_INFO(fmt::format(
                     "{}: in rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} fl={:#x}\n"
                     "   host rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} fl={:#x}\n"
-                    "   emu  rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} fl={:#x} stop={} {}",
+                    "   emu  rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} fl={:#x} stop={} {}\n"
+                    "   rsi {:#x}/{:#x}/{:#x} rdi {:#x}/{:#x}/{:#x} (in/host/emu) memory {}",
                     op.name, in.rax, in.rbx, in.rcx, in.rdx, in.rflags, host.rax, host.rbx,
                     host.rcx, host.rdx, host.rflags & 0xfff, emu.rax, emu.rbx, emu.rcx, emu.rdx,
-                    emu.rflags & 0xfff, static_cast<int>(s.reason), s.detail));
+                    emu.rflags & 0xfff, static_cast<int>(s.reason), s.detail, in.rsi - lin,
+                    host.rsi - lin, emu.rsi - lin, in.rdi - lin, host.rdi - lin, emu.rdi - lin,
+                    same_memory ? "same" : "differs"));
             }
         }
         CHECK(mismatches == 0);
     }
+    munmap(mapped, 2 * 4096);
 }
