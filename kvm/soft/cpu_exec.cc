@@ -1991,8 +1991,9 @@ bool Cpu::Impl::exec_string(Insn& d) {
                     if (s && t) {
                         const size_t bytes = n * size;
                         if (t > s && t < s + bytes) {
-                            for (size_t i = 0; i < bytes; ++i)  // forward overlap: byte order matters
-                                t[i] = s[i];
+                            // Forward overlap: element after element, as the architecture says.
+                            for (size_t i = 0; i < bytes; i += size)
+                                store_host(t + i, size, load_host(s + i, size));
                         } else {
                             std::memmove(t, s, bytes);
                         }
