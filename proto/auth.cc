@@ -170,17 +170,16 @@ FrameKey& FrameKey::operator=(FrameKey&& other) noexcept {
 FrameKey::~FrameKey() { sodium_memzero(m_key.data(), kKeySize); }
 
 FrameMac::FrameMac(const FrameKey& key) {
-    crypto_auth_hmacsha512256_init(&m_state, uc(key.bytes().data()), kKeySize);
+    crypto_generichash_init(&m_state, uc(key.bytes().data()), kKeySize, kMacSize);
 }
 
 void FrameMac::update(std::span<const std::byte> bytes) {
-    crypto_auth_hmacsha512256_update(&m_state, uc(bytes.data()), bytes.size());
+    crypto_generichash_update(&m_state, uc(bytes.data()), bytes.size());
 }
 
 std::array<std::byte, kMacSize> FrameMac::finish() {
-    static_assert(kMacSize == crypto_auth_hmacsha512256_BYTES);
     std::array<std::byte, kMacSize> out;
-    crypto_auth_hmacsha512256_final(&m_state, uc(out.data()));
+    crypto_generichash_final(&m_state, uc(out.data()), kMacSize);
     sodium_memzero(&m_state, sizeof m_state);
     return out;
 }
