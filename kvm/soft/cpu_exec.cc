@@ -321,7 +321,14 @@ inline bool Cpu::Impl::step(Insn*& dp) {
             c.rip = ~0ull;
             d = Insn{};
             d.rip = rip;
-            if (!decode(d, p, 15))
+            // Decode from a zero-padded copy: an over-long encoding must not make the decoder
+            // read past the page (it reads up to ~28 bytes before it can tell).
+            uint8_t bytes[32] = {};
+            std::memcpy(bytes, &w0, 8);
+            std::memcpy(bytes + 8, &w1, 8);
+            const bool decoded = decode(d, bytes, 15);
+            d.bytes = p;
+            if (!decoded)
                 return false;
             c.rip = rip;
             c.bytes[0] = w0;
@@ -365,16 +372,21 @@ bool Cpu::Impl::fetch_slow(Insn& d, const uint8_t*& p, unsigned& avail) {
     m_fetch_tag = (rip & ~0xfffull) | m_tag_bits;
     m_fetch_host = host;
     const unsigned off = rip & 0xfff;
-    if (off <= 4096 - 15) {
-        p = host + off;
+    if (off <= 4096 - 32) {
+        p = host + off;  // the decoder reads at most 32 bytes, all in this page
         avail = 15;
         return true;
     }
-    // The instruction may run into the next page: copy what there is. The next page is
-    // translated now but a failure only counts if the decoded length reaches into it.
+    // Near the page end the decoder works on a zero-padded copy, and the instruction may run
+    // into the next page. That page is translated now, but a failure only counts if the
+    // decoded length reaches into it.
     const unsigned n = 4096 - off;
     std::memset(m_fetch_buf, 0, sizeof m_fetch_buf);
     std::memcpy(m_fetch_buf, host + off, n);
+    p = m_fetch_buf;
+    avail = 15;
+    if (n >= 15)
+        return true;
     avail = n;
     m_fetch2_abort = Abort::None;
     uint8_t* host2 = nullptr;

@@ -225,6 +225,21 @@ TEST_CASE("an instruction crossing into a missing page faults on that page", "[s
     }
 }
 
+TEST_CASE("an instruction longer than 15 bytes is #GP(0)", "[soft_cpu]") {
+    Machine m("loop");
+    // 12 operand-size prefixes and a 5-byte ADD (48 81 c0 imm32 needs 7): 19 bytes.
+    const uint64_t at = GENERATE(0x10000ull, 0x10fe8ull, 0x10ffcull);  // in a page, near its end
+    std::vector<uint8_t> code(12, 0x66);
+    for (uint8_t b : {0x48, 0x81, 0xc0, 1, 0, 0, 0})
+        code.push_back(b);
+    m.load(code, TestMachine::kCode + at);
+    m.state.regs.rip = TestMachine::kCode + at;
+    REQUIRE(m.run().reason == StopReason::Halt);
+    CHECK(m.record().vector == 13);
+    CHECK(m.record().frame[0] == 0);
+    CHECK(m.record().frame[1] == TestMachine::kCode + at);
+}
+
 TEST_CASE("INVLPG and CR3 writes drop stale translations", "[soft_cpu]") {
     Machine m("paging");
     const uint64_t lin = TestMachine::kData + 0xc000;
