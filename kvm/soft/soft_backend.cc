@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "kvm/soft/cpuid.h"
+#include "kvm/soft/kernel_abi.h"
 #include "kvm/soft/soft_vcpu.h"
 #include "kvm/soft/soft_vm.h"
 
@@ -56,7 +57,7 @@ public:
                 return fail(E2BIG);
             }
             cpuid->nent = static_cast<uint32_t>(table.size());
-            std::memcpy(cpuid->entries, table.data(), table.size() * sizeof(kvm_cpuid_entry2));
+            std::memcpy(abi::cpuid_entries(cpuid), table.data(), table.size() * sizeof(kvm_cpuid_entry2));
             return 0;
         }
         case KVM_GET_MSR_INDEX_LIST: {
@@ -66,7 +67,7 @@ public:
             list->nmsrs = static_cast<uint32_t>(indices.size());
             if (room < indices.size())
                 return fail(E2BIG);
-            std::memcpy(list->indices, indices.data(), indices.size_bytes());
+            std::memcpy(abi::msr_list_indices(list), indices.data(), indices.size_bytes());
             return 0;
         }
         case KVM_CREATE_VM:

