@@ -24,6 +24,8 @@ class Device {
 public:
     virtual ~Device() = default;
     virtual std::string_view name() const = 0;
+    // The layout version save_state() writes (HELLO lists it so both sides agree).
+    virtual uint16_t state_version() const = 0;
 
     // Port access of `data.size()` bytes (1, 2 or 4) at `port`, which lies in a range the device
     // registered. Reads fill `data`.

@@ -98,6 +98,8 @@ public:
     kvm::Vm& vm() { return m_vm; }
     IoBus& bus() { return m_bus; }
     Uart& uart() { return *m_uart; }
+    // The machine's devices in a fixed order (state sections use the index as instance).
+    const std::vector<std::unique_ptr<Device>>& devices() const { return m_devices; }
     uint32_t vcpu_count() const { return static_cast<uint32_t>(m_vcpus.size()); }
     std::string_view backend_name() const { return m_backend_name; }
 

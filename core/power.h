@@ -13,6 +13,7 @@ class PowerPort final : public Device {
 public:
     explicit PowerPort(std::function<void(int)> power_off) : m_power_off(std::move(power_off)) {}
     std::string_view name() const override { return "power"; }
+    uint16_t state_version() const override { return 1; }
     void pio_write(uint16_t, std::span<const std::byte> data) override {
         uint32_t code = 0;
         std::memcpy(&code, data.data(), std::min(data.size(), sizeof(code)));

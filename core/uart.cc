@@ -103,11 +103,6 @@ void Uart::write_register(unsigned offset, uint8_t value) {
             if (m_rx.size() < k_rx_capacity)
                 m_rx.push_back(value);
             m_thr_interrupt = true;
-        } else {
-            std::byte byte{value};
-            if (m_output)
-                m_output(std::span(&byte, 1));
-            m_thr_interrupt = true;  // THR is empty again at once
         }
         break;
     case IER:
@@ -157,10 +152,28 @@ void Uart::pio_read(uint16_t port, std::span<std::byte> data) {
 }
 
 void Uart::pio_write(uint16_t port, std::span<const std::byte> data) {
-    std::lock_guard lock(m_mutex);
-    for (size_t i = 0; i < data.size(); ++i)
-        write_register(static_cast<unsigned>((port - m_base + i) & 7), static_cast<uint8_t>(data[i]));
-    update_irq();
+    // Transmitted bytes are handed on after the lock is released: the output path takes the
+    // console's lock, and the console calls push_input() under its own lock.
+    std::byte transmitted[4];
+    size_t count = 0;
+    OutputFn output;
+    {
+        std::lock_guard lock(m_mutex);
+        for (size_t i = 0; i < data.size(); ++i) {
+            unsigned offset = static_cast<unsigned>((port - m_base + i) & 7);
+            if (offset == RBR_THR && !(m_lcr & LCR_DLAB) && !(m_mcr & MCR_LOOP) && count < sizeof(transmitted)) {
+                transmitted[count++] = data[i];
+                m_thr_interrupt = true;  // THR is empty again at once
+            } else {
+                write_register(offset, static_cast<uint8_t>(data[i]));
+            }
+        }
+        update_irq();
+        if (count)
+            output = m_output;
+    }
+    if (output)
+        output(std::span(transmitted, count));
 }
 
 size_t Uart::push_input(std::span<const std::byte> bytes) {

@@ -29,6 +29,7 @@ public:
     Uart(uint16_t base_port, OutputFn output, IrqFn irq);
 
     std::string_view name() const override { return "uart-com1"; }
+    uint16_t state_version() const override { return k_state_version; }
     void pio_read(uint16_t port, std::span<std::byte> data) override;
     void pio_write(uint16_t port, std::span<const std::byte> data) override;
     DeviceState save_state() const override;

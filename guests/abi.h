@@ -11,6 +11,10 @@
  *   - RDI = guest-physical address of struct colod_boot_info; RSP = COLOD_BOOT_STACK_TOP, a
  *     small stack in the boot area, good for the first few calls only.
  *   - Everything below COLOD_IMAGE_MIN is the monitor's boot area: guests must not load there.
+ *     The boot info, GDT and page tables live there; the monitor never changes the boot area
+ *     after entry, so a guest may keep using them for its whole life (it is ordinary guest RAM,
+ *     saved with every checkpoint).
+ *   - Each PT_LOAD segment is copied to p_paddr and zero-filled from p_filesz to p_memsz.
  *
  * Machine
  *   - COM1: 16550A UART at port 0x3f8, IRQ 4 (IOAPIC pin 4), bridged to the console endpoint.

@@ -111,21 +111,25 @@ base::Result<System> System::open(Backend& backend) {
     auto handle = backend.open_system();
     if (!handle) {
         const auto& error = handle.error();
-        if (error.sys_errno() == ENOENT)
+        if (error.sys_errno() == ENOENT || error.sys_errno() == ENODEV || error.sys_errno() == ENXIO)
             return base::Error(base::Errc::Unsupported,
-                               "/dev/kvm does not exist: this host has no KVM (load kvm_intel or kvm_amd, "
-                               "or enable virtualization in the firmware)",
-                               ENOENT);
+                               error.message() +
+                                   ": this host has no KVM (load kvm_intel or kvm_amd and enable virtualization in "
+                                   "the firmware, or set 'accelerator = soft')",
+                               error.sys_errno());
         if (error.sys_errno() == EACCES || error.sys_errno() == EPERM)
             return base::Error(base::Errc::Unsupported,
-                               "no permission to open /dev/kvm (run as root or join the kvm group)",
+                               error.message() + ": no permission to use KVM (run as root or join the kvm group)",
                                error.sys_errno());
         return std::move(handle).error();
     }
     system.m_handle = std::move(handle).value();
     Handle& h = *system.m_handle;
 
-    int version = TRY(checked_ioctl(h, KVM_GET_API_VERSION, 0ul));
+    auto api = checked_ioctl(h, KVM_GET_API_VERSION, 0ul);
+    if (!api)
+        return std::move(api).error().context("not a KVM device");
+    int version = api.value();
     if (version != KVM_API_VERSION)
         return base::Error::make(base::Errc::Unsupported, "KVM API version {} (colod needs {})", version,
                                  KVM_API_VERSION);

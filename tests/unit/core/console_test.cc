@@ -5,6 +5,10 @@
 #include <mutex>
 
 #include "core/console.h"
+#include "core/uart.h"
+
+#include <atomic>
+#include <thread>
 #include "tests/support/test_net.h"
 
 using namespace colod;
@@ -31,6 +35,12 @@ public:
         std::unique_lock lock(m_mutex);
         m_changed.wait_for(lock, std::chrono::seconds(10), [&] { return m_received.size() >= n; });
         return m_received;
+    }
+    // Waits until the sink is full (nothing more can come before a drain) or holds `total`.
+    void wait_full_or(size_t total) {
+        std::unique_lock lock(m_mutex);
+        m_changed.wait_for(lock, std::chrono::seconds(10),
+                           [&] { return m_pending == m_capacity || m_received.size() >= total; });
     }
     std::string received() {
         std::lock_guard lock(m_mutex);
@@ -115,8 +125,7 @@ TEST_CASE("console applies back-pressure instead of losing input") {
         lines += fmt::format("SET key{} value{}\n", i, i);
     a.send(lines);
     while (sink.received().size() < lines.size()) {
-        size_t before = sink.received().size();
-        sink.wait_for(before + 1);
+        sink.wait_full_or(lines.size());
         sink.drain();
         server->input_space_available();
     }
@@ -160,4 +169,43 @@ TEST_CASE("console drops a client that stops reading, keeps the others") {
         last = fast.line();
     } while (last && *last != "after");
     CHECK(last == "after");
+}
+
+TEST_CASE("console and UART never deadlock when input floods in while the guest writes") {
+    // The UART hands transmitted bytes to the console while a console thread pushes input into
+    // the UART: a guest thread echoes every byte it reads straight back out.
+    std::unique_ptr<ConsoleServer> server;
+    Uart uart(0x3f8, [&](std::span<const std::byte> bytes) { server->broadcast(bytes); }, nullptr);
+    ConsoleOptions options;
+    options.host = "127.0.0.1";
+    auto created = ConsoleServer::create(options, uart);
+    REQUIRE(created);
+    server = std::move(created).value();
+    uart.set_space_callback([&] { server->input_space_available(); });
+
+    std::atomic<bool> stop{false};
+    std::thread guest([&] {
+        while (!stop) {
+            std::byte lsr{}, byte{};
+            uart.pio_read(0x3fd, std::span(&lsr, 1));
+            if ((static_cast<uint8_t>(lsr) & 1) == 0) {
+                std::this_thread::yield();
+                continue;
+            }
+            uart.pio_read(0x3f8, std::span(&byte, 1));
+            uart.pio_write(0x3f8, std::span(&byte, 1));
+        }
+    });
+    auto client = connect(*server);
+    std::string flood;
+    for (int i = 0; i < 500; ++i)
+        flood += fmt::format("SET key{} {}\n", i, std::string(40, 'v'));
+    client.send(flood);
+    bool all = true;
+    for (int i = 0; i < 500 && all; ++i)
+        all = client.line(std::chrono::seconds(10)) == fmt::format("SET key{} {}", i, std::string(40, 'v'));
+    CHECK(all);
+    stop = true;
+    guest.join();
+    server->stop();
 }

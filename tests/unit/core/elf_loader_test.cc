@@ -8,6 +8,7 @@
 
 #include "core/elf_loader.h"
 #include "core/guest_memory.h"
+#include "tests/support/tiny_elf.h"
 
 using namespace colod::core;
 
@@ -15,32 +16,10 @@ namespace {
 
 // A minimal valid image: one R+X segment of 16 code bytes at 1 MiB with a 8 KiB memory size.
 std::vector<std::byte> make_elf(uint64_t paddr = 0x100000, uint64_t entry = 0x100000) {
-    std::vector<std::byte> file(sizeof(Elf64_Ehdr) + sizeof(Elf64_Phdr) + 16);
-    Elf64_Ehdr eh{};
-    std::memcpy(eh.e_ident, ELFMAG, SELFMAG);
-    eh.e_ident[EI_CLASS] = ELFCLASS64;
-    eh.e_ident[EI_DATA] = ELFDATA2LSB;
-    eh.e_ident[EI_VERSION] = EV_CURRENT;
-    eh.e_type = ET_EXEC;
-    eh.e_machine = EM_X86_64;
-    eh.e_version = EV_CURRENT;
-    eh.e_entry = entry;
-    eh.e_phoff = sizeof(Elf64_Ehdr);
-    eh.e_ehsize = sizeof(Elf64_Ehdr);
-    eh.e_phentsize = sizeof(Elf64_Phdr);
-    eh.e_phnum = 1;
-    Elf64_Phdr ph{};
-    ph.p_type = PT_LOAD;
-    ph.p_flags = PF_R | PF_X;
-    ph.p_offset = sizeof(Elf64_Ehdr) + sizeof(Elf64_Phdr);
-    ph.p_vaddr = ph.p_paddr = paddr;
-    ph.p_filesz = 16;
-    ph.p_memsz = 0x2000;
-    std::memcpy(file.data(), &eh, sizeof(eh));
-    std::memcpy(file.data() + sizeof(eh), &ph, sizeof(ph));
-    for (size_t i = 0; i < 16; ++i)
-        file[sizeof(eh) + sizeof(ph) + i] = std::byte{static_cast<unsigned char>(0xa0 + i)};
-    return file;
+    std::vector<uint8_t> code(16);
+    for (size_t i = 0; i < code.size(); ++i)
+        code[i] = static_cast<uint8_t>(0xa0 + i);
+    return colod::test::make_elf(code, paddr, 0x2000, entry);
 }
 
 Elf64_Phdr* phdr(std::vector<std::byte>& file) {

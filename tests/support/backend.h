@@ -1,0 +1,38 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// Which KVM backend guest tests run on: COLOD_TEST_BACKEND if set, else the host's KVM when
+// /dev/kvm can be opened, else the software backend. Says which, loudly, once per process.
+#pragma once
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+namespace colod::test {
+
+inline bool host_kvm_available() {
+    int fd = ::open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ::close(fd);
+    return true;
+}
+
+inline std::string test_backend() {
+    static const std::string backend = [] {
+        std::string chosen;
+        const char* forced = std::getenv("COLOD_TEST_BACKEND");
+        if (forced && *forced)
+            chosen = forced;
+        else
+            chosen = host_kvm_available() ? "kvm" : "soft";
+        std::fprintf(stderr, "[colod tests] guests run on the %s backend%s\n", chosen.c_str(),
+                     chosen == "soft" && !host_kvm_available() ? " (no usable /dev/kvm on this host)" : "");
+        return chosen;
+    }();
+    return backend;
+}
+
+}  // namespace colod::test
