@@ -193,8 +193,8 @@ bool Cpu::Impl::deliver(const Event& ev, uint64_t return_rip) {
         return false;
     const unsigned type = (lo >> 40) & 0xf;
     const unsigned gate_dpl = (lo >> 45) & 3;
-    if (type != 0xe && type != 0xf)
-        return fault(GP, idt_error);
+    if ((type != 0xe && type != 0xf) || ((lo >> 44) & 1))
+        return fault(GP, idt_error);  // not a 64-bit interrupt or trap gate
     if (software && gate_dpl < m_cpl)
         return fault(GP, idt_error);
     if (!((lo >> 47) & 1))

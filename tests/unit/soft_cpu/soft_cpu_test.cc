@@ -714,3 +714,145 @@ TEST_CASE("string instructions", "[soft_cpu]") {
         CHECK(m.b(TestMachine::kData + 0x10000 + 99999) == 0);
     }
 }
+
+TEST_CASE("FS/GS base instructions, XCR0, descriptor tables, TR", "[soft_cpu]") {
+    Machine m("system2");
+    SECTION("RDFSBASE and WRGSBASE need CR4.FSGSBASE") {
+        m.state.sregs.fs.base = 0x1234000;
+        m.state.regs.rbx = 0x5678000;
+        REQUIRE(m.run().reason == StopReason::Halt);
+        CHECK(m.record().vector == 6);
+        m.state.sregs.cr4 |= 1u << 16;
+        m.at(0);
+        REQUIRE(m.run().reason == StopReason::Halt);
+        CHECK(m.state.regs.rax == 0x1234000);
+        CHECK(m.state.sregs.gs.base == 0x5678000);
+    }
+    SECTION("XGETBV and XSETBV follow CR4.OSXSAVE and the CPUID leaf 0xd mask") {
+        m.at(0x10);
+        REQUIRE(m.run().reason == StopReason::Halt);
+        CHECK(m.record().vector == 6);  // no OSXSAVE
+        m.state.sregs.cr4 |= 1u << 18;
+        m.bus.set_cpuid(0xd, 0, 0x7, 0, 0, 0);
+        m.at(0x20);
+        m.state.regs.rax = 7;
+        m.state.regs.rdx = 0;
+        m.state.regs.rcx = 0;
+        REQUIRE(m.run().reason == StopReason::Halt);
+        CHECK(m.state.xcr0 == 7);
+        m.at(0x20);
+        m.state.regs.rax = 0x1f;  // bits the CPUID leaf does not offer
+        REQUIRE(m.run().reason == StopReason::Halt);
+        CHECK(m.record().vector == 13);
+        CHECK(m.state.xcr0 == 7);
+        m.at(0x10);
+        m.state.regs.rax = 0;
+        REQUIRE(m.run().reason == StopReason::Halt);
+        CHECK(m.state.regs.rax == 7);
+    }
+    SECTION("SGDT, SIDT, LGDT") {
+        m.at(0x30);
+        REQUIRE(m.run().reason == StopReason::Halt);
+        CHECK(m.w(TestMachine::kData) == 0x37);
+        CHECK(m.q(TestMachine::kData + 2) == TestMachine::kGdt);
+        CHECK(m.w(TestMachine::kData + 0x10) == 256 * 16 - 1);
+        CHECK(m.q(TestMachine::kData + 0x12) == TestMachine::kIdt);
+        m.w(TestMachine::kData + 0x20) = 0x57;
+        m.q(TestMachine::kData + 0x22) = 0x123000;
+        m.at(0x50);
+        REQUIRE(m.run().reason == StopReason::Halt);
+        CHECK(m.state.sregs.gdt.limit == 0x57);
+        CHECK(m.state.sregs.gdt.base == 0x123000);
+    }
+    SECTION("LTR marks the TSS busy; a busy TSS cannot be loaded again") {
+        m.b(TestMachine::kGdt + 0x28 + 5) = 0x89;  // available
+        m.at(0x60);
+        m.state.regs.rax = TestMachine::kTr;
+        m.state.sregs.tr = kvm_segment{};
+        REQUIRE(m.run().reason == StopReason::Halt);
+        CHECK(m.record().count == 0);
+        CHECK(m.state.sregs.tr.base == TestMachine::kTss);
+        CHECK(m.state.sregs.tr.type == 0xb);
+        CHECK(m.state.regs.rbx == TestMachine::kTr);
+        CHECK(m.b(TestMachine::kGdt + 0x28 + 5) == 0x8b);
+        m.at(0x60);
+        REQUIRE(m.run().reason == StopReason::Halt);
+        CHECK(m.record().vector == 13);
+        CHECK(m.record().frame[0] == TestMachine::kTr);
+    }
+}
+
+TEST_CASE("POPF and CLI obey CPL and IOPL", "[soft_cpu]") {
+    Machine m("system2");
+    m.set_gate(0x80, TestMachine::kStubs + 16 * 0x80, 0xe, 3, 0);
+    SECTION("POPF in ring 3 changes neither IF nor IOPL") {
+        m.enter_user(TestMachine::kCode + 0x70, 0);
+        m.state.regs.rax = 0x3000 | 0x400 | 0x1;  // IOPL 3, DF, CF; IF clear
+        REQUIRE(m.run().reason == StopReason::Halt);
+        CHECK(m.record().vector == 0x80);
+        const uint64_t flags = m.record().frame[2];
+        CHECK((flags & 0x200) != 0);  // IF kept
+        CHECK((flags & 0x3000) == 0);  // IOPL kept
+        CHECK((flags & 0x401) == 0x401);
+    }
+    SECTION("POPF in ring 0 changes both") {
+        m.at(0x70);
+        m.state.regs.rflags = 0x202;
+        m.state.regs.rax = 0x3000 | 0x2;
+        REQUIRE(m.run().reason == StopReason::Halt);
+        CHECK((m.record().frame[2] & 0x3200) == 0x3000);
+    }
+    SECTION("CLI in ring 3 with IOPL 3 is allowed") {
+        m.enter_user(TestMachine::kCode + 0x80, 3);
+        REQUIRE(m.run().reason == StopReason::Halt);
+        CHECK(m.record().vector == 0x80);
+        CHECK((m.record().frame[2] & 0x200) == 0);
+    }
+    SECTION("CLI in ring 3 with IOPL 0 is #GP") {
+        m.enter_user(TestMachine::kCode + 0x80, 0);
+        REQUIRE(m.run().reason == StopReason::Halt);
+        CHECK(m.record().vector == 13);
+    }
+}
+
+TEST_CASE("ENTER and LEAVE, PUSH/POP of segment registers, PUSHFQ", "[soft_cpu]") {
+    Machine m("system2");
+    SECTION("ENTER level 0 and LEAVE") {
+        m.at(0x90);
+        m.state.regs.rbp = 0x4242;
+        REQUIRE(m.run().reason == StopReason::Halt);
+        const uint64_t sp = TestMachine::kStackTop;
+        CHECK(m.state.regs.rbx == sp);
+        CHECK(m.state.regs.rdx == sp - 8);        // RBP = the frame
+        CHECK(m.state.regs.rcx == sp - 8 - 32);   // RSP below the locals
+        CHECK(m.q(sp - 8) == 0x4242);             // saved RBP
+        CHECK(m.state.regs.rbp == 0x4242);
+        CHECK(m.state.regs.rsp == sp);
+    }
+    SECTION("ENTER with a nesting level copies the display") {
+        m.at(0xa0);
+        m.q(0x7000 - 8) = 0xaaaa;
+        REQUIRE(m.run().reason == StopReason::Halt);
+        const uint64_t sp = TestMachine::kStackTop;
+        const uint64_t frame = sp - 8;
+        CHECK(m.q(frame) == 0x7000);            // old RBP
+        CHECK(m.q(frame - 8) == 0xaaaa);        // copied from the outer display
+        CHECK(m.q(frame - 16) == frame);        // this frame
+        CHECK(m.state.regs.rbp == frame);
+        CHECK(m.state.regs.rsp == frame - 16 - 16);
+    }
+    SECTION("PUSH FS; POP GS loads GS from the GDT") {
+        m.at(0xc0);
+        m.state.sregs.gs = kvm_segment{};
+        REQUIRE(m.run().reason == StopReason::Halt);
+        CHECK(m.state.sregs.gs.selector == TestMachine::kDs0);
+        CHECK(m.state.sregs.gs.present == 1);
+        CHECK(m.state.regs.rsp == TestMachine::kStackTop);
+    }
+    SECTION("PUSHFQ shows the lazily computed flags") {
+        m.at(0xd0);
+        m.state.regs.rflags = 0x2 | 0x80 | 0x4;
+        REQUIRE(m.run().reason == StopReason::Halt);
+        CHECK(m.state.regs.rax == (0x2 | 0x80 | 0x4));
+    }
+}
