@@ -13,6 +13,7 @@
 #include "core/state_sections.h"
 #include "kvm/system.h"
 #include "tests/support/kvstore_guest.h"
+#include "tests/support/process.h"
 #include "tests/support/tiny_elf.h"
 
 using namespace colod;
@@ -228,4 +229,41 @@ TEST_CASE("opening a hypervisor that is not there names what is missing", "[kvm]
     auto missing = kvm::System::open(*missing_backend);
     REQUIRE_FALSE(missing);
     CHECK_THAT(missing.error().message(), Catch::Contains("this host has no KVM"));
+}
+
+TEST_CASE("state saved in one process restores in others, twice, and keeps counting", "[kvm]") {
+    std::string path = temp_path("cross-process");
+    Info saved;
+    {
+        auto a = Process::spawn({SNAPSHOT_TOOL, test_backend(), "save", path});
+        REQUIRE(a);
+        auto port = a->line_starting("PORT ");
+        REQUIRE(port);
+        auto c = LineClient::connect("127.0.0.1", static_cast<uint16_t>(std::stoi(port->substr(5))));
+        REQUIRE(c);
+        REQUIRE(c->command("SET city Lisbon") == "OK");
+        for (int i = 1; i <= 7; ++i)
+            REQUIRE(c->command("INCR n") == std::to_string(i));
+        REQUIRE(c->command("DIRTY 300") == "OK 300");
+        saved = parse_info(*c->command("INFO"));
+        REQUIRE(a->write("save\n"));
+        CHECK(a->line() == "SAVED");
+        CHECK(a->exit_code() == 0);
+    }
+    for (int round = 0; round < 2; ++round) {
+        auto b = Process::spawn({SNAPSHOT_TOOL, test_backend(), "restore", path});
+        REQUIRE(b);
+        auto port = b->line_starting("PORT ");
+        REQUIRE(port);
+        auto c = LineClient::connect("127.0.0.1", static_cast<uint16_t>(std::stoi(port->substr(5))));
+        REQUIRE(c);
+        CHECK(c->command("GET city") == "Lisbon");
+        CHECK(c->command("INCR n") == "8");
+        Info now = parse_info(*c->command("INFO"));
+        CHECK(now.keys == 2);
+        CHECK(now.pages == saved.pages);
+        CHECK(now.ticks >= saved.ticks);
+        CHECK(eventually([&] { return parse_info(*c->command("INFO")).ticks > now.ticks; }));
+    }
+    std::filesystem::remove(path);
 }
