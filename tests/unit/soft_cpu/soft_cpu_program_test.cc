@@ -6,6 +6,9 @@
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <cstdio>
+#include <map>
+#include <sstream>
 
 #include "tests/unit/soft_cpu/fake_bus.h"
 
@@ -45,4 +48,41 @@ TEST_CASE("a freestanding C program prints what it prints on the host", "[soft_c
     CHECK(m.bus.console() == expected);
     WARN("-" << variant << ": " << executed << " instructions, " << executed / seconds / 1e6
              << " M instructions/s");
+}
+
+TEST_CASE("the guest builds of the program contain no SSE or x87 code", "[soft_cpu][program]") {
+    const char* variant = GENERATE("O2", "Os", "O3");
+    const std::string command = std::string(SOFT_CPU_OBJDUMP) + " -d --no-show-raw-insn " +
+                                SOFT_CPU_PROGRAMS + "/program_" + variant + ".elf";
+    FILE* pipe = popen(command.c_str(), "r");
+    REQUIRE(pipe != nullptr);
+    std::string text;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, pipe)) > 0)
+        text.append(buf, n);
+    REQUIRE(pclose(pipe) == 0);
+    // Mnemonic histogram, for the record.
+    std::map<std::string, int> histogram;
+    std::istringstream lines(text);
+    std::string line;
+    int total = 0;
+    while (std::getline(lines, line)) {
+        const auto tab = line.find('\t');
+        if (tab == std::string::npos || line.find(':') > tab)
+            continue;
+        std::istringstream fields(line.substr(tab + 1));
+        std::string mnemonic;
+        fields >> mnemonic;
+        ++histogram[mnemonic];
+        ++total;
+    }
+    std::string summary;
+    for (const auto& [mnemonic, count] : histogram)
+        summary += mnemonic + " " + std::to_string(count) + ", ";
+    INFO("-" << variant << ": " << total << " instructions: " << summary);
+    CHECK(total > 1000);
+    CHECK(text.find("%xmm") == std::string::npos);
+    CHECK(text.find("%ymm") == std::string::npos);
+    CHECK(text.find("%st") == std::string::npos);
 }

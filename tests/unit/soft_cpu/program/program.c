@@ -305,15 +305,32 @@ static uint64_t gcd(uint64_t a, uint64_t b) {
     return a;
 }
 
+/* m < 2^32, so the products fit in 64 bits. */
 static uint64_t pow_mod(uint64_t b, uint64_t e, uint64_t m) {
-    unsigned __int128 r = 1, x = b % m;
+    uint64_t r = 1, x = b % m;
     while (e) {
         if (e & 1)
             r = r * x % m;
         x = x * x % m;
         e >>= 1;
     }
-    return (uint64_t)r;
+    return r;
+}
+
+/* 128-by-64-bit division with DIV itself (libgcc's __udivti3 is not linked: it is built with
+ * SSE). Needs hi < d. */
+static uint64_t div128(uint64_t hi, uint64_t lo, uint64_t d, uint64_t* rem) {
+    uint64_t q, r;
+    __asm__("divq %4" : "=a"(q), "=d"(r) : "a"(lo), "d"(hi), "rm"(d));
+    *rem = r;
+    return q;
+}
+
+static uint64_t popcount64(uint64_t x) {
+    x = x - ((x >> 1) & 0x5555555555555555ull);
+    x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+    x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0full;
+    return (x * 0x0101010101010101ull) >> 56;
 }
 
 static int is_prime(uint64_t n) {
@@ -343,7 +360,8 @@ static void test_division(void) {
     for (uint64_t n = 1000000; n < 1002000; ++n)
         primes += is_prime(n);
     unsigned __int128 big = (unsigned __int128)rng_next() * rng_next();
-    uint64_t q = (uint64_t)(big / 1000000007u), r = (uint64_t)(big % 1000000007u);
+    uint64_t hi = (uint64_t)(big >> 64), r = 0;
+    uint64_t q = div128(hi % 1000000007u, (uint64_t)big, 1000000007u, &r) ^ (hi / 1000000007u);
     print("div: acc=%lx sacc=%ld gcd=%lu primes=%d pow=%lu q=%lx r=%lu\n", acc, sacc, g, primes,
           pow_mod(3, 1000000006, 1000000007), q, r);
 }
@@ -379,7 +397,7 @@ static void test_bits(void) {
     uint64_t x = 0x0123456789abcdefull, pop = 0, lead = 0, trail = 0, rot = 0;
     for (int i = 0; i < 1000; ++i) {
         x = rng_next();
-        pop += (uint64_t)__builtin_popcountll(x);
+        pop += popcount64(x);
         lead += (uint64_t)__builtin_clzll(x | 1);
         trail += (uint64_t)__builtin_ctzll(x | (1ull << 63));
         rot ^= rotl(x, (unsigned)i) + __builtin_bswap64(x) + __builtin_bswap32((uint32_t)x);
