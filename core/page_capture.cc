@@ -1,0 +1,27 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#include "core/page_capture.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace colod::core {
+
+void PageCapture::capture(const GuestMemory& memory, const DirtyBitmap& dirty) {
+    m_pages.clear();
+    dirty.for_each([&](uint64_t page) { m_pages.push_back(page); });
+    size_t needed = m_pages.size() * k_page_size;
+    if (m_data.size() < needed)
+        m_data.resize(needed);
+    std::byte* out = m_data.data();
+    for (uint64_t page : m_pages) {
+        std::memcpy(out, memory.page(page), k_page_size);
+        out += k_page_size;
+    }
+}
+
+std::span<const std::byte> PageCapture::bytes_of(uint64_t page) const {
+    auto it = std::lower_bound(m_pages.begin(), m_pages.end(), page);
+    return page_bytes(static_cast<size_t>(it - m_pages.begin()));
+}
+
+}  // namespace colod::core
