@@ -21,6 +21,8 @@
 #include <utility>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include "kvm/soft/cpu.h"
 
 namespace colod::kvm::soft::test {
@@ -34,15 +36,18 @@ struct BusAccess {
 
 class FakeBus : public CpuBus {
 public:
+    // RAM is an anonymous mapping: zero-filled, and only the pages a test touches cost.
     explicit FakeBus(uint64_t ram_bytes) : m_size(ram_bytes) {
-        void* p = std::aligned_alloc(4096, ram_bytes);
-        if (p == nullptr)
+        void* p = mmap(nullptr, ram_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
             throw std::bad_alloc();
-        std::memset(p, 0, ram_bytes);
-        m_ram.reset(static_cast<uint8_t*>(p));
+        m_ram = static_cast<uint8_t*>(p);
     }
+    ~FakeBus() override { munmap(m_ram, m_size); }
+    FakeBus(const FakeBus&) = delete;
+    FakeBus& operator=(const FakeBus&) = delete;
 
-    uint8_t* ram() { return m_ram.get(); }
+    uint8_t* ram() { return m_ram; }
     uint64_t ram_size() const { return m_size; }
 
     // ---- CpuBus -------------------------------------------------------------------------------
@@ -57,7 +62,7 @@ public:
             m_dirty.insert(page);
             ++m_write_lookups;
         }
-        return m_ram.get() + page;
+        return m_ram + page;
     }
     BusResult mmio_read(uint64_t gpa, void* data, uint32_t len) override {
         std::lock_guard lock(m_mutex);
@@ -174,10 +179,7 @@ public:
     uint64_t cr8() const { return m_cr8; }
 
 private:
-    struct FreeDeleter {
-        void operator()(uint8_t* p) const { std::free(p); }
-    };
-    std::unique_ptr<uint8_t, FreeDeleter> m_ram;
+    uint8_t* m_ram;
     uint64_t m_size;
     std::mutex m_mutex;
     std::set<uint64_t> m_dirty;
