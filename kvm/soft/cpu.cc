@@ -1,7 +1,29 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 // The x86-64 interpreter: public entry points, state load/store, event delivery through the
 // IDT (exceptions, interrupts, #DF and triple fault) and segment descriptor loading. Decode and
-// execution live in cpu_exec.cc, system instructions in cpu_system.cc, paging in cpu_mmu.cc.
+// execution live in cpu_exec.cc, system instructions in cpu_system.cc, paging in cpu_mmu.cc,
+// the shared internals in cpu_impl.h.
+//
+// What the interpreter does and does not do:
+//  - 64-bit mode only. Real mode, protected mode and compatibility-mode code segments stop with
+//    Internal ("CPU mode not supported"), also when IRETQ, SYSRET or an IDT gate would lead
+//    there.
+//  - The general-purpose integer ISA as compilers emit it, BMI1/BMI2 (VEX) and MOVBE included,
+//    with exact flags. x87, MMX, SSE and AVX instructions (and FXSAVE/XSAVE/LDMXCSR, FWAIT)
+//    raise #UD, whatever CR0/CR4 say: the guests are built with -mgeneral-regs-only, and a #UD
+//    is visible to the guest where #NM would make it think the state is lazily switched.
+//  - Defined instructions left out stop with Internal and the instruction bytes in the detail:
+//    far CALL/JMP/RET, LAR/LSL/VERR/VERW, LSS/LFS/LGS, SYSENTER/SYSEXIT, MONITOR/MWAIT,
+//    RDPMC, CRC32, ADCX/ADOX, 16/32-bit IRET, INS from a port that exits to userspace.
+//  - Paging: 4-level, 4 KiB / 2 MiB / 1 GiB pages, P R/W U/S XD (EFER.NXE), CR0.WP, SMEP,
+//    SMAP (with STAC/CLAC), accessed and dirty bits, #PF error codes and CR2. No PCID
+//    (CR3 writes flush everything), no protection keys, no 5-level paging.
+//  - Not modelled: TF single-step and debug registers (MOV DRn only stores), RFLAGS.AC
+//    alignment checks, NMIs, SMM, VMX/SVM, TSX, CET, MTRR/PAT memory types. A branch to a
+//    non-canonical address faults (#GP) at the target rather than at the branch.
+//  - Atomicity: LOCKed read-modify-writes and XCHG are atomic on host memory when the operand
+//    is naturally aligned and in one page; aligned 1/2/4/8-byte accesses are single host
+//    accesses.
 #include "kvm/soft/cpu.h"
 
 #include <fmt/format.h>
