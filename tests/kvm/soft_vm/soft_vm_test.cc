@@ -16,6 +16,7 @@
 
 #include "harness.h"
 #include "kvm/soft/kernel_abi.h"
+#include "kvm/soft/soft_backend.h"
 
 using namespace colod;
 using namespace colod::softvm_test;
@@ -881,6 +882,95 @@ TEST_CASE("state saved from one VM continues in a fresh VM", "[soft_vm]") {
                 CHECK(regs.rip >= k_entry);
                 CHECK(regs.rip < k_entry + 0x1000);
             }
+        }
+    }
+}
+
+TEST_CASE("harvesting the dirty log while the guest writes loses no page", "[soft_vm]") {
+    constexpr uint64_t data_gpa = 0x1000000;
+    constexpr uint64_t data_pages = 512;
+    for (auto& c : available_backends()) {
+        DYNAMIC_SECTION(c.name) {
+            Machine machine(*c.backend);
+            kvm_enable_cap cap{};
+            cap.cap = KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2;
+            cap.args[0] = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE;
+            REQUIRE(machine.vm().ioctl(KVM_ENABLE_CAP, ptr(&cap)) == 0);
+            auto data = anonymous_memory(data_pages * 4096);
+            kvm_userspace_memory_region region{};
+            region.slot = 1;
+            region.flags = KVM_MEM_LOG_DIRTY_PAGES;
+            region.guest_phys_addr = data_gpa;
+            region.memory_size = data_pages * 4096;
+            region.userspace_addr = reinterpret_cast<uint64_t>(data.data());
+            REQUIRE(machine.vm().ioctl(KVM_SET_USER_MEMORY_REGION, ptr(&region)) == 0);
+            machine.load_guest("churn");
+            Vcpu& vcpu = machine.add_vcpu(0, data_gpa, data_pages);
+
+            // A replica kept up to date from the dirty log only, as a live migration would.
+            std::vector<uint8_t> replica(data_pages * 4096, 0);
+            auto* guest = reinterpret_cast<const uint8_t*>(data.data());
+            std::vector<uint64_t> bitmap(data_pages / 64);
+            auto sync = [&] {
+                kvm_dirty_log log{};
+                log.slot = 1;
+                log.dirty_bitmap = bitmap.data();
+                REQUIRE(machine.vm().ioctl(KVM_GET_DIRTY_LOG, ptr(&log)) == 0);
+                kvm_clear_dirty_log clear{};
+                clear.slot = 1;
+                clear.first_page = 0;
+                clear.num_pages = data_pages;
+                clear.dirty_bitmap = bitmap.data();
+                REQUIRE(machine.vm().ioctl(KVM_CLEAR_DIRTY_LOG, ptr(&clear)) == 0);
+                size_t copied = 0;
+                for (uint64_t page = 0; page < data_pages; ++page) {
+                    if (bitmap[page / 64] & (1ull << (page % 64))) {
+                        std::memcpy(replica.data() + page * 4096, guest + page * 4096, 4096);
+                        ++copied;
+                    }
+                }
+                return copied;
+            };
+            size_t harvests = 0, pages = 0;
+            std::vector<int64_t> harvest_ns;
+            {
+                Runner runner(vcpu);
+                int64_t end = now_ns() + 400'000'000;
+                while (now_ns() < end) {
+                    int64_t t0 = now_ns();
+                    pages += sync();
+                    harvest_ns.push_back(now_ns() - t0);
+                    ++harvests;
+                    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+                }
+                runner.kick_and_join();
+                kvm_regs dbg{};
+                vcpu.handle->ioctl(KVM_GET_REGS, ptr(&dbg));
+                INFO("mmio " << std::hex << vcpu.run->mmio.phys_addr << " rip " << dbg.rip << " rbx " << dbg.rbx
+                             << " rdx " << dbg.rdx << " rax " << dbg.rax);
+                INFO("exit reason " << vcpu.run->exit_reason << " detail "
+                                    << kvm::soft::internal_error_detail(*vcpu.handle).value_or(""));
+                CHECK(runner.error() == EINTR);
+            }
+            sync();  // the final pass, with the vCPU stopped
+            uint64_t writes = 0;
+            for (uint64_t page = 0; page < data_pages; ++page)
+                for (uint64_t offset = 0; offset < 4096; offset += 8) {
+                    uint64_t value;
+                    std::memcpy(&value, guest + page * 4096 + offset, 8);
+                    writes = std::max(writes, value);
+                }
+            CHECK(writes > 4 * data_pages);  // the guest went round several times
+            CHECK(pages > data_pages);
+            size_t mismatched = 0;
+            for (uint64_t page = 0; page < data_pages; ++page)
+                if (std::memcmp(replica.data() + page * 4096, guest + page * 4096, 4096) != 0)
+                    ++mismatched;
+            CHECK(mismatched == 0);
+            auto s = stats(harvest_ns);
+            WARN(c.name << ": " << writes << " guest writes, " << harvests << " harvests while running, " << pages
+                        << " pages copied; GET+CLEAR+copy p50 " << s.p50 / 1000 << " µs, max " << s.max / 1000
+                        << " µs");
         }
     }
 }
