@@ -708,25 +708,30 @@ int SoftVcpu::set_tsc_khz(unsigned long khz) {
 
 // --- KVM_RUN ---
 
+void SoftVcpu::accept_events() {
+    // KVM's kvm_apic_accept_events(): INIT resets the vCPU (the BSP restarts at the reset
+    // vector, an AP waits for its SIPI); a SIPI starts a waiting AP.
+    if (!m_vm.has_irqchip() || !m_lapic.has_requests())
+        return;
+    if (m_lapic.take_init()) {
+        reset_state(true);
+        m_mp_state = m_id == 0 ? KVM_MP_STATE_RUNNABLE : KVM_MP_STATE_INIT_RECEIVED;
+    }
+    if (auto vector = m_lapic.take_sipi(); vector && m_mp_state == KVM_MP_STATE_INIT_RECEIVED) {
+        m_sipi_vector = *vector;
+        m_state.sregs.cs.selector = static_cast<uint16_t>(*vector << 8);
+        m_state.sregs.cs.base = static_cast<uint64_t>(*vector) << 12;
+        m_state.regs.rip = 0;
+        m_mp_state = KVM_MP_STATE_RUNNABLE;
+        m_cpu.flush_tlb();
+    }
+    m_nmi_pending += m_lapic.take_nmis();
+}
+
 void SoftVcpu::process_events(int64_t now) {
     if (!m_vm.has_irqchip())
         return;
-    if (m_lapic.maybe_pending()) {
-        if (m_lapic.take_init()) {
-            // INIT: the BSP restarts at the reset vector, an AP waits for its SIPI.
-            reset_state(true);
-            m_mp_state = m_id == 0 ? KVM_MP_STATE_RUNNABLE : KVM_MP_STATE_INIT_RECEIVED;
-        }
-        if (auto vector = m_lapic.take_sipi(); vector && m_mp_state == KVM_MP_STATE_INIT_RECEIVED) {
-            m_sipi_vector = *vector;
-            m_state.sregs.cs.selector = static_cast<uint16_t>(*vector << 8);
-            m_state.sregs.cs.base = static_cast<uint64_t>(*vector) << 12;
-            m_state.regs.rip = 0;
-            m_mp_state = KVM_MP_STATE_RUNNABLE;
-            m_cpu.flush_tlb();
-        }
-        m_nmi_pending += m_lapic.take_nmis();
-    }
+    accept_events();
     if (m_lapic.next_timer(m_tsc) <= now)
         m_lapic.service_timer(now, m_tsc);
     m_vm.service_timers(now);
@@ -927,7 +932,7 @@ int SoftVcpu::ioctl(unsigned long request, unsigned long arg) {
     case KVM_GET_VCPU_EVENTS: return get_events(*arg_ptr<kvm_vcpu_events>(arg));
     case KVM_SET_VCPU_EVENTS: return set_events(*arg_ptr<const kvm_vcpu_events>(arg));
     case KVM_GET_MP_STATE:
-        process_events(monotonic_ns());
+        accept_events();
         arg_ptr<kvm_mp_state>(arg)->mp_state = m_mp_state;
         return 0;
     case KVM_SET_MP_STATE: return set_mp_state(*arg_ptr<const kvm_mp_state>(arg));

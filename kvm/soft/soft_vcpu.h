@@ -80,6 +80,7 @@ private:
     int run();
     int interrupted();
     bool immediate_exit() const;
+    void accept_events();
     void process_events(int64_t now);
     bool wake_condition();
     Wait wait(int64_t deadline);

@@ -974,3 +974,29 @@ TEST_CASE("harvesting the dirty log while the guest writes loses no page", "[sof
         }
     }
 }
+
+TEST_CASE("an application processor waits in KVM_RUN until it is made runnable", "[soft_vm]") {
+    for (auto& c : available_backends()) {
+        DYNAMIC_SECTION(c.name) {
+            Machine machine(*c.backend);
+            machine.load_guest("irq");
+            machine.add_vcpu(0);
+            auto handle = machine.vm().create(KVM_CREATE_VCPU, 1);
+            REQUIRE(handle);
+            Vcpu ap;
+            ap.handle = std::move(handle).value();
+            ap.run = ap.handle->map_run(machine.mmap_size()).value();
+            kvm_mp_state mp{};
+            REQUIRE(ap.handle->ioctl(KVM_GET_MP_STATE, ptr(&mp)) == 0);
+            CHECK(mp.mp_state == KVM_MP_STATE_UNINITIALIZED);
+            int64_t cpu0 = process_cpu_ns();
+            Runner runner(ap);
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));  // it must still be blocked
+            int64_t cpu1 = process_cpu_ns();
+            runner.kick_and_join();
+            CHECK(runner.result() == -1);
+            CHECK(runner.error() == EINTR);
+            CHECK(cpu1 - cpu0 < 50'000'000);  // blocked, not spinning
+        }
+    }
+}
