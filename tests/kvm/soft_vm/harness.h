@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <deque>
 #include <vector>
 
 #include "base/fd.h"
@@ -68,7 +69,7 @@ private:
     std::unique_ptr<kvm::Handle> m_vm;
     base::Mapping m_low;
     size_t m_mmap_size = 0;
-    std::vector<Vcpu> m_vcpus;
+    std::deque<Vcpu> m_vcpus;  // references handed out stay valid
 };
 
 // Runs KVM_RUN in its own thread until it returns (any exit, or EINTR after a kick).

@@ -1000,3 +1000,29 @@ TEST_CASE("an application processor waits in KVM_RUN until it is made runnable",
         }
     }
 }
+
+TEST_CASE("IPIs between two vCPU threads wake a halted receiver", "[soft_vm]") {
+    constexpr uint64_t ipis = 200;
+    for (auto& c : available_backends()) {
+        DYNAMIC_SECTION(c.name) {
+            Machine machine(*c.backend);
+            machine.load_guest("ipi");
+            Vcpu& sender = machine.add_vcpu(0, 0, ipis);
+            Vcpu& receiver = machine.add_vcpu(1, 1, 0);
+            Runner receiving(receiver);
+            wait_for(machine, k_ready, 1);
+            int64_t t0 = now_ns();
+            Runner sending(sender);
+            sending.join();
+            int64_t t1 = now_ns();
+            REQUIRE(sending.result() == 0);
+            CHECK(sender.run->exit_reason == KVM_EXIT_IO);
+            CHECK(sender.run->io.port == 0x10);
+            CHECK(machine.read64(0x9040) == ipis);
+            receiving.kick_and_join();
+            CHECK(receiving.error() == EINTR);
+            WARN(c.name << ": IPI round trip (send, wake halted vCPU, handler, seen by sender) "
+                        << (t1 - t0) / static_cast<int64_t>(ipis) / 1000 << " µs on average");
+        }
+    }
+}
