@@ -184,6 +184,9 @@ void SoftVcpu::reset_state(bool init_event) {
 }
 
 void SoftVcpu::kick() {
+    // Pairs with the fence in wait(): either the waiter sees what the caller just raised, or
+    // the caller sees the waiter and wakes it.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
     if (m_waiting.load(std::memory_order_seq_cst)) {
         uint64_t one = 1;
         [[maybe_unused]] ssize_t n = ::write(m_event.get(), &one, sizeof(one));
@@ -758,6 +761,7 @@ SoftVcpu::Wait SoftVcpu::wait(int64_t deadline) {
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &original);
     m_waiting.store(true, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
     Wait result = Wait::Woken;
     bool ready = immediate_exit() || m_lapic.has_requests() ||
                  (m_mp_state == KVM_MP_STATE_HALTED && wake_condition()) || next_deadline() <= monotonic_ns();
