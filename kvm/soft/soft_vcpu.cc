@@ -123,8 +123,6 @@ SoftVcpu::~SoftVcpu() = default;
 
 void SoftVcpu::reset_state(bool init_event) {
     // The architectural reset state (Intel SDM vol. 3, table 9-1), as KVM's kvm_vcpu_reset().
-    uint64_t efer_keep = 0;
-    (void)efer_keep;
     m_state.regs = {};
     m_state.regs.rip = 0xfff0;
     m_state.regs.rflags = 0x2;

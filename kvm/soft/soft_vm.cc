@@ -265,7 +265,7 @@ int64_t SoftVm::next_timer() const {
 }
 
 int64_t SoftVm::kvmclock_ns() const {
-    std::lock_guard lock(const_cast<std::mutex&>(m_clock_lock));
+    std::lock_guard lock(m_clock_lock);
     return boottime_ns() + m_kvmclock_offset;
 }
 

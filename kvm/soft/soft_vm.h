@@ -74,8 +74,8 @@ public:
     void ioapic_read(uint64_t gpa, void* data, uint32_t len);
     void ioapic_write(uint64_t gpa, const void* data, uint32_t len);
 
-    // Timers of the VM (the PIT), serviced between slices by whichever vCPU runs. Returns the
-    // next host time at which service is due.
+    // Timers of the VM (the PIT), serviced between slices by whichever vCPU runs; next_timer()
+    // is the host time at which service is next due.
     void service_timers(int64_t now);
     int64_t next_timer() const;
 
@@ -117,7 +117,7 @@ private:
     std::unique_ptr<Pit> m_pit_storage;
     std::atomic<Pit*> m_pit{nullptr};
 
-    std::mutex m_clock_lock;
+    mutable std::mutex m_clock_lock;
     int64_t m_kvmclock_offset = 0;
 
     std::array<std::atomic<SoftVcpu*>, k_max_vcpus> m_vcpus{};
