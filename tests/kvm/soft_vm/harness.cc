@@ -133,7 +133,7 @@ void Machine::load_guest(const std::string& name) {
     std::memcpy(mem + k_entry, code.data(), code.size());
 }
 
-Vcpu& Machine::add_vcpu(uint32_t id, uint64_t rdi, uint64_t rsi) {
+Vcpu& Machine::add_vcpu(uint32_t id, uint64_t rdi, uint64_t rsi, uint64_t rdx) {
     auto handle = m_vm->create(KVM_CREATE_VCPU, id);
     REQUIRE(handle);
     Vcpu vcpu;
@@ -186,6 +186,7 @@ Vcpu& Machine::add_vcpu(uint32_t id, uint64_t rdi, uint64_t rsi) {
     regs.rflags = 0x2;
     regs.rdi = rdi;
     regs.rsi = rsi;
+    regs.rdx = rdx;
     REQUIRE(vcpu.handle->ioctl(KVM_SET_REGS, ptr(&regs)) == 0);
     if (id != 0) {
         kvm_mp_state mp{KVM_MP_STATE_RUNNABLE};

@@ -25,7 +25,7 @@ inline constexpr uint64_t k_stack_top = 0x80000;
 
 // Guest mailboxes (guests/common.inc).
 inline constexpr uint64_t k_pit_ticks = 0x9000, k_loops = 0x9008, k_ready = 0x9010, k_lapic_ticks = 0x9018,
-                          k_line_irqs = 0x9020, k_io_in_result = 0x9030, k_mmio_result = 0x9038;
+                          k_line_irqs = 0x9020, k_deadline_ticks = 0x9028, k_io_in_result = 0x9030, k_mmio_result = 0x9038;
 
 struct BackendCase {
     std::string name;
@@ -60,7 +60,7 @@ public:
     // Page tables, GDT and the guest `name` (a .bin beside the tests) in low memory.
     void load_guest(const std::string& name);
     // A vCPU in 64-bit mode at k_entry with the supported CPUID; rdi/rsi as given.
-    Vcpu& add_vcpu(uint32_t id, uint64_t rdi = 0, uint64_t rsi = 0);
+    Vcpu& add_vcpu(uint32_t id, uint64_t rdi = 0, uint64_t rsi = 0, uint64_t rdx = 0);
     Vcpu& vcpu(size_t index) { return m_vcpus.at(index); }
     size_t mmap_size() const { return m_mmap_size; }
 
