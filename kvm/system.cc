@@ -3,6 +3,7 @@
 
 #include <cerrno>
 
+#include "kvm/kernel_abi.h"
 #include "kvm/vm.h"
 
 namespace colod::kvm {
@@ -144,15 +145,16 @@ base::Result<System> System::open(Backend& backend) {
         return base::Error::make(base::Errc::Unsupported, "KVM_GET_VCPU_MMAP_SIZE {} is smaller than kvm_run",
                                  system.m_vcpu_mmap_size);
 
-    // Supported CPUID: grow the buffer until the kernel stops answering E2BIG.
+    // Supported CPUID: grow the buffer until the kernel stops answering E2BIG. The arrays are
+    // addressed at the kernel's offsets (kvm/kernel_abi.h), not through the C++ members.
     for (uint32_t nent = 64;; nent *= 2) {
-        std::vector<std::byte> buffer(sizeof(kvm_cpuid2) + nent * sizeof(kvm_cpuid_entry2));
-        // SAFETY: buffer is large enough for the header and nent entries, and suitably aligned
-        // (operator new aligns to max_align_t).
+        std::vector<uint64_t> buffer((abi::k_cpuid2_header + nent * sizeof(kvm_cpuid_entry2) + 7) / 8);
+        // SAFETY: 8-byte aligned, sized for the kernel's header and nent entries.
         auto* cpuid = reinterpret_cast<kvm_cpuid2*>(buffer.data());
         cpuid->nent = nent;
         if (h.ioctl(KVM_GET_SUPPORTED_CPUID, reinterpret_cast<unsigned long>(cpuid)) == 0) {
-            system.m_supported_cpuid.assign(cpuid->entries, cpuid->entries + cpuid->nent);
+            const kvm_cpuid_entry2* entries = abi::cpuid_entries(cpuid);
+            system.m_supported_cpuid.assign(entries, entries + cpuid->nent);
             break;
         }
         if (errno != E2BIG || nent >= 4096)
@@ -160,15 +162,14 @@ base::Result<System> System::open(Backend& backend) {
     }
 
     // MSR index list: the first call reports the count with E2BIG.
-    kvm_msr_list probe{};
-    if (h.ioctl(KVM_GET_MSR_INDEX_LIST, reinterpret_cast<unsigned long>(&probe)) < 0 && errno != E2BIG)
+    uint32_t probe[1] = {0};  // struct kvm_msr_list's kernel header is just nmsrs
+    if (h.ioctl(KVM_GET_MSR_INDEX_LIST, reinterpret_cast<unsigned long>(probe)) < 0 && errno != E2BIG)
         return base::Error::from_errno("KVM_GET_MSR_INDEX_LIST");
-    std::vector<std::byte> buffer(sizeof(kvm_msr_list) + probe.nmsrs * sizeof(uint32_t));
-    // SAFETY: sized for the header and nmsrs indices.
-    auto* list = reinterpret_cast<kvm_msr_list*>(buffer.data());
-    list->nmsrs = probe.nmsrs;
-    TRY(checked_ioctl(h, KVM_GET_MSR_INDEX_LIST, list));
-    system.m_msr_index_list.assign(list->indices, list->indices + list->nmsrs);
+    std::vector<uint32_t> buffer(1 + probe[0]);
+    buffer[0] = probe[0];
+    TRY(checked_ioctl(h, KVM_GET_MSR_INDEX_LIST, buffer.data()));
+    const uint32_t* indices = abi::msr_list_indices(buffer.data());
+    system.m_msr_index_list.assign(indices, indices + buffer[0]);
     return system;
 }
 

@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "base/log.h"
+#include "kvm/kernel_abi.h"
 #include "kvm/system.h"
 
 namespace colod::kvm {
@@ -39,15 +40,17 @@ bool essential_msr(uint32_t index) {
     }
 }
 
-// A kvm_msrs header followed by `count` entries, in one aligned buffer.
+// A kvm_msrs header followed by `count` entries, in one aligned buffer laid out as the kernel
+// reads it (kvm/kernel_abi.h: the C++ member `entries` sits at the wrong offset).
 class MsrBuffer {
 public:
-    explicit MsrBuffer(size_t count) : m_words((sizeof(kvm_msrs) + count * sizeof(kvm_msr_entry) + 7) / 8) {
+    explicit MsrBuffer(size_t count)
+        : m_words((abi::k_msrs_header + count * sizeof(kvm_msr_entry) + 7) / 8) {
         header()->nmsrs = static_cast<uint32_t>(count);
     }
-    // SAFETY: m_words is 8-byte aligned and sized for the header and `count` entries.
+    // SAFETY: m_words is 8-byte aligned and sized for the kernel's header and `count` entries.
     kvm_msrs* header() { return reinterpret_cast<kvm_msrs*>(m_words.data()); }
-    kvm_msr_entry* entries() { return header()->entries; }
+    kvm_msr_entry* entries() { return abi::msr_entries(m_words.data()); }
 
 private:
     std::vector<uint64_t> m_words;
@@ -87,11 +90,11 @@ void Vcpu::set_immediate_exit(bool on) {
 }
 
 base::Result<void> Vcpu::set_cpuid(std::span<const kvm_cpuid_entry2> entries) {
-    std::vector<uint64_t> words((sizeof(kvm_cpuid2) + entries.size() * sizeof(kvm_cpuid_entry2) + 7) / 8);
-    // SAFETY: 8-byte aligned buffer sized for the header and every entry.
+    std::vector<uint64_t> words((abi::k_cpuid2_header + entries.size() * sizeof(kvm_cpuid_entry2) + 7) / 8);
+    // SAFETY: 8-byte aligned buffer sized for the kernel's header and every entry.
     auto* cpuid = reinterpret_cast<kvm_cpuid2*>(words.data());
     cpuid->nent = static_cast<uint32_t>(entries.size());
-    std::memcpy(cpuid->entries, entries.data(), entries.size_bytes());
+    std::memcpy(abi::cpuid_entries(cpuid), entries.data(), entries.size_bytes());
     TRY(checked_ioctl(*m_handle, KVM_SET_CPUID2, cpuid));
     return base::ok();
 }

@@ -6,7 +6,7 @@
 #include <cstring>
 
 #include "kvm/soft/cpuid.h"
-#include "kvm/soft/kernel_abi.h"
+#include "kvm/kernel_abi.h"
 #include "kvm/soft/soft_vcpu.h"
 #include "kvm/soft/soft_vm.h"
 

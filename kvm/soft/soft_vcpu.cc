@@ -14,7 +14,7 @@
 
 #include "base/log.h"
 #include "kvm/soft/host_clock.h"
-#include "kvm/soft/kernel_abi.h"
+#include "kvm/kernel_abi.h"
 #include "kvm/soft/soft_vm.h"
 
 namespace colod::kvm::soft {

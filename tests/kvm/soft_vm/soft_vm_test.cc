@@ -15,7 +15,7 @@
 #include <catch2/catch.hpp>
 
 #include "harness.h"
-#include "kvm/soft/kernel_abi.h"
+#include "kvm/kernel_abi.h"
 #include "kvm/soft/soft_backend.h"
 
 using namespace colod;
