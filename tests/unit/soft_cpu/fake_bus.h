@@ -253,8 +253,8 @@ public:
                            (((kTss >> 24) & 0xff) << 56);
         m.q(kGdt + 0x30) = kTss >> 32;
         // TSS: RSP0, IST1; I/O bitmap base past the limit (no port allowed above IOPL).
-        m.q(kTss + 4) = kStackTop;
-        m.q(kTss + 36) = kIstTop;
+        m.put64(kTss + 4, kStackTop);  // the 64-bit TSS's RSP0 and IST1 are not 8-aligned
+        m.put64(kTss + 36, kIstTop);
         m.w(kTss + 102) = 0x68;
         // IDT: every vector an interrupt gate (DPL 0) to its recording stub.
         for (unsigned v = 0; v < 256; ++v)
@@ -374,7 +374,14 @@ public:
 
     Stop run(uint64_t budget = 10'000'000) { return cpu.run(state, bus, budget); }
 
+    // Aligned views of guest RAM (q, d, w, b) and unaligned accessors (get64, put64).
     uint64_t& q(uint64_t gpa) { return *reinterpret_cast<uint64_t*>(bus.ram() + gpa); }
+    uint64_t get64(uint64_t gpa) {
+        uint64_t v;
+        std::memcpy(&v, bus.ram() + gpa, 8);
+        return v;
+    }
+    void put64(uint64_t gpa, uint64_t v) { std::memcpy(bus.ram() + gpa, &v, 8); }
     uint32_t& d(uint64_t gpa) { return *reinterpret_cast<uint32_t*>(bus.ram() + gpa); }
     uint16_t& w(uint64_t gpa) { return *reinterpret_cast<uint16_t*>(bus.ram() + gpa); }
     uint8_t& b(uint64_t gpa) { return bus.ram()[gpa]; }

@@ -754,11 +754,11 @@ TEST_CASE("FS/GS base instructions, XCR0, descriptor tables, TR", "[soft_cpu]") 
         m.at(0x30);
         REQUIRE(m.run().reason == StopReason::Halt);
         CHECK(m.w(TestMachine::kData) == 0x37);
-        CHECK(m.q(TestMachine::kData + 2) == TestMachine::kGdt);
+        CHECK(m.get64(TestMachine::kData + 2) == TestMachine::kGdt);
         CHECK(m.w(TestMachine::kData + 0x10) == 256 * 16 - 1);
-        CHECK(m.q(TestMachine::kData + 0x12) == TestMachine::kIdt);
+        CHECK(m.get64(TestMachine::kData + 0x12) == TestMachine::kIdt);
         m.w(TestMachine::kData + 0x20) = 0x57;
-        m.q(TestMachine::kData + 0x22) = 0x123000;
+        m.put64(TestMachine::kData + 0x22, 0x123000);
         m.at(0x50);
         REQUIRE(m.run().reason == StopReason::Halt);
         CHECK(m.state.sregs.gdt.limit == 0x57);

@@ -343,15 +343,19 @@ static int is_prime(uint64_t n) {
 }
 
 static void test_division(void) {
-    uint64_t acc = 0;
-    int64_t sacc = 0;
+    /* Accumulated unsigned: signed overflow would be undefined, and the host and guest builds
+     * must compute the same thing. Divisors of -1 are avoided (INT_MIN / -1 traps). */
+    uint64_t acc = 0, sacc = 0;
     for (int i = 0; i < 20000; ++i) {
         uint64_t a = rng_next(), b = (rng_next() >> (i % 60)) | 1;
         int64_t sa = (int64_t)rng_next() >> (i % 50), sb = ((int64_t)rng_next() >> (i % 61)) | 1;
+        if (sb == -1)
+            sb = 3;
+        int32_t sb32 = (int32_t)sb == -1 ? 5 : (int32_t)sb;
         acc += a / b + a % b;
-        sacc += sa / sb - sa % sb;
+        sacc += (uint64_t)(sa / sb) - (uint64_t)(sa % sb);
         acc ^= (uint32_t)a / (uint32_t)(b | 3) + (uint16_t)a % (uint16_t)(b | 5);
-        sacc += (int32_t)sa / (int32_t)(sb | 1) + (int8_t)sa % (int8_t)(sb | 1);
+        sacc += (uint64_t)(int64_t)((int32_t)sa / sb32) + (uint64_t)(int64_t)((int8_t)sa % (int8_t)sb);
     }
     uint64_t g = 0;
     for (int i = 0; i < 500; ++i)
@@ -362,7 +366,7 @@ static void test_division(void) {
     unsigned __int128 big = (unsigned __int128)rng_next() * rng_next();
     uint64_t hi = (uint64_t)(big >> 64), r = 0;
     uint64_t q = div128(hi % 1000000007u, (uint64_t)big, 1000000007u, &r) ^ (hi / 1000000007u);
-    print("div: acc=%lx sacc=%ld gcd=%lu primes=%d pow=%lu q=%lx r=%lu\n", acc, sacc, g, primes,
+    print("div: acc=%lx sacc=%lx gcd=%lu primes=%d pow=%lu q=%lx r=%lu\n", acc, sacc, g, primes,
           pow_mod(3, 1000000006, 1000000007), q, r);
 }
 
