@@ -52,7 +52,6 @@ void Cpu::complete_pio_in(CpuState& state, const void* data, uint32_t size) {
     case 2: rax = (rax & ~0xffffull) | (v & 0xffff); break;
     default: rax = v; break;  // a 32-bit register write zero-extends
     }
-    m_impl->m_pio_in_pending = false;
 }
 
 void Cpu::complete_mmio_read(uint64_t gpa, const void* data, uint32_t len) {

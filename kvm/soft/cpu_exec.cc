@@ -1951,7 +1951,6 @@ bool Cpu::Impl::exec_port(Insn& d) {
         uint32_t v = 0;
         if (m_bus->pio_in(port, &v, size) == BusResult::Exit) {
             m_stop_after = StopReason::IoExit;
-            m_pio_in_pending = true;
             return true;
         }
         reg_write(RAX, size, v, false);

@@ -330,7 +330,6 @@ struct Cpu::Impl {
     Event m_event;
     std::string m_detail;
     StopReason m_stop_after = StopReason::Budget;  // Budget: none; else stop after retiring
-    bool m_pio_in_pending = false;
 
     // MMIO read data supplied by complete_mmio_read, consumed by the re-executed instruction.
     bool m_mmio_valid = false;
