@@ -13,6 +13,8 @@
 
 #include <fmt/format.h>
 
+#include "base/events.h"
+
 namespace colod::base {
 
 enum class Level { Debug, Info, Notice, Warning, Error };
@@ -40,12 +42,21 @@ Level log_level();
 void stderr_sink(const LogRecord& record);
 
 void log(Level level, std::string_view event, std::string message, std::vector<LogField> fields = {});
+inline void log(Level level, Event event, std::string message, std::vector<LogField> fields = {}) {
+    log(level, event_name(event), std::move(message), std::move(fields));
+}
 
 template <typename... Args>
 void logf(Level level, std::string_view event, fmt::format_string<Args...> format, Args&&... args) {
     if (level < log_level())
         return;
     log(level, event, fmt::format(format, std::forward<Args>(args)...));
+}
+template <typename... Args>
+void logf(Level level, Event event, fmt::format_string<Args...> format, Args&&... args) {
+    if (level < log_level())
+        return;
+    log(level, event_name(event), fmt::format(format, std::forward<Args>(args)...));
 }
 
 }  // namespace colod::base

@@ -148,8 +148,9 @@ void Machine::request_stop(StopInfo info) {
     std::lock_guard lock(m_mutex);
     if (m_stop.reason == StopReason::Running) {
         m_stop = std::move(info);
-        base::logf(base::Level::Notice, "guest-stopped", "guest stopped: {} ({})", stop_reason_name(m_stop.reason),
-                   m_stop.detail);
+        if (!m_threads.empty())
+            base::logf(base::Level::Notice, base::Event::GuestStopped, "guest stopped: {} ({})",
+                       stop_reason_name(m_stop.reason), m_stop.detail);
     }
     if (!m_threads.empty())
         kick_all();

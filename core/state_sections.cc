@@ -1,9 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #include "core/state_sections.h"
 
-#include <sodium.h>
-
 #include "core/kvm_codec.h"
+#include "proto/auth.h"
 
 namespace colod::core {
 
@@ -14,8 +13,7 @@ proto::Hello machine_identity(Machine& machine, std::string_view vm_name, std::s
     hello.vcpus = machine.vcpu_count();
     for (const auto& device : machine.devices())
         hello.devices.push_back(proto::DeviceInfo{std::string(device->name()), device->state_version()});
-    crypto_generichash(reinterpret_cast<unsigned char*>(hello.image_hash.data()), hello.image_hash.size(),
-                       reinterpret_cast<const unsigned char*>(image.data()), image.size(), nullptr, 0);
+    hello.image_hash = proto::hash_image(image);
     return hello;
 }
 

@@ -16,8 +16,8 @@
 
 namespace colod::core {
 
-// HELLO's description of this machine: VM name, memory, vCPUs, device list and a BLAKE2b-256
-// hash of the guest image (two sides pair only when all of it matches).
+// HELLO's description of this machine: VM name, memory, vCPUs, device list and the hash of
+// the guest image (two sides pair only when all of it matches).
 proto::Hello machine_identity(Machine& machine, std::string_view vm_name, std::span<const std::byte> image);
 
 // The section bodies of a MachineState, owned here, and the proto inputs that reference them.

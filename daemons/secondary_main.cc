@@ -6,6 +6,7 @@
 
 #include "config/config.h"
 #include "daemons/common.h"
+#include "daemons/node.h"
 
 namespace po = boost::program_options;
 using namespace colod;
@@ -49,6 +50,6 @@ int main(int argc, char** argv) {
         std::cout << config_file << ": OK\n";
         return 0;
     }
-    std::cerr << "colod-secondary: replication is not available in this build yet\n";
-    return 2;
+    daemons::setup_logging(cfg->vm.name, "secondary");
+    return daemons::run_node(*cfg, daemons::Program::Secondary, daemons::Protection::Replicated);
 }

@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// The active side of a pair: the daemon whose guest runs (colod-primary, or a colod-secondary
+// after it took over). It connects to the peer's replication endpoint, syncs a standby there
+// with a live pre-copy, then checkpoints the guest at every interval, holding console output
+// until the standby has applied the state that produced it.
+//
+//   unprotected --connect+handshake--> syncing --first checkpoint applied--> protected
+//        ^                                 |                                     |
+//        +--------- peer lost (EOF, timeout, protocol error): release output ----+
+//
+// Threads: the replication thread drives the state machine above and sends; a receiver thread
+// reads the return path (acks, heartbeats) and declares the peer lost when it hears nothing for
+// heartbeat-timeout; proto's HeartbeatSender keeps our side audible.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "base/result.h"
+#include "core/dirty_bitmap.h"
+#include "core/output_buffer.h"
+#include "core/page_capture.h"
+#include "core/pause_stats.h"
+#include "core/replication.h"
+#include "core/status.h"
+#include "proto/link.h"
+
+namespace colod::core {
+
+class GuestRuntime;
+
+class ActiveEngine {
+public:
+    enum class State { Unprotected, Syncing, Protected, Stopped };
+
+    // `local_state`: PrimaryActive for colod-primary, SecondaryActive after a takeover.
+    // `on_change` is called (from the replication thread) with a one-line description whenever
+    // the protection state changes, for sd_notify STATUS=.
+    ActiveEngine(GuestRuntime& guest, proto::Hello identity, ReplicationConfig config, proto::PeerState local_state,
+                 std::function<void(const std::string&)> on_change = {});
+    ~ActiveEngine();
+    ActiveEngine(const ActiveEngine&) = delete;
+    ActiveEngine& operator=(const ActiveEngine&) = delete;
+
+    // Before the guest starts: one attempt to reach the peer. Connected keeps the link for the
+    // sync; PeerActive means the peer already runs the guest (the caller must not start its own).
+    enum class Probe { Connected, PeerActive, Unreachable };
+    struct ProbeResult {
+        Probe outcome;
+        std::string detail;
+    };
+    ProbeResult probe();
+
+    // Continues the checkpoint numbering of an earlier pair (after a takeover from `seq`).
+    void continue_from(uint64_t seq) {
+        m_committed = seq;
+        m_next_seq = seq + 1;
+    }
+
+    // Routes guest output through the held-output buffer and starts the replication thread.
+    void start();
+    // What happens to output still held when replication stops. Release it only when the peer
+    // will not take over (it was told the guest shut down); otherwise drop it: the peer resumes
+    // from its last checkpoint and produces that output again.
+    enum class HeldOutput { Release, Discard };
+    // Stops replication and closes the link. The guest keeps running.
+    void stop(HeldOutput held = HeldOutput::Discard);
+
+    // Takes a checkpoint now and waits until the peer has applied it (coloctl checkpoint).
+    base::Result<uint64_t> checkpoint_now(std::chrono::milliseconds timeout);
+    // The guest powered off: tells the peer (GUEST_SHUTDOWN) so it stops too, then stops.
+    void guest_shutdown(int exit_code);
+
+    State state() const;
+    void fill_status(Status& status) const;
+
+private:
+    struct Session;
+
+    void run();
+    base::Result<void> run_session(proto::Link link);
+    base::Result<proto::Link> connect(proto::PeerState* peer_state);
+    base::Result<void> sync(Session& session);
+    base::Result<void> checkpoint(Session& session, uint64_t seq, proto::StateKind kind);
+    base::Result<void> send_live_pages(Session& session, std::span<const uint64_t> pages);
+    void receive_loop(Session& session);
+    // Waits for a message of type T for `seq` from the receiver thread.
+    template <typename T>
+    base::Result<void> await(Session& session, uint64_t seq, std::chrono::steady_clock::time_point deadline);
+    void set_state(State state, const std::string& why);
+    bool wait_until(std::chrono::steady_clock::time_point when);  // false: stop requested or session failed
+    void force_checkpoint();
+
+    GuestRuntime& m_guest;
+    proto::Hello m_identity;
+    ReplicationConfig m_config;
+    proto::PeerState m_local_state;
+    std::function<void(const std::string&)> m_on_change;
+    OutputBuffer m_output;
+    PauseStats m_pauses;
+    PageCapture m_capture;
+    DirtyBitmap m_dirty;
+
+    mutable std::mutex m_mutex;
+    std::condition_variable m_cv;
+    State m_state = State::Unprotected;
+    std::string m_peer_state = "none";
+    bool m_stop = false;
+    bool m_force = false;
+    bool m_ever_protected = false;
+    std::optional<proto::Link> m_probed;  // a link probe() made, for the first session
+    Session* m_session = nullptr;         // the live session, guarded by m_mutex
+    uint64_t m_next_seq = 1;
+    uint64_t m_commit_waiters_seq = 0;
+    std::atomic<uint64_t> m_committed{0};
+    std::atomic<uint64_t> m_checkpoints{0};
+    std::atomic<uint64_t> m_dirty_last{0};
+    std::atomic<uint64_t> m_dirty_total{0};
+    std::atomic<uint64_t> m_bytes_sent{0};
+    std::chrono::steady_clock::time_point m_last_slow_log{};
+    std::thread m_thread;
+};
+
+}  // namespace colod::core

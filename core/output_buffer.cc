@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#include "core/output_buffer.h"
+
+namespace colod::core {
+
+OutputBuffer::OutputBuffer(ReleaseFn release, uint64_t limit, std::function<void()> on_limit)
+    : m_release(std::move(release)), m_limit(limit), m_on_limit(std::move(on_limit)) {}
+
+void OutputBuffer::append(std::span<const std::byte> bytes) {
+    bool signal = false;
+    {
+        std::unique_lock lock(m_mutex);
+        if (!m_holding) {
+            // Pass-through: release under the release mutex, taken before dropping ours so
+            // that bytes cannot overtake each other.
+            std::lock_guard order(m_release_mutex);
+            lock.unlock();
+            m_release(bytes);
+            return;
+        }
+        m_open.insert(m_open.end(), bytes.begin(), bytes.end());
+        m_held += bytes.size();
+        if (m_held >= m_limit && !m_limit_signalled) {
+            m_limit_signalled = true;
+            signal = true;
+        }
+    }
+    if (signal && m_on_limit)
+        m_on_limit();
+}
+
+void OutputBuffer::seal(uint64_t seq) {
+    std::lock_guard lock(m_mutex);
+    if (!m_holding || m_open.empty())
+        return;
+    m_sealed.push_back(Epoch{seq, std::move(m_open)});
+    m_open.clear();
+}
+
+void OutputBuffer::release(uint64_t seq) {
+    std::unique_lock lock(m_mutex);
+    std::vector<Epoch> out;
+    while (!m_sealed.empty() && m_sealed.front().seq <= seq) {
+        m_held -= m_sealed.front().bytes.size();
+        out.push_back(std::move(m_sealed.front()));
+        m_sealed.pop_front();
+    }
+    if (m_held < m_limit)
+        m_limit_signalled = false;
+    std::lock_guard order(m_release_mutex);
+    lock.unlock();
+    for (const auto& epoch : out)
+        m_release(epoch.bytes);
+}
+
+void OutputBuffer::release_all() {
+    std::unique_lock lock(m_mutex);
+    std::vector<Epoch> out(std::make_move_iterator(m_sealed.begin()), std::make_move_iterator(m_sealed.end()));
+    m_sealed.clear();
+    if (!m_open.empty())
+        out.push_back(Epoch{0, std::move(m_open)});
+    m_open.clear();
+    m_held = 0;
+    m_limit_signalled = false;
+    m_holding = false;
+    std::lock_guard order(m_release_mutex);
+    lock.unlock();
+    for (const auto& epoch : out)
+        m_release(epoch.bytes);
+}
+
+void OutputBuffer::discard_all() {
+    std::lock_guard lock(m_mutex);
+    m_sealed.clear();
+    m_open.clear();
+    m_held = 0;
+    m_limit_signalled = false;
+    m_holding = false;
+}
+
+void OutputBuffer::hold() {
+    std::lock_guard lock(m_mutex);
+    m_holding = true;
+}
+
+uint64_t OutputBuffer::held_bytes() const {
+    std::lock_guard lock(m_mutex);
+    return m_held;
+}
+
+bool OutputBuffer::holding() const {
+    std::lock_guard lock(m_mutex);
+    return m_holding;
+}
+
+}  // namespace colod::core

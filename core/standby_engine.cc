@@ -1,0 +1,458 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#include "core/standby_engine.h"
+
+#include <cstring>
+#include <variant>
+
+#include "base/events.h"
+#include "base/log.h"
+#include "core/fence.h"
+#include "core/guest_runtime.h"
+#include "core/state_sections.h"
+#include "proto/errors.h"
+#include "proto/handshake.h"
+
+namespace colod::core {
+
+using Clock = std::chrono::steady_clock;
+using base::Event;
+using base::Level;
+
+namespace {
+
+std::string ms_text(Clock::duration d) {
+    return fmt::format("{:.1f}", std::chrono::duration<double, std::milli>(d).count());
+}
+
+// The failover records also carry COLOD_EVENT=failover, so that
+// `journalctl COLOD_EVENT=failover` alone tells the whole story.
+const base::LogField k_failover_tag{"EVENT", "failover"};
+
+}  // namespace
+
+// A complete checkpoint in the making: page runs copied out of the frames, zero runs, and the
+// machine state decoded so far. Nothing here touches the machine until apply().
+struct StandbyEngine::Staging {
+    struct Run {
+        uint64_t first_page;
+        uint32_t count;
+        size_t offset;
+    };
+    proto::StateKind kind = proto::StateKind::Complete;
+    std::vector<std::byte> data;  // reused between checkpoints: it only grows
+    size_t used = 0;
+    std::vector<Run> runs;
+    std::vector<proto::ZeroRun> zeros;
+    std::optional<MachineStateAssembler> assembler;
+    uint64_t pages = 0;
+
+    void reset(proto::StateKind k, uint32_t vcpus, std::vector<std::string> devices) {
+        kind = k;
+        used = 0;
+        runs.clear();
+        zeros.clear();
+        pages = 0;
+        assembler.emplace(vcpus, std::move(devices));
+    }
+    void add_run(const proto::PageRun& run) {
+        size_t bytes = run.data.size();
+        if (data.size() < used + bytes)
+            data.resize(std::max(used + bytes, data.size() * 2));
+        std::memcpy(data.data() + used, run.data.data(), bytes);
+        runs.push_back(Run{run.first_page, run.count, used});
+        used += bytes;
+        pages += run.count;
+    }
+};
+
+StandbyEngine::StandbyEngine(GuestRuntime& guest, proto::Hello identity, ReplicationConfig config,
+                             proto::Listener listener, Callbacks callbacks)
+    : m_guest(guest),
+      m_identity(std::move(identity)),
+      m_config(std::move(config)),
+      m_listener(std::move(listener)),
+      m_callbacks(std::move(callbacks)) {}
+
+StandbyEngine::~StandbyEngine() { stop(); }
+
+void StandbyEngine::start() {
+    m_accept_thread = std::thread([this] { accept_loop(); });
+}
+
+void StandbyEngine::stop() {
+    {
+        std::lock_guard lock(m_mutex);
+        if (m_stop && !m_accept_thread.joinable() && !m_session_thread.joinable())
+            return;
+        m_stop = true;
+        if (m_link)
+            m_link->shutdown();
+    }
+    m_listener.shutdown();
+    m_cv.notify_all();
+    if (m_accept_thread.joinable())
+        m_accept_thread.join();
+    if (m_session_thread.joinable())
+        m_session_thread.join();
+}
+
+StandbyEngine::State StandbyEngine::state() const {
+    std::lock_guard lock(m_mutex);
+    return m_state;
+}
+
+void StandbyEngine::set_state(State state, const std::string& why) {
+    {
+        std::lock_guard lock(m_mutex);
+        m_state = state;
+    }
+    if (m_callbacks.changed)
+        m_callbacks.changed(why);
+}
+
+void StandbyEngine::refuse(proto::Link link, const std::string& why) {
+    proto::Hello hello = m_identity;
+    hello.state = state() == State::Active ? proto::PeerState::SecondaryActive : proto::PeerState::SecondaryStandby;
+    hello.frame_auth = m_config.frame_auth;
+    // The refusal travels inside the handshake, so only a peer that proves the key learns it.
+    (void)proto::handshake(link, *m_config.key, hello, proto::deadline_after(k_handshake_timeout),
+                           [&](const proto::Hello&) { return why; });
+}
+
+void StandbyEngine::accept_loop() {
+    for (;;) {
+        auto accepted = m_listener.accept(proto::deadline_after(std::chrono::seconds(1)));
+        if (!accepted) {
+            if (accepted.error().code() == base::Errc::Stopped)
+                return;
+            if (accepted.error().code() != base::Errc::Timeout) {
+                base::logf(Level::Warning, Event::None, "accepting on {}: {}", m_config.self_address,
+                           accepted.error().message());
+                std::unique_lock lock(m_mutex);
+                m_cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return m_stop; });
+            }
+            std::lock_guard lock(m_mutex);
+            if (m_stop)
+                return;
+            continue;
+        }
+        proto::Link link = std::move(accepted).value();
+        bool active, busy;
+        std::string paired_with;
+        {
+            std::lock_guard lock(m_mutex);
+            if (m_stop)
+                return;
+            active = m_state == State::Active;
+            busy = m_session_active;
+            paired_with = m_peer;
+        }
+        if (active) {
+            refuse(std::move(link), "this side already runs the guest (it took over); start colod-secondary on the "
+                                    "other host to protect it");
+            continue;
+        }
+        if (busy) {
+            refuse(std::move(link), fmt::format("this secondary is already paired with {}", paired_with));
+            continue;
+        }
+        proto::Hello hello = m_identity;
+        hello.state = proto::PeerState::SecondaryStandby;
+        hello.frame_auth = m_config.frame_auth;
+        auto peer = proto::handshake(link, *m_config.key, hello, proto::deadline_after(k_handshake_timeout),
+                                     [](const proto::Hello& p) -> std::string {
+                                         if (p.state == proto::PeerState::SecondaryStandby)
+                                             return "both sides are standing by: one must run the guest";
+                                         return {};
+                                     });
+        if (!peer)
+            continue;  // logged by the handshake; keep listening for the real primary
+        if (m_session_thread.joinable())
+            m_session_thread.join();  // the previous session has ended (not busy)
+        std::string address = link.peer_address();
+        {
+            std::lock_guard lock(m_mutex);
+            m_session_active = true;
+            m_peer = address;
+        }
+        m_session_thread = std::thread([this, l = std::move(link), address]() mutable { session(std::move(l), address); });
+    }
+}
+
+void StandbyEngine::session(proto::Link link, std::string peer) {
+    {
+        std::lock_guard lock(m_mutex);
+        m_link = &link;
+        m_peer_state = "connected";
+    }
+    base::log(Level::Notice, Event::PeerConnected, fmt::format("the primary at {} connected", peer), {{"PEER", peer}});
+    set_state(State::Syncing, fmt::format("syncing from {}", peer));
+
+    std::string why;
+    bool shutdown = false;
+    int exit_code = 0;
+    {
+        auto heartbeats = proto::HeartbeatSender::start(link, m_config.heartbeat_interval,
+                                                        [this] { return m_committed.load(); });
+        auto decoder = proto::StateDecoder::create(proto::StateShape::from_hello(m_identity));
+        if (!heartbeats || !decoder) {
+            why = !heartbeats ? heartbeats.error().message() : decoder.error().message();
+        } else {
+            Staging staging;
+            std::vector<std::string> devices;
+            for (const auto& device : m_guest.machine().devices())
+                devices.emplace_back(device->name());
+            bool first_complete = true;
+            proto::Frame frame;
+            for (;;) {
+                auto received = link.receive_into(frame, proto::deadline_after(m_config.heartbeat_timeout));
+                if (!received) {
+                    const auto& error = received.error();
+                    if (error.code() == base::Errc::Timeout)
+                        why = fmt::format("heartbeat timeout: nothing from the primary for {} ms",
+                                          m_config.heartbeat_timeout.count() / 1000);
+                    else if (error.code() == base::Errc::Eof)
+                        why = "the primary closed the connection";
+                    else
+                        why = error.message();
+                    break;
+                }
+                if (frame.header.type == proto::MessageType::VmstateSend) {
+                    auto handled = receive_state(link, *decoder, staging, frame.payload(), first_complete);
+                    if (!handled) {
+                        why = handled.error().message();
+                        (void)link.send(proto::ErrorMessage{static_cast<uint16_t>(proto::reason_of(handled.error())), why},
+                                        proto::deadline_after(std::chrono::milliseconds(200)));
+                        break;
+                    }
+                    continue;
+                }
+                auto message = frame.message();
+                if (!message) {
+                    why = message.error().message();
+                    break;
+                }
+                if (std::holds_alternative<proto::Heartbeat>(*message))
+                    continue;
+                if (const auto* size = std::get_if<proto::VmstateSize>(&*message)) {
+                    if (auto begun = decoder->begin(*size); !begun) {
+                        why = begun.error().message();
+                        break;
+                    }
+                    staging.reset(size->kind, m_guest.machine().vcpu_count(), devices);
+                    continue;
+                }
+                if (const auto* request = std::get_if<proto::CheckpointRequest>(&*message)) {
+                    (void)link.send(proto::CheckpointReply{request->seq}, proto::deadline_after(std::chrono::seconds(2)));
+                    continue;
+                }
+                if (const auto* off = std::get_if<proto::GuestShutdown>(&*message)) {
+                    shutdown = true;
+                    exit_code = off->exit_code;
+                    break;
+                }
+                if (const auto* error = std::get_if<proto::ErrorMessage>(&*message)) {
+                    why = fmt::format("the primary gave up: {}", error->reason);
+                    break;
+                }
+                why = fmt::format("unexpected {} from the primary",
+                                  proto::message_type_name(proto::message_type(*message)));
+                break;
+            }
+        }
+    }  // heartbeats stop before the link goes
+    auto detected = Clock::now();
+    link.shutdown();
+    {
+        std::lock_guard lock(m_mutex);
+        m_link = nullptr;
+        m_session_active = false;
+        m_peer_state = "lost";
+        if (m_stop)
+            return;
+    }
+    if (shutdown) {
+        base::log(Level::Notice, Event::GuestShutdown,
+                  fmt::format("the primary's guest powered off (code {}): stopping without a takeover", exit_code),
+                  {{"PEER", peer}, {"REASON", fmt::format("exit code {}", exit_code)}});
+        set_state(State::Stopped, "the guest powered off");
+        if (m_callbacks.guest_shutdown)
+            m_callbacks.guest_shutdown(exit_code);
+        return;
+    }
+    primary_lost(why, detected);
+}
+
+base::Result<void> StandbyEngine::receive_state(proto::Link& link, proto::StateDecoder& decoder, Staging& staging,
+                                                std::span<const std::byte> payload, bool& first_complete) {
+    auto decoded = TRY(decoder.feed(payload));
+    m_bytes_received += payload.size();
+    GuestMemory& memory = m_guest.machine().memory();
+    for (const auto& piece : decoded.pieces) {
+        if (const auto* run = std::get_if<proto::PageRun>(&piece)) {
+            if (staging.kind == proto::StateKind::Precopy) {
+                // Before the first complete checkpoint there is nothing to protect: write RAM
+                // directly. From here on the old committed state (if any) is gone.
+                m_committed_valid = false;
+                std::memcpy(memory.page(run->first_page), run->data.data(), run->data.size());
+            } else {
+                staging.add_run(*run);
+            }
+        } else if (const auto* zeros = std::get_if<proto::ZeroRun>(&piece)) {
+            if (staging.kind == proto::StateKind::Precopy) {
+                m_committed_valid = false;
+                std::memset(memory.page(zeros->first_page), 0, zeros->count * k_page_size);
+            } else {
+                staging.zeros.push_back(*zeros);
+                staging.pages += zeros->count;
+            }
+        } else if (const auto* section = std::get_if<proto::SectionView>(&piece)) {
+            TRY(staging.assembler->add(*section));
+        }
+    }
+    if (!decoded.end || staging.kind == proto::StateKind::Precopy)
+        return base::ok();
+
+    uint64_t seq = decoded.end->seq;
+    TRY(link.send(proto::VmstateReceived{seq}, proto::deadline_after(std::chrono::seconds(2))));
+    TRY(apply(staging, seq));
+    TRY(link.send(proto::VmstateLoaded{seq}, proto::deadline_after(std::chrono::seconds(2))));
+    if (first_complete) {
+        first_complete = false;
+        TRY(link.send(proto::CheckpointReady{seq}, proto::deadline_after(std::chrono::seconds(2))));
+        base::log(Level::Notice, Event::Synced, fmt::format("synced: holding checkpoint {}; ready to take over", seq),
+                  {{"SEQ", std::to_string(seq)}});
+        set_state(State::Standby, fmt::format("standby: checkpoint {}", seq));
+    }
+    return base::ok();
+}
+
+base::Result<void> StandbyEngine::apply(Staging& staging, uint64_t seq) {
+    // Validate everything first: the state decodes completely and every device accepts it.
+    MachineState state = TRY(staging.assembler->finish());
+    Machine& machine = m_guest.machine();
+    GuestMemory& memory = machine.memory();
+    {
+        std::lock_guard lock(m_takeover_mutex);  // never apply under a takeover in progress
+        m_committed_valid = false;
+        for (const auto& run : staging.runs)
+            std::memcpy(memory.page(run.first_page), staging.data.data() + run.offset, run.count * k_page_size);
+        for (const auto& zeros : staging.zeros)
+            std::memset(memory.page(zeros.first_page), 0, zeros.count * k_page_size);
+        TRY(machine.load_state(state));
+        m_committed = seq;
+        m_committed_valid = true;
+    }
+    ++m_checkpoints;
+    m_dirty_last = staging.pages;
+    m_dirty_total += staging.pages;
+    base::log(Level::Debug, Event::None, fmt::format("applied checkpoint {}: {} pages", seq, staging.pages),
+              {{"SEQ", std::to_string(seq)}});
+    return base::ok();
+}
+
+void StandbyEngine::primary_lost(const std::string& why, Clock::time_point detected) {
+    if (!m_committed_valid) {
+        base::log(Level::Warning, Event::PeerLost,
+                  fmt::format("the primary was lost before a complete checkpoint arrived ({}): nothing to take over "
+                              "from; waiting for a primary",
+                              why),
+                  {{"PEER", m_config.peer_address}, {"REASON", why}});
+        set_state(State::Listening, "waiting for a primary");
+        return;
+    }
+    base::log(Level::Warning, Event::PeerLost, fmt::format("the primary is lost: {}", why),
+              {{"PEER", m_config.peer_address}, {"REASON", why}, {"SEQ", std::to_string(m_committed.load())}});
+    take_over(why, detected);
+}
+
+bool StandbyEngine::take_over(const std::string& why, Clock::time_point detected) {
+    std::lock_guard takeover(m_takeover_mutex);
+    if (state() == State::Active)
+        return true;
+    uint64_t seq = m_committed.load();
+    base::log(Level::Notice, Event::FailoverBegin,
+              fmt::format("failover: {}; taking over from checkpoint {}", why, seq),
+              {{"REASON", why}, {"SEQ", std::to_string(seq)}, {"PEER", m_config.peer_address}, k_failover_tag});
+    if (!m_config.fence_command.empty()) {
+        auto fence = run_fence(m_config.fence_command,
+                               {"COLOD_VM=" + m_config.vm_name, "COLOD_PEER=" + m_config.peer_address,
+                                "COLOD_SEQ=" + std::to_string(seq), "COLOD_REASON=" + why},
+                               m_config.fence_timeout);
+        std::string output = fence.output.substr(0, 2000);
+        while (!output.empty() && output.back() == '\n')
+            output.pop_back();
+        base::log(fence.succeeded ? Level::Notice : Level::Error, Event::FenceRun,
+                  fmt::format("fence command {} ({} ms){}{}",
+                              fence.timed_out ? "timed out" : fmt::format("exited {}", fence.exit_status),
+                              fence.duration.count(), output.empty() ? "" : ": ", output),
+                  {{"REASON", why},
+                   {"FENCE_STATUS", std::to_string(fence.exit_status)},
+                   {"FENCE_OUTPUT", output},
+                   {"SEQ", std::to_string(seq)},
+                   k_failover_tag});
+        if (!fence.succeeded) {
+            base::log(Level::Error, Event::FailoverAborted,
+                      fmt::format("failover aborted: the fence command failed, so the primary may still run; the "
+                                  "guest stays stopped here at checkpoint {} (coloctl failover forces a takeover)",
+                                  seq),
+                      {{"REASON", why}, {"SEQ", std::to_string(seq)}, k_failover_tag});
+            set_state(State::Standby, fmt::format("standby: primary lost, fence failed; checkpoint {}", seq));
+            return false;
+        }
+    }
+    set_state(State::Active, "taking over");
+    bool started = m_callbacks.take_over && m_callbacks.take_over();
+    auto took = Clock::now() - detected;
+    if (!started) {
+        base::log(Level::Error, Event::Error, "failover: the guest could not be started here",
+                  {{"REASON", why}, {"SEQ", std::to_string(seq)}, k_failover_tag});
+        return false;
+    }
+    base::log(Level::Notice, Event::FailoverDone,
+              fmt::format("failover done: the guest runs here from checkpoint {}, {} ms after the primary was lost "
+                          "({})",
+                          seq, ms_text(took), why),
+              {{"REASON", why},
+               {"SEQ", std::to_string(seq)},
+               {"DURATION_MS", ms_text(took)},
+               {"PEER", m_config.peer_address},
+               k_failover_tag});
+    return true;
+}
+
+base::Result<uint64_t> StandbyEngine::failover_now() {
+    {
+        std::lock_guard lock(m_mutex);
+        if (m_state == State::Active)
+            return base::Error(base::Errc::Invalid, "this side already runs the guest");
+        if (m_session_active)
+            return base::Error(base::Errc::Invalid,
+                               "a primary is connected: ask the primary ('coloctl --role primary failover') for a "
+                               "planned switchover");
+    }
+    if (!m_committed_valid)
+        return base::Error(base::Errc::Invalid, "no complete checkpoint to take over from");
+    if (!take_over("ordered by coloctl failover", Clock::now()))
+        return base::Error(base::Errc::Failed, "the takeover failed (see the log: fence-run, failover-aborted)");
+    return m_committed.load();
+}
+
+void StandbyEngine::fill_status(Status& status) const {
+    std::lock_guard lock(m_mutex);
+    switch (m_state) {
+    case State::Listening:
+    case State::Standby: status.state = "standby"; break;
+    case State::Syncing: status.state = "syncing"; break;
+    case State::Active: status.state = "active"; break;
+    case State::Stopped: status.state = "stopped"; break;
+    }
+    status.seq = m_committed.load();
+    status.checkpoints = m_checkpoints.load();
+    status.dirty_pages.last = m_dirty_last.load();
+    status.dirty_pages.total = m_dirty_total.load();
+    status.peer = m_session_active ? m_peer : m_config.peer_address;
+    status.peer_state = m_peer_state;
+}
+
+}  // namespace colod::core

@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// The standby side of a pair (colod-secondary): listens on its replication endpoint, receives
+// the primary's live copy and checkpoints, applies each complete checkpoint atomically to its
+// paused machine, and takes over when the primary is lost.
+//
+//   listening --handshake--> syncing --first complete checkpoint--> standby (can take over)
+//       ^                       |                                        |
+//       |                       | link lost: nothing to take over from   | link lost: fence, take over
+//       +-----------------------+                                        v
+//                                                                      active (the guest runs here;
+//                                                                      the listener refuses everyone)
+//
+// Only a complete, checksummed, in-sequence checkpoint is applied: its pages are staged while
+// frames arrive and copied into guest RAM (with the device state loaded) only after END
+// validated. A link failure mid-transfer discards the staging buffer; the committed state stays.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/result.h"
+#include "core/replication.h"
+#include "core/status.h"
+#include "proto/link.h"
+#include "proto/state.h"
+
+namespace colod::core {
+
+class GuestRuntime;
+
+class StandbyEngine {
+public:
+    enum class State { Listening, Syncing, Standby, Active, Stopped };
+
+    struct Callbacks {
+        // Makes the guest run here: open the console, start the vCPUs, protect it. Called on the
+        // engine's thread once; returns false if the guest could not be started.
+        std::function<bool()> take_over;
+        // The primary's guest powered off: the daemon exits cleanly, without a takeover.
+        std::function<void(int exit_code)> guest_shutdown;
+        // A one-line state description for sd_notify STATUS=.
+        std::function<void(const std::string&)> changed;
+    };
+
+    StandbyEngine(GuestRuntime& guest, proto::Hello identity, ReplicationConfig config, proto::Listener listener,
+                  Callbacks callbacks);
+    ~StandbyEngine();
+    StandbyEngine(const StandbyEngine&) = delete;
+    StandbyEngine& operator=(const StandbyEngine&) = delete;
+
+    void start();
+    void stop();
+
+    // Operator-ordered takeover (coloctl failover) from the last committed checkpoint, when no
+    // primary is connected. Runs the fence command like an automatic failover.
+    base::Result<uint64_t> failover_now();
+
+    State state() const;
+    uint64_t committed() const { return m_committed.load(); }
+    void fill_status(Status& status) const;
+
+private:
+    struct Staging;
+
+    void accept_loop();
+    void refuse(proto::Link link, const std::string& why);
+    void session(proto::Link link, std::string peer);
+    // Handles one VMSTATE_SEND payload; returns true when it completed a checkpoint.
+    base::Result<void> receive_state(proto::Link& link, proto::StateDecoder& decoder, Staging& staging,
+                                     std::span<const std::byte> payload, bool& first_complete);
+    base::Result<void> apply(Staging& staging, uint64_t seq);
+    // The primary is gone (why): fence and take over if a committed checkpoint exists.
+    void primary_lost(const std::string& why, std::chrono::steady_clock::time_point detected);
+    bool take_over(const std::string& why, std::chrono::steady_clock::time_point detected);
+    void set_state(State state, const std::string& why);
+
+    GuestRuntime& m_guest;
+    proto::Hello m_identity;
+    ReplicationConfig m_config;
+    proto::Listener m_listener;
+    Callbacks m_callbacks;
+
+    mutable std::mutex m_mutex;
+    std::condition_variable m_cv;
+    State m_state = State::Listening;
+    std::string m_peer;                 // the connected primary, if any
+    std::string m_peer_state = "none";
+    bool m_stop = false;
+    bool m_session_active = false;
+    proto::Link* m_link = nullptr;      // the live session's link, for stop()
+    bool m_committed_valid = false;     // guest RAM and devices hold checkpoint m_committed
+    std::atomic<uint64_t> m_committed{0};
+    std::atomic<uint64_t> m_checkpoints{0};
+    std::atomic<uint64_t> m_dirty_last{0};
+    std::atomic<uint64_t> m_dirty_total{0};
+    std::atomic<uint64_t> m_bytes_received{0};
+    std::mutex m_takeover_mutex;        // one takeover, from whichever thread decides it
+    std::thread m_accept_thread;
+    std::thread m_session_thread;
+};
+
+}  // namespace colod::core

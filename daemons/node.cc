@@ -1,0 +1,371 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#include "daemons/node.h"
+
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cstring>
+#include <memory>
+#include <mutex>
+
+#include "base/events.h"
+#include "base/log.h"
+#include "core/active_engine.h"
+#include "core/guest_runtime.h"
+#include "core/standby_engine.h"
+#include "core/state_sections.h"
+#include "daemons/common.h"
+#include "daemons/control.h"
+#include "daemons/status_format.h"
+#include "proto/link.h"
+
+namespace colod::daemons {
+
+namespace {
+
+using base::Event;
+using base::Level;
+using Clock = std::chrono::steady_clock;
+
+core::ReplicationConfig replication_config(const config::PairConfig& cfg, config::Role self, std::string_view role,
+                                           std::shared_ptr<const proto::Key> key) {
+    core::ReplicationConfig r;
+    r.vm_name = cfg.vm.name;
+    r.role = std::string(role);
+    r.self_address = cfg.host(self).replication.to_string();
+    r.peer_address = cfg.host(config::peer_of(self)).replication.to_string();
+    r.key = std::move(key);
+    r.mode = cfg.replication.mode == config::Mode::Colo ? core::ReplicationMode::Colo : core::ReplicationMode::Checkpoint;
+    r.checkpoint_interval = cfg.replication.checkpoint_interval;
+    r.heartbeat_interval = cfg.replication.heartbeat_interval;
+    r.heartbeat_timeout = cfg.replication.heartbeat_timeout;
+    r.connect_retry = cfg.replication.connect_retry;
+    r.max_held_output = cfg.replication.max_held_output;
+    r.fence_command = cfg.replication.fence_command;
+    return r;
+}
+
+class Node {
+public:
+    Node(const config::PairConfig& cfg, Program program, Protection protection)
+        : m_cfg(cfg), m_program(program), m_protection(protection), m_started(Clock::now()) {}
+
+    int run();
+
+private:
+    int fail(std::string message, int code = k_exit_failure) {
+        base::log(Level::Error, Event::Error, std::move(message));
+        return code;
+    }
+    std::string_view role() const { return m_program == Program::Primary ? "primary" : "secondary"; }
+    int choose_secondary_host(std::optional<proto::Listener>& listener);
+    int start_primary();
+    bool take_over();
+    ControlReply control(const std::string& request);
+    core::Status status();
+    void changed(const std::string& why);
+    // The guest stopped on its own or by coloctl stop; returns the exit code.
+    int guest_stopped();
+
+    const config::PairConfig& m_cfg;
+    Program m_program;
+    Protection m_protection;
+    Clock::time_point m_started;
+    config::Role m_self = config::Role::Primary;
+    std::shared_ptr<const proto::Key> m_key;
+    GuestImage m_image;
+    std::unique_ptr<core::GuestRuntime> m_runtime;
+    proto::Hello m_identity;
+
+    mutable std::mutex m_mutex;  // guards the engine pointers (a takeover adds one)
+    std::unique_ptr<core::ActiveEngine> m_active;
+    std::unique_ptr<core::StandbyEngine> m_standby;
+    std::atomic<bool> m_guest_running{false};
+    std::atomic<bool> m_stop_requested{false};  // coloctl stop
+    std::atomic<int> m_peer_shutdown{INT_MIN};  // the primary's guest powered off (standby)
+};
+
+int Node::choose_secondary_host(std::optional<proto::Listener>& listener) {
+    // The secondary's own endpoints first; on the repaired primary host (after a failover made
+    // the other host active) those are not local, or are taken by the active daemon when both
+    // run on one host, and the [primary] endpoints are this host's.
+    std::string why_not;
+    for (config::Role host : {config::Role::Secondary, config::Role::Primary}) {
+        std::string address = m_cfg.host(host).replication.to_string();
+        auto created = proto::Listener::create(address);
+        if (created) {
+            m_self = host;
+            listener.emplace(std::move(created).value());
+            if (host == config::Role::Primary)
+                base::log(Level::Notice, Event::None,
+                          fmt::format("the [secondary] endpoint is not available here ({}): this secondary uses the "
+                                      "[primary] host's endpoints",
+                                      why_not));
+            return k_exit_ok;
+        }
+        int err = created.error().sys_errno();
+        if (err != EADDRNOTAVAIL && err != EADDRINUSE)
+            return fail(fmt::format("cannot listen on {}: {}", address, created.error().message()));
+        why_not = fmt::format("{}: {}", address, created.error().message());
+    }
+    return fail(fmt::format("neither replication endpoint can be bound on this host ({})", why_not));
+}
+
+void Node::changed(const std::string& why) { notify("STATUS=" + why); }
+
+int Node::start_primary() {
+    if (m_protection == Protection::Replicated) {
+        m_active = std::make_unique<core::ActiveEngine>(
+            *m_runtime, m_identity, replication_config(m_cfg, m_self, role(), m_key), proto::PeerState::PrimaryActive,
+            [this](const std::string& why) { changed(why); });
+        auto probe = m_active->probe();
+        if (probe.outcome == core::ActiveEngine::Probe::PeerActive) {
+            base::log(Level::Error, Event::Refused,
+                      fmt::format("refusing to start the guest: the peer already runs it ({}); start "
+                                  "colod-secondary here to protect it",
+                                  probe.detail),
+                      {{"PEER", m_cfg.host(config::peer_of(m_self)).replication.to_string()}, {"REASON", probe.detail}});
+            return k_exit_refused;
+        }
+        if (probe.outcome == core::ActiveEngine::Probe::Unreachable)
+            base::log(Level::Warning, Event::Unprotected,
+                      fmt::format("no secondary reachable ({}): starting the guest unprotected", probe.detail),
+                      {{"REASON", probe.detail}});
+    }
+    if (auto booted = m_runtime->boot(m_image.bytes, m_cfg.vm.cmdline); !booted)
+        return fail(fmt::format("cannot boot {}: {}", m_image.name, booted.error().message()));
+    if (auto opened = m_runtime->open_console(); !opened)
+        return fail(opened.error().message());
+    if (auto started = m_runtime->start(); !started)
+        return fail(fmt::format("cannot start the vCPUs: {}", started.error().message()));
+    m_guest_running = true;
+    if (m_active)
+        m_active->start();
+    auto console = m_cfg.host(m_self).console.to_string();
+    base::log(Level::Notice, Event::Started,
+              fmt::format("guest {} running on the {} backend, {}; console on {}", m_image.name,
+                          m_runtime->machine().backend_name(),
+                          m_active ? "replicating to " + m_cfg.host(config::peer_of(m_self)).replication.to_string()
+                                   : std::string("standalone (unprotected)"),
+                          console),
+              {{"CONSOLE", console}});
+    return k_exit_ok;
+}
+
+bool Node::take_over() {
+    // Runs on the standby engine's thread once it has decided (and fenced).
+    if (auto opened = m_runtime->open_console(); !opened) {
+        base::log(Level::Error, Event::Error, "takeover: " + opened.error().message());
+        return false;
+    }
+    if (auto started = m_runtime->start(); !started) {
+        base::log(Level::Error, Event::Error, "takeover: cannot start the vCPUs: " + started.error().message());
+        return false;
+    }
+    m_guest_running = true;
+    auto active = std::make_unique<core::ActiveEngine>(*m_runtime, m_identity,
+                                                       replication_config(m_cfg, m_self, role(), m_key),
+                                                       proto::PeerState::SecondaryActive,
+                                                       [this](const std::string& why) { changed(why); });
+    active->continue_from(m_standby->committed());
+    active->start();
+    {
+        std::lock_guard lock(m_mutex);
+        m_active = std::move(active);
+    }
+    notify(fmt::format("STATUS=active: took over; console on {}", m_cfg.host(m_self).console.to_string()));
+    return true;
+}
+
+core::Status Node::status() {
+    core::Status s;
+    s.vm = m_cfg.vm.name;
+    s.role = std::string(role());
+    s.mode = std::string(config::mode_name(m_cfg.replication.mode));
+    s.backend = std::string(m_runtime->machine().backend_name());
+    s.peer = m_cfg.host(config::peer_of(m_self)).replication.to_string();
+    s.peer_state = "none";
+    s.uptime_ms = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - m_started).count());
+    bool stopped = m_runtime->machine().stopped();
+    s.guest = !m_guest_running ? "not running" : stopped ? std::string(core::stop_reason_name(m_runtime->machine().stop_info().reason)) : "running";
+    s.console_clients = m_runtime->console() ? m_runtime->console()->client_count() : 0;
+    std::lock_guard lock(m_mutex);
+    if (m_active)
+        m_active->fill_status(s);
+    else if (m_standby)
+        m_standby->fill_status(s);
+    else
+        s.state = "unprotected";
+    if (m_guest_running && stopped)
+        s.state = "stopped";
+    return s;
+}
+
+ControlReply Node::control(const std::string& request) {
+    if (request == "status")
+        return {true, status_text(status())};
+    if (request == "status --json")
+        return {true, status_json(status())};
+    core::ActiveEngine* active = nullptr;
+    core::StandbyEngine* standby = nullptr;
+    {
+        std::lock_guard lock(m_mutex);
+        active = m_active.get();
+        standby = m_standby.get();
+    }
+    if (request == "checkpoint") {
+        if (!active)
+            return {false, m_guest_running ? "this daemon runs standalone: there is no secondary"
+                                           : "this daemon is a standby: checkpoints are taken by the active side"};
+        auto seq = active->checkpoint_now(std::chrono::seconds(10));
+        if (!seq)
+            return {false, seq.error().message()};
+        return {true, fmt::format("checkpoint {} committed\n", *seq)};
+    }
+    if (request == "failover") {
+        if (standby && !active) {
+            auto seq = standby->failover_now();
+            if (!seq)
+                return {false, seq.error().message()};
+            return {true, fmt::format("took over from checkpoint {}\n", *seq)};
+        }
+        return {false, "a planned switchover from the active side is not available in this build: stop this "
+                       "daemon (the secondary takes over from its last checkpoint) or use coloctl failover on a "
+                       "standby that lost its primary"};
+    }
+    if (request == "stop") {
+        m_stop_requested = true;
+        if (m_guest_running)
+            m_runtime->stop("stopped by coloctl");
+        return {true, "stopping\n"};
+    }
+    return {false, fmt::format("unknown request '{}'", request)};
+}
+
+int Node::guest_stopped() {
+    core::StopInfo info = m_runtime->wait();
+    core::ActiveEngine* active = nullptr;
+    {
+        std::lock_guard lock(m_mutex);
+        active = m_active.get();
+    }
+    bool clean = info.reason == core::StopReason::PowerOff ||
+                 (info.reason == core::StopReason::Requested && m_stop_requested);
+    if (active) {
+        // The guest is gone by its own doing (or the operator's): the peer must not bring it back.
+        active->guest_shutdown(info.reason == core::StopReason::PowerOff ? info.exit_code : clean ? 0 : -1);
+    }
+    base::log(clean ? Level::Notice : Level::Error, Event::Stopped,
+              fmt::format("stopping: the guest stopped ({}: {})", core::stop_reason_name(info.reason), info.detail),
+              {{"REASON", std::string(core::stop_reason_name(info.reason))}});
+    return clean ? k_exit_ok : k_exit_failure;
+}
+
+int Node::run() {
+    std::optional<proto::Listener> listener;
+    if (m_program == Program::Secondary) {
+        if (int code = choose_secondary_host(listener); code != k_exit_ok)
+            return code;
+    }
+    if (m_protection == Protection::Replicated) {
+        auto key = proto::Key::load_file(m_cfg.replication.auth_key_file.string());
+        if (!key)
+            return fail(fmt::format("replication.auth-key-file: {}", key.error().message()), k_exit_usage);
+        m_key = std::make_shared<const proto::Key>(std::move(key).value());
+    }
+    auto image = load_image(m_cfg.vm.image);
+    if (!image)
+        return fail(image.error().message());
+    m_image = std::move(image).value();
+    if (!m_image.owned.empty())
+        m_image.bytes = m_image.owned;
+
+    core::RuntimeOptions options;
+    options.machine.memory_bytes = m_cfg.vm.memory_bytes;
+    options.machine.vcpus = m_cfg.vm.vcpus;
+    options.machine.backend = choose_backend(m_cfg.vm.accelerator);
+    options.console.host = m_cfg.host(m_self).console.host;
+    options.console.port = m_cfg.host(m_self).console.port;
+    options.console.max_clients = m_cfg.vm.console_clients;
+    auto runtime = core::GuestRuntime::create(options);
+    if (!runtime)
+        return fail(fmt::format("cannot create the VM: {}", runtime.error().message()));
+    m_runtime = std::move(runtime).value();
+    m_identity = core::machine_identity(m_runtime->machine(), m_cfg.vm.name, m_image.bytes);
+
+    if (m_program == Program::Primary) {
+        if (int code = start_primary(); code != k_exit_ok)
+            return code;
+    } else {
+        core::StandbyEngine::Callbacks callbacks;
+        callbacks.take_over = [this] { return take_over(); };
+        callbacks.guest_shutdown = [this](int code) { m_peer_shutdown = code; };
+        callbacks.changed = [this](const std::string& why) { changed(why); };
+        m_standby = std::make_unique<core::StandbyEngine>(*m_runtime, m_identity,
+                                                          replication_config(m_cfg, m_self, role(), m_key),
+                                                          std::move(*listener), std::move(callbacks));
+        m_standby->start();
+        base::log(Level::Notice, Event::Started,
+                  fmt::format("standing by for {} on {}", m_cfg.vm.name, m_cfg.host(m_self).replication.to_string()),
+                  {{"PEER", m_cfg.host(config::peer_of(m_self)).replication.to_string()}});
+    }
+
+    auto control_server = ControlServer::create(m_cfg.host(m_self).control, [this](const std::string& r) { return this->control(r); });
+    if (!control_server)
+        return fail(control_server.error().message());
+
+    notify(m_program == Program::Primary ? "READY=1\nSTATUS=guest running" : "READY=1\nSTATUS=standby: listening");
+    uint64_t watchdog = watchdog_usec();
+    auto last_ping = Clock::now();
+    int exit_code = k_exit_ok;
+    for (;;) {
+        int signal = wait_for_signal(100);
+        if (watchdog && Clock::now() - last_ping > std::chrono::microseconds(watchdog / 2)) {
+            notify("WATCHDOG=1");
+            last_ping = Clock::now();
+        }
+        if (signal) {
+            base::log(Level::Notice, Event::Stopped, fmt::format("stopping on signal {}", strsignal(signal)),
+                      {{"REASON", strsignal(signal)}});
+            break;
+        }
+        if (m_guest_running && m_runtime->machine().stopped()) {
+            exit_code = guest_stopped();
+            break;
+        }
+        if (int code = m_peer_shutdown.load(); code != INT_MIN)
+            break;  // the pair's guest powered off: nothing to stand by for
+        if (m_stop_requested && !m_guest_running) {
+            base::log(Level::Notice, Event::Stopped, "stopping: coloctl stop", {{"REASON", "coloctl stop"}});
+            break;
+        }
+    }
+    notify("STOPPING=1");
+    (*control_server)->stop();
+    std::unique_ptr<core::ActiveEngine> active;
+    std::unique_ptr<core::StandbyEngine> standby;
+    {
+        std::lock_guard lock(m_mutex);
+        standby = std::move(m_standby);
+    }
+    if (standby)
+        standby->stop();  // no takeover can start after this
+    {
+        std::lock_guard lock(m_mutex);
+        active = std::move(m_active);
+    }
+    active.reset();  // held output is dropped: the peer will produce it again
+    m_runtime->stop("daemon stopping");
+    m_runtime->wait();
+    return exit_code;
+}
+
+}  // namespace
+
+int run_node(const config::PairConfig& config, Program program, Protection protection) {
+    Node node(config, program, protection);
+    return node.run();
+}
+
+}  // namespace colod::daemons
