@@ -106,6 +106,7 @@ void ActiveEngine::stop(HeldOutput held) {
         if (m_session)
             m_session->link.shutdown();
         m_probed.reset();
+        m_hold.reset();
     }
     m_cv.notify_all();
     if (m_thread.joinable())
@@ -235,6 +236,11 @@ base::Result<void> ActiveEngine::run_session(proto::Link link) {
         set_state(State::Protected, fmt::format("protected by {}", peer));
         auto next = Clock::now() + m_config.checkpoint_interval;
         for (;;) {
+            {
+                // Held at a checkpoint for diagnostics: nothing changes until released.
+                std::unique_lock lock(m_mutex);
+                m_cv.wait(lock, [&] { return !m_hold || m_stop || session.failure.has_value(); });
+            }
             if (!wait_until(next)) {
                 std::lock_guard lock(m_mutex);
                 if (session.failure)
@@ -256,6 +262,7 @@ base::Result<void> ActiveEngine::run_session(proto::Link link) {
     {
         std::lock_guard lock(m_mutex);
         m_session = nullptr;
+        m_hold.reset();  // never leave the guest paused without a peer
     }
     session.link.shutdown();
     session.heartbeats.reset();
@@ -401,7 +408,14 @@ base::Result<void> ActiveEngine::checkpoint(Session& session, uint64_t seq, prot
         m_output.seal(seq);
         pause_us = static_cast<uint64_t>(
             std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count());
-    }  // the guest runs again: the transfer overlaps its execution
+        std::lock_guard lock(m_mutex);
+        if (m_hold_requested) {
+            m_hold_requested = false;
+            m_hold_seq = seq;
+            m_hold_digest = memory.digest();
+            m_hold.emplace(std::move(paused));
+        }
+    }  // the guest runs again (unless held): the transfer overlaps its execution
 
     EncodedSections sections(state);
     proto::StateInput input;
@@ -442,6 +456,33 @@ base::Result<void> ActiveEngine::checkpoint(Session& session, uint64_t seq, prot
         }
     }
     return base::ok();
+}
+
+base::Result<std::pair<uint64_t, uint64_t>> ActiveEngine::checkpoint_and_hold(std::chrono::milliseconds timeout) {
+    {
+        std::lock_guard lock(m_mutex);
+        if (m_hold)
+            return base::Error(base::Errc::Invalid, "the guest is already held at a checkpoint");
+        m_hold_requested = true;
+    }
+    auto committed = checkpoint_now(timeout);
+    std::lock_guard lock(m_mutex);
+    m_hold_requested = false;
+    if (!committed) {
+        m_hold.reset();
+        return std::move(committed).error();
+    }
+    if (!m_hold || m_hold_seq != *committed)
+        return base::Error(base::Errc::Failed, "the checkpoint committed without holding the guest");
+    return std::make_pair(m_hold_seq, m_hold_digest);
+}
+
+void ActiveEngine::release_hold() {
+    {
+        std::lock_guard lock(m_mutex);
+        m_hold.reset();
+    }
+    m_cv.notify_all();
 }
 
 base::Result<uint64_t> ActiveEngine::checkpoint_now(std::chrono::milliseconds timeout) {

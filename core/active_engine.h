@@ -26,6 +26,7 @@
 
 #include "base/result.h"
 #include "core/dirty_bitmap.h"
+#include "core/machine.h"
 #include "core/output_buffer.h"
 #include "core/page_capture.h"
 #include "core/pause_stats.h"
@@ -76,6 +77,11 @@ public:
 
     // Takes a checkpoint now and waits until the peer has applied it (coloctl checkpoint).
     base::Result<uint64_t> checkpoint_now(std::chrono::milliseconds timeout);
+    // Diagnostics: takes a checkpoint and leaves the guest paused at it, so both sides' memory
+    // can be compared; returns the checkpoint and the digest of guest RAM at it. release_hold()
+    // (or a lost peer, or stop) lets the guest run on.
+    base::Result<std::pair<uint64_t, uint64_t>> checkpoint_and_hold(std::chrono::milliseconds timeout);
+    void release_hold();
     // The guest powered off: tells the peer (GUEST_SHUTDOWN) so it stops too, then stops.
     void guest_shutdown(int exit_code);
 
@@ -126,6 +132,9 @@ private:
     std::atomic<uint64_t> m_dirty_total{0};
     std::atomic<uint64_t> m_bytes_sent{0};
     std::chrono::steady_clock::time_point m_last_slow_log{};
+    bool m_hold_requested = false;               // guarded by m_mutex
+    std::optional<Machine::PauseGuard> m_hold;   // the guest paused at a checkpoint (diagnostics)
+    uint64_t m_hold_seq = 0, m_hold_digest = 0;
     std::thread m_thread;
 };
 

@@ -9,6 +9,7 @@
 
 #include "guests/abi.h"
 #include "kvm/vm.h"
+#include "proto/crc32c.h"
 
 namespace colod::core {
 
@@ -120,6 +121,13 @@ base::Result<void> GuestMemory::harvest_dirty(kvm::Vm& vm, DirtyBitmap& out) {
     out.merge(m_vmm_dirty);
     m_vmm_dirty.clear();
     return base::ok();
+}
+
+uint64_t GuestMemory::digest() const {
+    uint64_t digest = 14695981039346656037ull;
+    for (uint64_t i = 0; i < page_count(); ++i)
+        digest = (digest ^ proto::crc32c(std::span<const std::byte>(page(i), k_page_size))) * 1099511628211ull;
+    return digest;
 }
 
 void GuestMemory::restore_dirty(const DirtyBitmap& bits) {

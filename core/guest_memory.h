@@ -70,6 +70,10 @@ public:
     // reports those pages again.
     void restore_dirty(const DirtyBitmap& bits);
 
+    // A 64-bit digest of all of RAM (per-page CRC32C, combined in page order), for comparing
+    // the two sides of a pair at the same checkpoint.
+    uint64_t digest() const;
+
     // Whole-memory helpers for tests and snapshots.
     std::span<std::byte> all() const { return m_map.bytes(); }
 

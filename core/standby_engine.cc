@@ -438,6 +438,11 @@ base::Result<uint64_t> StandbyEngine::failover_now() {
     return m_committed.load();
 }
 
+std::pair<uint64_t, uint64_t> StandbyEngine::digest() {
+    std::lock_guard lock(m_takeover_mutex);  // no apply in between
+    return {m_committed.load(), m_guest.machine().memory().digest()};
+}
+
 void StandbyEngine::fill_status(Status& status) const {
     std::lock_guard lock(m_mutex);
     switch (m_state) {

@@ -63,6 +63,9 @@ public:
     // primary is connected. Runs the fence command like an automatic failover.
     base::Result<uint64_t> failover_now();
 
+    // Diagnostics: the committed checkpoint and the digest of guest RAM holding it.
+    std::pair<uint64_t, uint64_t> digest();
+
     State state() const;
     uint64_t committed() const { return m_committed.load(); }
     void fill_status(Status& status) const;

@@ -18,7 +18,9 @@ int main(int argc, char** argv) {
     po::options_description visible(
         "coloctl: control a colod daemon\n\n"
         "Usage: coloctl --config FILE --role primary|secondary COMMAND\n"
-        "Commands: status [--json] | checkpoint | failover | stop\n\nOptions");
+        "Commands: status [--json] | checkpoint | failover | stop\n"
+        "Diagnostics: digest (active side: checkpoint and hold the guest paused; standby: its checkpoint)\n"
+        "             | resume (active side: end the hold)\n\nOptions");
     visible.add_options()
         ("config", po::value(&config_file)->value_name("FILE"), "the VM pair's config file")
         ("role", po::value(&role_text)->value_name("ROLE"), "which daemon to ask: primary or secondary")
@@ -61,8 +63,10 @@ int main(int argc, char** argv) {
         return 2;
     }
     command = words.front();
-    if (command != "status" && command != "checkpoint" && command != "failover" && command != "stop") {
-        std::cerr << "coloctl: unknown command '" << command << "' (status, checkpoint, failover or stop)\n";
+    if (command != "status" && command != "checkpoint" && command != "failover" && command != "stop" &&
+        command != "digest" && command != "resume") {
+        std::cerr << "coloctl: unknown command '" << command
+                  << "' (status, checkpoint, failover, stop; diagnostics: digest, resume)\n";
         return 2;
     }
     if (json && command != "status") {

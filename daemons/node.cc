@@ -234,6 +234,28 @@ ControlReply Node::control(const std::string& request) {
                        "daemon (the secondary takes over from its last checkpoint) or use coloctl failover on a "
                        "standby that lost its primary"};
     }
+    // Diagnostics for tests and for operators who want to see that both sides hold the same
+    // memory: "digest" on the active side takes a checkpoint and keeps the guest paused at it;
+    // "digest" on the standby then reports the same checkpoint; "resume" lets the guest go on.
+    if (request == "digest") {
+        if (active) {
+            auto held = active->checkpoint_and_hold(std::chrono::seconds(10));
+            if (!held)
+                return {false, held.error().message()};
+            return {true, fmt::format("{} {:016x}\n", held->first, held->second)};
+        }
+        if (standby) {
+            auto [seq, digest] = standby->digest();
+            return {true, fmt::format("{} {:016x}\n", seq, digest)};
+        }
+        return {false, "no replication here"};
+    }
+    if (request == "resume") {
+        if (!active)
+            return {false, "nothing is held here"};
+        active->release_hold();
+        return {true, "resumed\n"};
+    }
     if (request == "stop") {
         m_stop_requested = true;
         if (m_guest_running)
