@@ -670,6 +670,14 @@ std::string Image::to_string() const {
     return file.string();
 }
 
+std::vector<SchemaKey> schema_keys() {
+    std::vector<SchemaKey> keys;
+    keys.reserve(k_keys.size());
+    for (const auto& spec : k_keys)
+        keys.push_back({spec.section, spec.key});
+    return keys;
+}
+
 const std::vector<std::string>& known_builtin_images() {
     static const std::vector<std::string> images{"kvstore"};
     return images;

@@ -102,6 +102,17 @@ struct PairConfig {
 // The built-in images the daemons embed (builtin:NAME).
 const std::vector<std::string>& known_builtin_images();
 
+// One key the file accepts: `key` in `[section]`.
+struct SchemaKey {
+    std::string_view section;
+    std::string_view key;
+    bool operator==(const SchemaKey&) const = default;
+};
+
+// Every key of the schema, in the order of the schema (sections vm, replication, primary,
+// secondary). docs/config.md documents each; tests/packaging checks that the two agree.
+std::vector<SchemaKey> schema_keys();
+
 struct ParseOptions {
     // Relative paths (image, auth-key-file) resolve against this directory. Empty: the
     // directory of the file name given to parse(), or the current directory if it has none.
