@@ -161,6 +161,9 @@ StopInfo Machine::wait() {
     {
         std::unique_lock lock(m_mutex);
         m_changed.wait(lock, [&] { return m_stop.reason != StopReason::Running; });
+        // The threads are on their way out: never signal them again (a joined thread's id is
+        // invalid for pthread_kill).
+        m_thread_ids.clear();
     }
     for (auto& thread : m_threads)
         if (thread.joinable())

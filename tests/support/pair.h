@@ -1,0 +1,214 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// A colod pair for integration tests: writes a config and key into a fresh directory, starts
+// the real daemons as child processes (logs in the directory), talks to their control sockets
+// and consoles. Both daemons run on this host, on loopback, unless the options put them into
+// network namespaces.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <random>
+#include <string>
+
+#include "daemons/control.h"
+#include "tests/support/backend.h"
+#include "tests/support/process.h"
+#include "tests/support/test_net.h"
+
+namespace colod::test {
+
+struct PairOptions {
+    std::string memory = "64M";
+    std::string checkpoint_interval = "20ms";
+    std::string heartbeat_interval = "20ms";
+    std::string heartbeat_timeout = "200ms";
+    std::string fence_command;
+    std::string mode = "checkpoint";
+    std::string image = "builtin:kvstore";
+    std::string primary_ip = "127.0.0.1";
+    std::string secondary_ip = "127.0.0.1";
+    // Network namespaces to run each daemon in (empty: this one).
+    std::string primary_netns;
+    std::string secondary_netns;
+    std::string extra_vm;  // more [vm] lines
+};
+
+inline uint16_t free_port() {
+    base::Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
+    socklen_t length = sizeof(address);
+    ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&address), &length);
+    return ntohs(address.sin_port);
+}
+
+// Fields of `coloctl status --json` a test looks at.
+struct PairStatus {
+    std::string state;
+    std::string peer_state;
+    uint64_t seq = 0;
+    uint64_t checkpoints = 0;
+};
+
+inline std::optional<std::string> json_string(const std::string& json, const std::string& key) {
+    auto at = json.find("\"" + key + "\": \"");
+    if (at == std::string::npos)
+        return std::nullopt;
+    at += key.size() + 5;
+    return json.substr(at, json.find('"', at) - at);
+}
+inline std::optional<uint64_t> json_number(const std::string& json, const std::string& key) {
+    auto at = json.find("\"" + key + "\": ");
+    if (at == std::string::npos)
+        return std::nullopt;
+    return std::stoull(json.substr(at + key.size() + 4));
+}
+
+class Pair {
+public:
+    enum class Side { Primary, Secondary };  // the config's host sections
+
+    explicit Pair(PairOptions options = {}) : m_options(std::move(options)) {
+        static int counter = 0;
+        m_dir = std::filesystem::temp_directory_path() /
+                fmt::format("colod-pair-{}-{}-{}", ::getpid(), counter++, std::random_device{}() % 100000);
+        std::filesystem::create_directories(m_dir);
+        m_ports = {free_port(), free_port(), free_port(), free_port()};
+        write_key();
+        write_config();
+    }
+    ~Pair() {
+        m_primary.reset();
+        m_secondary.reset();
+        m_extra.clear();
+        if (!std::getenv("COLOD_KEEP_TEST_DIRS")) {
+            std::error_code ec;
+            std::filesystem::remove_all(m_dir, ec);
+        }
+    }
+
+    const std::filesystem::path& dir() const { return m_dir; }
+    std::string config() const { return (m_dir / "demo.conf").string(); }
+    std::string log(const std::string& name) const { return (m_dir / (name + ".log")).string(); }
+    uint16_t console_port(Side side) const { return side == Side::Primary ? m_ports[1] : m_ports[3]; }
+    std::string ip(Side side) const { return side == Side::Primary ? m_options.primary_ip : m_options.secondary_ip; }
+    std::string control_path(Side side) const {
+        return (m_dir / (side == Side::Primary ? "primary.sock" : "secondary.sock")).string();
+    }
+
+    std::vector<std::string> command(const std::string& program, const std::string& netns,
+                                     std::vector<std::string> extra = {}) const {
+        std::vector<std::string> argv;
+        if (!netns.empty())
+            argv = {"/usr/sbin/ip", "netns", "exec", netns};
+        argv.push_back(program);
+        argv.push_back("--config");
+        argv.push_back(config());
+        argv.insert(argv.end(), extra.begin(), extra.end());
+        return argv;
+    }
+
+    Process& start_primary(std::vector<std::string> extra = {}) {
+        auto p = Process::spawn(command(COLOD_PRIMARY_BIN, m_options.primary_netns, extra), log("primary"));
+        REQUIRE(p);
+        m_primary.reset();
+        m_primary.emplace(std::move(*p));
+        return *m_primary;
+    }
+    Process& start_secondary() {
+        auto p = Process::spawn(command(COLOD_SECONDARY_BIN, m_options.secondary_netns), log("secondary"));
+        REQUIRE(p);
+        m_secondary.reset();
+        m_secondary.emplace(std::move(*p));
+        return *m_secondary;
+    }
+    // A further daemon (e.g. a new secondary on the repaired host), kept until the pair goes.
+    Process& start_extra(const std::string& program, const std::string& netns, const std::string& name) {
+        auto p = Process::spawn(command(program, netns), log(name));
+        REQUIRE(p);
+        m_extra.push_back(std::make_unique<Process>(std::move(*p)));
+        return *m_extra.back();
+    }
+    std::optional<Process>& primary() { return m_primary; }
+    std::optional<Process>& secondary() { return m_secondary; }
+
+    // One control request to the daemon whose control socket belongs to `side`.
+    std::optional<std::string> control(Side side, const std::string& request, int timeout_ms = 10000) {
+        auto reply = daemons::control_request(control_path(side), request, timeout_ms);
+        if (!reply || !reply->ok)
+            return std::nullopt;
+        return reply->body;
+    }
+    std::optional<PairStatus> status(Side side) {
+        auto json = control(side, "status --json", 2000);
+        if (!json)
+            return std::nullopt;
+        PairStatus s;
+        s.state = json_string(*json, "state").value_or("");
+        s.peer_state = json_string(*json, "peer_state").value_or("");
+        s.seq = json_number(*json, "seq").value_or(0);
+        s.checkpoints = json_number(*json, "checkpoints").value_or(0);
+        return s;
+    }
+    bool wait_state(Side side, const std::string& state, std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
+        return eventually(
+            [&] {
+                auto s = status(side);
+                return s && s->state == state;
+            },
+            timeout);
+    }
+
+    std::optional<LineClient> console(Side side, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+        return LineClient::connect(ip(side), console_port(side), timeout);
+    }
+
+    std::string read_log(const std::string& name) const {
+        std::ifstream in(log(name));
+        return std::string(std::istreambuf_iterator<char>(in), {});
+    }
+
+private:
+    void write_key() {
+        std::ofstream key(m_dir / "demo.key", std::ios::binary);
+        std::mt19937_64 rng(std::random_device{}());
+        for (int i = 0; i < 32; ++i)
+            key.put(static_cast<char>(rng()));
+        key.close();
+        ::chmod((m_dir / "demo.key").c_str(), 0600);
+    }
+    void write_config() {
+        std::ofstream out(m_dir / "demo.conf");
+        out << "[vm]\nname = demo\nmemory = " << m_options.memory << "\nvcpus = 1\nimage = " << m_options.image
+            << "\naccelerator = " << (test_backend() == "kvm" ? "kvm" : "soft") << "\n"
+            << m_options.extra_vm << "[replication]\nmode = " << m_options.mode
+            << "\ncheckpoint-interval = " << m_options.checkpoint_interval
+            << "\nheartbeat-interval = " << m_options.heartbeat_interval
+            << "\nheartbeat-timeout = " << m_options.heartbeat_timeout << "\nfence-command = " << m_options.fence_command
+            << "\nauth-key-file = demo.key\n"
+            << "[primary]\nreplication = " << m_options.primary_ip << ":" << m_ports[0]
+            << "\nconsole = " << m_options.primary_ip << ":" << m_ports[1] << "\ncontrol = " << control_path(Side::Primary)
+            << "\n[secondary]\nreplication = " << m_options.secondary_ip << ":" << m_ports[2]
+            << "\nconsole = " << m_options.secondary_ip << ":" << m_ports[3]
+            << "\ncontrol = " << control_path(Side::Secondary) << "\n";
+    }
+
+    PairOptions m_options;
+    std::filesystem::path m_dir;
+    std::array<uint16_t, 4> m_ports{};
+    std::optional<Process> m_primary;
+    std::optional<Process> m_secondary;
+    std::vector<std::unique_ptr<Process>> m_extra;
+};
+
+}  // namespace colod::test
