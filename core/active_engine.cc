@@ -190,7 +190,7 @@ void ActiveEngine::run() {
         auto result = run_session(std::move(*link));
         {
             std::lock_guard lock(m_mutex);
-            if (m_stop)
+            if (m_stop || m_handed_over)
                 break;
             m_peer_state = "lost";
         }
@@ -248,8 +248,26 @@ base::Result<void> ActiveEngine::run_session(proto::Link link) {
                 return base::Error(base::Errc::Stopped, "replication stopped");
             }
             auto started = Clock::now();
-            TRY(checkpoint(session, m_next_seq++, proto::StateKind::Complete));
+            uint64_t seq = m_next_seq++;
+            TRY(checkpoint(session, seq, proto::StateKind::Complete));
             next = started + m_config.checkpoint_interval;
+            bool handing_over;
+            {
+                std::lock_guard lock(m_mutex);
+                handing_over = m_handover_seq == seq;
+            }
+            if (handing_over) {
+                TRY(session.link.send(proto::Handover{seq}, proto::deadline_after(std::chrono::seconds(2))));
+                // The peer takes over and closes the link; then the guest is its.
+                std::unique_lock lock(m_mutex);
+                m_cv.wait_for(lock, std::chrono::seconds(30), [&] { return m_stop || session.failure.has_value(); });
+                if (!session.failure || session.failure->code() != base::Errc::Eof)
+                    return base::Error::make(base::Errc::Failed, "the peer did not confirm the handover of checkpoint {}",
+                                             seq);
+                m_handed_over = true;
+                m_cv.notify_all();
+                return base::Error(base::Errc::Stopped, "handed over");
+            }
         }
     }();
     if (!result && result.error().code() == base::Errc::Stopped && m_guest.machine().stopped()) {
@@ -262,7 +280,10 @@ base::Result<void> ActiveEngine::run_session(proto::Link link) {
     {
         std::lock_guard lock(m_mutex);
         m_session = nullptr;
-        m_hold.reset();  // never leave the guest paused without a peer
+        if (!m_handed_over) {
+            m_hold.reset();  // never leave the guest paused without a peer
+            m_handover_seq = 0;
+        }
     }
     session.link.shutdown();
     session.heartbeats.reset();
@@ -409,7 +430,12 @@ base::Result<void> ActiveEngine::checkpoint(Session& session, uint64_t seq, prot
         pause_us = static_cast<uint64_t>(
             std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count());
         std::lock_guard lock(m_mutex);
-        if (m_hold_requested) {
+        if (m_handover_requested) {
+            // The guest stops here for good: this checkpoint is its last state on this side.
+            m_handover_requested = false;
+            m_handover_seq = seq;
+            m_hold.emplace(std::move(paused));
+        } else if (m_hold_requested) {
             m_hold_requested = false;
             m_hold_seq = seq;
             m_hold_digest = memory.digest();
@@ -475,6 +501,27 @@ base::Result<std::pair<uint64_t, uint64_t>> ActiveEngine::checkpoint_and_hold(st
     if (!m_hold || m_hold_seq != *committed)
         return base::Error(base::Errc::Failed, "the checkpoint committed without holding the guest");
     return std::make_pair(m_hold_seq, m_hold_digest);
+}
+
+base::Result<uint64_t> ActiveEngine::handover(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(m_mutex);
+    if (m_state != State::Protected)
+        return base::Error(base::Errc::Invalid, "the guest is not protected: there is no peer to hand it to");
+    m_handover_requested = true;
+    m_force = true;
+    m_cv.notify_all();
+    bool ended = m_cv.wait_for(lock, timeout, [&] { return m_handed_over || m_stop || m_state != State::Protected; });
+    m_handover_requested = false;
+    if (m_handed_over)
+        return m_handover_seq;
+    return base::Error(ended ? base::Errc::Failed : base::Errc::Timeout,
+                       ended ? "the handover failed: the guest runs on here (see the log)"
+                             : "the handover did not complete in time");
+}
+
+bool ActiveEngine::handed_over() const {
+    std::lock_guard lock(m_mutex);
+    return m_handed_over;
 }
 
 void ActiveEngine::release_hold() {

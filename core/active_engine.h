@@ -82,6 +82,12 @@ public:
     // (or a lost peer, or stop) lets the guest run on.
     base::Result<std::pair<uint64_t, uint64_t>> checkpoint_and_hold(std::chrono::milliseconds timeout);
     void release_hold();
+    // Planned switchover (coloctl failover): stops the guest at a final checkpoint, hands it
+    // to the peer (HANDOVER) and waits until the peer runs it. Nothing is lost: every output is
+    // in that checkpoint and has been released. Afterwards the guest must never run here again:
+    // the caller stops the machine.
+    base::Result<uint64_t> handover(std::chrono::milliseconds timeout);
+    bool handed_over() const;
     // The guest powered off: tells the peer (GUEST_SHUTDOWN) so it stops too, then stops.
     void guest_shutdown(int exit_code);
 
@@ -133,6 +139,9 @@ private:
     std::atomic<uint64_t> m_bytes_sent{0};
     std::chrono::steady_clock::time_point m_last_slow_log{};
     bool m_hold_requested = false;               // guarded by m_mutex
+    bool m_handover_requested = false;           // guarded by m_mutex
+    uint64_t m_handover_seq = 0;                 // the checkpoint the guest stopped at
+    bool m_handed_over = false;                  // the peer runs the guest now
     std::optional<Machine::PauseGuard> m_hold;   // the guest paused at a checkpoint (diagnostics)
     uint64_t m_hold_seq = 0, m_hold_digest = 0;
     std::thread m_thread;

@@ -190,6 +190,7 @@ void StandbyEngine::session(proto::Link link, std::string peer) {
 
     std::string why;
     bool shutdown = false;
+    bool handover = false;
     int exit_code = 0;
     {
         auto heartbeats = proto::HeartbeatSender::start(link, m_config.heartbeat_interval,
@@ -246,6 +247,17 @@ void StandbyEngine::session(proto::Link link, std::string peer) {
                     (void)link.send(proto::CheckpointReply{request->seq}, proto::deadline_after(std::chrono::seconds(2)));
                     continue;
                 }
+                if (const auto* planned = std::get_if<proto::Handover>(&*message)) {
+                    if (m_committed_valid && m_committed.load() == planned->seq) {
+                        handover = true;
+                        why = fmt::format("planned switchover: the primary stopped its guest at checkpoint {}",
+                                          planned->seq);
+                    } else {
+                        why = fmt::format("the primary handed over checkpoint {}, which this side does not hold",
+                                          planned->seq);
+                    }
+                    break;
+                }
                 if (const auto* off = std::get_if<proto::GuestShutdown>(&*message)) {
                     shutdown = true;
                     exit_code = off->exit_code;
@@ -278,6 +290,10 @@ void StandbyEngine::session(proto::Link link, std::string peer) {
         set_state(State::Stopped, "the guest powered off");
         if (m_callbacks.guest_shutdown)
             m_callbacks.guest_shutdown(exit_code);
+        return;
+    }
+    if (handover) {
+        take_over(why, detected, Fencing::Skip);  // the primary's guest is stopped for good
         return;
     }
     primary_lost(why, detected);
@@ -363,10 +379,10 @@ void StandbyEngine::primary_lost(const std::string& why, Clock::time_point detec
     }
     base::log(Level::Warning, Event::PeerLost, fmt::format("the primary is lost: {}", why),
               {{"PEER", m_config.peer_address}, {"REASON", why}, {"SEQ", std::to_string(m_committed.load())}});
-    take_over(why, detected);
+    take_over(why, detected, Fencing::Run);
 }
 
-bool StandbyEngine::take_over(const std::string& why, Clock::time_point detected) {
+bool StandbyEngine::take_over(const std::string& why, Clock::time_point detected, Fencing fencing) {
     std::lock_guard takeover(m_takeover_mutex);
     if (state() == State::Active)
         return true;
@@ -374,7 +390,7 @@ bool StandbyEngine::take_over(const std::string& why, Clock::time_point detected
     base::log(Level::Notice, Event::FailoverBegin,
               fmt::format("failover: {}; taking over from checkpoint {}", why, seq),
               {{"REASON", why}, {"SEQ", std::to_string(seq)}, {"PEER", m_config.peer_address}, k_failover_tag});
-    if (!m_config.fence_command.empty()) {
+    if (fencing == Fencing::Run && !m_config.fence_command.empty()) {
         auto fence = run_fence(m_config.fence_command,
                                {"COLOD_VM=" + m_config.vm_name, "COLOD_PEER=" + m_config.peer_address,
                                 "COLOD_SEQ=" + std::to_string(seq), "COLOD_REASON=" + why},
@@ -410,9 +426,8 @@ bool StandbyEngine::take_over(const std::string& why, Clock::time_point detected
         return false;
     }
     base::log(Level::Notice, Event::FailoverDone,
-              fmt::format("failover done: the guest runs here from checkpoint {}, {} ms after the primary was lost "
-                          "({})",
-                          seq, ms_text(took), why),
+              fmt::format("failover done: the guest runs here from checkpoint {}, {} ms after the decision ({})", seq,
+                          ms_text(took), why),
               {{"REASON", why},
                {"SEQ", std::to_string(seq)},
                {"DURATION_MS", ms_text(took)},
@@ -433,7 +448,7 @@ base::Result<uint64_t> StandbyEngine::failover_now() {
     }
     if (!m_committed_valid)
         return base::Error(base::Errc::Invalid, "no complete checkpoint to take over from");
-    if (!take_over("ordered by coloctl failover", Clock::now()))
+    if (!take_over("ordered by coloctl failover", Clock::now(), Fencing::Run))
         return base::Error(base::Errc::Failed, "the takeover failed (see the log: fence-run, failover-aborted)");
     return m_committed.load();
 }

@@ -82,7 +82,8 @@ private:
     base::Result<void> apply(Staging& staging, uint64_t seq);
     // The primary is gone (why): fence and take over if a committed checkpoint exists.
     void primary_lost(const std::string& why, std::chrono::steady_clock::time_point detected);
-    bool take_over(const std::string& why, std::chrono::steady_clock::time_point detected);
+    enum class Fencing { Run, Skip };
+    bool take_over(const std::string& why, std::chrono::steady_clock::time_point detected, Fencing fencing);
     void set_state(State state, const std::string& why);
 
     GuestRuntime& m_guest;

@@ -82,6 +82,7 @@ private:
     std::unique_ptr<core::StandbyEngine> m_standby;
     std::atomic<bool> m_guest_running{false};
     std::atomic<bool> m_stop_requested{false};  // coloctl stop
+    std::atomic<bool> m_handed_over{false};     // coloctl failover moved the guest to the peer
     std::atomic<int> m_peer_shutdown{INT_MIN};  // the primary's guest powered off (standby)
 };
 
@@ -230,9 +231,14 @@ ControlReply Node::control(const std::string& request) {
                 return {false, seq.error().message()};
             return {true, fmt::format("took over from checkpoint {}\n", *seq)};
         }
-        return {false, "a planned switchover from the active side is not available in this build: stop this "
-                       "daemon (the secondary takes over from its last checkpoint) or use coloctl failover on a "
-                       "standby that lost its primary"};
+        if (!active)
+            return {false, "this daemon runs standalone: there is no secondary to hand the guest to"};
+        auto seq = active->handover(std::chrono::seconds(50));
+        if (!seq)
+            return {false, seq.error().message()};
+        m_handed_over = true;
+        m_runtime->stop("handed over to the peer");
+        return {true, fmt::format("handed over at checkpoint {}: the guest runs on the peer\n", *seq)};
     }
     // Diagnostics for tests and for operators who want to see that both sides hold the same
     // memory: "digest" on the active side takes a checkpoint and keeps the guest paused at it;
@@ -271,6 +277,11 @@ int Node::guest_stopped() {
     {
         std::lock_guard lock(m_mutex);
         active = m_active.get();
+    }
+    if (m_handed_over) {
+        base::log(Level::Notice, Event::Stopped, "stopping: the guest was handed over to the peer",
+                  {{"REASON", "planned switchover"}});
+        return k_exit_ok;
     }
     bool clean = info.reason == core::StopReason::PowerOff ||
                  (info.reason == core::StopReason::Requested && m_stop_requested);

@@ -21,13 +21,14 @@ std::string_view message_type_name(MessageType type) {
     case MessageType::VmstateReceived: return "VMSTATE_RECEIVED";
     case MessageType::VmstateLoaded: return "VMSTATE_LOADED";
     case MessageType::GuestShutdown: return "GUEST_SHUTDOWN";
+    case MessageType::Handover: return "HANDOVER";
     }
     return "UNKNOWN";
 }
 
 bool known_message_type(uint8_t type) {
     return type >= static_cast<uint8_t>(MessageType::Hello) &&
-           type <= static_cast<uint8_t>(MessageType::GuestShutdown);
+           type <= static_cast<uint8_t>(MessageType::Handover);
 }
 
 uint32_t payload_cap(MessageType type) {

@@ -50,6 +50,7 @@ enum class MessageType : uint8_t {
     VmstateReceived = 10,
     VmstateLoaded = 11,
     GuestShutdown = 12,
+    Handover = 13,
 };
 
 std::string_view message_type_name(MessageType type);

@@ -206,6 +206,7 @@ template struct SeqMessage<MessageType::CheckpointRequest>;
 template struct SeqMessage<MessageType::CheckpointReply>;
 template struct SeqMessage<MessageType::VmstateReceived>;
 template struct SeqMessage<MessageType::VmstateLoaded>;
+template struct SeqMessage<MessageType::Handover>;
 
 std::vector<std::byte> VmstateSize::encode() const {
     std::vector<std::byte> out;
@@ -279,6 +280,7 @@ base::Result<Message> decode_message(MessageType type, std::span<const std::byte
     case MessageType::VmstateReceived: return decode_as<VmstateReceived>(payload);
     case MessageType::VmstateLoaded: return decode_as<VmstateLoaded>(payload);
     case MessageType::GuestShutdown: return decode_as<GuestShutdown>(payload);
+    case MessageType::Handover: return decode_as<Handover>(payload);
     case MessageType::VmstateSend: break;
     }
     return error(Reason::UnexpectedMessage, "{} is not a control message", message_type_name(type));

@@ -125,6 +125,10 @@ using CheckpointRequest = SeqMessage<MessageType::CheckpointRequest>;
 using CheckpointReply = SeqMessage<MessageType::CheckpointReply>;
 using VmstateReceived = SeqMessage<MessageType::VmstateReceived>;
 using VmstateLoaded = SeqMessage<MessageType::VmstateLoaded>;
+// HANDOVER(seq): a planned switchover. The sender has stopped its guest at checkpoint seq, which
+// it has just sent; the receiver takes over as soon as seq is applied, without fencing (the
+// sender's guest is stopped for good).
+using Handover = SeqMessage<MessageType::Handover>;
 
 // What a state transfer holds. A complete one carries every section of the machine and may be
 // applied as a checkpoint; a pre-copy round (the live initial sync, sent while the primary's
@@ -158,7 +162,8 @@ struct GuestShutdown {
 
 // Any control message (everything but VMSTATE_SEND).
 using Message = std::variant<Hello, Auth, ErrorMessage, Heartbeat, CheckpointReady, CheckpointRequest,
-                             CheckpointReply, VmstateSize, VmstateReceived, VmstateLoaded, GuestShutdown>;
+                             CheckpointReply, VmstateSize, VmstateReceived, VmstateLoaded, GuestShutdown,
+                             Handover>;
 
 MessageType message_type(const Message& message);
 std::vector<std::byte> encode_message(const Message& message);

@@ -223,6 +223,29 @@ TEST_CASE("guest power-off stops both daemons cleanly, without a takeover", "[in
     CHECK_THAT(secondary_log, !Catch::Contains("failover-begin"));
 }
 
+TEST_CASE("coloctl failover hands the guest over with nothing lost", "[integration]") {
+    Pair pair;
+    pair.start_secondary();
+    pair.start_primary();
+    REQUIRE(pair.wait_state(Side::Primary, "protected"));
+    auto console = pair.console(Side::Primary);
+    REQUIRE(console);
+    for (int i = 1; i <= 25; ++i)
+        REQUIRE(console->command("INCR counter") == std::to_string(i));
+    REQUIRE(console->command("SET last planned") == "OK");
+    auto reply = pair.control(Side::Primary, "failover", 60000);
+    REQUIRE(reply);
+    CHECK_THAT(*reply, Catch::Contains("handed over at checkpoint"));
+    CHECK(pair.primary()->exit_code() == 0);
+    REQUIRE(pair.wait_state(Side::Secondary, "active", std::chrono::seconds(5)));
+    auto on_secondary = pair.console(Side::Secondary);
+    REQUIRE(on_secondary);
+    CHECK(get_counter(*on_secondary) == 25);  // every reply the client saw, and nothing more
+    CHECK(on_secondary->command("GET last") == "planned");
+    CHECK_THAT(pair.read_log("secondary"), Catch::Contains("planned switchover"));
+    CHECK_THAT(pair.read_log("secondary"), !Catch::Contains("fence-run"));
+}
+
 TEST_CASE("coloctl stop ends the pair without a takeover", "[integration]") {
     Pair pair;
     pair.start_secondary();
