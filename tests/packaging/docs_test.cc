@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "base/events.h"
 #include "config/config.h"
+#include "tests/packaging/closed_events.h"
 
 namespace fs = std::filesystem;
 
@@ -37,15 +37,6 @@ std::vector<std::string> lines_of(const std::string& text) {
     for (std::string line; std::getline(in, line);)
         lines.push_back(line);
     return lines;
-}
-
-std::set<std::string> code_events() {
-    std::set<std::string> names;
-#define COLOD_COLLECT_EVENT(name, text) names.emplace(colod::base::event_name(colod::base::Event::name));
-    COLOD_EVENTS(COLOD_COLLECT_EVENT)
-#undef COLOD_COLLECT_EVENT
-    names.erase("");  // Event::None: plain messages carry no COLOD_EVENT
-    return names;
 }
 
 // "section.key" for every row of a key table in docs/config.md. A table belongs to the
@@ -125,7 +116,7 @@ TEST_CASE("every config key is documented in docs/config.md, and nothing else is
 }
 
 TEST_CASE("every COLOD_EVENT value is documented in docs/events.md, and nothing else is", "[docs]") {
-    const auto events = code_events();
+    const auto events = colod::test::closed_event_names();
     REQUIRE(events.size() > 10);
     const auto documented = documented_events(read_file(k_source / "docs" / "events.md"));
     INFO("in base/events.h but not documented: " << joined(minus(events, documented)));
@@ -134,7 +125,7 @@ TEST_CASE("every COLOD_EVENT value is documented in docs/events.md, and nothing 
 }
 
 TEST_CASE("every COLOD_EVENT=VALUE in the docs, man pages and units names a real event", "[docs]") {
-    const auto events = code_events();
+    const auto events = colod::test::closed_event_names();
     std::vector<fs::path> files{k_source / "README.md"};
     for (const char* dir : {"docs", "packaging/man", "packaging/systemd", "packaging/examples"})
         for (const auto& entry : fs::directory_iterator(k_source / dir))

@@ -35,8 +35,8 @@
 #include <string>
 #include <vector>
 
-#include "base/events.h"
 #include "base/fd.h"
+#include "tests/packaging/closed_events.h"
 
 extern char** environ;
 
@@ -423,15 +423,6 @@ struct Setup {
     }
 };
 
-std::set<std::string> closed_event_list() {
-    std::set<std::string> names;
-#define COLOD_COLLECT_EVENT(name, text) names.emplace(colod::base::event_name(colod::base::Event::name));
-    COLOD_EVENTS(COLOD_COLLECT_EVENT)
-#undef COLOD_COLLECT_EVENT
-    names.erase("");
-    return names;
-}
-
 }  // namespace
 
 TEST_CASE("colod-primary writes structured records to the journal and notifies systemd", "[journald]") {
@@ -465,7 +456,7 @@ TEST_CASE("colod-primary writes structured records to the journal and notifies s
 
     // Every record: the fields every record carries, names journald accepts (it silently drops
     // fields whose names break its rules), and events from the closed list only.
-    const auto events = closed_event_list();
+    const auto events = colod::test::closed_event_names();
     static const std::regex journald_name("^[A-Z0-9][A-Z0-9_]{0,63}$");
     for (const auto& record : daemon.records()) {
         INFO("record:\n" << describe(record));
