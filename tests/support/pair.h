@@ -17,6 +17,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "daemons/control.h"
 #include "tests/support/backend.h"
@@ -38,6 +39,11 @@ struct PairOptions {
     // Network namespaces to run each daemon in (empty: this one).
     std::string primary_netns;
     std::string secondary_netns;
+    // Where each side's console listens and the test connects to it (empty: the side's *_ip).
+    // In namespaces the replication link and the test's way in are different networks.
+    std::string primary_console_ip;
+    std::string secondary_console_ip;
+    std::vector<std::string> env;  // added to both daemons' environment ("KEY=value")
     std::string extra_vm;  // more [vm] lines
 };
 
@@ -102,6 +108,11 @@ public:
     std::string log(const std::string& name) const { return (m_dir / (name + ".log")).string(); }
     uint16_t console_port(Side side) const { return side == Side::Primary ? m_ports[1] : m_ports[3]; }
     std::string ip(Side side) const { return side == Side::Primary ? m_options.primary_ip : m_options.secondary_ip; }
+    std::string console_ip(Side side) const {
+        const std::string& chosen = side == Side::Primary ? m_options.primary_console_ip : m_options.secondary_console_ip;
+        return chosen.empty() ? ip(side) : chosen;
+    }
+    const PairOptions& options() const { return m_options; }
     std::string control_path(Side side) const {
         return (m_dir / (side == Side::Primary ? "primary.sock" : "secondary.sock")).string();
     }
@@ -119,14 +130,16 @@ public:
     }
 
     Process& start_primary(std::vector<std::string> extra = {}) {
-        auto p = Process::spawn(command(COLOD_PRIMARY_BIN, m_options.primary_netns, extra), log("primary"));
+        auto p = Process::spawn(command(COLOD_PRIMARY_BIN, m_options.primary_netns, extra), log("primary"),
+                                m_options.env);
         REQUIRE(p);
         m_primary.reset();
         m_primary.emplace(std::move(*p));
         return *m_primary;
     }
     Process& start_secondary() {
-        auto p = Process::spawn(command(COLOD_SECONDARY_BIN, m_options.secondary_netns), log("secondary"));
+        auto p = Process::spawn(command(COLOD_SECONDARY_BIN, m_options.secondary_netns), log("secondary"),
+                                m_options.env);
         REQUIRE(p);
         m_secondary.reset();
         m_secondary.emplace(std::move(*p));
@@ -134,7 +147,7 @@ public:
     }
     // A further daemon (e.g. a new secondary on the repaired host), kept until the pair goes.
     Process& start_extra(const std::string& program, const std::string& netns, const std::string& name) {
-        auto p = Process::spawn(command(program, netns), log(name));
+        auto p = Process::spawn(command(program, netns), log(name), m_options.env);
         REQUIRE(p);
         m_extra.push_back(std::make_unique<Process>(std::move(*p)));
         return *m_extra.back();
@@ -170,7 +183,7 @@ public:
     }
 
     std::optional<LineClient> console(Side side, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
-        return LineClient::connect(ip(side), console_port(side), timeout);
+        return LineClient::connect(console_ip(side), console_port(side), timeout);
     }
 
     std::string read_log(const std::string& name) const {
@@ -197,9 +210,9 @@ private:
             << "\nheartbeat-timeout = " << m_options.heartbeat_timeout << "\nfence-command = " << m_options.fence_command
             << "\nauth-key-file = demo.key\n"
             << "[primary]\nreplication = " << m_options.primary_ip << ":" << m_ports[0]
-            << "\nconsole = " << m_options.primary_ip << ":" << m_ports[1] << "\ncontrol = " << control_path(Side::Primary)
+            << "\nconsole = " << console_ip(Side::Primary) << ":" << m_ports[1] << "\ncontrol = " << control_path(Side::Primary)
             << "\n[secondary]\nreplication = " << m_options.secondary_ip << ":" << m_ports[2]
-            << "\nconsole = " << m_options.secondary_ip << ":" << m_ports[3]
+            << "\nconsole = " << console_ip(Side::Secondary) << ":" << m_ports[3]
             << "\ncontrol = " << control_path(Side::Secondary) << "\n";
     }
 

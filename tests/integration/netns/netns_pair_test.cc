@@ -1,0 +1,285 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// The pair across two network namespaces, the nearest this host gets to two hosts: each daemon
+// in its own namespace, the replication link a veth pair between them, and each console
+// reached from the test's namespace over a veth of its own. A link cut is `ip link set repl
+// down` inside the primary's namespace: no FIN, no RST, the peers only stop hearing each other,
+// which is what a partition looks like (and what a dead host looks like from the other side).
+// Needs root; see netns_available_or_skip().
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <filesystem>
+#include <thread>
+
+#include "tests/integration/netns/netns.h"
+#include "tests/support/pair.h"
+
+using namespace colod;
+using namespace colod::test;
+using Side = Pair::Side;
+using Host = NetnsPairNetwork::Side;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+PairOptions options_for(const NetnsPairNetwork& net) {
+    PairOptions options;
+    options.primary_ip = net.replication_ip(Host::Primary);
+    options.secondary_ip = net.replication_ip(Host::Secondary);
+    options.primary_console_ip = net.console_ip(Host::Primary);
+    options.secondary_console_ip = net.console_ip(Host::Secondary);
+    options.primary_netns = net.ns(Host::Primary);
+    options.secondary_netns = net.ns(Host::Secondary);
+    return options;
+}
+
+// INCRs a counter as fast as the replies come, counting what was sent and what was
+// acknowledged, until the connection breaks or stop is set.
+struct IncrClient {
+    std::atomic<uint64_t> sent{0}, acked{0};
+    std::atomic<bool> stop{false};
+    std::atomic<bool> bad_reply{false};
+    std::thread thread;
+
+    void start(LineClient client) {
+        thread = std::thread([this, c = std::move(client)]() mutable {
+            while (!stop) {
+                ++sent;
+                auto reply = c.command("INCR counter", std::chrono::seconds(5));
+                if (!reply)
+                    return;
+                if (reply->empty() || reply->find_first_not_of("0123456789") != std::string::npos) {
+                    bad_reply = true;
+                    return;
+                }
+                acked = std::stoull(*reply);  // only this client increments the counter
+            }
+        });
+    }
+    void join() {
+        stop = true;
+        if (thread.joinable())
+            thread.join();
+    }
+    ~IncrClient() { join(); }
+};
+
+// The first line of a daemon's log that records `event` ("LEVEL [event]: ..."), and where.
+struct LogLine {
+    size_t at = std::string::npos;
+    std::string text;
+    explicit operator bool() const { return at != std::string::npos; }
+};
+LogLine event_line(const std::string& log, const std::string& event) {
+    LogLine line;
+    line.at = log.find("[" + event + "]:");
+    if (line.at == std::string::npos)
+        return line;
+    size_t begin = log.rfind('\n', line.at);
+    begin = begin == std::string::npos ? 0 : begin + 1;
+    line.text = log.substr(begin, log.find('\n', line.at) - begin);
+    return line;
+}
+
+bool log_has_event(Pair& pair, const std::string& name, const std::string& event) {
+    return static_cast<bool>(event_line(pair.read_log(name), event));
+}
+
+// A directory of the test's own that the fence command writes into, removed at the end.
+struct ScratchDir {
+    std::filesystem::path path;
+    ScratchDir() {
+        static int counter = 0;
+        path = std::filesystem::temp_directory_path() / fmt::format("colod-netns-{}-{}", ::getpid(), counter++);
+        std::filesystem::create_directories(path);
+    }
+    ~ScratchDir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path, ec);
+    }
+};
+
+}  // namespace
+
+TEST_CASE("across two namespaces the pair syncs, checkpoints 200+ times under CHURN, and both sides hold "
+          "the same memory",
+          "[integration][netns]") {
+    if (!netns_available_or_skip())
+        return;
+    NetnsPairNetwork net;
+    Pair pair(options_for(net));
+    pair.start_secondary();
+    pair.start_primary();
+    REQUIRE(pair.wait_state(Side::Primary, "protected"));
+    REQUIRE(pair.wait_state(Side::Secondary, "standby"));
+    auto json = pair.control(Side::Primary, "status --json");
+    REQUIRE(json);
+    // The primary replicates to the secondary's address on the veth link, not over loopback.
+    CHECK_THAT(json_string(*json, "peer").value_or(""), Catch::StartsWith(net.replication_ip(Host::Secondary) + ":"));
+
+    auto c = pair.console(Side::Primary);
+    REQUIRE(c);
+    REQUIRE(c->command("CHURN 20") == "OK");
+    REQUIRE(eventually([&] { return pair.status(Side::Primary)->checkpoints >= 200; }, std::chrono::seconds(120)));
+    for (int round = 0; round < 3; ++round) {
+        // The primary takes a checkpoint and holds its guest paused there; the secondary has
+        // committed the same checkpoint. Each digest covers every page (a CRC per page, folded
+        // in page order), so equal replies mean equal memory page for page.
+        auto primary = pair.control(Side::Primary, "digest");
+        REQUIRE(primary);
+        auto secondary = pair.control(Side::Secondary, "digest");
+        REQUIRE(secondary);
+        INFO("primary " << *primary << " secondary " << *secondary);
+        CHECK(*primary == *secondary);
+        REQUIRE(pair.control(Side::Primary, "resume"));
+        uint64_t seq = std::stoull(*primary);
+        REQUIRE(eventually([&] { return pair.status(Side::Primary)->seq > seq + 5; }));
+    }
+    auto after = pair.control(Side::Primary, "status --json");
+    REQUIRE(after);
+    CHECK(json_number(*after, "checkpoints").value_or(0) >= 200);
+    // Everything the primary sent went through the veth (plus TCP/IP headers and heartbeats).
+    uint64_t bytes_sent = json_number(*after, "bytes_sent").value_or(0);
+    CHECK(bytes_sent > 0);
+    CHECK(net.replication_tx_bytes(Host::Primary) >= bytes_sent);
+    auto standby = pair.status(Side::Secondary);
+    REQUIRE(standby);
+    CHECK(standby->checkpoints >= 200);
+    CHECK(c->command("PING") == "PONG");
+}
+
+TEST_CASE("a cut replication link with a failing fence-command: no takeover, the primary serves on "
+          "unprotected, and a repaired link protects it again",
+          "[integration][netns]") {
+    if (!netns_available_or_skip())
+        return;
+    NetnsPairNetwork net;
+    auto options = options_for(net);
+    options.fence_command = "false";
+    Pair pair(options);
+    pair.start_secondary();
+    pair.start_primary();
+    REQUIRE(pair.wait_state(Side::Primary, "protected"));
+    REQUIRE(pair.wait_state(Side::Secondary, "standby"));
+    auto console = pair.console(Side::Primary);
+    REQUIRE(console);
+    IncrClient client;
+    client.start(std::move(*console));
+    REQUIRE(eventually([&] { return client.acked > 20; }));
+
+    net.set_replication_link(Host::Primary, NetnsPairNetwork::LinkState::Down);
+    REQUIRE(pair.wait_state(Side::Primary, "unprotected", std::chrono::seconds(5)));
+    REQUIRE(eventually([&] { return log_has_event(pair, "secondary", "failover-aborted"); }, std::chrono::seconds(10)));
+
+    std::string secondary_log = pair.read_log("secondary");
+    INFO("secondary log:\n" << secondary_log);
+    auto begin = event_line(secondary_log, "failover-begin");
+    auto fence = event_line(secondary_log, "fence-run");
+    auto aborted = event_line(secondary_log, "failover-aborted");
+    REQUIRE(begin);
+    REQUIRE(fence);
+    REQUIRE(aborted);
+    // Nothing came from the primary any more: no FIN, so the heartbeat timeout found it.
+    CHECK_THAT(begin.text, Catch::Contains("REASON=heartbeat timeout"));
+    CHECK_THAT(fence.text, Catch::StartsWith("error [fence-run]") && Catch::Contains("FENCE_STATUS=1"));
+    CHECK(begin.at < fence.at);
+    CHECK(fence.at < aborted.at);
+    CHECK_FALSE(event_line(secondary_log, "failover-done"));
+    // The secondary did not take over: it stays standing by and serves no console.
+    auto standby = pair.status(Side::Secondary);
+    REQUIRE(standby);
+    CHECK(standby->state == "standby");
+    CHECK_FALSE(LineClient::connect(pair.console_ip(Side::Secondary), pair.console_port(Side::Secondary),
+                                    std::chrono::milliseconds(300)));
+
+    // The primary serves on, unprotected, and said why.
+    std::string primary_log = pair.read_log("primary");
+    CHECK(event_line(primary_log, "peer-lost"));
+    CHECK(event_line(primary_log, "unprotected"));
+    uint64_t acked_unprotected = client.acked;
+    REQUIRE(eventually([&] { return client.acked > acked_unprotected + 20; }));
+    CHECK(pair.status(Side::Secondary)->state == "standby");
+
+    // Repair the link: the primary finds its secondary again and re-protects with a full copy.
+    net.set_replication_link(Host::Primary, NetnsPairNetwork::LinkState::Up);
+    REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::seconds(30)));
+    REQUIRE(pair.wait_state(Side::Secondary, "standby"));
+    CHECK(event_line(pair.read_log("primary"), "reprotected"));
+    auto primary_digest = pair.control(Side::Primary, "digest");
+    REQUIRE(primary_digest);
+    auto secondary_digest = pair.control(Side::Secondary, "digest");
+    REQUIRE(secondary_digest);
+    CHECK(*primary_digest == *secondary_digest);
+    REQUIRE(pair.control(Side::Primary, "resume"));
+    uint64_t acked_reprotected = client.acked;
+    REQUIRE(eventually([&] { return client.acked > acked_reprotected + 10; }));
+    client.join();
+    CHECK_FALSE(client.bad_reply);
+    // A new client is served too (after the INCR client: every client sees all output).
+    auto later = pair.console(Side::Primary);
+    REQUIRE(later);
+    auto counter = later->command("GET counter");
+    REQUIRE(counter);
+    CHECK(*counter == std::to_string(client.acked.load()));
+}
+
+TEST_CASE("a cut replication link with a succeeding fence-command: the secondary fences, then takes over "
+          "from its last checkpoint",
+          "[integration][netns]") {
+    if (!netns_available_or_skip())
+        return;
+    NetnsPairNetwork net;
+    ScratchDir scratch;
+    auto fenced = scratch.path / "fenced";
+    auto options = options_for(net);
+    options.fence_command = "touch " + fenced.string();
+    Pair pair(options);
+    pair.start_secondary();
+    pair.start_primary();
+    REQUIRE(pair.wait_state(Side::Primary, "protected"));
+    REQUIRE(pair.wait_state(Side::Secondary, "standby"));
+    auto console = pair.console(Side::Primary);
+    REQUIRE(console);
+    IncrClient client;
+    client.start(std::move(*console));
+    REQUIRE(eventually([&] { return client.acked > 20; }));
+
+    // Every reply the client has seen was released after the secondary loaded its checkpoint.
+    uint64_t acked_before_cut = client.acked;
+    net.set_replication_link(Host::Primary, NetnsPairNetwork::LinkState::Down);
+    REQUIRE(pair.wait_state(Side::Secondary, "active", std::chrono::seconds(10)));
+    CHECK(std::filesystem::exists(fenced));  // the fence command ran, before the takeover
+    REQUIRE(eventually([&] { return log_has_event(pair, "secondary", "failover-done"); }));
+
+    std::string secondary_log = pair.read_log("secondary");
+    INFO("secondary log:\n" << secondary_log);
+    auto begin = event_line(secondary_log, "failover-begin");
+    auto fence = event_line(secondary_log, "fence-run");
+    auto done = event_line(secondary_log, "failover-done");
+    REQUIRE(begin);
+    REQUIRE(fence);
+    REQUIRE(done);
+    CHECK_THAT(begin.text, Catch::Contains("REASON=heartbeat timeout"));
+    CHECK_THAT(fence.text, Catch::StartsWith("notice [fence-run]") && Catch::Contains("FENCE_STATUS=0"));
+    CHECK_THAT(done.text, Catch::Contains("DURATION_MS="));
+    CHECK(begin.at < fence.at);
+    CHECK(fence.at < done.at);
+    CHECK_FALSE(event_line(secondary_log, "failover-aborted"));
+
+    // The touch stands in for a power fence; do what a real one would have done to the primary.
+    pair.primary()->signal(SIGKILL);
+    REQUIRE(pair.primary()->exit_code() == 128 + SIGKILL);
+    client.join();
+    CHECK_FALSE(client.bad_reply);
+
+    auto on_secondary = pair.console(Side::Secondary);
+    REQUIRE(on_secondary);
+    auto reply = on_secondary->command("GET counter");
+    REQUIRE(reply);
+    uint64_t value = *reply == "NIL" ? 0 : std::stoull(*reply);
+    INFO("acknowledged before the cut " << acked_before_cut << ", sent " << client.sent << ", secondary has " << value);
+    CHECK(value >= acked_before_cut);
+    CHECK(value <= client.sent);
+    CHECK(on_secondary->command("INCR counter") == std::to_string(value + 1));
+    CHECK(pair.status(Side::Secondary)->state == "active");
+}
