@@ -2,7 +2,9 @@
 #include "base/log.h"
 #include "base/result.h"
 
+#include <chrono>
 #include <cstdio>
+#include <map>
 #include <mutex>
 
 namespace colod::base {
@@ -57,10 +59,39 @@ void stderr_sink(const LogRecord& record) {
     std::fputs(line.c_str(), stderr);
 }
 
-void log(Level level, std::string_view event, std::string message, std::vector<LogField> fields) {
+void log(Level level, Event event, std::string message, std::vector<LogField> fields) {
     if (level < g_level)
         return;
-    g_sink(LogRecord{level, event, std::move(message), std::move(fields)});
+    g_sink(LogRecord{level, event_name(event), std::move(message), std::move(fields)});
+}
+
+void log_limited(std::string_view key, std::chrono::milliseconds interval, Level level, Event event,
+                 std::string message, std::vector<LogField> fields) {
+    struct Entry {
+        std::chrono::steady_clock::time_point last;
+        uint64_t suppressed = 0;
+    };
+    static std::mutex mutex;
+    static std::map<std::string, Entry, std::less<>> entries;
+    uint64_t suppressed = 0;
+    {
+        std::lock_guard lock(mutex);
+        auto now = std::chrono::steady_clock::now();
+        if (entries.size() > 1024)
+            entries.clear();  // bounded: a flood of distinct keys only loses the counts
+        auto it = entries.find(key);
+        if (it != entries.end() && now - it->second.last < interval) {
+            ++it->second.suppressed;
+            return;
+        }
+        if (it == entries.end())
+            it = entries.emplace(std::string(key), Entry{}).first;
+        suppressed = std::exchange(it->second.suppressed, 0);
+        it->second.last = now;
+    }
+    if (suppressed)
+        message += fmt::format(" ({} more like this suppressed)", suppressed);
+    log(level, event, std::move(message), std::move(fields));
 }
 
 }  // namespace colod::base

@@ -26,6 +26,7 @@ namespace colod::base {
     X(CheckpointSlow, "checkpoint-slow")      /* a checkpoint's pause or round trip was over target */   \
     X(CheckpointFailed, "checkpoint-failed")  /* a checkpoint could not be taken or applied */           \
     X(FenceRun, "fence-run")                  /* the fence command ran: exit status and output */        \
+    X(Failover, "failover")                   /* second tag on every failover record (see docs) */       \
     X(FailoverBegin, "failover-begin")        /* the secondary decided to take over: why, from what */   \
     X(FailoverDone, "failover-done")          /* the guest runs on the former secondary: how long */     \
     X(FailoverAborted, "failover-aborted")    /* the fence failed: no takeover */                        \

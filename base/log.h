@@ -4,6 +4,7 @@
 // everything else (tests, tools) gets human-readable lines on stderr.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <initializer_list>
 #include <string>
@@ -41,22 +42,20 @@ Level log_level();
 // The default sink: "LEVEL event: message KEY=value ..." on stderr.
 void stderr_sink(const LogRecord& record);
 
-void log(Level level, std::string_view event, std::string message, std::vector<LogField> fields = {});
-inline void log(Level level, Event event, std::string message, std::vector<LogField> fields = {}) {
-    log(level, event_name(event), std::move(message), std::move(fields));
-}
+// `event` comes from the closed list in base/events.h (Event::None for a plain message).
+void log(Level level, Event event, std::string message, std::vector<LogField> fields = {});
 
-template <typename... Args>
-void logf(Level level, std::string_view event, fmt::format_string<Args...> format, Args&&... args) {
-    if (level < log_level())
-        return;
-    log(level, event, fmt::format(format, std::forward<Args>(args)...));
-}
+// Like log(), but a record with the same `key` is written at most once per `interval`; the
+// next one that goes out says how many were suppressed. For warnings that a misbehaving peer
+// could otherwise repeat many times a second.
+void log_limited(std::string_view key, std::chrono::milliseconds interval, Level level, Event event,
+                 std::string message, std::vector<LogField> fields = {});
+
 template <typename... Args>
 void logf(Level level, Event event, fmt::format_string<Args...> format, Args&&... args) {
     if (level < log_level())
         return;
-    log(level, event_name(event), fmt::format(format, std::forward<Args>(args)...));
+    log(level, event, fmt::format(format, std::forward<Args>(args)...));
 }
 
 }  // namespace colod::base

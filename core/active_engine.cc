@@ -249,7 +249,17 @@ base::Result<void> ActiveEngine::run_session(proto::Link link) {
             }
             auto started = Clock::now();
             uint64_t seq = m_next_seq++;
-            TRY(checkpoint(session, seq, proto::StateKind::Complete));
+            if (auto taken = checkpoint(session, seq, proto::StateKind::Complete); !taken) {
+                bool link_fault = [&] {
+                    std::lock_guard lock(m_mutex);
+                    return session.failure.has_value() || m_stop;
+                }();
+                if (!link_fault && !m_guest.machine().stopped())
+                    base::log(Level::Error, Event::CheckpointFailed,
+                              fmt::format("checkpoint {} failed: {}", seq, taken.error().message()),
+                              {{"SEQ", std::to_string(seq)}, {"REASON", taken.error().message()}});
+                return std::move(taken).error();
+            }
             next = started + m_config.checkpoint_interval;
             bool handing_over;
             {

@@ -122,7 +122,7 @@ void ConsoleServer::input_space_available() { wake(); }
 
 void ConsoleServer::drop(size_t index, std::string_view why) {
     Client& client = m_clients[index];
-    base::logf(base::Level::Info, "", "console client {} left: {}", client.id, why);
+    base::logf(base::Level::Info, base::Event::None, "console client {} left: {}", client.id, why);
     client.fd.reset();
     client.out.clear();
     if (m_feeder == client.id && client.in.find('\n') == std::string::npos) {
@@ -152,13 +152,13 @@ void ConsoleServer::accept_clients() {
         if (client_count_locked() >= m_options.max_clients) {
             static constexpr char k_full[] = "ERR console full\n";
             [[maybe_unused]] ssize_t n = ::send(fd, k_full, sizeof(k_full) - 1, MSG_NOSIGNAL);
-            base::logf(base::Level::Warning, "", "console: refused a client, {} already connected", m_clients.size());
+            base::logf(base::Level::Warning, base::Event::None, "console: refused a client, {} already connected", m_clients.size());
             continue;
         }
         int one = 1;
         ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         m_clients.push_back(Client{std::move(owned), {}, {}, m_next_id++});
-        base::logf(base::Level::Info, "", "console client {} connected", m_clients.back().id);
+        base::logf(base::Level::Info, base::Event::None, "console client {} connected", m_clients.back().id);
     }
 }
 
@@ -232,7 +232,7 @@ void ConsoleServer::loop() {
         if (::poll(fds.data(), fds.size(), -1) < 0) {
             if (errno == EINTR)
                 continue;
-            base::logf(base::Level::Error, "error", "console: poll failed: {}", std::strerror(errno));
+            base::logf(base::Level::Error, base::Event::Error, "console: poll failed: {}", std::strerror(errno));
             return;
         }
         if (fds[0].revents) {

@@ -93,7 +93,7 @@ void GuestRuntime::watchdog() {
             auto guard = m_machine->pause();
             auto halted = m_machine->halted_without_interrupts();
             if (!halted)
-                base::logf(base::Level::Warning, "", "halt check failed: {}", halted.error().message());
+                base::logf(base::Level::Warning, base::Event::None, "halt check failed: {}", halted.error().message());
             else if (*halted)
                 m_machine->request_stop(StopInfo{StopReason::HaltedNoInterrupts, 0,
                                                  "every vCPU halted with interrupts disabled"});

@@ -39,7 +39,7 @@ void IoBus::pio(uint16_t port, std::span<std::byte> data, bool is_write) {
     Device* device = find(m_ports, port, data.size());
     if (!device) {
         if (++m_unclaimed == 1 || (m_unclaimed & (m_unclaimed - 1)) == 0)  // log at 1, 2, 4, 8 ...
-            base::logf(base::Level::Debug, "", "guest {} unclaimed port {:#x} ({} so far)", is_write ? "wrote" : "read",
+            base::logf(base::Level::Debug, base::Event::None, "guest {} unclaimed port {:#x} ({} so far)", is_write ? "wrote" : "read",
                        port, m_unclaimed);
         if (!is_write)
             std::fill(data.begin(), data.end(), std::byte{0xff});
@@ -55,7 +55,7 @@ void IoBus::mmio(uint64_t addr, std::span<std::byte> data, bool is_write) {
     Device* device = find(m_mmio, addr, data.size());
     if (!device) {
         if (++m_unclaimed == 1 || (m_unclaimed & (m_unclaimed - 1)) == 0)
-            base::logf(base::Level::Debug, "", "guest {} unclaimed MMIO {:#x} ({} so far)", is_write ? "wrote" : "read",
+            base::logf(base::Level::Debug, base::Event::None, "guest {} unclaimed MMIO {:#x} ({} so far)", is_write ? "wrote" : "read",
                        addr, m_unclaimed);
         if (!is_write)
             std::fill(data.begin(), data.end(), std::byte{0xff});

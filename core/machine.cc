@@ -55,7 +55,7 @@ base::Result<std::unique_ptr<Machine>> Machine::create(const MachineConfig& conf
     auto uart = std::make_unique<Uart>(
         COLOD_PORT_COM1, nullptr, [self](bool level) {
             if (auto result = self->m_vm.irq_line(COLOD_IRQ_COM1, level); !result)
-                base::logf(base::Level::Error, "error", "UART interrupt: {}", result.error().message());
+                base::logf(base::Level::Error, base::Event::Error, "UART interrupt: {}", result.error().message());
         });
     machine->m_uart = uart.get();
     TRY(machine->m_bus.add_ports(COLOD_PORT_COM1, Uart::k_port_count, *uart));

@@ -26,7 +26,7 @@ std::string ms_text(Clock::duration d) {
 
 // The failover records also carry COLOD_EVENT=failover, so that
 // `journalctl COLOD_EVENT=failover` alone tells the whole story.
-const base::LogField k_failover_tag{"EVENT", "failover"};
+const base::LogField k_failover_tag{"EVENT", std::string(base::event_name(Event::Failover))};
 
 }  // namespace
 
@@ -222,6 +222,11 @@ void StandbyEngine::session(proto::Link link, std::string peer) {
                     auto handled = receive_state(link, *decoder, staging, frame.payload(), first_complete);
                     if (!handled) {
                         why = handled.error().message();
+                        base::log(Level::Error, Event::CheckpointFailed,
+                                  fmt::format("a checkpoint from {} was refused: {}; the committed state (checkpoint "
+                                              "{}) is kept",
+                                              peer, why, m_committed.load()),
+                                  {{"PEER", peer}, {"REASON", why}, {"SEQ", std::to_string(m_committed.load())}});
                         (void)link.send(proto::ErrorMessage{static_cast<uint16_t>(proto::reason_of(handled.error())), why},
                                         proto::deadline_after(std::chrono::milliseconds(200)));
                         break;
@@ -410,7 +415,8 @@ bool StandbyEngine::take_over(const std::string& why, Clock::time_point detected
         if (!fence.succeeded) {
             base::log(Level::Error, Event::FailoverAborted,
                       fmt::format("failover aborted: the fence command failed, so the primary may still run; the "
-                                  "guest stays stopped here at checkpoint {} (coloctl failover forces a takeover)",
+                                  "guest stays stopped here at checkpoint {}. Once you know the primary is down, "
+                                  "'coloctl failover' on this side takes over without fencing",
                                   seq),
                       {{"REASON", why}, {"SEQ", std::to_string(seq)}, k_failover_tag});
             set_state(State::Standby, fmt::format("standby: primary lost, fence failed; checkpoint {}", seq));
@@ -448,7 +454,8 @@ base::Result<uint64_t> StandbyEngine::failover_now() {
     }
     if (!m_committed_valid)
         return base::Error(base::Errc::Invalid, "no complete checkpoint to take over from");
-    if (!take_over("ordered by coloctl failover", Clock::now(), Fencing::Run))
+    if (!take_over("ordered by coloctl failover (the operator confirmed the primary is down)", Clock::now(),
+                   Fencing::Skip))
         return base::Error(base::Errc::Failed, "the takeover failed (see the log: fence-run, failover-aborted)");
     return m_committed.load();
 }

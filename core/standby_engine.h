@@ -60,7 +60,9 @@ public:
     void stop();
 
     // Operator-ordered takeover (coloctl failover) from the last committed checkpoint, when no
-    // primary is connected. Runs the fence command like an automatic failover.
+    // primary is connected. The operator confirms that the primary is down (as with a fence
+    // agent's manual confirmation), so the fence command is not run: this is the way past a
+    // fence that keeps failing.
     base::Result<uint64_t> failover_now();
 
     // Diagnostics: the committed checkpoint and the digest of guest RAM holding it.

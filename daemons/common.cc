@@ -157,7 +157,7 @@ std::string choose_backend(std::string_view accelerator) {
         return std::string(accelerator);
     if (::access("/dev/kvm", F_OK) == 0)
         return "kvm";
-    base::log(base::Level::Warning, "",
+    base::log(base::Level::Warning, base::Event::None,
               "no /dev/kvm on this host: the guest runs on the software backend (an interpreter, much slower than "
               "KVM); set 'accelerator = kvm' in [vm] to refuse to start instead");
     return "soft";

@@ -361,6 +361,24 @@ int Node::run() {
         if (signal) {
             base::log(Level::Notice, Event::Stopped, fmt::format("stopping on signal {}", strsignal(signal)),
                       {{"REASON", strsignal(signal)}});
+            // A protected guest moves to the peer first (zero loss, no fencing): stopping the
+            // service on this host, or shutting the host down, is a switchover, not an outage.
+            core::ActiveEngine* active = nullptr;
+            {
+                std::lock_guard lock(m_mutex);
+                active = m_active.get();
+            }
+            if (active && active->state() == core::ActiveEngine::State::Protected) {
+                if (auto seq = active->handover(std::chrono::seconds(30)); seq) {
+                    m_handed_over = true;
+                    base::log(Level::Notice, Event::Stopped,
+                              fmt::format("handed the guest over to the peer at checkpoint {}", *seq),
+                              {{"SEQ", std::to_string(*seq)}, {"REASON", "planned switchover"}});
+                } else {
+                    base::logf(Level::Warning, Event::None, "could not hand the guest over ({}): stopping anyway",
+                               seq.error().message());
+                }
+            }
             break;
         }
         if (m_guest_running && m_runtime->machine().stopped()) {

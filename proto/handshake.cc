@@ -18,8 +18,16 @@ void send_error(Link& link, Reason reason, std::string text) {
 }
 
 void log_failure(const Link& link, const base::Error& err) {
-    base::log(base::Level::Warning, "handshake-failed", fmt::format("handshake with {} failed: {}", link.peer_address(), err.message()),
-              {{"PEER", link.peer_address()}, {"REASON", std::string(reason_name(reason_of(err)))}});
+    // A peer that keeps trying (a second active side, a wrong key) must not flood the log: one
+    // record per peer host and reason every 10 s.
+    // The accepting side sees a new port on every attempt: it keys on the peer's host only.
+    std::string peer = link.peer_address();
+    bool accepting = link.side() == LinkSide::Accepting;
+    std::string who = accepting ? "accepting " + peer.substr(0, peer.rfind(':')) : "connecting " + peer;
+    std::string reason(reason_name(reason_of(err)));
+    base::log_limited("handshake-failed " + who + " " + reason, std::chrono::seconds(10), base::Level::Warning,
+                      base::Event::HandshakeFailed, fmt::format("handshake with {} failed: {}", peer, err.message()),
+                      {{"PEER", peer}, {"REASON", reason}});
 }
 
 // The peer gave up and said why: an ERROR carrying an auth reason stays an auth failure.
@@ -112,7 +120,7 @@ base::Result<Hello> handshake(Link& link, const Key& key, Hello local, Deadline 
         log_failure(link, result.error());
         return result;
     }
-    base::log(base::Level::Info, "peer-authenticated",
+    base::log(base::Level::Info, base::Event::PeerAuthenticated,
               fmt::format("peer {} authenticated: VM {} in state {}", link.peer_address(), result->vm_name,
                           peer_state_name(result->state)),
               {{"PEER", link.peer_address()}});
