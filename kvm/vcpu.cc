@@ -147,7 +147,7 @@ base::Result<void> Vcpu::set_msrs(std::span<const kvm_msr_entry> entries) {
         if (essential_msr(refused))
             return base::Error::make(base::Errc::Failed, "KVM_SET_MSRS: MSR {:#x} refused (value {:#x})", refused,
                                      entries[start].data);
-        base::logf(base::Level::Warning, "", "vCPU {}: KVM refused MSR {:#x}; skipped", m_id, refused);
+        base::logf(base::Level::Warning, base::Event::None, "vCPU {}: KVM refused MSR {:#x}; skipped", m_id, refused);
         ++start;
     }
     return base::ok();
@@ -193,7 +193,7 @@ base::Result<void> Vcpu::load_state(const VcpuState& state) {
         int current = m_handle->ioctl(KVM_GET_TSC_KHZ, 0);
         if (current > 0 && static_cast<uint32_t>(current) != state.tsc_khz &&
             m_handle->ioctl(KVM_SET_TSC_KHZ, state.tsc_khz) < 0)
-            base::logf(base::Level::Warning, "", "vCPU {}: guest TSC runs at {} kHz here, not the saved {} kHz ({})",
+            base::logf(base::Level::Warning, base::Event::None, "vCPU {}: guest TSC runs at {} kHz here, not the saved {} kHz ({})",
                        m_id, current, state.tsc_khz, std::strerror(errno));
     }
     TRY(set_sregs(state.sregs));

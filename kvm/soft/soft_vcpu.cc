@@ -873,7 +873,7 @@ int SoftVcpu::run() {
             run->internal.suberror = KVM_INTERNAL_ERROR_EMULATION;
             run->internal.ndata = 0;
             m_internal_error = stop.detail;
-            base::logf(base::Level::Warning, "", "soft vCPU {}: emulation failure: {}", m_id, stop.detail);
+            base::logf(base::Level::Warning, base::Event::None, "soft vCPU {}: emulation failure: {}", m_id, stop.detail);
             finish_exit();
             return 0;
         }
