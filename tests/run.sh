@@ -1,10 +1,37 @@
 #!/bin/sh
-# Runs the whole test suite: installs dependencies, builds with warnings as errors, runs every
-# CTest label (unit, kvm, integration, reliability, fuzz corpus replay). Extra arguments go to
-# ctest (e.g. -L unit).
+# Runs the whole test suite:
+#   1. installs dependencies (packaging/install-deps.sh);
+#   2. builds everything with warnings as errors and runs every CTest label (unit, kvm,
+#      integration, reliability, fuzz corpus replay) — extra arguments go to this ctest run;
+#   3. builds the unit and kvm tests again with sanitizers (COLOD_SANITIZERS, default
+#      "address,undefined"; "thread" for ThreadSanitizer; empty to skip) and runs them.
+# Guests run on KVM when /dev/kvm can be opened, else on colod's software backend; every test
+# binary says which on its first line.
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 "$top/packaging/install-deps.sh"
-BUILD_DIR=${BUILD_DIR:-$top/build} "$top/packaging/build.sh" -DCOLOD_WERROR=ON -DCOLOD_TESTS=ON
-cd "${BUILD_DIR:-$top/build}"
-ctest --output-on-failure --timeout 600 -j"${TEST_JOBS:-1}" "$@"
+
+if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+  echo "tests: /dev/kvm is usable: guests run on KVM"
+else
+  echo "tests: NOTE: no usable /dev/kvm on this host: every guest test runs on the software backend;"
+  echo "tests: NOTE: the host (/dev/kvm) paths of libkvm are not exercised in this run"
+fi
+
+build=${BUILD_DIR:-$top/build}
+BUILD_DIR=$build "$top/packaging/build.sh" -DCOLOD_WERROR=ON -DCOLOD_TESTS=ON -DCOLOD_SANITIZE=
+(cd "$build" && ctest --output-on-failure --timeout 900 -j"${TEST_JOBS:-1}" "$@")
+
+sanitizers=${COLOD_SANITIZERS-address,undefined}
+if [ -n "$sanitizers" ]; then
+  sbuild=${SANITIZE_BUILD_DIR:-$top/build-sanitize}
+  echo "tests: unit and kvm tests again with -fsanitize=$sanitizers"
+  cmake -S "$top" -B "$sbuild" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOLOD_WERROR=ON -DCOLOD_TESTS=ON \
+        "-DCOLOD_SANITIZE=$sanitizers" "-DCOLOD_TEST_FILTER=/(unit|kvm)/" >/dev/null
+  ninja -C "$sbuild" -j"${JOBS:-$(nproc)}"
+  export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+  export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+  (cd "$sbuild" && ctest --output-on-failure --timeout 900 -L "unit|kvm" -j"${TEST_JOBS:-1}")
+fi
+echo "tests: all passed"
