@@ -85,6 +85,23 @@ bool log_has_event(Pair& pair, const std::string& name, const std::string& event
     return static_cast<bool>(event_line(pair.read_log(name), event));
 }
 
+// "digest" on the primary: a checkpoint, with the guest held paused at it once committed.
+// Retries a request that the in-flight-checkpoint race refused (see the [!mayfail] test below,
+// which records that bug); "resume" first clears a hold that the failed request may have left.
+std::optional<std::string> held_digest(Pair& pair) {
+    for (int attempt = 0; attempt < 5; ++attempt) {
+        auto reply = daemons::control_request(pair.control_path(Side::Primary), "digest", 10000);
+        if (!reply)
+            return std::nullopt;
+        if (reply->ok)
+            return reply->body;
+        WARN("digest refused (retrying): " << reply->body);
+        if (!pair.control(Side::Primary, "resume"))
+            return std::nullopt;
+    }
+    return std::nullopt;
+}
+
 // A directory of the test's own that the fence command writes into, removed at the end.
 struct ScratchDir {
     std::filesystem::path path;
@@ -125,7 +142,7 @@ TEST_CASE("across two namespaces the pair syncs, checkpoints 200+ times under CH
         // The primary takes a checkpoint and holds its guest paused there; the secondary has
         // committed the same checkpoint. Each digest covers every page (a CRC per page, folded
         // in page order), so equal replies mean equal memory page for page.
-        auto primary = pair.control(Side::Primary, "digest");
+        auto primary = held_digest(pair);
         REQUIRE(primary);
         auto secondary = pair.control(Side::Secondary, "digest");
         REQUIRE(secondary);
@@ -205,7 +222,7 @@ TEST_CASE("a cut replication link with a failing fence-command: no takeover, the
     REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::seconds(30)));
     REQUIRE(pair.wait_state(Side::Secondary, "standby"));
     CHECK(event_line(pair.read_log("primary"), "reprotected"));
-    auto primary_digest = pair.control(Side::Primary, "digest");
+    auto primary_digest = held_digest(pair);
     REQUIRE(primary_digest);
     auto secondary_digest = pair.control(Side::Secondary, "digest");
     REQUIRE(secondary_digest);
@@ -282,4 +299,84 @@ TEST_CASE("a cut replication link with a succeeding fence-command: the secondary
     CHECK(value <= client.sent);
     CHECK(on_secondary->command("INCR counter") == std::to_string(value + 1));
     CHECK(pair.status(Side::Secondary)->state == "active");
+}
+
+// FIXME: fails on core/active_engine.cc (kept as a record of the bug, tagged [!mayfail]):
+// ActiveEngine::checkpoint_and_hold() asks for "the next checkpoint" as committed seq + 1. When a
+// checkpoint is already past its pause (in transfer) at that moment, it commits first without the
+// hold, and the request fails with "the checkpoint committed without holding the guest". Worse,
+// checkpoint_now() forces the following checkpoint at once, and that one can take the still-set
+// hold request before checkpoint_and_hold() clears it: the request fails and the guest stays
+// paused until someone sends "resume". Both show under a high dirty rate (long transfers).
+TEST_CASE("every digest request under heavy CHURN holds the guest at a checkpoint both sides committed, and a "
+          "failed one never leaves the guest paused",
+          "[integration][netns][!mayfail]") {
+    if (!netns_available_or_skip())
+        return;
+    NetnsPairNetwork net;
+    Pair pair(options_for(net));
+    pair.start_secondary();
+    pair.start_primary();
+    REQUIRE(pair.wait_state(Side::Primary, "protected"));
+    REQUIRE(pair.wait_state(Side::Secondary, "standby"));
+    auto c = pair.console(Side::Primary);
+    REQUIRE(c);
+    REQUIRE(c->command("CHURN 1000") == "OK");
+    int failed = 0, left_paused = 0, differ = 0;
+    std::string failure;
+    const int requests = 40;
+    for (int i = 0; i < requests; ++i) {
+        auto primary = daemons::control_request(pair.control_path(Side::Primary), "digest", 10000);
+        REQUIRE(primary);
+        if (!primary->ok) {
+            ++failed;
+            failure = primary->body;
+            // Nothing is held after a failed request: checkpoints go on without a "resume" (a
+            // held guest lets at most the checkpoint it is held at commit).
+            uint64_t seq = pair.status(Side::Primary)->seq;
+            if (!eventually([&] { return pair.status(Side::Primary)->seq > seq + 2; }, std::chrono::seconds(2))) {
+                ++left_paused;
+                REQUIRE(pair.control(Side::Primary, "resume"));
+            }
+            continue;
+        }
+        auto secondary = pair.control(Side::Secondary, "digest");
+        REQUIRE(secondary);
+        if (primary->body != *secondary)
+            ++differ;
+        REQUIRE(pair.control(Side::Primary, "resume"));
+    }
+    INFO(failed << " of " << requests << " digest requests failed (last: " << failure << "), " << left_paused
+                << " of them left the guest paused; " << differ << " digests differed");
+    CHECK(differ == 0);
+    CHECK(failed == 0);
+    CHECK(left_paused == 0);
+}
+
+// FIXME: fails on core/page_capture.cc (kept as a record of the bug, tagged [!mayfail]):
+// PageCapture::capture() grows its buffer with std::vector::resize() inside the pause. When the
+// dirty set jumps (CHURN 1000 after an idle spell: 2 000 to 15 000 pages in one checkpoint) the
+// resize zero-fills and page-faults tens of MiB with the guest stopped: pauses of 100-300 ms on
+// this host, against about 0.6 ms for 2 000 pages once the buffer is big enough.
+TEST_CASE("a sudden rise in the dirty rate does not pause the guest for long", "[integration][netns][!mayfail]") {
+    if (!netns_available_or_skip())
+        return;
+    NetnsPairNetwork net;
+    Pair pair(options_for(net));
+    pair.start_secondary();
+    pair.start_primary();
+    REQUIRE(pair.wait_state(Side::Primary, "protected"));
+    REQUIRE(pair.wait_state(Side::Secondary, "standby"));
+    auto c = pair.console(Side::Primary);
+    REQUIRE(c);
+    REQUIRE(c->command("CHURN 1000") == "OK");
+    uint64_t seq = pair.status(Side::Primary)->seq;
+    REQUIRE(eventually([&] { return pair.status(Side::Primary)->seq > seq + 50; }, std::chrono::seconds(30)));
+    auto json = pair.control(Side::Primary, "status --json");
+    REQUIRE(json);
+    auto pauses = json->substr(json->find("\"pause_us\""));
+    uint64_t max_us = json_number(pauses, "max").value_or(0);
+    INFO("status: " << *json);
+    // The checkpoint-slow threshold is 20 ms; 50 ms leaves room for a loaded host.
+    CHECK(max_us < 50'000);
 }

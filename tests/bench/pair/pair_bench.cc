@@ -1,0 +1,352 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// The pair end to end, real daemons on this host (loopback), the embedded kvstore guest:
+//   1. failover time: kill -9 of the primary until the secondary's console answers PING, over
+//      20 kills (target: heartbeat-timeout + 50 ms), beside the secondary's own figure (the
+//      failover-done record's DURATION_MS); and a frozen primary (SIGSTOP: no FIN, found by
+//      the heartbeat timeout), the way a hung or unplugged host looks;
+//   2. checkpoint pause against dirty pages: CHURN n for n = 0, 10, 100, 1000 pages a tick,
+//      pause p50/p99 and dirty pages from `coloctl status --json`, and the same per checkpoint
+//      from the primary's debug records over the measured window only;
+//   3. kvstore INCR throughput (one client, each request waits for its reply) and reply latency,
+//      protected at checkpoint-interval 10, 50 and 100 ms, against `colod-primary --standalone`
+//      in the same run.
+// A benchmark, not a test (not registered with CTest); about three minutes.
+// Usage: pair_bench [Catch2 test spec: "[failover]", "[pause]", "[incr]"]
+//   COLOD_BENCH_QUICK=1  fewer kills and shorter windows (a smoke run, figures not meaningful)
+//   COLOD_BENCH_KILLS=N  kills for the failover table (default 20)
+//   COLOD_KEEP_TEST_DIRS=1  keep each pair's directory (config, key, daemon logs) to rerun by hand
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cstdlib>
+#include <random>
+#include <regex>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "tests/support/pair.h"
+
+using namespace colod;
+using namespace colod::test;
+using Side = Pair::Side;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+bool quick() {
+    const char* env = std::getenv("COLOD_BENCH_QUICK");
+    return env && std::string(env) == "1";
+}
+
+int env_int(const char* name, int fallback) {
+    const char* env = std::getenv(name);
+    return env && *env ? std::atoi(env) : fallback;
+}
+
+double ms_since(Clock::time_point start) {
+    return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+double percentile(std::vector<double> v, double p) {
+    if (v.empty())
+        return 0;
+    std::sort(v.begin(), v.end());
+    size_t index = std::min(v.size() - 1, static_cast<size_t>(p / 100.0 * static_cast<double>(v.size())));
+    return v[index];
+}
+
+void print_reproduce(const std::string& spec, const PairOptions& options, const std::string& what) {
+    fmt::print("reproduce: COLOD_KEEP_TEST_DIRS=1 {} \"{}\"\n", COLOD_PAIR_BENCH_BIN, spec);
+    fmt::print("  pair: memory {}, image {}, checkpoint-interval {}, heartbeat-interval {}, heartbeat-timeout {}, "
+               "loopback, {} backend\n",
+               options.memory, options.image, options.checkpoint_interval, options.heartbeat_interval,
+               options.heartbeat_timeout, test_backend());
+    fmt::print("  by hand: colod-secondary --config DIR/demo.conf & colod-primary --config DIR/demo.conf &\n");
+    fmt::print("           {}\n", what);
+}
+
+// Starts both daemons and waits until the pair is protected.
+void start_protected(Pair& pair) {
+    pair.start_secondary();
+    pair.start_primary();
+    REQUIRE(pair.wait_state(Side::Primary, "protected"));
+    REQUIRE(pair.wait_state(Side::Secondary, "standby"));
+}
+
+// Milliseconds from `start` until the console on `side` accepts a connection and answers PING,
+// trying every millisecond; a negative value when it did not within `timeout`.
+double console_answers_ms(Pair& pair, Side side, Clock::time_point start, std::chrono::milliseconds timeout) {
+    auto deadline = start + timeout;
+    while (Clock::now() < deadline) {
+        auto c = LineClient::connect(pair.console_ip(side), pair.console_port(side), std::chrono::milliseconds(0));
+        if (c) {
+            auto reply = c->command("PING", std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
+            if (reply == "PONG")
+                return ms_since(start);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return -1;
+}
+
+// The DURATION_MS of the failover-done record in a secondary's log.
+std::optional<double> failover_done_ms(const std::string& log) {
+    std::smatch m;
+    static const std::regex done(R"(\[failover-done\]:.* DURATION_MS=([0-9.]+))");
+    if (!std::regex_search(log, m, done))
+        return std::nullopt;
+    return std::stod(m[1].str());
+}
+
+double millis(const std::string& duration) {
+    // The option strings here are all "<N>ms".
+    return std::stod(duration);
+}
+
+struct FailoverRow {
+    std::vector<double> client_ms, reported_ms;
+    int rounds = 0, failed = 0;
+};
+
+FailoverRow measure_failovers(int sig, int rounds, const PairOptions& options) {
+    FailoverRow row;
+    std::mt19937 rng(12345 + static_cast<unsigned>(sig));
+    for (int round = 0; round < rounds; ++round) {
+        Pair pair(options);
+        start_protected(pair);
+        {
+            auto c = pair.console(Side::Primary);
+            REQUIRE(c);
+            REQUIRE(c->command("CHURN 10") == "OK");  // checkpoints carry pages, as with a working guest
+        }
+        // Land the kill at a random phase of the checkpoint cycle (a deliberate random wait, not
+        // a synchronisation).
+        std::this_thread::sleep_for(std::chrono::milliseconds(200 + rng() % 200));
+        auto killed = Clock::now();
+        ::kill(pair.primary()->pid(), sig);
+        double answered = console_answers_ms(pair, Side::Secondary, killed, std::chrono::seconds(10));
+        ++row.rounds;
+        if (answered < 0) {
+            ++row.failed;
+            continue;
+        }
+        row.client_ms.push_back(answered);
+        REQUIRE(eventually([&] { return failover_done_ms(pair.read_log("secondary")).has_value(); }));
+        row.reported_ms.push_back(*failover_done_ms(pair.read_log("secondary")));
+        if (sig == SIGSTOP)
+            pair.primary()->signal(SIGKILL);  // a stopped process takes SIGKILL; reaped by the harness
+    }
+    return row;
+}
+
+}  // namespace
+
+TEST_CASE("failover time", "[failover]") {
+    PairOptions options;  // checkpoint 20ms, heartbeat 20ms / timeout 200ms
+    int kills = env_int("COLOD_BENCH_KILLS", quick() ? 3 : 20);
+    int stops = quick() ? 2 : 10;
+    double target = millis(options.heartbeat_timeout) + 50;
+    print_reproduce("[failover]", options,
+                    "CHURN 10 on the primary's console; kill -9 PRIMARY_PID; PING the secondary's console until PONG");
+
+    auto killed = measure_failovers(SIGKILL, kills, options);
+    auto frozen = measure_failovers(SIGSTOP, stops, options);
+
+    fmt::print("\nFailover: signal to the primary -> the secondary's console answers PING (ms); target <= "
+               "heartbeat-timeout + 50 = {:.0f} ms\n",
+               target);
+    fmt::print("| primary fault                       | rounds | no takeover | client p50 | client p99 | client max | "
+               "failover-done DURATION_MS p50 | p99  | within target |\n");
+    fmt::print("|-------------------------------------|--------|-------------|------------|------------|------------|"
+               "-------------------------------|------|---------------|\n");
+    for (auto [name, row] : {std::pair<const char*, FailoverRow*>{"kill -9 (sockets close: EOF)", &killed},
+                             {"SIGSTOP (silent: heartbeat timeout)", &frozen}}) {
+        int within = static_cast<int>(
+            std::count_if(row->client_ms.begin(), row->client_ms.end(), [&](double ms) { return ms <= target; }));
+        fmt::print("| {:<35} | {:>6} | {:>11} | {:>10.1f} | {:>10.1f} | {:>10.1f} | {:>29.1f} | {:>4.1f} | {:>7} of {:<3} |\n",
+                   name, row->rounds, row->failed, percentile(row->client_ms, 50), percentile(row->client_ms, 99),
+                   percentile(row->client_ms, 100), percentile(row->reported_ms, 50), percentile(row->reported_ms, 99),
+                   within, row->rounds);
+    }
+    fmt::print("(DURATION_MS runs from the secondary's decision to the guest running; the client figure adds the "
+               "detection, the console connect and one PING)\n\n");
+    CHECK(killed.failed == 0);
+    CHECK(frozen.failed == 0);
+}
+
+namespace {
+
+struct DebugCheckpoint {
+    uint64_t seq, pages, pause_us, transfer_us;
+};
+
+// The primary's per-checkpoint debug records (COLOD_LOG_LEVEL=debug) in a piece of its log.
+std::vector<DebugCheckpoint> debug_checkpoints(const std::string& log) {
+    static const std::regex record(
+        R"(checkpoint ([0-9]+): ([0-9]+) pages, pause ([0-9]+) us, transfer and apply ([0-9]+) us)");
+    std::vector<DebugCheckpoint> out;
+    for (auto it = std::sregex_iterator(log.begin(), log.end(), record); it != std::sregex_iterator(); ++it)
+        out.push_back({std::stoull((*it)[1]), std::stoull((*it)[2]), std::stoull((*it)[3]), std::stoull((*it)[4])});
+    return out;
+}
+
+uint64_t info_pages(LineClient& c) {
+    auto reply = c.command("INFO");
+    REQUIRE(reply);
+    auto at = reply->find("pages=");
+    REQUIRE(at != std::string::npos);
+    return std::stoull(reply->substr(at + 6));
+}
+
+std::string status_json(Pair& pair) {
+    auto json = pair.control(Side::Primary, "status --json");
+    REQUIRE(json);
+    return *json;
+}
+
+uint64_t json_nested(const std::string& json, const std::string& object, const std::string& key) {
+    auto at = json.find("\"" + object + "\": {");
+    REQUIRE(at != std::string::npos);
+    auto value = json_number(json.substr(at), key);
+    REQUIRE(value);
+    return *value;
+}
+
+}  // namespace
+
+TEST_CASE("checkpoint pause against dirty pages", "[pause]") {
+    PairOptions options;
+    options.checkpoint_interval = "20ms";
+    options.env = {"COLOD_LOG_LEVEL=debug"};
+    auto warm_up = std::chrono::seconds(1);
+    auto window = quick() ? std::chrono::seconds(2) : std::chrono::seconds(8);
+    print_reproduce("[pause]", options,
+                    "CHURN n on the primary's console; coloctl --config DIR/demo.conf --role primary status --json "
+                    "(COLOD_LOG_LEVEL=debug in the primary's environment for the per-checkpoint records)");
+    struct Row {
+        uint64_t n;
+        double guest_pages_per_s, checkpoints_per_s, pages_avg, pages_p50, pages_p99;
+        uint64_t status_p50, status_p99, status_max;
+        double pause_p50, pause_p99, transfer_p50, transfer_p99, mb_per_s;
+    };
+    std::vector<Row> rows;
+    for (uint64_t n : {0, 10, 100, 1000}) {
+        Pair pair(options);
+        start_protected(pair);
+        auto c = pair.console(Side::Primary);
+        REQUIRE(c);
+        REQUIRE(c->command(fmt::format("CHURN {}", n)) == "OK");
+        std::this_thread::sleep_for(warm_up);  // the measurement window starts after the first full rounds
+        size_t log_from = pair.read_log("primary").size();
+        uint64_t pages0 = info_pages(*c);
+        std::string s0 = status_json(pair);
+        auto t0 = Clock::now();
+        std::this_thread::sleep_for(window);  // the measurement window itself
+        uint64_t pages1 = info_pages(*c);
+        std::string s1 = status_json(pair);
+        double seconds = ms_since(t0) / 1000.0;
+        auto records = debug_checkpoints(pair.read_log("primary").substr(log_from));
+        REQUIRE(!records.empty());
+        std::vector<double> pause, transfer, pages;
+        for (const auto& r : records) {
+            pause.push_back(static_cast<double>(r.pause_us));
+            transfer.push_back(static_cast<double>(r.transfer_us) / 1000.0);
+            pages.push_back(static_cast<double>(r.pages));
+        }
+        uint64_t checkpoints = *json_number(s1, "checkpoints") - *json_number(s0, "checkpoints");
+        uint64_t dirty = json_nested(s1, "dirty_pages", "total") - json_nested(s0, "dirty_pages", "total");
+        uint64_t bytes = *json_number(s1, "bytes_sent") - *json_number(s0, "bytes_sent");
+        rows.push_back(Row{n, static_cast<double>(pages1 - pages0) / seconds, static_cast<double>(checkpoints) / seconds,
+                           checkpoints ? static_cast<double>(dirty) / static_cast<double>(checkpoints) : 0,
+                           percentile(pages, 50), percentile(pages, 99), json_nested(s1, "pause_us", "p50"),
+                           json_nested(s1, "pause_us", "p99"), json_nested(s1, "pause_us", "max"), percentile(pause, 50),
+                           percentile(pause, 99), percentile(transfer, 50), percentile(transfer, 99),
+                           static_cast<double>(bytes) / seconds / 1e6});
+    }
+    fmt::print("\nCheckpoint pause against dirty pages (checkpoint-interval {}, {:.0f} s window after {} s of "
+               "warm-up)\n",
+               options.checkpoint_interval, std::chrono::duration<double>(window).count(), warm_up.count());
+    fmt::print("| CHURN n | guest pages/s | ckpt/s | dirty pages/ckpt avg | p50  | p99  | status pause us p50 | p99  "
+               "| max   | window pause us p50 | p99  | transfer+apply ms p50 | p99   | MB/s sent |\n");
+    fmt::print("|---------|---------------|--------|----------------------|------|------|---------------------|------"
+               "|-------|---------------------|------|-----------------------|-------|-----------|\n");
+    for (const auto& r : rows)
+        fmt::print("| {:>7} | {:>13.0f} | {:>6.1f} | {:>20.1f} | {:>4.0f} | {:>4.0f} | {:>19} | {:>4} | {:>5} | {:>19.0f} | "
+                   "{:>4.0f} | {:>21.2f} | {:>5.2f} | {:>9.1f} |\n",
+                   r.n, r.guest_pages_per_s, r.checkpoints_per_s, r.pages_avg, r.pages_p50, r.pages_p99, r.status_p50,
+                   r.status_p99, r.status_max, r.pause_p50, r.pause_p99, r.transfer_p50, r.transfer_p99, r.mb_per_s);
+    fmt::print("(status: `status --json` pause_us over the pair's last 1024 checkpoints, sync and warm-up included; "
+               "window: the primary's debug records of the window only; transfer+apply: encode, send, "
+               "VMSTATE_RECEIVED and VMSTATE_LOADED)\n\n");
+}
+
+namespace {
+
+struct IncrRun {
+    std::string name;
+    double ops_per_s = 0, p50_ms = 0, p99_ms = 0, max_ms = 0;
+    size_t ops = 0;
+};
+
+IncrRun incr_run(const std::string& name, LineClient& c, std::chrono::milliseconds duration) {
+    for (int i = 0; i < 5; ++i)  // first replies (cold paths) are not part of the figure
+        REQUIRE(c.command("INCR counter"));
+    std::vector<double> latencies;
+    auto start = Clock::now();
+    while (Clock::now() - start < duration) {
+        auto sent = Clock::now();
+        auto reply = c.command("INCR counter", std::chrono::seconds(10));
+        REQUIRE(reply);
+        REQUIRE(reply->find_first_not_of("0123456789") == std::string::npos);
+        latencies.push_back(ms_since(sent));
+    }
+    IncrRun run;
+    run.name = name;
+    run.ops = latencies.size();
+    run.ops_per_s = static_cast<double>(latencies.size()) / (ms_since(start) / 1000.0);
+    run.p50_ms = percentile(latencies, 50);
+    run.p99_ms = percentile(latencies, 99);
+    run.max_ms = percentile(latencies, 100);
+    return run;
+}
+
+}  // namespace
+
+TEST_CASE("kvstore INCR throughput and latency, protected against standalone", "[incr]") {
+    PairOptions base;
+    print_reproduce("[incr]", base,
+                    "one client on the primary's console: INCR counter, wait for the reply, repeat; standalone: "
+                    "colod-primary --config DIR/demo.conf --standalone");
+    std::vector<IncrRun> runs;
+    {
+        Pair pair(base);
+        pair.start_primary({"--standalone"});
+        auto c = pair.console(Side::Primary);
+        REQUIRE(c);
+        runs.push_back(incr_run("standalone", *c, std::chrono::seconds(quick() ? 1 : 4)));
+    }
+    for (std::string interval : {"10ms", "50ms", "100ms"}) {
+        PairOptions options = base;
+        options.checkpoint_interval = interval;
+        Pair pair(options);
+        start_protected(pair);
+        auto c = pair.console(Side::Primary);
+        REQUIRE(c);
+        // At least ~100 replies at the longest interval (one reply per checkpoint).
+        auto duration = std::chrono::milliseconds(quick() ? 1000 : static_cast<int>(millis(interval)) * 110 + 1000);
+        runs.push_back(incr_run("protected, checkpoint-interval " + interval, *c, duration));
+    }
+    const IncrRun& alone = runs.front();
+    fmt::print("\nkvstore INCR, one client, each request waits for its reply\n");
+    fmt::print("| run                                   | replies | ops/s    | x standalone | p50 ms  | p99 ms  | max ms  "
+               "| p50 x standalone |\n");
+    fmt::print("|---------------------------------------|---------|----------|--------------|---------|---------|--------"
+               "-|------------------|\n");
+    for (const auto& r : runs)
+        fmt::print("| {:<37} | {:>7} | {:>8.1f} | {:>12.4f} | {:>7.3f} | {:>7.3f} | {:>7.3f} | {:>16.1f} |\n", r.name, r.ops,
+                   r.ops_per_s, r.ops_per_s / alone.ops_per_s, r.p50_ms, r.p99_ms, r.max_ms, r.p50_ms / alone.p50_ms);
+    fmt::print("(protected replies are held until the checkpoint after them is loaded on the secondary: one reply per "
+               "checkpoint for a client that waits)\n\n");
+}
