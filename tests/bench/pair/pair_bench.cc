@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <fstream>
 #include <random>
 #include <regex>
 #include <thread>
@@ -63,6 +64,11 @@ void print_reproduce(const std::string& spec, const PairOptions& options, const 
                "loopback, {} backend\n",
                options.memory, options.image, options.checkpoint_interval, options.heartbeat_interval,
                options.heartbeat_timeout, test_backend());
+    std::ifstream loadavg("/proc/loadavg");
+    std::string load;
+    std::getline(loadavg, load);
+    fmt::print("  host: {} cores, load average {} (other work on the host moves these figures)\n",
+               std::thread::hardware_concurrency(), load.substr(0, load.find(' ', load.find(' ', load.find(' ') + 1) + 1)));
     fmt::print("  by hand: colod-secondary --config DIR/demo.conf & colod-primary --config DIR/demo.conf &\n");
     fmt::print("           {}\n", what);
 }
@@ -316,7 +322,9 @@ IncrRun incr_run(const std::string& name, LineClient& c, std::chrono::millisecon
 
 TEST_CASE("kvstore INCR throughput and latency, protected against standalone", "[incr]") {
     PairOptions base;
-    print_reproduce("[incr]", base,
+    PairOptions shown = base;
+    shown.checkpoint_interval = "10ms | 50ms | 100ms (per row)";
+    print_reproduce("[incr]", shown,
                     "one client on the primary's console: INCR counter, wait for the reply, repeat; standalone: "
                     "colod-primary --config DIR/demo.conf --standalone");
     std::vector<IncrRun> runs;
