@@ -402,11 +402,17 @@ base::Result<void> ActiveEngine::sync(Session& session) {
         TRY(memory.harvest_dirty(machine.vm(), m_dirty));
         uint64_t dirty = m_dirty.count();
         if (dirty <= k_precopy_done_pages || dirty * 5 > previous * 4)
-            break;  // small enough for one short stop, or no longer converging
+            break;  // small enough for one short stop, or no longer converging: the final
+                    // checkpoint sends these pages (m_dirty keeps them) with what follows
         auto list = m_dirty.to_list();
         TRY(send_live_pages(session, list));
         previous = dirty;
     }
+    if (rounds == k_precopy_max_rounds)
+        m_dirty.clear();  // the last round sent them
+    // Room for a quarter of RAM (at most 256 MiB) in the capture buffer before the first stop, so
+    // that a sudden rise of the dirty rate does not pay for growing it inside a pause.
+    m_capture.reserve(std::min<uint64_t>(memory.size() / 4, 256ull << 20));
     // The one short stop: what is still dirty, plus all device state, as a complete checkpoint.
     uint64_t seq = m_next_seq++;
     TRY(checkpoint(session, seq, proto::StateKind::Complete));
@@ -430,10 +436,18 @@ base::Result<void> ActiveEngine::checkpoint(Session& session, uint64_t seq, prot
         auto paused = machine.pause();
         if (!paused.paused())
             return base::Error(base::Errc::Stopped, "the guest has stopped");
-        m_dirty.clear();
+        auto stopped = Clock::now();
+        // m_dirty may already hold pages a pre-copy round harvested but did not send: add to
+        // them, capture everything, and only then start afresh.
         TRY(memory.harvest_dirty(machine.vm(), m_dirty));
+        auto harvested = Clock::now();
         m_capture.capture(memory, m_dirty);
+        m_dirty.clear();
+        auto copied = Clock::now();
         state = TRY(machine.save_state());
+        auto us = [](Clock::duration d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); };
+        m_pause_breakdown = fmt::format("stop {} us, harvest {} us, copy {} us, device state {} us", us(stopped - started),
+                                        us(harvested - stopped), us(copied - harvested), us(Clock::now() - copied));
         // Output so far was produced by this state or an older one: it belongs to `seq`.
         m_output.hold();
         m_output.seal(seq);
@@ -468,6 +482,7 @@ base::Result<void> ActiveEngine::checkpoint(Session& session, uint64_t seq, prot
     TRY(await<proto::VmstateReceived>(session, seq, Clock::now() + k_ack_timeout));
     TRY(await<proto::VmstateLoaded>(session, seq, Clock::now() + k_ack_timeout));
     m_output.release(seq);
+    m_capture.reserve_ahead();  // the transfer no longer needs the buffer: grow it now if needed
 
     uint64_t pages = m_capture.size();
     m_committed = seq;
@@ -478,16 +493,16 @@ base::Result<void> ActiveEngine::checkpoint(Session& session, uint64_t seq, prot
     m_cv.notify_all();  // checkpoint_now() waiters
     auto round_trip = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - sent_at);
     base::log(Level::Debug, Event::None,
-              fmt::format("checkpoint {}: {} pages, pause {} us, transfer and apply {} us", seq, pages, pause_us,
-                          round_trip.count()),
+              fmt::format("checkpoint {}: {} pages, pause {} us ({}), transfer and apply {} us", seq, pages, pause_us,
+                          m_pause_breakdown, round_trip.count()),
               {{"SEQ", std::to_string(seq)}, {"PAUSE_US", std::to_string(pause_us)}});
     if (pause_us > k_slow_pause_us || round_trip > m_config.checkpoint_interval * 2) {
         auto now = Clock::now();
         if (now - m_last_slow_log > std::chrono::seconds(10)) {
             m_last_slow_log = now;
             base::log(Level::Warning, Event::CheckpointSlow,
-                      fmt::format("checkpoint {} was slow: pause {} us, {} dirty pages, transfer and apply {} ms", seq,
-                                  pause_us, pages, round_trip.count() / 1000),
+                      fmt::format("checkpoint {} was slow: pause {} us ({}), {} dirty pages, transfer and apply {} ms",
+                                  seq, pause_us, m_pause_breakdown, pages, round_trip.count() / 1000),
                       {{"SEQ", std::to_string(seq)}, {"PAUSE_US", std::to_string(pause_us)}});
         }
     }
@@ -495,22 +510,23 @@ base::Result<void> ActiveEngine::checkpoint(Session& session, uint64_t seq, prot
 }
 
 base::Result<std::pair<uint64_t, uint64_t>> ActiveEngine::checkpoint_and_hold(std::chrono::milliseconds timeout) {
-    {
-        std::lock_guard lock(m_mutex);
-        if (m_hold)
-            return base::Error(base::Errc::Invalid, "the guest is already held at a checkpoint");
-        m_hold_requested = true;
-    }
-    auto committed = checkpoint_now(timeout);
-    std::lock_guard lock(m_mutex);
+    std::unique_lock lock(m_mutex);
+    if (m_hold)
+        return base::Error(base::Errc::Invalid, "the guest is already held at a checkpoint");
+    if (m_state != State::Protected)
+        return base::Error(base::Errc::Invalid, "the guest is not protected: no checkpoint to take");
+    // The next capture takes the hold (checkpoint()); wait until that one has committed.
+    m_hold_requested = true;
+    m_force = true;
+    m_cv.notify_all();
+    m_cv.wait_for(lock, timeout, [&] {
+        return (m_hold && m_committed.load() >= m_hold_seq) || m_stop || m_state != State::Protected;
+    });
     m_hold_requested = false;
-    if (!committed) {
-        m_hold.reset();
-        return std::move(committed).error();
-    }
-    if (!m_hold || m_hold_seq != *committed)
-        return base::Error(base::Errc::Failed, "the checkpoint committed without holding the guest");
-    return std::make_pair(m_hold_seq, m_hold_digest);
+    if (m_hold && m_committed.load() >= m_hold_seq)
+        return std::make_pair(m_hold_seq, m_hold_digest);
+    m_hold.reset();
+    return base::Error(base::Errc::Failed, "the checkpoint to hold at did not commit (timeout or peer lost)");
 }
 
 base::Result<uint64_t> ActiveEngine::handover(std::chrono::milliseconds timeout) {
@@ -546,7 +562,9 @@ base::Result<uint64_t> ActiveEngine::checkpoint_now(std::chrono::milliseconds ti
     std::unique_lock lock(m_mutex);
     if (m_state != State::Protected)
         return base::Error(base::Errc::Invalid, "the guest is not protected: no checkpoint to take");
-    uint64_t target = m_committed.load() + 1;
+    // The first checkpoint captured from now on: a transfer already in flight holds an older
+    // state than the caller asked for.
+    uint64_t target = m_next_seq.load();
     m_force = true;
     m_cv.notify_all();
     bool done = m_cv.wait_for(lock, timeout, [&] { return m_committed.load() >= target || m_stop || m_state != State::Protected; });

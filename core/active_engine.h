@@ -130,7 +130,7 @@ private:
     bool m_ever_protected = false;
     std::optional<proto::Link> m_probed;  // a link probe() made, for the first session
     Session* m_session = nullptr;         // the live session, guarded by m_mutex
-    uint64_t m_next_seq = 1;
+    std::atomic<uint64_t> m_next_seq{1};  // the next checkpoint's number (replication thread)
     uint64_t m_commit_waiters_seq = 0;
     std::atomic<uint64_t> m_committed{0};
     std::atomic<uint64_t> m_checkpoints{0};
@@ -138,6 +138,7 @@ private:
     std::atomic<uint64_t> m_dirty_total{0};
     std::atomic<uint64_t> m_bytes_sent{0};
     std::chrono::steady_clock::time_point m_last_slow_log{};
+    std::string m_pause_breakdown;  // where the last pause went (for checkpoint-slow)
     bool m_hold_requested = false;               // guarded by m_mutex
     bool m_handover_requested = false;           // guarded by m_mutex
     uint64_t m_handover_seq = 0;                 // the checkpoint the guest stopped at

@@ -6,12 +6,16 @@
 
 namespace colod::core {
 
+void PageCapture::reserve_ahead() {
+    if (!m_data.ensure(2 * m_pages.size() * k_page_size))
+        return;  // the next capture tries again, inside its pause
+}
+
 void PageCapture::capture(const GuestMemory& memory, const DirtyBitmap& dirty) {
     m_pages.clear();
     dirty.for_each([&](uint64_t page) { m_pages.push_back(page); });
-    size_t needed = m_pages.size() * k_page_size;
-    if (m_data.size() < needed)
-        m_data.resize(needed);
+    if (!m_data.ensure(m_pages.size() * k_page_size))
+        std::abort();  // out of memory with the guest paused: fail-stop, the secondary takes over
     std::byte* out = m_data.data();
     for (uint64_t page : m_pages) {
         std::memcpy(out, memory.page(page), k_page_size);

@@ -2,11 +2,13 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
 #include "core/dirty_bitmap.h"
 #include "core/guest_memory.h"
+#include "core/page_buffer.h"
 
 namespace colod::core {
 
@@ -16,8 +18,14 @@ namespace colod::core {
 class PageCapture {
 public:
     // Copies every page set in `dirty` (global page indices) out of `memory`. The machine must be
-    // paused: the copy is the checkpoint's view of memory.
+    // paused: the copy is the checkpoint's view of memory. Growing the buffer here would fault
+    // its pages in while the guest waits, so callers keep it ahead with reserve_ahead().
     void capture(const GuestMemory& memory, const DirtyBitmap& dirty);
+    // Outside the pause: makes the buffer (allocated and touched) twice the last capture, so a
+    // rising dirty rate does not pay for page faults inside the next pause.
+    void reserve_ahead();
+    // Outside the pause: room for `bytes` at least, allocated and touched.
+    void reserve(size_t bytes) { (void)m_data.ensure(bytes); }
 
     // Sorted page indices of the last capture.
     std::span<const uint64_t> pages() const { return m_pages; }
@@ -31,7 +39,7 @@ public:
 
 private:
     std::vector<uint64_t> m_pages;
-    std::vector<std::byte> m_data;
+    PageBuffer m_data;
 };
 
 }  // namespace colod::core

@@ -8,6 +8,7 @@
 #include "base/log.h"
 #include "core/fence.h"
 #include "core/guest_runtime.h"
+#include "core/page_buffer.h"
 #include "core/state_sections.h"
 #include "proto/errors.h"
 #include "proto/handshake.h"
@@ -39,7 +40,7 @@ struct StandbyEngine::Staging {
         size_t offset;
     };
     proto::StateKind kind = proto::StateKind::Complete;
-    std::vector<std::byte> data;  // reused between checkpoints: it only grows
+    PageBuffer data;  // reused between checkpoints: it only grows
     size_t used = 0;
     std::vector<Run> runs;
     std::vector<proto::ZeroRun> zeros;
@@ -54,14 +55,22 @@ struct StandbyEngine::Staging {
         pages = 0;
         assembler.emplace(vcpus, std::move(devices));
     }
-    void add_run(const proto::PageRun& run) {
+    // False when memory for the staging buffer cannot be had.
+    bool add_run(const proto::PageRun& run) {
         size_t bytes = run.data.size();
-        if (data.size() < used + bytes)
-            data.resize(std::max(used + bytes, data.size() * 2));
+        if (data.capacity() < used + bytes) {
+            // Growing drops the contents: keep what is staged so far.
+            PageBuffer bigger;
+            if (!bigger.ensure(std::max(used + bytes, data.capacity() * 2)))
+                return false;
+            std::memcpy(bigger.data(), data.data(), used);
+            data = std::move(bigger);
+        }
         std::memcpy(data.data() + used, run.data.data(), bytes);
         runs.push_back(Run{run.first_page, run.count, used});
         used += bytes;
         pages += run.count;
+        return true;
     }
 };
 
@@ -316,8 +325,8 @@ base::Result<void> StandbyEngine::receive_state(proto::Link& link, proto::StateD
                 // directly. From here on the old committed state (if any) is gone.
                 m_committed_valid = false;
                 std::memcpy(memory.page(run->first_page), run->data.data(), run->data.size());
-            } else {
-                staging.add_run(*run);
+            } else if (!staging.add_run(*run)) {
+                return base::Error::make(base::Errc::System, "no memory to stage checkpoint pages");
             }
         } else if (const auto* zeros = std::get_if<proto::ZeroRun>(&piece)) {
             if (staging.kind == proto::StateKind::Precopy) {

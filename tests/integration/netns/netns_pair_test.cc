@@ -86,21 +86,7 @@ bool log_has_event(Pair& pair, const std::string& name, const std::string& event
 }
 
 // "digest" on the primary: a checkpoint, with the guest held paused at it once committed.
-// Retries a request that the in-flight-checkpoint race refused (see the [!mayfail] test below,
-// which records that bug); "resume" first clears a hold that the failed request may have left.
-std::optional<std::string> held_digest(Pair& pair) {
-    for (int attempt = 0; attempt < 5; ++attempt) {
-        auto reply = daemons::control_request(pair.control_path(Side::Primary), "digest", 10000);
-        if (!reply)
-            return std::nullopt;
-        if (reply->ok)
-            return reply->body;
-        WARN("digest refused (retrying): " << reply->body);
-        if (!pair.control(Side::Primary, "resume"))
-            return std::nullopt;
-    }
-    return std::nullopt;
-}
+std::optional<std::string> held_digest(Pair& pair) { return pair.control(Side::Primary, "digest"); }
 
 // A directory of the test's own that the fence command writes into, removed at the end.
 struct ScratchDir {
@@ -222,12 +208,14 @@ TEST_CASE("a cut replication link with a failing fence-command: no takeover, the
     REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::seconds(30)));
     REQUIRE(pair.wait_state(Side::Secondary, "standby"));
     CHECK(event_line(pair.read_log("primary"), "reprotected"));
-    // Whether the new copy equals the primary's memory is the business of the [!mayfail] test
-    // "a live sync while the guest writes ..." below: with this client writing during the copy
-    // it fails now and then, for the reason that test describes.
     uint64_t acked_reprotected = client.acked;
     REQUIRE(eventually([&] { return client.acked > acked_reprotected + 10; }));
     client.join();
+    // The copy made while this client was writing equals the primary's memory.
+    auto primary_digest = held_digest(pair);
+    REQUIRE(primary_digest);
+    CHECK(pair.control(Side::Secondary, "digest") == primary_digest);
+    REQUIRE(pair.control(Side::Primary, "resume"));
     CHECK_FALSE(client.bad_reply);
     // A new client is served too (after the INCR client: every client sees all output).
     auto later = pair.console(Side::Primary);
@@ -298,8 +286,7 @@ TEST_CASE("a cut replication link with a succeeding fence-command: the secondary
     CHECK(pair.status(Side::Secondary)->state == "active");
 }
 
-// FIXME: fails on core/active_engine.cc (kept as a record of the bug, tagged [!mayfail]):
-// ActiveEngine::checkpoint_and_hold() asks for "the next checkpoint" as committed seq + 1. When a
+// Regression test. ActiveEngine::checkpoint_and_hold() once asked for "the next checkpoint" as committed seq + 1. When a
 // checkpoint is already past its pause (in transfer) at that moment, it commits first without the
 // hold, and the request fails with "the checkpoint committed without holding the guest". Worse,
 // checkpoint_now() forces the following checkpoint at once, and that one can take the still-set
@@ -307,7 +294,7 @@ TEST_CASE("a cut replication link with a succeeding fence-command: the secondary
 // paused until someone sends "resume". Both show under a high dirty rate (long transfers).
 TEST_CASE("every digest request under heavy CHURN holds the guest at a checkpoint both sides committed, and a "
           "failed one never leaves the guest paused",
-          "[integration][netns][!mayfail]") {
+          "[integration][netns]") {
     if (!netns_available_or_skip())
         return;
     NetnsPairNetwork net;
@@ -350,12 +337,11 @@ TEST_CASE("every digest request under heavy CHURN holds the guest at a checkpoin
     CHECK(left_paused == 0);
 }
 
-// FIXME: fails on core/page_capture.cc (kept as a record of the bug, tagged [!mayfail]):
-// PageCapture::capture() grows its buffer with std::vector::resize() inside the pause. When the
+// Regression test. PageCapture::capture() once grew its buffer with std::vector::resize() inside the pause. When the
 // dirty set jumps (CHURN 1000 after an idle spell: 2 000 to 15 000 pages in one checkpoint) the
 // resize zero-fills and page-faults tens of MiB with the guest stopped: pauses of 100-300 ms on
 // this host, against about 0.6 ms for 2 000 pages once the buffer is big enough.
-TEST_CASE("a sudden rise in the dirty rate does not pause the guest for long", "[integration][netns][!mayfail]") {
+TEST_CASE("a sudden rise in the dirty rate does not pause the guest for long", "[integration][netns]") {
     if (!netns_available_or_skip())
         return;
     NetnsPairNetwork net;
@@ -378,8 +364,7 @@ TEST_CASE("a sudden rise in the dirty rate does not pause the guest for long", "
     CHECK(max_us < 50'000);
 }
 
-// FIXME: fails on core/active_engine.cc (kept as a record of the bug, tagged [!mayfail]):
-// ActiveEngine::sync() ends its pre-copy loop right after a harvest (few pages left, or no longer
+// Regression test. ActiveEngine::sync() once ended its pre-copy loop right after a harvest (few pages left, or no longer
 // converging) without sending the pages that harvest returned, and the final stop,
 // checkpoint(), starts with m_dirty.clear() and a new harvest. Every page the guest wrote during
 // the last pre-copy round is therefore lost unless the guest writes it again before the final
@@ -389,7 +374,7 @@ TEST_CASE("a sudden rise in the dirty rate does not pause the guest for long", "
 // protected, so the lost pages are never written again. After a failover the guest would run on
 // memory that never existed on the primary (an acknowledged INCR can go back).
 TEST_CASE("a live sync while the guest writes leaves the secondary with the primary's memory",
-          "[integration][netns][!mayfail]") {
+          "[integration][netns]") {
     if (!netns_available_or_skip())
         return;
     NetnsPairNetwork net;
