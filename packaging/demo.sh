@@ -48,6 +48,7 @@ pids+=($!)
 sleep 0.2
 "$bin/colod-primary" --config "$config" 2> "$logs/primary.log" &
 primary=$!
+disown "$primary"  # its death below is the point of the demo, not news
 pids+=($primary)
 wait_state primary protected
 "$bin/coloctl" --config "$config" --role primary status
@@ -66,6 +67,7 @@ echo "  acknowledged INCRs: $acked"
 
 say "Killing the primary (SIGKILL: as if its host died)"
 kill -9 "$primary"
+wait "$primary" 2>/dev/null || true
 wait_state secondary active
 grep -h 'failover-done' "$logs/secondary.log" | sed 's/^/  /' || true
 
