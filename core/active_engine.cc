@@ -6,6 +6,7 @@
 
 #include "base/events.h"
 #include "base/log.h"
+#include "core/fault.h"
 #include "core/guest_runtime.h"
 #include "core/state_sections.h"
 #include "proto/errors.h"
@@ -394,6 +395,7 @@ base::Result<void> ActiveEngine::sync(Session& session) {
     for (size_t first = 0; first < pages.size(); first += k_precopy_chunk_pages) {
         size_t count = std::min<size_t>(k_precopy_chunk_pages, pages.size() - first);
         TRY(send_live_pages(session, std::span(pages).subspan(first, count)));
+        fault_point("primary.precopy");
     }
     uint64_t previous = memory.page_count();
     int rounds = 1;
@@ -445,6 +447,7 @@ base::Result<void> ActiveEngine::checkpoint(Session& session, uint64_t seq, prot
         m_dirty.clear();
         auto copied = Clock::now();
         state = TRY(machine.save_state());
+        fault_point("primary.paused");
         auto us = [](Clock::duration d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); };
         m_pause_breakdown = fmt::format("stop {} us, harvest {} us, copy {} us, device state {} us", us(stopped - started),
                                         us(harvested - stopped), us(copied - harvested), us(Clock::now() - copied));
@@ -477,11 +480,16 @@ base::Result<void> ActiveEngine::checkpoint(Session& session, uint64_t seq, prot
     proto::StateEncoder encoder(proto::EncoderOptions{k_checkpoint_frame_payload, proto::ZeroScan::On});
     auto encoded = TRY(encoder.encode(input));
     auto sent_at = Clock::now();
+    fault_point("primary.before-send");
     TRY(session.link.send_state(encoded, proto::deadline_after(std::chrono::seconds(60))));
     m_bytes_sent += encoded.size().bytes;
+    fault_point("primary.sent");
     TRY(await<proto::VmstateReceived>(session, seq, Clock::now() + k_ack_timeout));
+    fault_point("primary.received");
     TRY(await<proto::VmstateLoaded>(session, seq, Clock::now() + k_ack_timeout));
+    fault_point("primary.loaded");
     m_output.release(seq);
+    fault_point("primary.released");
     m_capture.reserve_ahead();  // the transfer no longer needs the buffer: grow it now if needed
 
     uint64_t pages = m_capture.size();

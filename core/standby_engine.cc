@@ -7,6 +7,7 @@
 #include "base/events.h"
 #include "base/log.h"
 #include "core/fence.h"
+#include "core/fault.h"
 #include "core/guest_runtime.h"
 #include "core/page_buffer.h"
 #include "core/state_sections.h"
@@ -315,6 +316,7 @@ void StandbyEngine::session(proto::Link link, std::string peer) {
 
 base::Result<void> StandbyEngine::receive_state(proto::Link& link, proto::StateDecoder& decoder, Staging& staging,
                                                 std::span<const std::byte> payload, bool& first_complete) {
+    fault_point("secondary.frame");
     auto decoded = TRY(decoder.feed(payload));
     m_bytes_received += payload.size();
     GuestMemory& memory = m_guest.machine().memory();
@@ -344,8 +346,11 @@ base::Result<void> StandbyEngine::receive_state(proto::Link& link, proto::StateD
         return base::ok();
 
     uint64_t seq = decoded.end->seq;
+    fault_point("secondary.staged");
     TRY(link.send(proto::VmstateReceived{seq}, proto::deadline_after(std::chrono::seconds(2))));
+    fault_point("secondary.received");
     TRY(apply(staging, seq));
+    fault_point("secondary.applied");
     TRY(link.send(proto::VmstateLoaded{seq}, proto::deadline_after(std::chrono::seconds(2))));
     if (first_complete) {
         first_complete = false;
@@ -369,6 +374,7 @@ base::Result<void> StandbyEngine::apply(Staging& staging, uint64_t seq) {
             std::memcpy(memory.page(run.first_page), staging.data.data() + run.offset, run.count * k_page_size);
         for (const auto& zeros : staging.zeros)
             std::memset(memory.page(zeros.first_page), 0, zeros.count * k_page_size);
+        fault_point("secondary.mid-apply");
         TRY(machine.load_state(state));
         m_committed = seq;
         m_committed_valid = true;

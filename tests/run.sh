@@ -19,7 +19,7 @@ else
 fi
 
 build=${BUILD_DIR:-$top/build}
-BUILD_DIR=$build "$top/packaging/build.sh" -DCOLOD_WERROR=ON -DCOLOD_TESTS=ON -DCOLOD_SANITIZE=
+BUILD_DIR=$build "$top/packaging/build.sh" -DCOLOD_WERROR=ON -DCOLOD_TESTS=ON -DCOLOD_FAULT_POINTS=ON -DCOLOD_SANITIZE=
 (cd "$build" && ctest --output-on-failure --timeout 900 -j"${TEST_JOBS:-1}" "$@")
 
 sanitizers=${COLOD_SANITIZERS-address,undefined}
