@@ -22,13 +22,15 @@ std::string_view message_type_name(MessageType type) {
     case MessageType::VmstateLoaded: return "VMSTATE_LOADED";
     case MessageType::GuestShutdown: return "GUEST_SHUTDOWN";
     case MessageType::Handover: return "HANDOVER";
+    case MessageType::ConsoleInput: return "CONSOLE_INPUT";
+    case MessageType::ConsoleOutput: return "CONSOLE_OUTPUT";
     }
     return "UNKNOWN";
 }
 
 bool known_message_type(uint8_t type) {
     return type >= static_cast<uint8_t>(MessageType::Hello) &&
-           type <= static_cast<uint8_t>(MessageType::Handover);
+           type <= static_cast<uint8_t>(MessageType::ConsoleOutput);
 }
 
 uint32_t payload_cap(MessageType type) {
@@ -37,6 +39,8 @@ uint32_t payload_cap(MessageType type) {
     case MessageType::Auth:
     case MessageType::Error: return 8u << 10;
     case MessageType::VmstateSend: return kMaxStatePayload;
+    case MessageType::ConsoleInput:
+    case MessageType::ConsoleOutput: return 8u << 10;
     default:
         // Fixed-size control messages; the room above their current size lets a later minor
         // revision append fields that this version skips.

@@ -51,6 +51,8 @@ enum class MessageType : uint8_t {
     VmstateLoaded = 11,
     GuestShutdown = 12,
     Handover = 13,
+    ConsoleInput = 14,
+    ConsoleOutput = 15,
 };
 
 std::string_view message_type_name(MessageType type);

@@ -237,6 +237,29 @@ base::Result<VmstateSize> VmstateSize::decode(std::span<const std::byte> payload
     return s;
 }
 
+template <MessageType T>
+std::vector<std::byte> ConsoleBytes<T>::encode() const {
+    std::vector<std::byte> out;
+    ByteWriter w(out);
+    w.u64(epoch);
+    w.str16(std::string_view(bytes).substr(0, kMaxConsoleBytes));
+    return out;
+}
+
+template <MessageType T>
+base::Result<ConsoleBytes<T>> ConsoleBytes<T>::decode(std::span<const std::byte> payload) {
+    ByteReader r(payload);
+    ConsoleBytes m;
+    m.epoch = TRY(r.u64("console epoch"));
+    m.bytes = TRY(r.str16("console bytes", kMaxConsoleBytes));
+    if (m.bytes.empty())
+        return error(Reason::BadField, "{} without bytes", message_type_name(T));
+    return m;
+}
+
+template struct ConsoleBytes<MessageType::ConsoleInput>;
+template struct ConsoleBytes<MessageType::ConsoleOutput>;
+
 std::vector<std::byte> GuestShutdown::encode() const {
     std::vector<std::byte> out;
     ByteWriter w(out);
@@ -281,6 +304,8 @@ base::Result<Message> decode_message(MessageType type, std::span<const std::byte
     case MessageType::VmstateLoaded: return decode_as<VmstateLoaded>(payload);
     case MessageType::GuestShutdown: return decode_as<GuestShutdown>(payload);
     case MessageType::Handover: return decode_as<Handover>(payload);
+    case MessageType::ConsoleInput: return decode_as<ConsoleInput>(payload);
+    case MessageType::ConsoleOutput: return decode_as<ConsoleOutput>(payload);
     case MessageType::VmstateSend: break;
     }
     return error(Reason::UnexpectedMessage, "{} is not a control message", message_type_name(type));

@@ -160,10 +160,28 @@ struct GuestShutdown {
     bool operator==(const GuestShutdown&) const = default;
 };
 
+// COLO mode. CONSOLE_INPUT: console bytes the primary fed its guest, for the secondary's guest
+// (primary → secondary). CONSOLE_OUTPUT: console bytes the secondary's guest wrote, for the
+// primary to compare (secondary → primary). `epoch` is the checkpoint the sender's guest runs
+// after (the bytes belong to the epoch that follows checkpoint `epoch`).
+inline constexpr size_t kMaxConsoleBytes = 4096;
+template <MessageType T>
+struct ConsoleBytes {
+    static constexpr MessageType type = T;
+    uint64_t epoch = 0;
+    std::string bytes;  // 1..kMaxConsoleBytes, binary
+
+    std::vector<std::byte> encode() const;
+    static base::Result<ConsoleBytes> decode(std::span<const std::byte> payload);
+    bool operator==(const ConsoleBytes&) const = default;
+};
+using ConsoleInput = ConsoleBytes<MessageType::ConsoleInput>;
+using ConsoleOutput = ConsoleBytes<MessageType::ConsoleOutput>;
+
 // Any control message (everything but VMSTATE_SEND).
 using Message = std::variant<Hello, Auth, ErrorMessage, Heartbeat, CheckpointReady, CheckpointRequest,
                              CheckpointReply, VmstateSize, VmstateReceived, VmstateLoaded, GuestShutdown,
-                             Handover>;
+                             Handover, ConsoleInput, ConsoleOutput>;
 
 MessageType message_type(const Message& message);
 std::vector<std::byte> encode_message(const Message& message);

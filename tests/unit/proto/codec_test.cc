@@ -53,7 +53,7 @@ Hello random_hello(std::mt19937_64& rng) {
 }
 
 Message random_message(std::mt19937_64& rng) {
-    switch (rng() % 12) {
+    switch (rng() % 14) {
     case 0: return random_hello(rng);
     case 1: {
         Auth a;
@@ -76,6 +76,8 @@ Message random_message(std::mt19937_64& rng) {
     case 8: return VmstateReceived{rng()};
     case 9: return VmstateLoaded{rng()};
     case 10: return Handover{rng()};
+    case 11: return ConsoleInput{rng(), std::string(1 + rng() % 100, char(rng()))};
+    case 12: return ConsoleOutput{rng(), std::string(1 + rng() % kMaxConsoleBytes, char(rng()))};
     default: return GuestShutdown{int32_t(rng())};
     }
 }
@@ -106,7 +108,7 @@ TEST_CASE("frame header round trip") {
     std::mt19937_64 rng(1);
     for (int i = 0; i < 1000; ++i) {
         FrameHeader h;
-        h.type = static_cast<MessageType>(1 + rng() % 13);
+        h.type = static_cast<MessageType>(1 + rng() % 15);
         h.flags = uint16_t(rng() % 2);
         h.sequence = rng();
         h.payload_length = uint32_t(rng() % (payload_cap(h.type) + 1));
@@ -167,7 +169,7 @@ TEST_CASE("malformed: bad version") {
 }
 
 TEST_CASE("malformed: unknown type") {
-    FrameHeader h{kWireVersion, static_cast<MessageType>(14), 0, 0, 16};
+    FrameHeader h{kWireVersion, static_cast<MessageType>(16), 0, 0, 16};
     REQUIRE(reason(decode_header(encode_header(h))) == Reason::UnknownType);
     h.type = static_cast<MessageType>(0);
     REQUIRE(reason(decode_header(encode_header(h))) == Reason::UnknownType);
