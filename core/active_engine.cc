@@ -9,6 +9,7 @@
 #include "core/fault.h"
 #include "core/guest_runtime.h"
 #include "core/state_sections.h"
+#include "core/uart.h"
 #include "proto/errors.h"
 #include "proto/handshake.h"
 
@@ -53,6 +54,19 @@ ActiveEngine::ActiveEngine(GuestRuntime& guest, proto::Hello identity, Replicati
       m_on_change(std::move(on_change)),
       m_output([this](std::span<const std::byte> bytes) { m_guest.release_output(bytes); },
                m_config.max_held_output, [this] { force_checkpoint(); }),
+      // The secondary may lag behind by at most a checkpoint interval before a checkpoint
+      // settles the comparison.
+      m_comparator([this](std::span<const std::byte> bytes) { m_guest.release_output(bytes); },
+                   m_config.checkpoint_interval, m_config.max_held_output,
+                   [this](OutputComparator::Verdict verdict) {
+                       {
+                           std::lock_guard lock(m_mutex);
+                           m_verdict = true;
+                           if (verdict == OutputComparator::Verdict::Mismatch)
+                               ++m_checkpoints_mismatch;
+                       }
+                       force_checkpoint();
+                   }),
       m_dirty(guest.machine().memory().page_count()) {}
 
 ActiveEngine::~ActiveEngine() { stop(); }
@@ -94,7 +108,12 @@ ActiveEngine::ProbeResult ActiveEngine::probe() {
 }
 
 void ActiveEngine::start() {
-    m_guest.set_output_sink([this](std::span<const std::byte> bytes) { m_output.append(bytes); });
+    if (colo()) {
+        m_guest.set_output_sink([this](std::span<const std::byte> bytes) { m_comparator.primary(bytes); });
+        m_guest.set_input_tap([this](std::span<const std::byte> bytes) { return forward_input(bytes); });
+    } else {
+        m_guest.set_output_sink([this](std::span<const std::byte> bytes) { m_output.append(bytes); });
+    }
     std::lock_guard lock(m_mutex);
     if (!m_thread.joinable())
         m_thread = std::thread([this] { run(); });
@@ -112,14 +131,59 @@ void ActiveEngine::stop(HeldOutput held) {
     m_cv.notify_all();
     if (m_thread.joinable())
         m_thread.join();
+    m_guest.set_input_tap(nullptr);
     if (held == HeldOutput::Release) {
-        m_output.release_all();
+        output_release_all();
         m_guest.set_output_sink(nullptr);  // straight to the console from now on
     } else {
         // Whatever the guest still says was never checkpointed: it must not reach anyone.
         m_guest.set_output_sink([](std::span<const std::byte>) {});
-        m_output.discard_all();
+        output_discard_all();
     }
+}
+
+void ActiveEngine::output_captured(uint64_t seq) {
+    if (colo()) {
+        // The first complete checkpoint of a session starts the comparison.
+        m_comparator.start(seq);
+        m_comparator.captured(seq);
+    } else {
+        m_output.hold();
+        m_output.seal(seq);
+    }
+}
+
+void ActiveEngine::output_committed(uint64_t seq) {
+    if (colo())
+        m_comparator.committed(seq);
+    else
+        m_output.release(seq);
+}
+
+void ActiveEngine::output_release_all() {
+    if (colo())
+        m_comparator.release_all();
+    else
+        m_output.release_all();
+}
+
+void ActiveEngine::output_discard_all() {
+    m_output.discard_all();
+    // The comparator only ever holds output in COLO mode; after stop nothing reaches it.
+}
+
+size_t ActiveEngine::forward_input(std::span<const std::byte> bytes) {
+    std::lock_guard lock(m_input_mutex);
+    size_t taken = m_guest.machine().uart().push_input(bytes);
+    if (taken && m_forwarding && m_forward_link) {
+        for (size_t at = 0; at < taken; at += proto::kMaxConsoleBytes) {
+            size_t n = std::min(taken - at, proto::kMaxConsoleBytes);
+            proto::ConsoleInput input{m_input_epoch, std::string(reinterpret_cast<const char*>(bytes.data()) + at, n)};
+            // A failing send means the session is failing: the receiver thread says so.
+            (void)m_forward_link->send(input, proto::deadline_after(std::chrono::seconds(1)));
+        }
+    }
+    return taken;
 }
 
 ActiveEngine::State ActiveEngine::state() const {
@@ -147,6 +211,8 @@ void ActiveEngine::force_checkpoint() {
 bool ActiveEngine::wait_until(Clock::time_point when) {
     std::unique_lock lock(m_mutex);
     m_cv.wait_until(lock, when, [&] { return m_stop || m_force || (m_session && m_session->failure); });
+    if (m_force)
+        m_force_pending = true;  // COLO decides per wake-up whether a checkpoint is due
     m_force = false;
     return !m_stop && !(m_session && m_session->failure);
 }
@@ -196,7 +262,7 @@ void ActiveEngine::run() {
             m_peer_state = "lost";
         }
         std::string why = result ? "the session ended" : result.error().message();
-        m_output.release_all();
+        output_release_all();
         base::log(Level::Warning, Event::PeerLost, fmt::format("peer {} lost: {}", m_config.peer_address, why),
                   {{"PEER", m_config.peer_address}, {"REASON", why}, {"SEQ", std::to_string(m_committed.load())}});
         base::log(Level::Warning, Event::Unprotected,
@@ -220,6 +286,11 @@ base::Result<void> ActiveEngine::run_session(proto::Link link) {
         m_session = &session;
         m_peer_state = "connected";
     }
+    {
+        std::lock_guard input(m_input_mutex);
+        m_forward_link = &session.link;
+        m_forwarding = false;  // from the first complete checkpoint on
+    }
     base::log(Level::Notice, Event::PeerConnected, fmt::format("connected to the secondary at {}", peer),
               {{"PEER", peer}});
     session.receiver = std::thread([this, &session] { receive_loop(session); });
@@ -242,14 +313,30 @@ base::Result<void> ActiveEngine::run_session(proto::Link link) {
                 std::unique_lock lock(m_mutex);
                 m_cv.wait(lock, [&] { return !m_hold || m_stop || session.failure.has_value(); });
             }
-            if (!wait_until(next)) {
+            // COLO: wake often enough to notice a secondary that falls behind.
+            auto wake = colo() ? std::min(next, Clock::now() + std::chrono::milliseconds(5)) : next;
+            if (!wait_until(wake)) {
                 std::lock_guard lock(m_mutex);
                 if (session.failure)
                     return *session.failure;
                 return base::Error(base::Errc::Stopped, "replication stopped");
             }
+            if (colo()) {
+                m_comparator.check_lag();
+                std::lock_guard lock(m_mutex);
+                bool asked = m_verdict || m_hold_requested || m_handover_requested || m_force_pending;
+                m_verdict = false;
+                m_force_pending = false;
+                if (!asked && Clock::now() < next)
+                    continue;  // matching output flows: no checkpoint needed yet
+            }
             auto started = Clock::now();
             uint64_t seq = m_next_seq++;
+            if (colo()) {
+                // The secondary's guest stops first, so its run and its dirty log end here too.
+                TRY(session.link.send(proto::CheckpointRequest{seq}, proto::deadline_after(std::chrono::seconds(2))));
+                TRY(await<proto::CheckpointReply>(session, seq, Clock::now() + k_ack_timeout));
+            }
             if (auto taken = checkpoint(session, seq, proto::StateKind::Complete); !taken) {
                 bool link_fault = [&] {
                     std::lock_guard lock(m_mutex);
@@ -288,6 +375,11 @@ base::Result<void> ActiveEngine::run_session(proto::Link link) {
         m_cv.wait(lock, [&] { return m_stop || session.failure.has_value(); });
     }
 
+    {
+        std::lock_guard input(m_input_mutex);
+        m_forward_link = nullptr;
+        m_forwarding = false;
+    }
     {
         std::lock_guard lock(m_mutex);
         m_session = nullptr;
@@ -334,6 +426,10 @@ void ActiveEngine::receive_loop(Session& session) {
         }
         if (std::holds_alternative<proto::Heartbeat>(*message))
             continue;
+        if (const auto* output = std::get_if<proto::ConsoleOutput>(&*message)) {
+            m_comparator.secondary(output->epoch, output->bytes);
+            continue;
+        }
         if (const auto* error = std::get_if<proto::ErrorMessage>(&*message)) {
             fail(base::Error::make(base::Errc::Protocol, "the peer gave up: {}", error->reason));
             return;
@@ -446,14 +542,21 @@ base::Result<void> ActiveEngine::checkpoint(Session& session, uint64_t seq, prot
         m_capture.capture(memory, m_dirty);
         m_dirty.clear();
         auto copied = Clock::now();
+        // The UART's saved receive buffer and the epoch forwarded input is tagged with must
+        // agree: no input slips in between.
+        std::unique_lock input(m_input_mutex);
         state = TRY(machine.save_state());
+        if (colo()) {
+            m_input_epoch = seq;
+            m_forwarding = m_forward_link != nullptr;
+        }
+        input.unlock();
         fault_point("primary.paused");
         auto us = [](Clock::duration d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); };
         m_pause_breakdown = fmt::format("stop {} us, harvest {} us, copy {} us, device state {} us", us(stopped - started),
                                         us(harvested - stopped), us(copied - harvested), us(Clock::now() - copied));
         // Output so far was produced by this state or an older one: it belongs to `seq`.
-        m_output.hold();
-        m_output.seal(seq);
+        output_captured(seq);
         pause_us = static_cast<uint64_t>(
             std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count());
         std::lock_guard lock(m_mutex);
@@ -488,7 +591,7 @@ base::Result<void> ActiveEngine::checkpoint(Session& session, uint64_t seq, prot
     fault_point("primary.received");
     TRY(await<proto::VmstateLoaded>(session, seq, Clock::now() + k_ack_timeout));
     fault_point("primary.loaded");
-    m_output.release(seq);
+    output_committed(seq);
     fault_point("primary.released");
     m_capture.reserve_ahead();  // the transfer no longer needs the buffer: grow it now if needed
 
@@ -618,7 +721,14 @@ void ActiveEngine::fill_status(Status& status) const {
     status.dirty_pages.last = m_dirty_last.load();
     status.dirty_pages.total = m_dirty_total.load();
     status.bytes_sent = m_bytes_sent.load();
-    status.held_output_bytes = m_output.held_bytes();
+    status.held_output_bytes = colo() ? m_comparator.held_bytes() : m_output.held_bytes();
+    if (colo()) {
+        status.checkpoints_mismatch = m_checkpoints_mismatch.load();
+        status.checkpoints_interval = m_checkpoints.load() - status.checkpoints_mismatch;
+        auto latency = m_comparator.compare_latency();
+        status.compare_us_p50 = latency.p50;
+        status.compare_us_p99 = latency.p99;
+    }
     status.peer = m_config.peer_address;
     status.peer_state = m_peer_state;
 }

@@ -28,6 +28,7 @@
 #include "core/dirty_bitmap.h"
 #include "core/machine.h"
 #include "core/output_buffer.h"
+#include "core/output_comparator.h"
 #include "core/page_capture.h"
 #include "core/pause_stats.h"
 #include "core/replication.h"
@@ -110,6 +111,14 @@ private:
     void set_state(State state, const std::string& why);
     bool wait_until(std::chrono::steady_clock::time_point when);  // false: stop requested or session failed
     void force_checkpoint();
+    bool colo() const { return m_config.mode == ReplicationMode::Colo; }
+    // COLO: console input goes into the UART and, in the same order, to the peer.
+    size_t forward_input(std::span<const std::byte> bytes);
+    // Output held for the peer: the comparator in COLO mode, the epoch buffer otherwise.
+    void output_captured(uint64_t seq);
+    void output_committed(uint64_t seq);
+    void output_release_all();
+    void output_discard_all();
 
     GuestRuntime& m_guest;
     proto::Hello m_identity;
@@ -117,6 +126,15 @@ private:
     proto::PeerState m_local_state;
     std::function<void(const std::string&)> m_on_change;
     OutputBuffer m_output;
+    OutputComparator m_comparator;  // COLO mode
+    std::atomic<uint64_t> m_checkpoints_mismatch{0};
+    std::atomic<uint64_t> m_checkpoints_forced{0};
+    bool m_verdict = false;             // guarded by m_mutex: the comparator asked for a checkpoint
+    bool m_force_pending = false;       // guarded by m_mutex: someone forced a checkpoint
+    std::mutex m_input_mutex;           // input into the UART and its forwarding, in one order
+    proto::Link* m_forward_link = nullptr;  // guarded by m_input_mutex
+    uint64_t m_input_epoch = 0;             // guarded by m_input_mutex
+    bool m_forwarding = false;              // guarded by m_input_mutex
     PauseStats m_pauses;
     PageCapture m_capture;
     DirtyBitmap m_dirty;

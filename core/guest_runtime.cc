@@ -29,7 +29,7 @@ base::Result<void> GuestRuntime::boot(std::span<const std::byte> image, std::str
 base::Result<void> GuestRuntime::open_console() {
     if (m_console)
         return base::ok();
-    m_console = TRY(ConsoleServer::create(m_options.console, m_machine->uart()));
+    m_console = TRY(ConsoleServer::create(m_options.console, m_input));
     ConsoleServer* console = m_console.get();
     m_machine->uart().set_space_callback([console] { console->input_space_available(); });
     return base::ok();
@@ -37,9 +37,12 @@ base::Result<void> GuestRuntime::open_console() {
 
 base::Result<void> GuestRuntime::start() {
     TRY(m_machine->start());
-    m_watchdog = std::thread([this] { watchdog(); });
+    if (!m_watchdog.joinable())
+        m_watchdog = std::thread([this] { watchdog(); });
     return base::ok();
 }
+
+bool GuestRuntime::running() const { return m_machine->started() && !m_machine->stopped(); }
 
 void GuestRuntime::stop(std::string why) {
     m_machine->request_stop(StopInfo{StopReason::Requested, 0, std::move(why)});
@@ -67,6 +70,18 @@ StopInfo GuestRuntime::wait() {
 void GuestRuntime::set_output_sink(OutputSink sink) {
     std::lock_guard lock(m_sink_mutex);
     m_sink = std::move(sink);
+}
+
+void GuestRuntime::set_input_tap(InputTap tap) {
+    std::lock_guard lock(m_tap_mutex);
+    m_tap = std::move(tap);
+}
+
+size_t GuestRuntime::Input::push_input(std::span<const std::byte> bytes) {
+    std::lock_guard lock(m_runtime.m_tap_mutex);
+    if (m_runtime.m_tap)
+        return m_runtime.m_tap(bytes);
+    return m_runtime.m_machine->uart().push_input(bytes);
 }
 
 void GuestRuntime::release_output(std::span<const std::byte> bytes) {

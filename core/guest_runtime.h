@@ -41,6 +41,8 @@ public:
     base::Result<void> open_console();
     // Starts the vCPUs and the halt watchdog.
     base::Result<void> start();
+    // True while the vCPUs run (started, not stopped).
+    bool running() const;
     // Stops the guest (reason Requested unless it already stopped) and closes the console.
     void stop(std::string why);
     // Blocks until the guest has stopped.
@@ -48,6 +50,10 @@ public:
 
     // Where guest console output goes. The sink runs on vCPU threads.
     void set_output_sink(OutputSink sink);
+    // Console input passes through `tap` (which pushes it into the UART itself and returns how
+    // much it took) instead of going straight to the UART: COLO mode forwards it to the peer.
+    using InputTap = std::function<size_t(std::span<const std::byte>)>;
+    void set_input_tap(InputTap tap);
     // Sends bytes to the console clients now (the held-output path releases through this).
     void release_output(std::span<const std::byte> bytes);
 
@@ -65,6 +71,19 @@ private:
 
     std::mutex m_sink_mutex;
     OutputSink m_sink;  // empty: straight to the console
+
+    // The console's input: the tap if set, else the UART.
+    class Input final : public ConsoleInput {
+    public:
+        explicit Input(GuestRuntime& runtime) : m_runtime(runtime) {}
+        size_t push_input(std::span<const std::byte> bytes) override;
+
+    private:
+        GuestRuntime& m_runtime;
+    };
+    Input m_input{*this};
+    std::mutex m_tap_mutex;
+    InputTap m_tap;
 
     std::mutex m_watchdog_mutex;
     std::condition_variable m_watchdog_wake;

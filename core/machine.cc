@@ -171,6 +171,11 @@ StopInfo Machine::wait() {
     return stop_info();
 }
 
+bool Machine::started() const {
+    std::lock_guard lock(m_mutex);
+    return !m_threads.empty();
+}
+
 bool Machine::stopped() const {
     std::lock_guard lock(m_mutex);
     return m_stop.reason != StopReason::Running;

@@ -84,6 +84,7 @@ public:
     // Blocks until the machine has stopped and every vCPU thread has exited.
     StopInfo wait();
     bool stopped() const;
+    bool started() const;
     StopInfo stop_info() const;
 
     // While paused: true when every vCPU is halted with interrupts off (a guest that can never

@@ -11,6 +11,7 @@
 #include "core/guest_runtime.h"
 #include "core/page_buffer.h"
 #include "core/state_sections.h"
+#include "core/uart.h"
 #include "proto/errors.h"
 #include "proto/handshake.h"
 
@@ -201,6 +202,7 @@ void StandbyEngine::session(proto::Link link, std::string peer) {
     std::string why;
     bool shutdown = false;
     bool handover = false;
+    bool refused = false;  // this side ended the session: bad data from a live primary
     int exit_code = 0;
     {
         auto heartbeats = proto::HeartbeatSender::start(link, m_config.heartbeat_interval,
@@ -232,6 +234,7 @@ void StandbyEngine::session(proto::Link link, std::string peer) {
                     auto handled = receive_state(link, *decoder, staging, frame.payload(), first_complete);
                     if (!handled) {
                         why = handled.error().message();
+                        refused = true;
                         base::log(Level::Error, Event::CheckpointFailed,
                                   fmt::format("a checkpoint from {} was refused: {}; the committed state (checkpoint "
                                               "{}) is kept",
@@ -259,7 +262,20 @@ void StandbyEngine::session(proto::Link link, std::string peer) {
                     continue;
                 }
                 if (const auto* request = std::get_if<proto::CheckpointRequest>(&*message)) {
+                    // COLO: stop the guest here first, so its run ends with the primary's.
+                    if (colo() && m_guest.running() && !m_colo_pause)
+                        m_colo_pause.emplace(m_guest.machine().pause());
                     (void)link.send(proto::CheckpointReply{request->seq}, proto::deadline_after(std::chrono::seconds(2)));
+                    continue;
+                }
+                if (auto* input = std::get_if<proto::ConsoleInput>(&*message)) {
+                    if (colo()) {
+                        {
+                            std::lock_guard input_lock(m_input_mutex);
+                            m_input.push_back(std::move(*input));
+                        }
+                        feed_input();
+                    }
                     continue;
                 }
                 if (const auto* planned = std::get_if<proto::Handover>(&*message)) {
@@ -309,6 +325,19 @@ void StandbyEngine::session(proto::Link link, std::string peer) {
     }
     if (handover) {
         take_over(why, detected, Fencing::Skip);  // the primary's guest is stopped for good
+        return;
+    }
+    if (refused) {
+        // The primary is alive (it just sent something): it reconnects and copies the guest
+        // again. Taking over would make a second guest.
+        base::log(Level::Warning, Event::PeerLost,
+                  fmt::format("closed the link to {} after refusing its data ({}); keeping checkpoint {} and "
+                              "waiting for the primary to reconnect",
+                              peer, why, m_committed.load()),
+                  {{"PEER", peer}, {"REASON", why}, {"SEQ", std::to_string(m_committed.load())}});
+        if (colo())
+            m_colo_pause.reset();
+        set_state(m_committed_valid ? State::Standby : State::Listening, "waiting for the primary to reconnect");
         return;
     }
     primary_lost(why, detected);
@@ -367,24 +396,122 @@ base::Result<void> StandbyEngine::apply(Staging& staging, uint64_t seq) {
     MachineState state = TRY(staging.assembler->finish());
     Machine& machine = m_guest.machine();
     GuestMemory& memory = machine.memory();
+    bool colo_running = colo() && m_guest.running();
     {
         std::lock_guard lock(m_takeover_mutex);  // never apply under a takeover in progress
+        DirtyBitmap own;
+        if (colo_running) {
+            // COLO: the guest here ran since the last checkpoint. Stop it (CHECKPOINT_REQUEST
+            // normally has) and find the pages it wrote: those the primary did not send must
+            // come back from the cache of the last checkpoint.
+            if (!m_colo_pause)
+                m_colo_pause.emplace(machine.pause());
+            own = DirtyBitmap(memory.page_count());
+            TRY(memory.harvest_dirty(machine.vm(), own));
+        }
         m_committed_valid = false;
-        for (const auto& run : staging.runs)
+        DirtyBitmap sent(colo_running ? memory.page_count() : 0);
+        for (const auto& run : staging.runs) {
             std::memcpy(memory.page(run.first_page), staging.data.data() + run.offset, run.count * k_page_size);
-        for (const auto& zeros : staging.zeros)
+            if (m_cache_ready)
+                std::memcpy(m_cache.data() + run.first_page * k_page_size, staging.data.data() + run.offset,
+                            run.count * k_page_size);
+            if (colo_running)
+                for (uint64_t p = run.first_page; p < run.first_page + run.count; ++p)
+                    sent.set(p);
+        }
+        for (const auto& zeros : staging.zeros) {
             std::memset(memory.page(zeros.first_page), 0, zeros.count * k_page_size);
+            if (m_cache_ready)
+                std::memset(m_cache.data() + zeros.first_page * k_page_size, 0, zeros.count * k_page_size);
+            if (colo_running)
+                for (uint64_t p = zeros.first_page; p < zeros.first_page + zeros.count; ++p)
+                    sent.set(p);
+        }
+        if (colo_running) {
+            uint64_t restored = 0;
+            own.for_each([&](uint64_t page) {
+                if (!sent.test(page)) {
+                    std::memcpy(memory.page(page), m_cache.data() + page * k_page_size, k_page_size);
+                    ++restored;
+                }
+            });
+            base::logf(Level::Debug, Event::None, "checkpoint {}: {} pages the guest here wrote restored from the cache",
+                       seq, restored);
+        }
         fault_point("secondary.mid-apply");
         TRY(machine.load_state(state));
         m_committed = seq;
         m_committed_valid = true;
     }
+    if (colo())
+        start_colo_guest(seq);
     ++m_checkpoints;
     m_dirty_last = staging.pages;
     m_dirty_total += staging.pages;
     base::log(Level::Debug, Event::None, fmt::format("applied checkpoint {}: {} pages", seq, staging.pages),
               {{"SEQ", std::to_string(seq)}});
     return base::ok();
+}
+
+void StandbyEngine::start_colo_guest(uint64_t seq) {
+    Machine& machine = m_guest.machine();
+    GuestMemory& memory = machine.memory();
+    m_epoch = seq;
+    if (!m_cache_ready) {
+        // The first complete checkpoint: RAM now is its state; keep a copy of all of it.
+        if (!m_cache.ensure(memory.size())) {
+            base::log(Level::Error, Event::Error, "COLO: no memory for the checkpoint cache (a copy of guest RAM)");
+            return;
+        }
+        std::memcpy(m_cache.data(), memory.page(0), memory.size());
+        m_cache_ready = true;
+    }
+    if (!m_guest.running() && !machine.stopped()) {
+        DirtyBitmap discard(memory.page_count());
+        (void)memory.harvest_dirty(machine.vm(), discard);  // track the guest's own writes from here
+        m_guest.set_output_sink([this](std::span<const std::byte> bytes) { send_output(bytes); });
+        machine.uart().set_space_callback([this] { feed_input(); });
+        if (auto started = m_guest.start(); !started) {
+            base::log(Level::Error, Event::Error, "COLO: cannot start the guest here: " + started.error().message());
+            return;
+        }
+        base::logf(Level::Notice, Event::None, "COLO: the guest runs here too, from checkpoint {}", seq);
+    }
+    m_colo_pause.reset();  // resume
+    feed_input();
+}
+
+void StandbyEngine::feed_input() {
+    std::lock_guard lock(m_input_mutex);
+    while (!m_input.empty()) {
+        auto& front = m_input.front();
+        if (front.epoch < m_epoch.load()) {  // already inside the loaded checkpoint
+            m_input.pop_front();
+            m_input_offset = 0;
+            continue;
+        }
+        if (front.epoch > m_epoch.load())
+            return;  // for a run that has not started yet
+        auto rest = std::as_bytes(std::span(front.bytes.data() + m_input_offset, front.bytes.size() - m_input_offset));
+        size_t taken = m_guest.machine().uart().push_input(rest);
+        m_input_offset += taken;
+        if (m_input_offset < front.bytes.size())
+            return;  // the UART is full: its space callback calls again
+        m_input.pop_front();
+        m_input_offset = 0;
+    }
+}
+
+void StandbyEngine::send_output(std::span<const std::byte> bytes) {
+    std::lock_guard lock(m_mutex);
+    if (!m_link)
+        return;
+    for (size_t at = 0; at < bytes.size(); at += proto::kMaxConsoleBytes) {
+        size_t n = std::min(bytes.size() - at, proto::kMaxConsoleBytes);
+        (void)m_link->send(proto::ConsoleOutput{m_epoch.load(), std::string(reinterpret_cast<const char*>(bytes.data()) + at, n)},
+                           proto::deadline_after(std::chrono::seconds(1)));
+    }
 }
 
 void StandbyEngine::primary_lost(const std::string& why, Clock::time_point detected) {
@@ -407,9 +534,21 @@ bool StandbyEngine::take_over(const std::string& why, Clock::time_point detected
     if (state() == State::Active)
         return true;
     uint64_t seq = m_committed.load();
-    base::log(Level::Notice, Event::FailoverBegin,
-              fmt::format("failover: {}; taking over from checkpoint {}", why, seq),
-              {{"REASON", why}, {"SEQ", std::to_string(seq)}, {"PEER", m_config.peer_address}, k_failover_tag});
+    // COLO: the guest here has run since checkpoint `seq` on the primary's input, and the
+    // primary released only output this guest wrote too (or output of a checkpoint it holds),
+    // so its running state is consistent with everything clients saw: it carries on from
+    // there. A guest that is not running (it stopped, or never started) resumes from the
+    // checkpoint, as in checkpoint mode.
+    bool continue_running = colo() && m_guest.running();
+    std::string from = continue_running
+                           ? fmt::format("continuing from the running state (COLO; last checkpoint {})", seq)
+                           : fmt::format("from checkpoint {}", seq);
+    base::log(Level::Notice, Event::FailoverBegin, fmt::format("failover: {}; taking over {}", why, from),
+              {{"REASON", why},
+               {"SEQ", std::to_string(seq)},
+               {"PEER", m_config.peer_address},
+               {"RESUME", continue_running ? "running-state" : "checkpoint"},
+               k_failover_tag});
     if (fencing == Fencing::Run && !m_config.fence_command.empty()) {
         auto fence = run_fence(m_config.fence_command,
                                {"COLOD_VM=" + m_config.vm_name, "COLOD_PEER=" + m_config.peer_address,
@@ -439,6 +578,10 @@ bool StandbyEngine::take_over(const std::string& why, Clock::time_point detected
         }
     }
     set_state(State::Active, "taking over");
+    if (continue_running) {
+        m_guest.set_output_sink(nullptr);
+        m_colo_pause.reset();  // a checkpoint that will never come stopped it: let it go on
+    }
     bool started = m_callbacks.take_over && m_callbacks.take_over();
     auto took = Clock::now() - detected;
     if (!started) {
@@ -447,8 +590,8 @@ bool StandbyEngine::take_over(const std::string& why, Clock::time_point detected
         return false;
     }
     base::log(Level::Notice, Event::FailoverDone,
-              fmt::format("failover done: the guest runs here from checkpoint {}, {} ms after the decision ({})", seq,
-                          ms_text(took), why),
+              fmt::format("failover done: the guest runs here {}, {} ms after the decision ({})", from, ms_text(took),
+                          why),
               {{"REASON", why},
                {"SEQ", std::to_string(seq)},
                {"DURATION_MS", ms_text(took)},

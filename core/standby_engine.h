@@ -18,6 +18,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -27,6 +28,9 @@
 #include <vector>
 
 #include "base/result.h"
+#include "core/dirty_bitmap.h"
+#include "core/machine.h"
+#include "core/page_buffer.h"
 #include "core/replication.h"
 #include "core/status.h"
 #include "proto/link.h"
@@ -87,6 +91,11 @@ private:
     enum class Fencing { Run, Skip };
     bool take_over(const std::string& why, std::chrono::steady_clock::time_point detected, Fencing fencing);
     void set_state(State state, const std::string& why);
+    bool colo() const { return m_config.mode == ReplicationMode::Colo; }
+    // COLO: the guest runs here between checkpoints, fed the primary's input.
+    void start_colo_guest(uint64_t seq);
+    void feed_input();
+    void send_output(std::span<const std::byte> bytes);
 
     GuestRuntime& m_guest;
     proto::Hello m_identity;
@@ -109,6 +118,15 @@ private:
     std::atomic<uint64_t> m_dirty_total{0};
     std::atomic<uint64_t> m_bytes_received{0};
     std::mutex m_takeover_mutex;        // one takeover, from whichever thread decides it
+
+    // COLO mode.
+    PageBuffer m_cache;                  // guest RAM as of the last checkpoint
+    bool m_cache_ready = false;
+    std::optional<Machine::PauseGuard> m_colo_pause;  // the guest stopped for a checkpoint
+    std::atomic<uint64_t> m_epoch{0};    // the checkpoint the guest here runs after
+    std::mutex m_input_mutex;
+    std::deque<proto::ConsoleInput> m_input;  // forwarded input not yet in the UART
+    size_t m_input_offset = 0;           // bytes of m_input.front() already in the UART
     std::thread m_accept_thread;
     std::thread m_session_thread;
 };

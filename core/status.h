@@ -28,6 +28,12 @@ struct Status {
     std::string peer_state;  // connected | lost | none
     uint64_t uptime_ms = 0;
     uint64_t console_clients = 0;
+    // COLO mode: checkpoints caused by an output mismatch, the others (interval bound, a lagging
+    // secondary, coloctl), and the time from a primary output byte to its match.
+    uint64_t checkpoints_mismatch = 0;
+    uint64_t checkpoints_interval = 0;
+    uint64_t compare_us_p50 = 0;
+    uint64_t compare_us_p99 = 0;
     std::string guest;       // running | stopped reason
 };
 

@@ -159,7 +159,9 @@ bool Node::take_over() {
         base::log(Level::Error, Event::Error, "takeover: " + opened.error().message());
         return false;
     }
-    if (auto started = m_runtime->start(); !started) {
+    if (m_runtime->running()) {
+        // COLO: the guest already runs here and carries on.
+    } else if (auto started = m_runtime->start(); !started) {
         base::log(Level::Error, Event::Error, "takeover: cannot start the vCPUs: " + started.error().message());
         return false;
     }
@@ -189,7 +191,10 @@ core::Status Node::status() {
     s.uptime_ms = static_cast<uint64_t>(
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - m_started).count());
     bool stopped = m_runtime->machine().stopped();
-    s.guest = !m_guest_running ? "not running" : stopped ? std::string(core::stop_reason_name(m_runtime->machine().stop_info().reason)) : "running";
+    bool running = m_runtime->running();
+    s.guest = running ? "running"
+              : stopped ? std::string(core::stop_reason_name(m_runtime->machine().stop_info().reason))
+                        : "not running";
     s.console_clients = m_runtime->console() ? m_runtime->console()->client_count() : 0;
     std::lock_guard lock(m_mutex);
     if (m_active)

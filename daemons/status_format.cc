@@ -33,11 +33,12 @@ std::string status_json(const core::Status& s) {
         "\"pause_us\": {{\"last\": {}, \"p50\": {}, \"p99\": {}, \"max\": {}}}, "
         "\"dirty_pages\": {{\"last\": {}, \"total\": {}}}, \"bytes_sent\": {}, \"held_output_bytes\": {}, "
         "\"peer\": {}, \"peer_state\": {}, \"backend\": {}, \"guest\": {}, \"uptime_ms\": {}, "
-        "\"console_clients\": {}}}\n",
+        "\"console_clients\": {}, \"checkpoints_mismatch\": {}, \"checkpoints_interval\": {}, "
+        "\"compare_us\": {{\"p50\": {}, \"p99\": {}}}}}\n",
         quoted(s.vm), quoted(s.role), quoted(s.mode), quoted(s.state), s.seq, s.checkpoints, s.pause_us.last,
         s.pause_us.p50, s.pause_us.p99, s.pause_us.max, s.dirty_pages.last, s.dirty_pages.total, s.bytes_sent,
         s.held_output_bytes, quoted(s.peer), quoted(s.peer_state), quoted(s.backend), quoted(s.guest), s.uptime_ms,
-        s.console_clients);
+        s.console_clients, s.checkpoints_mismatch, s.checkpoints_interval, s.compare_us_p50, s.compare_us_p99);
 }
 
 std::string status_text(const core::Status& s) {
@@ -45,11 +46,15 @@ std::string status_text(const core::Status& s) {
         "vm:              {}\nrole:            {}\nmode:            {}\nstate:           {}\nguest:           {}\n"
         "backend:         {}\npeer:            {} ({})\ncheckpoint seq:  {} ({} checkpoints)\n"
         "pause (us):      last {}  p50 {}  p99 {}  max {}\ndirty pages:     last {}  total {}\n"
-        "bytes sent:      {}\nheld output:     {} bytes\nconsole clients: {}\nuptime:          {:.1f} s\n",
+        "bytes sent:      {}\nheld output:     {} bytes\nconsole clients: {}\nuptime:          {:.1f} s\n"
+        "{}",
         s.vm, s.role, s.mode, s.state, s.guest, s.backend, s.peer.empty() ? "-" : s.peer, s.peer_state, s.seq,
         s.checkpoints, s.pause_us.last, s.pause_us.p50, s.pause_us.p99, s.pause_us.max, s.dirty_pages.last,
         s.dirty_pages.total, s.bytes_sent, s.held_output_bytes, s.console_clients,
-        static_cast<double>(s.uptime_ms) / 1000.0);
+        static_cast<double>(s.uptime_ms) / 1000.0,
+        s.mode == "colo" ? fmt::format("colo:            {} checkpoints on mismatch, {} others; compare p50 {} us  p99 {} us\n",
+                                       s.checkpoints_mismatch, s.checkpoints_interval, s.compare_us_p50, s.compare_us_p99)
+                         : std::string());
 }
 
 }  // namespace colod::daemons
