@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "tests/integration/netns/netns.h"
+#include "tests/support/incr_client.h"
 #include "tests/support/pair.h"
 
 using namespace colod;
@@ -32,37 +33,6 @@ PairOptions options_for(const NetnsPairNetwork& net) {
     options.secondary_netns = net.ns(Host::Secondary);
     return options;
 }
-
-// INCRs a counter as fast as the replies come, counting what was sent and what was
-// acknowledged, until the connection breaks or stop is set.
-struct IncrClient {
-    std::atomic<uint64_t> sent{0}, acked{0};
-    std::atomic<bool> stop{false};
-    std::atomic<bool> bad_reply{false};
-    std::thread thread;
-
-    void start(LineClient client) {
-        thread = std::thread([this, c = std::move(client)]() mutable {
-            while (!stop) {
-                ++sent;
-                auto reply = c.command("INCR counter", std::chrono::seconds(5));
-                if (!reply)
-                    return;
-                if (reply->empty() || reply->find_first_not_of("0123456789") != std::string::npos) {
-                    bad_reply = true;
-                    return;
-                }
-                acked = std::stoull(*reply);  // only this client increments the counter
-            }
-        });
-    }
-    void join() {
-        stop = true;
-        if (thread.joinable())
-            thread.join();
-    }
-    ~IncrClient() { join(); }
-};
 
 // The first line of a daemon's log that records `event` ("LEVEL [event]: ..."), and where.
 struct LogLine {
@@ -168,7 +138,7 @@ TEST_CASE("a cut replication link with a failing fence-command: no takeover, the
     REQUIRE(console);
     IncrClient client;
     client.start(std::move(*console));
-    REQUIRE(eventually([&] { return client.acked > 20; }));
+    REQUIRE(eventually([&] { return client.acked() > 20; }));
 
     net.set_replication_link(Host::Primary, NetnsPairNetwork::LinkState::Down);
     REQUIRE(pair.wait_state(Side::Primary, "unprotected", std::chrono::seconds(5)));
@@ -199,8 +169,8 @@ TEST_CASE("a cut replication link with a failing fence-command: no takeover, the
     std::string primary_log = pair.read_log("primary");
     CHECK(event_line(primary_log, "peer-lost"));
     CHECK(event_line(primary_log, "unprotected"));
-    uint64_t acked_unprotected = client.acked;
-    REQUIRE(eventually([&] { return client.acked > acked_unprotected + 20; }));
+    uint64_t acked_unprotected = client.acked();
+    REQUIRE(eventually([&] { return client.acked() > acked_unprotected + 20; }));
     CHECK(pair.status(Side::Secondary)->state == "standby");
 
     // Repair the link: the primary finds its secondary again and re-protects with a full copy.
@@ -208,21 +178,21 @@ TEST_CASE("a cut replication link with a failing fence-command: no takeover, the
     REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::seconds(30)));
     REQUIRE(pair.wait_state(Side::Secondary, "standby"));
     CHECK(event_line(pair.read_log("primary"), "reprotected"));
-    uint64_t acked_reprotected = client.acked;
-    REQUIRE(eventually([&] { return client.acked > acked_reprotected + 10; }));
+    uint64_t acked_reprotected = client.acked();
+    REQUIRE(eventually([&] { return client.acked() > acked_reprotected + 10; }));
     client.join();
     // The copy made while this client was writing equals the primary's memory.
     auto primary_digest = held_digest(pair);
     REQUIRE(primary_digest);
     CHECK(pair.control(Side::Secondary, "digest") == primary_digest);
     REQUIRE(pair.control(Side::Primary, "resume"));
-    CHECK_FALSE(client.bad_reply);
+    CHECK_FALSE(client.bad_reply());
     // A new client is served too (after the INCR client: every client sees all output).
     auto later = pair.console(Side::Primary);
     REQUIRE(later);
     auto counter = later->command("GET counter");
     REQUIRE(counter);
-    CHECK(*counter == std::to_string(client.acked.load()));
+    CHECK(*counter == std::to_string(client.acked()));
 }
 
 TEST_CASE("a cut replication link with a succeeding fence-command: the secondary fences, then takes over "
@@ -244,10 +214,10 @@ TEST_CASE("a cut replication link with a succeeding fence-command: the secondary
     REQUIRE(console);
     IncrClient client;
     client.start(std::move(*console));
-    REQUIRE(eventually([&] { return client.acked > 20; }));
+    REQUIRE(eventually([&] { return client.acked() > 20; }));
 
     // Every reply the client has seen was released after the secondary loaded its checkpoint.
-    uint64_t acked_before_cut = client.acked;
+    uint64_t acked_before_cut = client.acked();
     net.set_replication_link(Host::Primary, NetnsPairNetwork::LinkState::Down);
     REQUIRE(pair.wait_state(Side::Secondary, "active", std::chrono::seconds(10)));
     CHECK(std::filesystem::exists(fenced));  // the fence command ran, before the takeover
@@ -272,16 +242,16 @@ TEST_CASE("a cut replication link with a succeeding fence-command: the secondary
     pair.primary()->signal(SIGKILL);
     REQUIRE(pair.primary()->exit_code() == 128 + SIGKILL);
     client.join();
-    CHECK_FALSE(client.bad_reply);
+    CHECK_FALSE(client.bad_reply());
 
     auto on_secondary = pair.console(Side::Secondary);
     REQUIRE(on_secondary);
     auto reply = on_secondary->command("GET counter");
     REQUIRE(reply);
     uint64_t value = *reply == "NIL" ? 0 : std::stoull(*reply);
-    INFO("acknowledged before the cut " << acked_before_cut << ", sent " << client.sent << ", secondary has " << value);
+    INFO("acknowledged before the cut " << acked_before_cut << ", sent " << client.sent() << ", secondary has " << value);
     CHECK(value >= acked_before_cut);
-    CHECK(value <= client.sent);
+    CHECK(value <= client.sent());
     CHECK(on_secondary->command("INCR counter") == std::to_string(value + 1));
     CHECK(pair.status(Side::Secondary)->state == "active");
 }

@@ -9,6 +9,7 @@
 #include <regex>
 #include <thread>
 
+#include "tests/support/crash.h"
 #include "tests/support/pair.h"
 #include "tests/support/tiny_elf.h"
 
@@ -17,48 +18,6 @@ using namespace colod::test;
 using Side = Pair::Side;
 using Clock = std::chrono::steady_clock;
 
-namespace {
-
-// INCRs a counter on a console as fast as the replies come, counting what was sent and what was
-// acknowledged, until the connection breaks or stop is set.
-struct IncrClient {
-    std::atomic<uint64_t> sent{0}, acked{0};
-    std::atomic<bool> stop{false};
-    std::atomic<uint64_t> max_wait_us{0};
-    std::thread thread;
-
-    void start(LineClient client) {
-        thread = std::thread([this, c = std::move(client)]() mutable {
-            while (!stop) {
-                auto begin = Clock::now();
-                ++sent;
-                auto reply = c.command("INCR counter", std::chrono::seconds(5));
-                if (!reply)
-                    return;
-                uint64_t value = std::stoull(*reply);
-                acked = value;  // the counter starts at 0 and only this client increments it
-                uint64_t waited = static_cast<uint64_t>(
-                    std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - begin).count());
-                if (waited > max_wait_us)
-                    max_wait_us = waited;
-            }
-        });
-    }
-    void join() {
-        stop = true;
-        if (thread.joinable())
-            thread.join();
-    }
-    ~IncrClient() { join(); }
-};
-
-uint64_t get_counter(LineClient& c) {
-    auto reply = c.command("GET counter");
-    REQUIRE(reply);
-    return *reply == "NIL" ? 0 : std::stoull(*reply);
-}
-
-}  // namespace
 
 TEST_CASE("a pair syncs, checkpoints under CHURN, and both sides hold the same memory", "[integration]") {
     Pair pair;
@@ -86,54 +45,9 @@ TEST_CASE("a pair syncs, checkpoints under CHURN, and both sides hold the same m
 
 TEST_CASE("acknowledged INCRs survive the primary's death at random moments", "[integration]") {
     const char* env = std::getenv("COLOD_KILL_POINTS");
-    const int rounds = env ? std::atoi(env) : 20;
-    std::mt19937 rng(std::random_device{}());
-    int takeovers = 0, before_protection = 0, violations = 0;
-    uint64_t checked_acks = 0;
-    for (int round = 0; round < rounds; ++round) {
-        Pair pair;
-        pair.start_secondary();
-        pair.start_primary();
-        bool during_sync = round % 4 == 0;  // a quarter of the kills land while the copy is running
-        IncrClient client;
-        if (during_sync) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 400));
-        } else {
-            REQUIRE(pair.wait_state(Side::Primary, "protected"));
-            auto console = pair.console(Side::Primary);
-            REQUIRE(console);
-            client.start(std::move(*console));
-            // The kill point: anywhere in the next 1.5 s of checkpoints, transfers and applies.
-            std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 1500));
-        }
-        pair.primary()->signal(SIGKILL);
-        REQUIRE(pair.primary()->exit_code() == 128 + SIGKILL);
-        client.join();
-        uint64_t sent = client.sent, acked = client.acked;
-        bool took_over = pair.wait_state(Side::Secondary, "active", std::chrono::seconds(5));
-        if (!took_over) {
-            // Only allowed when the secondary never held a complete checkpoint.
-            CHECK(during_sync);
-            ++before_protection;
-            continue;
-        }
-        ++takeovers;
-        auto console = pair.console(Side::Secondary);
-        REQUIRE(console);
-        uint64_t value = get_counter(*console);
-        INFO("round " << round << ": sent " << sent << ", acknowledged " << acked << ", secondary has " << value);
-        if (value < acked || value > sent)
-            ++violations;
-        CHECK(value >= acked);
-        CHECK(value <= sent);
-        CHECK(console->command("INCR counter") == std::to_string(value + 1));
-        checked_acks += acked;
-    }
-    WARN("kill points: " << rounds << ", takeovers: " << takeovers << ", killed before protection: "
-                         << before_protection << ", acknowledged INCRs checked: " << checked_acks
-                         << ", violations: " << violations);
-    CHECK(violations == 0);
-    CHECK(takeovers >= rounds / 2);
+    auto result = run_kill_rounds(PairOptions{}, env ? std::atoi(env) : 20);
+    CHECK(result.violations == 0);
+    CHECK(result.takeovers >= result.rounds / 2);
 }
 
 TEST_CASE("losing the secondary leaves the primary unprotected within the heartbeat timeout, then re-protected",
@@ -146,30 +60,30 @@ TEST_CASE("losing the secondary leaves the primary unprotected within the heartb
     REQUIRE(console);
     IncrClient client;
     client.start(std::move(*console));
-    REQUIRE(eventually([&] { return client.acked > 20; }));
-    client.max_wait_us = 0;
+    REQUIRE(eventually([&] { return client.acked() > 20; }));
+    client.reset_max_wait();
     auto killed = Clock::now();
     pair.secondary()->signal(SIGKILL);
     REQUIRE(pair.wait_state(Side::Primary, "unprotected", std::chrono::seconds(5)));
     auto detected = Clock::now() - killed;
-    uint64_t acked_at_loss = client.acked;
-    REQUIRE(eventually([&] { return client.acked > acked_at_loss + 20; }));
+    uint64_t acked_at_loss = client.acked();
+    REQUIRE(eventually([&] { return client.acked() > acked_at_loss + 20; }));
     // A killed process closes its sockets: the loss shows at once, and no client waits for it
     // longer than the heartbeat timeout (plus scheduling slack on a loaded host).
     CHECK(detected < std::chrono::milliseconds(200 + 300));
-    CHECK(client.max_wait_us < (200 + 300) * 1000);
+    CHECK(client.max_wait_us() < (200 + 300) * 1000);
 
     pair.start_secondary();
     REQUIRE(pair.wait_state(Side::Primary, "protected"));
     REQUIRE(pair.wait_state(Side::Secondary, "standby"));
-    uint64_t acked_protected = client.acked;
-    REQUIRE(eventually([&] { return client.acked > acked_protected + 10; }));
+    uint64_t acked_protected = client.acked();
+    REQUIRE(eventually([&] { return client.acked() > acked_protected + 10; }));
 
     // Now the other direction: the primary dies, the secondary takes over, and a colod-secondary
     // started on the "repaired" host (here: the same host, on the [primary] endpoints) protects it.
     pair.primary()->signal(SIGKILL);
     client.join();
-    uint64_t acked = client.acked;
+    uint64_t acked = client.acked();
     REQUIRE(pair.wait_state(Side::Secondary, "active"));
     auto& repaired = pair.start_extra(COLOD_SECONDARY_BIN, "", "secondary-on-primary-host");
     REQUIRE(pair.wait_state(Side::Secondary, "protected"));  // the active side, protected again
