@@ -1,0 +1,530 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// Hostile peers against a real pair, each with a client INCRing through the primary's console:
+//
+//   - a byte-flipping proxy between the daemons (one random bit in a VMSTATE_SEND frame: header,
+//     payload or CRC): the corrupted checkpoint must be refused and the committed state kept,
+//     the pair must re-protect by itself with equal memory on both sides, and a later death
+//     of the primary must lose no acknowledged INCR;
+//   - a page changed on the path with the payload CRC fixed up (what an attacker, not a noisy
+//     line, does): must be refused, which only per-frame authentication can do;
+//   - an old checkpoint recorded from the stream and injected again later: must be refused;
+//   - a raw client that runs a real handshake with another key against the replication ports;
+//   - a peer that opens 1000 connections to the secondary's replication port (garbage on some).
+//
+// Each scenario adds a row to the reliability table. COLOD_RELIABILITY_FLIPS (default 2),
+// COLOD_RELIABILITY_REPLAYS (1), COLOD_RELIABILITY_WRONG_KEYS (20) and
+// COLOD_RELIABILITY_FLOOD (1000) set the counts; tests/reliability/soak.sh may raise them.
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "proto/errors.h"
+#include "proto/frame.h"
+#include "proto/handshake.h"
+#include "proto/link.h"
+#include "tests/reliability/common.h"
+#include "tests/support/link_proxy.h"
+
+using namespace colod;
+using namespace colod::test;
+using Side = Pair::Side;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+namespace {
+
+// What a frame-level refusal on the secondary names (docs/protocol.md, section 1 and 3).
+const std::vector<std::string> k_frame_reasons = {"payload-crc", "header-check",  "bad-magic",
+                                                  "bad-version", "unknown-type",  "bad-flags",
+                                                  "length-over-cap", "sequence-gap", "frame-auth",
+                                                  "truncated-payload", "state-order", "end-mismatch"};
+
+// The pair's harness writes primary.conf only when primary_peer_endpoint is set, and it picks
+// the secondary's port itself; the proxy needs that port first. So the pair is made with a
+// placeholder endpoint, the proxy started, and primary.conf pointed at the proxy before the
+// primary starts.
+constexpr const char* k_placeholder_endpoint = "127.0.0.1:1";
+
+PairOptions proxied_options() {
+    PairOptions options;
+    options.primary_peer_endpoint = k_placeholder_endpoint;
+    return options;
+}
+
+std::unique_ptr<LinkProxy> put_proxy_between(Pair& pair) {
+    auto proxy = LinkProxy::start("127.0.0.1", "127.0.0.1", pair.replication_port(Side::Secondary));
+    REQUIRE(proxy);
+    std::string path = pair.config(Side::Primary);
+    std::ifstream in(path);
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    std::string placeholder = fmt::format("replication = {}\n", k_placeholder_endpoint);
+    auto at = text.find(placeholder);
+    REQUIRE(at != std::string::npos);
+    text.replace(at, placeholder.size(), fmt::format("replication = {}\n", proxy->endpoint()));
+    std::ofstream(path, std::ios::trunc) << text;
+    return proxy;
+}
+
+struct RoundResult {
+    uint64_t injected = 0;
+    uint64_t failovers = 0;
+    uint64_t acked_checked = 0;
+    uint64_t violations = 0;
+    std::string note;
+};
+
+// Both daemons up, protected, the client INCRing on the primary's console.
+void start_protected(Pair& pair, IncrClient& client, PeakMemory& peak) {
+    pair.start_secondary();
+    pair.start_primary();
+    auto console = ready_console(pair, Side::Primary);
+    REQUIRE(console);
+    client.start(std::move(*console), "counter", 5s);
+    INFO("primary log:\n" << pair.read_log("primary") << "\nsecondary log:\n" << pair.read_log("secondary"));
+    REQUIRE(pair.wait_state(Side::Primary, "protected", 60s));
+    sample_memory(pair, peak);
+}
+
+// Waits until the secondary committed `more` further checkpoints.
+bool checkpoints_pass(Pair& pair, uint64_t more, std::chrono::milliseconds timeout = 15s) {
+    auto first = pair.status(Side::Secondary);
+    if (!first)
+        return false;
+    uint64_t target = first->seq + more;
+    return eventually(
+        [&] {
+            auto s = pair.status(Side::Secondary);
+            return s && s->seq >= target;
+        },
+        timeout);
+}
+
+// The primary dies; the secondary must take over with every acknowledged INCR (and nothing the
+// client never sent).
+void kill_primary_and_check(Pair& pair, IncrClient& client, PeakMemory& peak, RoundResult& result,
+                            const std::string& context) {
+    sample_memory(pair, peak);
+    pair.primary()->signal(SIGKILL);
+    REQUIRE(pair.primary()->wait(10s));
+    client.join();
+    uint64_t sent = client.sent(), acked = client.acked();
+    bool took_over = pair.wait_state(Side::Secondary, "active", 15s);
+    INFO(context << ": secondary log:\n" << pair.read_log("secondary"));
+    CHECK(took_over);
+    if (!took_over) {
+        ++result.violations;
+        return;
+    }
+    ++result.failovers;
+    auto console = ready_console(pair, Side::Secondary);
+    REQUIRE(console);
+    auto value = read_counter(*console);
+    REQUIRE(value);
+    INFO(context << ": sent " << sent << ", acknowledged " << acked << ", the secondary has " << *value);
+    CHECK(*value >= acked);
+    CHECK(*value <= sent);
+    if (*value < acked || *value > sent) {
+        ++result.violations;
+        result.note = fmt::format("acknowledged {} but the secondary took over with {}", acked, *value);
+    }
+    result.acked_checked += acked;
+    CHECK_FALSE(client.bad_reply());
+    CHECK_FALSE(client.out_of_order());
+    sample_memory(pair, peak);
+}
+
+std::string log_since(Pair& pair, const std::string& name, size_t from) {
+    std::string log = pair.read_log(name);
+    return from < log.size() ? log.substr(from) : std::string();
+}
+
+bool names_frame_reason(const std::string& text) {
+    for (const auto& reason : k_frame_reasons)
+        if (text.find(reason) != std::string::npos)
+            return true;
+    return false;
+}
+
+// One corrupted-stream round through the proxy: `corrupt` does the damage (and returns how many
+// times it injected); the secondary must refuse it without a takeover (the primary is alive),
+// the pair must re-protect itself, both sides then hold the same memory, and the primary's
+// death afterwards loses no acknowledged INCR.
+RoundResult corrupted_stream_round(const std::string& what, const std::function<uint64_t(LinkProxy&, Pair&)>& corrupt,
+                                   PeakMemory& peak) {
+    RoundResult result;
+    Pair pair(proxied_options());
+    auto proxy = put_proxy_between(pair);
+    proxy->record(true);
+    IncrClient client;
+    start_protected(pair, client, peak);
+    REQUIRE(checkpoints_pass(pair, 10));
+
+    size_t secondary_from = pair.read_log("secondary").size();
+    size_t primary_lost_before = count_events(pair.read_log("primary"), "peer-lost");
+    result.injected = corrupt(*proxy, pair);
+    REQUIRE(result.injected > 0);
+
+    // The secondary notices and says why.
+    bool noticed = eventually(
+        [&] {
+            auto since = log_since(pair, "secondary", secondary_from);
+            return since.find("[checkpoint-failed]:") != std::string::npos ||
+                   since.find("[peer-lost]:") != std::string::npos;
+        },
+        10s);
+    std::string since = log_since(pair, "secondary", secondary_from);
+    INFO(what << ": the secondary's log after the fault:\n" << since);
+    CHECK(noticed);
+    CHECK(names_frame_reason(since));
+
+    // The primary is alive and sent the damage in good faith (or never sent it): a takeover
+    // now makes a second running guest, and the primary, unprotected, acknowledges INCRs the
+    // secondary never gets.
+    bool split = since.find("[failover-begin]:") != std::string::npos;
+    CHECK_FALSE(split);
+    if (split) {
+        ++result.violations;
+        result.note = "the secondary took over from a live primary after refusing its data";
+    } else {
+        // The link closed; the primary notices, reconnects and copies the guest again.
+        bool lost = eventually([&] { return count_events(pair.read_log("primary"), "peer-lost") > primary_lost_before; },
+                               10s);
+        CHECK(lost);
+        bool reprotected = pair.wait_state(Side::Primary, "protected", 60s);
+        INFO("primary log:\n" << pair.read_log("primary"));
+        CHECK(reprotected);
+        if (!reprotected) {
+            ++result.violations;
+        } else {
+            REQUIRE(checkpoints_pass(pair, 3));
+            auto digests = compare_digests(pair);
+            INFO("digests: primary " << digests.primary << ", secondary " << digests.secondary);
+            CHECK(digests.equal());
+            if (!digests.equal())
+                ++result.violations;
+        }
+    }
+    kill_primary_and_check(pair, client, peak, result, what);
+    return result;
+}
+
+std::string rss_note(uint64_t kib) { return fmt::format("{:.1f} MiB", kib / 1024.0); }
+
+}  // namespace
+
+// FIXME: a frame that fails the link's checks (payload-crc, header-check, ...) ends the
+// secondary's session through StandbyEngine::session's receive error branch, which calls
+// primary_lost() and so take_over(): the secondary starts the guest while the primary still
+// runs it (core/standby_engine.cc, StandbyEngine::session; only StateDecoder errors take the
+// "refused" branch that keeps the checkpoint and waits for the primary to reconnect). Kept as
+// [!mayfail] until the daemon treats a corrupt frame from a live primary as a refusal.
+TEST_CASE("a byte-flipping proxy: a corrupted checkpoint is refused, the committed state kept, and no acknowledged "
+          "INCR is lost",
+          "[reliability][peers][flip][!mayfail]") {
+    const int rounds = knob("COLOD_RELIABILITY_FLIPS", 2);
+    for (int round = 0; round < rounds; ++round) {
+        PeakMemory peak;
+        std::vector<LinkProxy::Flip> flips;
+        auto result = corrupted_stream_round(
+            fmt::format("bit flip round {}", round),
+            [&](LinkProxy& proxy, Pair&) -> uint64_t {
+                size_t before = proxy.stats().flips.size();
+                proxy.flip_bits(1, proto::MessageType::VmstateSend);
+                bool flipped = eventually([&] { return proxy.stats().flips.size() > before; }, 10s);
+                REQUIRE(flipped);
+                flips = proxy.stats().flips;
+                const auto& flip = flips.back();
+                WARN("bit flip: VMSTATE_SEND frame " << flip.frame_sequence << ", offset " << flip.offset << " ("
+                                                     << flip.region << ")");
+                return flips.size() - before;
+            },
+            peak);
+        ReliabilityReport::instance().add("peers: bit flip in a checkpoint frame", result.injected, result.failovers,
+                                          result.acked_checked, result.violations, peak.peak_kib(), result.note);
+    }
+}
+
+// FIXME: frames are not authenticated: proto supports a per-frame MAC (FrameFlag::Mac,
+// HELLO.frame_auth), but no config key turns it on (config/config.cc knows no such setting and
+// daemons/node.cc replication_config() never sets ReplicationConfig::frame_auth), so a page
+// changed on the path with its CRC fixed up is applied on the secondary. Kept as [!mayfail]
+// until the option exists; then this test must run with it on.
+TEST_CASE("a page changed on the path with the CRC fixed up is refused", "[reliability][peers][tamper][!mayfail]") {
+    PeakMemory peak;
+    RoundResult result;
+    Pair pair(proxied_options());
+    auto proxy = put_proxy_between(pair);
+    {
+        IncrClient client;
+        start_protected(pair, client, peak);
+        REQUIRE(checkpoints_pass(pair, 5));
+        client.join();
+    }
+    // A quiet guest, then one INCR: the checkpoint after it carries the page the counter lives
+    // in, and the tampered byte is not written again by the guest.
+    size_t secondary_from = pair.read_log("secondary").size();
+    proxy->tamper_next_page();
+    auto console = ready_console(pair, Side::Primary);
+    REQUIRE(console);
+    REQUIRE(console->command("INCR other") == "1");
+    bool tampered = eventually([&] { return proxy->stats().tampered > 0; }, 10s);
+    REQUIRE(tampered);
+    result.injected = 1;
+    REQUIRE(checkpoints_pass(pair, 3));
+    std::string since = log_since(pair, "secondary", secondary_from);
+    INFO("the secondary's log after the tampered frame:\n" << since);
+    bool refused = since.find("[checkpoint-failed]:") != std::string::npos || names_frame_reason(since);
+    bool still_protected = pair.status(Side::Primary) && pair.status(Side::Primary)->state == "protected";
+    auto digests = compare_digests(pair);
+    INFO("digests: primary " << digests.primary << ", secondary " << digests.secondary);
+    WARN("tampered page: refused " << refused << ", pair still protected " << still_protected << ", digests "
+                                   << (digests.equal() ? "equal" : "DIFFER (a wrong page was applied)"));
+    CHECK(refused);
+    CHECK(digests.equal());
+    if (!refused || (digests.answered && !digests.equal())) {
+        ++result.violations;
+        result.note = digests.equal() ? "the tampered frame was accepted"
+                                      : "the tampered page was applied: the secondary's memory differs";
+    }
+    sample_memory(pair, peak);
+    ReliabilityReport::instance().add("peers: page changed, CRC fixed up", result.injected, result.failovers,
+                                      result.acked_checked, result.violations, peak.peak_kib(), result.note);
+}
+
+// FIXME: same cause as the bit flips: the replayed frames fail the link's sequence check
+// (sequence-gap), and StandbyEngine::session takes that for a lost primary and takes over.
+TEST_CASE("replayed old checkpoints are refused and change nothing", "[reliability][peers][replay][!mayfail]") {
+    const int rounds = knob("COLOD_RELIABILITY_REPLAYS", 1);
+    for (int round = 0; round < rounds; ++round) {
+        PeakMemory peak;
+        auto result = corrupted_stream_round(
+            fmt::format("replay round {}", round),
+            [&](LinkProxy& proxy, Pair&) -> uint64_t {
+                // An old complete checkpoint from this connection: its VMSTATE_SIZE and the
+                // VMSTATE_SEND frames after it, from the first half of what was recorded.
+                auto recordings = proxy.recordings();
+                REQUIRE_FALSE(recordings.empty());
+                const auto& frames = recordings.back();
+                std::vector<LinkProxy::Bytes> replay;
+                for (size_t i = 2; i < frames.size() / 2 && replay.empty(); ++i) {
+                    auto header = proto::decode_header(std::span(frames[i]).first(proto::kHeaderSize));
+                    if (!header || header->type != proto::MessageType::VmstateSize)
+                        continue;
+                    // VMSTATE_SIZE: u64 seq, u64 bytes, u64 pages, u32 frames, u8 kind.
+                    if (frames[i][proto::kHeaderSize + 28] != std::byte{0})
+                        continue;  // a pre-copy round
+                    replay.push_back(frames[i]);
+                    for (size_t j = i + 1; j < frames.size(); ++j) {
+                        auto next = proto::decode_header(std::span(frames[j]).first(proto::kHeaderSize));
+                        if (next && next->type == proto::MessageType::Heartbeat)
+                            continue;
+                        if (!next || next->type != proto::MessageType::VmstateSend)
+                            break;
+                        replay.push_back(frames[j]);
+                    }
+                }
+                REQUIRE(replay.size() >= 2);
+                auto first = proto::decode_header(std::span(replay.front()).first(proto::kHeaderSize));
+                WARN("replaying " << replay.size() << " frames from link frame " << first->sequence << " of "
+                                  << frames.size() << " recorded");
+                REQUIRE(proxy.inject(replay));
+                return replay.size();
+            },
+            peak);
+        ReliabilityReport::instance().add("peers: replayed old checkpoint", result.injected, result.failovers,
+                                          result.acked_checked, result.violations, peak.peak_kib(), result.note);
+    }
+}
+
+TEST_CASE("a peer with the wrong key is refused and logged; the pair stays protected", "[reliability][peers][key]") {
+    const int attempts = knob("COLOD_RELIABILITY_WRONG_KEYS", 20);
+    PeakMemory peak;
+    RoundResult result;
+    Pair pair;
+    IncrClient client;
+    start_protected(pair, client, peak);
+    size_t lost_before = count_events(pair.read_log("primary"), "peer-lost");
+    size_t secondary_from = pair.read_log("secondary").size();
+
+    std::array<std::byte, 32> material;
+    for (auto& b : material)
+        b = std::byte(static_cast<uint8_t>(random_between(0, 255)));
+    auto wrong_key = proto::Key::from_bytes(material);
+    REQUIRE(wrong_key);
+    // A HELLO that matches the pair's identity as far as a stranger can know it: only the key
+    // differs, so the refusal is about the key.
+    proto::Hello hello;
+    hello.state = proto::PeerState::PrimaryActive;
+    hello.vm_name = "demo";
+    hello.memory_bytes = 64ull << 20;
+    hello.vcpus = 1;
+
+    std::string secondary_endpoint = fmt::format("127.0.0.1:{}", pair.replication_port(Side::Secondary));
+    int refused = 0;
+    for (int i = 0; i < attempts; ++i) {
+        auto link = proto::Link::connect(secondary_endpoint, proto::deadline_after(2s));
+        REQUIRE(link);
+        auto peer = proto::handshake(*link, *wrong_key, hello, proto::deadline_after(5s));
+        INFO("attempt " << i << ": " << (peer ? std::string("accepted!") : peer.error().message()));
+        CHECK_FALSE(peer);
+        if (!peer) {
+            CHECK(peer.error().code() == base::Errc::Auth);
+            CHECK(proto::reason_of(peer.error()) == proto::Reason::AuthFailed);
+            ++refused;
+        } else {
+            ++result.violations;
+        }
+    }
+    result.injected += static_cast<uint64_t>(attempts);
+
+    // The primary does not listen for replication (only the secondary accepts; the primary
+    // connects): nothing to knock at there.
+    auto at_primary = proto::Link::connect(fmt::format("127.0.0.1:{}", pair.replication_port(Side::Primary)),
+                                           proto::deadline_after(1s));
+    CHECK_FALSE(at_primary);
+
+    // Logged, with the reason, and rate-limited: one record per host and reason per 10 s.
+    REQUIRE(eventually([&] { return log_since(pair, "secondary", secondary_from).find("[handshake-failed]:") != std::string::npos; }, 5s));
+    std::string since = log_since(pair, "secondary", secondary_from);
+    std::string line = event_line(since, "handshake-failed");
+    INFO("secondary log since the attempts:\n" << since);
+    CHECK(line.find("auth-failed") != std::string::npos);
+    size_t records = count_events(since, "handshake-failed");
+    WARN(attempts << " wrong-key handshakes: " << refused << " refused, " << records
+                  << " handshake-failed records on the secondary");
+    CHECK(records <= 2);
+
+    // The real pair never noticed.
+    CHECK(pair.wait_state(Side::Primary, "protected", 1s));
+    CHECK(count_events(pair.read_log("primary"), "peer-lost") == lost_before);
+    REQUIRE(checkpoints_pass(pair, 5));
+    auto digests = compare_digests(pair);
+    INFO("digests: primary " << digests.primary << ", secondary " << digests.secondary);
+    CHECK(digests.equal());
+    if (!digests.equal())
+        ++result.violations;
+    kill_primary_and_check(pair, client, peak, result, "wrong key");
+    ReliabilityReport::instance().add("peers: handshake with a wrong key", result.injected, result.failovers,
+                                      result.acked_checked, result.violations, peak.peak_kib(), result.note);
+}
+
+TEST_CASE("a peer opening 1000 connections to the replication port leaves the pair healthy and protected",
+          "[reliability][peers][flood]") {
+    const int connections = knob("COLOD_RELIABILITY_FLOOD", 1000);
+    PeakMemory peak;
+    RoundResult result;
+    Pair pair;
+    IncrClient client;
+    start_protected(pair, client, peak);
+    REQUIRE(checkpoints_pass(pair, 5));
+    pid_t secondary = pair.secondary()->pid();
+    auto fds_before = open_fds(secondary);
+    auto memory_before = proc_memory(secondary);
+    REQUIRE(fds_before);
+    REQUIRE(memory_before);
+    size_t lost_before = count_events(pair.read_log("primary"), "peer-lost");
+    size_t secondary_from = pair.read_log("secondary").size();
+
+    // Non-blocking connects: past the listen backlog the kernel holds SYNs back, and the test
+    // must not block on them.
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(pair.replication_port(Side::Secondary));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    std::vector<base::Fd> sockets;
+    for (int i = 0; i < connections; ++i) {
+        base::Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+        REQUIRE(fd.get() >= 0);
+        // SAFETY: sockaddr_in is the sockaddr of an AF_INET socket.
+        int rc = ::connect(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address));
+        REQUIRE((rc == 0 || errno == EINPROGRESS));
+        sockets.push_back(std::move(fd));
+    }
+    result.injected = static_cast<uint64_t>(connections);
+
+    // While they are open: garbage on every tenth established one, and the daemon must answer
+    // status promptly throughout.
+    std::string garbage(4096, '\0');
+    for (auto& c : garbage)
+        c = static_cast<char>(random_between(0, 255));
+    int established = 0, with_garbage = 0;
+    auto hold_until = Clock::now() + 1500ms;
+    int64_t slowest_status_ms = 0;
+    bool status_failed = false;
+    for (size_t i = 0; i < sockets.size(); ++i) {
+        pollfd p{sockets[i].get(), POLLOUT, 0};
+        if (::poll(&p, 1, 0) == 1 && !(p.revents & (POLLERR | POLLHUP))) {
+            ++established;
+            if (i % 10 == 0 && ::send(sockets[i].get(), garbage.data(), garbage.size(), MSG_NOSIGNAL) > 0)
+                ++with_garbage;
+        }
+    }
+    while (Clock::now() < hold_until) {
+        auto begin = Clock::now();
+        auto s = pair.status(Side::Secondary);
+        if (!s)
+            status_failed = true;
+        slowest_status_ms = std::max<int64_t>(
+            slowest_status_ms, std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - begin).count());
+        sample_memory(pair, peak);
+        std::this_thread::sleep_for(100ms);
+    }
+    auto fds_during = open_fds(secondary);
+    sockets.clear();
+
+    // Every connection is gone from the daemon once it has worked through its backlog.
+    bool drained = eventually(
+        [&] {
+            auto n = open_fds(secondary);
+            return n && *n <= *fds_before;
+        },
+        30s);
+    auto fds_after = open_fds(secondary);
+    auto memory_after = proc_memory(secondary);
+    REQUIRE(memory_after);
+    sample_memory(pair, peak);
+    std::string since = log_since(pair, "secondary", secondary_from);
+    size_t records = count_events(since, "handshake-failed");
+    size_t lines = static_cast<size_t>(std::count(since.begin(), since.end(), '\n'));
+    WARN(connections << " connections (" << established << " established at once, " << with_garbage
+                     << " sent garbage): secondary fds " << *fds_before << " before, "
+                     << (fds_during ? std::to_string(*fds_during) : "?") << " during, "
+                     << (fds_after ? std::to_string(*fds_after) : "?") << " after; RSS " << rss_note(memory_before->rss_kib)
+                     << " before, " << rss_note(memory_after->rss_kib) << " after (high-water "
+                     << rss_note(memory_after->hwm_kib) << "); slowest status " << slowest_status_ms
+                     << " ms; secondary log: " << records << " handshake-failed records, " << lines << " lines");
+    INFO("secondary log since the flood:\n" << since);
+    CHECK_FALSE(status_failed);
+    CHECK(slowest_status_ms < 2000);
+    CHECK(drained);
+    // The staging buffers are sized by the guest, not by strangers: the flood may cost socket
+    // buffers and thread stacks, not tens of MiB.
+    CHECK(memory_after->rss_kib <= memory_before->rss_kib + 32 * 1024);
+    CHECK(records <= 10);
+    CHECK(lines <= 40);
+
+    // The real pair never noticed.
+    CHECK(pair.wait_state(Side::Primary, "protected", 1s));
+    CHECK(count_events(pair.read_log("primary"), "peer-lost") == lost_before);
+    uint64_t acked = client.acked();
+    CHECK(eventually([&] { return client.acked() > acked + 10; }, 10s));
+    REQUIRE(checkpoints_pass(pair, 5));
+    auto digests = compare_digests(pair);
+    INFO("digests: primary " << digests.primary << ", secondary " << digests.secondary);
+    CHECK(digests.equal());
+    if (!digests.equal() || status_failed || !drained)
+        ++result.violations;
+    kill_primary_and_check(pair, client, peak, result, "connection flood");
+    ReliabilityReport::instance().add(fmt::format("peers: {} connections, garbage on some", connections),
+                                      result.injected, result.failovers, result.acked_checked, result.violations,
+                                      peak.peak_kib(),
+                                      fmt::format("secondary RSS {} -> {}", rss_note(memory_before->rss_kib),
+                                                  rss_note(memory_after->rss_kib)));
+}
