@@ -94,14 +94,14 @@ void start_protected(Pair& pair, IncrClient& client, PeakMemory& peak) {
 
 // Waits until the secondary committed `more` further checkpoints.
 bool checkpoints_pass(Pair& pair, uint64_t more, std::chrono::milliseconds timeout = 15s) {
-    auto first = pair.status(Side::Secondary);
-    if (!first)
-        return false;
-    uint64_t target = first->seq + more;
+    // A loaded host may let one status request time out: ask until one answers.
+    std::optional<uint64_t> target;
     return eventually(
         [&] {
             auto s = pair.status(Side::Secondary);
-            return s && s->seq >= target;
+            if (s && !target)
+                target = s->seq + more;
+            return s && s->seq >= *target;
         },
         timeout);
 }
@@ -192,6 +192,14 @@ RoundResult corrupted_stream_round(const std::string& what, const std::function<
     if (split) {
         ++result.violations;
         result.note = "the secondary took over from a live primary after refusing its data";
+        // What the clients of the old primary see now: it lost its secondary, released its
+        // held output and serves on, unprotected, while the other side runs the guest too.
+        uint64_t acked_at_split = client.acked();
+        bool serving = eventually([&] { return client.acked() > acked_at_split + 10; }, 5s);
+        auto primary_status = pair.status(Side::Primary);
+        WARN(what << ": split brain: the secondary runs the guest, the primary is "
+                  << (primary_status ? primary_status->state : std::string("gone")) << " and "
+                  << (serving ? "still acknowledges INCRs" : "acknowledges nothing more"));
     } else {
         // The link closed; the primary notices, reconnects and copies the guest again.
         bool lost = eventually([&] { return count_events(pair.read_log("primary"), "peer-lost") > primary_lost_before; },
@@ -267,31 +275,45 @@ TEST_CASE("a page changed on the path with the CRC fixed up is refused", "[relia
         REQUIRE(checkpoints_pass(pair, 5));
         client.join();
     }
-    // A quiet guest, then one INCR: the checkpoint after it carries the page the counter lives
-    // in, and the tampered byte is not written again by the guest.
-    size_t secondary_from = pair.read_log("secondary").size();
-    proxy->tamper_next_page();
+    // A quiet guest, then DIRTY: the checkpoint after it carries scratch pages that the guest
+    // does not write again, so a changed byte there stays until the next digest compare. (A
+    // page the guest rewrites every epoch, its stack, would be sent again and hide the
+    // change: then the attempt is repeated.)
     auto console = ready_console(pair, Side::Primary);
     REQUIRE(console);
-    REQUIRE(console->command("INCR other") == "1");
-    bool tampered = eventually([&] { return proxy->stats().tampered > 0; }, 10s);
-    REQUIRE(tampered);
-    result.injected = 1;
-    REQUIRE(checkpoints_pass(pair, 3));
-    std::string since = log_since(pair, "secondary", secondary_from);
+    const int attempts = 4;
+    bool refused = false, differ = false;
+    uint64_t tampered = 0;
+    std::string since;
+    DigestCompare digests;
+    for (int attempt = 0; attempt < attempts && !refused && !differ; ++attempt) {
+        size_t secondary_from = pair.read_log("secondary").size();
+        proxy->tamper_next_page();
+        auto reply = console->command("DIRTY 512", 10s);
+        REQUIRE(reply);
+        bool done = eventually([&] { return proxy->stats().tampered > tampered; }, 10s);
+        REQUIRE(done);
+        tampered = proxy->stats().tampered;
+        checkpoints_pass(pair, 2, 5s);
+        since = log_since(pair, "secondary", secondary_from);
+        refused = since.find("[checkpoint-failed]:") != std::string::npos || names_frame_reason(since);
+        if (refused)
+            break;
+        REQUIRE(pair.wait_state(Side::Primary, "protected", 5s));
+        digests = compare_digests(pair);
+        differ = digests.answered && !digests.equal();
+    }
+    result.injected = tampered;
     INFO("the secondary's log after the tampered frame:\n" << since);
-    bool refused = since.find("[checkpoint-failed]:") != std::string::npos || names_frame_reason(since);
-    bool still_protected = pair.status(Side::Primary) && pair.status(Side::Primary)->state == "protected";
-    auto digests = compare_digests(pair);
     INFO("digests: primary " << digests.primary << ", secondary " << digests.secondary);
-    WARN("tampered page: refused " << refused << ", pair still protected " << still_protected << ", digests "
-                                   << (digests.equal() ? "equal" : "DIFFER (a wrong page was applied)"));
+    WARN(tampered << " tampered frame(s): refused " << refused << ", digests "
+                  << (differ ? "DIFFER (a wrong page was applied)" : "equal"));
     CHECK(refused);
-    CHECK(digests.equal());
-    if (!refused || (digests.answered && !digests.equal())) {
+    CHECK_FALSE(differ);
+    if (!refused) {
         ++result.violations;
-        result.note = digests.equal() ? "the tampered frame was accepted"
-                                      : "the tampered page was applied: the secondary's memory differs";
+        result.note = differ ? "the tampered page was applied: the secondary's memory differs"
+                             : "the tampered frame was accepted";
     }
     sample_memory(pair, peak);
     ReliabilityReport::instance().add("peers: page changed, CRC fixed up", result.injected, result.failovers,
@@ -432,52 +454,76 @@ TEST_CASE("a peer opening 1000 connections to the replication port leaves the pa
     size_t lost_before = count_events(pair.read_log("primary"), "peer-lost");
     size_t secondary_from = pair.read_log("secondary").size();
 
-    // Non-blocking connects: past the listen backlog the kernel holds SYNs back, and the test
-    // must not block on them.
+    // Connections come in a window of 16 in flight (the listener's backlog): each one, once
+    // the kernel has established it, gets 4 KiB of garbage (every tenth) or nothing and is
+    // closed, so every one of them reaches the daemon's handshake. Non-blocking connects: a
+    // full backlog holds SYNs back, and the test must not block on them.
     sockaddr_in address{};
     address.sin_family = AF_INET;
     address.sin_port = htons(pair.replication_port(Side::Secondary));
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    std::vector<base::Fd> sockets;
-    for (int i = 0; i < connections; ++i) {
-        base::Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-        REQUIRE(fd.get() >= 0);
-        // SAFETY: sockaddr_in is the sockaddr of an AF_INET socket.
-        int rc = ::connect(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address));
-        REQUIRE((rc == 0 || errno == EINPROGRESS));
-        sockets.push_back(std::move(fd));
-    }
-    result.injected = static_cast<uint64_t>(connections);
-
-    // While they are open: garbage on every tenth established one, and the daemon must answer
-    // status promptly throughout.
     std::string garbage(4096, '\0');
     for (auto& c : garbage)
         c = static_cast<char>(random_between(0, 255));
-    int established = 0, with_garbage = 0;
-    auto hold_until = Clock::now() + 1500ms;
+    struct InFlight {
+        base::Fd fd;
+        int index;
+        Clock::time_point since;
+    };
+    std::vector<InFlight> in_flight;
+    int next = 0, established = 0, with_garbage = 0, not_established = 0;
     int64_t slowest_status_ms = 0;
     bool status_failed = false;
-    for (size_t i = 0; i < sockets.size(); ++i) {
-        pollfd p{sockets[i].get(), POLLOUT, 0};
-        if (::poll(&p, 1, 0) == 1 && !(p.revents & (POLLERR | POLLHUP))) {
-            ++established;
-            if (i % 10 == 0 && ::send(sockets[i].get(), garbage.data(), garbage.size(), MSG_NOSIGNAL) > 0)
-                ++with_garbage;
+    std::optional<size_t> fds_during;
+    auto flood_started = Clock::now();
+    auto next_status = flood_started;
+    auto give_up = flood_started + 90s;
+    while ((next < connections || !in_flight.empty()) && Clock::now() < give_up) {
+        while (next < connections && in_flight.size() < 16) {
+            base::Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+            REQUIRE(fd.get() >= 0);
+            // SAFETY: sockaddr_in is the sockaddr of an AF_INET socket.
+            int rc = ::connect(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address));
+            REQUIRE((rc == 0 || errno == EINPROGRESS));
+            in_flight.push_back(InFlight{std::move(fd), next++, Clock::now()});
+        }
+        std::vector<pollfd> polls;
+        for (const auto& c : in_flight)
+            polls.push_back(pollfd{c.fd.get(), POLLOUT, 0});
+        ::poll(polls.data(), polls.size(), 20);
+        std::vector<InFlight> still;
+        for (size_t i = 0; i < in_flight.size(); ++i) {
+            auto& c = in_flight[i];
+            if (polls[i].revents & (POLLERR | POLLHUP)) {
+                ++not_established;
+            } else if (polls[i].revents & POLLOUT) {
+                ++established;
+                if (c.index % 10 == 0 && ::send(c.fd.get(), garbage.data(), garbage.size(), MSG_NOSIGNAL) > 0)
+                    ++with_garbage;
+            } else if (Clock::now() - c.since > 10s) {
+                ++not_established;
+            } else {
+                still.push_back(std::move(c));
+            }
+        }
+        in_flight = std::move(still);
+        if (Clock::now() >= next_status) {
+            next_status = Clock::now() + 100ms;
+            auto begin = Clock::now();
+            if (!pair.status(Side::Secondary))
+                status_failed = true;
+            slowest_status_ms = std::max<int64_t>(
+                slowest_status_ms,
+                std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - begin).count());
+            if (auto n = open_fds(secondary); n && (!fds_during || *n > *fds_during))
+                fds_during = n;
+            sample_memory(pair, peak);
         }
     }
-    while (Clock::now() < hold_until) {
-        auto begin = Clock::now();
-        auto s = pair.status(Side::Secondary);
-        if (!s)
-            status_failed = true;
-        slowest_status_ms = std::max<int64_t>(
-            slowest_status_ms, std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - begin).count());
-        sample_memory(pair, peak);
-        std::this_thread::sleep_for(100ms);
-    }
-    auto fds_during = open_fds(secondary);
-    sockets.clear();
+    in_flight.clear();
+    auto flood_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - flood_started).count();
+    CHECK(next == connections);
+    result.injected = static_cast<uint64_t>(established);
 
     // Every connection is gone from the daemon once it has worked through its backlog.
     bool drained = eventually(
@@ -493,8 +539,8 @@ TEST_CASE("a peer opening 1000 connections to the replication port leaves the pa
     std::string since = log_since(pair, "secondary", secondary_from);
     size_t records = count_events(since, "handshake-failed");
     size_t lines = static_cast<size_t>(std::count(since.begin(), since.end(), '\n'));
-    WARN(connections << " connections (" << established << " established at once, " << with_garbage
-                     << " sent garbage): secondary fds " << *fds_before << " before, "
+    WARN(connections << " connections in " << flood_ms << " ms (" << established << " established, "
+                     << not_established << " not, " << with_garbage << " sent garbage): secondary fds " << *fds_before << " before, "
                      << (fds_during ? std::to_string(*fds_during) : "?") << " during, "
                      << (fds_after ? std::to_string(*fds_after) : "?") << " after; RSS " << rss_note(memory_before->rss_kib)
                      << " before, " << rss_note(memory_after->rss_kib) << " after (high-water "
@@ -504,11 +550,15 @@ TEST_CASE("a peer opening 1000 connections to the replication port leaves the pa
     CHECK_FALSE(status_failed);
     CHECK(slowest_status_ms < 2000);
     CHECK(drained);
+    CHECK(established >= connections * 9 / 10);
     // The staging buffers are sized by the guest, not by strangers: the flood may cost socket
     // buffers and thread stacks, not tens of MiB.
     CHECK(memory_after->rss_kib <= memory_before->rss_kib + 32 * 1024);
-    CHECK(records <= 10);
-    CHECK(lines <= 40);
+    // One handshake-failed record per host and reason per 10 s (here: end of file, bad magic,
+    // perhaps a reset), whatever the number of connections.
+    size_t windows = static_cast<size_t>(flood_ms / 10000 + 2);
+    CHECK(records <= 3 * windows);
+    CHECK(lines <= 6 * windows);
 
     // The real pair never noticed.
     CHECK(pair.wait_state(Side::Primary, "protected", 1s));
