@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -180,8 +181,9 @@ struct Link::Shared {
     base::Result<void> write_iov(std::span<const iovec> iov, Deadline deadline);
     // Reads exactly n bytes. With `crc`, the first `crc_bytes` of them are checksummed as they
     // arrive, while they are still in cache.
+    // With `idle` above zero the deadline moves to now + idle whenever bytes arrive.
     base::Result<void> read_exact(std::byte* out, size_t n, Deadline deadline, std::string_view doing,
-                                  Crc32c* crc = nullptr, size_t crc_bytes = 0);
+                                  Crc32c* crc = nullptr, size_t crc_bytes = 0, Clock::duration idle = {});
     base::Result<void> send_frame_locked(const FrameHeader& header, std::span<const iovec> payload, Deadline deadline);
 };
 
@@ -300,7 +302,7 @@ base::Result<void> Link::Shared::write_iov(std::span<const iovec> iov_in, Deadli
 }
 
 base::Result<void> Link::Shared::read_exact(std::byte* out, size_t n, Deadline deadline, std::string_view doing,
-                                           Crc32c* crc, size_t crc_bytes) {
+                                           Crc32c* crc, size_t crc_bytes, Clock::duration idle) {
     size_t got = 0;
     while (got < n) {
         if (stopped)
@@ -311,6 +313,8 @@ base::Result<void> Link::Shared::read_exact(std::byte* out, size_t n, Deadline d
                 crc->update({out + got, std::min(got + size_t(r), crc_bytes) - got});
             got += size_t(r);
             bytes_received += size_t(r);
+            if (idle > Clock::duration::zero())
+                deadline = Clock::now() + idle;
             continue;
         }
         if (r == 0)
@@ -323,7 +327,18 @@ base::Result<void> Link::Shared::read_exact(std::byte* out, size_t n, Deadline d
             // system calls are dear, a poll+recv pair per few kilobytes costs more than the
             // copy itself.
             set_receive_low_water(std::min(n - got, kLowWater));
-            TRY(wait_ready(fd.get(), wake.get(), WaitFor::Read, deadline, doing));
+            auto ready = wait_ready(fd.get(), wake.get(), WaitFor::Read, deadline, doing);
+            if (!ready && ready.error().code() == base::Errc::Timeout && idle > Clock::duration::zero()) {
+                // Bytes below the low-water mark do not wake poll: they still prove the peer
+                // alive. Look once more before giving up.
+                int queued = 0;
+                if (::ioctl(fd.get(), FIONREAD, &queued) == 0 && queued > 0) {
+                    deadline = Clock::now() + idle;
+                    set_receive_low_water(1);
+                    continue;
+                }
+            }
+            TRY(std::move(ready));
             continue;
         }
         if (errno == ECONNRESET)
@@ -410,6 +425,24 @@ base::Result<void> Link::send(const Message& message, Deadline deadline) {
     return m->send_frame_locked(header, std::span(&iov, payload.empty() ? 0 : 1), deadline);
 }
 
+base::Result<bool> Link::send_if_writable(const Message& message, Deadline deadline) {
+    auto payload = encode_message(message);
+    FrameHeader header{kWireVersion, message_type(message), 0, 0, uint32_t(payload.size())};
+    // SAFETY: see send_frame_locked.
+    iovec iov{payload.data(), payload.size()};
+    std::lock_guard lock(m->send_mutex);
+    // Under the send mutex nobody else writes: POLLOUT now means the kernel has room for at
+    // least a small frame (it reports writable only above its minimum free space).
+    pollfd pfd{m->fd.get(), POLLOUT, 0};
+    int ready = ::poll(&pfd, 1, 0);
+    if (ready < 0)
+        return base::Error::from_errno(fmt::format("polling the link to {}", m->peer));
+    if (ready == 0 || !(pfd.revents & POLLOUT))
+        return false;
+    TRY(m->send_frame_locked(header, std::span(&iov, payload.empty() ? 0 : 1), deadline));
+    return true;
+}
+
 base::Result<void> Link::send_state(const EncodedState& state, Deadline deadline) {
     TRY(send(state.size(), deadline));
     for (size_t i = 0; i < state.frame_count(); ++i) {
@@ -433,10 +466,16 @@ base::Result<Frame> Link::receive(Deadline deadline) {
     return frame;
 }
 
-base::Result<void> Link::receive_into(Frame& frame, Deadline deadline) {
+base::Result<void> Link::receive_into(Frame& frame, Deadline deadline) { return receive_frame(frame, deadline, {}); }
+
+base::Result<void> Link::receive_into_idle(Frame& frame, Clock::duration idle) {
+    return receive_frame(frame, Clock::now() + idle, idle);
+}
+
+base::Result<void> Link::receive_frame(Frame& frame, Deadline deadline, Clock::duration idle) {
     std::string doing = fmt::format("receiving from {}", m->peer);
     HeaderBytes head;
-    TRY(m->read_exact(head.data(), head.size(), deadline, doing));
+    TRY(m->read_exact(head.data(), head.size(), deadline, doing, nullptr, 0, idle));
     FrameHeader header = TRY(decode_header(head));
     if (header.sequence != m->receive_sequence)
         return error(Reason::SequenceGap, "frame {} from {} where frame {} was due", header.sequence, m->peer,
@@ -454,7 +493,7 @@ base::Result<void> Link::receive_into(Frame& frame, Deadline deadline) {
     if (frame.m_buffer.size() < body)
         frame.m_buffer.resize(body);
     Crc32c crc;
-    TRY(m->read_exact(frame.m_buffer.data(), body, deadline, doing, &crc, header.payload_length));
+    TRY(m->read_exact(frame.m_buffer.data(), body, deadline, doing, &crc, header.payload_length, idle));
     frame.header = header;
     uint32_t sent_crc = load_be32(frame.m_buffer.data() + header.payload_length);
     if (sent_crc != crc.value())
@@ -574,13 +613,18 @@ struct HeartbeatSender::Shared {
             timespec ts{};
             ::clock_gettime(CLOCK_REALTIME, &ts);
             Heartbeat hb{committed_seq ? committed_seq() : 0, uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec)};
-            auto result = link->send(hb, Clock::now() + interval * 4);
+            auto result = link->send_if_writable(hb, Clock::now() + interval * 4);
             lock.lock();
             if (!result) {
                 failure = std::move(result).error();
                 return;
             }
-            ++sent;
+            if (*result) {
+                ++sent;
+            } else {
+                // The socket is full of earlier frames: skip this beat, try again in an interval.
+                wake.wait_for(lock, interval);
+            }
         }
     }
 };

@@ -69,6 +69,10 @@ public:
 
     // Sends one control message as one frame.
     base::Result<void> send(const Message& message, Deadline deadline);
+    // Sends one small control message only if the socket takes it now; false (nothing written)
+    // when the send buffer is full of earlier frames: those tell the peer this side is alive
+    // as soon as it reads them, and waiting behind them would only make a slow reader look dead.
+    base::Result<bool> send_if_writable(const Message& message, Deadline deadline);
     // Sends a checkpoint: VMSTATE_SIZE, then each VMSTATE_SEND frame with gather writes straight
     // from the memory the EncodedState points at (the CRC, and the MAC if on, are computed
     // over the same gather list in chunks just before each chunk is written).
@@ -83,6 +87,9 @@ public:
     // covers the whole frame.
     base::Result<Frame> receive(Deadline deadline);
     base::Result<void> receive_into(Frame& frame, Deadline deadline);
+    // The same, for a session's liveness: fails with Timeout only after `idle` passes with no
+    // byte arriving, so a long frame on a slow link is not mistaken for a dead peer.
+    base::Result<void> receive_into_idle(Frame& frame, Clock::duration idle);
 
     // Marks the peer as authenticated (called by handshake()); with frame keys, every later
     // frame carries and must carry a MAC.
@@ -106,6 +113,7 @@ private:
     friend class Listener;
     struct Shared;
     explicit Link(std::unique_ptr<Shared> shared);
+    base::Result<void> receive_frame(Frame& frame, Deadline deadline, Clock::duration idle);
     std::unique_ptr<Shared> m;
 };
 
