@@ -23,7 +23,11 @@ namespace {
 
 // Pre-copy sends all of RAM in transfers of this many pages, so no single transfer needs a huge
 // gather list; then re-sends dirty pages until few are left (or they stop shrinking).
-constexpr uint64_t k_precopy_chunk_pages = 32768;
+// Pre-copy pages are copied out of the running guest a chunk at a time before they are
+// checksummed and sent: a page the guest writes while it is on its way would otherwise go out
+// different from its CRC (and torn). 8 MiB per chunk keeps the copy buffer small; the copy costs
+// far less than the transfer.
+constexpr uint64_t k_precopy_chunk_pages = 2048;
 constexpr uint64_t k_precopy_done_pages = 2048;
 constexpr int k_precopy_max_rounds = 8;
 
@@ -114,6 +118,13 @@ void ActiveEngine::start() {
     } else {
         m_guest.set_output_sink([this](std::span<const std::byte> bytes) { m_output.append(bytes); });
     }
+    // max-held-output forces a checkpoint; twice that much held (the checkpoint is slow to
+    // commit) and the UART shows its transmitter busy until output is released: the guest
+    // slows down instead of the held output growing without bound.
+    m_guest.machine().uart().set_transmit_ready([this] {
+        uint64_t held = colo() ? m_comparator.held_bytes() : m_output.held_bytes();
+        return held < 2 * m_config.max_held_output;
+    });
     std::lock_guard lock(m_mutex);
     if (!m_thread.joinable())
         m_thread = std::thread([this] { run(); });
@@ -132,6 +143,7 @@ void ActiveEngine::stop(HeldOutput held) {
     if (m_thread.joinable())
         m_thread.join();
     m_guest.set_input_tap(nullptr);
+    m_guest.machine().uart().set_transmit_ready(nullptr);
     if (held == HeldOutput::Release) {
         output_release_all();
         m_guest.set_output_sink(nullptr);  // straight to the console from now on
@@ -407,7 +419,7 @@ void ActiveEngine::receive_loop(Session& session) {
     };
     proto::Frame frame;
     for (;;) {
-        auto received = session.link.receive_into(frame, proto::deadline_after(m_config.heartbeat_timeout));
+        auto received = session.link.receive_into_idle(frame, m_config.heartbeat_timeout);
         if (!received) {
             const auto& error = received.error();
             if (error.code() == base::Errc::Timeout)
@@ -465,17 +477,27 @@ base::Result<void> ActiveEngine::await(Session& session, uint64_t seq, Clock::ti
     }
 }
 
-base::Result<void> ActiveEngine::send_live_pages(Session& session, std::span<const uint64_t> pages) {
+base::Result<void> ActiveEngine::send_live_pages(Session& session, std::span<const uint64_t> all_pages) {
     GuestMemory& memory = m_guest.machine().memory();
-    proto::StateInput input;
-    input.seq = m_next_seq++;
-    input.kind = proto::StateKind::Precopy;
-    input.pages = pages;
-    input.page_bytes = [&memory](uint64_t page) { return std::span<const std::byte>(memory.page(page), k_page_size); };
-    proto::StateEncoder encoder(proto::EncoderOptions{k_checkpoint_frame_payload, proto::ZeroScan::On});
-    auto encoded = TRY(encoder.encode(input));
-    TRY(session.link.send_state(encoded, proto::deadline_after(std::chrono::seconds(60))));
-    m_bytes_sent += encoded.size().bytes;
+    for (size_t first = 0; first < all_pages.size(); first += k_precopy_chunk_pages) {
+        auto pages = all_pages.subspan(first, std::min<size_t>(k_precopy_chunk_pages, all_pages.size() - first));
+        if (!m_precopy_copy.ensure(pages.size() * k_page_size))
+            return base::Error(base::Errc::System, "no memory for the pre-copy buffer");
+        for (size_t i = 0; i < pages.size(); ++i)
+            std::memcpy(m_precopy_copy.data() + i * k_page_size, memory.page(pages[i]), k_page_size);
+        proto::StateInput input;
+        input.seq = m_next_seq++;
+        input.kind = proto::StateKind::Precopy;
+        input.pages = pages;
+        input.page_bytes = [this, pages](uint64_t page) {
+            size_t at = static_cast<size_t>(std::lower_bound(pages.begin(), pages.end(), page) - pages.begin());
+            return std::span<const std::byte>(m_precopy_copy.data() + at * k_page_size, k_page_size);
+        };
+        proto::StateEncoder encoder(proto::EncoderOptions{k_checkpoint_frame_payload, proto::ZeroScan::On});
+        auto encoded = TRY(encoder.encode(input));
+        TRY(session.link.send_state(encoded, proto::deadline_after(std::chrono::seconds(60))));
+        m_bytes_sent += encoded.size().bytes;
+    }
     return base::ok();
 }
 
@@ -488,11 +510,8 @@ base::Result<void> ActiveEngine::sync(Session& session) {
     auto started = Clock::now();
     std::vector<uint64_t> pages(memory.page_count());
     std::iota(pages.begin(), pages.end(), uint64_t{0});
-    for (size_t first = 0; first < pages.size(); first += k_precopy_chunk_pages) {
-        size_t count = std::min<size_t>(k_precopy_chunk_pages, pages.size() - first);
-        TRY(send_live_pages(session, std::span(pages).subspan(first, count)));
-        fault_point("primary.precopy");
-    }
+    TRY(send_live_pages(session, pages));
+    fault_point("primary.precopy");
     uint64_t previous = memory.page_count();
     int rounds = 1;
     for (; rounds < k_precopy_max_rounds; ++rounds) {

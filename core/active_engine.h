@@ -29,6 +29,7 @@
 #include "core/machine.h"
 #include "core/output_buffer.h"
 #include "core/output_comparator.h"
+#include "core/page_buffer.h"
 #include "core/page_capture.h"
 #include "core/pause_stats.h"
 #include "core/replication.h"
@@ -137,6 +138,7 @@ private:
     bool m_forwarding = false;              // guarded by m_input_mutex
     PauseStats m_pauses;
     PageCapture m_capture;
+    PageBuffer m_precopy_copy;  // pre-copy pages, copied out of the running guest (8 MiB)
     DirtyBitmap m_dirty;
 
     mutable std::mutex m_mutex;
