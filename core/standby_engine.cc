@@ -218,16 +218,28 @@ void StandbyEngine::session(proto::Link link, std::string peer) {
             bool first_complete = true;
             proto::Frame frame;
             for (;;) {
-                auto received = link.receive_into(frame, proto::deadline_after(m_config.heartbeat_timeout));
+                auto received = link.receive_into_idle(frame, m_config.heartbeat_timeout);
                 if (!received) {
                     const auto& error = received.error();
-                    if (error.code() == base::Errc::Timeout)
+                    if (error.code() == base::Errc::Timeout) {
                         why = fmt::format("heartbeat timeout: nothing from the primary for {} ms",
                                           m_config.heartbeat_timeout.count() / 1000);
-                    else if (error.code() == base::Errc::Eof)
+                    } else if (error.code() == base::Errc::Eof) {
                         why = "the primary closed the connection";
-                    else
+                    } else if (error.code() == base::Errc::Protocol || error.code() == base::Errc::Auth) {
+                        // Bytes arrived that are not a valid frame (corrupted, replayed, forged):
+                        // whoever sent them is alive, so this is no reason to take over.
                         why = error.message();
+                        refused = true;
+                        base::log(Level::Error, Event::CheckpointFailed,
+                                  fmt::format("refused a frame from {}: {}; the committed state (checkpoint {}) is kept",
+                                              peer, why, m_committed.load()),
+                                  {{"PEER", peer}, {"REASON", why}, {"SEQ", std::to_string(m_committed.load())}});
+                        (void)link.send(proto::ErrorMessage{static_cast<uint16_t>(proto::reason_of(error)), why},
+                                        proto::deadline_after(std::chrono::milliseconds(200)));
+                    } else {
+                        why = error.message();
+                    }
                     break;
                 }
                 if (frame.header.type == proto::MessageType::VmstateSend) {
@@ -249,6 +261,7 @@ void StandbyEngine::session(proto::Link link, std::string peer) {
                 auto message = frame.message();
                 if (!message) {
                     why = message.error().message();
+                    refused = true;  // a well-framed but malformed message: the sender is alive
                     break;
                 }
                 if (std::holds_alternative<proto::Heartbeat>(*message))
@@ -256,6 +269,7 @@ void StandbyEngine::session(proto::Link link, std::string peer) {
                 if (const auto* size = std::get_if<proto::VmstateSize>(&*message)) {
                     if (auto begun = decoder->begin(*size); !begun) {
                         why = begun.error().message();
+                        refused = true;
                         break;
                     }
                     staging.reset(size->kind, m_guest.machine().vcpu_count(), devices);
