@@ -75,7 +75,9 @@ uint8_t Uart::read_register(unsigned offset) {
     case MCR:
         return m_mcr;
     case LSR: {
-        uint8_t lsr = LSR_THRE | LSR_TEMT;  // transmission is instantaneous
+        uint8_t lsr = 0;
+        if (!m_ready || m_ready())
+            lsr |= LSR_THRE | LSR_TEMT;  // transmission is instantaneous while the path takes bytes
         if (!m_rx.empty())
             lsr |= LSR_DR;
         if (m_lsr_overrun)
@@ -162,6 +164,10 @@ void Uart::pio_write(uint16_t port, std::span<const std::byte> data) {
         for (size_t i = 0; i < data.size(); ++i) {
             unsigned offset = static_cast<unsigned>((port - m_base + i) & 7);
             if (offset == RBR_THR && !(m_lcr & LCR_DLAB) && !(m_mcr & MCR_LOOP) && count < sizeof(transmitted)) {
+                if (m_ready && !m_ready()) {
+                    ++m_tx_dropped;  // written while LSR said busy: lost, as on the chip
+                    continue;
+                }
                 transmitted[count++] = data[i];
                 m_thr_interrupt = true;  // THR is empty again at once
             } else {
@@ -174,6 +180,16 @@ void Uart::pio_write(uint16_t port, std::span<const std::byte> data) {
     }
     if (output)
         output(std::span(transmitted, count));
+}
+
+void Uart::set_transmit_ready(ReadyFn ready) {
+    std::lock_guard lock(m_mutex);
+    m_ready = std::move(ready);
+}
+
+uint64_t Uart::transmit_dropped() const {
+    std::lock_guard lock(m_mutex);
+    return m_tx_dropped;
 }
 
 size_t Uart::push_input(std::span<const std::byte> bytes) {

@@ -16,6 +16,9 @@ namespace colod::core {
 // the console through push_input(). The receive buffer is larger than the chip's 16-byte FIFO
 // (invisible to the guest: LSR.DR simply stays set) and bounded; when it is full, push_input()
 // accepts fewer bytes and the console applies back-pressure to its clients, so no byte is lost.
+// Transmission is instantaneous unless the output path is full (held output waiting for a
+// checkpoint): then LSR shows the transmitter busy until it drains, which slows a guest that
+// polls LSR (as a driver must); a byte written to THR while busy is dropped, as on the chip.
 class Uart final : public Device, public ConsoleInput {
 public:
     static constexpr uint16_t k_port_count = 8;
@@ -25,6 +28,7 @@ public:
     using OutputFn = std::function<void(std::span<const std::byte>)>;
     using IrqFn = std::function<void(bool level)>;
     using SpaceFn = std::function<void()>;
+    using ReadyFn = std::function<bool()>;
 
     Uart(uint16_t base_port, OutputFn output, IrqFn irq);
 
@@ -43,6 +47,10 @@ public:
     void set_space_callback(SpaceFn fn);
     // Replaces where transmitted bytes go (the machine switches between direct and held output).
     void set_output(OutputFn output);
+    // Whether the output path takes more bytes now; empty (the default): always.
+    void set_transmit_ready(ReadyFn ready);
+    // Bytes the guest wrote to THR while the transmitter was busy (dropped), since start.
+    uint64_t transmit_dropped() const;
 
 private:
     struct Saved;
@@ -57,6 +65,8 @@ private:
     OutputFn m_output;
     IrqFn m_irq;
     SpaceFn m_space;
+    ReadyFn m_ready;
+    uint64_t m_tx_dropped = 0;  // host-side counter, not guest state
 
     mutable std::mutex m_mutex;
     std::deque<uint8_t> m_rx;

@@ -140,3 +140,21 @@ TEST_CASE("UART refuses bad state without changing anything") {
 
     CHECK(h.in(7) == 0x11);
 }
+
+TEST_CASE("UART shows its transmitter busy while the output path is full, and drops bytes written then") {
+    Harness h;
+    bool ready = true;
+    h.uart.set_transmit_ready([&] { return ready; });
+    h.out(0, 'a');
+    CHECK((h.in(5) & 0x60) == 0x60);
+    ready = false;
+    CHECK((h.in(5) & 0x60) == 0);  // a polling driver waits here
+    h.out(0, 'b');                 // a guest that does not wait loses the byte, as on the chip
+    CHECK(h.uart.transmit_dropped() == 1);
+    ready = true;
+    CHECK((h.in(5) & 0x60) == 0x60);
+    h.out(0, 'c');
+    CHECK(h.output == "ac");
+    h.uart.set_transmit_ready(nullptr);
+    CHECK((h.in(5) & 0x60) == 0x60);
+}
