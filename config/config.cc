@@ -38,7 +38,7 @@ struct KeySpec {
 
 constexpr std::array<std::string_view, 4> k_sections{"vm", "replication", "primary", "secondary"};
 
-constexpr std::array<KeySpec, 21> k_keys{{
+constexpr std::array<KeySpec, 22> k_keys{{
     {"vm", "name", Presence::Derived, ""},
     {"vm", "memory", Presence::Required, ""},
     {"vm", "vcpus", Presence::Defaulted, "1"},
@@ -54,6 +54,7 @@ constexpr std::array<KeySpec, 21> k_keys{{
     {"replication", "auth-key-file", Presence::Required, ""},
     {"replication", "max-held-output", Presence::Defaulted, "1M"},
     {"replication", "connect-retry", Presence::Defaulted, "1s"},
+    {"replication", "frame-auth", Presence::Defaulted, "off"},
     {"primary", "replication", Presence::Required, ""},
     {"primary", "console", Presence::Required, ""},
     {"primary", "control", Presence::Derived, ""},
@@ -550,6 +551,15 @@ private:
 
         if (auto retry = duration("connect-retry", 10ms, 10min))
             replication.connect_retry = *retry;
+
+        if (const Setting* frame_auth = setting("replication", "frame-auth")) {
+            if (frame_auth->value == "on")
+                replication.frame_auth = true;
+            else if (frame_auth->value == "off")
+                replication.frame_auth = false;
+            else
+                fail("replication", "frame-auth", "must be on or off");
+        }
     }
 
     void host(Role role, const std::string& vm_name, HostConfig& host) {
@@ -762,6 +772,7 @@ std::string to_config_text(const PairConfig& config) {
     out += fmt::format("auth-key-file = {}\n", replication.auth_key_file.string());
     out += fmt::format("max-held-output = {}\n", format_size(replication.max_held_output));
     out += fmt::format("connect-retry = {}\n", format_duration(replication.connect_retry));
+    out += fmt::format("frame-auth = {}\n", replication.frame_auth ? "on" : "off");
     for (Role role : {Role::Primary, Role::Secondary}) {
         const HostConfig& host = config.host(role);
         out += fmt::format("[{}]\n", role_name(role));

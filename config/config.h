@@ -66,6 +66,7 @@ struct ReplicationConfig {
     std::filesystem::path auth_key_file;    // absolute; contents and mode checked by the daemons
     uint64_t max_held_output = 1 << 20;     // held console bytes that force a checkpoint
     std::chrono::microseconds connect_retry{1'000'000};  // longest reconnect backoff
+    bool frame_auth = false;                // a MAC on every frame after the handshake
 
     bool operator==(const ReplicationConfig&) const = default;
 };

@@ -42,6 +42,7 @@ core::ReplicationConfig replication_config(const config::PairConfig& cfg, config
     r.connect_retry = cfg.replication.connect_retry;
     r.max_held_output = cfg.replication.max_held_output;
     r.fence_command = cfg.replication.fence_command;
+    r.frame_auth = cfg.replication.frame_auth ? proto::FrameAuth::On : proto::FrameAuth::Off;
     return r;
 }
 
