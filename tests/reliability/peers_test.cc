@@ -227,15 +227,11 @@ std::string rss_note(uint64_t kib) { return fmt::format("{:.1f} MiB", kib / 1024
 
 }  // namespace
 
-// FIXME: a frame that fails the link's checks (payload-crc, header-check, ...) ends the
-// secondary's session through StandbyEngine::session's receive error branch, which calls
-// primary_lost() and so take_over(): the secondary starts the guest while the primary still
-// runs it (core/standby_engine.cc, StandbyEngine::session; only StateDecoder errors take the
-// "refused" branch that keeps the checkpoint and waits for the primary to reconnect). Kept as
-// [!mayfail] until the daemon treats a corrupt frame from a live primary as a refusal.
+// A frame that fails the link's checks comes from a live sender: the secondary refuses it,
+// keeps its checkpoint and waits for the primary to reconnect; it never takes over for it.
 TEST_CASE("a byte-flipping proxy: a corrupted checkpoint is refused, the committed state kept, and no acknowledged "
           "INCR is lost",
-          "[reliability][peers][flip][!mayfail]") {
+          "[reliability][peers][flip]") {
     const int rounds = knob("COLOD_RELIABILITY_FLIPS", 2);
     for (int round = 0; round < rounds; ++round) {
         PeakMemory peak;
@@ -259,15 +255,16 @@ TEST_CASE("a byte-flipping proxy: a corrupted checkpoint is refused, the committ
     }
 }
 
-// FIXME: frames are not authenticated: proto supports a per-frame MAC (FrameFlag::Mac,
-// HELLO.frame_auth), but no config key turns it on (config/config.cc knows no such setting and
-// daemons/node.cc replication_config() never sets ReplicationConfig::frame_auth), so a page
-// changed on the path with its CRC fixed up is applied on the secondary. Kept as [!mayfail]
-// until the option exists; then this test must run with it on.
-TEST_CASE("a page changed on the path with the CRC fixed up is refused", "[reliability][peers][tamper][!mayfail]") {
+// With frame-auth = on every frame carries a MAC: a page changed on the path with its CRC
+// fixed up fails it and is refused. (With frame-auth = off only the CRC guards the data, which
+// an attacker on the path can recompute: docs/config.md says so.)
+TEST_CASE("with frame-auth on, a page changed on the path with the CRC fixed up is refused",
+          "[reliability][peers][tamper]") {
     PeakMemory peak;
     RoundResult result;
-    Pair pair(proxied_options());
+    PairOptions options = proxied_options();
+    options.extra_replication = "frame-auth = on\n";
+    Pair pair(options);
     auto proxy = put_proxy_between(pair);
     {
         IncrClient client;
@@ -316,13 +313,12 @@ TEST_CASE("a page changed on the path with the CRC fixed up is refused", "[relia
                              : "the tampered frame was accepted";
     }
     sample_memory(pair, peak);
-    ReliabilityReport::instance().add("peers: page changed, CRC fixed up", result.injected, result.failovers,
+    ReliabilityReport::instance().add("peers: page changed, CRC fixed up (frame-auth on)", result.injected, result.failovers,
                                       result.acked_checked, result.violations, peak.peak_kib(), result.note);
 }
 
-// FIXME: same cause as the bit flips: the replayed frames fail the link's sequence check
-// (sequence-gap), and StandbyEngine::session takes that for a lost primary and takes over.
-TEST_CASE("replayed old checkpoints are refused and change nothing", "[reliability][peers][replay][!mayfail]") {
+// Replayed frames fail the link's sequence check (sequence-gap): refused like any bad frame.
+TEST_CASE("replayed old checkpoints are refused and change nothing", "[reliability][peers][replay]") {
     const int rounds = knob("COLOD_RELIABILITY_REPLAYS", 1);
     for (int round = 0; round < rounds; ++round) {
         PeakMemory peak;
@@ -330,12 +326,13 @@ TEST_CASE("replayed old checkpoints are refused and change nothing", "[reliabili
             fmt::format("replay round {}", round),
             [&](LinkProxy& proxy, Pair&) -> uint64_t {
                 // An old complete checkpoint from this connection: its VMSTATE_SIZE and the
-                // VMSTATE_SEND frames after it, from the first half of what was recorded.
+                // VMSTATE_SEND frames after it, the first one recorded (the sync's final stop;
+                // ten or more checkpoints have committed since).
                 auto recordings = proxy.recordings();
                 REQUIRE_FALSE(recordings.empty());
                 const auto& frames = recordings.back();
                 std::vector<LinkProxy::Bytes> replay;
-                for (size_t i = 2; i < frames.size() / 2 && replay.empty(); ++i) {
+                for (size_t i = 2; i < frames.size() && replay.empty(); ++i) {
                     auto header = proto::decode_header(std::span(frames[i]).first(proto::kHeaderSize));
                     if (!header || header->type != proto::MessageType::VmstateSize)
                         continue;

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <optional>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -44,7 +45,17 @@ struct PairOptions {
     std::string primary_console_ip;
     std::string secondary_console_ip;
     std::vector<std::string> env;  // added to both daemons' environment ("KEY=value")
+    // Added to one program's environment only (e.g. a COLOD_FAULT spec for one side). A
+    // secondary that took over runs the active engine, whose fault points are named primary.*:
+    // a spec meant for the primary must not reach it.
+    std::vector<std::string> primary_env;
+    std::vector<std::string> secondary_env;
     std::string extra_vm;  // more [vm] lines
+    std::string extra_replication;  // more [replication] lines ("max-held-output = 64K\n")
+    // Where colod-primary looks for its secondary ("ADDRESS:PORT"), e.g. a proxy in between.
+    // When set, the primary reads its own copy of the config (primary.conf) that differs from
+    // demo.conf only in [secondary] replication; the secondary still binds the real endpoint.
+    std::string primary_peer_endpoint;
 };
 
 inline uint16_t free_port() {
@@ -105,6 +116,13 @@ public:
 
     const std::filesystem::path& dir() const { return m_dir; }
     std::string config() const { return (m_dir / "demo.conf").string(); }
+    // The config file the daemon of that program reads (see PairOptions::primary_peer_endpoint).
+    std::string config(Side program) const {
+        if (program == Side::Primary && !m_options.primary_peer_endpoint.empty())
+            return (m_dir / "primary.conf").string();
+        return config();
+    }
+    uint16_t replication_port(Side side) const { return side == Side::Primary ? m_ports[0] : m_ports[2]; }
     std::string log(const std::string& name) const { return (m_dir / (name + ".log")).string(); }
     uint16_t console_port(Side side) const { return side == Side::Primary ? m_ports[1] : m_ports[3]; }
     std::string ip(Side side) const { return side == Side::Primary ? m_options.primary_ip : m_options.secondary_ip; }
@@ -119,19 +137,23 @@ public:
 
     std::vector<std::string> command(const std::string& program, const std::string& netns,
                                      std::vector<std::string> extra = {}) const {
+        return command_with(program, netns, config(), std::move(extra));
+    }
+    std::vector<std::string> command_with(const std::string& program, const std::string& netns,
+                                          const std::string& config_file, std::vector<std::string> extra = {}) const {
         std::vector<std::string> argv;
         if (!netns.empty())
             argv = {"/usr/sbin/ip", "netns", "exec", netns};
         argv.push_back(program);
         argv.push_back("--config");
-        argv.push_back(config());
+        argv.push_back(config_file);
         argv.insert(argv.end(), extra.begin(), extra.end());
         return argv;
     }
 
     Process& start_primary(std::vector<std::string> extra = {}) {
-        auto p = Process::spawn(command(COLOD_PRIMARY_BIN, m_options.primary_netns, extra), log("primary"),
-                                m_options.env);
+        auto p = Process::spawn(command_with(COLOD_PRIMARY_BIN, m_options.primary_netns, config(Side::Primary), extra),
+                                log("primary"), env_for(Side::Primary));
         REQUIRE(p);
         m_primary.reset();
         m_primary.emplace(std::move(*p));
@@ -139,7 +161,7 @@ public:
     }
     Process& start_secondary() {
         auto p = Process::spawn(command(COLOD_SECONDARY_BIN, m_options.secondary_netns), log("secondary"),
-                                m_options.env);
+                                env_for(Side::Secondary));
         REQUIRE(p);
         m_secondary.reset();
         m_secondary.emplace(std::move(*p));
@@ -191,6 +213,20 @@ public:
         return std::string(std::istreambuf_iterator<char>(in), {});
     }
 
+    // Daemons started from now on get no per-program environment (a fault spec armed for the
+    // first run of a side must not fire again in its replacement).
+    void clear_program_env() {
+        m_options.primary_env.clear();
+        m_options.secondary_env.clear();
+    }
+    // Both daemons' environment additions plus those of one program.
+    std::vector<std::string> env_for(Side program) const {
+        std::vector<std::string> env = m_options.env;
+        const auto& own = program == Side::Primary ? m_options.primary_env : m_options.secondary_env;
+        env.insert(env.end(), own.begin(), own.end());
+        return env;
+    }
+
 private:
     void write_key() {
         std::ofstream key(m_dir / "demo.key", std::ios::binary);
@@ -201,7 +237,12 @@ private:
         ::chmod((m_dir / "demo.key").c_str(), 0600);
     }
     void write_config() {
-        std::ofstream out(m_dir / "demo.conf");
+        std::ofstream(m_dir / "demo.conf") << config_text(m_options.secondary_ip + ":" + std::to_string(m_ports[2]));
+        if (!m_options.primary_peer_endpoint.empty())
+            std::ofstream(m_dir / "primary.conf") << config_text(m_options.primary_peer_endpoint);
+    }
+    std::string config_text(const std::string& secondary_replication) const {
+        std::ostringstream out;
         out << "[vm]\nname = demo\nmemory = " << m_options.memory << "\nvcpus = 1\nimage = " << m_options.image
             << "\naccelerator = " << (test_backend() == "kvm" ? "kvm" : "soft") << "\n"
             << m_options.extra_vm << "[replication]\nmode = " << m_options.mode
@@ -209,11 +250,13 @@ private:
             << "\nheartbeat-interval = " << m_options.heartbeat_interval
             << "\nheartbeat-timeout = " << m_options.heartbeat_timeout << "\nfence-command = " << m_options.fence_command
             << "\nauth-key-file = demo.key\n"
+            << m_options.extra_replication
             << "[primary]\nreplication = " << m_options.primary_ip << ":" << m_ports[0]
             << "\nconsole = " << console_ip(Side::Primary) << ":" << m_ports[1] << "\ncontrol = " << control_path(Side::Primary)
-            << "\n[secondary]\nreplication = " << m_options.secondary_ip << ":" << m_ports[2]
+            << "\n[secondary]\nreplication = " << secondary_replication
             << "\nconsole = " << console_ip(Side::Secondary) << ":" << m_ports[3]
             << "\ncontrol = " << control_path(Side::Secondary) << "\n";
+        return out.str();
     }
 
     PairOptions m_options;

@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// What the reliability tests share: knobs from the environment, log reading, the digest compare
+// that proves both sides hold the same memory, and daemon memory sampling.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <cstdlib>
+#include <random>
+#include <string>
+
+#include "tests/support/incr_client.h"
+#include "tests/support/pair.h"
+#include "tests/support/proc_stats.h"
+#include "tests/support/reliability_report.h"
+
+namespace colod::test {
+
+// An integer knob from the environment (soak.sh sets them; CI uses the defaults).
+inline int knob(const char* name, int fallback) {
+    const char* value = std::getenv(name);
+    return value && *value ? std::atoi(value) : fallback;
+}
+
+// One seed per process, printed so that a failing run can be repeated (COLOD_RELIABILITY_SEED).
+inline std::mt19937& rng() {
+    static std::mt19937 generator = [] {
+        unsigned seed = static_cast<unsigned>(knob("COLOD_RELIABILITY_SEED", 0));
+        if (seed == 0)
+            seed = std::random_device{}();
+        std::fprintf(stderr, "[colod reliability] seed %u (COLOD_RELIABILITY_SEED=%u repeats this run)\n", seed, seed);
+        return std::mt19937(seed);
+    }();
+    return generator;
+}
+inline int random_between(int low, int high) { return std::uniform_int_distribution<int>(low, high)(rng()); }
+
+// The first line of a daemon's log that records `event` ("LEVEL [event]: ...").
+inline std::string event_line(const std::string& log, const std::string& event) {
+    auto at = log.find("[" + event + "]:");
+    if (at == std::string::npos)
+        return {};
+    size_t begin = log.rfind('\n', at);
+    begin = begin == std::string::npos ? 0 : begin + 1;
+    return log.substr(begin, log.find('\n', at) - begin);
+}
+inline bool has_event(Pair& pair, const std::string& name, const std::string& event) {
+    return !event_line(pair.read_log(name), event).empty();
+}
+inline size_t count_events(const std::string& log, const std::string& event) {
+    size_t count = 0;
+    for (auto at = log.find("[" + event + "]:"); at != std::string::npos; at = log.find("[" + event + "]:", at + 1))
+        ++count;
+    return count;
+}
+// Whether a COLOD_FAULT point fired in that daemon ("fault point NAME fires: ACTION").
+inline bool fault_fired(Pair& pair, const std::string& name, const std::string& point) {
+    return pair.read_log(name).find("fault point " + point + " fires") != std::string::npos;
+}
+
+// The primary takes a checkpoint and holds its guest at it; the secondary reports the checkpoint
+// it committed. Equal answers ("SEQ DIGEST", a CRC per page folded in page order) mean both sides
+// hold the same memory page for page. The guest is resumed before returning.
+struct DigestCompare {
+    bool answered = false;
+    std::string primary, secondary;
+    bool equal() const { return answered && primary == secondary; }
+};
+inline DigestCompare compare_digests(Pair& pair, Pair::Side active = Pair::Side::Primary) {
+    Pair::Side standby = active == Pair::Side::Primary ? Pair::Side::Secondary : Pair::Side::Primary;
+    DigestCompare result;
+    auto held = pair.control(active, "digest", 20000);
+    if (!held)
+        return result;
+    auto other = pair.control(standby, "digest");
+    pair.control(active, "resume");
+    if (!other)
+        return result;
+    result.answered = true;
+    result.primary = *held;
+    result.secondary = *other;
+    return result;
+}
+
+// Samples both daemons' (and any pid's) VmHWM.
+inline void sample_memory(Pair& pair, PeakMemory& peak) {
+    if (pair.primary())
+        peak.sample(pair.primary()->pid());
+    if (pair.secondary())
+        peak.sample(pair.secondary()->pid());
+}
+
+// Waits for a console on `side` that answers PING.
+inline std::optional<LineClient> ready_console(Pair& pair, Pair::Side side,
+                                               std::chrono::milliseconds timeout = std::chrono::seconds(15)) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+        auto c = pair.console(side, std::chrono::milliseconds(200));
+        if (c && c->command("PING", std::chrono::seconds(3)) == "PONG")
+            return c;
+    }
+    return std::nullopt;
+}
+
+}  // namespace colod::test

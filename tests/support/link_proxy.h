@@ -1,0 +1,467 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// A userspace TCP proxy to put between colod-primary and colod-secondary: the link faults that
+// `tc netem` would give (not in this kernel, see KVM-NOTES.md) and the ones an attacker on the
+// path would cause.
+//
+//   - latency: every chunk is forwarded `delay` after it arrived, in each direction;
+//   - "reordering": each chunk gets a random extra delay of up to `jitter`, but never overtakes
+//     the chunk before it. TCP never shows reordered bytes to an application; what reordering
+//     in the network does to a TCP reader is to hold bytes back until the gap is filled and then
+//     hand them over in a burst. So this is what the daemons see of a reordering network: uneven
+//     delays, stalls and bursts;
+//   - short reads and writes: chunks are written in pieces of random size up to `max_piece`
+//     bytes, so the receiver gets many small reads and frames split anywhere;
+//   - bit flips: one random bit of each of the next N frames from the primary (after the
+//     handshake), in header, payload or CRC alike;
+//   - tampering with the CRC fixed up: one byte of page data in the next checkpoint frame is
+//     changed and the frame's payload CRC recomputed (what an attacker on the path does, as
+//     opposed to a noisy line);
+//   - recording the primary's byte stream, and injecting recorded frames into a live stream
+//     (replayed old checkpoints).
+//
+// The primary → secondary direction is parsed into frames (the proxy knows the frame header),
+// so faults can target whole frames and injected frames land between two frames. Bytes that do
+// not parse as frames (a hostile client) are forwarded as they come.
+//
+// Threads: one accept thread, and per connection a reader and a writer thread per direction.
+// All blocking calls are woken by shutdown(2) when the proxy goes.
+#pragma once
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "base/fd.h"
+#include "proto/crc32c.h"
+#include "proto/frame.h"
+
+namespace colod::test {
+
+class LinkProxy {
+public:
+    using Clock = std::chrono::steady_clock;
+    using Bytes = std::vector<std::byte>;
+
+    // What one bit flip hit, for the test's log.
+    struct Flip {
+        uint8_t frame_type = 0;
+        uint64_t frame_sequence = 0;
+        size_t offset = 0;    // in the frame, header included
+        std::string region;   // header, payload, crc
+    };
+    struct Stats {
+        uint64_t connections = 0;
+        uint64_t forward_bytes = 0;   // primary → secondary, as forwarded
+        uint64_t backward_bytes = 0;  // secondary → primary
+        uint64_t forward_frames = 0;
+        uint64_t pieces_written = 0;
+        std::vector<Flip> flips;
+        uint64_t tampered = 0;  // frames changed with the CRC fixed up
+        uint64_t injected = 0;  // frames injected
+    };
+
+    // Listens on `listen_ip` (a free port) and forwards each connection to target.
+    static std::unique_ptr<LinkProxy> start(const std::string& listen_ip, const std::string& target_ip,
+                                            uint16_t target_port) {
+        std::unique_ptr<LinkProxy> proxy(new LinkProxy(target_ip, target_port));
+        proxy->m_listener = base::Fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        int one = 1;
+        ::setsockopt(proxy->m_listener.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        sockaddr_in address{};
+        address.sin_family = AF_INET;
+        ::inet_pton(AF_INET, listen_ip.c_str(), &address.sin_addr);
+        // SAFETY: sockaddr_in is the sockaddr of an AF_INET socket.
+        if (::bind(proxy->m_listener.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
+            ::listen(proxy->m_listener.get(), 64) != 0)
+            return nullptr;
+        socklen_t length = sizeof(address);
+        ::getsockname(proxy->m_listener.get(), reinterpret_cast<sockaddr*>(&address), &length);
+        proxy->m_listen_ip = listen_ip;
+        proxy->m_port = ntohs(address.sin_port);
+        proxy->m_accept = std::thread([p = proxy.get()] { p->accept_loop(); });
+        return proxy;
+    }
+
+    ~LinkProxy() {
+        m_stop = true;
+        ::shutdown(m_listener.get(), SHUT_RDWR);
+        if (m_accept.joinable())
+            m_accept.join();
+        std::list<std::unique_ptr<Connection>> connections;
+        {
+            std::lock_guard lock(m_mutex);
+            connections.swap(m_connections);
+        }
+        for (auto& c : connections)
+            c->close();
+        connections.clear();  // joins their threads
+    }
+
+    uint16_t port() const { return m_port; }
+    std::string endpoint() const { return fmt::format("{}:{}", m_listen_ip, m_port); }
+
+    // Faults; each takes effect from the next chunk on.
+    void set_delay(std::chrono::microseconds one_way, std::chrono::microseconds jitter = {}) {
+        m_delay_us = one_way.count();
+        m_jitter_us = jitter.count();
+    }
+    void set_max_piece(size_t bytes) { m_max_piece = bytes; }
+    // Flips one random bit in each of the next `frames` primary → secondary frames after the
+    // handshake (its first two frames, HELLO and AUTH, are left alone), in any frame type, or
+    // only in frames of `type`.
+    void flip_bits(int frames, std::optional<proto::MessageType> type = std::nullopt) {
+        std::lock_guard lock(m_mutex);
+        m_flip_type = type;
+        m_flips_armed = frames;
+    }
+    // Changes one byte of page data in the next checkpoint frame that carries page data and
+    // recomputes the payload CRC, so the frame is well formed but says something the primary
+    // never sent.
+    void tamper_next_page() { m_tamper_armed = true; }
+    // Keeps every connection's primary → secondary frames (recordings()).
+    void record(bool on) { m_record = on; }
+    std::vector<std::vector<Bytes>> recordings() {
+        std::lock_guard lock(m_mutex);
+        return m_recordings;
+    }
+    // Puts `frames` into the live primary → secondary stream of the newest connection, between
+    // two frames. False when there is no connection.
+    bool inject(const std::vector<Bytes>& frames) {
+        std::lock_guard lock(m_mutex);
+        if (m_connections.empty())
+            return false;
+        auto& pipe = m_connections.back()->forward;
+        {
+            std::lock_guard plock(pipe.mutex);
+            for (const auto& frame : frames)
+                pipe.queue.push_back(Chunk{Clock::now(), frame, false});
+        }
+        pipe.cv.notify_all();
+        m_stats.injected += frames.size();
+        return true;
+    }
+
+    Stats stats() {
+        std::lock_guard lock(m_mutex);
+        return m_stats;
+    }
+
+private:
+    struct Chunk {
+        Clock::time_point due;
+        Bytes bytes;
+        bool eof = false;
+    };
+    // One direction of one connection.
+    struct Pipe {
+        std::mutex mutex;
+        std::condition_variable cv;
+        std::deque<Chunk> queue;
+        size_t queued = 0;
+        Clock::time_point last_due{};
+        bool closed = false;
+    };
+    struct Connection {
+        base::Fd client;  // the primary's side
+        base::Fd server;  // the secondary's side
+        Pipe forward, backward;
+        std::vector<std::thread> threads;
+        size_t recording = 0;
+        void close() {
+            ::shutdown(client.get(), SHUT_RDWR);
+            ::shutdown(server.get(), SHUT_RDWR);
+            for (Pipe* p : {&forward, &backward}) {
+                std::lock_guard lock(p->mutex);
+                p->closed = true;
+                p->cv.notify_all();
+            }
+        }
+        ~Connection() {
+            for (auto& t : threads)
+                if (t.joinable())
+                    t.join();
+        }
+    };
+
+    LinkProxy(std::string target_ip, uint16_t target_port)
+        : m_target_ip(std::move(target_ip)), m_target_port(target_port), m_rng(std::random_device{}()) {}
+
+    // Flow control: a reader stops reading while this much is queued, so a slow link pushes
+    // back on the sender as TCP would.
+    static constexpr size_t k_max_queued = 8u << 20;
+
+    void accept_loop() {
+        while (!m_stop) {
+            int fd = ::accept4(m_listener.get(), nullptr, nullptr, SOCK_CLOEXEC);
+            if (fd < 0) {
+                if (m_stop || (errno != EINTR && errno != ECONNABORTED))
+                    return;
+                continue;
+            }
+            base::Fd client(fd);
+            base::Fd server(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+            sockaddr_in address{};
+            address.sin_family = AF_INET;
+            address.sin_port = htons(m_target_port);
+            ::inet_pton(AF_INET, m_target_ip.c_str(), &address.sin_addr);
+            // SAFETY: sockaddr_in is the sockaddr of an AF_INET socket.
+            if (::connect(server.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0)
+                continue;  // the secondary is not there: the client sees the connection close
+            int one = 1;
+            ::setsockopt(client.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            ::setsockopt(server.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            auto connection = std::make_unique<Connection>();
+            connection->client = std::move(client);
+            connection->server = std::move(server);
+            Connection* c = connection.get();
+            {
+                std::lock_guard lock(m_mutex);
+                if (m_stop)
+                    return;
+                ++m_stats.connections;
+                c->recording = m_recordings.size();
+                m_recordings.emplace_back();
+                m_connections.push_back(std::move(connection));
+            }
+            c->threads.emplace_back([this, c] { read_frames(*c); });
+            c->threads.emplace_back([this, c] { write_loop(*c, c->forward, c->server.get(), true); });
+            c->threads.emplace_back([this, c] { read_raw(*c, c->server.get(), c->backward); });
+            c->threads.emplace_back([this, c] { write_loop(*c, c->backward, c->client.get(), false); });
+        }
+    }
+
+    Clock::time_point due_time(Pipe& pipe) {
+        int64_t extra = m_delay_us;
+        if (int64_t jitter = m_jitter_us; jitter > 0) {
+            std::lock_guard lock(m_rng_mutex);
+            extra += static_cast<int64_t>(m_rng() % static_cast<uint64_t>(jitter + 1));
+        }
+        auto due = Clock::now() + std::chrono::microseconds(extra);
+        // Never before the chunk ahead of it: the stream keeps its order.
+        if (due < pipe.last_due)
+            due = pipe.last_due;
+        pipe.last_due = due;
+        return due;
+    }
+
+    // Queues a chunk, waiting while the pipe is full. False once the pipe is closed.
+    bool enqueue(Pipe& pipe, Bytes bytes, bool eof = false) {
+        std::unique_lock lock(pipe.mutex);
+        pipe.cv.wait(lock, [&] { return pipe.closed || pipe.queued < k_max_queued; });
+        if (pipe.closed)
+            return false;
+        pipe.queued += bytes.size();
+        pipe.queue.push_back(Chunk{due_time(pipe), std::move(bytes), eof});
+        pipe.cv.notify_all();
+        return true;
+    }
+
+    void read_raw(Connection& c, int fd, Pipe& pipe) {
+        std::vector<std::byte> buffer(64 * 1024);
+        for (;;) {
+            ssize_t n = ::recv(fd, buffer.data(), buffer.size(), 0);
+            if (n <= 0) {
+                enqueue(pipe, {}, true);
+                return;
+            }
+            {
+                std::lock_guard lock(m_mutex);
+                m_stats.backward_bytes += static_cast<uint64_t>(n);
+            }
+            if (!enqueue(pipe, Bytes(buffer.begin(), buffer.begin() + n)))
+                return;
+        }
+        (void)c;
+    }
+
+    // The primary's stream, frame by frame (or raw once it stops looking like frames).
+    void read_frames(Connection& c) {
+        Bytes pending;
+        std::vector<std::byte> buffer(256 * 1024);
+        bool raw = false;
+        uint64_t frames = 0;
+        for (;;) {
+            ssize_t n = ::recv(c.client.get(), buffer.data(), buffer.size(), 0);
+            if (n <= 0) {
+                if (!pending.empty())
+                    enqueue(c.forward, std::move(pending));
+                enqueue(c.forward, {}, true);
+                return;
+            }
+            pending.insert(pending.end(), buffer.begin(), buffer.begin() + n);
+            for (;;) {
+                if (raw) {
+                    if (!pending.empty() && !enqueue(c.forward, std::exchange(pending, {})))
+                        return;
+                    break;
+                }
+                if (pending.size() < proto::kHeaderSize)
+                    break;
+                auto header = proto::decode_header(std::span(pending).first(proto::kHeaderSize));
+                if (!header) {
+                    raw = true;
+                    continue;
+                }
+                size_t size = proto::kHeaderSize + header->body_size();
+                if (pending.size() < size)
+                    break;
+                Bytes frame(pending.begin(), pending.begin() + static_cast<ptrdiff_t>(size));
+                pending.erase(pending.begin(), pending.begin() + static_cast<ptrdiff_t>(size));
+                fault_frame(c, frame, *header, frames++);
+                if (!enqueue(c.forward, std::move(frame)))
+                    return;
+            }
+        }
+    }
+
+    void fault_frame(Connection& c, Bytes& frame, const proto::FrameHeader& header, uint64_t index) {
+        std::lock_guard lock(m_mutex);
+        ++m_stats.forward_frames;
+        if (m_record)
+            m_recordings[c.recording].push_back(frame);
+        if (index < 2)
+            return;  // the handshake: a flip there is a failed authentication, tested elsewhere
+        if (m_tamper_armed && header.type == proto::MessageType::VmstateSend && tamper(frame, header)) {
+            m_tamper_armed = false;
+            ++m_stats.tampered;
+        }
+        if (m_flips_armed > 0 && (!m_flip_type || *m_flip_type == header.type)) {
+            --m_flips_armed;
+            size_t offset;
+            int bit;
+            {
+                std::lock_guard rng(m_rng_mutex);
+                offset = m_rng() % frame.size();
+                bit = static_cast<int>(m_rng() % 8);
+            }
+            frame[offset] ^= std::byte(1u << bit);
+            std::string region = offset < proto::kHeaderSize                                 ? "header"
+                                 : offset < proto::kHeaderSize + header.payload_length ? "payload"
+                                                                                          : "crc";
+            m_stats.flips.push_back(Flip{static_cast<uint8_t>(header.type), header.sequence, offset, region});
+        }
+    }
+
+    static uint32_t be32(const std::byte* p) {
+        return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
+    }
+
+    // VMSTATE_SEND payload: u64 seq, u32 frame index, u32 reserved, then sections. A RAM
+    // section (id 1) first: 12-byte section header, u32 run count, u32 reserved, 16 bytes per
+    // run, then the data of the data runs. Changes byte 100 of the last data page.
+    static bool tamper(Bytes& frame, const proto::FrameHeader& header) {
+        std::byte* payload = frame.data() + proto::kHeaderSize;
+        size_t length = header.payload_length;
+        if (length < 16 + 12 + 8 || payload[16] != std::byte{1})
+            return false;
+        uint32_t body = be32(payload + 16 + 8);
+        uint32_t runs = be32(payload + 16 + 12);
+        size_t table = 16 + 12 + 8;
+        size_t data = table + size_t(runs) * 16;
+        size_t data_bytes = 0;
+        for (uint32_t r = 0; r < runs; ++r) {
+            const std::byte* run = payload + table + size_t(r) * 16;
+            if (run[12] == std::byte{0})
+                data_bytes += size_t(be32(run + 8)) * 4096;
+        }
+        if (data_bytes == 0 || data + data_bytes > 16 + 12 + size_t(body) || data + data_bytes > length)
+            return false;
+        payload[data + data_bytes - 4096 + 100] ^= std::byte{0x5a};
+        uint32_t crc = proto::crc32c(std::span<const std::byte>(payload, length));
+        std::byte* trailer = payload + length;
+        for (int i = 0; i < 4; ++i)
+            trailer[i] = std::byte(crc >> (24 - 8 * i));
+        return true;
+    }
+
+    void write_loop(Connection& c, Pipe& pipe, int fd, bool forward) {
+        for (;;) {
+            Chunk chunk;
+            {
+                std::unique_lock lock(pipe.mutex);
+                for (;;) {
+                    if (pipe.closed)
+                        return;
+                    if (!pipe.queue.empty()) {
+                        auto due = pipe.queue.front().due;
+                        if (Clock::now() >= due)
+                            break;
+                        pipe.cv.wait_until(lock, due);
+                        continue;
+                    }
+                    pipe.cv.wait(lock);
+                }
+                chunk = std::move(pipe.queue.front());
+                pipe.queue.pop_front();
+                pipe.queued -= std::min(pipe.queued, chunk.bytes.size());
+                pipe.cv.notify_all();
+            }
+            if (chunk.eof) {
+                ::shutdown(fd, SHUT_WR);
+                return;
+            }
+            size_t at = 0;
+            while (at < chunk.bytes.size()) {
+                size_t piece = chunk.bytes.size() - at;
+                if (size_t max = m_max_piece; max > 0) {
+                    std::lock_guard rng(m_rng_mutex);
+                    piece = std::min(piece, 1 + m_rng() % max);
+                }
+                ssize_t n = ::send(fd, chunk.bytes.data() + at, piece, MSG_NOSIGNAL);
+                if (n <= 0) {
+                    c.close();
+                    return;
+                }
+                at += static_cast<size_t>(n);
+                std::lock_guard lock(m_mutex);
+                ++m_stats.pieces_written;
+                if (forward)
+                    m_stats.forward_bytes += static_cast<uint64_t>(n);
+            }
+        }
+    }
+
+    std::string m_target_ip;
+    uint16_t m_target_port;
+    std::string m_listen_ip;
+    uint16_t m_port = 0;
+    base::Fd m_listener;
+    std::thread m_accept;
+    std::atomic<bool> m_stop{false};
+
+    std::atomic<int64_t> m_delay_us{0};
+    std::atomic<int64_t> m_jitter_us{0};
+    std::atomic<size_t> m_max_piece{0};
+    std::atomic<bool> m_tamper_armed{false};
+    std::atomic<bool> m_record{false};
+
+    std::mutex m_rng_mutex;
+    std::mt19937_64 m_rng;
+
+    std::mutex m_mutex;  // guards everything below
+    std::list<std::unique_ptr<Connection>> m_connections;
+    std::vector<std::vector<Bytes>> m_recordings;
+    int m_flips_armed = 0;
+    std::optional<proto::MessageType> m_flip_type;
+    Stats m_stats;
+};
+
+}  // namespace colod::test
