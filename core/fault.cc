@@ -6,12 +6,16 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <memory>
 #include <cstdlib>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "base/log.h"
 
@@ -77,6 +81,24 @@ void fault_point(std::string_view name) {
     }
     if (stall)
         std::this_thread::sleep_for(std::chrono::milliseconds(stall));
+}
+
+base::LogSink fault_log_sink(base::LogSink sink) {
+    for (const auto& a : parse(std::getenv("COLOD_FAULT"))) {
+        if (a.name != "log.write" || a.action != "stall" || a.stall_ms <= 0)
+            continue;
+        auto records = std::make_shared<std::atomic<int>>(0);
+        sink(base::LogRecord{base::Level::Warning, "",
+                             fmt::format("fault point log.write armed: from record {} on, every record waits {} ms",
+                                         a.fire_at, a.stall_ms),
+                             {}});
+        return [sink = std::move(sink), records, ms = a.stall_ms, from = a.fire_at](const base::LogRecord& record) {
+            if (++*records >= from)
+                std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+            sink(record);
+        };
+    }
+    return sink;
 }
 
 }  // namespace colod::core

@@ -7,16 +7,24 @@
 // COLOD_FAULT="NAME:ACTION[@N][,NAME:ACTION[@N]...]" arms them: ACTION is `kill` (SIGKILL to
 // itself, as a host dying) or `stall=MS` (the thread sleeps, the process stays up); @N fires on
 // the N-th time the point is reached (default 1). Each point fires once.
+//
+// `log.write:stall=MS[@N]` is a slow log disk: from the N-th record on, every log record waits
+// MS before it is written (the thread that logs waits, as with a full journal).
 #pragma once
 
 #include <string_view>
+
+#include "base/log.h"
 
 namespace colod::core {
 
 #ifdef COLOD_FAULT_POINTS
 void fault_point(std::string_view name);
+// The sink, slowed down when `log.write` is armed.
+base::LogSink fault_log_sink(base::LogSink sink);
 #else
 inline void fault_point(std::string_view) {}
+inline base::LogSink fault_log_sink(base::LogSink sink) { return sink; }
 #endif
 
 }  // namespace colod::core

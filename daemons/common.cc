@@ -13,6 +13,7 @@
 #include <mutex>
 
 #include "base/log.h"
+#include "core/fault.h"
 #include "guests/builtin.h"
 
 namespace colod::daemons {
@@ -91,7 +92,8 @@ void setup_logging(std::string_view vm, std::string_view role) {
     g_role = std::string(role);
     if (const char* level = std::getenv("COLOD_LOG_LEVEL"); level && std::string_view(level) == "debug")
         base::set_log_level(base::Level::Debug);
-    base::set_log_sink(stderr_is_journal() ? base::LogSink(journal_sink) : base::LogSink(stderr_with_context));
+    base::set_log_sink(core::fault_log_sink(stderr_is_journal() ? base::LogSink(journal_sink)
+                                                                 : base::LogSink(stderr_with_context)));
 }
 
 void notify(const std::string& state) { sd_notify(0, state.c_str()); }
