@@ -527,9 +527,11 @@ base::Result<void> ActiveEngine::sync(Session& session) {
     }
     if (rounds == k_precopy_max_rounds)
         m_dirty.clear();  // the last round sent them
-    // Room for a quarter of RAM (at most 256 MiB) in the capture buffer before the first stop, so
-    // that a sudden rise of the dirty rate does not pay for growing it inside a pause.
-    m_capture.reserve(std::min<uint64_t>(memory.size() / 4, 256ull << 20));
+    // Room for all of RAM, up to 256 MiB, in the capture buffer before the first stop, so that a
+    // sudden rise of the dirty rate does not pay for growing it inside a pause (growing by tens
+    // of MiB there costs tens of ms in page faults). Bigger dirty sets grow it between
+    // checkpoints (reserve_ahead).
+    m_capture.reserve(std::min<uint64_t>(memory.size(), 256ull << 20));
     // The one short stop: what is still dirty, plus all device state, as a complete checkpoint.
     uint64_t seq = m_next_seq++;
     TRY(checkpoint(session, seq, proto::StateKind::Complete));
