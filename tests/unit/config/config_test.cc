@@ -287,6 +287,11 @@ TEST_CASE("one rule per key, with exact messages", "[config]") {
           "demo.conf:22: replication.connect-retry = 5ms: must be between 10ms and 10m");
     CHECK(errors_of(k_design + "[replication]\nconnect-retry = 11m\n") ==
           "demo.conf:22: replication.connect-retry = 11m: must be between 10ms and 10m");
+    CHECK(errors_of(k_design + "[replication]\nframe-auth = yes\n") ==
+          "demo.conf:22: replication.frame-auth = yes: must be on or off");
+    CHECK_FALSE(parsed(k_design).replication.frame_auth);
+    CHECK(parsed(k_design + "[replication]\nframe-auth = on\n").replication.frame_auth);
+    CHECK_FALSE(parsed(k_design + "[replication]\nframe-auth = off\n").replication.frame_auth);
 }
 
 TEST_CASE("endpoint and control socket rules", "[config]") {
