@@ -614,7 +614,7 @@ base::Result<void> ActiveEngine::checkpoint(Session& session, uint64_t seq, prot
     fault_point("primary.loaded");
     output_committed(seq);
     fault_point("primary.released");
-    m_capture.reserve_ahead();  // the transfer no longer needs the buffer: grow it now if needed
+    m_capture.reserve_ahead(m_guest.machine().memory().size());  // the transfer no longer needs the buffer: grow it now if needed
 
     uint64_t pages = m_capture.size();
     m_committed = seq;

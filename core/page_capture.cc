@@ -6,8 +6,9 @@
 
 namespace colod::core {
 
-void PageCapture::reserve_ahead() {
-    if (!m_data.ensure(2 * m_pages.size() * k_page_size))
+void PageCapture::reserve_ahead(uint64_t guest_bytes) {
+    // Twice the last dirty set, but never more than the guest has: a capture cannot exceed it.
+    if (!m_data.ensure(std::min<uint64_t>(2 * m_pages.size() * k_page_size, guest_bytes)))
         return;  // the next capture tries again, inside its pause
 }
 

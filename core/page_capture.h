@@ -21,9 +21,9 @@ public:
     // paused: the copy is the checkpoint's view of memory. Growing the buffer here would fault
     // its pages in while the guest waits, so callers keep it ahead with reserve_ahead().
     void capture(const GuestMemory& memory, const DirtyBitmap& dirty);
-    // Outside the pause: makes the buffer (allocated and touched) twice the last capture, so a
-    // rising dirty rate does not pay for page faults inside the next pause.
-    void reserve_ahead();
+    // Outside the pause: makes the buffer (allocated and touched) twice the last capture, up to
+    // the guest's size, so a rising dirty rate does not pay for page faults inside the next pause.
+    void reserve_ahead(uint64_t guest_bytes);
     // Outside the pause: room for `bytes` at least, allocated and touched.
     void reserve(size_t bytes) { (void)m_data.ensure(bytes); }
 

@@ -6,10 +6,13 @@
 #include <catch2/catch.hpp>
 
 #include <cstdlib>
+#include <fstream>
+#include <memory>
 #include <random>
 #include <string>
 
 #include "tests/support/incr_client.h"
+#include "tests/support/link_proxy.h"
 #include "tests/support/pair.h"
 #include "tests/support/proc_stats.h"
 #include "tests/support/reliability_report.h"
@@ -100,6 +103,35 @@ inline std::optional<LineClient> ready_console(Pair& pair, Pair::Side side,
             return c;
     }
     return std::nullopt;
+}
+
+// The pair's harness writes primary.conf only when primary_peer_endpoint is set, and it picks
+// the secondary's port itself, which the proxy needs first. So the pair is made with a
+// placeholder endpoint, the proxy started, and primary.conf pointed at the proxy before the
+// primary starts.
+inline constexpr const char* k_placeholder_endpoint = "127.0.0.1:1";
+
+inline PairOptions proxied_options() {
+    PairOptions options;
+    options.primary_peer_endpoint = k_placeholder_endpoint;
+    return options;
+}
+
+inline std::unique_ptr<LinkProxy> put_proxy_between(Pair& pair) {
+    auto proxy = LinkProxy::start("127.0.0.1", "127.0.0.1", pair.replication_port(Pair::Side::Secondary));
+    REQUIRE(proxy);
+    std::string path = pair.config(Pair::Side::Primary);
+    std::string text;
+    {
+        std::ifstream in(path);
+        text.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    std::string placeholder = fmt::format("replication = {}\n", k_placeholder_endpoint);
+    auto at = text.find(placeholder);
+    REQUIRE(at != std::string::npos);
+    text.replace(at, placeholder.size(), fmt::format("replication = {}\n", proxy->endpoint()));
+    std::ofstream(path, std::ios::trunc) << text;
+    return proxy;
 }
 
 }  // namespace colod::test

@@ -58,49 +58,7 @@ double seconds_since(Clock::time_point start) {
 
 std::chrono::seconds profile_duration() { return std::chrono::seconds(knob("COLOD_RELIABILITY_LINK_SECONDS", 5)); }
 
-// ---- the proxy between daemons on loopback ----
-
-// The pair's harness writes primary.conf only when primary_peer_endpoint is set, and it picks
-// the secondary's port itself, which the proxy needs first. So the pair is made with a
-// placeholder endpoint, the proxy started, and primary.conf pointed at the proxy before the
-// primary starts.
-constexpr const char* k_placeholder_endpoint = "127.0.0.1:1";
-
-PairOptions proxied_options() {
-    PairOptions options;
-    options.primary_peer_endpoint = k_placeholder_endpoint;
-    return options;
-}
-
-std::unique_ptr<LinkProxy> put_proxy_between(Pair& pair) {
-    auto proxy = LinkProxy::start("127.0.0.1", "127.0.0.1", pair.replication_port(Side::Secondary));
-    REQUIRE(proxy);
-    std::string path = pair.config(Side::Primary);
-    std::string text;
-    {
-        std::ifstream in(path);
-        text.assign(std::istreambuf_iterator<char>(in), {});
-    }
-    std::string placeholder = fmt::format("replication = {}\n", k_placeholder_endpoint);
-    auto at = text.find(placeholder);
-    REQUIRE(at != std::string::npos);
-    text.replace(at, placeholder.size(), fmt::format("replication = {}\n", proxy->endpoint()));
-    std::ofstream(path, std::ios::trunc) << text;
-    return proxy;
-}
-
 // ---- the namespaces ----
-
-PairOptions netns_options(const NetnsPairNetwork& net) {
-    PairOptions options;
-    options.primary_ip = net.replication_ip(Host::Primary);
-    options.secondary_ip = net.replication_ip(Host::Secondary);
-    options.primary_console_ip = net.console_ip(Host::Primary);
-    options.secondary_console_ip = net.console_ip(Host::Secondary);
-    options.primary_netns = net.ns(Host::Primary);
-    options.secondary_netns = net.ns(Host::Secondary);
-    return options;
-}
 
 // Runs a command inside one side's namespace; fails the test if it fails.
 std::string in_ns(const NetnsPairNetwork& net, Host side, std::vector<std::string> args) {
@@ -351,7 +309,7 @@ TEST_CASE("1 % packet loss on the replication link leaves the pair protected", "
         WARN("SKIPPED: nft is unusable in a namespace: " << *why);
         return;
     }
-    auto options = netns_options(net);
+    auto options = pair_options_for(net);
     // A lost segment costs one retransmission timeout (200 ms at least, doubling when the
     // retransmission is lost too) during which nothing arrives: the heartbeat timeout must be
     // longer than that, or a lost packet reads as a dead peer. 1 s tolerates a segment lost
@@ -386,7 +344,7 @@ TEST_CASE("a 100 Mbit bandwidth cap on the replication link leaves the pair prot
         WARN("SKIPPED: tc is unusable in a namespace: " << *why);
         return;
     }
-    Pair pair(netns_options(net));
+    Pair pair(pair_options_for(net));
     in_ns(net, Host::Primary,
           {k_tc, "qdisc", "add", "dev", NetnsPairNetwork::k_replication_dev, "root", "tbf", "rate", "100mbit", "burst",
            "32kbit", "latency", "50ms"});
@@ -432,7 +390,7 @@ TEST_CASE("a partition of the replication link with a failing fence-command: the
         WARN("SKIPPED: nft is unusable in a namespace: " << *why);
         return;
     }
-    auto options = netns_options(net);
+    auto options = pair_options_for(net);
     options.fence_command = "false";
     Pair pair(options);
     PeakMemory peak;
@@ -558,7 +516,7 @@ TEST_CASE("a 100 Mbit link carrying a checkpoint frame that takes longer than he
         WARN("SKIPPED: tc is unusable in a namespace: " << *why);
         return;
     }
-    auto options = netns_options(net);
+    auto options = pair_options_for(net);
     options.heartbeat_interval = "50ms";
     options.heartbeat_timeout = "300ms";  // the documented defaults
     options.fence_command = "false";      // a wrong decision must not run the guest twice

@@ -46,31 +46,6 @@ const std::vector<std::string> k_frame_reasons = {"payload-crc", "header-check",
                                                   "length-over-cap", "sequence-gap", "frame-auth",
                                                   "truncated-payload", "state-order", "end-mismatch"};
 
-// The pair's harness writes primary.conf only when primary_peer_endpoint is set, and it picks
-// the secondary's port itself; the proxy needs that port first. So the pair is made with a
-// placeholder endpoint, the proxy started, and primary.conf pointed at the proxy before the
-// primary starts.
-constexpr const char* k_placeholder_endpoint = "127.0.0.1:1";
-
-PairOptions proxied_options() {
-    PairOptions options;
-    options.primary_peer_endpoint = k_placeholder_endpoint;
-    return options;
-}
-
-std::unique_ptr<LinkProxy> put_proxy_between(Pair& pair) {
-    auto proxy = LinkProxy::start("127.0.0.1", "127.0.0.1", pair.replication_port(Side::Secondary));
-    REQUIRE(proxy);
-    std::string path = pair.config(Side::Primary);
-    std::ifstream in(path);
-    std::string text((std::istreambuf_iterator<char>(in)), {});
-    std::string placeholder = fmt::format("replication = {}\n", k_placeholder_endpoint);
-    auto at = text.find(placeholder);
-    REQUIRE(at != std::string::npos);
-    text.replace(at, placeholder.size(), fmt::format("replication = {}\n", proxy->endpoint()));
-    std::ofstream(path, std::ios::trunc) << text;
-    return proxy;
-}
 
 struct RoundResult {
     uint64_t injected = 0;

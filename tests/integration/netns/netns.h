@@ -19,6 +19,7 @@
 
 #include <fmt/format.h>
 
+#include "tests/support/pair.h"
 #include "tests/support/process.h"
 
 namespace colod::test {
@@ -197,5 +198,19 @@ private:
     std::string m_secondary_host_end;
     int m_subnet = 0;
 };
+
+// A pair whose daemons run in the two namespaces: replication over the veth link between them,
+// each console on the side's link to the test.
+inline PairOptions pair_options_for(const NetnsPairNetwork& net) {
+    using Host = NetnsPairNetwork::Side;
+    PairOptions options;
+    options.primary_ip = net.replication_ip(Host::Primary);
+    options.secondary_ip = net.replication_ip(Host::Secondary);
+    options.primary_console_ip = net.console_ip(Host::Primary);
+    options.secondary_console_ip = net.console_ip(Host::Secondary);
+    options.primary_netns = net.ns(Host::Primary);
+    options.secondary_netns = net.ns(Host::Secondary);
+    return options;
+}
 
 }  // namespace colod::test

@@ -23,17 +23,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-PairOptions options_for(const NetnsPairNetwork& net) {
-    PairOptions options;
-    options.primary_ip = net.replication_ip(Host::Primary);
-    options.secondary_ip = net.replication_ip(Host::Secondary);
-    options.primary_console_ip = net.console_ip(Host::Primary);
-    options.secondary_console_ip = net.console_ip(Host::Secondary);
-    options.primary_netns = net.ns(Host::Primary);
-    options.secondary_netns = net.ns(Host::Secondary);
-    return options;
-}
-
 // The first line of a daemon's log that records `event` ("LEVEL [event]: ..."), and where.
 struct LogLine {
     size_t at = std::string::npos;
@@ -80,7 +69,7 @@ TEST_CASE("across two namespaces the pair syncs, checkpoints 200+ times under CH
     if (!netns_available_or_skip())
         return;
     NetnsPairNetwork net;
-    Pair pair(options_for(net));
+    Pair pair(pair_options_for(net));
     pair.start_secondary();
     pair.start_primary();
     REQUIRE(pair.wait_state(Side::Primary, "protected"));
@@ -127,7 +116,7 @@ TEST_CASE("a cut replication link with a failing fence-command: no takeover, the
     if (!netns_available_or_skip())
         return;
     NetnsPairNetwork net;
-    auto options = options_for(net);
+    auto options = pair_options_for(net);
     options.fence_command = "false";
     Pair pair(options);
     pair.start_secondary();
@@ -203,7 +192,7 @@ TEST_CASE("a cut replication link with a succeeding fence-command: the secondary
     NetnsPairNetwork net;
     ScratchDir scratch;
     auto fenced = scratch.path / "fenced";
-    auto options = options_for(net);
+    auto options = pair_options_for(net);
     options.fence_command = "touch " + fenced.string();
     Pair pair(options);
     pair.start_secondary();
@@ -268,7 +257,7 @@ TEST_CASE("every digest request under heavy CHURN holds the guest at a checkpoin
     if (!netns_available_or_skip())
         return;
     NetnsPairNetwork net;
-    Pair pair(options_for(net));
+    Pair pair(pair_options_for(net));
     pair.start_secondary();
     pair.start_primary();
     REQUIRE(pair.wait_state(Side::Primary, "protected"));
@@ -315,7 +304,7 @@ TEST_CASE("a sudden rise in the dirty rate does not pause the guest for long", "
     if (!netns_available_or_skip())
         return;
     NetnsPairNetwork net;
-    Pair pair(options_for(net));
+    Pair pair(pair_options_for(net));
     pair.start_secondary();
     pair.start_primary();
     REQUIRE(pair.wait_state(Side::Primary, "protected"));
@@ -348,7 +337,7 @@ TEST_CASE("a live sync while the guest writes leaves the secondary with the prim
     if (!netns_available_or_skip())
         return;
     NetnsPairNetwork net;
-    Pair pair(options_for(net));
+    Pair pair(pair_options_for(net));
     // The primary first, alone: it runs unprotected and keeps trying to reach its secondary.
     pair.start_primary();
     REQUIRE(pair.wait_state(Side::Primary, "unprotected"));
