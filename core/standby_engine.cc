@@ -216,6 +216,19 @@ void StandbyEngine::session(proto::Link link, std::string peer) {
             for (const auto& device : m_guest.machine().devices())
                 devices.emplace_back(device->name());
             bool first_complete = true;
+            // Bytes from a live sender that this side will not apply (a frame failing its checks,
+            // a malformed message, a state that does not decode): say why, tell the primary,
+            // keep the committed state. Never a reason to take over.
+            auto refuse = [&](const base::Error& error) {
+                why = error.message();
+                refused = true;
+                base::log(Level::Error, Event::CheckpointFailed,
+                          fmt::format("refused data from {}: {}; the committed state (checkpoint {}) is kept", peer,
+                                      why, m_committed.load()),
+                          {{"PEER", peer}, {"REASON", why}, {"SEQ", std::to_string(m_committed.load())}});
+                (void)link.send(proto::ErrorMessage{static_cast<uint16_t>(proto::reason_of(error)), why},
+                                proto::deadline_after(std::chrono::milliseconds(200)));
+            };
             proto::Frame frame;
             for (;;) {
                 auto received = link.receive_into_idle(frame, m_config.heartbeat_timeout);
@@ -227,16 +240,7 @@ void StandbyEngine::session(proto::Link link, std::string peer) {
                     } else if (error.code() == base::Errc::Eof) {
                         why = "the primary closed the connection";
                     } else if (error.code() == base::Errc::Protocol || error.code() == base::Errc::Auth) {
-                        // Bytes arrived that are not a valid frame (corrupted, replayed, forged):
-                        // whoever sent them is alive, so this is no reason to take over.
-                        why = error.message();
-                        refused = true;
-                        base::log(Level::Error, Event::CheckpointFailed,
-                                  fmt::format("refused a frame from {}: {}; the committed state (checkpoint {}) is kept",
-                                              peer, why, m_committed.load()),
-                                  {{"PEER", peer}, {"REASON", why}, {"SEQ", std::to_string(m_committed.load())}});
-                        (void)link.send(proto::ErrorMessage{static_cast<uint16_t>(proto::reason_of(error)), why},
-                                        proto::deadline_after(std::chrono::milliseconds(200)));
+                        refuse(error);  // corrupted, replayed or forged: whoever sent it is alive
                     } else {
                         why = error.message();
                     }
@@ -245,31 +249,25 @@ void StandbyEngine::session(proto::Link link, std::string peer) {
                 if (frame.header.type == proto::MessageType::VmstateSend) {
                     auto handled = receive_state(link, *decoder, staging, frame.payload(), first_complete);
                     if (!handled) {
-                        why = handled.error().message();
-                        refused = true;
-                        base::log(Level::Error, Event::CheckpointFailed,
-                                  fmt::format("a checkpoint from {} was refused: {}; the committed state (checkpoint "
-                                              "{}) is kept",
-                                              peer, why, m_committed.load()),
-                                  {{"PEER", peer}, {"REASON", why}, {"SEQ", std::to_string(m_committed.load())}});
-                        (void)link.send(proto::ErrorMessage{static_cast<uint16_t>(proto::reason_of(handled.error())), why},
-                                        proto::deadline_after(std::chrono::milliseconds(200)));
+                        const auto code = handled.error().code();
+                        if (code == base::Errc::Eof || code == base::Errc::Timeout)
+                            why = handled.error().message();  // answering the primary failed: it may be gone
+                        else
+                            refuse(handled.error());
                         break;
                     }
                     continue;
                 }
                 auto message = frame.message();
                 if (!message) {
-                    why = message.error().message();
-                    refused = true;  // a well-framed but malformed message: the sender is alive
+                    refuse(message.error());
                     break;
                 }
                 if (std::holds_alternative<proto::Heartbeat>(*message))
                     continue;
                 if (const auto* size = std::get_if<proto::VmstateSize>(&*message)) {
                     if (auto begun = decoder->begin(*size); !begun) {
-                        why = begun.error().message();
-                        refused = true;
+                        refuse(begun.error());
                         break;
                     }
                     staging.reset(size->kind, m_guest.machine().vcpu_count(), devices);

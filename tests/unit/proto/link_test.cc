@@ -175,6 +175,49 @@ TEST_CASE("a half frame then silence times out at the deadline") {
     REQUIRE(r.error().code() == base::Errc::Timeout);
 }
 
+TEST_CASE("receive_into_idle times out on silence, not on a frame that keeps arriving slowly") {
+    Pair p = make_pair();
+    auto frame = encode_frame(MessageType::Hello, 0, demo_hello(PeerState::PrimaryActive).encode());
+    // A few bytes every 20 ms: the whole frame takes far longer than the 100 ms idle timeout.
+    std::thread trickle([&] {
+        for (size_t at = 0; at < frame.size(); at += 16) {
+            auto piece = std::span(frame).subspan(at, std::min<size_t>(16, frame.size() - at));
+            REQUIRE(p.client.send_raw(piece, deadline_after(1s)).ok());
+            std::this_thread::sleep_for(20ms);
+        }
+    });
+    Frame received;
+    auto started = std::chrono::steady_clock::now();
+    auto r = p.server.receive_into_idle(received, 100ms);
+    trickle.join();
+    REQUIRE(r.ok());
+    CHECK(received.header.type == MessageType::Hello);
+    CHECK(std::chrono::steady_clock::now() - started > 100ms);
+    // Then silence: Timeout after the idle time.
+    auto silent = p.server.receive_into_idle(received, 100ms);
+    REQUIRE_FALSE(silent.ok());
+    CHECK(silent.error().code() == base::Errc::Timeout);
+}
+
+TEST_CASE("send_if_writable sends a small frame while the socket has room and skips it when it is full") {
+    Pair p = make_pair();
+    p.client.set_authenticated(std::nullopt);
+    p.server.set_authenticated(std::nullopt);
+    auto sent = p.client.send_if_writable(Heartbeat{1, 2}, deadline_after(1s));
+    REQUIRE(sent.ok());
+    CHECK(*sent);
+    auto beat = p.server.receive(deadline_after(1s));
+    REQUIRE(beat.ok());
+    CHECK(beat->header.type == MessageType::Heartbeat);
+    // Fill the socket (nobody reads) until a raw write would block.
+    std::vector<std::byte> chunk(64 << 10);
+    while (p.client.send_raw(chunk, deadline_after(50ms)).ok()) {
+    }
+    auto skipped = p.client.send_if_writable(Heartbeat{1, 3}, deadline_after(1s));
+    REQUIRE(skipped.ok());
+    CHECK_FALSE(*skipped);
+}
+
 TEST_CASE("handshake: matching peers with the right key pair up") {
     Key key = key_of('k');
     for (FrameAuth fa : {FrameAuth::Off, FrameAuth::On}) {
