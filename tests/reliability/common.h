@@ -38,18 +38,6 @@ inline std::mt19937& rng() {
 }
 inline int random_between(int low, int high) { return std::uniform_int_distribution<int>(low, high)(rng()); }
 
-// The first line of a daemon's log that records `event` ("LEVEL [event]: ...").
-inline std::string event_line(const std::string& log, const std::string& event) {
-    auto at = log.find("[" + event + "]:");
-    if (at == std::string::npos)
-        return {};
-    size_t begin = log.rfind('\n', at);
-    begin = begin == std::string::npos ? 0 : begin + 1;
-    return log.substr(begin, log.find('\n', at) - begin);
-}
-inline bool has_event(Pair& pair, const std::string& name, const std::string& event) {
-    return !event_line(pair.read_log(name), event).empty();
-}
 inline size_t count_events(const std::string& log, const std::string& event) {
     size_t count = 0;
     for (auto at = log.find("[" + event + "]:"); at != std::string::npos; at = log.find("[" + event + "]:", at + 1))

@@ -123,7 +123,7 @@ RoundResult kill_round(const FaultKind& kind, int round) {
         bool noticed = eventually(
             [&] {
                 auto log = pair.read_log("secondary");
-                return !event_line(log, "peer-lost").empty() || !event_line(log, "failover-begin").empty();
+                return event_line(log, "peer-lost") || event_line(log, "failover-begin");
             },
             10s);
         bool began = has_event(pair, "secondary", "failover-begin");
@@ -277,8 +277,8 @@ TEST_CASE("a daemon stalled at any protocol step for longer than the heartbeat t
         INFO("final primary log:\n" << primary_log << "\nfinal secondary log:\n" << secondary_log);
         uint64_t violations = 0;
         // By the rules a stall is not a loss: heartbeats went on.
-        bool lost = !event_line(primary_log, "peer-lost").empty() || !event_line(secondary_log, "peer-lost").empty();
-        bool failover = !event_line(secondary_log, "failover-begin").empty();
+        bool lost = event_line(primary_log, "peer-lost") || event_line(secondary_log, "peer-lost");
+        bool failover = static_cast<bool>(event_line(secondary_log, "failover-begin"));
         CHECK_FALSE(lost);
         CHECK_FALSE(failover);
         if (lost || failover || !digests.equal())
@@ -339,7 +339,7 @@ TEST_CASE("a slow log disk (every record waits 300 ms) on both sides leaves the 
     std::this_thread::sleep_for(2s);
     std::string primary_log = pair.read_log("primary"), secondary_log = pair.read_log("secondary");
     INFO("primary log:\n" << primary_log << "\nsecondary log:\n" << secondary_log);
-    bool lost = !event_line(primary_log, "peer-lost").empty() || !event_line(secondary_log, "peer-lost").empty();
+    bool lost = event_line(primary_log, "peer-lost") || event_line(secondary_log, "peer-lost");
     CHECK_FALSE(lost);
     CHECK(primary_log.find("console client") != std::string::npos);
     CHECK(primary_log.find("fault point log.write armed") != std::string::npos);

@@ -387,7 +387,7 @@ TEST_CASE("a peer with the wrong key is refused and logged; the pair stays prote
     // Logged, with the reason, and rate-limited: one record per host and reason per 10 s.
     REQUIRE(eventually([&] { return log_since(pair, "secondary", secondary_from).find("[handshake-failed]:") != std::string::npos; }, 5s));
     std::string since = log_since(pair, "secondary", secondary_from);
-    std::string line = event_line(since, "handshake-failed");
+    std::string line = event_line(since, "handshake-failed").text;
     INFO("secondary log since the attempts:\n" << since);
     CHECK(line.find("auth-failed") != std::string::npos);
     size_t records = count_events(since, "handshake-failed");

@@ -267,4 +267,24 @@ private:
     std::vector<std::unique_ptr<Process>> m_extra;
 };
 
+// The first line of a daemon's log that records `event` ("LEVEL [event]: ..."), and where.
+struct LogLine {
+    size_t at = std::string::npos;
+    std::string text;
+    explicit operator bool() const { return at != std::string::npos; }
+};
+inline LogLine event_line(const std::string& log, const std::string& event) {
+    LogLine line;
+    line.at = log.find("[" + event + "]:");
+    if (line.at == std::string::npos)
+        return line;
+    size_t begin = log.rfind('\n', line.at);
+    begin = begin == std::string::npos ? 0 : begin + 1;
+    line.text = log.substr(begin, log.find('\n', line.at) - begin);
+    return line;
+}
+inline bool has_event(const Pair& pair, const std::string& name, const std::string& event) {
+    return static_cast<bool>(event_line(pair.read_log(name), event));
+}
+
 }  // namespace colod::test

@@ -23,27 +23,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// The first line of a daemon's log that records `event` ("LEVEL [event]: ..."), and where.
-struct LogLine {
-    size_t at = std::string::npos;
-    std::string text;
-    explicit operator bool() const { return at != std::string::npos; }
-};
-LogLine event_line(const std::string& log, const std::string& event) {
-    LogLine line;
-    line.at = log.find("[" + event + "]:");
-    if (line.at == std::string::npos)
-        return line;
-    size_t begin = log.rfind('\n', line.at);
-    begin = begin == std::string::npos ? 0 : begin + 1;
-    line.text = log.substr(begin, log.find('\n', line.at) - begin);
-    return line;
-}
-
-bool log_has_event(Pair& pair, const std::string& name, const std::string& event) {
-    return static_cast<bool>(event_line(pair.read_log(name), event));
-}
-
 // "digest" on the primary: a checkpoint, with the guest held paused at it once committed.
 std::optional<std::string> held_digest(Pair& pair) { return pair.control(Side::Primary, "digest"); }
 
@@ -131,7 +110,7 @@ TEST_CASE("a cut replication link with a failing fence-command: no takeover, the
 
     net.set_replication_link(Host::Primary, NetnsPairNetwork::LinkState::Down);
     REQUIRE(pair.wait_state(Side::Primary, "unprotected", std::chrono::seconds(5)));
-    REQUIRE(eventually([&] { return log_has_event(pair, "secondary", "failover-aborted"); }, std::chrono::seconds(10)));
+    REQUIRE(eventually([&] { return has_event(pair, "secondary", "failover-aborted"); }, std::chrono::seconds(10)));
 
     std::string secondary_log = pair.read_log("secondary");
     INFO("secondary log:\n" << secondary_log);
@@ -210,7 +189,7 @@ TEST_CASE("a cut replication link with a succeeding fence-command: the secondary
     net.set_replication_link(Host::Primary, NetnsPairNetwork::LinkState::Down);
     REQUIRE(pair.wait_state(Side::Secondary, "active", std::chrono::seconds(10)));
     CHECK(std::filesystem::exists(fenced));  // the fence command ran, before the takeover
-    REQUIRE(eventually([&] { return log_has_event(pair, "secondary", "failover-done"); }));
+    REQUIRE(eventually([&] { return has_event(pair, "secondary", "failover-done"); }));
 
     std::string secondary_log = pair.read_log("secondary");
     INFO("secondary log:\n" << secondary_log);
