@@ -133,12 +133,15 @@ base::Result<BootState> setup_direct_boot(GuestMemory& memory, const ElfImage& i
     return boot;
 }
 
-std::vector<kvm_cpuid_entry2> cpuid_for_vcpu(std::span<const kvm_cpuid_entry2> supported, uint32_t id) {
+std::vector<kvm_cpuid_entry2> cpuid_for_vcpu(std::span<const kvm_cpuid_entry2> supported, uint32_t id,
+                                             TscDeadline tsc_deadline) {
     std::vector<kvm_cpuid_entry2> entries(supported.begin(), supported.end());
     for (auto& entry : entries) {
         if (entry.function == 1) {
             entry.ebx = (entry.ebx & 0x00ffffff) | (id << 24);  // initial APIC ID
             entry.ecx |= 1u << 31;                             // running under a hypervisor
+            if (tsc_deadline == TscDeadline::Present)
+                entry.ecx |= 1u << 24;
         } else if (entry.function == 0xb || entry.function == 0x1f) {
             entry.edx = id;  // x2APIC ID
         }

@@ -2,7 +2,7 @@
 // Direct boot of an ELF64 guest into long mode (the contract is guests/abi.h).
 #pragma once
 
-#include <linux/kvm.h>
+#include "kvm/kernel_abi.h"
 
 #include <cstdint>
 #include <span>
@@ -27,7 +27,14 @@ struct BootState {
 base::Result<BootState> setup_direct_boot(GuestMemory& memory, const ElfImage& image, uint32_t vcpus,
                                           std::string_view cmdline, const kvm_sregs& sregs_template);
 
-// The CPUID table given to vCPU `id`: the host's supported table with the APIC ID filled in.
-std::vector<kvm_cpuid_entry2> cpuid_for_vcpu(std::span<const kvm_cpuid_entry2> supported, uint32_t id);
+// Whether the LAPIC's TSC-deadline mode may be offered to the guest. KVM emulates it whenever
+// KVM_CAP_TSC_DEADLINE_TIMER says so, yet leaves the CPUID bit out of KVM_GET_SUPPORTED_CPUID
+// (the VMM is expected to add it).
+enum class TscDeadline { Absent, Present };
+
+// The CPUID table given to vCPU `id`: the host's supported table with the APIC ID filled in, the
+// hypervisor bit set and, with TscDeadline::Present, CPUID.1:ECX.TSC_DEADLINE set.
+std::vector<kvm_cpuid_entry2> cpuid_for_vcpu(std::span<const kvm_cpuid_entry2> supported, uint32_t id,
+                                             TscDeadline tsc_deadline);
 
 }  // namespace colod::core

@@ -44,9 +44,11 @@ base::Result<std::unique_ptr<Machine>> Machine::create(const MachineConfig& conf
     TRY(vm.create_irqchip_and_pit());
 
     std::unique_ptr<Machine> machine(new Machine(std::move(backend), std::move(system), std::move(vm), std::move(memory)));
+    TscDeadline tsc_deadline =
+        machine->m_system.check_extension(KVM_CAP_TSC_DEADLINE_TIMER) > 0 ? TscDeadline::Present : TscDeadline::Absent;
     for (uint32_t id = 0; id < config.vcpus; ++id) {
         auto vcpu = TRY(machine->m_vm.create_vcpu(id));
-        auto cpuid = cpuid_for_vcpu(machine->m_system.supported_cpuid(), id);
+        auto cpuid = cpuid_for_vcpu(machine->m_system.supported_cpuid(), id, tsc_deadline);
         TRY(vcpu.set_cpuid(cpuid));
         machine->m_vcpus.push_back(std::move(vcpu));
     }

@@ -7,7 +7,7 @@
 // and Vcpu and all of core/ — is the same code for both.
 #pragma once
 
-#include <linux/kvm.h>
+#include "kvm/kernel_abi.h"
 
 #include <cstddef>
 #include <memory>

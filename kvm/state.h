@@ -4,7 +4,7 @@
 // into versioned, endian-stable sections.
 #pragma once
 
-#include <linux/kvm.h>
+#include "kvm/kernel_abi.h"
 
 #include <cstdint>
 #include <vector>

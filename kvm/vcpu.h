@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #pragma once
 
-#include <linux/kvm.h>
+#include "kvm/kernel_abi.h"
 
 #include <cstdint>
 #include <memory>

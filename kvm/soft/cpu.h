@@ -8,7 +8,7 @@
 // IOAPIC, PIC, PIT and kvm_run in the VM.
 #pragma once
 
-#include <linux/kvm.h>
+#include "kvm/kernel_abi.h"
 
 #include <cstdint>
 #include <memory>

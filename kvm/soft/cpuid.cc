@@ -50,7 +50,9 @@ std::vector<kvm_cpuid_entry2> build_supported() {
     uint32_t leaf1_eax = (6u << 8) | (0xau << 4) | (0x3u << 16);
     uint32_t leaf1_ebx = (8u << 8) | (1u << 16);  // CLFLUSH line 8 quadwords, one logical CPU
     uint32_t leaf1_ecx = bit(23)                  // POPCNT
-                         | k_cpuid1_ecx_tsc_deadline | bit(31);  // hypervisor present
+                         | bit(31);  // hypervisor present
+    // TSC-deadline is emulated (KVM_CAP_TSC_DEADLINE_TIMER) but, as in KVM, left out of the
+    // supported table: the VMM sets CPUID.1:ECX[24] itself.
     uint32_t leaf1_edx = bit(2)                                  // DE
                          | bit(3)                                // PSE
                          | bit(4)                                // TSC
@@ -148,6 +150,14 @@ bool CpuidTable::has_tsc_deadline() const {
     uint32_t regs[4];
     lookup(1, 0, regs);
     return regs[2] & k_cpuid1_ecx_tsc_deadline;
+}
+
+bool vendor_is_amd() {
+    static const bool amd = [] {
+        const auto& leaf0 = supported_cpuid().front();
+        return leaf0.ebx == chars("Auth") && leaf0.edx == chars("enti") && leaf0.ecx == chars("cAMD");
+    }();
+    return amd;
 }
 
 }  // namespace colod::kvm::soft

@@ -9,7 +9,7 @@
 // no performance monitoring. docs/soft-backend.md lists the bits.
 #pragma once
 
-#include <linux/kvm.h>
+#include "kvm/kernel_abi.h"
 
 #include <cstdint>
 #include <span>
@@ -24,6 +24,10 @@ inline constexpr uint32_t k_max_cpuid_entries = 256;
 inline constexpr uint32_t k_cpuid1_ecx_tsc_deadline = 1u << 24;
 
 const std::vector<kvm_cpuid_entry2>& supported_cpuid();
+
+// True when the supported table's vendor (the host's) is AMD: KVM then behaves as SVM does
+// (one interrupt-shadow bit, 32-bit SYSENTER MSRs), and so does the software backend.
+bool vendor_is_amd();
 
 // KVM_GET_MSR_INDEX_LIST: the MSRs worth saving that KVM_GET_MSRS / KVM_SET_MSRS accept.
 std::span<const uint32_t> msr_index_list();

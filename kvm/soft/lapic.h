@@ -11,7 +11,7 @@
 // fast path so that the interpreter may ask often.
 #pragma once
 
-#include <linux/kvm.h>
+#include "kvm/kernel_abi.h"
 
 #include <atomic>
 #include <cstdint>

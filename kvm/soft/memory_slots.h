@@ -9,7 +9,7 @@
 // the bitmap (manual-protect GET_DIRTY_LOG does not clear and runs concurrently).
 #pragma once
 
-#include <linux/kvm.h>
+#include "kvm/kernel_abi.h"
 
 #include <atomic>
 #include <cstdint>

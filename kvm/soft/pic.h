@@ -6,7 +6,7 @@
 // until the guest initialises it. Not thread-safe: the VM serialises it with its irqchip lock.
 #pragma once
 
-#include <linux/kvm.h>
+#include "kvm/kernel_abi.h"
 
 #include <cstdint>
 #include <functional>

@@ -13,7 +13,7 @@
 // next_expiry().
 #pragma once
 
-#include <linux/kvm.h>
+#include "kvm/kernel_abi.h"
 
 #include <atomic>
 #include <cstdint>

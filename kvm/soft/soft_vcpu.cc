@@ -400,15 +400,17 @@ bool SoftVcpu::set_msr(uint32_t index, uint64_t value, Initiator initiator) {
         m_misc_enable = value;
         return true;
     case msr_sysenter_cs: m_state.sysenter_cs = value & 0xffff; return true;
+    // KVM on AMD keeps only the low 32 bits of SYSENTER_ESP/EIP (the VMCB's width) unless the
+    // guest's CPUID says Intel; colod's guests run with the host's vendor.
     case msr_sysenter_esp:
         if (!canonical(value))
             return false;
-        m_state.sysenter_esp = value;
+        m_state.sysenter_esp = m_amd ? static_cast<uint32_t>(value) : value;
         return true;
     case msr_sysenter_eip:
         if (!canonical(value))
             return false;
-        m_state.sysenter_eip = value;
+        m_state.sysenter_eip = m_amd ? static_cast<uint32_t>(value) : value;
         return true;
     case msr_pat:
         if (!valid_pat(value))
@@ -541,7 +543,7 @@ void SoftVcpu::get_fpu(kvm_fpu& fpu) const {
     std::memcpy(&fpu.last_opcode, m_xsave + 6, 2);
     std::memcpy(&fpu.last_ip, m_xsave + 8, 8);
     std::memcpy(&fpu.last_dp, m_xsave + 16, 8);
-    std::memcpy(&fpu.mxcsr, m_xsave + 24, 4);
+    // KVM's GET_FPU leaves mxcsr 0 and its SET_FPU ignores it: MXCSR travels only in XSAVE.
     std::memcpy(fpu.fpr, m_xsave + 32, sizeof(fpu.fpr));
     std::memcpy(fpu.xmm, m_xsave + 160, sizeof(fpu.xmm));
 }
@@ -553,7 +555,6 @@ void SoftVcpu::set_fpu(const kvm_fpu& fpu) {
     std::memcpy(m_xsave + 6, &fpu.last_opcode, 2);
     std::memcpy(m_xsave + 8, &fpu.last_ip, 8);
     std::memcpy(m_xsave + 16, &fpu.last_dp, 8);
-    std::memcpy(m_xsave + 24, &fpu.mxcsr, 4);
     std::memcpy(m_xsave + 32, fpu.fpr, sizeof(fpu.fpr));
     std::memcpy(m_xsave + 160, fpu.xmm, sizeof(fpu.xmm));
     // The x87 and SSE components are now in use.
@@ -580,6 +581,22 @@ int SoftVcpu::set_xsave(const kvm_xsave& xsave) {
     if (mxcsr & ~0xffffu)
         return fail(EINVAL);
     std::memcpy(m_xsave, bytes, sizeof(m_xsave));
+    // As XRSTOR does (and so KVM): a component whose XSTATE_BV bit is clear takes its initial
+    // state, whatever the image holds; MXCSR comes from the image only with SSE or AVX present.
+    if (!(xstate_bv & 0x1)) {
+        std::memset(m_xsave + 0, 0, 24);
+        std::memset(m_xsave + 32, 0, 128);
+        uint16_t fcw = 0x37f;
+        std::memcpy(m_xsave + 0, &fcw, 2);
+    }
+    if (!(xstate_bv & 0x2))
+        std::memset(m_xsave + 160, 0, 256);
+    if (!(xstate_bv & 0x4))
+        std::memset(m_xsave + 576, 0, 256);
+    if (!(xstate_bv & 0x6)) {
+        uint32_t init_mxcsr = 0x1f80;
+        std::memcpy(m_xsave + 24, &init_mxcsr, 4);
+    }
     return 0;
 }
 
@@ -608,6 +625,9 @@ int SoftVcpu::set_debugregs(const kvm_debugregs& debugregs) {
 int SoftVcpu::get_events(kvm_vcpu_events& events) {
     events = {};
     events.interrupt.shadow = m_state.interrupt_shadow;
+    // SVM has one interrupt-shadow bit; KVM on AMD reports it as both kinds.
+    if (m_amd && events.interrupt.shadow)
+        events.interrupt.shadow = KVM_X86_SHADOW_INT_MOV_SS | KVM_X86_SHADOW_INT_STI;
     m_nmi_pending += m_lapic.take_nmis();
     events.nmi.pending = m_nmi_pending ? 1 : 0;
     events.nmi.masked = m_nmi_masked ? 1 : 0;
@@ -798,8 +818,12 @@ int SoftVcpu::run() {
         m_cpu.complete_mmio_read(m_exit_gpa, run->mmio.data, m_exit_len);
     m_pending = Pending::None;
 
-    if (immediate_exit())
-        return interrupted();
+    // immediate_exit at entry: KVM returns EINTR without touching exit_reason (a signal taken
+    // while the guest runs, below, reports KVM_EXIT_INTR).
+    if (immediate_exit()) {
+        finish_exit();
+        return fail(EINTR);
+    }
 
     for (;;) {
         int64_t now = monotonic_ns();

@@ -7,7 +7,7 @@
 // through its LAPIC (deliver()) and kick(), and through kvm_run->immediate_exit.
 #pragma once
 
-#include <linux/kvm.h>
+#include "kvm/kernel_abi.h"
 
 #include <atomic>
 #include <cstdint>
@@ -120,6 +120,7 @@ private:
     TscClock m_tsc;
     uint32_t m_mp_state = KVM_MP_STATE_RUNNABLE;
     bool m_ran = false;
+    const bool m_amd = vendor_is_amd();
     bool m_nmi_masked = false;
     uint32_t m_nmi_pending = 0;
     uint32_t m_sipi_vector = 0;

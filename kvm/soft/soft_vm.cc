@@ -62,6 +62,7 @@ int soft_check_extension(long capability) {
     case KVM_CAP_IMMEDIATE_EXIT:
     case KVM_CAP_GET_TSC_KHZ:
     case KVM_CAP_TSC_CONTROL:
+    case KVM_CAP_TSC_DEADLINE_TIMER:
     case KVM_CAP_SIGNAL_MSI:
     case KVM_CAP_SET_IDENTITY_MAP_ADDR:
     case KVM_CAP_IRQ_INJECT_STATUS:

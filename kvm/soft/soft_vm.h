@@ -10,7 +10,7 @@
 // the irqchip; it is told about acknowledgements through atomics.
 #pragma once
 
-#include <linux/kvm.h>
+#include "kvm/kernel_abi.h"
 
 #include <array>
 #include <atomic>

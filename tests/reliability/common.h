@@ -84,7 +84,7 @@ inline void sample_memory(Pair& pair, PeakMemory& peak) {
 // Waits for a console on `side` that answers PING.
 inline std::optional<LineClient> ready_console(Pair& pair, Pair::Side side,
                                                std::chrono::milliseconds timeout = std::chrono::seconds(15)) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
+    auto deadline = std::chrono::steady_clock::now() + scaled(timeout);
     while (std::chrono::steady_clock::now() < deadline) {
         auto c = pair.console(side, std::chrono::milliseconds(200));
         if (c && c->command("PING", std::chrono::seconds(3)) == "PONG")

@@ -20,6 +20,24 @@ inline bool host_kvm_available() {
     return true;
 }
 
+// How much slower than real hardware this run's guests and daemons are: COLOD_TEST_TIME_SCALE
+// (1 by default; tests/hostkvm/nested.sh sets it for a KVM nested in an emulated machine, where
+// everything runs 50-100 times slower). Every timeout a test waits for an event is multiplied
+// by it; no test asserts a duration.
+inline int time_scale() {
+    static const int scale = [] {
+        const char* text = std::getenv("COLOD_TEST_TIME_SCALE");
+        int value = text && *text ? std::atoi(text) : 1;
+        return value < 1 ? 1 : (value > 1000 ? 1000 : value);
+    }();
+    return scale;
+}
+
+template <typename Duration>
+Duration scaled(Duration timeout) {
+    return timeout * time_scale();
+}
+
 inline std::string test_backend() {
     static const std::string backend = [] {
         std::string chosen;

@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/backend.h"
+
 extern char** environ;
 
 namespace colod::test {
@@ -94,7 +96,11 @@ public:
 
     // The next stdout line, or nullopt at EOF or timeout.
     std::optional<std::string> line(std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
-        auto deadline = std::chrono::steady_clock::now() + timeout;
+        return line_until(std::chrono::steady_clock::now() + scaled(timeout));
+    }
+
+    // The next stdout line, or nullopt at EOF or once `deadline` has passed.
+    std::optional<std::string> line_until(std::chrono::steady_clock::time_point deadline) {
         for (;;) {
             if (auto nl = m_buffer.find('\n'); nl != std::string::npos) {
                 std::string out = m_buffer.substr(0, nl);
@@ -118,8 +124,8 @@ public:
     // Reads lines until one starts with `prefix`; returns it.
     std::optional<std::string> line_starting(std::string_view prefix,
                                              std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
-        auto deadline = std::chrono::steady_clock::now() + timeout;
-        while (auto l = line(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()))) {
+        auto deadline = std::chrono::steady_clock::now() + scaled(timeout);
+        while (auto l = line_until(deadline)) {
             if (l->rfind(prefix, 0) == 0)
                 return l;
         }
@@ -145,7 +151,7 @@ public:
     std::optional<int> wait(std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
         if (m_status)
             return m_status;
-        auto deadline = std::chrono::steady_clock::now() + timeout;
+        auto deadline = std::chrono::steady_clock::now() + scaled(timeout);
         for (;;) {
             int status = 0;
             pid_t r = ::waitpid(m_pid, &status, WNOHANG);
@@ -179,3 +185,4 @@ private:
 };
 
 }  // namespace colod::test
+

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "base/fd.h"
+#include "tests/support/backend.h"
 
 namespace colod::test {
 
@@ -24,7 +25,7 @@ namespace colod::test {
 // from outside).
 inline bool eventually(const std::function<bool()>& condition,
                        std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
+    auto deadline = std::chrono::steady_clock::now() + scaled(timeout);
     while (std::chrono::steady_clock::now() < deadline) {
         if (condition())
             return true;
@@ -38,7 +39,7 @@ class LineClient {
 public:
     static std::optional<LineClient> connect(const std::string& host, uint16_t port,
                                              std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
-        auto deadline = std::chrono::steady_clock::now() + timeout;
+        auto deadline = std::chrono::steady_clock::now() + scaled(timeout);
         for (;;) {
             base::Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
             sockaddr_in address{};
@@ -68,7 +69,7 @@ public:
 
     // The next line without its newline (and without a trailing \r), or nullopt on EOF/timeout.
     std::optional<std::string> line(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
-        auto deadline = std::chrono::steady_clock::now() + timeout;
+        auto deadline = std::chrono::steady_clock::now() + scaled(timeout);
         for (;;) {
             if (auto newline = m_buffer.find('\n'); newline != std::string::npos) {
                 std::string out = m_buffer.substr(0, newline);
@@ -100,7 +101,7 @@ public:
 
     // True when the server closed the connection (EOF) within the timeout.
     bool closed(std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
-        auto deadline = std::chrono::steady_clock::now() + timeout;
+        auto deadline = std::chrono::steady_clock::now() + scaled(timeout);
         while (std::chrono::steady_clock::now() < deadline) {
             pollfd p{m_fd.get(), POLLIN, 0};
             if (::poll(&p, 1, 50) <= 0)

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 // The software backend's devices on their own: no interpreter, no vCPU threads.
-#include <linux/kvm.h>
+#include "kvm/kernel_abi.h"
 
 #include <cstring>
 #include <vector>

@@ -7,7 +7,9 @@
 #include <time.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <fstream>
 #include <iterator>
 #include <mutex>
@@ -55,7 +57,14 @@ base::Mapping anonymous_memory(size_t bytes) {
 
 std::vector<BackendCase> available_backends() {
     std::vector<BackendCase> cases;
-    cases.push_back({"soft", kvm::make_soft_backend()});
+    // COLOD_TEST_BACKEND narrows the run to one backend (the nested-KVM run covers only "kvm";
+    // the software backend is covered by the run on the host).
+    const char* only = std::getenv("COLOD_TEST_BACKEND");
+    std::string forced = only ? only : "";
+    if (forced.empty() || forced == "soft")
+        cases.push_back({"soft", kvm::make_soft_backend()});
+    if (forced == "soft")
+        return cases;
     auto host = kvm::make_host_backend();
     auto probe = host->open_system();
     if (probe) {
@@ -133,6 +142,22 @@ void Machine::load_guest(const std::string& name) {
     std::memcpy(mem + k_entry, code.data(), code.size());
 }
 
+std::vector<uint64_t> Machine::vcpu_cpuid() {
+    std::vector<uint64_t> buffer((kvm::abi::k_cpuid2_header + 256 * sizeof(kvm_cpuid_entry2)) / 8);
+    auto* cpuid = reinterpret_cast<kvm_cpuid2*>(buffer.data());
+    cpuid->nent = 256;
+    REQUIRE(m_system->ioctl(KVM_GET_SUPPORTED_CPUID, ptr(cpuid)) == 0);
+    // As a VMM does: KVM emulates TSC-deadline when the capability says so, but leaves the
+    // CPUID bit for userspace to set.
+    if (m_system->ioctl(KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER) > 0) {
+        auto* entries = kvm::abi::cpuid_entries(cpuid);
+        for (uint32_t i = 0; i < cpuid->nent; ++i)
+            if (entries[i].function == 1)
+                entries[i].ecx |= 1u << 24;
+    }
+    return buffer;
+}
+
 Vcpu& Machine::add_vcpu(uint32_t id, uint64_t rdi, uint64_t rsi, uint64_t rdx) {
     auto handle = m_vm->create(KVM_CREATE_VCPU, id);
     REQUIRE(handle);
@@ -142,11 +167,8 @@ Vcpu& Machine::add_vcpu(uint32_t id, uint64_t rdi, uint64_t rsi, uint64_t rdx) {
     REQUIRE(run);
     vcpu.run = run.value();
 
-    std::vector<uint8_t> buffer(sizeof(kvm_cpuid2) + 256 * sizeof(kvm_cpuid_entry2));
-    auto* cpuid = reinterpret_cast<kvm_cpuid2*>(buffer.data());
-    cpuid->nent = 256;
-    REQUIRE(m_system->ioctl(KVM_GET_SUPPORTED_CPUID, ptr(cpuid)) == 0);
-    REQUIRE(vcpu.handle->ioctl(KVM_SET_CPUID2, ptr(cpuid)) == 0);
+    auto buffer = vcpu_cpuid();
+    REQUIRE(vcpu.handle->ioctl(KVM_SET_CPUID2, ptr(buffer.data())) == 0);
 
     kvm_sregs sregs{};
     REQUIRE(vcpu.handle->ioctl(KVM_GET_SREGS, ptr(&sregs)) == 0);

@@ -4,7 +4,7 @@
 // a thread that runs KVM_RUN and can be kicked like colod's vCPU threads.
 #pragma once
 
-#include <linux/kvm.h>
+#include "kvm/kernel_abi.h"
 
 #include <atomic>
 #include <cstdint>
@@ -60,6 +60,9 @@ public:
     // Page tables, GDT and the guest `name` (a .bin beside the tests) in low memory.
     void load_guest(const std::string& name);
     // A vCPU in 64-bit mode at k_entry with the supported CPUID; rdi/rsi as given.
+    // The CPUID table add_vcpu() gives a vCPU (the supported table, plus TSC-deadline where the
+    // backend emulates it), as a kvm_cpuid2 buffer in the kernel's layout.
+    std::vector<uint64_t> vcpu_cpuid();
     Vcpu& add_vcpu(uint32_t id, uint64_t rdi = 0, uint64_t rsi = 0, uint64_t rdx = 0);
     Vcpu& vcpu(size_t index) { return m_vcpus.at(index); }
     size_t mmap_size() const { return m_mmap_size; }
