@@ -1,0 +1,55 @@
+#!/bin/busybox sh
+# /init of the nested-KVM initramfs (tests/hostkvm/nested.sh builds it): loads kvm_amd, mounts
+# the host's root read-only and the job share writable over 9p, runs the job chrooted into the
+# host's root, and reports its exit status on the serial console and in the share.
+/bin/busybox mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+up() { cut -d' ' -f1 /proc/uptime; }
+say() { echo "HOSTKVM: $*"; }
+finish() {
+    say "status $1 at uptime $(up)s"
+    sync
+    poweroff -f
+}
+say "init at uptime $(up)s, kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) cpus"
+for m in $(cat /lib/modules/order); do
+    insmod "/lib/modules/$m.ko" 2>/tmp/insmod.err || {
+        say "insmod $m failed: $(cat /tmp/insmod.err)"
+        case $m in kvm|kvm-amd|9p|9pnet_virtio) say "L1 setup failed: cannot load $m"; dmesg | tail -n 20; finish 125 ;; esac
+    }
+done
+if [ ! -c /dev/kvm ]; then
+    say "L1 setup failed: /dev/kvm is absent after loading kvm_amd"
+    dmesg | grep -i -E 'kvm|svm' | tail -n 20
+    finish 125
+fi
+ip link set lo up || say "cannot bring up the loopback interface"
+say "kvm_amd loaded at uptime $(up)s: npt=$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null)"
+mkdir -p /host
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288,cache=loose hostroot /host ||
+    { say "L1 setup failed: cannot mount the host's root"; finish 125; }
+job=$(sed -n 's/.*hostkvm_job=\([^ ]*\).*/\1/p' /proc/cmdline)
+mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=524288,cache=none jobshare "/host$job" ||
+    { say "L1 setup failed: cannot mount the job share at $job"; finish 125; }
+mount --bind /dev /host/dev
+mount -t devpts devpts /host/dev/pts 2>/dev/null
+mount -t proc proc /host/proc
+mount -t sysfs sysfs /host/sys
+mkdir -p /host/dev/shm
+for d in /tmp /run /var/tmp /dev/shm; do mount -t tmpfs tmpfs "/host$d"; done
+# Writable folders the job asked for (its build tree), shared like the job folder.
+i=0
+while read -r dir; do
+    [ -n "$dir" ] || continue
+    mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=524288,cache=none "rw$i" "/host$dir" ||
+        { say "L1 setup failed: cannot mount $dir writable"; finish 125; }
+    i=$((i + 1))
+done < "/host$job/writable"
+say "running the job at uptime $(up)s"
+chroot /host /bin/sh "$job/job.sh"
+rc=$?
+finish $rc

@@ -1,0 +1,180 @@
+#!/bin/bash
+# Runs a command against a genuine /dev/kvm on a host that has none: Debian's kernel booted under
+# QEMU's TCG (which emulates AMD SVM) loads kvm_amd; the command runs inside, chrooted into this
+# host's root filesystem (shared read-only over 9p), with the folders given by --writable shared
+# writable at their own paths. The command's exit status is this script's.
+#
+#   tests/hostkvm/nested.sh [--writable DIR]... [--env NAME=VALUE]... [--] COMMAND [ARG]...
+#
+# Inside: COLOD_TEST_BACKEND=kvm, HOME=/tmp, tmpfs on /tmp, /run, /var/tmp and /dev/shm, the
+# current folder as here. The command's output is streamed to stdout; the L1 kernel's serial log
+# is kept as $HOSTKVM_DIR/last/serial.log.
+#
+# Exit status: the command's own; 124 when the run timed out; 125 when the nested machine could
+# not be set up (no kvm_amd, no /dev/kvm, no share); 126 when the L1 kernel itself hung (RCU
+# stall, soft lockup, panic): that is not a colod failure and the message says so.
+#
+# Environment: HOSTKVM_DIR (cache and run folder, default build/hostkvm), HOSTKVM_MEM (MiB,
+# default 4096), HOSTKVM_SMP (default 2), HOSTKVM_TIMEOUT (seconds, default 1800),
+# HOSTKVM_APPEND (more kernel parameters), HOSTKVM_RETRY_HANG (default 1: one more try, said
+# loudly, after an L1 kernel hang; 0 for none).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+dir=${HOSTKVM_DIR:-$top/build/hostkvm}
+mem=${HOSTKVM_MEM:-4096}
+smp=${HOSTKVM_SMP:-2}
+limit=${HOSTKVM_TIMEOUT:-1800}
+
+say() { echo "hostkvm: $*" >&2; }
+die() { say "$*"; exit 125; }
+
+writable=()
+envs=()
+while [ $# -gt 0 ]; do
+    case $1 in
+    --writable) writable+=("$(cd "$2" && pwd)"); shift 2 ;;
+    --env) envs+=("$2"); shift 2 ;;
+    --) shift; break ;;
+    -*) die "unknown option $1 (usage: nested.sh [--writable DIR]... [--env N=V]... [--] COMMAND...)" ;;
+    *) break ;;
+    esac
+done
+[ $# -gt 0 ] || die "no command given (usage: nested.sh [--writable DIR]... [--env N=V]... [--] COMMAND...)"
+[ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and exports / to the nested machine)"
+
+# --- what it needs from Debian -----------------------------------------------------------------
+need=""
+for p in qemu-system-x86 busybox-static cpio kmod; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need="$need $p"
+done
+if [ -n "$need" ]; then
+    say "installing$need"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086 # one word per package
+    apt-get install -y -qq --no-install-recommends $need >/dev/null
+fi
+
+# --- the L1 kernel and initramfs, built once per kernel version ---------------------------------
+kernel_version() {
+    apt-cache depends linux-image-amd64 2>/dev/null |
+        awk '/Depends: linux-image-[0-9]/ { sub("linux-image-", "", $2); print $2; exit }'
+}
+kv=$(kernel_version)
+if [ -z "$kv" ]; then
+    apt-get update -qq
+    kv=$(kernel_version)
+fi
+[ -n "$kv" ] || die "cannot resolve the kernel version behind linux-image-amd64 (apt-cache depends)"
+kdir=$dir/kernel-$kv
+mkdir -p "$dir"
+if [ ! -f "$kdir/initrd.cpio" ] || [ "$here/init.sh" -nt "$kdir/initrd.cpio" ] || [ "$0" -nt "$kdir/initrd.cpio" ]; then
+    say "preparing the L1 kernel $kv and its initramfs in $kdir"
+    rm -rf "$kdir.tmp" && mkdir -p "$kdir.tmp"
+    (cd "$kdir.tmp" && apt-get download "linux-image-$kv" >/dev/null 2>&1) ||
+        die "apt-get download linux-image-$kv failed"
+    dpkg-deb -x "$kdir.tmp"/linux-image-*.deb "$kdir.tmp/kroot"  # extracted, never installed
+    depmod -b "$kdir.tmp/kroot" "$kv"
+    mkdir -p "$kdir.tmp/initrd"/{bin,dev,proc,sys,tmp,host,lib/modules}
+    cp /bin/busybox "$kdir.tmp/initrd/bin/"
+    cp "$here/init.sh" "$kdir.tmp/initrd/init"
+    chmod +x "$kdir.tmp/initrd/init"
+    # KVM, the 9p share over virtio-pci, and what network tests inside need.
+    : > "$kdir.tmp/initrd/lib/modules/order"
+    for m in kvm_amd 9p 9pnet_virtio virtio_pci veth bridge tun; do
+        modprobe -d "$kdir.tmp/kroot" -S "$kv" --show-depends "$m" | awk '$1 == "insmod" { print $2 }'
+    done | awk '!seen[$0]++' | while read -r ko; do
+        name=$(basename "$ko" .ko)
+        cp "$ko" "$kdir.tmp/initrd/lib/modules/$name.ko"
+        echo "$name" >> "$kdir.tmp/initrd/lib/modules/order"
+    done
+    grep -qx kvm-amd "$kdir.tmp/initrd/lib/modules/order" || die "kvm-amd.ko is not in linux-image-$kv"
+    (cd "$kdir.tmp/initrd" && find . | cpio -o -H newc 2>/dev/null) > "$kdir.tmp/initrd.cpio"
+    rm -rf "$kdir"
+    mkdir -p "$kdir"
+    mv "$kdir.tmp/kroot/boot/vmlinuz-$kv" "$kdir/vmlinuz"
+    mv "$kdir.tmp/initrd.cpio" "$kdir/initrd.cpio"
+    rm -rf "$kdir.tmp"
+fi
+
+# --- the job -----------------------------------------------------------------------------------
+run=$dir/last
+rm -rf "$run" && mkdir -p "$run"
+printf '%s\n' "${writable[@]}" > "$run/writable"
+{
+    echo '#!/bin/sh'
+    echo "# written by tests/hostkvm/nested.sh"
+    echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    echo "export HOME=/tmp COLOD_TEST_BACKEND=kvm COLOD_TEST_TIME_SCALE=${COLOD_TEST_TIME_SCALE:-20} CI=${CI:-}"
+    for e in "${envs[@]}"; do printf 'export %q\n' "$e"; done
+    printf 'cd %q || exit 125\n' "$PWD"
+    printf '%q ' "$@"
+    printf '> %q 2>&1\n' "$run/output.log"
+} > "$run/job.sh"
+
+# Serial log patterns that mean the L1 kernel itself is in trouble, not colod.
+hang_re='rcu: INFO: rcu_.* detected stalls|rcu_.* self-detected stall|watchdog: BUG: soft lockup|blocked for more than [0-9]+ seconds|Kernel panic|general protection fault|BUG: unable to handle'
+
+boot() {
+    local args=(
+        -accel tcg,thread=multi -cpu max -m "$mem" -smp "$smp"
+        -nodefaults -no-user-config -display none -no-reboot
+        -kernel "$kdir/vmlinuz" -initrd "$kdir/initrd.cpio"
+        -append "console=ttyS0 loglevel=4 panic=-1 tsc=unstable hostkvm_job=$run ${HOSTKVM_APPEND:-}"
+        -serial "file:$run/serial.log"
+        -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
+        -virtfs "local,path=$run,mount_tag=jobshare,security_model=none,multidevs=remap"
+    )
+    local i=0 w
+    for w in "${writable[@]}"; do
+        args+=(-virtfs "local,path=$w,mount_tag=rw$i,security_model=none,multidevs=remap")
+        i=$((i + 1))
+    done
+    : > "$run/output.log"
+    : > "$run/serial.log"
+    tail -n +1 -F "$run/output.log" 2>/dev/null &
+    local tailer=$!
+    local start=$SECONDS qrc=0
+    timeout --kill-after=10 "$limit" qemu-system-x86_64 "${args[@]}" </dev/null >"$run/qemu.log" 2>&1 || qrc=$?
+    sleep 0.2  # let tail print the last lines it has read
+    kill "$tailer" 2>/dev/null || true
+    wait "$tailer" 2>/dev/null || true
+    elapsed=$((SECONDS - start))
+    if [ "$qrc" -eq 124 ] || [ "$qrc" -eq 137 ]; then
+        status=124
+    else
+        status=$(sed -n 's/^HOSTKVM: status \([0-9]*\) .*/\1/p' "$run/serial.log" | tail -n 1)
+    fi
+    hang=$(grep -E -m 3 "$hang_re" "$run/serial.log" || true)
+}
+
+show_serial() {
+    say "---- L1 serial log ($run/serial.log), last 60 lines ----"
+    tail -n 60 "$run/serial.log" >&2
+    [ -s "$run/qemu.log" ] && { say "---- qemu ----"; cat "$run/qemu.log" >&2; }
+    say "----"
+}
+
+tries=$((1 + ${HOSTKVM_RETRY_HANG:-1}))
+for try in $(seq 1 "$tries"); do
+    say "booting the nested KVM host (kernel $kv, ${smp} vCPUs, ${mem} MiB, TCG) for: $*"
+    boot
+    if [ -n "$hang" ]; then
+        say "THE L1 KERNEL HUNG (this is the nested machine, not colod) after ${elapsed}s:"
+        echo "$hang" | sed 's/^/hostkvm:   /' >&2
+        show_serial
+        if [ "$try" -lt "$tries" ]; then
+            say "trying once more after the L1 kernel hang (try $((try + 1)) of $tries)"
+            continue
+        fi
+        exit 126
+    fi
+    case ${status:-} in
+    124) say "timed out after ${limit}s (HOSTKVM_TIMEOUT)"; show_serial; exit 124 ;;
+    125) say "the nested machine could not be set up"; show_serial; exit 125 ;;
+    "") say "the nested machine stopped without reporting a status (qemu exit $qrc)"; show_serial; exit 125 ;;
+    esac
+    say "command exited $status after ${elapsed}s on the nested KVM"
+    exit "$status"
+done
