@@ -82,5 +82,9 @@ echo "  INCR counter -> $value"
 exec 3>&-
 "$bin/coloctl" --config "$config" --role secondary status
 
+if [ ! -t 0 ]; then
+  say "No terminal to keep the demo open: stopping the secondary"
+  exit 0
+fi
 say "The guest now runs on the secondary: nc 127.0.0.1 4556 to talk to it; Ctrl-C to stop"
 wait "${pids[0]}"

@@ -15,7 +15,8 @@
 # stall, soft lockup, panic): that is not a colod failure and the message says so.
 #
 # Environment: HOSTKVM_DIR (cache and run folder, default build/hostkvm), HOSTKVM_MEM (MiB,
-# default 4096), HOSTKVM_SMP (default 2), HOSTKVM_TIMEOUT (seconds, default 1800),
+# default 4096), HOSTKVM_SMP (default 2), HOSTKVM_TIMEOUT (seconds, default 1800), HOSTKVM_STALL
+# (seconds without the L1 kernel's sign of life before it counts as hung, default 120),
 # HOSTKVM_APPEND (more kernel parameters), HOSTKVM_RETRY_HANG (default 1: one more try, said
 # loudly, after an L1 kernel hang; 0 for none).
 set -euo pipefail
@@ -25,6 +26,7 @@ dir=${HOSTKVM_DIR:-$top/build/hostkvm}
 mem=${HOSTKVM_MEM:-4096}
 smp=${HOSTKVM_SMP:-2}
 limit=${HOSTKVM_TIMEOUT:-1800}
+stall=${HOSTKVM_STALL:-120}
 
 say() { echo "hostkvm: $*" >&2; }
 die() { say "$*"; exit 125; }
@@ -45,7 +47,7 @@ done
 
 # --- what it needs from Debian -----------------------------------------------------------------
 need=""
-for p in qemu-system-x86 busybox-static cpio kmod; do
+for p in qemu-system-x86 busybox-static cpio kmod socat; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need="$need $p"
 done
 if [ -n "$need" ]; then
@@ -95,6 +97,7 @@ if [ ! -f "$kdir/initrd.cpio" ] || [ "$here/init.sh" -nt "$kdir/initrd.cpio" ] |
     mkdir -p "$kdir"
     mv "$kdir.tmp/kroot/boot/vmlinuz-$kv" "$kdir/vmlinuz"
     mv "$kdir.tmp/initrd.cpio" "$kdir/initrd.cpio"
+    mv "$kdir.tmp/kroot/boot/System.map-$kv" "$kdir/System.map"  # to name where a stuck L1 was
     rm -rf "$kdir.tmp"
 fi
 
@@ -121,7 +124,7 @@ boot() {
         -accel tcg,thread=multi -cpu max -m "$mem" -smp "$smp"
         -nodefaults -no-user-config -display none -no-reboot
         -kernel "$kdir/vmlinuz" -initrd "$kdir/initrd.cpio"
-        -append "console=ttyS0 loglevel=4 panic=-1 tsc=unstable hostkvm_job=$run ${HOSTKVM_APPEND:-}"
+        -append "console=ttyS0 loglevel=4 panic=-1 nokaslr hostkvm_job=$run ${HOSTKVM_APPEND:-}"
         -serial "file:$run/serial.log"
         -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
         -virtfs "local,path=$run,mount_tag=jobshare,security_model=none,multidevs=remap"
@@ -133,20 +136,61 @@ boot() {
     done
     : > "$run/output.log"
     : > "$run/serial.log"
+    rm -f "$run/alive" "$run/monitor.sock"
     tail -n +1 -F "$run/output.log" 2>/dev/null &
     local tailer=$!
-    local start=$SECONDS qrc=0
-    timeout --kill-after=10 "$limit" qemu-system-x86_64 "${args[@]}" </dev/null >"$run/qemu.log" 2>&1 || qrc=$?
+    local start=$SECONDS qrc=0 stalled=""
+    qemu-system-x86_64 "${args[@]}" -monitor "unix:$run/monitor.sock,server=on,wait=off" \
+        </dev/null >"$run/qemu.log" 2>&1 &
+    local qemu=$!
+    # Watch the run: the time limit, and the L1 kernel's sign of life (init.sh writes
+    # $run/alive every 5 s once the job runs; a kernel that stops scheduling stops writing it).
+    while kill -0 "$qemu" 2>/dev/null; do
+        sleep 2
+        if [ $((SECONDS - start)) -ge "$limit" ]; then
+            qrc=124
+            break
+        fi
+        if [ -f "$run/alive" ]; then
+            local age=$(($(date +%s) - $(stat -c %Y "$run/alive")))
+            if [ "$age" -ge "$stall" ]; then
+                stalled="no sign of life from the L1 kernel for ${age}s (its scheduler or timer stopped)"
+                break
+            fi
+        fi
+    done
+    if kill -0 "$qemu" 2>/dev/null; then
+        # Keep what QEMU knows of the stuck machine before stopping it.
+        if command -v socat >/dev/null && [ -S "$run/monitor.sock" ]; then
+            printf 'info cpus\ninfo registers -a\n' | timeout 10 socat - "UNIX-CONNECT:$run/monitor.sock" \
+                > "$run/monitor.log" 2>&1 || true
+        fi
+        # Name the kernel functions the vCPUs were in (nokaslr: System.map's addresses hold).
+        if [ -f "$run/monitor.log" ] && [ -f "$kdir/System.map" ]; then
+            grep -o 'RIP=[0-9a-f]*' "$run/monitor.log" | cut -d= -f2 | python3 -c '
+import bisect, sys
+syms = sorted((int(a, 16), n) for a, _, n in (l.split()[:3] for l in open(sys.argv[1])))
+for rip in sys.stdin.read().split():
+    i = bisect.bisect_right(syms, (int(rip, 16), "\uffff")) - 1
+    print(f"RIP {rip}: {syms[i][1]}+{int(rip, 16) - syms[i][0]:#x}")' "$kdir/System.map" >> "$run/monitor.log"
+        fi
+        kill "$qemu" 2>/dev/null || true
+        sleep 1
+        kill -9 "$qemu" 2>/dev/null || true
+    fi
+    wait "$qemu" 2>/dev/null || qrc=${qrc:-$?}
     sleep 0.2  # let tail print the last lines it has read
     kill "$tailer" 2>/dev/null || true
     wait "$tailer" 2>/dev/null || true
     elapsed=$((SECONDS - start))
-    if [ "$qrc" -eq 124 ] || [ "$qrc" -eq 137 ]; then
+    if [ "$qrc" = 124 ]; then
         status=124
     else
         status=$(sed -n 's/^HOSTKVM: status \([0-9]*\) .*/\1/p' "$run/serial.log" | tail -n 1)
     fi
     hang=$(grep -E -m 3 "$hang_re" "$run/serial.log" || true)
+    [ -z "$stalled" ] || hang="$stalled${hang:+
+$hang}"
 }
 
 show_serial() {

@@ -228,6 +228,20 @@ public:
     }
 
 private:
+    // A config duration ("200ms", "1s") times the run's time scale: daemons nested in an
+    // emulated machine answer 50-100 times slower, and a heartbeat timeout meant for hardware
+    // would declare a live peer lost.
+    static std::string scaled_duration(const std::string& text) {
+        if (time_scale() == 1)
+            return text;
+        size_t digits = 0;
+        while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits])))
+            ++digits;
+        if (digits == 0)
+            return text;
+        return std::to_string(std::stoull(text.substr(0, digits)) * static_cast<unsigned>(time_scale())) +
+               text.substr(digits);
+    }
     void write_key() {
         std::ofstream key(m_dir / "demo.key", std::ios::binary);
         std::mt19937_64 rng(std::random_device{}());
@@ -247,8 +261,9 @@ private:
             << "\naccelerator = " << (test_backend() == "kvm" ? "kvm" : "soft") << "\n"
             << m_options.extra_vm << "[replication]\nmode = " << m_options.mode
             << "\ncheckpoint-interval = " << m_options.checkpoint_interval
-            << "\nheartbeat-interval = " << m_options.heartbeat_interval
-            << "\nheartbeat-timeout = " << m_options.heartbeat_timeout << "\nfence-command = " << m_options.fence_command
+            << "\nheartbeat-interval = " << scaled_duration(m_options.heartbeat_interval)
+            << "\nheartbeat-timeout = " << scaled_duration(m_options.heartbeat_timeout)
+            << "\nfence-command = " << m_options.fence_command
             << "\nauth-key-file = demo.key\n"
             << m_options.extra_replication
             << "[primary]\nreplication = " << m_options.primary_ip << ":" << m_ports[0]

@@ -191,7 +191,7 @@ struct DebugCheckpoint {
 // The primary's per-checkpoint debug records (COLOD_LOG_LEVEL=debug) in a piece of its log.
 std::vector<DebugCheckpoint> debug_checkpoints(const std::string& log) {
     static const std::regex record(
-        R"(checkpoint ([0-9]+): ([0-9]+) pages, pause ([0-9]+) us, transfer and apply ([0-9]+) us)");
+        R"(checkpoint ([0-9]+): ([0-9]+) pages, pause ([0-9]+) us(?: \([^)]*\))?, transfer and apply ([0-9]+) us)");
     std::vector<DebugCheckpoint> out;
     for (auto it = std::sregex_iterator(log.begin(), log.end(), record); it != std::sregex_iterator(); ++it)
         out.push_back({std::stoull((*it)[1]), std::stoull((*it)[2]), std::stoull((*it)[3]), std::stoull((*it)[4])});
