@@ -49,6 +49,8 @@ while read -r dir; do
         { say "L1 setup failed: cannot mount $dir writable"; finish 125; }
     i=$((i + 1))
 done < "/host$job/writable"
+# The kernel's text symbols, so that the host can name where a stuck vCPU was (nokaslr).
+grep ' [tT] ' /proc/kallsyms > "/host$job/kallsyms" 2>/dev/null
 # A sign of life for the host: nested.sh treats a stale one as a hung L1 kernel.
 (while :; do up > "/host$job/alive"; sleep 5; done) &
 say "running the job at uptime $(up)s"

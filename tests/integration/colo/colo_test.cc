@@ -30,7 +30,7 @@ uint64_t status_number(Pair& pair, Side side, const std::string& key) {
 
 }  // namespace
 
-TEST_CASE("colo: deterministic traffic is answered without waiting for checkpoints", "[integration][colo]") {
+TEST_CASE("colo: deterministic traffic is answered without waiting for checkpoints", "[integration][colo][realkvm]") {
     Pair pair(colo_options("1s"));
     pair.start_secondary();
     pair.start_primary();
@@ -87,7 +87,7 @@ TEST_CASE("colo: an answer that depends on timing forces a checkpoint, and the c
     CHECK(c->command("INCR after") == "1");
 }
 
-TEST_CASE("colo: acknowledged INCRs survive the primary's death at random moments", "[integration][colo]") {
+TEST_CASE("colo: acknowledged INCRs survive the primary's death at random moments", "[integration][colo][realkvm]") {
     const char* env = std::getenv("COLOD_KILL_POINTS");
     auto result = run_kill_rounds(colo_options("100ms"), env ? std::atoi(env) : 20);
     CHECK(result.violations == 0);

@@ -19,7 +19,7 @@ using Side = Pair::Side;
 using Clock = std::chrono::steady_clock;
 
 
-TEST_CASE("a pair syncs, checkpoints under CHURN, and both sides hold the same memory", "[integration]") {
+TEST_CASE("a pair syncs, checkpoints under CHURN, and both sides hold the same memory", "[integration][realkvm]") {
     Pair pair;
     pair.start_secondary();
     pair.start_primary();
@@ -43,7 +43,7 @@ TEST_CASE("a pair syncs, checkpoints under CHURN, and both sides hold the same m
     CHECK(c->command("PING") == "PONG");
 }
 
-TEST_CASE("acknowledged INCRs survive the primary's death at random moments", "[integration]") {
+TEST_CASE("acknowledged INCRs survive the primary's death at random moments", "[integration][realkvm]") {
     const char* env = std::getenv("COLOD_KILL_POINTS");
     auto result = run_kill_rounds(PairOptions{}, env ? std::atoi(env) : 20);
     CHECK(result.violations == 0);
