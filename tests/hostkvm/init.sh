@@ -33,18 +33,22 @@ mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288,cache=loose hostroot /host ||
     { say "L1 setup failed: cannot mount the host's root"; finish 125; }
 job=$(sed -n 's/.*hostkvm_job=\([^ ]*\).*/\1/p' /proc/cmdline)
-mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=524288,cache=none jobshare "/host$job" ||
-    { say "L1 setup failed: cannot mount the job share at $job"; finish 125; }
 mount --bind /dev /host/dev
 mount -t devpts devpts /host/dev/pts 2>/dev/null
 mount -t proc proc /host/proc
 mount -t sysfs sysfs /host/sys
 mkdir -p /host/dev/shm
 for d in /tmp /run /var/tmp /dev/shm; do mount -t tmpfs tmpfs "/host$d"; done
+# The shares go on top of the tmpfs mounts (a job folder may live under /tmp); a mount point
+# that a tmpfs hides is made there.
+mkdir -p "/host$job" 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=524288,cache=none jobshare "/host$job" ||
+    { say "L1 setup failed: cannot mount the job share at $job"; finish 125; }
 # Writable folders the job asked for (its build tree), shared like the job folder.
 i=0
 while read -r dir; do
     [ -n "$dir" ] || continue
+    mkdir -p "/host$dir" 2>/dev/null
     mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=524288,cache=none "rw$i" "/host$dir" ||
         { say "L1 setup failed: cannot mount $dir writable"; finish 125; }
     i=$((i + 1))

@@ -28,10 +28,11 @@ mem=${HOSTKVM_MEM:-4096}
 smp=${HOSTKVM_SMP:-2}
 limit=${HOSTKVM_TIMEOUT:-1800}
 stall=${HOSTKVM_STALL:-120}
-# One TCG thread for both vCPUs: with thread=multi the L1 kernel stopped for good, both vCPUs
-# spinning with interrupts off in asm_exc_int3 and __schedule (a text_poke_bp() of a static key,
-# which KVM flips as VMs come and go), in 3 of 4 series of 8 `ctest -L kvm` runs; with
-# thread=single, none in 30 such runs, and each run was faster on this 2-core host.
+# One TCG thread for both vCPUs: with thread=multi the L1 kernel stopped for good 4 times in
+# about 30 `ctest -L kvm` runs, silently, both vCPUs spinning with interrupts off in
+# asm_exc_int3 and __schedule (most likely kernel text patching of a static key, which KVM flips
+# as VMs come and go, racing in multi-threaded TCG); with thread=single, not once in about 40
+# runs, and each run was faster on a 2-core host.
 tcg_thread=${HOSTKVM_TCG_THREAD:-single}
 
 say() { echo "hostkvm: $*" >&2; }

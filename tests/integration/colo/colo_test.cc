@@ -30,7 +30,7 @@ uint64_t status_number(Pair& pair, Side side, const std::string& key) {
 
 }  // namespace
 
-TEST_CASE("colo: deterministic traffic is answered without waiting for checkpoints", "[integration][colo][realkvm]") {
+TEST_CASE("colo: deterministic traffic is answered without waiting for checkpoints", "[integration][colo]") {
     Pair pair(colo_options("1s"));
     pair.start_secondary();
     pair.start_primary();

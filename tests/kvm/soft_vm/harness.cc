@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -15,6 +16,8 @@
 #include <mutex>
 
 #include <catch2/catch.hpp>
+
+#include "tests/support/backend.h"
 
 namespace colod::softvm_test {
 
@@ -242,6 +245,17 @@ int64_t Runner::kick_and_join() {
     return m_returned_at.load() - kicked_at;
 }
 
-void Runner::join() { m_thread.join(); }
+void Runner::join(int seconds) {
+    int64_t deadline = now_ns() + int64_t{seconds} * 1'000'000'000 * test::time_scale();
+    while (m_returned_at.load() == 0 && now_ns() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    bool returned = m_returned_at.load() != 0;
+    if (!returned)
+        kick_and_join();
+    else
+        m_thread.join();
+    INFO("the vCPU's KVM_RUN did not return by itself within " << seconds << " s (scaled)");
+    REQUIRE(returned);
+}
 
 }  // namespace colod::softvm_test

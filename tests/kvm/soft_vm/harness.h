@@ -82,8 +82,9 @@ public:
     ~Runner();
     // Kicks (immediate_exit + signal, as colod does) and waits; returns the kick latency in ns.
     int64_t kick_and_join();
-    // Waits for KVM_RUN to return by itself.
-    void join();
+    // Waits for KVM_RUN to return by itself; a test failure (after a kick, so the thread ends)
+    // if it has not within `seconds` (times the run's time scale).
+    void join(int seconds = 60);
     int result() const { return m_result; }
     int error() const { return m_errno; }
 
