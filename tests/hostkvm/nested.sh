@@ -49,6 +49,11 @@ while [ $# -gt 0 ]; do
     *) break ;;
     esac
 done
+# Inside, /tmp, /run, /var/tmp and /dev/shm are fresh tmpfs mounts: a checkout under one of them
+# would be hidden, so it is shared too (writable: the shares are all read-write).
+case $top/ in
+/tmp/* | /run/* | /var/tmp/* | /dev/shm/*) writable=("$top" "${writable[@]}") ;;  # first: the others go on top
+esac
 [ $# -gt 0 ] || die "no command given (usage: nested.sh [--writable DIR]... [--env N=V]... [--] COMMAND...)"
 [ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and exports / to the nested machine)"
 
