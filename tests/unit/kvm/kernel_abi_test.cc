@@ -15,16 +15,18 @@ extern const unsigned colod_c_kvm_numbers_count;
 
 TEST_CASE("every KVM request colod uses has the kernel's number", "[kvm][abi]") {
     const unsigned long cxx[] = {
-        KVM_GET_MSR_INDEX_LIST, KVM_GET_MSR_FEATURE_INDEX_LIST, KVM_GET_SUPPORTED_CPUID,
-        KVM_GET_EMULATED_CPUID, KVM_SET_GSI_ROUTING,            KVM_GET_MSRS,
-        KVM_SET_MSRS,           KVM_SET_CPUID,                  KVM_SET_SIGNAL_MASK,
-        KVM_SET_CPUID2,         KVM_GET_CPUID2,                 KVM_GET_XSAVE,
-        KVM_SET_XSAVE,          KVM_GET_XSAVE2,                 KVM_SET_PMU_EVENT_FILTER,
-        KVM_GET_REGS,           KVM_SET_SREGS,                  KVM_GET_LAPIC,
+#define KVM_REQUEST(name) name,
+#include "kernel_requests.def"
+#undef KVM_REQUEST
+    };
+    const char* const names[] = {
+#define KVM_REQUEST(name) #name,
+#include "kernel_requests.def"
+#undef KVM_REQUEST
     };
     REQUIRE(std::size(cxx) == colod_c_kvm_numbers_count);
     for (size_t i = 0; i < std::size(cxx); ++i) {
-        INFO("request " << i);
+        INFO(names[i]);
         CHECK(cxx[i] == colod_c_kvm_numbers[i]);
     }
     // Spelled out once, from the kernel's documentation of the x86 numbers.
