@@ -27,36 +27,15 @@
 
 #include <fmt/format.h>
 
+#include "tests/support/bench.h"
 #include "tests/support/pair.h"
 
 using namespace colod;
 using namespace colod::test;
 using Side = Pair::Side;
-using Clock = std::chrono::steady_clock;
+using namespace colod::test::bench;
 
 namespace {
-
-bool quick() {
-    const char* env = std::getenv("COLOD_BENCH_QUICK");
-    return env && std::string(env) == "1";
-}
-
-int env_int(const char* name, int fallback) {
-    const char* env = std::getenv(name);
-    return env && *env ? std::atoi(env) : fallback;
-}
-
-double ms_since(Clock::time_point start) {
-    return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-double percentile(std::vector<double> v, double p) {
-    if (v.empty())
-        return 0;
-    std::sort(v.begin(), v.end());
-    size_t index = std::min(v.size() - 1, static_cast<size_t>(p / 100.0 * static_cast<double>(v.size())));
-    return v[index];
-}
 
 void print_reproduce(const std::string& spec, const PairOptions& options, const std::string& what) {
     fmt::print("reproduce: COLOD_KEEP_TEST_DIRS=1 {} \"{}\"\n", COLOD_PAIR_BENCH_BIN, spec);
@@ -81,20 +60,9 @@ void start_protected(Pair& pair) {
     REQUIRE(pair.wait_state(Side::Secondary, "standby"));
 }
 
-// Milliseconds from `start` until the console on `side` accepts a connection and answers PING,
-// trying every millisecond; a negative value when it did not within `timeout`.
+// Milliseconds from `start` until the console on `side` answers PING (negative: not within `timeout`).
 double console_answers_ms(Pair& pair, Side side, Clock::time_point start, std::chrono::milliseconds timeout) {
-    auto deadline = start + timeout;
-    while (Clock::now() < deadline) {
-        auto c = LineClient::connect(pair.console_ip(side), pair.console_port(side), std::chrono::milliseconds(0));
-        if (c) {
-            auto reply = c->command("PING", std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
-            if (reply == "PONG")
-                return ms_since(start);
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    return -1;
+    return bench::console_answers_ms(pair.console_ip(side), pair.console_port(side), start, timeout);
 }
 
 // The DURATION_MS of the failover-done record in a secondary's log.
@@ -183,20 +151,6 @@ TEST_CASE("failover time", "[failover]") {
 }
 
 namespace {
-
-struct DebugCheckpoint {
-    uint64_t seq, pages, pause_us, transfer_us;
-};
-
-// The primary's per-checkpoint debug records (COLOD_LOG_LEVEL=debug) in a piece of its log.
-std::vector<DebugCheckpoint> debug_checkpoints(const std::string& log) {
-    static const std::regex record(
-        R"(checkpoint ([0-9]+): ([0-9]+) pages, pause ([0-9]+) us(?: \([^)]*\))?, transfer and apply ([0-9]+) us)");
-    std::vector<DebugCheckpoint> out;
-    for (auto it = std::sregex_iterator(log.begin(), log.end(), record); it != std::sregex_iterator(); ++it)
-        out.push_back({std::stoull((*it)[1]), std::stoull((*it)[2]), std::stoull((*it)[3]), std::stoull((*it)[4])});
-    return out;
-}
 
 uint64_t info_pages(LineClient& c) {
     auto reply = c.command("INFO");
