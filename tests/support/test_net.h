@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-// Small helpers for tests that talk to colod over TCP.
+// Small helpers for tests that talk to colod over TCP (and to other programs over unix sockets).
 #pragma once
 
 #include <arpa/inet.h>
@@ -7,6 +7,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -51,6 +52,25 @@ public:
                 ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
                 return LineClient(std::move(fd));
             }
+            if (std::chrono::steady_clock::now() >= deadline)
+                return std::nullopt;
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+    }
+
+    // The same over a unix socket at `path` (e.g. a QEMU monitor), retried until `timeout`.
+    static std::optional<LineClient> connect_unix(const std::string& path,
+                                                  std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+        auto deadline = std::chrono::steady_clock::now() + scaled(timeout);
+        for (;;) {
+            base::Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+            sockaddr_un address{};
+            address.sun_family = AF_UNIX;
+            if (path.size() >= sizeof address.sun_path)
+                return std::nullopt;
+            path.copy(address.sun_path, path.size());
+            if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) == 0)
+                return LineClient(std::move(fd));
             if (std::chrono::steady_clock::now() >= deadline)
                 return std::nullopt;
             std::this_thread::sleep_for(std::chrono::milliseconds(10));

@@ -34,9 +34,6 @@
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
-#include <fcntl.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -47,7 +44,6 @@
 
 #include <fmt/format.h>
 
-#include "base/fd.h"
 #include "tests/support/bench.h"
 #include "tests/support/pair.h"
 
@@ -83,35 +79,22 @@ std::string read_file(const std::filesystem::path& path) {
 class Qmp {
 public:
     static std::optional<Qmp> connect(const std::string& path, std::chrono::milliseconds timeout) {
-        auto deadline = Clock::now() + scaled(timeout);
-        for (;;) {
-            base::Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-            sockaddr_un address{};
-            address.sun_family = AF_UNIX;
-            std::snprintf(address.sun_path, sizeof address.sun_path, "%s", path.c_str());
-            if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) == 0) {
-                Qmp qmp(std::move(fd));
-                if (!qmp.line(deadline))  // the greeting
-                    return std::nullopt;
-                if (!qmp.execute(R"({"execute": "qmp_capabilities"})"))
-                    return std::nullopt;
-                return qmp;
-            }
-            if (Clock::now() >= deadline)
-                return std::nullopt;
-            std::this_thread::sleep_for(std::chrono::milliseconds(10));
-        }
+        auto client = LineClient::connect_unix(path, timeout);
+        if (!client || !client->line(timeout))  // the greeting
+            return std::nullopt;
+        Qmp qmp(std::move(*client));
+        if (!qmp.execute(R"({"execute": "qmp_capabilities"})"))
+            return std::nullopt;
+        return qmp;
     }
 
     // The reply to `command`, or nullopt on EOF or timeout. An {"error": ...} reply is returned
     // as it is: the caller looks at it.
     std::optional<std::string> execute(const std::string& command,
                                        std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
-        std::string data = command + "\n";
-        if (::send(m_fd.get(), data.data(), data.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(data.size()))
+        if (!m_client.send(command + "\n"))
             return std::nullopt;
-        auto deadline = Clock::now() + scaled(timeout);
-        while (auto reply = line(deadline)) {
+        while (auto reply = m_client.line(timeout)) {  // each event line restarts the wait
             if (reply->find("\"return\"") != std::string::npos || reply->find("\"error\"") != std::string::npos)
                 return reply;
         }
@@ -119,31 +102,8 @@ public:
     }
 
 private:
-    explicit Qmp(base::Fd fd) : m_fd(std::move(fd)) {}
-
-    std::optional<std::string> line(Clock::time_point deadline) {
-        for (;;) {
-            if (auto newline = m_buffer.find('\n'); newline != std::string::npos) {
-                std::string out = m_buffer.substr(0, newline);
-                m_buffer.erase(0, newline + 1);
-                return out;
-            }
-            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-            if (left.count() <= 0)
-                return std::nullopt;
-            pollfd p{m_fd.get(), POLLIN, 0};
-            if (::poll(&p, 1, static_cast<int>(left.count())) <= 0)
-                continue;
-            char buffer[4096];
-            ssize_t n = ::recv(m_fd.get(), buffer, sizeof buffer, 0);
-            if (n <= 0)
-                return std::nullopt;
-            m_buffer.append(buffer, static_cast<size_t>(n));
-        }
-    }
-
-    base::Fd m_fd;
-    std::string m_buffer;
+    explicit Qmp(LineClient client) : m_client(std::move(client)) {}
+    LineClient m_client;
 };
 
 bool is_return(const std::optional<std::string>& reply) {
@@ -339,11 +299,15 @@ PairOptions colod_options() {
     return options;
 }
 
-std::vector<Figures> colod_rows() {
-    Pair pair(colod_options());
+void start_protected(Pair& pair) {
     pair.start_secondary();
     pair.start_primary();
     REQUIRE(pair.wait_state(Side::Primary, "protected"));
+}
+
+std::vector<Figures> colod_rows() {
+    Pair pair(colod_options());
+    start_protected(pair);
     auto c = pair.console(Side::Primary);
     REQUIRE(c);
     std::vector<Figures> rows;
@@ -434,9 +398,7 @@ FailoverFigures colod_failovers(int rounds, std::mt19937& rng) {
     FailoverFigures out;
     for (int round = 0; round < rounds; ++round) {
         Pair pair(colod_options());
-        pair.start_secondary();
-        pair.start_primary();
-        REQUIRE(pair.wait_state(Side::Primary, "protected"));
+        start_protected(pair);
         {
             auto c = pair.console(Side::Primary);
             REQUIRE(c);
