@@ -55,9 +55,11 @@ TEST_CASE("colo: deterministic traffic is answered without waiting for checkpoin
     uint64_t checkpoints = status_number(pair, Side::Primary, "checkpoints") - checkpoints_before;
     INFO("450 commands in " << seconds << " s; reply p50 " << p50 << " ms, p99 " << p99 << " ms; " << checkpoints
                             << " checkpoints");
-    // Replies do not wait for a 1 s checkpoint...
-    CHECK(p99 < 500);
-    // ...no output differed, and checkpoints came from the interval bound only.
+    // Replies do not wait for a 1 s checkpoint: were each held until one, the commands (each
+    // sent after the last reply) could not outnumber the checkpoints. Checked as a ratio, not a
+    // latency bound, so that a slow machine (the nested KVM) keeps the meaning.
+    CHECK(450 >= 5 * (checkpoints + 1));
+    // No output differed, and checkpoints came from the interval bound only.
     CHECK(status_number(pair, Side::Primary, "checkpoints_mismatch") == mismatches_before);
     CHECK(checkpoints <= static_cast<uint64_t>(seconds) + 2);
 }
