@@ -117,14 +117,15 @@ void Machine::kick_all() {
 }
 
 Machine::PauseGuard Machine::pause() {
-    std::unique_lock owner(m_pause_owner);
     std::unique_lock lock(m_mutex);
+    m_changed.wait(lock, [&] { return !m_paused; });
     if (m_stop.reason != StopReason::Running && m_running == 0)
-        return PauseGuard(nullptr, std::move(owner));
+        return PauseGuard(nullptr);
+    m_paused = true;
     m_pause_requested = true;
     kick_all();
     m_changed.wait(lock, [&] { return m_parked == m_running; });
-    return PauseGuard(this, std::move(owner));
+    return PauseGuard(this);
 }
 
 void Machine::resume() {
@@ -133,6 +134,7 @@ void Machine::resume() {
         for (auto& vcpu : m_vcpus)
             vcpu.set_immediate_exit(false);
     m_pause_requested = false;
+    m_paused = false;
     m_changed.notify_all();
 }
 

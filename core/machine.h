@@ -75,8 +75,9 @@ public:
     base::Result<void> start();
 
     // Stops every vCPU outside KVM_RUN; the machine stays paused until the guard goes. Pauses
-    // are serialised: a second pause() waits for the first guard to go. Returns an empty guard
-    // (nothing to resume) once the machine has stopped.
+    // are serialised: a second pause() waits for the first guard to go. The guard may be moved
+    // to, and released on, any thread (a pause is a state of the machine, not a lock held by a
+    // thread). Returns an empty guard (nothing to resume) once the machine has stopped.
     PauseGuard pause();
 
     // Ends the machine (first reason wins) and wakes wait().
@@ -131,29 +132,26 @@ private:
     size_t m_parked = 0;
     size_t m_running = 0;  // vCPU threads that have not exited
     StopInfo m_stop;
-    std::mutex m_pause_owner;  // held by the live PauseGuard
+    bool m_paused = false;  // a PauseGuard is live; the next pause() waits for it to go
 
 public:
     class PauseGuard {
     public:
         PauseGuard() = default;
-        PauseGuard(PauseGuard&& other) noexcept : m_machine(std::exchange(other.m_machine, nullptr)), m_lock(std::move(other.m_lock)) {}
+        PauseGuard(PauseGuard&& other) noexcept : m_machine(std::exchange(other.m_machine, nullptr)) {}
         PauseGuard& operator=(PauseGuard&&) = delete;
         ~PauseGuard() { release(); }
-        // Resumes the machine now.
+        // Resumes the machine now (from any thread).
         void release() {
             if (m_machine)
                 std::exchange(m_machine, nullptr)->resume();
-            if (m_lock.owns_lock())
-                m_lock.unlock();
         }
         bool paused() const { return m_machine != nullptr; }
 
     private:
         friend class Machine;
-        PauseGuard(Machine* machine, std::unique_lock<std::mutex> lock) : m_machine(machine), m_lock(std::move(lock)) {}
+        explicit PauseGuard(Machine* machine) : m_machine(machine) {}
         Machine* m_machine = nullptr;
-        std::unique_lock<std::mutex> m_lock;
     };
 };
 

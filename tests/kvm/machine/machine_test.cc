@@ -5,9 +5,11 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <set>
+#include <thread>
 
 #include "core/snapshot.h"
 #include "core/state_sections.h"
@@ -155,6 +157,29 @@ TEST_CASE("1000 pause/resume cycles under CHURN lose no tick and corrupt no page
     uint64_t touches = info(c).pages;
     auto paused = guest.machine().pause();
     CHECK(guest.scratch_mismatches(touches) == 0);
+}
+
+TEST_CASE("a pause taken on one thread ends on another, and the next pause waits for it", "[kvm]") {
+    // A checkpoint's pause is taken on the replication thread and may be ended by the control
+    // thread (a held checkpoint released by an operator): the guard crosses threads.
+    auto guest = KvstoreGuest::boot();
+    auto c = guest.client();
+    uint64_t ticks_before = info(c).ticks;
+    std::optional<core::Machine::PauseGuard> first;
+    std::thread taker([&] { first.emplace(guest.machine().pause()); });
+    taker.join();
+    REQUIRE(first->paused());
+    std::atomic<bool> second_paused = false;
+    std::thread second([&] {
+        auto paused = guest.machine().pause();  // returns once `first` has been released
+        second_paused = paused.paused();
+    });
+    std::thread releaser([&] { first.reset(); });
+    releaser.join();
+    second.join();
+    CHECK(second_paused);
+    // Nothing is left paused: the guest keeps counting ticks.
+    CHECK(eventually([&] { return info(c).ticks > ticks_before + 5; }, std::chrono::seconds(10)));
 }
 
 TEST_CASE("a guest's stop is recognised and named", "[kvm]") {
