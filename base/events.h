@@ -29,7 +29,7 @@ namespace colod::base {
     X(Failover, "failover")                   /* second tag on every failover record (see docs) */       \
     X(FailoverBegin, "failover-begin")        /* the secondary decided to take over: why, from what */   \
     X(FailoverDone, "failover-done")          /* the guest runs on the former secondary: how long */     \
-    X(FailoverAborted, "failover-aborted")    /* the fence failed: no takeover */                        \
+    X(FailoverAborted, "failover-aborted")    /* the fence failed, or no complete checkpoint: no takeover */ \
     X(Refused, "refused")                     /* a daemon refused to start (peer already active ...) */
 
 enum class Event {

@@ -182,9 +182,21 @@ void StandbyEngine::accept_loop() {
             m_session_thread.join();  // the previous session has ended (not busy)
         std::string address = link.peer_address();
         {
+            // Under the takeover lock: a takeover decided since the check above wins, and none
+            // can start while this session copies into the guest's RAM (receive_state).
+            std::lock_guard takeover(m_takeover_mutex);
             std::lock_guard lock(m_mutex);
-            m_session_active = true;
-            m_peer = address;
+            active = m_state == State::Active;
+            if (!active) {
+                m_session_active = true;
+                m_peer = address;
+            }
+        }
+        if (active) {
+            base::log(Level::Notice, Event::HandshakeFailed,
+                      fmt::format("closed the link to {}: this side took over while it connected", address),
+                      {{"PEER", address}, {"REASON", "this side took over"}});
+            continue;  // the link closes: the primary reconnects and is refused in the handshake
         }
         m_session_thread = std::thread([this, l = std::move(link), address]() mutable { session(std::move(l), address); });
     }
@@ -361,6 +373,13 @@ base::Result<void> StandbyEngine::receive_state(proto::Link& link, proto::StateD
     auto decoded = TRY(decoder.feed(payload));
     m_bytes_received += payload.size();
     GuestMemory& memory = m_guest.machine().memory();
+    // A copy writes the guest's RAM: never beside a takeover (which decides under this lock).
+    std::unique_lock takeover(m_takeover_mutex, std::defer_lock);
+    if (staging.kind == proto::StateKind::Precopy) {
+        takeover.lock();
+        if (state() == State::Active)
+            return base::Error::make(base::Errc::Invalid, "this side took over: it no longer takes a copy");
+    }
     for (const auto& piece : decoded.pieces) {
         if (const auto* run = std::get_if<proto::PageRun>(&piece)) {
             if (staging.kind == proto::StateKind::Precopy) {
@@ -385,6 +404,8 @@ base::Result<void> StandbyEngine::receive_state(proto::Link& link, proto::StateD
     }
     if (!decoded.end || staging.kind == proto::StateKind::Precopy)
         return base::ok();
+    if (takeover.owns_lock())
+        takeover.unlock();
 
     uint64_t seq = decoded.end->seq;
     fault_point("secondary.staged");
@@ -543,8 +564,19 @@ void StandbyEngine::primary_lost(const std::string& why, Clock::time_point detec
 
 bool StandbyEngine::take_over(const std::string& why, Clock::time_point detected, Fencing fencing) {
     std::lock_guard takeover(m_takeover_mutex);
+    return take_over_locked(why, detected, fencing);
+}
+
+bool StandbyEngine::take_over_locked(const std::string& why, Clock::time_point detected, Fencing fencing) {
     if (state() == State::Active)
         return true;
+    if (!m_committed_valid) {
+        // Decided under the same lock as every write of it: the RAM here is part of a copy.
+        base::log(Level::Error, Event::FailoverAborted,
+                  fmt::format("failover refused: the guest's RAM here holds no complete checkpoint ({})", why),
+                  {{"REASON", why}, {"SEQ", std::to_string(m_committed.load())}, k_failover_tag});
+        return false;
+    }
     uint64_t seq = m_committed.load();
     // COLO: the guest here has run since checkpoint `seq` on the primary's input, and the
     // primary released only output this guest wrote too (or output of a checkpoint it holds),
@@ -613,6 +645,10 @@ bool StandbyEngine::take_over(const std::string& why, Clock::time_point detected
 }
 
 base::Result<uint64_t> StandbyEngine::failover_now() {
+    // One decision under the takeover lock: no primary can connect and start copying into the
+    // guest's RAM between these checks and the guest starting (the accept loop claims a
+    // session under the same lock).
+    std::lock_guard takeover(m_takeover_mutex);
     {
         std::lock_guard lock(m_mutex);
         if (m_state == State::Active)
@@ -624,8 +660,8 @@ base::Result<uint64_t> StandbyEngine::failover_now() {
     }
     if (!m_committed_valid)
         return base::Error(base::Errc::Invalid, "no complete checkpoint to take over from");
-    if (!take_over("ordered by coloctl failover (the operator confirmed the primary is down)", Clock::now(),
-                   Fencing::Skip))
+    if (!take_over_locked("ordered by coloctl failover (the operator confirmed the primary is down)", Clock::now(),
+                          Fencing::Skip))
         return base::Error(base::Errc::Failed, "the takeover failed (see the log: fence-run, failover-aborted)");
     return m_committed.load();
 }

@@ -90,6 +90,7 @@ private:
     void primary_lost(const std::string& why, std::chrono::steady_clock::time_point detected);
     enum class Fencing { Run, Skip };
     bool take_over(const std::string& why, std::chrono::steady_clock::time_point detected, Fencing fencing);
+    bool take_over_locked(const std::string& why, std::chrono::steady_clock::time_point detected, Fencing fencing);
     void set_state(State state, const std::string& why);
     bool colo() const { return m_config.mode == ReplicationMode::Colo; }
     // COLO: the guest runs here between checkpoints, fed the primary's input.
@@ -111,13 +112,17 @@ private:
     bool m_stop = false;
     bool m_session_active = false;
     proto::Link* m_link = nullptr;      // the live session's link, for stop()
-    bool m_committed_valid = false;     // guest RAM and devices hold checkpoint m_committed
+    // Guest RAM and devices hold checkpoint m_committed. Written under m_takeover_mutex (by the
+    // session thread), read there by any other thread: a takeover decides on it under that lock.
+    bool m_committed_valid = false;
     std::atomic<uint64_t> m_committed{0};
     std::atomic<uint64_t> m_checkpoints{0};
     std::atomic<uint64_t> m_dirty_last{0};
     std::atomic<uint64_t> m_dirty_total{0};
     std::atomic<uint64_t> m_bytes_received{0};
-    std::mutex m_takeover_mutex;        // one takeover, from whichever thread decides it
+    // One takeover, from whichever thread decides it; also held while a session is claimed and
+    // while a copy or a checkpoint writes the guest's RAM. Taken before m_mutex.
+    std::mutex m_takeover_mutex;
 
     // COLO mode.
     PageBuffer m_cache;                  // guest RAM as of the last checkpoint
