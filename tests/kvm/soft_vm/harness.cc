@@ -9,11 +9,15 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
-#include <string>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
 
 #include <catch2/catch.hpp>
 
@@ -37,6 +41,30 @@ void install_kick_handler() {
         action.sa_flags = 0;  // no SA_RESTART
         sigaction(SIGUSR1, &action, nullptr);
     });
+}
+
+// Every wait on a vCPU thread ends well inside the CTest timeout (300 s), however slow the run:
+// a stuck vCPU is then reported, not killed unexplained.
+constexpr int64_t k_wait_limit_ns = 120'000'000'000;
+constexpr int64_t k_kick_limit_ns = 30'000'000'000;
+
+// The kernel's view of this process's threads (state, wait channel, stack where readable): what
+// a vCPU that does not come back from KVM_RUN is doing.
+std::string kernel_threads() {
+    std::ostringstream out;
+    std::error_code ec;
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task", ec)) {
+        auto read = [&](const char* name) {
+            std::ifstream in(task.path() / name);
+            return std::string(std::istreambuf_iterator<char>(in), {});
+        };
+        std::string status = read("status"), state;
+        if (auto at = status.find("State:"); at != std::string::npos)
+            state = status.substr(at, status.find('\n', at) - at);
+        out << "thread " << task.path().filename().string() << ": " << state << ", wchan " << read("wchan") << "\n"
+            << read("stack");
+    }
+    return out.str();
 }
 
 template <typename T>
@@ -240,18 +268,40 @@ int64_t Runner::kick_and_join() {
     int64_t kicked_at = now_ns();
     __atomic_store_n(&m_vcpu.run->immediate_exit, 1, __ATOMIC_SEQ_CST);
     pthread_kill(m_thread.native_handle(), SIGUSR1);
+    while (m_returned_at.load() == 0 && now_ns() - kicked_at < k_kick_limit_ns)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (m_returned_at.load() == 0) {
+        // A kick that did not end KVM_RUN: said at once (a report at the end of the test case
+        // would never come if the thread stays stuck), then kicked again until it returns.
+        std::string threads = kernel_threads();
+        std::fprintf(stderr, "soft_vm harness: KVM_RUN did not return within %lld s of a kick (immediate_exit + "
+                             "SIGUSR1); this process's threads in the kernel:\n%s\n",
+                     static_cast<long long>(k_kick_limit_ns / 1'000'000'000), threads.c_str());
+        std::fflush(stderr);
+        FAIL_CHECK("KVM_RUN did not return within 30 s of a kick; kernel view:\n" << threads);
+        while (m_returned_at.load() == 0) {
+            pthread_kill(m_thread.native_handle(), SIGUSR1);
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+    }
     m_thread.join();
     __atomic_store_n(&m_vcpu.run->immediate_exit, 0, __ATOMIC_SEQ_CST);
     return m_returned_at.load() - kicked_at;
 }
 
 void Runner::join(int seconds) {
-    int64_t deadline = now_ns() + int64_t{seconds} * 1'000'000'000 * test::time_scale();
+    int64_t deadline = now_ns() + std::min(int64_t{seconds} * 1'000'000'000 * test::time_scale(), k_wait_limit_ns);
     while (m_returned_at.load() == 0 && now_ns() < deadline)
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     bool returned = m_returned_at.load() != 0;
-    if (!returned)
+    if (!returned) {
+        std::string threads = kernel_threads();
+        std::fprintf(stderr, "soft_vm harness: KVM_RUN did not return by itself within %d s (scaled, at most "
+                             "120 s); this process's threads in the kernel:\n%s\n",
+                     seconds, threads.c_str());
+        std::fflush(stderr);
         kick_and_join();
+    }
     else
         m_thread.join();
     INFO("the vCPU's KVM_RUN did not return by itself within " << seconds << " s (scaled)");

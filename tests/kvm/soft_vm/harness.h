@@ -81,9 +81,12 @@ public:
     explicit Runner(Vcpu& vcpu);
     ~Runner();
     // Kicks (immediate_exit + signal, as colod does) and waits; returns the kick latency in ns.
+    // A kick that has not ended KVM_RUN within 30 s fails the test case, says so on stderr with
+    // the kernel's view of the threads, and is repeated until KVM_RUN returns.
     int64_t kick_and_join();
     // Waits for KVM_RUN to return by itself; a test failure (after a kick, so the thread ends)
-    // if it has not within `seconds` (times the run's time scale).
+    // if it has not within `seconds` (times the run's time scale, at most 120 s: below the
+    // CTest timeout), with the kernel's view of the threads on stderr.
     void join(int seconds = 60);
     int result() const { return m_result; }
     int error() const { return m_errno; }
