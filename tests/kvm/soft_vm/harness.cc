@@ -80,6 +80,11 @@ int64_t now_ns() {
     return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
+bool nested_tcg() {
+    const char* env = std::getenv("COLOD_NESTED_TCG");
+    return env && std::string(env) == "1";
+}
+
 base::Mapping anonymous_memory(size_t bytes) {
     void* addr = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     REQUIRE(addr != MAP_FAILED);

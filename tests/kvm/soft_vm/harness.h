@@ -35,6 +35,8 @@ struct BackendCase {
 std::vector<BackendCase> available_backends();
 
 int64_t now_ns();
+// True inside tests/hostkvm/nested.sh (KVM nested in QEMU's TCG): COLOD_NESTED_TCG=1.
+bool nested_tcg();
 base::Mapping anonymous_memory(size_t bytes);
 
 struct Vcpu {
@@ -88,6 +90,8 @@ public:
     // if it has not within `seconds` (times the run's time scale, at most 120 s: below the
     // CTest timeout), with the kernel's view of the threads on stderr.
     void join(int seconds = 60);
+    // True once KVM_RUN has returned (the thread is about to end).
+    bool returned() const { return m_returned_at.load() != 0; }
     int result() const { return m_result; }
     int error() const { return m_errno; }
 
