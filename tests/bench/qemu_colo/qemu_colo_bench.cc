@@ -377,9 +377,9 @@ TEST_CASE("guest stop per checkpoint, colod beside QEMU COLO", "[stop]") {
                    u.stop_p50, u.stop_p99, ratio(o.stop_p50, u.stop_p50), ratio(o.stop_p99, u.stop_p99));
     }
     for (size_t i = 0; i < std::size(k_targets); ++i)
-        fmt::print("| checkpoints/s ~{:<2}|        | {:>11.1f} |                   |        | {:>14.1f} |             |         "
+        fmt::print("| {:<16} |        | {:>11.1f} |                   |        | {:>14.1f} |             |         "
                    "|                |       | {:>15.1f} |             |         |                |       |\n",
-                   std::to_string(k_targets[i]), colod[i].per_second, tcp[i].per_second,
+                   fmt::format("ckpt/s ~{}", k_targets[i]), colod[i].per_second, tcp[i].per_second,
                    unix_socket[i].per_second);
     fmt::print("(pages: dirty pages a checkpoint, mean over the window: colod's debug records, QEMU's "
                "migration_bitmap_sync_end trace. Stop: colod, the pause of its per-checkpoint debug record, vCPU stop "
