@@ -213,7 +213,6 @@ public:
     std::string trace(const std::string& name) const { return read_file(m_dir / (name + ".trace")); }
     std::optional<Process>& primary() { return m_primary; }
     Qmp& secondary_qmp() { return *m_secondary_qmp; }
-    const std::filesystem::path& dir() const { return m_dir; }
 
 private:
     std::string qmp_path(const std::string& name) const { return (m_dir / (name + ".qmp")).string(); }
@@ -337,16 +336,16 @@ std::vector<Figures> qemu_rows(Transport transport) {
     return rows;
 }
 
-void print_setting() {
+void print_setting(const char* spec) {
     std::ifstream loadavg("/proc/loadavg");
     std::string load;
     std::getline(loadavg, load);
     fmt::print("  KVM: {} backend; QEMU: {}; {} cores, load average {}\n", test_backend(), qemu_binary(),
                std::thread::hardware_concurrency(), load.substr(0, load.find(' ', load.find(' ') + 1)));
     fmt::print("  both: 64 MiB guest, 100 ticks/s, k pages a tick, checkpoint every 100 ms; loopback\n");
-    fmt::print("  reproduce: tests/hostkvm/nested.sh -- {} \"[stop]\"   (or directly where /dev/kvm exists;\n"
+    fmt::print("  reproduce: tests/hostkvm/nested.sh -- {} \"{}\"   (or directly where /dev/kvm exists;\n"
                "             COLOD_KEEP_TEST_DIRS=1 keeps QEMU's command lines and traces)\n",
-               COLOD_QEMU_COLO_BENCH_BIN);
+               COLOD_QEMU_COLO_BENCH_BIN, spec);
 }
 
 }  // namespace
@@ -354,7 +353,7 @@ void print_setting() {
 TEST_CASE("guest stop per checkpoint, colod beside QEMU COLO", "[stop]") {
     fmt::print("\nGuest stop per checkpoint: colod beside QEMU COLO ({} s windows)\n",
                std::chrono::duration_cast<std::chrono::seconds>(window()).count());
-    print_setting();
+    print_setting("[stop]");
     auto colod = colod_rows();
     auto tcp = qemu_rows(Transport::TcpNodelay);
     auto unix_socket = qemu_rows(Transport::Unix);
@@ -450,7 +449,7 @@ TEST_CASE("failover, colod beside QEMU COLO", "[failover]") {
     int rounds = env_int("COLOD_BENCH_KILLS", quick() ? 1 : 5);
     fmt::print("\nFailover: kill -9 of the primary -> the secondary's guest answers its console ({} rounds each)\n",
                rounds);
-    print_setting();
+    print_setting("[failover]");
     std::mt19937 rng(4242);
     auto colod = colod_failovers(rounds, rng);
     auto qemu = qemu_failovers(rounds, rng);
