@@ -403,9 +403,7 @@ base::Result<void> StandbyEngine::receive_state(proto::Link& link, proto::StateD
         }
     }
     if (!decoded.end || staging.kind == proto::StateKind::Precopy)
-        return base::ok();
-    if (takeover.owns_lock())
-        takeover.unlock();
+        return base::ok();  // (a checkpoint, below, never held the takeover lock: apply() takes it)
 
     uint64_t seq = decoded.end->seq;
     fault_point("secondary.staged");
