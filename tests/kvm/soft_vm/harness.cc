@@ -67,6 +67,16 @@ std::string kernel_threads() {
     return out.str();
 }
 
+// Says at once on stderr that a vCPU thread is stuck (`what`), with the kernel's view of the
+// threads (a Catch report comes at the end of the test case, which may never come); returns it.
+std::string report_stuck(const std::string& what) {
+    std::string threads = kernel_threads();
+    std::fprintf(stderr, "soft_vm harness: %s; this process's threads in the kernel:\n%s\n", what.c_str(),
+                 threads.c_str());
+    std::fflush(stderr);
+    return threads;
+}
+
 template <typename T>
 unsigned long ptr(T* p) {
     return reinterpret_cast<unsigned long>(p);
@@ -276,14 +286,11 @@ int64_t Runner::kick_and_join() {
     while (m_returned_at.load() == 0 && now_ns() - kicked_at < k_kick_limit_ns)
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     if (m_returned_at.load() == 0) {
-        // A kick that did not end KVM_RUN: said at once (a report at the end of the test case
-        // would never come if the thread stays stuck), then kicked again until it returns.
-        std::string threads = kernel_threads();
-        std::fprintf(stderr, "soft_vm harness: KVM_RUN did not return within %lld s of a kick (immediate_exit + "
-                             "SIGUSR1); this process's threads in the kernel:\n%s\n",
-                     static_cast<long long>(k_kick_limit_ns / 1'000'000'000), threads.c_str());
-        std::fflush(stderr);
-        FAIL_CHECK("KVM_RUN did not return within 30 s of a kick; kernel view:\n" << threads);
+        // A kick that did not end KVM_RUN: reported, then kicked again until it returns.
+        std::string what = "KVM_RUN did not return within " + std::to_string(k_kick_limit_ns / 1'000'000'000) +
+                           " s of a kick (immediate_exit + SIGUSR1)";
+        std::string threads = report_stuck(what);
+        FAIL_CHECK(what << "; kernel view:\n" << threads);
         while (m_returned_at.load() == 0) {
             pthread_kill(m_thread.native_handle(), SIGUSR1);
             std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -300,15 +307,12 @@ void Runner::join(int seconds) {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     bool returned = m_returned_at.load() != 0;
     if (!returned) {
-        std::string threads = kernel_threads();
-        std::fprintf(stderr, "soft_vm harness: KVM_RUN did not return by itself within %d s (scaled, at most "
-                             "120 s); this process's threads in the kernel:\n%s\n",
-                     seconds, threads.c_str());
-        std::fflush(stderr);
+        report_stuck("KVM_RUN did not return by itself within " + std::to_string(seconds) + " s (scaled, at most " +
+                     std::to_string(k_wait_limit_ns / 1'000'000'000) + " s)");
         kick_and_join();
-    }
-    else
+    } else {
         m_thread.join();
+    }
     INFO("the vCPU's KVM_RUN did not return by itself within " << seconds << " s (scaled)");
     REQUIRE(returned);
 }
