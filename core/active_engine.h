@@ -4,19 +4,20 @@
 // with a live pre-copy, then checkpoints the guest at every interval, holding console output
 // until the standby has applied the state that produced it.
 //
-//   unprotected --connect+handshake--> syncing --first checkpoint applied--> protected
-//        ^                                 |                                     |
-//        +--------- peer lost (EOF, timeout, protocol error): release output ----+
+// Its states and the transitions between them are the table k_active_transitions (below, and
+// in docs/engines.md); any other move is refused and logged.
 //
-// Threads: the replication thread drives the state machine above and sends; a receiver thread
-// reads the return path (acks, heartbeats) and declares the peer lost when it hears nothing for
-// heartbeat-timeout; proto's HeartbeatSender keeps our side audible.
+// Threads: the replication thread drives the state machine and the checkpoint pipeline; the
+// session's threads send (one queue) and receive (acks, heartbeats, the secondary's output);
+// control calls (checkpoint_now, handover, hold) come from the control socket's thread. No
+// thread does socket I/O while it holds a state mutex: a vCPU thread, the console's input or a
+// paused checkpoint only queue messages on the session.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <deque>
+#include <span>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -25,14 +26,13 @@
 #include <thread>
 
 #include "base/result.h"
-#include "core/dirty_bitmap.h"
+#include "core/checkpoint_pipeline.h"
 #include "core/machine.h"
 #include "core/output_buffer.h"
 #include "core/output_comparator.h"
-#include "core/page_buffer.h"
-#include "core/page_capture.h"
-#include "core/pause_stats.h"
 #include "core/replication.h"
+#include "core/session.h"
+#include "core/state_machine.h"
 #include "core/status.h"
 #include "proto/link.h"
 
@@ -42,7 +42,17 @@ class GuestRuntime;
 
 class ActiveEngine {
 public:
-    enum class State { Unprotected, Syncing, Protected, Stopped };
+    enum class State {
+        Unprotected,  // no standby: output flows straight out (or nothing ever connected)
+        Syncing,      // a standby accepted us: live pre-copy, then the first checkpoint
+        Protected,    // checkpoints commit on the standby at every interval
+        Held,         // paused at a committed checkpoint for diagnostics (coloctl digest)
+        HandingOver,  // paused for good at the final checkpoint; the standby is told to take it
+        HandedOver,   // the standby runs the guest: it must never run here again
+        Stopped,      // stop() was called
+    };
+    static std::string_view state_name(State state);
+    static std::span<const Transition<State>> transitions();
 
     // `local_state`: PrimaryActive for colod-primary, SecondaryActive after a takeover.
     // `on_change` is called (from the replication thread) with a one-line description whenever
@@ -61,6 +71,9 @@ public:
         std::string detail;
     };
     ProbeResult probe();
+    // Tests: how the engine reaches its peer, instead of TCP to peer-address (the handshake
+    // follows as usual). Before probe() and start().
+    void set_dialer(std::function<base::Result<proto::Link>()> dial) { m_dial = std::move(dial); }
 
     // Continues the checkpoint numbering of an earlier pair (after a takeover from `seq`).
     void continue_from(uint64_t seq) {
@@ -95,22 +108,20 @@ public:
 
     State state() const;
     void fill_status(Status& status) const;
+    // Tests: sees every transition the engine takes.
+    void observe_transitions(std::function<void(State, State)> observer);
 
 private:
-    struct Session;
-
     void run();
     base::Result<void> run_session(proto::Link link);
+    base::Result<void> protect(Session& session);
     base::Result<proto::Link> connect(proto::PeerState* peer_state);
     base::Result<void> sync(Session& session);
     base::Result<void> checkpoint(Session& session, uint64_t seq, proto::StateKind kind);
-    base::Result<void> send_live_pages(Session& session, std::span<const uint64_t> pages);
-    void receive_loop(Session& session);
-    // Waits for a message of type T for `seq` from the receiver thread.
-    template <typename T>
-    base::Result<void> await(Session& session, uint64_t seq, std::chrono::steady_clock::time_point deadline);
-    void set_state(State state, const std::string& why);
-    bool wait_until(std::chrono::steady_clock::time_point when);  // false: stop requested or session failed
+    base::Result<Session::Disposition> on_message(proto::Message& message);
+    bool move(State state, const std::string& why);  // under m_mutex
+    void changed(const std::string& why);           // not under m_mutex
+    bool wait_until(Session& session, std::chrono::steady_clock::time_point when);  // false: stopped or failed
     void force_checkpoint();
     bool colo() const { return m_config.mode == ReplicationMode::Colo; }
     // COLO: console input goes into the UART and, in the same order, to the peer.
@@ -132,39 +143,32 @@ private:
     std::atomic<uint64_t> m_checkpoints_forced{0};
     bool m_verdict = false;             // guarded by m_mutex: the comparator asked for a checkpoint
     bool m_force_pending = false;       // guarded by m_mutex: someone forced a checkpoint
-    std::mutex m_input_mutex;           // input into the UART and its forwarding, in one order
-    proto::Link* m_forward_link = nullptr;  // guarded by m_input_mutex
-    uint64_t m_input_epoch = 0;             // guarded by m_input_mutex
-    bool m_forwarding = false;              // guarded by m_input_mutex
-    PauseStats m_pauses;
-    PageCapture m_capture;
-    PageBuffer m_precopy_copy;  // pre-copy pages, copied out of the running guest (8 MiB)
-    DirtyBitmap m_dirty;
+    // Input into the UART and its forwarding, in one order. Held only to push into the UART and
+    // queue on the session: never across socket I/O.
+    std::mutex m_input_mutex;
+    std::shared_ptr<Session> m_input_session;  // guarded by m_input_mutex: the live session
+    uint64_t m_input_epoch = 0;                // guarded by m_input_mutex
+    bool m_forwarding = false;                 // guarded by m_input_mutex
+    CheckpointPipeline m_pipeline;
 
     mutable std::mutex m_mutex;
     std::condition_variable m_cv;
-    State m_state = State::Unprotected;
+    StateMachine<State> m_machine;        // guarded by m_mutex
     std::string m_peer_state = "none";
     bool m_stop = false;
     bool m_force = false;
     bool m_ever_protected = false;
-    std::optional<proto::Link> m_probed;  // a link probe() made, for the first session
-    Session* m_session = nullptr;         // the live session, guarded by m_mutex
-    std::atomic<uint64_t> m_next_seq{1};  // the next checkpoint's number (replication thread)
-    uint64_t m_commit_waiters_seq = 0;
+    std::optional<proto::Link> m_probed;     // a link probe() made, for the first session
+    std::shared_ptr<Session> m_session;      // the live session, guarded by m_mutex
+    std::atomic<uint64_t> m_next_seq{1};     // the next checkpoint's number (replication thread)
     std::atomic<uint64_t> m_committed{0};
-    std::atomic<uint64_t> m_checkpoints{0};
-    std::atomic<uint64_t> m_dirty_last{0};
-    std::atomic<uint64_t> m_dirty_total{0};
-    std::atomic<uint64_t> m_bytes_sent{0};
-    std::chrono::steady_clock::time_point m_last_slow_log{};
-    std::string m_pause_breakdown;  // where the last pause went (for checkpoint-slow)
     bool m_hold_requested = false;               // guarded by m_mutex
     bool m_handover_requested = false;           // guarded by m_mutex
-    uint64_t m_handover_seq = 0;                 // the checkpoint the guest stopped at
-    bool m_handed_over = false;                  // the peer runs the guest now
-    std::optional<Machine::PauseGuard> m_hold;   // the guest paused at a checkpoint (diagnostics)
-    uint64_t m_hold_seq = 0, m_hold_digest = 0;
+    uint64_t m_handover_seq = 0;                 // guarded by m_mutex: the checkpoint handed over
+    bool m_handed_over = false;                  // guarded by m_mutex: HandedOver was reached
+    std::optional<Machine::PauseGuard> m_hold;   // guarded by m_mutex: Held and HandingOver's pause
+    uint64_t m_hold_seq = 0, m_hold_digest = 0;  // guarded by m_mutex
+    std::function<base::Result<proto::Link>()> m_dial;
     std::thread m_thread;
 };
 

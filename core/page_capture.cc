@@ -12,9 +12,10 @@ void PageCapture::reserve_ahead(uint64_t guest_bytes) {
         return;  // the next capture tries again, inside its pause
 }
 
-void PageCapture::capture(const GuestMemory& memory, const DirtyBitmap& dirty) {
+size_t PageCapture::capture(const GuestMemory& memory, const DirtyBitmap& dirty) {
     m_pages.clear();
     dirty.for_each([&](uint64_t page) { m_pages.push_back(page); });
+    size_t before = m_data.capacity();
     if (!m_data.ensure(m_pages.size() * k_page_size))
         std::abort();  // out of memory with the guest paused: fail-stop, the secondary takes over
     std::byte* out = m_data.data();
@@ -22,6 +23,7 @@ void PageCapture::capture(const GuestMemory& memory, const DirtyBitmap& dirty) {
         std::memcpy(out, memory.page(page), k_page_size);
         out += k_page_size;
     }
+    return m_data.capacity() - before;
 }
 
 std::span<const std::byte> PageCapture::bytes_of(uint64_t page) const {

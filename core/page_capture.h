@@ -20,7 +20,8 @@ public:
     // Copies every page set in `dirty` (global page indices) out of `memory`. The machine must be
     // paused: the copy is the checkpoint's view of memory. Growing the buffer here would fault
     // its pages in while the guest waits, so callers keep it ahead with reserve_ahead().
-    void capture(const GuestMemory& memory, const DirtyBitmap& dirty);
+    // Returns how many bytes the buffer had to grow by here (0 when it was big enough).
+    size_t capture(const GuestMemory& memory, const DirtyBitmap& dirty);
     // Outside the pause: makes the buffer (allocated and touched) twice the last capture, up to
     // the guest's size, so a rising dirty rate does not pay for page faults inside the next pause.
     void reserve_ahead(uint64_t guest_bytes);

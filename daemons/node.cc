@@ -374,6 +374,8 @@ int Node::run() {
                 std::lock_guard lock(m_mutex);
                 active = m_active.get();
             }
+            if (active && active->state() == core::ActiveEngine::State::Held)
+                active->release_hold();  // a diagnostic hold does not outlive the daemon
             if (active && active->state() == core::ActiveEngine::State::Protected) {
                 if (auto seq = active->handover(std::chrono::seconds(30)); seq) {
                     m_handed_over = true;

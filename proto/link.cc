@@ -588,6 +588,27 @@ base::Result<Link> Listener::accept(Deadline deadline) {
     }
 }
 
+base::Result<std::pair<Link, Link>> Link::pair(int buffer_bytes) {
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds) != 0)
+        return base::Error::from_errno("socketpair");
+    base::Fd ends[2] = {base::Fd(fds[0]), base::Fd(fds[1])};
+    std::unique_ptr<Shared> shared[2];
+    for (int i = 0; i < 2; ++i) {
+        if (buffer_bytes > 0) {
+            for (int option : {SO_SNDBUF, SO_RCVBUF})
+                if (::setsockopt(ends[i].get(), SOL_SOCKET, option, &buffer_bytes, sizeof buffer_bytes) != 0)
+                    return base::Error::from_errno("setsockopt SO_SNDBUF/SO_RCVBUF");
+        }
+        shared[i] = std::make_unique<Shared>();
+        shared[i]->fd = std::move(ends[i]);
+        shared[i]->wake = TRY(make_eventfd());
+        shared[i]->side = i == 0 ? LinkSide::Connecting : LinkSide::Accepting;
+        shared[i]->peer = i == 0 ? "pair:accepting" : "pair:connecting";
+    }
+    return std::pair<Link, Link>(Link(std::move(shared[0])), Link(std::move(shared[1])));
+}
+
 // ---- HeartbeatSender ----
 
 struct HeartbeatSender::Shared {

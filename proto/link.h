@@ -59,6 +59,10 @@ class Link {
 public:
     // Connects to "host:port" ("10.0.0.2:9400", "[fd00::2]:9400", "localhost:9400").
     static base::Result<Link> connect(std::string_view address, Deadline deadline);
+    // Two ends of one in-process connection (a Unix socket pair): the first connects, the second
+    // accepts. `buffer_bytes` above zero sets both ends' socket buffers (tests stall a link by
+    // filling them). For tests that run both sides of a pair in one process.
+    static base::Result<std::pair<Link, Link>> pair(int buffer_bytes = 0);
 
     Link(Link&&) noexcept;
     Link& operator=(Link&&) noexcept;
