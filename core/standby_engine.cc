@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #include "core/standby_engine.h"
 
+#include <array>
 #include <cstring>
 #include <variant>
 
@@ -31,7 +32,46 @@ std::string ms_text(Clock::duration d) {
 // `journalctl COLOD_EVENT=failover` alone tells the whole story.
 const base::LogField k_failover_tag{"EVENT", std::string(base::event_name(Event::Failover))};
 
+using State = StandbyEngine::State;
+
+// Every move the standby engine may make; docs/engines.md shows this table.
+constexpr std::array k_table{
+    Transition<State>{State::Listening, State::Syncing, "a primary connected"},
+    Transition<State>{State::Standby, State::Syncing, "a primary reconnected: a new sync"},
+    Transition<State>{State::Syncing, State::Standby, "a complete checkpoint was applied, or the session ended with one committed"},
+    Transition<State>{State::Syncing, State::Listening, "the session ended before a complete checkpoint"},
+    Transition<State>{State::Syncing, State::Active, "takeover: primary lost (fenced), handover or coloctl failover"},
+    Transition<State>{State::Standby, State::Active, "takeover: primary lost (fenced), handover or coloctl failover"},
+    Transition<State>{State::Syncing, State::Stopped, "the primary's guest powered off, or stop"},
+    Transition<State>{State::Standby, State::Stopped, "the primary's guest powered off, or stop"},
+    Transition<State>{State::Listening, State::Stopped, "stop"},
+    Transition<State>{State::Active, State::Stopped, "stop"},
+};
+
 }  // namespace
+
+std::string_view StandbyEngine::state_name(State state) {
+    switch (state) {
+    case State::Listening: return "listening";
+    case State::Syncing: return "syncing";
+    case State::Standby: return "standby";
+    case State::Active: return "active";
+    case State::Stopped: return "stopped";
+    }
+    return "?";
+}
+
+std::span<const Transition<State>> StandbyEngine::transitions() { return k_table; }
+
+// One session's decoding state, shared by its handlers.
+struct StandbyEngine::Context {
+    Session& session;
+    std::string peer;
+    proto::StateDecoder& decoder;
+    Staging& staging;
+    std::vector<std::string> devices;
+    bool first_complete = true;
+};
 
 // A complete checkpoint in the making: page runs copied out of the frames, zero runs, and the
 // machine state decoded so far. Nothing here touches the machine until apply().
@@ -82,7 +122,8 @@ StandbyEngine::StandbyEngine(GuestRuntime& guest, proto::Hello identity, Replica
       m_identity(std::move(identity)),
       m_config(std::move(config)),
       m_listener(std::move(listener)),
-      m_callbacks(std::move(callbacks)) {}
+      m_callbacks(std::move(callbacks)),
+      m_machine("standby", State::Listening, k_table, &StandbyEngine::state_name) {}
 
 StandbyEngine::~StandbyEngine() { stop(); }
 
@@ -91,33 +132,45 @@ void StandbyEngine::start() {
 }
 
 void StandbyEngine::stop() {
+    std::shared_ptr<Session> session;
     {
         std::lock_guard lock(m_mutex);
         if (m_stop && !m_accept_thread.joinable() && !m_session_thread.joinable())
             return;
         m_stop = true;
-        if (m_link)
-            m_link->shutdown();
+        session = m_session;
     }
+    if (session)  // outside m_mutex: a failing session calls back into the engine
+        session->fail(base::Error(base::Errc::Stopped, "the secondary stopped"));
     m_listener.shutdown();
     m_cv.notify_all();
     if (m_accept_thread.joinable())
         m_accept_thread.join();
     if (m_session_thread.joinable())
         m_session_thread.join();
+    std::lock_guard lock(m_mutex);
+    move(State::Stopped, "stop");
 }
 
-StandbyEngine::State StandbyEngine::state() const {
+State StandbyEngine::state() const {
     std::lock_guard lock(m_mutex);
-    return m_state;
+    return m_machine.state();
 }
+
+void StandbyEngine::observe_transitions(std::function<void(State, State)> observer) {
+    std::lock_guard lock(m_mutex);
+    m_machine.observe(std::move(observer));
+}
+
+bool StandbyEngine::move(State state, const std::string& why) { return m_machine.move(state, why); }
 
 void StandbyEngine::set_state(State state, const std::string& why) {
+    bool moved;
     {
         std::lock_guard lock(m_mutex);
-        m_state = state;
+        moved = move(state, why);
     }
-    if (m_callbacks.changed)
+    if (moved && m_callbacks.changed)
         m_callbacks.changed(why);
 }
 
@@ -154,7 +207,7 @@ void StandbyEngine::accept_loop() {
             std::lock_guard lock(m_mutex);
             if (m_stop)
                 return;
-            active = m_state == State::Active;
+            active = m_machine.state() == State::Active;
             busy = m_session_active;
             paired_with = m_peer;
         }
@@ -186,7 +239,7 @@ void StandbyEngine::accept_loop() {
             // can start while this session copies into the guest's RAM (receive_state).
             std::lock_guard takeover(m_takeover_mutex);
             std::lock_guard lock(m_mutex);
-            active = m_state == State::Active;
+            active = m_machine.state() == State::Active;
             if (!active) {
                 m_session_active = true;
                 m_peer = address;
@@ -198,177 +251,205 @@ void StandbyEngine::accept_loop() {
                       {{"PEER", address}, {"REASON", "this side took over"}});
             continue;  // the link closes: the primary reconnects and is refused in the handshake
         }
-        m_session_thread = std::thread([this, l = std::move(link), address]() mutable { session(std::move(l), address); });
+        Session::Options options;
+        options.heartbeat_interval = m_config.heartbeat_interval;
+        options.heartbeat_timeout = m_config.heartbeat_timeout;
+        options.committed_seq = [this] { return m_committed.load(); };
+        auto session = Session::start(std::move(link), std::move(options));
+        if (!session) {
+            base::logf(Level::Warning, Event::None, "cannot start a session with {}: {}", address,
+                       session.error().message());
+            std::lock_guard lock(m_mutex);
+            m_session_active = false;
+            continue;
+        }
+        m_session_thread = std::thread([this, s = std::move(session).value()]() mutable { run_session(std::move(s)); });
     }
 }
 
-void StandbyEngine::session(proto::Link link, std::string peer) {
+void StandbyEngine::run_session(std::shared_ptr<Session> session) {
+    const std::string peer = session->peer();
     {
         std::lock_guard lock(m_mutex);
-        m_link = &link;
+        m_session = session;
         m_peer_state = "connected";
     }
     base::log(Level::Notice, Event::PeerConnected, fmt::format("the primary at {} connected", peer), {{"PEER", peer}});
     set_state(State::Syncing, fmt::format("syncing from {}", peer));
 
-    std::string why;
-    bool shutdown = false;
-    bool handover = false;
-    bool refused = false;  // this side ended the session: bad data from a live primary
-    int exit_code = 0;
-    {
-        auto heartbeats = proto::HeartbeatSender::start(link, m_config.heartbeat_interval,
-                                                        [this] { return m_committed.load(); });
-        auto decoder = proto::StateDecoder::create(proto::StateShape::from_hello(m_identity));
-        if (!heartbeats || !decoder) {
-            why = !heartbeats ? heartbeats.error().message() : decoder.error().message();
-        } else {
-            Staging staging;
-            std::vector<std::string> devices;
-            for (const auto& device : m_guest.machine().devices())
-                devices.emplace_back(device->name());
-            bool first_complete = true;
-            // Bytes from a live sender that this side will not apply (a frame failing its checks,
-            // a malformed message, a state that does not decode): say why, tell the primary,
-            // keep the committed state. Never a reason to take over.
-            auto refuse = [&](const base::Error& error) {
-                why = error.message();
-                refused = true;
-                base::log(Level::Error, Event::CheckpointFailed,
-                          fmt::format("refused data from {}: {}; the committed state (checkpoint {}) is kept", peer,
-                                      why, m_committed.load()),
-                          {{"PEER", peer}, {"REASON", why}, {"SEQ", std::to_string(m_committed.load())}});
-                (void)link.send(proto::ErrorMessage{static_cast<uint16_t>(proto::reason_of(error)), why},
-                                proto::deadline_after(std::chrono::milliseconds(200)));
-            };
-            proto::Frame frame;
-            for (;;) {
-                auto received = link.receive_into_idle(frame, m_config.heartbeat_timeout);
-                if (!received) {
-                    const auto& error = received.error();
-                    if (error.code() == base::Errc::Timeout) {
-                        why = fmt::format("heartbeat timeout: nothing from the primary for {} ms",
-                                          m_config.heartbeat_timeout.count() / 1000);
-                    } else if (error.code() == base::Errc::Eof) {
-                        why = "the primary closed the connection";
-                    } else if (error.code() == base::Errc::Protocol || error.code() == base::Errc::Auth) {
-                        refuse(error);  // corrupted, replayed or forged: whoever sent it is alive
-                    } else {
-                        why = error.message();
-                    }
-                    break;
-                }
-                if (frame.header.type == proto::MessageType::VmstateSend) {
-                    auto handled = receive_state(link, *decoder, staging, frame.payload(), first_complete);
-                    if (!handled) {
-                        const auto code = handled.error().code();
-                        if (code == base::Errc::Eof || code == base::Errc::Timeout)
-                            why = handled.error().message();  // answering the primary failed: it may be gone
-                        else
-                            refuse(handled.error());
-                        break;
-                    }
-                    continue;
-                }
-                auto message = frame.message();
-                if (!message) {
-                    refuse(message.error());
-                    break;
-                }
-                if (std::holds_alternative<proto::Heartbeat>(*message))
-                    continue;
-                if (const auto* size = std::get_if<proto::VmstateSize>(&*message)) {
-                    if (auto begun = decoder->begin(*size); !begun) {
-                        refuse(begun.error());
-                        break;
-                    }
-                    staging.reset(size->kind, m_guest.machine().vcpu_count(), devices);
-                    continue;
-                }
-                if (const auto* request = std::get_if<proto::CheckpointRequest>(&*message)) {
-                    // COLO: stop the guest here first, so its run ends with the primary's.
-                    if (colo() && m_guest.running() && !m_colo_pause)
-                        m_colo_pause.emplace(m_guest.machine().pause());
-                    (void)link.send(proto::CheckpointReply{request->seq}, proto::deadline_after(std::chrono::seconds(2)));
-                    continue;
-                }
-                if (auto* input = std::get_if<proto::ConsoleInput>(&*message)) {
-                    if (colo()) {
-                        {
-                            std::lock_guard input_lock(m_input_mutex);
-                            m_input.push_back(std::move(*input));
-                        }
-                        feed_input();
-                    }
-                    continue;
-                }
-                if (const auto* planned = std::get_if<proto::Handover>(&*message)) {
-                    if (m_committed_valid && m_committed.load() == planned->seq) {
-                        handover = true;
-                        why = fmt::format("planned switchover: the primary stopped its guest at checkpoint {}",
-                                          planned->seq);
-                    } else {
-                        why = fmt::format("the primary handed over checkpoint {}, which this side does not hold",
-                                          planned->seq);
-                    }
-                    break;
-                }
-                if (const auto* off = std::get_if<proto::GuestShutdown>(&*message)) {
-                    shutdown = true;
-                    exit_code = off->exit_code;
-                    break;
-                }
-                if (const auto* error = std::get_if<proto::ErrorMessage>(&*message)) {
-                    why = fmt::format("the primary gave up: {}", error->reason);
-                    break;
-                }
-                why = fmt::format("unexpected {} from the primary",
-                                  proto::message_type_name(proto::message_type(*message)));
-                break;
-            }
-        }
-    }  // heartbeats stop before the link goes
+    End end{End::Kind::Lost, {}};
+    if (auto decoder = proto::StateDecoder::create(proto::StateShape::from_hello(m_identity)); !decoder) {
+        end.why = decoder.error().message();
+    } else {
+        Staging staging;
+        Context context{*session, peer, decoder.value(), staging, {}};
+        for (const auto& device : m_guest.machine().devices())
+            context.devices.emplace_back(device->name());
+        end = receive_loop(context);
+    }
     auto detected = Clock::now();
-    link.shutdown();
+    bool stopping;
     {
         std::lock_guard lock(m_mutex);
-        m_link = nullptr;
+        m_session.reset();
         m_session_active = false;
         m_peer_state = "lost";
-        if (m_stop)
-            return;
+        stopping = m_stop;
     }
-    if (shutdown) {
+    session->close();  // heartbeats stop, the link goes
+    if (!stopping)
+        session_ended(end, peer, detected);
+}
+
+StandbyEngine::End StandbyEngine::receive_loop(Context& context) {
+    proto::Frame frame;
+    for (;;) {
+        if (auto received = context.session.receive(frame); !received) {
+            const auto& error = received.error();
+            // Corrupted, replayed or forged bytes: whoever sent them is alive.
+            if (error.code() == base::Errc::Protocol || error.code() == base::Errc::Auth)
+                return refused(context, error);
+            if (error.code() == base::Errc::Timeout)
+                return End{End::Kind::Lost, fmt::format("heartbeat timeout: nothing from the primary for {} ms",
+                                                        m_config.heartbeat_timeout.count() / 1000)};
+            if (error.code() == base::Errc::Eof)
+                return End{End::Kind::Lost, "the primary closed the connection"};
+            return End{End::Kind::Lost, error.message()};
+        }
+        Step step;
+        if (frame.header.type == proto::MessageType::VmstateSend) {
+            step = on_state(context, frame.payload());
+        } else if (auto message = frame.message(); !message) {
+            step = refused(context, message.error());
+        } else if (const auto* size = std::get_if<proto::VmstateSize>(&*message)) {
+            step = on_size(context, *size);
+        } else if (const auto* request = std::get_if<proto::CheckpointRequest>(&*message)) {
+            step = on_checkpoint_request(context, *request);
+        } else if (auto* input = std::get_if<proto::ConsoleInput>(&*message)) {
+            step = on_console_input(context, *input);
+        } else if (const auto* planned = std::get_if<proto::Handover>(&*message)) {
+            step = on_handover(context, *planned);
+        } else if (const auto* off = std::get_if<proto::GuestShutdown>(&*message)) {
+            step = on_guest_shutdown(context, *off);
+        } else if (const auto* error = std::get_if<proto::ErrorMessage>(&*message)) {
+            step = on_peer_error(context, *error);
+        } else {
+            step = End{End::Kind::Lost, fmt::format("unexpected {} from the primary",
+                                                    proto::message_type_name(proto::message_type(*message)))};
+        }
+        if (step)
+            return std::move(*step);
+    }
+}
+
+StandbyEngine::End StandbyEngine::refused(Context& context, const base::Error& error) {
+    std::string why = error.message();
+    base::log(Level::Error, Event::CheckpointFailed,
+              fmt::format("refused data from {}: {}; the committed state (checkpoint {}) is kept", context.peer, why,
+                          m_committed.load()),
+              {{"PEER", context.peer}, {"REASON", why}, {"SEQ", std::to_string(m_committed.load())}});
+    if (context.session.post(proto::ErrorMessage{static_cast<uint16_t>(proto::reason_of(error)), why}))
+        (void)context.session.flush(proto::deadline_after(std::chrono::milliseconds(200)));
+    return End{End::Kind::Refused, why};
+}
+
+StandbyEngine::Step StandbyEngine::on_state(Context& context, std::span<const std::byte> payload) {
+    auto handled = receive_state(context, payload);
+    if (handled)
+        return std::nullopt;
+    const auto code = handled.error().code();
+    if (code == base::Errc::Eof || code == base::Errc::Timeout || code == base::Errc::Stopped)
+        return End{End::Kind::Lost, handled.error().message()};  // the session failed: the primary may be gone
+    return refused(context, handled.error());
+}
+
+StandbyEngine::Step StandbyEngine::on_size(Context& context, const proto::VmstateSize& size) {
+    if (auto begun = context.decoder.begin(size); !begun)
+        return refused(context, begun.error());
+    context.staging.reset(size.kind, m_guest.machine().vcpu_count(), context.devices);
+    return std::nullopt;
+}
+
+StandbyEngine::Step StandbyEngine::on_checkpoint_request(Context& context, const proto::CheckpointRequest& request) {
+    // COLO: stop the guest here first, so its run ends with the primary's.
+    if (colo() && m_guest.running() && !m_colo_pause)
+        m_colo_pause.emplace(m_guest.machine().pause());
+    context.session.post(proto::CheckpointReply{request.seq});
+    return std::nullopt;
+}
+
+StandbyEngine::Step StandbyEngine::on_console_input(Context&, proto::ConsoleInput& input) {
+    if (colo()) {
+        {
+            std::lock_guard input_lock(m_input_mutex);
+            m_input.push_back(std::move(input));
+        }
+        feed_input();
+    }
+    return std::nullopt;
+}
+
+StandbyEngine::Step StandbyEngine::on_handover(Context&, const proto::Handover& handover) {
+    bool held;
+    {
+        std::lock_guard takeover(m_takeover_mutex);
+        held = m_committed_valid && m_committed.load() == handover.seq;
+    }
+    if (held)
+        return End{End::Kind::Handover,
+                   fmt::format("planned switchover: the primary stopped its guest at checkpoint {}", handover.seq)};
+    return End{End::Kind::Lost,
+               fmt::format("the primary handed over checkpoint {}, which this side does not hold", handover.seq)};
+}
+
+StandbyEngine::Step StandbyEngine::on_guest_shutdown(Context&, const proto::GuestShutdown& shutdown) {
+    return End{End::Kind::Shutdown, {}, shutdown.exit_code};
+}
+
+StandbyEngine::Step StandbyEngine::on_peer_error(Context&, const proto::ErrorMessage& error) {
+    return End{End::Kind::Lost, fmt::format("the primary gave up: {}", error.reason)};
+}
+
+void StandbyEngine::session_ended(const End& end, const std::string& peer, Clock::time_point detected) {
+    switch (end.kind) {
+    case End::Kind::Shutdown:
         base::log(Level::Notice, Event::GuestShutdown,
-                  fmt::format("the primary's guest powered off (code {}): stopping without a takeover", exit_code),
-                  {{"PEER", peer}, {"REASON", fmt::format("exit code {}", exit_code)}});
+                  fmt::format("the primary's guest powered off (code {}): stopping without a takeover", end.exit_code),
+                  {{"PEER", peer}, {"REASON", fmt::format("exit code {}", end.exit_code)}});
         set_state(State::Stopped, "the guest powered off");
         if (m_callbacks.guest_shutdown)
-            m_callbacks.guest_shutdown(exit_code);
+            m_callbacks.guest_shutdown(end.exit_code);
         return;
-    }
-    if (handover) {
-        take_over(why, detected, Fencing::Skip);  // the primary's guest is stopped for good
+    case End::Kind::Handover:
+        take_over(end.why, detected, Fencing::Skip);  // the primary's guest is stopped for good
         return;
-    }
-    if (refused) {
+    case End::Kind::Refused: {
         // The primary is alive (it just sent something): it reconnects and copies the guest
         // again. Taking over would make a second guest.
         base::log(Level::Warning, Event::PeerLost,
                   fmt::format("closed the link to {} after refusing its data ({}); keeping checkpoint {} and "
                               "waiting for the primary to reconnect",
-                              peer, why, m_committed.load()),
-                  {{"PEER", peer}, {"REASON", why}, {"SEQ", std::to_string(m_committed.load())}});
+                              peer, end.why, m_committed.load()),
+                  {{"PEER", peer}, {"REASON", end.why}, {"SEQ", std::to_string(m_committed.load())}});
         if (colo())
             m_colo_pause.reset();
-        set_state(m_committed_valid ? State::Standby : State::Listening, "waiting for the primary to reconnect");
+        bool committed;
+        {
+            std::lock_guard takeover(m_takeover_mutex);
+            committed = m_committed_valid;
+        }
+        set_state(committed ? State::Standby : State::Listening, "waiting for the primary to reconnect");
         return;
     }
-    primary_lost(why, detected);
+    case End::Kind::Lost:
+        primary_lost(end.why, detected);
+        return;
+    }
 }
 
-base::Result<void> StandbyEngine::receive_state(proto::Link& link, proto::StateDecoder& decoder, Staging& staging,
-                                                std::span<const std::byte> payload, bool& first_complete) {
+base::Result<void> StandbyEngine::receive_state(Context& context, std::span<const std::byte> payload) {
+    proto::StateDecoder& decoder = context.decoder;
+    Staging& staging = context.staging;
     fault_point("secondary.frame");
     auto decoded = TRY(decoder.feed(payload));
     m_bytes_received += payload.size();
@@ -407,14 +488,14 @@ base::Result<void> StandbyEngine::receive_state(proto::Link& link, proto::StateD
 
     uint64_t seq = decoded.end->seq;
     fault_point("secondary.staged");
-    TRY(link.send(proto::VmstateReceived{seq}, proto::deadline_after(std::chrono::seconds(2))));
+    context.session.post(proto::VmstateReceived{seq});
     fault_point("secondary.received");
-    TRY(apply(staging, seq));
+    TRY(apply(context.staging, seq));
     fault_point("secondary.applied");
-    TRY(link.send(proto::VmstateLoaded{seq}, proto::deadline_after(std::chrono::seconds(2))));
-    if (first_complete) {
-        first_complete = false;
-        TRY(link.send(proto::CheckpointReady{seq}, proto::deadline_after(std::chrono::seconds(2))));
+    context.session.post(proto::VmstateLoaded{seq});
+    if (context.first_complete) {
+        context.first_complete = false;
+        context.session.post(proto::CheckpointReady{seq});
         base::log(Level::Notice, Event::Synced, fmt::format("synced: holding checkpoint {}; ready to take over", seq),
                   {{"SEQ", std::to_string(seq)}});
         set_state(State::Standby, fmt::format("standby: checkpoint {}", seq));
@@ -535,18 +616,28 @@ void StandbyEngine::feed_input() {
 }
 
 void StandbyEngine::send_output(std::span<const std::byte> bytes) {
-    std::lock_guard lock(m_mutex);
-    if (!m_link)
+    std::shared_ptr<Session> session;
+    {
+        std::lock_guard lock(m_mutex);
+        session = m_session;
+    }
+    if (!session)
         return;
+    // A vCPU thread: queue, never wait on the link.
     for (size_t at = 0; at < bytes.size(); at += proto::kMaxConsoleBytes) {
         size_t n = std::min(bytes.size() - at, proto::kMaxConsoleBytes);
-        (void)m_link->send(proto::ConsoleOutput{m_epoch.load(), std::string(reinterpret_cast<const char*>(bytes.data()) + at, n)},
-                           proto::deadline_after(std::chrono::seconds(1)));
+        (void)session->post(
+            proto::ConsoleOutput{m_epoch.load(), std::string(reinterpret_cast<const char*>(bytes.data()) + at, n)});
     }
 }
 
 void StandbyEngine::primary_lost(const std::string& why, Clock::time_point detected) {
-    if (!m_committed_valid) {
+    bool committed;
+    {
+        std::lock_guard takeover(m_takeover_mutex);
+        committed = m_committed_valid;
+    }
+    if (!committed) {
         base::log(Level::Warning, Event::PeerLost,
                   fmt::format("the primary was lost before a complete checkpoint arrived ({}): nothing to take over "
                               "from; waiting for a primary",
@@ -649,7 +740,7 @@ base::Result<uint64_t> StandbyEngine::failover_now() {
     std::lock_guard takeover(m_takeover_mutex);
     {
         std::lock_guard lock(m_mutex);
-        if (m_state == State::Active)
+        if (m_machine.state() == State::Active)
             return base::Error(base::Errc::Invalid, "this side already runs the guest");
         if (m_session_active)
             return base::Error(base::Errc::Invalid,
@@ -671,7 +762,7 @@ std::pair<uint64_t, uint64_t> StandbyEngine::digest() {
 
 void StandbyEngine::fill_status(Status& status) const {
     std::lock_guard lock(m_mutex);
-    switch (m_state) {
+    switch (m_machine.state()) {
     case State::Listening:
     case State::Standby: status.state = "standby"; break;
     case State::Syncing: status.state = "syncing"; break;

@@ -3,16 +3,21 @@
 // the primary's live copy and checkpoints, applies each complete checkpoint atomically to its
 // paused machine, and takes over when the primary is lost.
 //
-//   listening --handshake--> syncing --first complete checkpoint--> standby (can take over)
-//       ^                       |                                        |
-//       |                       | link lost: nothing to take over from   | link lost: fence, take over
-//       +-----------------------+                                        v
-//                                                                      active (the guest runs here;
-//                                                                      the listener refuses everyone)
+// Its states and transitions are the table k_standby_transitions (in the .cc, and in
+// docs/engines.md); any other move is refused and logged:
+//
+//   listening --primary connected--> syncing --first complete checkpoint--> standby
+//       ^                              |  ^                                   |
+//       +--lost, nothing committed-----+  +-----primary reconnected-----------+
+//   syncing/standby --primary lost (fenced), handover, coloctl failover--> active
 //
 // Only a complete, checksummed, in-sequence checkpoint is applied: its pages are staged while
 // frames arrive and copied into guest RAM (with the device state loaded) only after END
 // validated. A link failure mid-transfer discards the staging buffer; the committed state stays.
+//
+// Threads: the accept thread; one session thread per connected primary, which reads frames and
+// hands each message kind to its handler; the session's sender (every reply is queued, never
+// sent under a state mutex); vCPU threads in COLO mode (their output is queued too).
 #pragma once
 
 #include <atomic>
@@ -23,6 +28,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,6 +38,8 @@
 #include "core/machine.h"
 #include "core/page_buffer.h"
 #include "core/replication.h"
+#include "core/session.h"
+#include "core/state_machine.h"
 #include "core/status.h"
 #include "proto/link.h"
 #include "proto/state.h"
@@ -42,7 +50,15 @@ class GuestRuntime;
 
 class StandbyEngine {
 public:
-    enum class State { Listening, Syncing, Standby, Active, Stopped };
+    enum class State {
+        Listening,  // no primary, nothing committed here
+        Syncing,    // a primary is copying the guest here
+        Standby,    // a committed checkpoint is held: this side can take over
+        Active,     // this side took over: the guest runs here
+        Stopped,    // stop(), or the primary's guest powered off
+    };
+    static std::string_view state_name(State state);
+    static std::span<const Transition<State>> transitions();
 
     struct Callbacks {
         // Makes the guest run here: open the console, start the vCPUs, protect it. Called on the
@@ -75,22 +91,43 @@ public:
     State state() const;
     uint64_t committed() const { return m_committed.load(); }
     void fill_status(Status& status) const;
+    // Tests: sees every transition the engine takes.
+    void observe_transitions(std::function<void(State, State)> observer);
 
 private:
     struct Staging;
+    struct Context;  // one session's decoding state
+    // How a session ends, as its handlers decide.
+    struct End {
+        enum class Kind { Lost, Refused, Shutdown, Handover } kind;
+        std::string why;
+        int exit_code = 0;
+    };
+    using Step = std::optional<End>;  // empty: the session goes on
 
     void accept_loop();
     void refuse(proto::Link link, const std::string& why);
-    void session(proto::Link link, std::string peer);
-    // Handles one VMSTATE_SEND payload; returns true when it completed a checkpoint.
-    base::Result<void> receive_state(proto::Link& link, proto::StateDecoder& decoder, Staging& staging,
-                                     std::span<const std::byte> payload, bool& first_complete);
+    void run_session(std::shared_ptr<Session> session);
+    End receive_loop(Context& context);
+    void session_ended(const End& end, const std::string& peer, std::chrono::steady_clock::time_point detected);
+    // One handler per message kind.
+    Step on_state(Context& context, std::span<const std::byte> payload);
+    Step on_size(Context& context, const proto::VmstateSize& size);
+    Step on_checkpoint_request(Context& context, const proto::CheckpointRequest& request);
+    Step on_console_input(Context& context, proto::ConsoleInput& input);
+    Step on_handover(Context& context, const proto::Handover& handover);
+    Step on_guest_shutdown(Context& context, const proto::GuestShutdown& shutdown);
+    Step on_peer_error(Context& context, const proto::ErrorMessage& error);
+    // Bytes from a live sender that this side will not apply: tell it why; never a takeover.
+    End refused(Context& context, const base::Error& error);
+    base::Result<void> receive_state(Context& context, std::span<const std::byte> payload);
     base::Result<void> apply(Staging& staging, uint64_t seq);
     // The primary is gone (why): fence and take over if a committed checkpoint exists.
     void primary_lost(const std::string& why, std::chrono::steady_clock::time_point detected);
     enum class Fencing { Run, Skip };
     bool take_over(const std::string& why, std::chrono::steady_clock::time_point detected, Fencing fencing);
     bool take_over_locked(const std::string& why, std::chrono::steady_clock::time_point detected, Fencing fencing);
+    bool move(State state, const std::string& why);  // under m_mutex
     void set_state(State state, const std::string& why);
     bool colo() const { return m_config.mode == ReplicationMode::Colo; }
     // COLO: the guest runs here between checkpoints, fed the primary's input.
@@ -106,12 +143,12 @@ private:
 
     mutable std::mutex m_mutex;
     std::condition_variable m_cv;
-    State m_state = State::Listening;
+    StateMachine<State> m_machine;  // guarded by m_mutex
     std::string m_peer;                 // the connected primary, if any
     std::string m_peer_state = "none";
     bool m_stop = false;
     bool m_session_active = false;
-    proto::Link* m_link = nullptr;      // the live session's link, for stop()
+    std::shared_ptr<Session> m_session;  // guarded by m_mutex: the live session
     // Guest RAM and devices hold checkpoint m_committed. Written under m_takeover_mutex (by the
     // session thread), read there by any other thread: a takeover decides on it under that lock.
     bool m_committed_valid = false;
