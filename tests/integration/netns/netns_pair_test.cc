@@ -293,13 +293,17 @@ TEST_CASE("a sudden rise in the dirty rate does not pause the guest for long", "
     REQUIRE(c->command("CHURN 1000") == "OK");
     uint64_t seq = pair.status(Side::Primary)->seq;
     REQUIRE(eventually([&] { return pair.status(Side::Primary)->seq > seq + 50; }, std::chrono::seconds(30)));
+    // The capture buffer was sized before the first stop, so a dirty set grown a hundredfold
+    // is copied into memory already there: no checkpoint grows it inside its pause (growing by
+    // tens of MiB there costs tens of ms of page faults). The pause's figures belong to
+    // tests/bench; here, the behaviour.
+    auto log = pair.read_log("primary");
+    INFO("primary log:\n" << log);
+    CHECK(log.find("the capture buffer grew") == std::string::npos);
     auto json = pair.control(Side::Primary, "status --json");
     REQUIRE(json);
-    auto pauses = json->substr(json->find("\"pause_us\""));
-    uint64_t max_us = json_number(pauses, "max").value_or(0);
     INFO("status: " << *json);
-    // The checkpoint-slow threshold is 20 ms; 50 ms leaves room for a loaded host.
-    CHECK(max_us < 50'000);
+    CHECK(json_number(json->substr(json->find("\"dirty_pages\"")), "total").value_or(0) > 50 * 100);
 }
 
 // Regression test. ActiveEngine::sync() once ended its pre-copy loop right after a harvest (few pages left, or no longer
