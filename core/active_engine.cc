@@ -86,7 +86,7 @@ ActiveEngine::ActiveEngine(GuestRuntime& guest, proto::Hello identity, Replicati
                        }
                        force_checkpoint();
                    }),
-      m_pipeline(guest.machine(), m_config.checkpoint_interval),
+      m_pipeline(guest.machine(), m_config.checkpoint_interval, m_config.ack_timeout),
       m_machine("active", State::Unprotected, k_table, &ActiveEngine::state_name) {}
 
 ActiveEngine::~ActiveEngine() { stop(); }
@@ -431,7 +431,7 @@ base::Result<void> ActiveEngine::protect(Session& session) {
         if (colo()) {
             // The secondary's guest stops first, so its run and its dirty log end here too.
             session.post(proto::CheckpointRequest{seq});
-            TRY(session.await<proto::CheckpointReply>(seq, Clock::now() + k_ack_timeout));
+            TRY(session.await<proto::CheckpointReply>(seq, Clock::now() + m_config.ack_timeout));
         }
         if (auto taken = checkpoint(session, seq, proto::StateKind::Complete); !taken) {
             bool link_fault = session.failed();
@@ -495,7 +495,7 @@ base::Result<void> ActiveEngine::sync(Session& session) {
     // The one short stop: what is still dirty, plus all device state, as a complete checkpoint.
     uint64_t seq = m_next_seq++;
     TRY(checkpoint(session, seq, proto::StateKind::Complete));
-    TRY(session.await<proto::CheckpointReady>(seq, Clock::now() + k_ack_timeout));
+    TRY(session.await<proto::CheckpointReady>(seq, Clock::now() + m_config.ack_timeout));
     base::log(Level::Notice, Event::Synced,
               fmt::format("initial copy complete: {} pages in {} pre-copy rounds, {:.0f} ms, final stop {} us",
                           memory.page_count(), rounds,

@@ -32,8 +32,9 @@ uint64_t us_of(Clock::duration d) {
 
 }  // namespace
 
-CheckpointPipeline::CheckpointPipeline(Machine& machine, std::chrono::microseconds interval)
-    : m_machine(machine), m_interval(interval), m_dirty(machine.memory().page_count()) {}
+CheckpointPipeline::CheckpointPipeline(Machine& machine, std::chrono::microseconds interval,
+                                       std::chrono::milliseconds ack_timeout)
+    : m_machine(machine), m_interval(interval), m_ack_timeout(ack_timeout), m_dirty(machine.memory().page_count()) {}
 
 base::Result<void> CheckpointPipeline::restart_dirty_log() {
     m_dirty.clear();
@@ -132,9 +133,9 @@ base::Result<void> CheckpointPipeline::run(Session& session, uint64_t seq, proto
     fault_point("primary.sent");
 
     // ---- acks ----
-    TRY(session.await<proto::VmstateReceived>(seq, Clock::now() + k_ack_timeout));
+    TRY(session.await<proto::VmstateReceived>(seq, Clock::now() + m_ack_timeout));
     fault_point("primary.received");
-    TRY(session.await<proto::VmstateLoaded>(seq, Clock::now() + k_ack_timeout));
+    TRY(session.await<proto::VmstateLoaded>(seq, Clock::now() + m_ack_timeout));
     fault_point("primary.loaded");
 
     // ---- release ----

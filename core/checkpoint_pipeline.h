@@ -44,7 +44,8 @@ public:
         std::function<void(uint64_t seq)> devices_saved;
     };
 
-    CheckpointPipeline(Machine& machine, std::chrono::microseconds interval);
+    CheckpointPipeline(Machine& machine, std::chrono::microseconds interval,
+                       std::chrono::milliseconds ack_timeout = std::chrono::seconds(30));
 
     // Starts a session's dirty log afresh: the copy that follows covers what came before.
     base::Result<void> restart_dirty_log();
@@ -71,6 +72,7 @@ public:
 private:
     Machine& m_machine;
     std::chrono::microseconds m_interval;
+    std::chrono::milliseconds m_ack_timeout;
     PageCapture m_capture;
     PageBuffer m_precopy_copy;  // pre-copy pages, copied out of the running guest (8 MiB)
     DirtyBitmap m_dirty;
@@ -81,8 +83,5 @@ private:
     std::atomic<uint64_t> m_bytes_sent{0};
     std::chrono::steady_clock::time_point m_last_slow_log{};
 };
-
-// A stuck but heartbeating peer must not stall the guest's output for ever.
-inline constexpr std::chrono::seconds k_ack_timeout{30};
 
 }  // namespace colod::core

@@ -29,6 +29,9 @@ struct ReplicationConfig {
     uint64_t max_held_output = 1 << 20;
     std::string fence_command;
     std::chrono::milliseconds fence_timeout{60'000};
+    // How long the active side waits for each answer to a checkpoint (a stuck but heartbeating
+    // peer must not hold the guest's output for ever). Not a config key.
+    std::chrono::milliseconds ack_timeout{30'000};
 };
 
 // Frames of a checkpoint are at most this big, so that a heartbeat never waits long behind
