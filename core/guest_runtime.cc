@@ -32,6 +32,7 @@ base::Result<void> GuestRuntime::open_console() {
     m_console = TRY(ConsoleServer::create(m_options.console, m_input));
     ConsoleServer* console = m_console.get();
     m_machine->uart().set_space_callback([console] { console->input_space_available(); });
+    m_console_view.store(console, std::memory_order_release);  // other threads see it from now on
     return base::ok();
 }
 
@@ -62,8 +63,8 @@ StopInfo GuestRuntime::wait() {
     m_watchdog_wake.notify_all();
     if (m_watchdog.joinable())
         m_watchdog.join();
-    if (m_console)
-        m_console->stop();
+    if (ConsoleServer* console = this->console())
+        console->stop();
     return info;
 }
 
@@ -85,8 +86,8 @@ size_t GuestRuntime::Input::push_input(std::span<const std::byte> bytes) {
 }
 
 void GuestRuntime::release_output(std::span<const std::byte> bytes) {
-    if (m_console)
-        m_console->broadcast(bytes);
+    if (ConsoleServer* console = this->console())
+        console->broadcast(bytes);
 }
 
 void GuestRuntime::on_output(std::span<const std::byte> bytes) {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -58,7 +59,8 @@ public:
     void release_output(std::span<const std::byte> bytes);
 
     Machine& machine() { return *m_machine; }
-    ConsoleServer* console() { return m_console.get(); }
+    // The console once opened (any thread; open_console() may run on another).
+    ConsoleServer* console() { return m_console_view.load(std::memory_order_acquire); }
 
 private:
     GuestRuntime(const RuntimeOptions& options, std::unique_ptr<Machine> machine);
@@ -67,7 +69,8 @@ private:
 
     RuntimeOptions m_options;
     std::unique_ptr<Machine> m_machine;
-    std::unique_ptr<ConsoleServer> m_console;
+    std::unique_ptr<ConsoleServer> m_console;  // written once, by open_console()
+    std::atomic<ConsoleServer*> m_console_view{nullptr};
 
     std::mutex m_sink_mutex;
     OutputSink m_sink;  // empty: straight to the console

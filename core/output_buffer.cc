@@ -84,8 +84,9 @@ void OutputBuffer::hold() {
 }
 
 uint64_t OutputBuffer::held_bytes() const {
-    std::lock_guard lock(m_mutex);
-    return m_held;
+    // Without the lock: the UART asks from a vCPU thread while it holds its own lock, and the
+    // release path takes this one before the console's (which feeds the UART).
+    return m_held.load(std::memory_order_relaxed);
 }
 
 bool OutputBuffer::holding() const {

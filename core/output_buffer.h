@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -59,7 +60,7 @@ private:
     bool m_holding = false;
     std::deque<Epoch> m_sealed;
     std::vector<std::byte> m_open;
-    uint64_t m_held = 0;
+    std::atomic<uint64_t> m_held{0};  // written under m_mutex, read anywhere
     bool m_limit_signalled = false;
 };
 

@@ -159,8 +159,9 @@ void OutputComparator::start(uint64_t epoch) {
 }
 
 uint64_t OutputComparator::held_bytes() const {
-    std::lock_guard lock(m_mutex);
-    return m_held;
+    // Without the lock: the UART asks from a vCPU thread while it holds its own lock, and the
+    // release path takes this one before the console's (which feeds the UART).
+    return m_held.load(std::memory_order_relaxed);
 }
 
 }  // namespace colod::core

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -74,7 +75,7 @@ private:
     bool m_diverged = false;       // the open epoch mismatched: hold until a checkpoint
     bool m_verdict_pending = false;
     std::deque<Sealed> m_sealed;
-    uint64_t m_held = 0;
+    std::atomic<uint64_t> m_held{0};  // written under m_mutex, read anywhere
     PauseStats m_latency;
 };
 

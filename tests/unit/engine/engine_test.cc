@@ -263,7 +263,7 @@ TEST_CASE("active: a peer that already runs the guest is never synced", "[engine
     CHECK(side.engine->state() == ActiveState::Unprotected);
     side.engine->stop();
     CHECK(side.log.took(ActiveState::Unprotected, ActiveState::Stopped));
-    CHECK(side.peer.complete == 0);
+    CHECK(side.peer.wait([](auto& p) { return p.complete == 0; }));
 }
 
 TEST_CASE("active: a hold keeps the guest paused at a committed checkpoint until released", "[engine]") {
@@ -314,7 +314,7 @@ TEST_CASE("active: a handover stops the guest at its final checkpoint and hands 
     CHECK(side.engine->handed_over());
     CHECK(side.log.took(ActiveState::HandingOver, ActiveState::HandedOver));
     CHECK(side.log.took(ActiveState::HandedOver, ActiveState::Stopped));
-    CHECK(side.peer.handovers == 1);
+    CHECK(side.peer.wait([](auto& p) { return p.handovers == 1; }));
     CHECK(side.status().seq == *seq);
 }
 
@@ -367,14 +367,15 @@ TEST_CASE("active: a stalled forward link in COLO mode does not stretch the chec
             while (!done && typist.send(lines)) {
             }
         });
+        // Checkpoints while the input fills more than the link's buffers.
         uint64_t first = 0;
+        REQUIRE(side.peer.wait([&](auto& p) { return p.input.size() > size_t(32 << 10); }, 120s));
         REQUIRE(side.peer.wait([&](auto& p) { return (first = p.requests) >= 1; }));
         bool enough = side.peer.wait([&](auto& p) { return p.requests >= first + 8; }, 120s);
         done = true;
         side.engine->stop();
         typing.join();
         REQUIRE(enough);
-        CHECK(side.peer.input.size() > size_t(16 << 10));  // input really was forwarded past the buffers
         return side.status().pause_us;
     };
     auto baseline = run(0ms);
