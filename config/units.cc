@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #include "config/units.h"
 
+#include <fmt/format.h>
+
 #include <array>
 #include <cctype>
 #include <limits>
@@ -205,7 +207,8 @@ std::string format_duration(std::chrono::microseconds duration) {
         // Only differences of timestamps are negative; -(min) does not fit, so go through
         // the unsigned magnitude.
         const auto magnitude = static_cast<uint64_t>(-(count + 1)) + 1;
-        return "-" + format_with(magnitude, k_duration_units, "m");
+        // (fmt rather than "-" + string: GCC 12 at -O3 warns falsely about that concatenation)
+        return fmt::format("-{}", format_with(magnitude, k_duration_units, "m"));
     }
     return format_with(static_cast<uint64_t>(count), k_duration_units, "m");
 }

@@ -9,8 +9,9 @@
 #      (the loopback pair test's and the colo test's [realkvm] cases) (COLOD_HOSTKVM=0 skips this
 #      step; COLOD_HOSTKVM_LABELS, a ctest label regex, changes the set);
 #   4. builds the proto and config unit tests and the fuzz corpus replays again with
-#      sanitizers (COLOD_SANITIZERS, default "address,undefined"; "thread" for ThreadSanitizer;
-#      empty to skip) and runs them.
+#      sanitizers (COLOD_SANITIZERS, default "address,undefined"; empty to skip) and runs them;
+#      with "thread" (ThreadSanitizer) it builds and runs the engine tests and the loopback pair
+#      test (with its daemons) instead.
 # Step 2 runs guests on KVM when /dev/kvm can be opened, else on colod's software backend; every
 # test binary says which on its first line. Step 2 includes the benchmarks in a short mode
 # (label bench): figures printed, no thresholds.
@@ -48,20 +49,33 @@ fi
 
 sanitizers=${COLOD_SANITIZERS-address,undefined}
 if [ -n "$sanitizers" ]; then
-  # The code that reads untrusted bytes (frames, messages, state, snapshots, configs) again with
-  # sanitizers: its unit tests and the fuzz corpus replays (-O1 keeps this build short).
   sbuild=${SANITIZE_BUILD_DIR:-$top/build-sanitize}
-  echo "tests: proto and config unit tests and the fuzz corpus again with -fsanitize=$sanitizers"
+  case $sanitizers in
+    *thread*)
+      # The threads of the engines and daemons: the engine tests and the loopback pair test.
+      echo "tests: engine tests and the loopback pair test again with -fsanitize=$sanitizers"
+      filter="/tests/(unit/engine|integration/pair)$"
+      targets="engine_test pair_test colod-primary colod-secondary coloctl"
+      tests='^(engine_test|pair_test)$'
+      ;;
+    *)
+      # The code that reads untrusted bytes (frames, messages, state, snapshots, configs) again
+      # with sanitizers: its unit tests and the fuzz corpus replays.
+      echo "tests: proto and config unit tests and the fuzz corpus again with -fsanitize=$sanitizers"
+      filter="/tests/(unit/(proto|config)|fuzz)$"
+      targets="config_test proto_codec_test proto_state_test proto_auth_test proto_link_test"
+      for f in frame messages state snapshot; do targets="$targets proto_fuzz_${f}_replay"; done
+      tests='^(config_test|proto_(codec|state|auth|link)_test|proto_fuzz_.*)$'
+      ;;
+  esac
+  # -O1 keeps this build short.
   cmake -S "$top" -B "$sbuild" -G Ninja -DCMAKE_BUILD_TYPE=None -DCMAKE_CXX_FLAGS=-O1 -DCOLOD_WERROR=ON -DCOLOD_TESTS=ON \
-        "-DCOLOD_SANITIZE=$sanitizers" "-DCOLOD_TEST_FILTER=/tests/(unit/(proto|config)|fuzz)$" >/dev/null
-  targets="config_test proto_codec_test proto_state_test proto_auth_test proto_link_test"
-  for f in frame messages state snapshot; do targets="$targets proto_fuzz_${f}_replay"; done
+        -DCOLOD_FAULT_POINTS=ON "-DCOLOD_SANITIZE=$sanitizers" "-DCOLOD_TEST_FILTER=$filter" >/dev/null
   # shellcheck disable=SC2086 # one word per target
   ninja -C "$sbuild" -j"${JOBS:-$(nproc)}" $targets
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
   export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
-  (cd "$sbuild" && ctest --output-on-failure --timeout 900 -j"${TEST_JOBS:-1}" \
-     -R '^(config_test|proto_(codec|state|auth|link)_test|proto_fuzz_.*)$')
+  (cd "$sbuild" && ctest --output-on-failure --timeout 900 -j"${TEST_JOBS:-1}" -R "$tests")
 fi
 echo "tests: all passed"
