@@ -6,6 +6,7 @@
 
 #include "core/elf_loader.h"
 #include "core/guest_memory.h"
+#include "core/platform.h"
 #include "guests/abi.h"
 
 namespace colod::core {
@@ -65,7 +66,7 @@ base::Result<BootState> setup_direct_boot(GuestMemory& memory, const ElfImage& i
     TRY(write_guest(memory, k_gdt, k_gdt_entries, std::size(k_gdt_entries)));
 
     // Identity map from 0 to max(RAM end, 4 GiB) with 2 MiB pages; the MMIO hole uncached.
-    uint64_t top = COLOD_MMIO_HOLE_END;
+    uint64_t top = platform::k_mmio_hole_end;
     for (const auto& region : memory.regions())
         top = std::max(top, region.guest_phys + region.size);
     uint64_t pds = (top + k_gib - 1) / k_gib;
@@ -84,7 +85,7 @@ base::Result<BootState> setup_direct_boot(GuestMemory& memory, const ElfImage& i
         for (uint64_t j = 0; j < 512; ++j) {
             uint64_t addr = i * k_gib + j * k_2mib;
             uint64_t flags = PTE_P | PTE_RW | PTE_PS;
-            if (addr >= COLOD_MMIO_HOLE_START && addr < COLOD_MMIO_HOLE_END)
+            if (addr >= platform::k_mmio_hole_start && addr < platform::k_mmio_hole_end)
                 flags |= PTE_PCD | PTE_PWT;
             pd[j] = addr | flags;
         }

@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "guests/abi.h"
+#include "core/platform.h"
 #include "kvm/vm.h"
 #include "proto/crc32c.h"
 
@@ -29,10 +29,10 @@ base::Result<GuestMemory> GuestMemory::create(uint64_t bytes) {
     memory.m_map = base::Mapping(addr, bytes);
     memory.m_size = bytes;
 
-    uint64_t low = std::min<uint64_t>(bytes, COLOD_MMIO_HOLE_START);
+    uint64_t low = std::min<uint64_t>(bytes, platform::k_mmio_hole_start);
     memory.m_regions.push_back(RamRegion{0, low, 0});
     if (bytes > low)
-        memory.m_regions.push_back(RamRegion{COLOD_MMIO_HOLE_END, bytes - low, low / k_page_size});
+        memory.m_regions.push_back(RamRegion{platform::k_mmio_hole_end, bytes - low, low / k_page_size});
     memory.m_vmm_dirty = DirtyBitmap(bytes / k_page_size);
     uint64_t largest = 0;
     for (const auto& region : memory.m_regions)

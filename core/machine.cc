@@ -7,9 +7,7 @@
 #include "base/log.h"
 #include "core/boot.h"
 #include "core/elf_loader.h"
-#include "core/power.h"
 #include "core/uart.h"
-#include "guests/abi.h"
 
 namespace colod::core {
 
@@ -54,19 +52,10 @@ base::Result<std::unique_ptr<Machine>> Machine::create(const MachineConfig& conf
     }
 
     Machine* self = machine.get();
-    auto uart = std::make_unique<Uart>(
-        COLOD_PORT_COM1, nullptr, [self](bool level) {
-            if (auto result = self->m_vm.irq_line(COLOD_IRQ_COM1, level); !result)
-                base::logf(base::Level::Error, base::Event::Error, "UART interrupt: {}", result.error().message());
-        });
-    machine->m_uart = uart.get();
-    TRY(machine->m_bus.add_ports(COLOD_PORT_COM1, Uart::k_port_count, *uart));
-    machine->m_devices.push_back(std::move(uart));
-    auto power = std::make_unique<PowerPort>([self](int code) {
+    auto standard = TRY(build_standard_board(machine->m_board, [self](int code) {
         self->request_stop(StopInfo{StopReason::PowerOff, code, fmt::format("guest powered off with code {}", code)});
-    });
-    TRY(machine->m_bus.add_ports(COLOD_PORT_POWER, 4, *power));
-    machine->m_devices.push_back(std::move(power));
+    }));
+    machine->m_uart = standard.uart;
     return machine;
 }
 
@@ -98,6 +87,7 @@ base::Result<void> Machine::start() {
     std::lock_guard lock(m_mutex);
     if (!m_threads.empty())
         return base::Error(base::Errc::Invalid, "machine already started");
+    m_board.seal();
     m_thread_ids.resize(m_vcpus.size());
     m_running = m_vcpus.size();
     for (size_t i = 0; i < m_vcpus.size(); ++i) {
@@ -125,10 +115,13 @@ Machine::PauseGuard Machine::pause() {
     m_pause_requested = true;
     kick_all();
     m_changed.wait(lock, [&] { return m_parked == m_running; });
+    lock.unlock();
+    m_board.quiesce();  // no device thread touches memory or device state from here
     return PauseGuard(this);
 }
 
 void Machine::resume() {
+    m_board.resume();
     std::lock_guard lock(m_mutex);
     if (m_stop.reason == StopReason::Running)
         for (auto& vcpu : m_vcpus)
@@ -279,7 +272,7 @@ base::Result<MachineState> Machine::save_state() {
     for (auto& vcpu : m_vcpus)
         state.vcpus.push_back(TRY(vcpu.save_state()));
     state.vm = TRY(m_vm.save_state());
-    for (const auto& device : m_devices)
+    for (const auto& device : m_board.devices())
         state.devices.push_back(device->save_state());
     return state;
 }
@@ -289,20 +282,20 @@ base::Result<void> Machine::load_state(const MachineState& state) {
     if (state.vcpus.size() != m_vcpus.size())
         return base::Error::make(base::Errc::Mismatch, "state has {} vCPUs, this machine {}", state.vcpus.size(),
                                  m_vcpus.size());
-    if (state.devices.size() != m_devices.size())
+    if (state.devices.size() != m_board.devices().size())
         return base::Error::make(base::Errc::Mismatch, "state has {} devices, this machine {}", state.devices.size(),
-                                 m_devices.size());
-    for (size_t i = 0; i < m_devices.size(); ++i) {
-        if (state.devices[i].name != m_devices[i]->name())
+                                 m_board.devices().size());
+    for (size_t i = 0; i < m_board.devices().size(); ++i) {
+        if (state.devices[i].name != m_board.devices()[i]->name())
             return base::Error::make(base::Errc::Mismatch, "state device {} is '{}', this machine has '{}'", i,
-                                     state.devices[i].name, m_devices[i]->name());
-        TRY(m_devices[i]->check_state(state.devices[i]));
+                                     state.devices[i].name, m_board.devices()[i]->name());
+        TRY(m_board.devices()[i]->check_state(state.devices[i]));
     }
     TRY(m_vm.load_state(state.vm));
     for (size_t i = 0; i < m_vcpus.size(); ++i)
         TRY(m_vcpus[i].load_state(state.vcpus[i]));
-    for (size_t i = 0; i < m_devices.size(); ++i)
-        TRY(m_devices[i]->load_state(state.devices[i]));
+    for (size_t i = 0; i < m_board.devices().size(); ++i)
+        TRY(m_board.devices()[i]->load_state(state.devices[i]));
     return base::ok();
 }
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "base/result.h"
+#include "core/board.h"
 #include "core/device.h"
 #include "core/guest_memory.h"
 #include "core/io_bus.h"
@@ -74,7 +75,8 @@ public:
     class PauseGuard;
     base::Result<void> start();
 
-    // Stops every vCPU outside KVM_RUN; the machine stays paused until the guard goes. Pauses
+    // Stops every vCPU outside KVM_RUN, then quiesces the board's devices that have threads of
+    // their own; the machine stays paused until the guard goes. Pauses
     // are serialised: a second pause() waits for the first guard to go. The guard may be moved
     // to, and released on, any thread (a pause is a state of the machine, not a lock held by a
     // thread). Returns an empty guard (nothing to resume) once the machine has stopped.
@@ -100,8 +102,10 @@ public:
     kvm::Vm& vm() { return m_vm; }
     IoBus& bus() { return m_bus; }
     Uart& uart() { return *m_uart; }
+    // The device manager: more devices may be added until start().
+    Board& board() { return m_board; }
     // The machine's devices in a fixed order (state sections use the index as instance).
-    const std::vector<std::unique_ptr<Device>>& devices() const { return m_devices; }
+    const std::vector<std::unique_ptr<Device>>& devices() const { return m_board.devices(); }
     uint32_t vcpu_count() const { return static_cast<uint32_t>(m_vcpus.size()); }
     std::string_view backend_name() const { return m_backend_name; }
 
@@ -120,7 +124,7 @@ private:
     std::string m_backend_name;
     std::vector<kvm::Vcpu> m_vcpus;
     IoBus m_bus;
-    std::vector<std::unique_ptr<Device>> m_devices;
+    Board m_board{m_vm, m_memory, m_bus};
     Uart* m_uart = nullptr;
 
     std::vector<std::thread> m_threads;

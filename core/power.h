@@ -8,7 +8,7 @@
 
 namespace colod::core {
 
-// The power port (COLOD_PORT_POWER): a 32-bit write of an exit code powers the guest off.
+// The power port (platform::k_port_power): a 32-bit write of an exit code powers the guest off.
 class PowerPort final : public Device {
 public:
     explicit PowerPort(std::function<void(int)> power_off) : m_power_off(std::move(power_off)) {}

@@ -7,6 +7,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
 #include <filesystem>
 #include <set>
 #include <thread>
@@ -180,6 +183,147 @@ TEST_CASE("a pause taken on one thread ends on another, and the next pause waits
     CHECK(second_paused);
     // Nothing is left paused: the guest keeps counting ticks.
     CHECK(eventually([&] { return info(c).ticks > ticks_before + 5; }, std::chrono::seconds(10)));
+}
+
+namespace {
+
+// A device with a worker thread of its own that writes a counter into a guest page, as a
+// network or disk backend writes received data: the board must stop it inside every pause.
+class WorkerDevice final : public core::Device, public core::Pausable {
+public:
+    WorkerDevice(core::GuestMemory& memory, uint64_t page) : m_memory(memory), m_page(page) {
+        m_thread = std::thread([this] { work(); });
+    }
+    ~WorkerDevice() override {
+        {
+            std::lock_guard lock(m_mutex);
+            m_stop = true;
+        }
+        m_changed.notify_all();
+        m_thread.join();
+    }
+    std::string_view name() const override { return "worker"; }
+    uint16_t state_version() const override { return 1; }
+    core::DeviceState save_state() const override { return {"worker", 1, {}}; }
+    base::Result<void> check_state(const core::DeviceState&) const override { return base::ok(); }
+    base::Result<void> load_state(const core::DeviceState&) override { return base::ok(); }
+    void quiesce() override {
+        std::unique_lock lock(m_mutex);
+        m_quiesced = true;
+        m_changed.wait(lock, [&] { return !m_busy; });
+        ++quiesces;
+    }
+    void resume() override {
+        {
+            std::lock_guard lock(m_mutex);
+            m_quiesced = false;
+        }
+        m_changed.notify_all();
+    }
+    std::atomic<uint64_t> quiesces{0};
+    std::atomic<uint64_t> writes{0};
+
+private:
+    void work() {
+        uint64_t value = 0;
+        for (;;) {
+            {
+                std::unique_lock lock(m_mutex);
+                m_changed.wait(lock, [&] { return m_stop || !m_quiesced; });
+                if (m_stop)
+                    return;
+                m_busy = true;
+            }
+            ++value;
+            std::memcpy(m_memory.page(m_page), &value, sizeof value);
+            ++writes;
+            {
+                std::lock_guard lock(m_mutex);
+                m_busy = false;
+            }
+            m_changed.notify_all();
+            std::this_thread::yield();
+        }
+    }
+    core::GuestMemory& m_memory;
+    uint64_t m_page;
+    std::mutex m_mutex;
+    std::condition_variable m_changed;
+    bool m_stop = false, m_quiesced = false, m_busy = false;
+    std::thread m_thread;
+};
+
+}  // namespace
+
+TEST_CASE("the board hands out each place once and takes devices only before the machine starts", "[kvm]") {
+    auto guest = KvstoreGuest::boot(64ull << 20, false);
+    core::Board& board = guest.machine().board();
+    // COM1's line is the standard board's; another device cannot have it.
+    auto taken = board.claim_irq(4);
+    REQUIRE_FALSE(taken);
+    CHECK_THAT(taken.error().message(), Catch::Contains("taken"));
+    CHECK_FALSE(board.claim_irq(24));
+    auto a = board.claim_irq();
+    auto b = board.claim_irq();
+    REQUIRE(a);
+    REQUIRE(b);
+    CHECK(*a != *b);
+    CHECK(*a != 4);
+    auto w1 = board.claim_mmio(0x200);
+    auto w2 = board.claim_mmio(0x1000);
+    REQUIRE(w1);
+    REQUIRE(w2);
+    CHECK(*w2 >= *w1 + 0x1000);  // 4 KiB windows, never shared
+    CHECK(*w1 >= 0xc0000000ull);
+    CHECK(*w2 + 0x1000 <= 0xfec00000ull);
+    auto p1 = board.claim_ports(8);
+    auto p2 = board.claim_ports(8);
+    REQUIRE(p1);
+    REQUIRE(p2);
+    CHECK(*p2 == *p1 + 8);
+    // A second device on COM1's ports is refused, and so is a second device of one name.
+    auto clash = board.add(std::make_unique<WorkerDevice>(guest.machine().memory(), 1000),
+                           {{{0x3f8, 8}}, {}});
+    CHECK_FALSE(clash);
+    auto worker = board.add(std::make_unique<WorkerDevice>(guest.machine().memory(), 1000), {{{*p1, 8}}, {}});
+    REQUIRE(worker);
+    CHECK(guest.machine().devices().size() == 3);
+    CHECK(guest.machine().devices().back()->name() == "worker");
+    REQUIRE(guest.runtime->boot(kvstore_image(), ""));
+    REQUIRE(guest.runtime->start());
+    auto late = board.add(std::make_unique<WorkerDevice>(guest.machine().memory(), 1001), {});
+    REQUIRE_FALSE(late);
+    CHECK_THAT(late.error().message(), Catch::Contains("started"));
+}
+
+TEST_CASE("a device's own threads are quiesced while the machine is paused", "[kvm]") {
+    auto guest = KvstoreGuest::boot(64ull << 20, false);
+    const uint64_t page = guest.machine().memory().page_count() - 1;  // above the guest's image
+    auto added = guest.machine().board().add(std::make_unique<WorkerDevice>(guest.machine().memory(), page), {});
+    REQUIRE(added);
+    auto* worker = dynamic_cast<WorkerDevice*>(*added);
+    REQUIRE(worker);
+    REQUIRE(guest.runtime->boot(kvstore_image(), ""));
+    REQUIRE(guest.runtime->start());
+    auto word = [&] {
+        uint64_t value = 0;
+        std::memcpy(&value, guest.machine().memory().page(page), sizeof value);
+        return value;
+    };
+    for (int round = 0; round < 20; ++round) {
+        uint64_t before = worker->writes.load();
+        REQUIRE(eventually([&] { return worker->writes.load() > before + 10; }));  // it works while running
+        auto paused = guest.machine().pause();
+        REQUIRE(paused.paused());
+        uint64_t at_pause = word();
+        uint64_t writes = worker->writes.load();
+        // While paused, nothing of the device moves: not for a yield, not for many.
+        for (int i = 0; i < 1000; ++i)
+            std::this_thread::yield();
+        CHECK(word() == at_pause);
+        CHECK(worker->writes.load() == writes);
+    }
+    CHECK(worker->quiesces.load() >= 20);
 }
 
 TEST_CASE("a guest's stop is recognised and named", "[kvm]") {
