@@ -71,23 +71,31 @@ ActiveEngine::ActiveEngine(GuestRuntime& guest, proto::Hello identity, Replicati
       m_config(std::move(config)),
       m_local_state(local_state),
       m_on_change(std::move(on_change)),
-      m_output([this](std::span<const std::byte> bytes) { m_guest.release_output(bytes); },
-               m_config.max_held_output, [this] { force_checkpoint(); }),
-      // The secondary may lag behind by at most a checkpoint interval before a checkpoint
-      // settles the comparison.
-      m_comparator([this](std::span<const std::byte> bytes) { m_guest.release_output(bytes); },
-                   m_config.checkpoint_interval, m_config.max_held_output,
-                   [this](OutputComparator::Verdict verdict) {
-                       {
-                           std::lock_guard lock(m_mutex);
-                           m_verdict = true;
-                           if (verdict == OutputComparator::Verdict::Mismatch)
-                               ++m_checkpoints_mismatch;
-                       }
-                       force_checkpoint();
-                   }),
       m_pipeline(guest.machine(), m_config.checkpoint_interval, m_config.ack_timeout),
-      m_machine("active", State::Unprotected, k_table, &ActiveEngine::state_name) {}
+      m_machine("active", State::Unprotected, k_table, &ActiveEngine::state_name) {
+    // The console is the first output channel; packets and disk writes join it as channels of
+    // their own.
+    auto to_console = [this](std::span<const std::byte> bytes) { m_guest.release_output(bytes); };
+    if (colo()) {
+        // The secondary may lag behind by at most a checkpoint interval before a checkpoint
+        // settles the comparison.
+        m_console = std::make_unique<OutputComparator>(
+            "console", Framing::Stream, to_console, m_config.checkpoint_interval, m_config.max_held_output,
+            [this](OutputComparator::Verdict verdict) {
+                {
+                    std::lock_guard lock(m_mutex);
+                    m_verdict = true;
+                    if (verdict == OutputComparator::Verdict::Mismatch)
+                        ++m_checkpoints_mismatch;
+                }
+                force_checkpoint();
+            });
+    } else {
+        m_console = std::make_unique<OutputBuffer>("console", Framing::Stream, to_console, m_config.max_held_output,
+                                                   [this] { force_checkpoint(); });
+    }
+    m_channels.push_back(m_console.get());
+}
 
 ActiveEngine::~ActiveEngine() { stop(); }
 
@@ -129,16 +137,16 @@ ActiveEngine::ProbeResult ActiveEngine::probe() {
 
 void ActiveEngine::start() {
     if (colo()) {
-        m_guest.set_output_sink([this](std::span<const std::byte> bytes) { m_comparator.primary(bytes); });
+        m_guest.set_output_sink([this](std::span<const std::byte> bytes) { m_console->put(bytes); });
         m_guest.set_input_tap([this](std::span<const std::byte> bytes) { return forward_input(bytes); });
     } else {
-        m_guest.set_output_sink([this](std::span<const std::byte> bytes) { m_output.append(bytes); });
+        m_guest.set_output_sink([this](std::span<const std::byte> bytes) { m_console->put(bytes); });
     }
     // max-held-output forces a checkpoint; twice that much held (the checkpoint is slow to
     // commit) and the UART shows its transmitter busy until output is released: the guest
     // slows down instead of the held output growing without bound.
     m_guest.machine().uart().set_transmit_ready([this] {
-        uint64_t held = colo() ? m_comparator.held_bytes() : m_output.held_bytes();
+        uint64_t held = m_console->held_bytes();
         return held < 2 * m_config.max_held_output;
     });
     std::lock_guard lock(m_mutex);
@@ -174,33 +182,32 @@ void ActiveEngine::stop(HeldOutput held) {
 }
 
 void ActiveEngine::output_captured(uint64_t seq) {
-    if (colo()) {
-        // The first complete checkpoint of a session starts the comparison.
-        m_comparator.start(seq);
-        m_comparator.captured(seq);
-    } else {
-        m_output.hold();
-        m_output.seal(seq);
+    for (auto* channel : m_channels) {
+        channel->protect(seq);  // the first complete checkpoint of a session starts holding
+        channel->captured(seq);
     }
 }
 
 void ActiveEngine::output_committed(uint64_t seq) {
-    if (colo())
-        m_comparator.committed(seq);
-    else
-        m_output.release(seq);
+    for (auto* channel : m_channels)
+        channel->committed(seq);
 }
 
 void ActiveEngine::output_release_all() {
-    if (colo())
-        m_comparator.release_all();
-    else
-        m_output.release_all();
+    for (auto* channel : m_channels)
+        channel->release_all();
 }
 
 void ActiveEngine::output_discard_all() {
-    m_output.discard_all();
-    // The comparator only ever holds output in COLO mode; after stop nothing reaches it.
+    for (auto* channel : m_channels)
+        channel->discard_all();
+}
+
+uint64_t ActiveEngine::held_output_bytes() const {
+    uint64_t held = 0;
+    for (const auto* channel : m_channels)
+        held += channel->held_bytes();
+    return held;
 }
 
 size_t ActiveEngine::forward_input(std::span<const std::byte> bytes) {
@@ -315,7 +322,7 @@ void ActiveEngine::run() {
 
 base::Result<Session::Disposition> ActiveEngine::on_message(proto::Message& message) {
     if (const auto* output = std::get_if<proto::ConsoleOutput>(&message)) {
-        m_comparator.secondary(output->epoch, output->bytes);
+        m_console->secondary(output->epoch, std::as_bytes(std::span(output->bytes.data(), output->bytes.size())));
         return Session::Disposition::Handled;
     }
     if (const auto* error = std::get_if<proto::ErrorMessage>(&message))
@@ -418,7 +425,8 @@ base::Result<void> ActiveEngine::protect(Session& session) {
             return base::Error(base::Errc::Stopped, "replication stopped");
         }
         if (colo()) {
-            m_comparator.check_lag();
+            for (auto* channel : m_channels)
+                channel->check_lag();
             std::lock_guard lock(m_mutex);
             bool asked = m_verdict || m_hold_requested || m_handover_requested || m_force_pending;
             m_verdict = false;
@@ -666,11 +674,11 @@ void ActiveEngine::fill_status(Status& status) const {
     status.dirty_pages.last = m_pipeline.dirty_last();
     status.dirty_pages.total = m_pipeline.dirty_total();
     status.bytes_sent = m_pipeline.bytes_sent();
-    status.held_output_bytes = colo() ? m_comparator.held_bytes() : m_output.held_bytes();
+    status.held_output_bytes = held_output_bytes();
     if (colo()) {
         status.checkpoints_mismatch = m_checkpoints_mismatch.load();
         status.checkpoints_interval = status.checkpoints - status.checkpoints_mismatch;
-        auto latency = m_comparator.compare_latency();
+        auto latency = m_console->compare_latency();
         status.compare_us_p50 = latency.p50;
         status.compare_us_p99 = latency.p99;
     }

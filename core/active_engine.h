@@ -126,19 +126,21 @@ private:
     bool colo() const { return m_config.mode == ReplicationMode::Colo; }
     // COLO: console input goes into the UART and, in the same order, to the peer.
     size_t forward_input(std::span<const std::byte> bytes);
-    // Output held for the peer: the comparator in COLO mode, the epoch buffer otherwise.
+    // Every output channel through the checkpoint's lifecycle (core/output_channel.h).
     void output_captured(uint64_t seq);
     void output_committed(uint64_t seq);
     void output_release_all();
     void output_discard_all();
+    uint64_t held_output_bytes() const;
 
     GuestRuntime& m_guest;
     proto::Hello m_identity;
     ReplicationConfig m_config;
     proto::PeerState m_local_state;
     std::function<void(const std::string&)> m_on_change;
-    OutputBuffer m_output;
-    OutputComparator m_comparator;  // COLO mode
+    // Output held for the peer, per channel: comparators in COLO mode, epoch buffers otherwise.
+    std::unique_ptr<OutputChannel> m_console;
+    std::vector<OutputChannel*> m_channels;  // every channel, the console first
     std::atomic<uint64_t> m_checkpoints_mismatch{0};
     std::atomic<uint64_t> m_checkpoints_forced{0};
     bool m_verdict = false;             // guarded by m_mutex: the comparator asked for a checkpoint

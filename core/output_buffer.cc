@@ -3,23 +3,31 @@
 
 namespace colod::core {
 
-OutputBuffer::OutputBuffer(ReleaseFn release, uint64_t limit, std::function<void()> on_limit)
-    : m_release(std::move(release)), m_limit(limit), m_on_limit(std::move(on_limit)) {}
+OutputBuffer::OutputBuffer(std::string name, Framing framing, ReleaseFn release, uint64_t limit,
+                           std::function<void()> on_limit)
+    : m_name(std::move(name)),
+      m_framing(framing),
+      m_release(std::move(release)),
+      m_limit(limit),
+      m_on_limit(std::move(on_limit)) {}
 
-void OutputBuffer::append(std::span<const std::byte> bytes) {
+void OutputBuffer::put(std::span<const std::byte> record) {
     bool signal = false;
     {
         std::unique_lock lock(m_mutex);
         if (!m_holding) {
             // Pass-through: release under the release mutex, taken before dropping ours so
-            // that bytes cannot overtake each other.
+            // that records cannot overtake each other.
             std::lock_guard order(m_release_mutex);
             lock.unlock();
-            m_release(bytes);
+            m_release(record);
             return;
         }
-        m_open.insert(m_open.end(), bytes.begin(), bytes.end());
-        m_held += bytes.size();
+        if (m_framing == Framing::Stream && !m_open.empty())
+            m_open.back().insert(m_open.back().end(), record.begin(), record.end());  // a stream has no boundaries
+        else
+            m_open.emplace_back(record.begin(), record.end());
+        m_held += record.size();
         if (m_held >= m_limit && !m_limit_signalled) {
             m_limit_signalled = true;
             signal = true;
@@ -29,7 +37,7 @@ void OutputBuffer::append(std::span<const std::byte> bytes) {
         m_on_limit();
 }
 
-void OutputBuffer::seal(uint64_t seq) {
+void OutputBuffer::captured(uint64_t seq) {
     std::lock_guard lock(m_mutex);
     if (!m_holding || m_open.empty())
         return;
@@ -37,20 +45,26 @@ void OutputBuffer::seal(uint64_t seq) {
     m_open.clear();
 }
 
-void OutputBuffer::release(uint64_t seq) {
+void OutputBuffer::release(std::vector<Epoch>& epochs, std::unique_lock<std::mutex>& lock) {
+    std::lock_guard order(m_release_mutex);
+    lock.unlock();
+    for (const auto& epoch : epochs)
+        for (const auto& record : epoch.records)
+            m_release(record);
+}
+
+void OutputBuffer::committed(uint64_t seq) {
     std::unique_lock lock(m_mutex);
     std::vector<Epoch> out;
     while (!m_sealed.empty() && m_sealed.front().seq <= seq) {
-        m_held -= m_sealed.front().bytes.size();
+        for (const auto& record : m_sealed.front().records)
+            m_held -= record.size();
         out.push_back(std::move(m_sealed.front()));
         m_sealed.pop_front();
     }
     if (m_held < m_limit)
         m_limit_signalled = false;
-    std::lock_guard order(m_release_mutex);
-    lock.unlock();
-    for (const auto& epoch : out)
-        m_release(epoch.bytes);
+    release(out, lock);
 }
 
 void OutputBuffer::release_all() {
@@ -63,10 +77,7 @@ void OutputBuffer::release_all() {
     m_held = 0;
     m_limit_signalled = false;
     m_holding = false;
-    std::lock_guard order(m_release_mutex);
-    lock.unlock();
-    for (const auto& epoch : out)
-        m_release(epoch.bytes);
+    release(out, lock);
 }
 
 void OutputBuffer::discard_all() {
@@ -78,7 +89,7 @@ void OutputBuffer::discard_all() {
     m_holding = false;
 }
 
-void OutputBuffer::hold() {
+void OutputBuffer::protect(uint64_t) {
     std::lock_guard lock(m_mutex);
     m_holding = true;
 }

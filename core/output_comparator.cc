@@ -5,56 +5,105 @@
 
 namespace colod::core {
 
-using Clock = std::chrono::steady_clock;
+namespace {
 
-OutputComparator::OutputComparator(ReleaseFn release, std::chrono::microseconds max_lag, uint64_t max_held,
-                                   std::function<void(Verdict)> on_verdict)
-    : m_release(std::move(release)), m_max_lag(max_lag), m_max_held(max_held), m_on_verdict(std::move(on_verdict)) {}
-
-void OutputComparator::try_match(std::string& out, Verdict& verdict) {
-    if (m_diverged || m_open.empty() || m_secondary.empty())
-        return;
-    size_t n = std::min(m_open.size(), m_secondary.size());
-    size_t common = 0;
-    while (common < n && m_open[common] == m_secondary[common])
-        ++common;
-    if (common < n) {
-        // Both guests wrote something here, and not the same thing.
-        m_diverged = true;
-        if (!m_verdict_pending) {
-            m_verdict_pending = true;
-            verdict = Verdict::Mismatch;
-        }
-    }
-    if (common == 0)
-        return;
-    out.append(m_open, 0, common);
-    m_open.erase(0, common);
-    m_secondary.erase(0, common);
-    m_held -= common;
-    auto now = Clock::now();
-    while (!m_open_times.empty() && m_open_times.front().first <= common) {
-        m_latency.add(static_cast<uint64_t>(
-            std::chrono::duration_cast<std::chrono::microseconds>(now - m_open_times.front().second).count()));
-        m_open_times.pop_front();
-    }
-    for (auto& [end, time] : m_open_times)
-        end -= common;
+std::string_view text(std::span<const std::byte> bytes) {
+    return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
 }
 
-void OutputComparator::primary(std::span<const std::byte> bytes) {
-    std::string out;
+}  // namespace
+
+OutputComparator::OutputComparator(std::string name, Framing framing, ReleaseFn release,
+                                   std::chrono::microseconds max_lag, uint64_t max_held,
+                                   std::function<void(Verdict)> on_verdict)
+    : m_name(std::move(name)),
+      m_framing(framing),
+      m_release(std::move(release)),
+      m_max_lag(max_lag),
+      m_max_held(max_held),
+      m_on_verdict(std::move(on_verdict)) {}
+
+void OutputComparator::diverged(Verdict& verdict) {
+    m_diverged = true;
+    if (!m_verdict_pending) {
+        m_verdict_pending = true;
+        verdict = Verdict::Mismatch;
+    }
+}
+
+void OutputComparator::match_stream(std::vector<std::string>& out) {
+    // The secondary's bytes, as one stream, against the primary's records.
+    std::string& other = m_secondary.front();
+    std::string released;
+    size_t used = 0;
+    auto now = Clock::now();
+    while (!m_open.empty() && used < other.size()) {
+        const std::string& record = m_open.front().bytes;
+        size_t n = std::min(record.size() - m_open_offset, other.size() - used);
+        size_t common = 0;
+        while (common < n && record[m_open_offset + common] == other[used + common])
+            ++common;
+        released.append(record, m_open_offset, common);
+        used += common;
+        m_open_offset += common;
+        if (common < n)
+            break;  // they differ here (the caller sees both sides left over)
+        if (m_open_offset == record.size()) {
+            m_latency.add(static_cast<uint64_t>(
+                std::chrono::duration_cast<std::chrono::microseconds>(now - m_open.front().at).count()));
+            m_open.pop_front();
+            m_open_offset = 0;
+        }
+    }
+    other.erase(0, used);
+    m_held -= released.size();
+    if (!released.empty())
+        out.push_back(std::move(released));
+}
+
+void OutputComparator::match_datagrams(std::vector<std::string>& out) {
+    auto now = Clock::now();
+    while (!m_open.empty() && !m_secondary.empty() && m_open.front().bytes == m_secondary.front()) {
+        m_latency.add(static_cast<uint64_t>(
+            std::chrono::duration_cast<std::chrono::microseconds>(now - m_open.front().at).count()));
+        m_held -= m_open.front().bytes.size();
+        out.push_back(std::move(m_open.front().bytes));
+        m_open.pop_front();
+        m_secondary.pop_front();
+    }
+}
+
+void OutputComparator::try_match(std::vector<std::string>& out, Verdict& verdict) {
+    if (m_diverged || m_open.empty() || m_secondary.empty())
+        return;
+    if (m_framing == Framing::Stream)
+        match_stream(out);
+    else
+        match_datagrams(out);
+    // Output left on both sides: the two guests produced something at the same place, and not
+    // the same thing.
+    bool secondary_left = !m_secondary.empty() && !m_secondary.front().empty();
+    if (!m_open.empty() && secondary_left)
+        diverged(verdict);
+}
+
+void OutputComparator::release(std::vector<std::string>& out) {
+    for (const auto& record : out)
+        m_release(std::as_bytes(std::span(record.data(), record.size())));
+}
+
+void OutputComparator::put(std::span<const std::byte> record) {
+    std::vector<std::string> out;
     Verdict verdict = Verdict::Fine;
     {
         std::lock_guard order(m_release_mutex);
         {
             std::lock_guard lock(m_mutex);
             if (!m_comparing) {
-                out.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+                out.emplace_back(text(record));
             } else {
-                m_open.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-                m_open_times.emplace_back(m_open.size(), Clock::now());
-                m_held += bytes.size();
+                m_open.push_back(Record{std::string(text(record)), Clock::now()});
+                m_held += record.size();
                 try_match(out, verdict);
                 if (m_held > m_max_held && !m_verdict_pending) {
                     m_verdict_pending = true;
@@ -62,27 +111,28 @@ void OutputComparator::primary(std::span<const std::byte> bytes) {
                 }
             }
         }
-        if (!out.empty())
-            m_release(std::as_bytes(std::span(out.data(), out.size())));
+        release(out);
     }
     if (verdict != Verdict::Fine && m_on_verdict)
         m_on_verdict(verdict);
 }
 
-void OutputComparator::secondary(uint64_t epoch, std::string_view bytes) {
-    std::string out;
+void OutputComparator::secondary(uint64_t epoch, std::span<const std::byte> record) {
+    std::vector<std::string> out;
     Verdict verdict = Verdict::Fine;
     {
         std::lock_guard order(m_release_mutex);
         {
             std::lock_guard lock(m_mutex);
             if (!m_comparing || epoch != m_epoch || m_diverged)
-                return;  // an old epoch's words, or nothing to compare with until a checkpoint
-            m_secondary.append(bytes);
+                return;  // an old epoch's output, or nothing to compare with until a checkpoint
+            if (m_framing == Framing::Stream && !m_secondary.empty())
+                m_secondary.front().append(text(record));
+            else
+                m_secondary.emplace_back(text(record));
             try_match(out, verdict);
         }
-        if (!out.empty())
-            m_release(std::as_bytes(std::span(out.data(), out.size())));
+        release(out);
     }
     if (verdict != Verdict::Fine && m_on_verdict)
         m_on_verdict(verdict);
@@ -92,8 +142,7 @@ void OutputComparator::check_lag() {
     bool behind = false;
     {
         std::lock_guard lock(m_mutex);
-        if (m_comparing && !m_verdict_pending && !m_open_times.empty() &&
-            Clock::now() - m_open_times.front().second > m_max_lag) {
+        if (m_comparing && !m_verdict_pending && !m_open.empty() && Clock::now() - m_open.front().at > m_max_lag) {
             m_verdict_pending = true;
             behind = true;
         }
@@ -106,10 +155,19 @@ void OutputComparator::captured(uint64_t seq) {
     std::lock_guard lock(m_mutex);
     if (!m_comparing)
         return;
-    if (!m_open.empty())
-        m_sealed.push_back(Sealed{seq, std::move(m_open)});
+    if (!m_open.empty()) {
+        Sealed sealed{seq, {}};
+        for (auto& record : m_open) {
+            if (m_open_offset) {  // (only the front record can be partly released)
+                record.bytes.erase(0, m_open_offset);
+                m_open_offset = 0;
+            }
+            sealed.records.push_back(std::move(record.bytes));
+        }
+        m_sealed.push_back(std::move(sealed));
+    }
     m_open.clear();
-    m_open_times.clear();
+    m_open_offset = 0;
     m_secondary.clear();
     m_diverged = false;
     m_verdict_pending = false;
@@ -118,41 +176,60 @@ void OutputComparator::captured(uint64_t seq) {
 
 void OutputComparator::committed(uint64_t seq) {
     std::lock_guard order(m_release_mutex);
-    std::string out;
+    std::vector<std::string> out;
     {
         std::lock_guard lock(m_mutex);
         while (!m_sealed.empty() && m_sealed.front().seq <= seq) {
-            m_held -= m_sealed.front().bytes.size();
-            out += m_sealed.front().bytes;
+            for (auto& record : m_sealed.front().records) {
+                m_held -= record.size();
+                out.push_back(std::move(record));
+            }
             m_sealed.pop_front();
         }
     }
-    if (!out.empty())
-        m_release(std::as_bytes(std::span(out.data(), out.size())));
+    release(out);
 }
 
 void OutputComparator::release_all() {
     std::lock_guard order(m_release_mutex);
-    std::string out;
+    std::vector<std::string> out;
     {
         std::lock_guard lock(m_mutex);
         for (auto& sealed : m_sealed)
-            out += sealed.bytes;
-        out += m_open;
+            for (auto& record : sealed.records)
+                out.push_back(std::move(record));
+        for (auto& record : m_open) {
+            if (m_open_offset) {
+                record.bytes.erase(0, m_open_offset);
+                m_open_offset = 0;
+            }
+            out.push_back(std::move(record.bytes));
+        }
         m_sealed.clear();
         m_open.clear();
-        m_open_times.clear();
+        m_open_offset = 0;
         m_secondary.clear();
         m_held = 0;
         m_comparing = false;
         m_diverged = false;
         m_verdict_pending = false;
     }
-    if (!out.empty())
-        m_release(std::as_bytes(std::span(out.data(), out.size())));
+    release(out);
 }
 
-void OutputComparator::start(uint64_t epoch) {
+void OutputComparator::discard_all() {
+    std::lock_guard lock(m_mutex);
+    m_sealed.clear();
+    m_open.clear();
+    m_open_offset = 0;
+    m_secondary.clear();
+    m_held = 0;
+    m_comparing = false;
+    m_diverged = false;
+    m_verdict_pending = false;
+}
+
+void OutputComparator::protect(uint64_t epoch) {
     std::lock_guard lock(m_mutex);
     m_comparing = true;
     m_epoch = epoch;

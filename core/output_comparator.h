@@ -9,70 +9,89 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <vector>
 
+#include "core/output_channel.h"
 #include "core/pause_stats.h"
 
 namespace colod::core {
 
-// COLO mode's held output. The primary's console bytes are held per epoch (the run after a
-// checkpoint) and released as soon as the secondary's guest has written the same bytes in the
-// same epoch: both guests, fed the same input, said the same thing, so either may carry on. When
-// the two differ, or the secondary falls too far behind, the owner takes a checkpoint; the
-// primary's held bytes then go out once that checkpoint is committed (the secondary has the
-// state that produced them). A checkpoint's capture seals the open epoch; the secondary's
-// later bytes for the sealed epoch are dropped (its run is replaced by the checkpoint).
-class OutputComparator {
+// COLO mode's output channel. The primary's records are held per epoch (the run after a
+// checkpoint) and released as soon as the secondary's guest has produced the same output in the
+// same epoch: both guests, fed the same input, said the same thing, so either may carry on. A
+// Stream channel compares bytes (record boundaries differ between the guests); a Datagram
+// channel compares record by record, in order. When the two differ, or the secondary falls too
+// far behind, the owner takes a checkpoint; the primary's held records then go out once that
+// checkpoint is committed (the secondary has the state that produced them). A checkpoint's
+// capture seals the open epoch; the secondary's later records for the sealed epoch are dropped
+// (its run is replaced by the checkpoint).
+class OutputComparator final : public OutputChannel {
 public:
-    using ReleaseFn = std::function<void(std::span<const std::byte>)>;
     enum class Verdict { Fine, Mismatch, Behind };
 
     // `on_verdict` is called (unlocked) when a checkpoint is needed: the outputs differ, or the
     // oldest unmatched primary byte waited longer than `max_lag`, or more than `max_held` bytes
     // are held.
-    OutputComparator(ReleaseFn release, std::chrono::microseconds max_lag, uint64_t max_held,
-                     std::function<void(Verdict)> on_verdict);
+    OutputComparator(std::string name, Framing framing, ReleaseFn release, std::chrono::microseconds max_lag,
+                     uint64_t max_held, std::function<void(Verdict)> on_verdict);
 
-    // The primary guest's output (vCPU threads).
-    void primary(std::span<const std::byte> bytes);
+    std::string_view name() const override { return m_name; }
+    // The primary guest's output (device threads).
+    void put(std::span<const std::byte> record) override;
     // The secondary guest's output, tagged with the epoch it ran in.
-    void secondary(uint64_t epoch, std::string_view bytes);
+    void secondary(uint64_t epoch, std::span<const std::byte> record) override;
     // Checks the lag bound (called periodically by the owner).
-    void check_lag();
+    void check_lag() override;
+    // Starts comparing (protected) with the open epoch `epoch`.
+    void protect(uint64_t epoch) override;
     // The machine is paused at checkpoint `seq`: the open epoch is sealed as `seq`; output from
     // now on belongs to epoch `seq` (the run after it).
-    void captured(uint64_t seq);
+    void captured(uint64_t seq) override;
     // Checkpoint `seq` is applied on the secondary: release every sealed epoch <= seq.
-    void committed(uint64_t seq);
+    void committed(uint64_t seq) override;
     // No secondary: everything held goes out; pass-through from now on.
-    void release_all();
-    // Starts comparing (protected) with the open epoch `epoch`.
-    void start(uint64_t epoch);
+    void release_all() override;
+    void discard_all() override;
 
-    uint64_t held_bytes() const;
+    uint64_t held_bytes() const override;
     // Time from a primary byte to its match, in microseconds.
-    PauseStats::Summary compare_latency() const { return m_latency.summary(); }
+    PauseStats::Summary compare_latency() const override { return m_latency.summary(); }
 
 private:
+    using Clock = std::chrono::steady_clock;
     struct Sealed {
         uint64_t seq;
-        std::string bytes;
+        std::vector<std::string> records;
     };
-    void try_match(std::string& out, Verdict& verdict);  // caller holds m_mutex
+    struct Record {
+        std::string bytes;
+        Clock::time_point at;
+    };
+    // Caller holds m_mutex; matched primary output goes to `out`, record by record.
+    void try_match(std::vector<std::string>& out, Verdict& verdict);
+    void match_stream(std::vector<std::string>& out);
+    void match_datagrams(std::vector<std::string>& out);
+    void diverged(Verdict& verdict);
+    void release(std::vector<std::string>& out);  // under m_release_mutex
 
+    std::string m_name;
+    Framing m_framing;
     ReleaseFn m_release;
     std::chrono::microseconds m_max_lag;
     uint64_t m_max_held;
     std::function<void(Verdict)> m_on_verdict;
 
     mutable std::mutex m_mutex;
-    std::mutex m_release_mutex;  // keeps released bytes in order
+    std::mutex m_release_mutex;  // keeps released records in order
     bool m_comparing = false;
-    uint64_t m_epoch = 0;          // the open epoch
-    std::string m_open;            // primary bytes of the open epoch not yet released
-    // Arrival of m_open's bytes, as (end offset in m_open, time) per appended chunk.
-    std::deque<std::pair<size_t, std::chrono::steady_clock::time_point>> m_open_times;
-    std::string m_secondary;       // secondary bytes of the open epoch not yet matched
-    bool m_diverged = false;       // the open epoch mismatched: hold until a checkpoint
+    uint64_t m_epoch = 0;        // the open epoch
+    // Primary records of the open epoch not yet released (Stream: one per put, matched by
+    // bytes across their boundaries; Datagram: matched whole).
+    std::deque<Record> m_open;
+    size_t m_open_offset = 0;    // Stream: bytes of m_open.front() already released
+    // Secondary output of the open epoch not yet matched (Stream: bytes in the first record).
+    std::deque<std::string> m_secondary;
+    bool m_diverged = false;     // the open epoch mismatched: hold until a checkpoint
     bool m_verdict_pending = false;
     std::deque<Sealed> m_sealed;
     std::atomic<uint64_t> m_held{0};  // written under m_mutex, read anywhere
