@@ -9,6 +9,8 @@
 #include "base/log.h"
 #include "core/fault.h"
 #include "core/guest_runtime.h"
+#include "core/output_buffer.h"
+#include "core/output_comparator.h"
 #include "core/uart.h"
 #include "proto/errors.h"
 #include "proto/handshake.h"

@@ -17,19 +17,19 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <span>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "base/result.h"
 #include "core/checkpoint_pipeline.h"
 #include "core/machine.h"
-#include "core/output_buffer.h"
-#include "core/output_comparator.h"
+#include "core/output_channel.h"
 #include "core/replication.h"
 #include "core/session.h"
 #include "core/state_machine.h"
@@ -142,7 +142,6 @@ private:
     std::unique_ptr<OutputChannel> m_console;
     std::vector<OutputChannel*> m_channels;  // every channel, the console first
     std::atomic<uint64_t> m_checkpoints_mismatch{0};
-    std::atomic<uint64_t> m_checkpoints_forced{0};
     bool m_verdict = false;             // guarded by m_mutex: the comparator asked for a checkpoint
     bool m_force_pending = false;       // guarded by m_mutex: someone forced a checkpoint
     // Input into the UART and its forwarding, in one order. Held only to push into the UART and
