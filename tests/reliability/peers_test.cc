@@ -425,6 +425,15 @@ TEST_CASE("a peer opening 1000 connections to the replication port leaves the pa
     REQUIRE(memory_before);
     size_t lost_before = count_events(pair.read_log("primary"), "peer-lost");
     size_t secondary_from = pair.read_log("secondary").size();
+    // How long a status takes here without a flood: the baseline the flood's status calls are
+    // compared with.
+    int64_t quiet_status_ms = 1;
+    for (int i = 0; i < 10; ++i) {
+        auto begin = Clock::now();
+        REQUIRE(pair.status(Side::Secondary));
+        quiet_status_ms = std::max<int64_t>(
+            quiet_status_ms, std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - begin).count());
+    }
 
     // Connections come in a window of 16 in flight (the listener's backlog): each one, once
     // the kernel has established it, gets 4 KiB of garbage (every tenth) or nothing and is
@@ -520,7 +529,10 @@ TEST_CASE("a peer opening 1000 connections to the replication port leaves the pa
                      << " ms; secondary log: " << records << " handshake-failed records, " << lines << " lines");
     INFO("secondary log since the flood:\n" << since);
     CHECK_FALSE(status_failed);
-    CHECK(slowest_status_ms < 2000);
+    // The control socket is not stuck behind the replication listener: a status during the
+    // flood takes about what it takes without one (a wide margin for a loaded machine).
+    INFO("slowest status " << slowest_status_ms << " ms during the flood, " << quiet_status_ms << " ms without");
+    CHECK(slowest_status_ms <= 50 * quiet_status_ms);
     CHECK(drained);
     CHECK(established >= connections * 9 / 10);
     // The staging buffers are sized by the guest, not by strangers: the flood may cost socket

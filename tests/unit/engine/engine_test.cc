@@ -10,6 +10,9 @@
 
 #include <condition_variable>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <tuple>
 #include <map>
 #include <mutex>
 #include <set>
@@ -197,6 +200,51 @@ TEST_CASE("both engines' tables name every state and no transition twice", "[eng
     };
     check(core::ActiveEngine::transitions(), &core::ActiveEngine::state_name);
     check(core::StandbyEngine::transitions(), &core::StandbyEngine::state_name);
+}
+
+// docs/engines.md shows both tables; they must say what the code does.
+TEST_CASE("docs/engines.md shows both state tables exactly as the engines declare them", "[engine]") {
+    std::ifstream file(std::string(COLOD_SOURCE_DIR) + "/docs/engines.md");
+    REQUIRE(file);
+    std::string doc((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    // The rows "| from[, from...] | to | on |" under a heading, up to the next heading.
+    auto rows = [&](const std::string& heading) {
+        std::set<std::tuple<std::string, std::string, std::string>> found;
+        auto at = doc.find(heading);
+        REQUIRE(at != std::string::npos);
+        std::istringstream lines(doc.substr(at, doc.find("\n## ", at + 1) - at));
+        std::string line;
+        auto trim = [](std::string t) {
+            t.erase(0, t.find_first_not_of(' '));
+            t.erase(t.find_last_not_of(' ') + 1);
+            return t;
+        };
+        while (std::getline(lines, line)) {
+            if (line.size() < 2 || line[0] != '|' || line.find("---") != std::string::npos || line.find("| From") == 0)
+                continue;
+            std::vector<std::string> cells;
+            std::istringstream cut(line.substr(1));
+            std::string cell;
+            while (std::getline(cut, cell, '|'))
+                cells.push_back(trim(cell));
+            REQUIRE(cells.size() >= 3);
+            std::istringstream froms(cells[0]);
+            std::string from;
+            while (std::getline(froms, from, ','))
+                found.insert({trim(from), cells[1], cells[2]});
+        }
+        return found;
+    };
+    auto declared = [](auto table, auto name) {
+        std::set<std::tuple<std::string, std::string, std::string>> out;
+        for (const auto& t : table)
+            out.insert({std::string(name(t.from)), std::string(name(t.to)), std::string(t.on)});
+        return out;
+    };
+    CHECK(rows("## The active engine's states") ==
+          declared(core::ActiveEngine::transitions(), &core::ActiveEngine::state_name));
+    CHECK(rows("## The standby engine's states") ==
+          declared(core::StandbyEngine::transitions(), &core::StandbyEngine::state_name));
 }
 
 // ---- the active engine ----
