@@ -151,27 +151,35 @@ void OutputComparator::check_lag() {
         m_on_verdict(Verdict::Behind);
 }
 
-void OutputComparator::captured(uint64_t seq) {
-    std::lock_guard lock(m_mutex);
-    if (!m_comparing)
-        return;
-    if (!m_open.empty()) {
-        Sealed sealed{seq, {}};
-        for (auto& record : m_open) {
-            if (m_open_offset) {  // (only the front record can be partly released)
-                record.bytes.erase(0, m_open_offset);
-                m_open_offset = 0;
-            }
-            sealed.records.push_back(std::move(record.bytes));
+std::vector<std::string> OutputComparator::take_open() {
+    std::vector<std::string> records;
+    for (auto& record : m_open) {
+        if (m_open_offset) {  // only the front record can be partly released
+            record.bytes.erase(0, m_open_offset);
+            m_open_offset = 0;
         }
-        m_sealed.push_back(std::move(sealed));
+        records.push_back(std::move(record.bytes));
     }
+    m_open.clear();
+    return records;
+}
+
+void OutputComparator::reset_epoch(uint64_t epoch) {
     m_open.clear();
     m_open_offset = 0;
     m_secondary.clear();
     m_diverged = false;
     m_verdict_pending = false;
-    m_epoch = seq;
+    m_epoch = epoch;
+}
+
+void OutputComparator::captured(uint64_t seq) {
+    std::lock_guard lock(m_mutex);
+    if (!m_comparing)
+        return;
+    if (!m_open.empty())
+        m_sealed.push_back(Sealed{seq, take_open()});
+    reset_epoch(seq);
 }
 
 void OutputComparator::committed(uint64_t seq) {
@@ -198,35 +206,23 @@ void OutputComparator::release_all() {
         for (auto& sealed : m_sealed)
             for (auto& record : sealed.records)
                 out.push_back(std::move(record));
-        for (auto& record : m_open) {
-            if (m_open_offset) {
-                record.bytes.erase(0, m_open_offset);
-                m_open_offset = 0;
-            }
-            out.push_back(std::move(record.bytes));
-        }
-        m_sealed.clear();
-        m_open.clear();
-        m_open_offset = 0;
-        m_secondary.clear();
-        m_held = 0;
-        m_comparing = false;
-        m_diverged = false;
-        m_verdict_pending = false;
+        for (auto& record : take_open())
+            out.push_back(std::move(record));
+        stop_comparing();
     }
     release(out);
 }
 
 void OutputComparator::discard_all() {
     std::lock_guard lock(m_mutex);
+    stop_comparing();
+}
+
+void OutputComparator::stop_comparing() {
     m_sealed.clear();
-    m_open.clear();
-    m_open_offset = 0;
-    m_secondary.clear();
+    reset_epoch(m_epoch);
     m_held = 0;
     m_comparing = false;
-    m_diverged = false;
-    m_verdict_pending = false;
 }
 
 void OutputComparator::protect(uint64_t epoch) {

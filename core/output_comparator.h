@@ -73,6 +73,10 @@ private:
     void match_datagrams(std::vector<std::string>& out);
     void diverged(Verdict& verdict);
     void release(std::vector<std::string>& out);  // under m_release_mutex
+    // Under m_mutex: the open epoch's records, taken out; a fresh open epoch; nothing held.
+    std::vector<std::string> take_open();
+    void reset_epoch(uint64_t epoch);
+    void stop_comparing();
 
     std::string m_name;
     Framing m_framing;
