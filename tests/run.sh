@@ -11,8 +11,7 @@
 #   4. builds the proto and config unit tests and the fuzz corpus replays again with
 #      sanitizers (COLOD_SANITIZERS, default "address,undefined"; empty to skip) and runs them;
 #      with "thread" (ThreadSanitizer) it builds and runs the engine tests and the loopback pair
-#      test (with its daemons) instead. In CI (CI=true) the engine tests also run under
-#      ThreadSanitizer after the default set.
+#      test (with its daemons) instead. CI (CI=true) runs both sets.
 # Step 2 runs guests on KVM when /dev/kvm can be opened, else on colod's software backend; every
 # test binary says which on its first line. Step 2 includes the benchmarks in a short mode
 # (label bench): figures printed, no thresholds.
@@ -57,26 +56,28 @@ fi
 
 # sanitize SANITIZERS BUILD_DIR TEST_DIR_FILTER TEST_REGEX TARGET...: one sanitizer build, its tests.
 sanitize() {
-  sanitizers=$1 sbuild=$2 filter=$3 tests=$4
+  s_set=$1 s_build=$2 s_filter=$3 s_tests=$4
   shift 4
   # -O1 keeps this build short.
-  cmake -S "$top" -B "$sbuild" -G Ninja -DCMAKE_BUILD_TYPE=None -DCMAKE_CXX_FLAGS=-O1 -DCOLOD_WERROR=ON -DCOLOD_TESTS=ON \
-        -DCOLOD_FAULT_POINTS=ON "-DCOLOD_SANITIZE=$sanitizers" "-DCOLOD_TEST_FILTER=$filter" >/dev/null
-  ninja -C "$sbuild" -j"${JOBS:-$(nproc)}" "$@"
-  (cd "$sbuild" && UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+  cmake -S "$top" -B "$s_build" -G Ninja -DCMAKE_BUILD_TYPE=None -DCMAKE_CXX_FLAGS=-O1 -DCOLOD_WERROR=ON -DCOLOD_TESTS=ON \
+        -DCOLOD_FAULT_POINTS=ON "-DCOLOD_SANITIZE=$s_set" "-DCOLOD_TEST_FILTER=$s_filter" >/dev/null
+  ninja -C "$s_build" -j"${JOBS:-$(nproc)}" "$@"
+  (cd "$s_build" && UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
      TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-     ctest --output-on-failure --timeout 900 -j"${TEST_JOBS:-1}" -R "$tests")
+     ctest --output-on-failure --timeout 900 -j"${TEST_JOBS:-1}" -R "$s_tests")
+}
+
+# The threads of the engines and the daemons: the engine tests and the loopback pair test.
+thread_sanitizer() {
+  echo "tests: engine tests and the loopback pair test again with -fsanitize=thread"
+  sanitize thread "${SANITIZE_BUILD_DIR:-$top/build-tsan}" "/tests/(unit/engine|integration/pair)$" \
+    '^(engine_test|pair_test)$' engine_test pair_test colod-primary colod-secondary coloctl
 }
 
 sanitizers=${COLOD_SANITIZERS-address,undefined}
 case $sanitizers in
   "") ;;
-  *thread*)
-    # The threads of the engines and the daemons: the engine tests and the loopback pair test.
-    echo "tests: engine tests and the loopback pair test again with -fsanitize=$sanitizers"
-    sanitize "$sanitizers" "${SANITIZE_BUILD_DIR:-$top/build-tsan}" "/tests/(unit/engine|integration/pair)$" \
-      '^(engine_test|pair_test)$' engine_test pair_test colod-primary colod-secondary coloctl
-    ;;
+  thread) thread_sanitizer ;;
   *)
     # The code that reads untrusted bytes (frames, messages, state, snapshots, configs) again
     # with sanitizers: its unit tests and the fuzz corpus replays.
@@ -89,15 +90,8 @@ case $sanitizers in
     ;;
 esac
 
-# CI also runs the engine tests under ThreadSanitizer (about 3.5 minutes here); the loopback
-# pair test under it too (COLOD_SANITIZERS=thread, 2 minutes more) does not fit CI's budget.
-if [ "${CI:-}" = true ] && [ "${COLOD_CI_TSAN:-1}" = 1 ]; then
-  case $sanitizers in
-    *thread*) ;;
-    *)
-      echo "tests: engine tests again with -fsanitize=thread"
-      sanitize thread "$top/build-tsan" "/tests/unit/engine$" '^engine_test$' engine_test
-      ;;
-  esac
+# CI runs both sets: the default one above, then ThreadSanitizer (about 4 minutes here).
+if [ "${CI:-}" = true ] && [ "$sanitizers" != thread ] && [ "${COLOD_CI_TSAN:-1}" = 1 ]; then
+  SANITIZE_BUILD_DIR=$top/build-tsan thread_sanitizer
 fi
 echo "tests: all passed"
