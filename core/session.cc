@@ -165,7 +165,7 @@ void Session::sender_loop() {
     }
 }
 
-base::Result<void> Session::translate(const base::Error& error) const {
+base::Error Session::translate(const base::Error& error) const {
     if (error.code() == base::Errc::Timeout)
         return base::Error::make(base::Errc::Timeout, "heartbeat timeout: nothing from the peer for {}",
                                  ms_text(m_options.heartbeat_timeout));
@@ -181,7 +181,7 @@ base::Result<void> Session::receive(proto::Frame& frame) {
             // A failure of our own (close, a failed send) explains the receive error better.
             if (auto failure = this->failure())
                 return *failure;
-            auto error = translate(received.error()).error();
+            auto error = translate(received.error());
             fail(error);
             return error;
         }

@@ -99,7 +99,8 @@ private:
     Session(proto::Link link, Options options);
     void sender_loop();
     void receiver_loop(Handler handler);
-    base::Result<void> translate(const base::Error& error) const;
+    // A receive error as the session reports it (heartbeat timeout, peer closed, or as is).
+    base::Error translate(const base::Error& error) const;
 
     proto::Link m_link;
     Options m_options;
