@@ -427,11 +427,18 @@ FailoverFigures qemu_failovers(int rounds, std::mt19937& rng) {
         ::kill(qemu.primary()->pid(), SIGKILL);
         // What an ideal monitor would do at once: QEMU's secondary takes over only when told.
         auto reply = qemu.secondary_qmp().execute(R"({"execute": "x-colo-lost-heartbeat"})");
-        CHECK(is_return(reply));
-        bool done = eventually([&] {
+        auto colo_mode_none = [&] {
             auto status = qemu.secondary_qmp().execute(R"({"execute": "query-colo-status"})");
             return status && status->find("\"mode\": \"none\"") != std::string::npos;
-        }, std::chrono::seconds(30));
+        };
+        if (!is_return(reply)) {
+            // QEMU refuses the command once its secondary has left COLO mode by itself (its
+            // incoming thread saw the connection break first): a takeover all the same.
+            fmt::print("  QEMU's secondary answered x-colo-lost-heartbeat with {}\n", reply.value_or("nothing"));
+            CHECK(reply);
+            CHECK(colo_mode_none());
+        }
+        bool done = eventually(colo_mode_none, std::chrono::seconds(30));
         double ms = done ? console_answers_ms("127.0.0.1", qemu.console_port(Side::Secondary), killed,
                                               scaled(std::chrono::seconds(10)), "PING", "PONG")
                          : -1;
