@@ -3,16 +3,19 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <climits>
+#include <cstring>
 #include <map>
 #include <optional>
 #include <sstream>
 
 #include <boost/program_options.hpp>
 
+#include "base/bzimage.h"
 #include "base/fd.h"
 
 namespace colod::config {
@@ -27,6 +30,7 @@ enum class Presence {
     Required,   // no default: the file must set it
     Defaulted,  // default_value below
     Derived,    // the default depends on other keys (vm.name, the control sockets)
+    Optional,   // no default; absent means "not used" (vm.image or vm.kernel: one of the two)
 };
 
 struct KeySpec {
@@ -38,11 +42,13 @@ struct KeySpec {
 
 constexpr std::array<std::string_view, 4> k_sections{"vm", "replication", "primary", "secondary"};
 
-constexpr std::array<KeySpec, 22> k_keys{{
+constexpr std::array<KeySpec, 24> k_keys{{
     {"vm", "name", Presence::Derived, ""},
     {"vm", "memory", Presence::Required, ""},
     {"vm", "vcpus", Presence::Defaulted, "1"},
-    {"vm", "image", Presence::Required, ""},
+    {"vm", "image", Presence::Optional, ""},
+    {"vm", "kernel", Presence::Optional, ""},
+    {"vm", "initrd", Presence::Optional, ""},
     {"vm", "cmdline", Presence::Defaulted, ""},
     {"vm", "console-clients", Presence::Defaulted, "16"},
     {"vm", "accelerator", Presence::Defaulted, "auto"},
@@ -70,6 +76,8 @@ constexpr size_t k_max_problems = 50;
 constexpr size_t k_max_file_size = 1 << 20;
 // sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 constexpr size_t k_max_socket_path = 107;
+// A Linux command line: COMMAND_LINE_SIZE on x86 is 2048 bytes with the NUL.
+constexpr size_t k_max_kernel_cmdline = 2047;
 
 // ---- Problems, each one line. ----------------------------------------------------------------
 
@@ -420,15 +428,28 @@ private:
                 fail("vm", "vcpus", "must be a whole number between 1 and 64");
         }
 
-        if (const Setting* image = setting("vm", "image"))
+        const Setting* image = setting("vm", "image");
+        const Setting* kernel = setting("vm", "kernel");
+        const Setting* initrd = setting("vm", "initrd");
+        if (image && kernel) {
+            fail("vm", "kernel", "set either image (an ELF64 guest) or kernel (a Linux bzImage), not both");
+        } else if (!image && !kernel) {
+            m_problems.add(0, "vm.image", "required key is missing (or set vm.kernel for a Linux guest)");
+        } else if (image) {
             this->image(image->value, vm.image);
+            if (initrd)
+                fail("vm", "initrd", "is for Linux guests: it needs vm.kernel, not vm.image");
+        } else {
+            linux_kernel(kernel->value, initrd, vm);
+        }
 
         if (const Setting* cmdline = setting("vm", "cmdline")) {
             const bool has_control = std::any_of(cmdline->value.begin(), cmdline->value.end(), [](char c) {
                 return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
             });
-            if (cmdline->value.size() > 255)
-                fail("vm", "cmdline", "must be at most 255 bytes");
+            const size_t max = kernel ? k_max_kernel_cmdline : 255;
+            if (cmdline->value.size() > max)
+                fail("vm", "cmdline", fmt::format("must be at most {} bytes", max));
             else if (has_control)
                 fail("vm", "cmdline", "must not contain control characters");
             else
@@ -450,6 +471,78 @@ private:
         }
     }
 
+    // A regular file at `text` (resolved): its absolute path, or nullopt after reporting why not.
+    std::optional<std::filesystem::path> regular_file(std::string_view key, const std::string& text) {
+        const std::filesystem::path file = resolve(text);
+        const std::string resolved = file.string() == text ? std::string() : fmt::format(" ({})", file.string());
+        std::error_code error;
+        const auto status = std::filesystem::status(file, error);
+        if (status.type() == std::filesystem::file_type::not_found) {
+            fail("vm", key, fmt::format("no such file{}", resolved));
+            return std::nullopt;
+        }
+        if (error) {
+            fail("vm", key, fmt::format("cannot be examined{}: {}", resolved, error.message()));
+            return std::nullopt;
+        }
+        if (status.type() != std::filesystem::file_type::regular) {
+            fail("vm", key, fmt::format("not a regular file{}", resolved));
+            return std::nullopt;
+        }
+        return file;
+    }
+
+    // vm.kernel must be a Linux bzImage colod can boot through the 64-bit boot protocol, in
+    // the guest's memory; vm.initrd, when set, a non-empty regular file.
+    void linux_kernel(const std::string& text, const Setting* initrd, VmConfig& vm) {
+        if (text.empty()) {
+            fail("vm", "kernel", "must be the path of a Linux bzImage");
+            return;
+        }
+        if (text.starts_with(k_builtin_prefix)) {
+            fail("vm", "kernel", "must be the path of a Linux bzImage (builtin: images go in vm.image)");
+            return;
+        }
+        auto file = regular_file("kernel", text);
+        if (!file)
+            return;
+        base::Fd fd(::open(file->c_str(), O_RDONLY | O_CLOEXEC));
+        struct stat info {};
+        if (!fd || ::fstat(fd.get(), &info) != 0) {
+            fail("vm", "kernel", fmt::format("cannot be read ({}): {}", file->string(), std::strerror(errno)));
+            return;
+        }
+        std::vector<std::byte> head(4096);
+        ssize_t n = ::pread(fd.get(), head.data(), head.size(), 0);
+        if (n < 0) {
+            fail("vm", "kernel", fmt::format("cannot be read ({}): {}", file->string(), std::strerror(errno)));
+            return;
+        }
+        head.resize(static_cast<size_t>(n));
+        auto bz = base::BzImage::parse(head, static_cast<uint64_t>(info.st_size));
+        if (!bz) {
+            fail("vm", "kernel", fmt::format("{} is not a kernel colod can boot: {}", file->string(), bz.error().message()));
+            return;
+        }
+        vm.kernel = *file;
+        if (initrd) {
+            if (initrd->value.empty()) {
+                fail("vm", "initrd", "must be the path of an initramfs (or leave the key out)");
+            } else if (auto initrd_file = regular_file("initrd", initrd->value)) {
+                std::error_code error;
+                if (std::filesystem::file_size(*initrd_file, error) == 0 || error)
+                    fail("vm", "initrd", fmt::format("{} is empty", initrd_file->string()));
+                else
+                    vm.initrd = *initrd_file;
+            }
+        }
+        // Whether it fits the guest's memory (low memory: RAM below the 3 GiB hole).
+        if (vm.memory_bytes != 0) {
+            if (auto fits = bz->check_fits(std::min<uint64_t>(vm.memory_bytes, uint64_t{3} << 30)); !fits)
+                fail("vm", "memory", fits.error().message());
+        }
+    }
+
     void image(const std::string& text, Image& image) {
         if (text.empty()) {
             fail("vm", "image", "must be builtin:NAME or the path of an ELF64 guest");
@@ -465,23 +558,8 @@ private:
             image.builtin = name;
             return;
         }
-        const std::filesystem::path file = resolve(text);
-        const std::string resolved = file.string() == text ? std::string() : fmt::format(" ({})", file.string());
-        std::error_code error;
-        const auto status = std::filesystem::status(file, error);
-        if (status.type() == std::filesystem::file_type::not_found) {
-            fail("vm", "image", fmt::format("no such file{}", resolved));
-            return;
-        }
-        if (error) {
-            fail("vm", "image", fmt::format("cannot be examined{}: {}", resolved, error.message()));
-            return;
-        }
-        if (status.type() != std::filesystem::file_type::regular) {
-            fail("vm", "image", fmt::format("not a regular file{}", resolved));
-            return;
-        }
-        image.file = file;
+        if (auto file = regular_file("image", text))
+            image.file = *file;
     }
 
     std::optional<std::chrono::microseconds> duration(std::string_view key, std::chrono::microseconds min,
@@ -758,7 +836,13 @@ std::string to_config_text(const PairConfig& config) {
     out += fmt::format("name = {}\n", config.vm.name);
     out += fmt::format("memory = {}\n", format_size(config.vm.memory_bytes));
     out += fmt::format("vcpus = {}\n", config.vm.vcpus);
-    out += fmt::format("image = {}\n", config.vm.image.to_string());
+    if (config.vm.is_linux()) {
+        out += fmt::format("kernel = {}\n", config.vm.kernel.string());
+        if (!config.vm.initrd.empty())
+            out += fmt::format("initrd = {}\n", config.vm.initrd.string());
+    } else {
+        out += fmt::format("image = {}\n", config.vm.image.to_string());
+    }
     out += fmt::format("cmdline = {}\n", config.vm.cmdline);
     out += fmt::format("console-clients = {}\n", config.vm.console_clients);
     out += fmt::format("accelerator = {}\n", config.vm.accelerator);

@@ -46,14 +46,17 @@ struct VmConfig {
     std::string name;              // [A-Za-z0-9_.-]{1,64}; the file's stem unless set
     uint64_t memory_bytes = 0;     // a multiple of 4 KiB, 16 MiB to 1 TiB
     uint32_t vcpus = 1;            // 1 to 64
-    Image image;
-    std::string cmdline;           // passed to the guest; at most 255 bytes, may be empty
+    Image image;                   // the guest, unless kernel is set
+    std::filesystem::path kernel;  // a Linux bzImage (absolute), the alternative to image
+    std::filesystem::path initrd;  // its initramfs (absolute); empty for none
+    std::string cmdline;           // passed to the guest; at most 255 bytes (2047 for a kernel)
     uint32_t console_clients = 16; // simultaneous console connections, 1 to 1024
     // How the guest runs: "kvm" (/dev/kvm, refuse to start without it), "soft" (the software
     // backend) or "auto" (kvm when /dev/kvm exists, else soft). A string because the daemons
     // hand it on as the backend's name.
     std::string accelerator = "auto";
 
+    bool is_linux() const { return !kernel.empty(); }
     bool operator==(const VmConfig&) const = default;
 };
 

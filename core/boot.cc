@@ -54,17 +54,7 @@ base::Result<void> write_guest(GuestMemory& memory, uint64_t gpa, const T* data,
 
 }  // namespace
 
-base::Result<BootState> setup_direct_boot(GuestMemory& memory, const ElfImage& image, uint32_t vcpus,
-                                          std::string_view cmdline, const kvm_sregs& sregs_template) {
-    if (memory.size() < COLOD_IMAGE_MIN + k_page_size)
-        return base::Error::make(base::Errc::Invalid, "guest RAM of {} bytes leaves no room above the boot area",
-                                 memory.size());
-    if (cmdline.size() >= COLOD_BOOT_CMDLINE_MAX)
-        return base::Error::make(base::Errc::Invalid, "guest command line of {} bytes (at most {})", cmdline.size(),
-                                 COLOD_BOOT_CMDLINE_MAX - 1);
-
-    TRY(write_guest(memory, k_gdt, k_gdt_entries, std::size(k_gdt_entries)));
-
+base::Result<uint64_t> write_identity_page_tables(GuestMemory& memory) {
     // Identity map from 0 to max(RAM end, 4 GiB) with 2 MiB pages; the MMIO hole uncached.
     uint64_t top = platform::k_mmio_hole_end;
     for (const auto& region : memory.regions())
@@ -91,6 +81,47 @@ base::Result<BootState> setup_direct_boot(GuestMemory& memory, const ElfImage& i
         }
         TRY(write_guest(memory, k_first_pd + i * k_page_size, pd, 512));
     }
+    return k_pml4;
+}
+
+kvm_sregs long_mode_sregs(const kvm_sregs& sregs_template, uint16_t code_selector, uint16_t data_selector,
+                          uint64_t gdt_base, uint16_t gdt_limit) {
+    kvm_sregs sregs = sregs_template;
+    sregs.cs = flat_segment(code_selector, 0xb, true);
+    kvm_segment data = flat_segment(data_selector, 0x3, false);
+    sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data;
+    // VM entry wants a usable TR and LDT even in long mode (Intel): a busy 64-bit TSS type and
+    // an LDT type, both present, base 0.
+    sregs.tr = kvm_segment{};
+    sregs.tr.limit = 0x67;
+    sregs.tr.type = 0xb;
+    sregs.tr.present = 1;
+    sregs.ldt = kvm_segment{};
+    sregs.ldt.limit = 0xffff;
+    sregs.ldt.type = 0x2;
+    sregs.ldt.present = 1;
+    sregs.gdt.base = gdt_base;
+    sregs.gdt.limit = gdt_limit;
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0;
+    sregs.cr0 = 0x80050033;  // PG | AM | WP | NE | ET | MP | PE
+    sregs.cr3 = k_pml4;
+    sregs.cr4 = 0x20;     // PAE
+    sregs.efer = 0x500;   // LME | LMA
+    return sregs;
+}
+
+base::Result<BootState> setup_direct_boot(GuestMemory& memory, const ElfImage& image, uint32_t vcpus,
+                                          std::string_view cmdline, const kvm_sregs& sregs_template) {
+    if (memory.size() < COLOD_IMAGE_MIN + k_page_size)
+        return base::Error::make(base::Errc::Invalid, "guest RAM of {} bytes leaves no room above the boot area",
+                                 memory.size());
+    if (cmdline.size() >= COLOD_BOOT_CMDLINE_MAX)
+        return base::Error::make(base::Errc::Invalid, "guest command line of {} bytes (at most {})", cmdline.size(),
+                                 COLOD_BOOT_CMDLINE_MAX - 1);
+
+    TRY(write_guest(memory, k_gdt, k_gdt_entries, std::size(k_gdt_entries)));
+    TRY(write_identity_page_tables(memory));
 
     colod_boot_info info{};
     info.magic = COLOD_BOOT_MAGIC;
@@ -105,28 +136,7 @@ base::Result<BootState> setup_direct_boot(GuestMemory& memory, const ElfImage& i
     TRY(write_guest(memory, k_boot_info, &info, 1));
 
     BootState boot;
-    boot.sregs = sregs_template;
-    boot.sregs.cs = flat_segment(COLOD_GDT_CODE64, 0xb, true);
-    kvm_segment data = flat_segment(COLOD_GDT_DATA, 0x3, false);
-    boot.sregs.ds = boot.sregs.es = boot.sregs.fs = boot.sregs.gs = boot.sregs.ss = data;
-    // VM entry wants a usable TR and LDT even in long mode (Intel): a busy 64-bit TSS type and
-    // an LDT type, both present, base 0.
-    boot.sregs.tr = kvm_segment{};
-    boot.sregs.tr.limit = 0x67;
-    boot.sregs.tr.type = 0xb;
-    boot.sregs.tr.present = 1;
-    boot.sregs.ldt = kvm_segment{};
-    boot.sregs.ldt.limit = 0xffff;
-    boot.sregs.ldt.type = 0x2;
-    boot.sregs.ldt.present = 1;
-    boot.sregs.gdt.base = k_gdt;
-    boot.sregs.gdt.limit = sizeof(k_gdt_entries) - 1;
-    boot.sregs.idt.base = 0;
-    boot.sregs.idt.limit = 0;
-    boot.sregs.cr0 = 0x80050033;  // PG | AM | WP | NE | ET | MP | PE
-    boot.sregs.cr3 = k_pml4;
-    boot.sregs.cr4 = 0x20;     // PAE
-    boot.sregs.efer = 0x500;   // LME | LMA
+    boot.sregs = long_mode_sregs(sregs_template, COLOD_GDT_CODE64, COLOD_GDT_DATA, k_gdt, sizeof(k_gdt_entries) - 1);
     boot.regs.rip = image.entry;
     boot.regs.rsp = COLOD_BOOT_STACK_TOP;
     boot.regs.rdi = k_boot_info;
@@ -145,6 +155,8 @@ std::vector<kvm_cpuid_entry2> cpuid_for_vcpu(std::span<const kvm_cpuid_entry2> s
                 entry.ecx |= 1u << 24;
         } else if (entry.function == 0xb || entry.function == 0x1f) {
             entry.edx = id;  // x2APIC ID
+        } else if (entry.function == 0x40000001) {
+            entry.eax &= kvm_pv_features_kept;
         }
     }
     return entries;

@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "config/config.h"
+#include "tests/support/fake_bzimage.h"
 
 using namespace colod::config;
 using namespace std::chrono_literals;
@@ -355,7 +356,7 @@ TEST_CASE("unknown sections and keys are errors", "[config]") {
     CHECK(errors_of(k_design + "[vm]\nmode = colo\n") ==
           "demo.conf:22: vm.mode = colo: unknown key (mode belongs in [replication])");
     CHECK(errors_of(k_design + "[vm]\nballoon = yes\n") ==
-          "demo.conf:22: vm.balloon = yes: unknown key (known in [vm]: name, memory, vcpus, image, cmdline, "
+          "demo.conf:22: vm.balloon = yes: unknown key (known in [vm]: name, memory, vcpus, image, kernel, initrd, cmdline, "
           "console-clients, accelerator)");
     CHECK(errors_of(k_design + "[vm]\nMemory = 512M\n") ==
           "demo.conf:22: vm.Memory = 512M: unknown key (did you mean vm.memory?)");
@@ -394,7 +395,7 @@ TEST_CASE("missing required keys", "[config]") {
           "demo.conf: replication.auth-key-file: required key is missing");
     CHECK(errors_of("") ==
           "demo.conf: vm.memory: required key is missing\n"
-          "demo.conf: vm.image: required key is missing\n"
+          "demo.conf: vm.image: required key is missing (or set vm.kernel for a Linux guest)\n"
           "demo.conf: replication.auth-key-file: required key is missing\n"
           "demo.conf: primary.replication: required key is missing\n"
           "demo.conf: primary.console: required key is missing\n"
@@ -521,4 +522,89 @@ TEST_CASE("the packaged examples parse", "[config]") {
     CHECK(pair.secondary.replication.to_string() == "10.0.0.2:9400");
     CHECK_FALSE(pair.replication.fence_command.empty());
     CHECK(pair.replication.auth_key_file == "/etc/colod/demo.key");
+}
+
+TEST_CASE("a Linux guest: kernel and initrd instead of image", "[config][linux]") {
+    TempDir dir;
+    colod::test::FakeBzImage kernel;
+    dir.write("vmlinuz", kernel.text());
+    dir.write("initrd.cpio.gz", "070701...");
+    dir.write("empty", "");
+    ParseOptions options;
+    options.base_dir = dir.path();
+    auto linux_text = [](std::string_view kernel_line, std::string_view initrd_line = "") {
+        std::string text = with_line("image", std::string(kernel_line));
+        if (!initrd_line.empty())
+            text += fmt::format("[vm]\n{}\n", initrd_line);
+        return text;
+    };
+
+    const PairConfig config = parsed(linux_text("kernel = vmlinuz", "initrd = initrd.cpio.gz"), "demo.conf", options);
+    CHECK(config.vm.is_linux());
+    CHECK(config.vm.kernel == dir.path() / "vmlinuz");
+    CHECK(config.vm.initrd == dir.path() / "initrd.cpio.gz");
+    CHECK(parsed(to_config_text(config), "demo.conf", options) == config);
+    CHECK(parsed(linux_text("kernel = vmlinuz"), "demo.conf", options).vm.initrd.empty());
+    // A Linux command line may be longer than the embedded guest's 255 bytes.
+    CHECK(parsed(linux_text("kernel = vmlinuz", "cmdline = " + std::string(1000, 'x')), "demo.conf", options)
+              .vm.cmdline.size() == 1000);
+
+    // Exactly one of image and kernel; initrd only with kernel.
+    CHECK(errors_of(k_design + "[vm]\nkernel = vmlinuz\n", "demo.conf", options) ==
+          "demo.conf:22: vm.kernel = vmlinuz: set either image (an ELF64 guest) or kernel (a Linux bzImage), not both");
+    CHECK(errors_of(k_design + "[vm]\ninitrd = initrd.cpio.gz\n", "demo.conf", options) ==
+          "demo.conf:22: vm.initrd = initrd.cpio.gz: is for Linux guests: it needs vm.kernel, not vm.image");
+    CHECK(errors_of(with_line("image", ""), "demo.conf", options) ==
+          "demo.conf: vm.image: required key is missing (or set vm.kernel for a Linux guest)");
+
+    // Files that are missing, not files, empty, or not a bootable bzImage: the file and the rule.
+    CHECK(errors_of(linux_text("kernel = nothing"), "demo.conf", options) ==
+          fmt::format("demo.conf:5: vm.kernel = nothing: no such file ({})", (dir.path() / "nothing").string()));
+    std::filesystem::create_directory(dir.path() / "boot");
+    CHECK(errors_of(linux_text("kernel = boot"), "demo.conf", options) ==
+          fmt::format("demo.conf:5: vm.kernel = boot: not a regular file ({})", (dir.path() / "boot").string()));
+    CHECK(errors_of(linux_text("kernel = builtin:kvstore"), "demo.conf", options) ==
+          "demo.conf:5: vm.kernel = builtin:kvstore: must be the path of a Linux bzImage (builtin: images go in vm.image)");
+    CHECK(errors_of(linux_text("kernel = vmlinuz", "initrd = empty"), "demo.conf", options) ==
+          fmt::format("demo.conf:22: vm.initrd = empty: {} is empty", (dir.path() / "empty").string()));
+    CHECK(errors_of(linux_text("kernel = vmlinuz", "initrd = missing"), "demo.conf", options) ==
+          fmt::format("demo.conf:22: vm.initrd = missing: no such file ({})", (dir.path() / "missing").string()));
+
+    auto kernel_error = [&](colod::test::FakeBzImage broken) {
+        dir.write("broken", broken.text());
+        std::string message = errors_of(linux_text("kernel = broken"), "demo.conf", options);
+        std::string prefix = fmt::format("demo.conf:5: vm.kernel = broken: {} is not a kernel colod can boot: ",
+                                         (dir.path() / "broken").string());
+        REQUIRE(message.starts_with(prefix));
+        return message.substr(prefix.size());
+    };
+    colod::test::FakeBzImage no_magic;
+    no_magic.put<uint32_t>(0x202, 0x12345678);
+    CHECK(kernel_error(no_magic) == "not a bzImage: no boot flag 0xAA55 and \"HdrS\" magic in the setup header");
+    colod::test::FakeBzImage old;
+    old.put<uint16_t>(0x206, 0x020a);
+    CHECK(kernel_error(old) ==
+          "Linux boot protocol 2.10 is too old: the 64-bit entry needs 2.12 or later (kernel 3.8 and newer)");
+    colod::test::FakeBzImage no_64;
+    no_64.put<uint16_t>(0x236, 0);
+    CHECK(kernel_error(no_64).starts_with("a kernel without the 64-bit entry point"));
+    colod::test::FakeBzImage zimage;
+    zimage.put<uint8_t>(0x211, 0);
+    CHECK(kernel_error(zimage) == "a zImage (loaded below 1 MiB), not a bzImage");
+    colod::test::FakeBzImage misaligned;
+    misaligned.put<uint64_t>(0x258, 0x1000800);
+    CHECK(kernel_error(misaligned) == "preferred load address 0x1000800 is not usable");
+    dir.write("short", "MZ not even a header");
+    CHECK(errors_of(linux_text("kernel = short"), "demo.conf", options) ==
+          fmt::format("demo.conf:5: vm.kernel = short: {} is not a kernel colod can boot: not a bzImage: 20 bytes is "
+                      "too short for a Linux setup header",
+                      (dir.path() / "short").string()));
+
+    // A kernel that needs more memory than the guest has.
+    colod::test::FakeBzImage big;
+    big.put<uint32_t>(0x260, 300u << 20);
+    dir.write("big", big.text());
+    CHECK(errors_of(linux_text("kernel = big"), "demo.conf", options) ==
+          "demo.conf:3: vm.memory = 256M: this kernel needs at least 348 MiB of guest memory (loaded at 0x1000000, 300 "
+          "MiB while it boots)");
 }
