@@ -468,6 +468,9 @@ private:
                 vm.accelerator = accelerator->value;
             else
                 fail("vm", "accelerator", "must be auto, kvm or soft");
+            if (accelerator->value == "soft" && kernel)
+                fail("vm", "accelerator",
+                     "Linux guests need KVM: the software backend runs only colod's own guests (set kvm or auto)");
         }
     }
 

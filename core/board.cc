@@ -69,12 +69,17 @@ base::Result<Device*> Board::add(std::unique_ptr<Device> device, const Placement
     for (const auto& existing : m_devices)
         if (existing->name() == device->name())
             return base::Error::make(base::Errc::Invalid, "two devices named {}", device->name());
+    if (placement.announce != Announce::None && placement.mmio.empty())
+        return base::Error::make(base::Errc::Invalid, "device {}: announced without an MMIO window", device->name());
     for (const auto& [first, count] : placement.ports)
         TRY(m_bus.add_ports(first, count, *device));
     for (const auto& [first, size] : placement.mmio)
         TRY(m_bus.add_mmio(first, size, *device));
     if (auto* pausable = dynamic_cast<Pausable*>(device.get()))
         m_pausable.push_back(pausable);
+    if (placement.announce != Announce::None)
+        m_announced.push_back({placement.announce, placement.mmio.front().first, placement.mmio.front().second,
+                               placement.irq});
     m_devices.push_back(std::move(device));
     return m_devices.back().get();
 }

@@ -65,11 +65,25 @@ public:
 
     // Adds a device with its port and MMIO ranges (registered on the bus at once). Before the
     // machine starts only.
+    // A device the firmware tables describe to the guest (a Linux guest finds virtio-mmio
+    // devices only through ACPI): its first MMIO window and its interrupt line.
+    enum class Announce { None, VirtioMmio };
     struct Placement {
         std::vector<std::pair<uint16_t, uint16_t>> ports;  // (first, count)
         std::vector<std::pair<uint64_t, uint64_t>> mmio;   // (first, size)
+        Announce announce = Announce::None;
+        uint32_t irq = 0;  // with an announcement: the line the device raises
     };
     base::Result<Device*> add(std::unique_ptr<Device> device, const Placement& placement);
+
+    struct Announced {
+        Announce kind;
+        uint64_t mmio_base;
+        uint64_t mmio_size;
+        uint32_t irq;
+    };
+    // The announced devices, in the order they were added.
+    const std::vector<Announced>& announced() const { return m_announced; }
 
     // The machine starts: no device may be added from now on.
     void seal() { m_sealed = true; }
@@ -85,6 +99,7 @@ private:
     bool m_sealed = false;
     std::vector<std::unique_ptr<Device>> m_devices;
     std::vector<Pausable*> m_pausable;
+    std::vector<Announced> m_announced;
     std::vector<uint32_t> m_irqs;                 // claimed lines
     uint64_t m_next_mmio = 0;                      // offset into the device MMIO window
     uint32_t m_next_ports = 0;                     // offset into the device port range

@@ -26,6 +26,11 @@ base::Result<void> GuestRuntime::boot(std::span<const std::byte> image, std::str
     return m_machine->boot_elf(image, cmdline);
 }
 
+base::Result<void> GuestRuntime::boot_linux(std::span<const std::byte> kernel, std::span<const std::byte> initrd,
+                                            std::string_view cmdline) {
+    return m_machine->boot_linux(kernel, initrd, cmdline);
+}
+
 base::Result<void> GuestRuntime::open_console() {
     if (m_console)
         return base::ok();

@@ -38,6 +38,9 @@ public:
 
     // Loads and sets up an ELF64 guest for direct boot.
     base::Result<void> boot(std::span<const std::byte> image, std::string_view cmdline);
+    // Loads a Linux kernel (bzImage) and its initrd (may be empty) for the 64-bit boot protocol.
+    base::Result<void> boot_linux(std::span<const std::byte> kernel, std::span<const std::byte> initrd,
+                                  std::string_view cmdline);
     // Opens the console endpoint (clients may connect from now on).
     base::Result<void> open_console();
     // Starts the vCPUs and the halt watchdog.

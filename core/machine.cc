@@ -6,7 +6,9 @@
 
 #include "base/log.h"
 #include "core/boot.h"
+#include "core/acpi/tables.h"
 #include "core/elf_loader.h"
+#include "core/linux_boot.h"
 #include "core/uart.h"
 
 namespace colod::core {
@@ -19,6 +21,7 @@ std::string_view stop_reason_name(StopReason reason) {
     case StopReason::HaltedNoInterrupts: return "halted-with-interrupts-off";
     case StopReason::InternalError: return "internal-error";
     case StopReason::Requested: return "requested";
+    case StopReason::Reset: return "reset";
     }
     return "unknown";
 }
@@ -26,6 +29,9 @@ std::string_view stop_reason_name(StopReason reason) {
 base::Result<std::unique_ptr<Machine>> Machine::create(const MachineConfig& config) {
     if (config.vcpus == 0)
         return base::Error(base::Errc::Invalid, "a machine needs at least one vCPU");
+    if (config.guest == GuestKind::Linux && config.backend != "kvm")
+        return base::Error::make(base::Errc::Unsupported,
+                                 "Linux guests need KVM; the {} backend runs only colod's own guests", config.backend);
     auto backend = TRY(kvm::System::make_backend(config.backend));
     auto system = TRY(kvm::System::open(*backend));
     int max_vcpus = system.check_extension(KVM_CAP_MAX_VCPUS);
@@ -52,10 +58,22 @@ base::Result<std::unique_ptr<Machine>> Machine::create(const MachineConfig& conf
     }
 
     Machine* self = machine.get();
-    auto standard = TRY(build_standard_board(machine->m_board, [self](int code) {
+    auto power_off = [self](int code) {
         self->request_stop(StopInfo{StopReason::PowerOff, code, fmt::format("guest powered off with code {}", code)});
-    }));
+    };
+    auto standard = TRY(build_standard_board(machine->m_board, power_off));
     machine->m_uart = standard.uart;
+    machine->m_guest = config.guest;
+    if (config.guest == GuestKind::Linux) {
+        LinuxBoardCallbacks callbacks;
+        callbacks.power_off = [self] {
+            self->request_stop(StopInfo{StopReason::PowerOff, 0, "the guest powered off (ACPI S5)"});
+        };
+        callbacks.reset = [self] {
+            self->request_stop(StopInfo{StopReason::Reset, 0, "the guest asked for a reset (reboot)"});
+        };
+        machine->m_linux = TRY(build_linux_board(machine->m_board, std::move(callbacks)));
+    }
     return machine;
 }
 
@@ -77,6 +95,26 @@ base::Result<void> Machine::boot_elf(std::span<const std::byte> file, std::strin
     kvm::Vcpu& bsp = m_vcpus.front();
     auto sregs = TRY(bsp.sregs());
     auto boot = TRY(setup_direct_boot(m_memory, image, vcpu_count(), cmdline, sregs));
+    TRY(bsp.set_sregs(boot.sregs));
+    TRY(bsp.set_regs(boot.regs));
+    return base::ok();
+}
+
+base::Result<void> Machine::boot_linux(std::span<const std::byte> kernel, std::span<const std::byte> initrd,
+                                       std::string_view cmdline) {
+    if (m_guest != GuestKind::Linux)
+        return base::Error(base::Errc::Invalid, "a Linux kernel on a machine built for an ELF64 guest");
+    acpi::TableLayout layout;
+    layout.vcpus = vcpu_count();
+    for (const auto& device : m_board.announced())
+        if (device.kind == Board::Announce::VirtioMmio)
+            layout.virtio_mmio.push_back({device.mmio_base, static_cast<uint32_t>(device.mmio_size), device.irq});
+    auto tables = TRY(acpi::build_tables(layout, linux_layout::k_acpi_tables,
+                                         linux_layout::k_acpi_tables_end - linux_layout::k_acpi_tables));
+    kvm::Vcpu& bsp = m_vcpus.front();
+    auto sregs = TRY(bsp.sregs());
+    auto boot = TRY(setup_linux_boot(m_memory, LinuxBoot{kernel, initrd, cmdline, tables.bytes, tables.rsdp_address},
+                                     sregs));
     TRY(bsp.set_sregs(boot.sregs));
     TRY(bsp.set_regs(boot.regs));
     return base::ok();

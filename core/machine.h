@@ -17,6 +17,7 @@
 #include "core/device.h"
 #include "core/guest_memory.h"
 #include "core/io_bus.h"
+#include "core/linux_board.h"
 #include "kvm/state.h"
 #include "kvm/system.h"
 #include "kvm/vcpu.h"
@@ -26,10 +27,15 @@ namespace colod::core {
 
 class Uart;
 
+// What the machine will boot: colod's direct-boot ELF64 contract (guests/abi.h), or Linux (the
+// 64-bit boot protocol, ACPI, the devices a Linux kernel drives: core/linux_board.h).
+enum class GuestKind { Elf, Linux };
+
 struct MachineConfig {
     uint64_t memory_bytes = 256ull << 20;
     uint32_t vcpus = 1;
     std::string backend = "kvm";  // "kvm" (/dev/kvm) or "soft" (software backend)
+    GuestKind guest = GuestKind::Elf;
 };
 
 enum class StopReason {
@@ -39,6 +45,7 @@ enum class StopReason {
     HaltedNoInterrupts, // every vCPU halted with interrupts disabled: it can never wake
     InternalError,      // KVM could not run the guest (emulation failure, failed entry ...)
     Requested,          // the owner stopped the machine
+    Reset,              // the guest asked for a reset (a reboot): colod stops it, see docs/linux-guests.md
 };
 
 std::string_view stop_reason_name(StopReason reason);
@@ -69,6 +76,12 @@ public:
 
     // Loads an ELF64 image and sets up the bootstrap vCPU for direct boot. Before start().
     base::Result<void> boot_elf(std::span<const std::byte> image, std::string_view cmdline);
+    // Loads a Linux bzImage and its initrd, writes the ACPI tables that describe this machine
+    // (every vCPU, the board's announced devices) and points the bootstrap vCPU at the kernel's
+    // 64-bit entry; the other vCPUs wait for the kernel's INIT/SIPI. Before start(), on a
+    // machine created with GuestKind::Linux and a KVM backend.
+    base::Result<void> boot_linux(std::span<const std::byte> kernel, std::span<const std::byte> initrd,
+                                  std::string_view cmdline);
 
     // Starts the vCPU threads. A secondary in checkpoint mode never calls this until it takes
     // over: its machine only holds state.
@@ -102,6 +115,8 @@ public:
     kvm::Vm& vm() { return m_vm; }
     IoBus& bus() { return m_bus; }
     Uart& uart() { return *m_uart; }
+    // A Linux guest's devices (all null for an ELF64 guest).
+    const LinuxDevices& linux_devices() const { return m_linux; }
     // The device manager: more devices may be added until start().
     Board& board() { return m_board; }
     // The machine's devices in a fixed order (state sections use the index as instance).
@@ -122,6 +137,8 @@ private:
     kvm::Vm m_vm;
     GuestMemory m_memory;
     std::string m_backend_name;
+    GuestKind m_guest = GuestKind::Elf;
+    LinuxDevices m_linux;  // GuestKind::Linux: the devices only a Linux guest has
     std::vector<kvm::Vcpu> m_vcpus;
     IoBus m_bus;
     Board m_board{m_vm, m_memory, m_bus};

@@ -33,7 +33,9 @@ inline constexpr uint64_t k_device_mmio_start = 0xd000'0000;
 inline constexpr uint64_t k_device_mmio_end = k_ioapic_base;
 // Interrupt lines: IOAPIC pins no legacy device uses (not 0 PIT, 1 keyboard, 2 cascade, 3 COM2,
 // 4 COM1, 8 RTC, 9 ACPI, 12 mouse, 13 FPU, 14/15 IDE).
-inline constexpr std::array<uint32_t, 13> k_device_irqs{5, 6, 7, 10, 11, 16, 17, 18, 19, 20, 21, 22, 23};
+// Pins above 15 first: the in-kernel 8259s do not see them, so a level-triggered device line
+// there is the IOAPIC's alone, as a Linux guest programs it from the ACPI tables.
+inline constexpr std::array<uint32_t, 13> k_device_irqs{16, 17, 18, 19, 20, 21, 22, 23, 5, 6, 7, 10, 11};
 // Ports: a range no legacy PC device uses.
 inline constexpr uint16_t k_device_ports_start = 0x6000;
 inline constexpr uint16_t k_device_ports_end = 0x7000;

@@ -125,8 +125,41 @@ int wait_for_signal(uint64_t timeout_ms) {
     return signal < 0 ? 0 : signal;
 }
 
-base::Result<GuestImage> load_image(const config::Image& image) {
+namespace {
+
+// Appends a whole file to `out`; at most `max` bytes.
+base::Result<void> append_file(const std::filesystem::path& path, uint64_t max, std::string_view what,
+                               std::vector<std::byte>& out) {
+    std::ifstream file(path, std::ios::binary | std::ios::ate);
+    if (!file)
+        return base::Error::make(base::Errc::Invalid, "cannot open {} {}", what, path.string());
+    auto size = static_cast<uint64_t>(file.tellg());
+    if (size > max)
+        return base::Error::make(base::Errc::Invalid, "{} {} is {} bytes (at most {})", what, path.string(), size, max);
+    size_t at = out.size();
+    out.resize(at + size);
+    file.seekg(0);
+    if (!file.read(reinterpret_cast<char*>(out.data() + at), static_cast<std::streamsize>(size)))
+        return base::Error::make(base::Errc::Invalid, "cannot read {} {}", what, path.string());
+    return base::ok();
+}
+
+}  // namespace
+
+base::Result<GuestImage> load_image(const config::VmConfig& vm) {
     GuestImage out;
+    if (vm.is_linux()) {
+        out.name = vm.kernel.string();
+        TRY(append_file(vm.kernel, 256ull << 20, "the kernel", out.owned));
+        size_t kernel_size = out.owned.size();
+        if (!vm.initrd.empty())
+            TRY(append_file(vm.initrd, 2ull << 30, "the initrd", out.owned));
+        out.bytes = out.owned;
+        out.kernel = out.bytes.first(kernel_size);
+        out.initrd = out.bytes.subspan(kernel_size);
+        return out;
+    }
+    const config::Image& image = vm.image;
     out.name = image.to_string();
     if (image.is_builtin()) {
         auto bytes = guests::builtin_image(image.builtin);
@@ -135,18 +168,7 @@ base::Result<GuestImage> load_image(const config::Image& image) {
         out.bytes = *bytes;
         return out;
     }
-    constexpr uint64_t k_max_image = 1ull << 30;
-    std::ifstream file(image.file, std::ios::binary | std::ios::ate);
-    if (!file)
-        return base::Error::make(base::Errc::Invalid, "cannot open guest image {}", image.file.string());
-    auto size = static_cast<uint64_t>(file.tellg());
-    if (size > k_max_image)
-        return base::Error::make(base::Errc::Invalid, "guest image {} is {} bytes (at most {})", image.file.string(), size,
-                                 k_max_image);
-    out.owned.resize(size);
-    file.seekg(0);
-    if (!file.read(reinterpret_cast<char*>(out.owned.data()), static_cast<std::streamsize>(size)))
-        return base::Error::make(base::Errc::Invalid, "cannot read guest image {}", image.file.string());
+    TRY(append_file(image.file, 1ull << 30, "guest image", out.owned));
     out.bytes = out.owned;
     return out;
 }
@@ -154,14 +176,18 @@ base::Result<GuestImage> load_image(const config::Image& image) {
 }  // namespace colod::daemons
 
 namespace colod::daemons {
-std::string choose_backend(std::string_view accelerator) {
-    if (accelerator != "auto")
-        return std::string(accelerator);
+base::Result<std::string> choose_backend(const config::VmConfig& vm) {
+    if (vm.accelerator != "auto")
+        return vm.accelerator;
     if (::access("/dev/kvm", F_OK) == 0)
-        return "kvm";
+        return std::string("kvm");
+    if (vm.is_linux())
+        return base::Error(base::Errc::Unsupported,
+                           "Linux guests need KVM, and this host has no /dev/kvm (the software backend runs only "
+                           "colod's own guests): load kvm_intel or kvm_amd");
     base::log(base::Level::Warning, base::Event::None,
               "no /dev/kvm on this host: the guest runs on the software backend (an interpreter, much slower than "
               "KVM); set 'accelerator = kvm' in [vm] to refuse to start instead");
-    return "soft";
+    return std::string("soft");
 }
 }  // namespace colod::daemons

@@ -34,18 +34,23 @@ int wait_for_signal();
 // Waits for a termination signal with a timeout; returns 0 on timeout.
 int wait_for_signal(uint64_t timeout_ms);
 
-// The bytes of the guest image the config names: an embedded one or a file (at most 1 GiB).
+// The bytes of the guest the config names: an embedded image, an ELF64 file (at most 1 GiB), or
+// a Linux kernel and its initrd (read into one buffer, kernel first).
 struct GuestImage {
-    std::string name;  // builtin:kvstore or the path
+    std::string name;  // builtin:kvstore, the image's path, or the kernel's
     std::vector<std::byte> owned;
-    std::span<const std::byte> bytes;
+    std::span<const std::byte> bytes;   // everything: what HELLO's image hash covers
+    std::span<const std::byte> kernel;  // Linux guests: the bzImage
+    std::span<const std::byte> initrd;  // Linux guests: the initrd (may be empty)
+    bool is_linux() const { return !kernel.empty(); }
 };
-base::Result<GuestImage> load_image(const config::Image& image);
+base::Result<GuestImage> load_image(const config::VmConfig& vm);
 
 }  // namespace colod::daemons
 
 namespace colod::daemons {
 // The KVM backend for `accelerator` (config [vm] accelerator): "kvm" and "soft" as they are;
-// "auto" picks kvm when /dev/kvm exists, else soft with a warning in the log.
-std::string choose_backend(std::string_view accelerator);
+// "auto" picks kvm when /dev/kvm exists, else soft with a warning in the log. A Linux guest runs
+// on KVM only: for one, "auto" without /dev/kvm is an error saying so.
+base::Result<std::string> choose_backend(const config::VmConfig& vm);
 }  // namespace colod::daemons

@@ -134,7 +134,9 @@ int Node::start_primary() {
                       fmt::format("no secondary reachable ({}): starting the guest unprotected", probe.detail),
                       {{"REASON", probe.detail}});
     }
-    if (auto booted = m_runtime->boot(m_image.bytes, m_cfg.vm.cmdline); !booted)
+    auto booted = m_image.is_linux() ? m_runtime->boot_linux(m_image.kernel, m_image.initrd, m_cfg.vm.cmdline)
+                                     : m_runtime->boot(m_image.bytes, m_cfg.vm.cmdline);
+    if (!booted)
         return fail(fmt::format("cannot boot {}: {}", m_image.name, booted.error().message()));
     if (auto opened = m_runtime->open_console(); !opened)
         return fail(opened.error().message());
@@ -313,17 +315,19 @@ int Node::run() {
             return fail(fmt::format("replication.auth-key-file: {}", key.error().message()), k_exit_usage);
         m_key = std::make_shared<const proto::Key>(std::move(key).value());
     }
-    auto image = load_image(m_cfg.vm.image);
+    auto backend = choose_backend(m_cfg.vm);
+    if (!backend)
+        return fail(fmt::format("vm.kernel: {}", backend.error().message()), k_exit_usage);
+    auto image = load_image(m_cfg.vm);
     if (!image)
         return fail(image.error().message());
     m_image = std::move(image).value();
-    if (!m_image.owned.empty())
-        m_image.bytes = m_image.owned;
 
     core::RuntimeOptions options;
     options.machine.memory_bytes = m_cfg.vm.memory_bytes;
     options.machine.vcpus = m_cfg.vm.vcpus;
-    options.machine.backend = choose_backend(m_cfg.vm.accelerator);
+    options.machine.backend = *backend;
+    options.machine.guest = m_image.is_linux() ? core::GuestKind::Linux : core::GuestKind::Elf;
     options.console.host = m_cfg.host(m_self).console.host;
     options.console.port = m_cfg.host(m_self).console.port;
     options.console.max_clients = m_cfg.vm.console_clients;

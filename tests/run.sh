@@ -6,7 +6,8 @@
 #   3. runs the tests that drive KVM itself on a genuine /dev/kvm: here when the host has one,
 #      else nested (tests/hostkvm/nested.sh: Debian's kernel under QEMU's TCG loads kvm_amd):
 #      the kvm label (libkvm's host paths, the machine, the KVM API checks) and the hostkvm label
-#      (the loopback pair test's and the colo test's [realkvm] cases) (COLOD_HOSTKVM=0 skips this
+#      (the loopback pair test's and the colo test's [realkvm] cases, the Linux guest tests, whose
+#      guest is made from Debian's kernel package first) (COLOD_HOSTKVM=0 skips this
 #      step; COLOD_HOSTKVM_LABELS, a ctest label regex, changes the set);
 #   4. builds the proto and config unit tests and the fuzz corpus replays again with
 #      sanitizers (COLOD_SANITIZERS, default "address,undefined"; empty to skip) and runs them;
@@ -39,6 +40,14 @@ else
 fi
 BUILD_DIR=$build "$top/packaging/build.sh" -DCOLOD_WERROR=ON -DCOLOD_TESTS=ON -DCOLOD_FAULT_POINTS=ON -DCOLOD_SANITIZE=
 (cd "$build" && ctest --output-on-failure --timeout 900 -j"${TEST_JOBS:-1}" -LE '^hostkvm$' "$@")
+
+# The Linux test guest (Debian's kernel package, the project's initramfs: guests/linux/build.sh)
+# for the Linux guest tests of step 3. The kernel package is downloaded once, into the folder
+# tests/hostkvm/nested.sh keeps its own copy of the same package in.
+if [ "${COLOD_HOSTKVM:-1}" != 0 ]; then
+  mkdir -p "$top/build/hostkvm/debs"
+  COLOD_DEB_CACHE="$top/build/hostkvm/debs" cmake --build "$build" --target colod_linux_guest
+fi
 
 # The kvm label, and the cases of pair_test and colo_test tagged [realkvm] (label hostkvm: sync
 # and checkpoints under CHURN with digests equal, 10 random primary kills, colo traffic and kills).

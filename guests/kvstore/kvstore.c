@@ -66,6 +66,8 @@ static uint64_t g_pages_dirtied;
 static uint64_t g_churn_pages; /* 0 = CHURN off */
 static uint64_t g_churn_tick;  /* tick count of the last CHURN round (or of the CHURN command) */
 
+static struct kv_extension g_ext; /* all NULL: no platform extension (kvstore.h) */
+
 /* ---- eight bytes at a time ------------------------------------------------------------- */
 
 /* The long-line paths (scanning, hashing, comparing keys) look at a 64-bit word per step:
@@ -463,6 +465,11 @@ static void cmd_churn(struct kv_token arg)
     uint64_t pages;
     if (page_count(arg, &pages) != 0)
         return;
+    if (g_ext.churn_start != NULL) {
+        g_ext.churn_start(pages);
+        REPLY("OK");
+        return;
+    }
     g_churn_pages = pages;
     /* The first round belongs to the next tick, not to one that passed before the command. */
     g_churn_tick = kv_platform_ticks();
@@ -476,7 +483,7 @@ static void cmd_info(void)
     OUT_LIT(" keys=");
     out_u64(g_keys);
     OUT_LIT(" pages=");
-    out_u64(g_pages_dirtied);
+    out_u64(kv_pages_dirtied());
     out_send();
 }
 
@@ -541,7 +548,7 @@ static void execute(const char *line, size_t len)
             REPLY("ERR usage: INFO");
     } else if (cmd.len == 0) {
         REPLY("ERR empty line"); /* only spaces */
-    } else {
+    } else if (g_ext.command == NULL || !g_ext.command(line, len)) {
         REPLY("ERR unknown command");
     }
 }
@@ -626,6 +633,15 @@ void kv_reset(void)
     g_churn_pages = 0;
     g_churn_tick = 0;
     g_out_len = 0;
+    memset(&g_ext, 0, sizeof g_ext);
+}
+
+void kv_set_extension(const struct kv_extension *ext)
+{
+    if (ext != NULL)
+        g_ext = *ext;
+    else
+        memset(&g_ext, 0, sizeof g_ext);
 }
 
 int kv_scratch_add(void *base, uint64_t pages)
@@ -666,5 +682,7 @@ uint32_t kv_key_count(void)
 
 uint64_t kv_pages_dirtied(void)
 {
+    if (g_ext.churn_pages != NULL)
+        return g_pages_dirtied + g_ext.churn_pages();
     return g_pages_dirtied;
 }

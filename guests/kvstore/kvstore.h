@@ -50,6 +50,29 @@ void kv_feed(const uint8_t *bytes, size_t len);
 int kv_churn_due(uint64_t ticks);
 void kv_churn(uint64_t ticks);
 
+/* Optional platform extension, for a platform with more to offer than the bare-metal guest (the
+ * Linux program guests/linux/kvstored.c). Without one (the default, and after kv_reset()) the
+ * engine behaves exactly as documented in docs/kvstore.md. Every hook runs on the thread that
+ * called kv_feed(), inside it, and may be NULL.
+ *
+ * churn_start: a valid `CHURN n` calls churn_start(n) before its `OK` instead of arming the
+ *   engine's own rounds (kv_churn_due() then stays false): the platform runs the rounds itself,
+ *   e.g. on several CPUs. churn_start(0) must stop them before it returns, so that nothing it
+ *   started is counted after the `OK`. A refused CHURN does not call it.
+ * churn_pages: the pages the platform's rounds have written so far; INFO's pages= and
+ *   kv_pages_dirtied() add it to the engine's own count.
+ * command: offered every line the engine would answer `ERR unknown command` (the whole line,
+ *   printable ASCII, without its '\n' and trailing '\r'); returns 1 if it wrote the line's one
+ *   reply through kv_platform_write(), 0 to let the engine answer `ERR unknown command`. */
+struct kv_extension {
+    void (*churn_start)(uint64_t pages);
+    uint64_t (*churn_pages)(void);
+    int (*command)(const char *line, size_t len);
+};
+
+/* Installs ext (copied; NULL removes the extension). */
+void kv_set_extension(const struct kv_extension *ext);
+
 /* Counters behind INFO, for the platform and the tests. */
 uint32_t kv_key_count(void);
 uint64_t kv_pages_dirtied(void);

@@ -35,6 +35,10 @@ struct PairOptions {
     std::string fence_command;
     std::string mode = "checkpoint";
     std::string image = "builtin:kvstore";
+    // The [vm] lines naming the guest instead of `image = …` (a Linux guest's kernel, initrd
+    // and cmdline), when set.
+    std::string guest;
+    int vcpus = 1;
     std::string primary_ip = "127.0.0.1";
     std::string secondary_ip = "127.0.0.1";
     // Network namespaces to run each daemon in (empty: this one).
@@ -257,8 +261,9 @@ private:
     }
     std::string config_text(const std::string& secondary_replication) const {
         std::ostringstream out;
-        out << "[vm]\nname = demo\nmemory = " << m_options.memory << "\nvcpus = 1\nimage = " << m_options.image
-            << "\naccelerator = " << (test_backend() == "kvm" ? "kvm" : "soft") << "\n"
+        out << "[vm]\nname = demo\nmemory = " << m_options.memory << "\nvcpus = " << m_options.vcpus << "\n"
+            << (m_options.guest.empty() ? "image = " + m_options.image + "\n" : m_options.guest)
+            << "accelerator = " << (test_backend() == "kvm" ? "kvm" : "soft") << "\n"
             << m_options.extra_vm << "[replication]\nmode = " << m_options.mode
             << "\ncheckpoint-interval = " << m_options.checkpoint_interval
             << "\nheartbeat-interval = " << scaled_duration(m_options.heartbeat_interval)

@@ -549,6 +549,10 @@ TEST_CASE("a Linux guest: kernel and initrd instead of image", "[config][linux]"
     CHECK(parsed(linux_text("kernel = vmlinuz", "cmdline = " + std::string(1000, 'x')), "demo.conf", options)
               .vm.cmdline.size() == 1000);
 
+    CHECK(errors_of(linux_text("kernel = vmlinuz", "accelerator = soft"), "demo.conf", options) ==
+          "demo.conf:22: vm.accelerator = soft: Linux guests need KVM: the software backend runs only colod's own "
+          "guests (set kvm or auto)");
+
     // Exactly one of image and kernel; initrd only with kernel.
     CHECK(errors_of(k_design + "[vm]\nkernel = vmlinuz\n", "demo.conf", options) ==
           "demo.conf:22: vm.kernel = vmlinuz: set either image (an ELF64 guest) or kernel (a Linux bzImage), not both");

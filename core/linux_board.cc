@@ -1,0 +1,33 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#include "core/linux_board.h"
+
+#include "core/acpi/pm.h"
+#include "core/board.h"
+#include "core/virtio/mmio.h"
+#include "core/virtio/rng.h"
+
+namespace colod::core {
+
+base::Result<LinuxDevices> build_linux_board(Board& board, LinuxBoardCallbacks callbacks) {
+    LinuxDevices devices;
+    auto pm = std::make_unique<acpi::AcpiPm>(std::move(callbacks.power_off), std::move(callbacks.reset));
+    devices.pm = pm.get();
+    Board::Placement pm_place;
+    for (const auto& range : acpi::k_port_ranges)
+        pm_place.ports.push_back(range);
+    TRY(board.add(std::move(pm), pm_place));
+
+    // virtio-rng: host entropy until the replication engine decides where the bytes come from.
+    uint32_t irq = TRY(board.claim_irq());
+    uint64_t base = TRY(board.claim_mmio(virtio::MmioTransport::k_window_size));
+    auto rng = std::make_unique<virtio::RngDevice>(std::make_unique<virtio::HostEntropy>());
+    devices.rng = rng.get();
+    auto transport =
+        TRY(virtio::MmioTransport::create(std::move(rng), base, board.context().memory(), board.context().irq(irq)));
+    devices.rng_transport = transport.get();
+    TRY(board.add(std::move(transport),
+                  {{}, {{base, virtio::MmioTransport::k_window_size}}, Board::Announce::VirtioMmio, irq}));
+    return devices;
+}
+
+}  // namespace colod::core

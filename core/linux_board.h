@@ -1,0 +1,37 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// The devices a Linux guest has beyond the standard board (COM1, the power port): the ACPI
+// power-management block (power off and reset, as the FADT describes them) and the virtio
+// devices on virtio-mmio, which the ACPI tables announce (docs/linux-guests.md says why
+// virtio-mmio rather than virtio-pci).
+#pragma once
+
+#include <functional>
+
+#include "base/result.h"
+
+namespace colod::core {
+
+class Board;
+namespace acpi {
+class AcpiPm;
+}
+namespace virtio {
+class MmioTransport;
+class RngDevice;
+}  // namespace virtio
+
+struct LinuxBoardCallbacks {
+    std::function<void()> power_off;  // the guest entered S5
+    std::function<void()> reset;      // the guest wrote the reset register
+};
+
+// What build_linux_board added (owned by the board).
+struct LinuxDevices {
+    acpi::AcpiPm* pm = nullptr;
+    virtio::MmioTransport* rng_transport = nullptr;
+    virtio::RngDevice* rng = nullptr;
+};
+
+base::Result<LinuxDevices> build_linux_board(Board& board, LinuxBoardCallbacks callbacks);
+
+}  // namespace colod::core

@@ -1,0 +1,469 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * kvstored: the kvstore protocol engine (guests/kvstore/kvstore.c, the very file the embedded
+ * guest runs) as a static Linux program, the workload of the Linux test guest. It serves the
+ * console protocol of docs/kvstore.md on a serial tty, byte for byte what builtin:kvstore
+ * answers, so every test written against the embedded guest runs against a Linux guest too.
+ *
+ *   kvstored [--tty PATH] [--scratch-mib N]
+ *
+ * --tty PATH        the console (default /dev/ttyS0); the unit test passes a pty
+ * --scratch-mib N   scratch memory for DIRTY/CHURN (default: half of the RAM, at least 4 MiB)
+ *
+ * What differs from the embedded guest, and why:
+ * - ticks= counts 10 ms steps of CLOCK_MONOTONIC since kvstored started (100 Hz, like the
+ *   guest's PIT), not interrupts.
+ * - Scratch memory is one anonymous private mapping (MAP_NORESERVE: only pages DIRTY/CHURN
+ *   write ever get memory), registered with the engine as its one span.
+ * - CHURN runs on every CPU this process may run on: one worker thread per CPU, pinned to it,
+ *   each writing its share of the n pages of a tick into its own part of the scratch mapping
+ *   (kv_set_extension() hands CHURN to this file). The engine itself stays single-threaded:
+ *   only the main thread calls into it; the workers talk to it through atomics.
+ * - POWEROFF (an extension; the engine answers `ERR unknown command` to it): replies `OK`,
+ *   waits until the reply has left the tty, sync()s and ends kvstored with status 0. The
+ *   initramfs /init that started kvstored then powers the machine off (`poweroff -f`). Only
+ *   when kvstored is itself PID 1 (booted with rdinit=/bin/kvstored) does it call
+ *   reboot(RB_POWER_OFF) directly, since nobody else could: a kvstored started by hand on a
+ *   host (the unit test, often as root) must never power that host off.
+ *
+ * It writes nothing to the tty but protocol replies, and nothing to stderr but the one line of
+ * a fatal start-up error (exit status 1); after start-up it never exits on its own.
+ */
+#define _GNU_SOURCE
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/reboot.h>
+#include <sys/syscall.h>
+#include <sys/sysinfo.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../kvstore/kvstore.h"
+
+#define TICK_NS 10000000ll /* 100 Hz, the embedded guest's PIT rate */
+#define NS_PER_S 1000000000ll
+#define MIN_SCRATCH_BYTES (4ull << 20)
+
+static int g_tty = -1;
+static struct timespec g_start; /* CLOCK_MONOTONIC at start-up: tick 0 */
+
+static _Noreturn void fatal(const char *what, const char *detail)
+{
+    fprintf(stderr, "kvstored: %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
+    exit(1);
+}
+
+/* ---- time ------------------------------------------------------------------------------- */
+
+static int64_t ns_since_start(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)(now.tv_sec - g_start.tv_sec) * NS_PER_S + (now.tv_nsec - g_start.tv_nsec);
+}
+
+static uint64_t ticks_now(void)
+{
+    return (uint64_t)(ns_since_start() / TICK_NS);
+}
+
+/* Sleeps until tick `tick` begins. An absolute deadline, so a late wake-up does not push the
+ * following ticks later (no drift), and EINTR just sleeps again. */
+static void sleep_until_tick(uint64_t tick)
+{
+    int64_t ns = (int64_t)tick * TICK_NS;
+    struct timespec at = {g_start.tv_sec + ns / NS_PER_S, g_start.tv_nsec + ns % NS_PER_S};
+    if (at.tv_nsec >= NS_PER_S) {
+        at.tv_sec++;
+        at.tv_nsec -= NS_PER_S;
+    }
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &at, NULL) == EINTR) {
+    }
+}
+
+/* ---- the engine's platform -------------------------------------------------------------- */
+
+/* The whole reply, however the tty takes it: partial writes continue, EINTR retries, EAGAIN
+ * (should the tty be non-blocking) waits for room. Any other error means the console is gone
+ * (a hung-up pty): the reply cannot be delivered, and kvstored keeps serving whoever comes. */
+void kv_platform_write(const char *bytes, size_t len)
+{
+    while (len != 0) {
+        ssize_t n = write(g_tty, bytes, len);
+        if (n > 0) {
+            bytes += n;
+            len -= (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct pollfd p = {.fd = g_tty, .events = POLLOUT};
+            (void)poll(&p, 1, 100);
+        } else {
+            return;
+        }
+    }
+}
+
+uint64_t kv_platform_ticks(void)
+{
+    return ticks_now();
+}
+
+/* ---- CHURN on every CPU ----------------------------------------------------------------- */
+
+/* Worker 0 is the leader: it alone keeps time, sleeping with clock_nanosleep(TIMER_ABSTIME)
+ * to each tick, and opens a round there; the other workers wait for the round on a futex. A
+ * round is n pages in all, each worker writing its share into its own part of the scratch.
+ * The leader opens no round while the last one is still running (it skips that tick), so a
+ * CHURN too large for the machine slows itself down, like the engine's own rounds, and INFO's
+ * pages grows by exactly n for every round: rounds are counted once all shares are written. */
+struct worker {
+    pthread_t thread;
+    unsigned index;
+    int cpu;
+    uint64_t *base;   /* first word of its part of the scratch */
+    uint64_t pages;   /* pages in its part */
+    uint64_t cursor;  /* next page of its part to write; wraps */
+    uint64_t stamp;   /* values it writes: its own tag in the top bits, then a running count */
+};
+
+static struct worker *g_workers;
+static unsigned g_worker_count;
+
+static _Atomic uint64_t g_churn;          /* pages per tick asked for; 0 = off (main writes) */
+static _Atomic uint32_t g_churn_wake;     /* futex word: bumped when g_churn changes */
+static _Atomic uint32_t g_round;          /* futex word: bumped by the leader to open a round */
+static _Atomic uint64_t g_round_pages;    /* n of the open round (published before g_round) */
+static _Atomic uint32_t g_round_open;     /* 1 from opening a round until it is counted */
+static _Atomic uint32_t g_round_unfinished; /* workers whose share of the round is not written */
+static _Atomic uint32_t g_leader_deciding;  /* the leader is between reading g_churn and opening */
+static _Atomic uint64_t g_churn_done;     /* pages of the rounds counted so far */
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t expected)
+{
+    /* SAFETY: word is a naturally aligned 32-bit atomic that lives as long as the process;
+     * FUTEX_WAIT only sleeps if it still holds `expected`, so a wake between the caller's
+     * check and this call is not lost. */
+    (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+
+static void futex_wake_all(_Atomic uint32_t *word)
+{
+    (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Writes this worker's share of an n-page round: n / workers pages, one more for the first
+ * n % workers workers. Its part is split the same way from the whole scratch, and n never
+ * exceeds the scratch (the engine refuses that), so a share fits its part: the pages of one
+ * round are distinct. Each page gets a value it never held before, as the engine does it.
+ * DIRTY (the engine, on the main thread) walks the same mapping; when both write one page at
+ * once, either value will do: what matters is that the page changed. */
+static void write_share(struct worker *w, uint64_t n)
+{
+    uint64_t share = n / g_worker_count + (w->index < n % g_worker_count ? 1 : 0);
+    for (; share != 0; share--) {
+        volatile uint64_t *word = w->base + w->cursor * (KV_PAGE_SIZE / sizeof(uint64_t));
+        *word = ++w->stamp;
+        if (++w->cursor == w->pages)
+            w->cursor = 0;
+    }
+}
+
+/* The last worker to finish counts the round, then closes it: churn_start() waits for the
+ * close, so the round is in INFO's pages by the time the OK of CHURN goes out. */
+static void finish_share(uint64_t n)
+{
+    if (atomic_fetch_sub(&g_round_unfinished, 1) == 1) {
+        atomic_fetch_add(&g_churn_done, n);
+        atomic_store(&g_round_open, 0);
+    }
+}
+
+static void pin(const struct worker *w)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(w->cpu, &set);
+    /* A failure (the CPU went away) leaves the worker unpinned: slower, not wrong, and there is
+     * nowhere to report it that is not the protocol console. */
+    (void)sched_setaffinity(0, sizeof set, &set);
+}
+
+static void leader(struct worker *w)
+{
+    for (;;) {
+        /* CHURN off: sleep until the main thread changes it. */
+        for (;;) {
+            uint32_t wake = atomic_load(&g_churn_wake);
+            if (atomic_load(&g_churn) != 0)
+                break;
+            futex_wait(&g_churn_wake, wake);
+        }
+        /* The first round belongs to the next tick, as in the engine. */
+        uint64_t tick = ticks_now() + 1;
+        for (;;) {
+            sleep_until_tick(tick);
+            /* Dekker with churn_start(): either it sees g_leader_deciding / g_round_open set
+             * and waits for this round, or this load sees its new g_churn. */
+            atomic_store(&g_leader_deciding, 1);
+            uint64_t n = atomic_load(&g_churn);
+            if (n == 0) {
+                atomic_store(&g_leader_deciding, 0);
+                break;
+            }
+            if (atomic_load(&g_round_open) == 0) {
+                atomic_store(&g_round_pages, n);
+                atomic_store(&g_round_unfinished, g_worker_count);
+                atomic_store(&g_round_open, 1);
+                atomic_fetch_add(&g_round, 1);
+                atomic_store(&g_leader_deciding, 0);
+                futex_wake_all(&g_round);
+                write_share(w, n);
+                finish_share(n);
+            } else {
+                /* The last round is still being written: this tick is skipped, not queued. */
+                atomic_store(&g_leader_deciding, 0);
+            }
+            uint64_t now = ticks_now();
+            tick = tick + 1 > now ? tick + 1 : now + 1;
+        }
+    }
+}
+
+static void follower(struct worker *w)
+{
+    uint32_t seen = 0; /* rounds start at 1; the leader opens none before every share is done */
+    for (;;) {
+        uint32_t round = atomic_load(&g_round);
+        if (round == seen) {
+            futex_wait(&g_round, seen);
+            continue;
+        }
+        seen = round;
+        uint64_t n = atomic_load(&g_round_pages);
+        write_share(w, n);
+        finish_share(n);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    pin(w);
+    if (w->index == 0)
+        leader(w);
+    else
+        follower(w);
+    return NULL;
+}
+
+/* kv_extension.churn_start: called by the engine (main thread) for a valid CHURN n. Returns
+ * once no round of the previous n can still be running or uncounted, so that after `CHURN 0`
+ * and its OK, INFO's pages no longer moves. A round is at most a few milliseconds of work. */
+static void churn_start(uint64_t pages)
+{
+    atomic_store(&g_churn, pages);
+    atomic_fetch_add(&g_churn_wake, 1);
+    futex_wake_all(&g_churn_wake);
+    while (atomic_load(&g_leader_deciding) != 0 || atomic_load(&g_round_open) != 0) {
+        struct timespec pause = {0, 50000};
+        nanosleep(&pause, NULL);
+    }
+}
+
+static uint64_t churn_pages(void)
+{
+    return atomic_load(&g_churn_done);
+}
+
+/* One worker per CPU in this process's affinity mask (the online CPUs it may run on), each
+ * with its part of the scratch. */
+static void start_workers(uint8_t *scratch, uint64_t scratch_pages)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0 || CPU_COUNT(&set) == 0) {
+        CPU_ZERO(&set);
+        CPU_SET(0, &set);
+    }
+    g_worker_count = (unsigned)CPU_COUNT(&set);
+    g_workers = calloc(g_worker_count, sizeof *g_workers);
+    if (g_workers == NULL)
+        fatal("cannot allocate the CHURN workers", strerror(errno));
+
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 64 * 1024); /* they call nothing deep */
+    uint64_t first = 0;
+    unsigned index = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE && index < g_worker_count; cpu++) {
+        if (!CPU_ISSET(cpu, &set))
+            continue;
+        struct worker *w = &g_workers[index];
+        w->index = index;
+        w->cpu = cpu;
+        w->pages = scratch_pages / g_worker_count;
+        if (index < scratch_pages % g_worker_count)
+            w->pages++;
+        w->base = (uint64_t *)(void *)(scratch + first * KV_PAGE_SIZE);
+        w->stamp = (uint64_t)(index + 1) << 48;
+        first += w->pages;
+        index++;
+    }
+    for (index = 0; index < g_worker_count; index++) {
+        int err = pthread_create(&g_workers[index].thread, &attr, worker_main, &g_workers[index]);
+        if (err != 0)
+            fatal("cannot start a CHURN worker", strerror(err));
+    }
+    pthread_attr_destroy(&attr);
+}
+
+/* ---- POWEROFF --------------------------------------------------------------------------- */
+
+static int is_word(const char *p, size_t len, const char *upper)
+{
+    if (len != strlen(upper))
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = p[i];
+        if (c >= 'a' && c <= 'z')
+            c = (char)(c - ('a' - 'A'));
+        if (c != upper[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* kv_extension.command: the kvstored-only POWEROFF (see the top of this file). The line
+ * follows the engine's grammar: case-insensitive name, spaces around it ignored. */
+static int extra_command(const char *line, size_t len)
+{
+    const char *end = line + len;
+    while (line < end && *line == ' ')
+        line++;
+    const char *name = line;
+    while (line < end && *line != ' ')
+        line++;
+    if (!is_word(name, (size_t)(line - name), "POWEROFF"))
+        return 0;
+    while (line < end && *line == ' ')
+        line++;
+    if (line != end) {
+        static const char usage[] = "ERR usage: POWEROFF\n";
+        kv_platform_write(usage, sizeof usage - 1);
+        return 1;
+    }
+    kv_platform_write("OK\n", 3);
+    (void)tcdrain(g_tty); /* the OK is out before the machine goes */
+    sync();
+    if (getpid() == 1)
+        (void)reboot(RB_POWER_OFF);
+    exit(0);
+}
+
+/* ---- start-up --------------------------------------------------------------------------- */
+
+static void open_tty(const char *path)
+{
+    g_tty = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (g_tty < 0)
+        fatal(path, strerror(errno));
+    struct termios t;
+    if (tcgetattr(g_tty, &t) != 0)
+        fatal(path, strerror(errno));
+    /* Raw: no echo, no line editing, no CR/NL translation on either side, no signals from
+     * input bytes, no flow control; a read returns as soon as one byte is there. CLOCAL so
+     * the modem lines of a serial port do not matter. 115200 8N1 like the embedded guest
+     * (an emulated UART ignores the rate anyway). Bytes that arrived before are kept. */
+    cfmakeraw(&t);
+    t.c_lflag &= (tcflag_t)~TOSTOP;
+    t.c_cflag |= CLOCAL | CREAD;
+    t.c_cc[VMIN] = 1;
+    t.c_cc[VTIME] = 0;
+    cfsetispeed(&t, B115200);
+    cfsetospeed(&t, B115200);
+    if (tcsetattr(g_tty, TCSANOW, &t) != 0)
+        fatal(path, strerror(errno));
+}
+
+static uint64_t default_scratch_bytes(void)
+{
+    struct sysinfo si;
+    uint64_t bytes = 0;
+    if (sysinfo(&si) == 0)
+        bytes = (uint64_t)si.totalram * si.mem_unit / 2;
+    return bytes < MIN_SCRATCH_BYTES ? MIN_SCRATCH_BYTES : bytes;
+}
+
+static uint64_t parse_mib(const char *text)
+{
+    char *end;
+    errno = 0;
+    unsigned long long mib = strtoull(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || mib == 0 || mib > (1ull << 30))
+        fatal("--scratch-mib wants a number of MiB from 1 up", text);
+    return (uint64_t)mib << 20;
+}
+
+int main(int argc, char **argv)
+{
+    const char *tty = "/dev/ttyS0";
+    uint64_t scratch_bytes = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--tty") == 0 && i + 1 < argc)
+            tty = argv[++i];
+        else if (strcmp(argv[i], "--scratch-mib") == 0 && i + 1 < argc)
+            scratch_bytes = parse_mib(argv[++i]);
+        else
+            fatal("usage: kvstored [--tty PATH] [--scratch-mib N]; unexpected", argv[i]);
+    }
+    if (scratch_bytes == 0)
+        scratch_bytes = default_scratch_bytes();
+    uint64_t scratch_pages = scratch_bytes / KV_PAGE_SIZE;
+
+    clock_gettime(CLOCK_MONOTONIC, &g_start);
+    open_tty(tty);
+
+    void *scratch = mmap(NULL, scratch_pages * KV_PAGE_SIZE, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (scratch == MAP_FAILED)
+        fatal("cannot map the scratch memory", strerror(errno));
+
+    kv_reset();
+    if (kv_scratch_add(scratch, scratch_pages) != 0)
+        fatal("the engine refused the scratch memory", NULL);
+    start_workers(scratch, scratch_pages);
+    struct kv_extension ext = {
+        .churn_start = churn_start,
+        .churn_pages = churn_pages,
+        .command = extra_command,
+    };
+    kv_set_extension(&ext);
+
+    uint8_t buf[4096];
+    for (;;) {
+        ssize_t n = read(g_tty, buf, sizeof buf);
+        if (n > 0) {
+            kv_feed(buf, (size_t)n);
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else {
+            /* End of file or an error: the other end of a pty went away, or the port hung
+             * up. kvstored does not exit on its own; it looks again a little later. */
+            struct timespec pause = {0, 100000000};
+            nanosleep(&pause, NULL);
+        }
+    }
+}

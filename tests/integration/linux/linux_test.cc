@@ -1,0 +1,269 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// Linux guests end to end, on real KVM only: Debian's kernel and the project's initramfs
+// (guests/linux: busybox and kvstored, the kvstore protocol on ttyS0) under the real daemons.
+// Where the host has no /dev/kvm, tests/run.sh runs this inside the nested KVM
+// (tests/hostkvm/nested.sh); without KVM at all it exits 77 (CTest: skipped).
+//
+// Environment: COLOD_LINUX_GUEST_DIR (vmlinuz and initrd.cpio.gz; default: the build tree's),
+// COLOD_LINUX_KILLS (kill rounds of the failover test, default 10).
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+
+#include <random>
+#include <regex>
+#include <thread>
+
+#include "tests/support/incr_client.h"
+#include "tests/support/pair.h"
+
+using namespace colod;
+using namespace colod::test;
+using Side = Pair::Side;
+
+namespace {
+
+std::filesystem::path guest_dir() {
+    const char* env = std::getenv("COLOD_LINUX_GUEST_DIR");
+    return env && *env ? std::filesystem::path(env) : std::filesystem::path(COLOD_LINUX_GUEST_DEFAULT_DIR);
+}
+
+// A Linux guest's [vm] lines. loglevel=5: the kernel's warnings and worse reach ttyS0 beside
+// the protocol, so a test sees any soft lockup, RCU stall, hung task or clocksource message.
+PairOptions linux_options(int vcpus, std::string memory = "256M") {
+    PairOptions options;
+    options.memory = std::move(memory);
+    options.vcpus = vcpus;
+    options.guest = fmt::format("kernel = {}\ninitrd = {}\ncmdline = console=ttyS0 loglevel=5\n",
+                                (guest_dir() / "vmlinuz").string(), (guest_dir() / "initrd.cpio.gz").string());
+    // A Linux guest under nested KVM answers slowly: the heartbeat must not mistake that for death.
+    options.heartbeat_interval = "50ms";
+    options.heartbeat_timeout = "1000ms";
+    options.checkpoint_interval = "100ms";
+    return options;
+}
+
+// Kernel messages that mean the guest is unwell.
+const std::regex k_unhealthy(
+    "soft lockup|hard LOCKUP|rcu_.*stall|rcu: INFO|blocked for more than|clocksource.*unstable|"
+    "Marking clocksource|Oops|BUG:|Kernel panic|general protection|Call Trace",
+    std::regex::icase);
+
+// A console the test keeps for a whole guest's life: every line it reads is kept, so the test can
+// grep the kernel's messages at the end.
+class GuestConsole {
+public:
+    explicit GuestConsole(LineClient client) : m_client(std::move(client)) {}
+
+    // The next line, recorded.
+    std::optional<std::string> line(std::chrono::milliseconds timeout) {
+        auto line = m_client.line(timeout);
+        if (line)
+            m_seen += *line + "\n";
+        return line;
+    }
+    // Waits for a line starting with `prefix` (lines before it are kept, not checked).
+    std::optional<std::string> wait_for(std::string_view prefix, std::chrono::milliseconds timeout) {
+        auto deadline = std::chrono::steady_clock::now() + scaled(timeout);
+        while (std::chrono::steady_clock::now() < deadline) {
+            auto next = line(std::chrono::seconds(1));
+            if (next && next->starts_with(prefix))
+                return next;
+        }
+        return std::nullopt;
+    }
+    // Once kvstored answers: a PING until PONG, then a unique SET/GET so that every reply the
+    // early PINGs caused is read before the test goes on.
+    bool ready(std::chrono::milliseconds timeout) {
+        auto deadline = std::chrono::steady_clock::now() + scaled(timeout);
+        bool pong = false;
+        while (!pong && std::chrono::steady_clock::now() < deadline) {
+            if (!m_client.send("PING\n"))
+                return false;
+            auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+            while (!pong && std::chrono::steady_clock::now() < until)
+                if (auto l = line(std::chrono::seconds(1)); l && *l == "PONG")
+                    pong = true;
+        }
+        if (!pong)
+            return false;
+        std::string token = fmt::format("t{}", std::random_device{}());
+        if (!m_client.send("SET boot-sync " + token + "\nGET boot-sync\n"))
+            return false;
+        while (auto l = line(std::chrono::seconds(30)))
+            if (*l == token)
+                return true;
+        return false;
+    }
+    std::optional<std::string> command(std::string_view text, std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+        if (!m_client.send(std::string(text) + "\n"))
+            return std::nullopt;
+        return line(timeout);
+    }
+    const std::string& seen() const { return m_seen; }
+    LineClient& client() { return m_client; }
+
+private:
+    LineClient m_client;
+    std::string m_seen;
+};
+
+std::optional<GuestConsole> open_console(Pair& pair, Side side) {
+    auto client = pair.console(side, std::chrono::seconds(60));
+    if (!client)
+        return std::nullopt;
+    return GuestConsole(std::move(*client));
+}
+
+uint64_t info_field(const std::string& info, const std::string& name) {
+    std::smatch match;
+    std::regex pattern(name + "=([0-9]+)");
+    REQUIRE(std::regex_search(info, match, pattern));
+    return std::stoull(match[1]);
+}
+
+void check_healthy(const std::string& console_text) {
+    std::smatch match;
+    bool unwell = std::regex_search(console_text, match, k_unhealthy);
+    INFO("console:\n" << console_text);
+    CHECK_FALSE(unwell);
+}
+
+}  // namespace
+
+TEST_CASE("a Linux guest boots standalone with 1 and 4 vCPUs, answers on ttyS0 and powers off cleanly",
+          "[linux][standalone]") {
+    for (int vcpus : {1, 4}) {
+        DYNAMIC_SECTION(vcpus << " vCPUs") {
+            Pair pair(linux_options(vcpus));
+            auto& primary = pair.start_primary({"--standalone"});
+            auto console = open_console(pair, Side::Primary);
+            REQUIRE(console);
+            // The initramfs says how many CPUs the kernel brought online, then starts kvstored.
+            auto cpus = console->wait_for("kvstored-init: ", std::chrono::minutes(3));
+            REQUIRE(cpus);
+            CHECK(*cpus == fmt::format("kvstored-init: {} CPUs online", vcpus));
+            REQUIRE(console->ready(std::chrono::minutes(2)));
+
+            CHECK(console->command("SET k v") == "OK");
+            CHECK(console->command("GET k") == "v");
+            CHECK(console->command("INCR n") == "1");
+            CHECK(console->command("INCR n") == "2");
+            CHECK(console->command("DEL k") == "OK");
+            CHECK(console->command("GET k") == "NIL");
+            CHECK(console->command("DIRTY 100") == "OK 100");
+            CHECK(console->command("BOGUS").value_or("").starts_with("ERR"));
+            auto first = console->command("INFO");
+            REQUIRE(first);
+            REQUIRE(console->command("CHURN 8") == "OK");
+            REQUIRE(eventually([&] {
+                auto later = console->command("INFO");
+                return later && info_field(*later, "ticks") > info_field(*first, "ticks") + 20 &&
+                       info_field(*later, "pages") >= info_field(*first, "pages") + 8 * 10;
+            }, std::chrono::seconds(60)));
+            REQUIRE(console->command("CHURN 0") == "OK");
+
+            // Power off from inside: the daemon exits 0, its log says why.
+            CHECK(console->command("POWEROFF") == "OK");
+            CHECK(primary.exit_code() == 0);
+            CHECK_THAT(pair.read_log("primary"), Catch::Contains("power-off"));
+            check_healthy(console->seen());
+        }
+    }
+}
+
+TEST_CASE("a protected Linux pair: live sync, checkpoints under CHURN on every vCPU with equal memory, failovers "
+          "both ways with no acknowledged INCR lost, and a clean power-off",
+          "[linux][pair]") {
+    const char* env = std::getenv("COLOD_LINUX_KILLS");
+    const int kills = env ? std::atoi(env) : 10;
+    Pair pair(linux_options(2));
+    // The daemon running on each host (index: Side), replaced as hosts die and are repaired.
+    std::array<Process*, 2> on_host{};
+    on_host[1] = &pair.start_secondary();
+    on_host[0] = &pair.start_primary();
+    auto host = [](Side side) { return side == Side::Primary ? 0 : 1; };
+    Side active_side = Side::Primary;
+    auto console = open_console(pair, Side::Primary);
+    REQUIRE(console);
+    REQUIRE(console->wait_for("kvstored-init: 2 CPUs online", std::chrono::minutes(3)));
+    REQUIRE(console->ready(std::chrono::minutes(2)));
+    REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
+
+    // 100+ checkpoints while both vCPUs dirty pages; digests equal at paused checkpoints.
+    REQUIRE(console->command("CHURN 16") == "OK");
+    uint64_t start = pair.status(Side::Primary)->checkpoints;
+    REQUIRE(eventually([&] { return pair.status(Side::Primary)->checkpoints >= start + 100; }, std::chrono::minutes(5)));
+    for (int round = 0; round < 2; ++round) {
+        auto primary = pair.control(Side::Primary, "digest", 60000);
+        REQUIRE(primary);
+        auto secondary = pair.control(Side::Secondary, "digest", 60000);
+        REQUIRE(secondary);
+        CHECK(*primary == *secondary);
+        REQUIRE(pair.control(Side::Primary, "resume"));
+    }
+    REQUIRE(console->command("CHURN 0") == "OK");
+    check_healthy(console->seen());
+
+    // Kill the active side again and again: the other takes over, a new secondary starts where
+    // the dead one was and is synced from it (re-protection in both directions).
+    std::mt19937 rng(std::random_device{}());
+    uint64_t last_ticks = 0;
+    for (int round = 0; round < kills; ++round) {
+        INFO("round " << round << ", active on the " << (active_side == Side::Primary ? "primary" : "secondary")
+                      << " host");
+        Side standby_side = active_side == Side::Primary ? Side::Secondary : Side::Primary;
+        IncrClient client;
+        auto incr = pair.console(active_side);
+        REQUIRE(incr);
+        client.start(std::move(*incr), "counter", std::chrono::seconds(30));
+        std::this_thread::sleep_for(std::chrono::milliseconds(500 + rng() % 2000));
+        on_host[host(active_side)]->signal(SIGKILL);
+        REQUIRE(on_host[host(active_side)]->exit_code() == 128 + SIGKILL);
+        client.join();
+        REQUIRE(pair.wait_state(standby_side, "active", std::chrono::minutes(2)));
+
+        auto survivor = open_console(pair, standby_side);
+        REQUIRE(survivor);
+        REQUIRE(survivor->ready(std::chrono::minutes(1)));
+        auto value = survivor->command("GET counter");
+        REQUIRE(value);
+        uint64_t counter = *value == "NIL" ? 0 : std::stoull(*value);
+        CHECK(counter >= client.acked());
+        CHECK(counter <= client.sent());
+        // The guest's clock goes on from where the checkpoint left it, and keeps going.
+        auto info = survivor->command("INFO");
+        REQUIRE(info);
+        uint64_t ticks = info_field(*info, "ticks");
+        CHECK(ticks >= last_ticks);
+        REQUIRE(eventually([&] {
+            auto later = survivor->command("INFO");
+            return later && info_field(*later, "ticks") > ticks + 10;
+        }, std::chrono::seconds(60)));
+        last_ticks = ticks;
+
+        // The repaired host runs a new secondary, synced from the survivor.
+        on_host[host(active_side)] = &pair.start_extra(COLOD_SECONDARY_BIN, "", fmt::format("secondary-{}", round));
+        REQUIRE(pair.wait_state(standby_side, "protected", std::chrono::minutes(5)));
+        REQUIRE(pair.wait_state(active_side, "standby", std::chrono::minutes(1)));
+        check_healthy(survivor->seen());
+        std::swap(active_side, standby_side);
+    }
+
+    // The guest powers off: both daemons stop cleanly, nobody takes over.
+    auto last = open_console(pair, active_side);
+    REQUIRE(last);
+    REQUIRE(last->ready(std::chrono::minutes(1)));
+    CHECK(last->command("POWEROFF") == "OK");
+    CHECK(on_host[host(active_side)]->exit_code() == 0);
+    Side standby_side = active_side == Side::Primary ? Side::Secondary : Side::Primary;
+    CHECK(on_host[host(standby_side)]->exit_code() == 0);
+}
+
+int main(int argc, char** argv) {
+    if (!host_kvm_available()) {
+        std::fprintf(stderr, "linux_test: needs /dev/kvm (Linux guests run on KVM only); run it through "
+                             "tests/hostkvm/nested.sh where the host has none\n");
+        return 77;
+    }
+    return Catch::Session().run(argc, argv);
+}

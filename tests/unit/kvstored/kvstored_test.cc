@@ -1,0 +1,456 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// kvstored (guests/linux/kvstored.c), the real static binary, serving a pty: the test holds the
+// master side and talks the console protocol of docs/kvstore.md through it, as colod's UART
+// would. Behaviour only: no assertion depends on how fast this machine is.
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+constexpr auto k_reply_timeout = 10s;
+
+// One kvstored on a fresh pty, killed and reaped when the object goes.
+class Kvstored {
+public:
+    explicit Kvstored(std::vector<std::string> extra_args = {"--scratch-mib", "64"}) {
+        m_master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+        REQUIRE(m_master >= 0);
+        REQUIRE(grantpt(m_master) == 0);
+        REQUIRE(unlockpt(m_master) == 0);
+        const char* name = ptsname(m_master);
+        REQUIRE(name != nullptr);
+        m_slave_path = name;
+
+        std::vector<std::string> args = {KVSTORED_PATH, "--tty", m_slave_path};
+        args.insert(args.end(), extra_args.begin(), extra_args.end());
+        m_pid = fork();
+        REQUIRE(m_pid >= 0);
+        if (m_pid == 0) {
+            // A kvstored must not outlive a test that died.
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            std::vector<char*> argv;
+            for (auto& a : args)
+                argv.push_back(a.data());
+            argv.push_back(nullptr);
+            execv(argv[0], argv.data());
+            _exit(127);
+        }
+        wait_until_raw();
+    }
+    ~Kvstored() {
+        if (m_pid > 0) {
+            kill(m_pid, SIGKILL);
+            waitpid(m_pid, nullptr, 0);
+        }
+        close(m_master);
+    }
+    Kvstored(const Kvstored&) = delete;
+    Kvstored& operator=(const Kvstored&) = delete;
+
+    pid_t pid() const { return m_pid; }
+
+    // The slave's settings, as kvstored left them (the master reads the pair's one termios).
+    termios tty_settings() const {
+        termios t{};
+        REQUIRE(tcgetattr(m_master, &t) == 0);
+        return t;
+    }
+
+    void send(std::string_view bytes) {
+        while (!bytes.empty()) {
+            ssize_t n = write(m_master, bytes.data(), bytes.size());
+            if (n < 0 && errno == EINTR)
+                continue;
+            REQUIRE(n > 0);
+            bytes.remove_prefix(static_cast<size_t>(n));
+        }
+    }
+
+    // The next line kvstored wrote, without its '\n'.
+    std::string line() {
+        auto deadline = Clock::now() + k_reply_timeout;
+        for (;;) {
+            auto nl = m_buffer.find('\n');
+            if (nl != std::string::npos) {
+                std::string out = m_buffer.substr(0, nl);
+                m_buffer.erase(0, nl + 1);
+                return out;
+            }
+            auto left =
+                std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+            INFO("waiting for a reply; so far: " << m_buffer);
+            REQUIRE(left.count() > 0);
+            REQUIRE(read_some(static_cast<int>(left.count())));
+        }
+    }
+
+    std::string cmd(std::string_view text) {
+        send(std::string(text) + "\n");
+        return line();
+    }
+
+    // Everything that arrives within `quiet` (nothing, if all is well).
+    std::string unexpected_output(std::chrono::milliseconds quiet = 200ms) {
+        while (read_some(static_cast<int>(quiet.count()))) {
+        }
+        return std::exchange(m_buffer, std::string());
+    }
+
+    // Waits for kvstored to end and returns its wait status.
+    int wait_exit() {
+        int status = 0;
+        auto deadline = Clock::now() + k_reply_timeout;
+        for (;;) {
+            pid_t r = waitpid(m_pid, &status, WNOHANG);
+            REQUIRE(r >= 0);
+            if (r == m_pid)
+                break;
+            REQUIRE(Clock::now() < deadline);
+            std::this_thread::sleep_for(10ms);
+        }
+        m_pid = -1;
+        return status;
+    }
+
+private:
+    // False when nothing came within timeout_ms.
+    bool read_some(int timeout_ms) {
+        pollfd p{m_master, POLLIN, 0};
+        int r = poll(&p, 1, timeout_ms);
+        if (r <= 0)
+            return false;
+        char buf[4096];
+        ssize_t n = read(m_master, buf, sizeof buf);
+        if (n <= 0)
+            return false;
+        m_buffer.append(buf, static_cast<size_t>(n));
+        return true;
+    }
+
+    // The pty starts in the kernel's default cooked mode; kvstored is ready once it made it raw.
+    // Nothing is sent before, so nothing can be echoed by the default settings.
+    void wait_until_raw() {
+        auto deadline = Clock::now() + k_reply_timeout;
+        while ((tty_settings().c_lflag & ICANON) != 0) {
+            int status = 0;
+            INFO("kvstored exited before it set up the tty");
+            REQUIRE(waitpid(m_pid, &status, WNOHANG) == 0);
+            REQUIRE(Clock::now() < deadline);
+            std::this_thread::sleep_for(5ms);
+        }
+    }
+
+    int m_master = -1;
+    std::string m_slave_path;
+    pid_t m_pid = -1;
+    std::string m_buffer;
+};
+
+struct Info {
+    uint64_t ticks, keys, pages;
+};
+
+Info parse_info(const std::string& reply) {
+    static const std::regex format("ticks=([0-9]+) keys=([0-9]+) pages=([0-9]+)");
+    std::smatch m;
+    INFO("INFO replied: " << reply);
+    REQUIRE(std::regex_match(reply, m, format));
+    return {std::stoull(m[1]), std::stoull(m[2]), std::stoull(m[3])};
+}
+
+std::set<int> allowed_cpus() {
+    cpu_set_t set;
+    REQUIRE(sched_getaffinity(0, sizeof set, &set) == 0);
+    std::set<int> cpus;
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+        if (CPU_ISSET(cpu, &set))
+            cpus.insert(cpu);
+    return cpus;
+}
+
+// "Cpus_allowed_list:\t0-1" → {0, 1}
+std::set<int> thread_cpus(const std::filesystem::path& task) {
+    std::ifstream status(task / "status");
+    std::string line;
+    std::set<int> cpus;
+    while (std::getline(status, line)) {
+        if (line.rfind("Cpus_allowed_list:", 0) != 0)
+            continue;
+        std::string list = line.substr(line.find(':') + 1);
+        size_t pos = 0;
+        while (pos < list.size()) {
+            size_t comma = list.find(',', pos);
+            size_t len = comma == std::string::npos ? std::string::npos : comma - pos;
+            std::string item = list.substr(pos, len);
+            auto dash = item.find('-');
+            int lo = std::stoi(item.substr(0, dash));
+            int hi = dash == std::string::npos ? lo : std::stoi(item.substr(dash + 1));
+            for (int c = lo; c <= hi; c++)
+                cpus.insert(c);
+            if (comma == std::string::npos)
+                break;
+            pos = comma + 1;
+        }
+    }
+    return cpus;
+}
+
+}  // namespace
+
+TEST_CASE("kvstored puts the tty in raw mode and never echoes", "[kvstored]") {
+    Kvstored k;
+    termios t = k.tty_settings();
+    CHECK((t.c_lflag & (ECHO | ICANON | ISIG | IEXTEN)) == 0);
+    CHECK((t.c_iflag & (ICRNL | INLCR | IGNCR | IXON)) == 0);
+    CHECK((t.c_oflag & OPOST) == 0);
+    CHECK(t.c_cc[VMIN] == 1);
+
+    CHECK(k.cmd("PING") == "PONG");
+    CHECK(k.unexpected_output().empty());
+    // CR LF reaches the engine as sent (no CR→NL), which drops the CR: one reply only.
+    CHECK(k.cmd("PING\r") == "PONG");
+    CHECK(k.unexpected_output().empty());
+    // ^C and ^Z are data, not signals: the line is binary, and kvstored lives on.
+    CHECK(k.cmd("\x03\x1a") == "ERR binary data in line");
+    CHECK(k.cmd("ping") == "PONG");
+}
+
+TEST_CASE("kvstored answers the kvstore protocol", "[kvstored]") {
+    Kvstored k;
+    CHECK(k.cmd("GET colour") == "NIL");
+    CHECK(k.cmd("SET colour blue") == "OK");
+    CHECK(k.cmd("GET colour") == "blue");
+    CHECK(k.cmd("SET greeting hello,  wide world ") == "OK");
+    CHECK(k.cmd("GET greeting") == "hello,  wide world ");
+    CHECK(k.cmd("INCR n") == "1");
+    CHECK(k.cmd("INCR n") == "2");
+    CHECK(k.cmd("INCR colour") == "ERR value is not an integer");
+    CHECK(k.cmd("DEL colour") == "OK");
+    CHECK(k.cmd("GET colour") == "NIL");
+    CHECK(k.cmd("FROBNICATE") == "ERR unknown command");
+    CHECK(k.cmd("") == "ERR empty line");
+    CHECK(k.cmd("SET k") == "ERR usage: SET key value");
+
+    SECTION("lines of 512 bytes are served, longer ones refused once") {
+        CHECK(k.cmd("SET k " + std::string(506, 'v')) == "OK");
+        CHECK(k.cmd("GET k") == std::string(506, 'v'));
+        CHECK(k.cmd(std::string(513, 'X')) == "ERR line too long");
+        CHECK(k.cmd(std::string(10000, 'X')) == "ERR line too long");
+        CHECK(k.unexpected_output().empty());
+        CHECK(k.cmd("PING") == "PONG");
+    }
+    SECTION("INFO counts keys and pages") {
+        CHECK(k.cmd("DIRTY 10") == "OK 10");
+        CHECK(k.cmd("DIRTY 0") == "OK 0");
+        Info i = parse_info(k.cmd("INFO"));
+        CHECK(i.keys == 2);
+        CHECK(i.pages == 10);
+    }
+}
+
+TEST_CASE("kvstored's scratch bounds DIRTY and CHURN", "[kvstored]") {
+    Kvstored k({"--scratch-mib", "4"});
+    CHECK(k.cmd("DIRTY 1024") == "OK 1024");
+    CHECK(k.cmd("DIRTY 1025") == "ERR page count exceeds scratch memory of 1024 pages");
+    CHECK(k.cmd("CHURN 1025") == "ERR page count exceeds scratch memory of 1024 pages");
+    CHECK(k.cmd("DIRTY many") == "ERR page count is not a number");
+    CHECK(parse_info(k.cmd("INFO")).pages == 1024);
+
+    SECTION("without --scratch-mib the scratch is half the RAM, at least 4 MiB") {
+        Kvstored d(std::vector<std::string>{});
+        std::string reply = d.cmd("DIRTY 99999999999");
+        std::smatch m;
+        const std::regex refusal("ERR page count exceeds scratch memory of ([0-9]+) pages");
+        REQUIRE(std::regex_match(reply, m, refusal));
+        uint64_t pages = std::stoull(m[1]);
+        uint64_t ram = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
+                       static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+        CHECK(pages >= 1024);
+        CHECK(pages * 4096 <= std::max<uint64_t>(ram / 2, 4u << 20));
+        CHECK(pages * 4096 >= std::max<uint64_t>(ram / 2, 4u << 20) - 4096);
+    }
+}
+
+TEST_CASE("kvstored's ticks run at 100 Hz of the monotonic clock", "[kvstored]") {
+    Kvstored k;
+    auto t0 = Clock::now();
+    Info a = parse_info(k.cmd("INFO"));
+    std::this_thread::sleep_for(300ms);
+    Info b = parse_info(k.cmd("INFO"));
+    auto elapsed_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+    CHECK(b.ticks > a.ticks);
+    // Never faster than the clock (whatever the load, this holds).
+    CHECK(b.ticks - a.ticks <= static_cast<uint64_t>(elapsed_ms) / 10 + 1);
+}
+
+TEST_CASE("kvstored's CHURN writes n pages a tick on one worker per CPU", "[kvstored]") {
+    const std::set<int> cpus = allowed_cpus();
+    const uint64_t n = 3 * cpus.size() + 1;  // shares of unequal size when there are several
+    Kvstored k;
+
+    // One worker thread per CPU, each pinned to its own CPU, beside the main thread.
+    const std::filesystem::path tasks = "/proc/" + std::to_string(k.pid()) + "/task";
+    std::set<int> pinned;
+    size_t threads = 0;
+    auto deadline = Clock::now() + k_reply_timeout;
+    do {
+        pinned.clear();
+        threads = 0;
+        for (const auto& task : std::filesystem::directory_iterator(tasks)) {
+            threads++;
+            auto set = thread_cpus(task.path());
+            if (set.size() == 1)
+                pinned.insert(*set.begin());
+        }
+        if (pinned == cpus || Clock::now() > deadline)
+            break;
+        std::this_thread::sleep_for(10ms);
+    } while (true);
+    CHECK(threads == cpus.size() + 1);
+    if (cpus.size() > 1)
+        CHECK(pinned == cpus);
+
+    CHECK(k.cmd("DIRTY 5") == "OK 5");
+    Info before = parse_info(k.cmd("INFO"));
+    CHECK(k.cmd("CHURN " + std::to_string(n)) == "OK");
+    Info during;
+    deadline = Clock::now() + k_reply_timeout;
+    do {
+        std::this_thread::sleep_for(100ms);
+        during = parse_info(k.cmd("INFO"));
+    } while (during.pages == before.pages && Clock::now() < deadline);
+    CHECK(k.cmd("CHURN 0") == "OK");
+    Info stopped = parse_info(k.cmd("INFO"));
+
+    INFO("before " << before.pages << ", during " << during.pages << ", stopped " << stopped.pages);
+    CHECK(during.pages > before.pages);
+    // Whole rounds only, one per tick at most.
+    CHECK((during.pages - before.pages) % n == 0);
+    CHECK((stopped.pages - before.pages) % n == 0);
+    CHECK((stopped.pages - before.pages) / n <= stopped.ticks - before.ticks + 1);
+
+    // CHURN 0 has stopped every worker by the time its OK arrives.
+    std::this_thread::sleep_for(200ms);
+    Info later = parse_info(k.cmd("INFO"));
+    CHECK(later.pages == stopped.pages);
+    CHECK(later.ticks > stopped.ticks);
+
+    SECTION("a new CHURN starts again, and replaces the old n") {
+        CHECK(k.cmd("CHURN 2") == "OK");
+        CHECK(k.cmd("CHURN " + std::to_string(n)) == "OK");
+        do {
+            std::this_thread::sleep_for(50ms);
+            later = parse_info(k.cmd("INFO"));
+        } while (later.pages == stopped.pages && Clock::now() < deadline + k_reply_timeout);
+        CHECK(k.cmd("CHURN 0") == "OK");
+        Info end = parse_info(k.cmd("INFO"));
+        CHECK(end.pages > stopped.pages);
+        // The CHURN 2 may have run rounds before it was replaced: 2a + nb pages.
+        bool whole = false;
+        for (uint64_t a = 0; a * 2 <= end.pages - stopped.pages; a++)
+            whole = whole || (end.pages - stopped.pages - a * 2) % n == 0;
+        CHECK(whole);
+    }
+}
+
+TEST_CASE("two kvstoreds give the same replies to the same script", "[kvstored]") {
+    const std::vector<std::string> script = {
+        "PING", "SET a 1", "INCR a", "INCR b", "GET a", "DEL a", "GET a", "SET s  x y ",
+        "GET s", "DIRTY 17", "CHURN 0", "CHURN x", "INFO", "nope", "", std::string(600, 'z'),
+        "\x7f", "INCR s", "PING 1", "DIRTY 16385", "POWEROFF now", "INFO"};
+    auto run = [&] {
+        Kvstored k;
+        std::vector<std::string> replies;
+        for (const auto& line : script) {
+            std::string r = k.cmd(line);
+            // ticks= is the one field that depends on when the line came.
+            replies.push_back(std::regex_replace(r, std::regex("^ticks=[0-9]+ "), "ticks=T "));
+        }
+        CHECK(k.unexpected_output().empty());
+        return replies;
+    };
+    auto first = run();
+    auto second = run();
+    CHECK(first == second);
+    CHECK(first.back() == "ticks=T keys=2 pages=17");
+    CHECK(first[first.size() - 3] == "ERR page count exceeds scratch memory of 16384 pages");
+    CHECK(first[first.size() - 2] == "ERR usage: POWEROFF");
+}
+
+TEST_CASE("POWEROFF answers OK and ends kvstored (its init then powers off)", "[kvstored]") {
+    // Not PID 1, so kvstored only exits: it never powers off the machine running the test.
+    Kvstored k;
+    CHECK(k.cmd("SET a b") == "OK");
+    CHECK(k.cmd("poweroff") == "OK");
+    int status = k.wait_exit();
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    CHECK(k.unexpected_output(50ms).empty());
+}
+
+TEST_CASE("kvstored fails with one line and status 1 when it cannot start", "[kvstored]") {
+    auto run = [](std::vector<std::string> args) {
+        int err[2];
+        REQUIRE(pipe(err) == 0);
+        pid_t pid = fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            dup2(err[1], 2);
+            std::vector<char*> argv;
+            std::string path = KVSTORED_PATH;
+            argv.push_back(path.data());
+            for (auto& a : args)
+                argv.push_back(a.data());
+            argv.push_back(nullptr);
+            execv(argv[0], argv.data());
+            _exit(127);
+        }
+        close(err[1]);
+        std::string text;
+        char buf[512];
+        ssize_t n;
+        while ((n = read(err[0], buf, sizeof buf)) > 0)
+            text.append(buf, static_cast<size_t>(n));
+        close(err[0]);
+        int status = 0;
+        waitpid(pid, &status, 0);
+        REQUIRE(WIFEXITED(status));
+        return std::make_pair(WEXITSTATUS(status), text);
+    };
+    auto [missing_status, missing_text] = run({"--tty", "/nonexistent/tty"});
+    CHECK(missing_status == 1);
+    CHECK(missing_text == "kvstored: /nonexistent/tty: No such file or directory\n");
+    auto [flag_status, flag_text] = run({"--verbose"});
+    CHECK(flag_status == 1);
+    CHECK(std::count(flag_text.begin(), flag_text.end(), '\n') == 1);
+    auto [mib_status, mib_text] = run({"--scratch-mib", "0", "--tty", "/dev/null"});
+    CHECK(mib_status == 1);
+    CHECK(std::count(mib_text.begin(), mib_text.end(), '\n') == 1);
+}
