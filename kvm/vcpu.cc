@@ -30,14 +30,21 @@ bool essential_msr(uint32_t index) {
     case 0xc0000084:  // FMASK
     case 0xc0000102:  // KERNEL_GS_BASE
     case 0xc0000103:  // TSC_AUX
-    case 0x11:        // kvmclock (old)
-    case 0x12:
-    case 0x4b564d00:  // kvmclock
-    case 0x4b564d01:
+    case 0x12:        // kvmclock system time (old)
+    case 0x4b564d01:  // kvmclock system time
         return true;
     default:
         return false;
     }
+}
+
+// kvmclock's wall-clock MSRs are VM-wide triggers, not state: writing one makes KVM write the
+// host's idea of the guest's boot time (and a new version number) into guest RAM at that
+// address. The guest reads that structure only when it boots or resumes from suspend. Written
+// on every restore, it would make a replica's RAM differ from its primary's page by page at each
+// checkpoint, so a restore leaves them out.
+bool restore_skips_msr(uint32_t index) {
+    return index == 0x11 /* MSR_KVM_WALL_CLOCK */ || index == 0x4b564d00 /* MSR_KVM_WALL_CLOCK_NEW */;
 }
 
 // A kvm_msrs header followed by `count` entries, in one aligned buffer laid out as the kernel
@@ -203,7 +210,12 @@ base::Result<void> Vcpu::load_state(const VcpuState& state) {
     TRY(checked_ioctl(*m_handle, KVM_SET_XSAVE, xsave.data()));
     kvm_xcrs xcrs = state.xcrs;
     TRY(checked_ioctl(*m_handle, KVM_SET_XCRS, &xcrs));
-    TRY(set_msrs(state.msrs));
+    std::vector<kvm_msr_entry> msrs;
+    msrs.reserve(state.msrs.size());
+    for (const auto& entry : state.msrs)
+        if (!restore_skips_msr(entry.index))
+            msrs.push_back(entry);
+    TRY(set_msrs(msrs));
     TRY(set_mp_state(state.mp_state));
     TRY(set_lapic(state.lapic));
     TRY(set_events(state.events));

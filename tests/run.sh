@@ -58,9 +58,14 @@ elif [ "$host_kvm" = yes ]; then
   echo "tests: real KVM: step 2 ran every guest test on this host's /dev/kvm; now the hostkvm label"
   (cd "$build" && ctest --output-on-failure -L '^hostkvm$')
 else
-  echo "tests: real KVM, nested under QEMU's TCG: ctest -L '$hostkvm_labels'"
+  echo "tests: real KVM, nested under QEMU's TCG: ctest -L '$hostkvm_labels' -LE '^linux$'"
   (cd "$build" && "$top/tests/hostkvm/nested.sh" --writable "$build" -- \
-     ctest --output-on-failure -L "$hostkvm_labels")
+     ctest --output-on-failure -L "$hostkvm_labels" -LE '^linux$')
+  # Linux guests with several vCPUs do not get through boot under single-threaded TCG (with
+  # QEMU as their VMM as much as with colod: docs/linux-guests.md); multi-threaded TCG runs them.
+  echo "tests: Linux guests on real KVM, nested under QEMU's multi-threaded TCG: ctest -L '^linux$'"
+  (cd "$build" && HOSTKVM_TCG_THREAD=multi "$top/tests/hostkvm/nested.sh" --writable "$build" -- \
+     ctest --output-on-failure -L '^linux$')
   echo "tests: real KVM, nested: passed"
 fi
 
