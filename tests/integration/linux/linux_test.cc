@@ -13,7 +13,9 @@
 #include <regex>
 #include <thread>
 
+#include "tests/integration/netns/netns.h"
 #include "tests/support/incr_client.h"
+#include "tests/support/linux_guest.h"
 #include "tests/support/pair.h"
 
 using namespace colod;
@@ -21,31 +23,6 @@ using namespace colod::test;
 using Side = Pair::Side;
 
 namespace {
-
-std::filesystem::path guest_dir() {
-    const char* env = std::getenv("COLOD_LINUX_GUEST_DIR");
-    return env && *env ? std::filesystem::path(env) : std::filesystem::path(COLOD_LINUX_GUEST_DEFAULT_DIR);
-}
-
-// A Linux guest's [vm] lines. loglevel=5: the kernel's warnings and worse reach ttyS0 beside
-// the protocol, so a test sees any soft lockup, RCU stall, hung task or clocksource message.
-PairOptions linux_options(int vcpus, std::string memory = "256M") {
-    PairOptions options;
-    options.memory = std::move(memory);
-    options.vcpus = vcpus;
-    // Nested in QEMU's TCG (COLOD_NESTED_TCG, set by tests/hostkvm/nested.sh) the host's TSC is
-    // not reliable and the kernel's clocksource watchdog would say so at every boot: that is the
-    // platform, not colod, and tsc=reliable keeps it quiet there.
-    const char* nested = std::getenv("COLOD_NESTED_TCG");
-    options.guest = fmt::format("kernel = {}\ninitrd = {}\ncmdline = console=ttyS0 loglevel=5{}\n",
-                                (guest_dir() / "vmlinuz").string(), (guest_dir() / "initrd.cpio.gz").string(),
-                                nested && *nested == '1' ? " tsc=reliable" : "");
-    // A Linux guest under nested KVM answers slowly: the heartbeat must not mistake that for death.
-    options.heartbeat_interval = "50ms";
-    options.heartbeat_timeout = "1000ms";
-    options.checkpoint_interval = "100ms";
-    return options;
-}
 
 // Kernel messages that mean the guest is unwell.
 const std::regex k_unhealthy(
@@ -76,29 +53,8 @@ public:
         }
         return std::nullopt;
     }
-    // Once kvstored answers: a PING until PONG, then a unique SET/GET so that every reply the
-    // early PINGs caused is read before the test goes on.
-    bool ready(std::chrono::milliseconds timeout) {
-        auto deadline = std::chrono::steady_clock::now() + scaled(timeout);
-        bool pong = false;
-        while (!pong && std::chrono::steady_clock::now() < deadline) {
-            if (!m_client.send("PING\n"))
-                return false;
-            auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-            while (!pong && std::chrono::steady_clock::now() < until)
-                if (auto l = line(std::chrono::seconds(1)); l && *l == "PONG")
-                    pong = true;
-        }
-        if (!pong)
-            return false;
-        std::string token = fmt::format("t{}", std::random_device{}());
-        if (!m_client.send("SET boot-sync " + token + "\nGET boot-sync\n"))
-            return false;
-        while (auto l = line(std::chrono::seconds(30)))
-            if (*l == token)
-                return true;
-        return false;
-    }
+    // Once kvstored answers (wait_kvstored), every line read kept.
+    bool ready(std::chrono::milliseconds timeout) { return wait_kvstored(m_client, timeout, &m_seen); }
     std::optional<std::string> command(std::string_view text, std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
         if (!m_client.send(std::string(text) + "\n"))
             return std::nullopt;
@@ -180,12 +136,16 @@ TEST_CASE("a Linux guest boots standalone with 1 and 4 vCPUs, answers on ttyS0 a
     }
 }
 
-TEST_CASE("a protected Linux pair: live sync, checkpoints under CHURN on every vCPU with equal memory, failovers "
-          "both ways with no acknowledged INCR lost, and a clean power-off",
-          "[linux][pair]") {
-    const char* env = std::getenv("COLOD_LINUX_KILLS");
-    const int kills = env ? std::atoi(env) : 10;
-    Pair pair(linux_options(2));
+namespace {
+
+// A protected Linux pair with `options` (a 256 MiB guest with 2 vCPUs): live sync, 100+
+// checkpoints under CHURN on both vCPUs with digests equal, then `kills` rounds of kill -9 of the
+// active side, each checked on the survivor (every acknowledged INCR there, the guest's clock
+// going on, its kernel quiet) and followed by a new secondary on the dead side's host, which is
+// synced from the survivor: failover and re-protection in both directions. Ends with a power-off
+// from inside the guest that stops both daemons cleanly.
+void protected_pair_rounds(const PairOptions& options, int kills) {
+    Pair pair(options);
     // The daemon running on each host (index: Side), replaced as hosts die and are repaired.
     std::array<Process*, 2> on_host{};
     on_host[1] = &pair.start_secondary();
@@ -261,7 +221,8 @@ TEST_CASE("a protected Linux pair: live sync, checkpoints under CHURN on every v
         last_ticks = ticks;
 
         // The repaired host runs a new secondary, synced from the survivor.
-        on_host[host(active_side)] = &pair.start_extra(COLOD_SECONDARY_BIN, "", fmt::format("secondary-{}", round));
+        const std::string& netns = active_side == Side::Primary ? options.primary_netns : options.secondary_netns;
+        on_host[host(active_side)] = &pair.start_extra(COLOD_SECONDARY_BIN, netns, fmt::format("secondary-{}", round));
         REQUIRE(pair.wait_state(standby_side, "protected", std::chrono::minutes(5)));
         REQUIRE(pair.wait_state(active_side, "standby", std::chrono::minutes(1)));
         check_healthy(survivor->seen());
@@ -276,6 +237,35 @@ TEST_CASE("a protected Linux pair: live sync, checkpoints under CHURN on every v
     CHECK(on_host[host(active_side)]->exit_code() == 0);
     Side standby_side = active_side == Side::Primary ? Side::Secondary : Side::Primary;
     CHECK(on_host[host(standby_side)]->exit_code() == 0);
+}
+
+int kill_rounds() {
+    const char* env = std::getenv("COLOD_LINUX_KILLS");
+    return env ? std::atoi(env) : 10;
+}
+
+}  // namespace
+
+TEST_CASE("a protected Linux pair over loopback: live sync, checkpoints under CHURN on every vCPU with equal "
+          "memory, failovers both ways with no acknowledged INCR lost, and a clean power-off",
+          "[linux][pair]") {
+    protected_pair_rounds(linux_options(2), kill_rounds());
+}
+
+TEST_CASE("a protected Linux pair across two network namespaces: the same, the replication link a veth",
+          "[linux][pair][netns]") {
+    if (!netns_available_or_skip())
+        return;
+    NetnsPairNetwork net;
+    PairOptions options = pair_options_for(net);
+    PairOptions guest = linux_options(2);
+    options.memory = guest.memory;
+    options.vcpus = guest.vcpus;
+    options.guest = guest.guest;
+    options.heartbeat_interval = guest.heartbeat_interval;
+    options.heartbeat_timeout = guest.heartbeat_timeout;
+    options.checkpoint_interval = guest.checkpoint_interval;
+    protected_pair_rounds(options, std::max(2, kill_rounds() / 2));
 }
 
 int main(int argc, char** argv) {
