@@ -47,6 +47,11 @@ inline PauseRow measure_pause_row(Pair& pair, LineClient& console, uint64_t n, s
     REQUIRE(console.command(fmt::format("CHURN {}", n), std::chrono::seconds(30)) == "OK");
     std::this_thread::sleep_for(warm_up);  // the measurement window starts after the first full rounds
     size_t log_from = pair.read_log("primary").size();
+    // The daemon's side of things, should the console fail the measurement.
+    INFO("primary's log (end):\n" << [&] {
+        std::string log = pair.read_log("primary");
+        return log.substr(log.size() > 4000 ? log.size() - 4000 : 0);
+    }());
     uint64_t pages0 = info_pages(console);
     std::string s0 = status_json(pair);
     auto t0 = Clock::now();

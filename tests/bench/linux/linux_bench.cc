@@ -32,7 +32,10 @@ namespace {
 LineClient ready_console(Pair& pair) {
     auto console = pair.console(Side::Primary, std::chrono::seconds(60));
     REQUIRE(console);
-    REQUIRE(wait_kvstored(*console, std::chrono::minutes(5)));
+    std::string seen;
+    bool ready = wait_kvstored(*console, std::chrono::minutes(5), &seen);
+    INFO("console:\n" << seen << "\nprimary's log:\n" << pair.read_log("primary"));
+    REQUIRE(ready);
     return std::move(*console);
 }
 
