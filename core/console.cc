@@ -85,8 +85,30 @@ void ConsoleServer::stop() {
     if (m_thread.joinable())
         m_thread.join();
     std::lock_guard lock(m_mutex);
+    flush_clients_locked(std::chrono::milliseconds(1000));
     m_clients.clear();
     m_listener.reset();
+}
+
+void ConsoleServer::flush_clients_locked(std::chrono::milliseconds budget) {
+    // What the guest said last (a reply just before it powered off, say) still goes out to the
+    // clients that read; one that does not read within the budget loses the rest.
+    auto deadline = std::chrono::steady_clock::now() + budget;
+    for (auto& client : m_clients) {
+        while (client.fd.valid() && !client.out.empty()) {
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0)
+                return;
+            pollfd p{client.fd.get(), POLLOUT, 0};
+            if (::poll(&p, 1, static_cast<int>(left.count())) <= 0 || !(p.revents & POLLOUT))
+                break;
+            ssize_t n = ::send(client.fd.get(), client.out.data(), client.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n < 0 && errno != EAGAIN && errno != EINTR)
+                break;
+            if (n > 0)
+                client.out.erase(0, static_cast<size_t>(n));
+        }
+    }
 }
 
 void ConsoleServer::wake() {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -48,7 +49,8 @@ public:
     void broadcast(std::span<const std::byte> bytes);
     // The input sink has room again (the guest read some bytes).
     void input_space_available();
-    // Closes every client and the listener; stops the thread.
+    // Closes every client and the listener; stops the thread. Output not yet written goes out
+    // first to clients that read it within a second.
     void stop();
 
     size_t client_count() const;
@@ -68,6 +70,7 @@ private:
     // Closes a client; its complete lines are still fed, its partial line is not. Caller holds m_mutex.
     void drop(size_t index, std::string_view why);
     void reap_closed();                   // caller holds m_mutex
+    void flush_clients_locked(std::chrono::milliseconds budget);  // caller holds m_mutex
     size_t client_count_locked() const;   // caller holds m_mutex
     void wake();
 

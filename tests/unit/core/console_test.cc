@@ -209,3 +209,19 @@ TEST_CASE("console and UART never deadlock when input floods in while the guest 
     guest.join();
     server->stop();
 }
+
+TEST_CASE("output broadcast just before the console stops still reaches its clients") {
+    // A guest's last words (kvstored's OK to POWEROFF, then the power-off) must not be lost to
+    // the console closing at once: the output goes out, then the connection closes.
+    for (int round = 0; round < 50; ++round) {
+        Sink sink;
+        auto server = make_server(sink);
+        auto client = connect(*server);
+        REQUIRE(eventually([&] { return server->client_count() == 1; }));
+        server->broadcast(std::as_bytes(std::span("OK\n", 3)));
+        server->stop();
+        INFO("round " << round);
+        REQUIRE(client.line() == "OK");
+        CHECK(client.closed());
+    }
+}
