@@ -6,7 +6,7 @@
 #   3. runs the tests that drive KVM itself on a genuine /dev/kvm: here when the host has one,
 #      else nested (tests/hostkvm/nested.sh: Debian's kernel under QEMU's TCG loads kvm_amd):
 #      the kvm label (libkvm's host paths, the machine, the KVM API checks) and the hostkvm label
-#      (the loopback pair test's and the colo test's [realkvm] cases, the Linux guest tests, whose
+#      (the loopback pair test's and the colo test's [realkvm] cases, the Linux guests' standalone boots, whose
 #      guest is made from Debian's kernel package first) (COLOD_HOSTKVM=0 skips this
 #      step; COLOD_HOSTKVM_LABELS, a ctest label regex, changes the set);
 #   4. builds the proto and config unit tests and the fuzz corpus replays again with
@@ -63,6 +63,7 @@ else
      ctest --output-on-failure -L "$hostkvm_labels" -LE '^linux$')
   # Linux guests with several vCPUs do not get through boot under single-threaded TCG (with
   # QEMU as their VMM as much as with colod: docs/linux-guests.md); multi-threaded TCG runs them.
+  # The protected Linux pairs (label linux-pair) are run by hand: tests/integration/linux.
   echo "tests: Linux guests on real KVM, nested under QEMU's multi-threaded TCG: ctest -L '^linux$'"
   (cd "$build" && HOSTKVM_TCG_THREAD=multi "$top/tests/hostkvm/nested.sh" --writable "$build" -- \
      ctest --output-on-failure -L '^linux$')
