@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
@@ -81,14 +82,33 @@ inline void sample_memory(Pair& pair, PeakMemory& peak) {
         peak.sample(pair.secondary()->pid());
 }
 
-// Waits for a console on `side` that answers PING.
+// Waits for a console on `side` that answers PING, and returns it with every reply read: the
+// next line on it answers the caller's next command. A guest that is slow to answer (it just took
+// over) gets its PING again on the same connection, and each line sent gets exactly one reply, so
+// the console is ready when every PING has had its reply and the last one is PONG. (A new
+// connection per try would leave an older PING's PONG in flight, to be read as the answer to
+// whatever the caller sends next.)
 inline std::optional<LineClient> ready_console(Pair& pair, Pair::Side side,
                                                std::chrono::milliseconds timeout = std::chrono::seconds(15)) {
     auto deadline = std::chrono::steady_clock::now() + scaled(timeout);
     while (std::chrono::steady_clock::now() < deadline) {
         auto c = pair.console(side, std::chrono::milliseconds(200));
-        if (c && c->command("PING", std::chrono::seconds(3)) == "PONG")
-            return c;
+        if (!c)
+            continue;
+        int unanswered = 0;
+        while (!c->ended() && std::chrono::steady_clock::now() < deadline) {
+            if (!c->send("PING\n"))
+                break;
+            ++unanswered;
+            while (auto reply = c->line(std::chrono::seconds(3))) {
+                unanswered = std::max(unanswered - 1, 0);
+                if (unanswered == 0) {
+                    if (*reply == "PONG")
+                        return c;
+                    break;  // a reply to a line the guest saw joined to an older partial one
+                }
+            }
+        }
     }
     return std::nullopt;
 }

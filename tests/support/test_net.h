@@ -106,11 +106,16 @@ public:
                 continue;
             char buffer[4096];
             ssize_t n = ::recv(m_fd.get(), buffer, sizeof(buffer), 0);
-            if (n <= 0)
+            if (n <= 0) {
+                m_ended = true;
                 return std::nullopt;
+            }
             m_buffer.append(buffer, static_cast<size_t>(n));
         }
     }
+
+    // True once a read found the connection closed or broken (rather than merely quiet).
+    bool ended() const { return m_ended; }
 
     std::optional<std::string> command(std::string_view text,
                                        std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
@@ -142,6 +147,7 @@ private:
     explicit LineClient(base::Fd fd) : m_fd(std::move(fd)) {}
     base::Fd m_fd;
     std::string m_buffer;
+    bool m_ended = false;
 };
 
 }  // namespace colod::test
