@@ -12,6 +12,7 @@
 #include "core/output_buffer.h"
 #include "core/output_comparator.h"
 #include "core/uart.h"
+#include "core/virtio/rng.h"
 #include "proto/errors.h"
 #include "proto/handshake.h"
 
@@ -141,6 +142,12 @@ void ActiveEngine::start() {
     if (colo()) {
         m_guest.set_output_sink([this](std::span<const std::byte> bytes) { m_console->put(bytes); });
         m_guest.set_input_tap([this](std::span<const std::byte> bytes) { return forward_input(bytes); });
+        if (auto* rng = m_guest.machine().linux_devices().rng) {
+            m_rng_taken = m_rng_saved = rng->bytes_taken();
+            rng->set_source(std::make_unique<virtio::LimitedEntropy>(std::make_unique<virtio::HostEntropy>(),
+                                                                     [this] { return rng_allowance(); }));
+            rng->set_observer([this](uint64_t offset, std::span<const std::byte> bytes) { forward_rng(offset, bytes); });
+        }
     } else {
         m_guest.set_output_sink([this](std::span<const std::byte> bytes) { m_console->put(bytes); });
     }
@@ -173,6 +180,11 @@ void ActiveEngine::stop(HeldOutput held) {
         m_thread.join();
     m_guest.set_input_tap(nullptr);
     m_guest.machine().uart().set_transmit_ready(nullptr);
+    if (auto* rng = m_guest.machine().linux_devices().rng; rng && colo()) {
+        rng->set_observer(nullptr);
+        rng->set_source(std::make_unique<virtio::HostEntropy>());
+        rng->entropy_available();
+    }
     if (held == HeldOutput::Release) {
         output_release_all();
         m_guest.set_output_sink(nullptr);  // straight to the console from now on
@@ -225,6 +237,46 @@ size_t ActiveEngine::forward_input(std::span<const std::byte> bytes) {
         }
     }
     return taken;
+}
+
+void ActiveEngine::forward_rng(uint64_t offset, std::span<const std::byte> bytes) {
+    m_rng_taken = offset + bytes.size();
+    std::shared_ptr<Session> session;
+    {
+        std::lock_guard lock(m_rng_mutex);
+        session = m_rng_session;
+    }
+    if (session) {
+        // Queued, never sent here (a vCPU thread, under the device's lock).
+        for (size_t at = 0; at < bytes.size(); at += proto::kMaxRngBytes) {
+            size_t n = std::min(bytes.size() - at, proto::kMaxRngBytes);
+            (void)session->post(proto::RngInput{offset + at, std::string(reinterpret_cast<const char*>(bytes.data()) + at, n)});
+        }
+    }
+    if (m_rng_limited && m_rng_taken - m_rng_saved >= k_rng_epoch_limit / 2)
+        force_checkpoint();  // before the guest runs out of its allowance
+}
+
+uint64_t ActiveEngine::rng_allowance() const {
+    if (!m_rng_limited)
+        return UINT64_MAX;
+    uint64_t used = m_rng_taken - m_rng_saved;
+    return used >= k_rng_epoch_limit ? 0 : k_rng_epoch_limit - used;
+}
+
+void ActiveEngine::rng_session(std::shared_ptr<Session> session) {
+    auto* rng = m_guest.machine().linux_devices().rng;
+    if (!rng || !colo())
+        return;
+    bool protecting = session != nullptr;
+    {
+        std::lock_guard lock(m_rng_mutex);
+        m_rng_session = std::move(session);
+    }
+    m_rng_saved = m_rng_taken.load();
+    m_rng_limited = protecting;
+    if (!protecting)
+        rng->entropy_available();  // requests waiting for the allowance go on
 }
 
 State ActiveEngine::state() const {
@@ -368,6 +420,9 @@ base::Result<void> ActiveEngine::run_session(proto::Link link) {
         m_input_session = session;
         m_forwarding = false;  // from the first complete checkpoint on
     }
+    // The rng's bytes from now on, by their place in its stream: the secondary positions its
+    // stream at each checkpoint it loads, so it needs every byte from the session's start.
+    rng_session(session);
     base::log(Level::Notice, Event::PeerConnected, fmt::format("connected to the secondary at {}", peer),
               {{"PEER", peer}});
     session->start_receiver([this](proto::Message& message) { return on_message(message); });
@@ -385,6 +440,7 @@ base::Result<void> ActiveEngine::run_session(proto::Link link) {
         m_input_session.reset();
         m_forwarding = false;
     }
+    rng_session(nullptr);
     {
         std::lock_guard lock(m_mutex);
         m_session.reset();
@@ -524,6 +580,7 @@ base::Result<void> ActiveEngine::checkpoint(Session& session, uint64_t seq, prot
         if (colo()) {
             m_input_epoch = at;
             m_forwarding = m_input_session != nullptr;
+            m_rng_saved = m_rng_taken.load();  // the devices are quiesced: no byte is being taken
         }
     };
     hooks.paused = [this](uint64_t at, Machine::PauseGuard& paused) {

@@ -126,6 +126,13 @@ private:
     bool colo() const { return m_config.mode == ReplicationMode::Colo; }
     // COLO: console input goes into the UART and, in the same order, to the peer.
     size_t forward_input(std::span<const std::byte> bytes);
+    // COLO: the virtio-rng's bytes (a Linux guest's) go to the peer too (RNG_INPUT); between
+    // two checkpoints the guest takes at most k_rng_epoch_limit of them, so that the
+    // secondary, which holds every byte since its last checkpoint, holds a bounded amount.
+    static constexpr uint64_t k_rng_epoch_limit = 1 << 20;
+    void forward_rng(uint64_t offset, std::span<const std::byte> bytes);
+    uint64_t rng_allowance() const;
+    void rng_session(std::shared_ptr<Session> session);
     // Every output channel through the checkpoint's lifecycle (core/output_channel.h).
     void output_captured(uint64_t seq);
     void output_committed(uint64_t seq);
@@ -150,6 +157,11 @@ private:
     std::shared_ptr<Session> m_input_session;  // guarded by m_input_mutex: the live session
     uint64_t m_input_epoch = 0;                // guarded by m_input_mutex
     bool m_forwarding = false;                 // guarded by m_input_mutex
+    std::mutex m_rng_mutex;                    // taken under the rng transport's lock, never around it
+    std::shared_ptr<Session> m_rng_session;    // guarded by m_rng_mutex: COLO's live session
+    std::atomic<uint64_t> m_rng_taken{0};      // the device's stream position (its observer)
+    std::atomic<uint64_t> m_rng_saved{0};      // ... when the last checkpoint saved the devices
+    std::atomic<bool> m_rng_limited{false};    // a COLO session runs checkpoints
     CheckpointPipeline m_pipeline;
 
     mutable std::mutex m_mutex;

@@ -13,6 +13,7 @@
 #include "core/page_buffer.h"
 #include "core/state_sections.h"
 #include "core/uart.h"
+#include "core/virtio/rng.h"
 #include "proto/errors.h"
 #include "proto/handshake.h"
 
@@ -123,7 +124,13 @@ StandbyEngine::StandbyEngine(GuestRuntime& guest, proto::Hello identity, Replica
       m_config(std::move(config)),
       m_listener(std::move(listener)),
       m_callbacks(std::move(callbacks)),
-      m_machine("standby", State::Listening, k_table, &StandbyEngine::state_name) {}
+      m_machine("standby", State::Listening, k_table, &StandbyEngine::state_name) {
+    if (auto* rng = m_guest.machine().linux_devices().rng; rng && colo()) {
+        // Room for what the primary lets its guest take in two epochs, and then some.
+        m_rng_stream = std::make_shared<virtio::StreamEntropy>(8 << 20);
+        rng->set_source(std::make_unique<virtio::SharedEntropy>(m_rng_stream));
+    }
+}
 
 StandbyEngine::~StandbyEngine() { stop(); }
 
@@ -276,6 +283,8 @@ void StandbyEngine::run_session(std::shared_ptr<Session> session) {
     }
     base::log(Level::Notice, Event::PeerConnected, fmt::format("the primary at {} connected", peer), {{"PEER", peer}});
     set_state(State::Syncing, fmt::format("syncing from {}", peer));
+    if (m_rng_stream)
+        m_rng_stream->clear();  // this primary's stream starts where its device stands
 
     End end{End::Kind::Lost, {}};
     if (auto decoder = proto::StateDecoder::create(proto::StateShape::from_hello(m_identity)); !decoder) {
@@ -327,6 +336,8 @@ StandbyEngine::End StandbyEngine::receive_loop(Context& context) {
             step = on_checkpoint_request(context, *request);
         } else if (auto* input = std::get_if<proto::ConsoleInput>(&*message)) {
             step = on_console_input(context, *input);
+        } else if (const auto* rng = std::get_if<proto::RngInput>(&*message)) {
+            step = on_rng_input(context, *rng);
         } else if (const auto* planned = std::get_if<proto::Handover>(&*message)) {
             step = on_handover(context, *planned);
         } else if (const auto* off = std::get_if<proto::GuestShutdown>(&*message)) {
@@ -389,6 +400,16 @@ StandbyEngine::Step StandbyEngine::on_console_input(Context&, proto::ConsoleInpu
     return std::nullopt;
 }
 
+StandbyEngine::Step StandbyEngine::on_rng_input(Context& context, const proto::RngInput& input) {
+    if (!m_rng_stream)
+        return std::nullopt;  // nothing here takes them (checkpoint mode: the state carries them)
+    if (auto added = m_rng_stream->add(input.offset, std::as_bytes(std::span(input.bytes))); !added)
+        return refused(context, added.error());
+    if (auto* rng = m_guest.machine().linux_devices().rng)
+        rng->entropy_available();  // a request of the guest here may wait for them
+    return std::nullopt;
+}
+
 StandbyEngine::Step StandbyEngine::on_handover(Context&, const proto::Handover& handover) {
     bool held;
     {
@@ -416,9 +437,10 @@ void StandbyEngine::session_ended(const End& end, const std::string& peer, Clock
         base::log(Level::Notice, Event::GuestShutdown,
                   fmt::format("the primary's guest powered off (code {}): stopping without a takeover", end.exit_code),
                   {{"PEER", peer}, {"REASON", fmt::format("exit code {}", end.exit_code)}});
-        set_state(State::Stopped, "the guest powered off");
+        // The daemon learns first: whoever sees Stopped may rely on its having been told.
         if (m_callbacks.guest_shutdown)
             m_callbacks.guest_shutdown(end.exit_code);
+        set_state(State::Stopped, "the guest powered off");
         return;
     case End::Kind::Handover:
         take_over(end.why, detected, Fencing::Skip);  // the primary's guest is stopped for good
@@ -553,6 +575,8 @@ base::Result<void> StandbyEngine::apply(Staging& staging, uint64_t seq) {
         }
         fault_point("secondary.mid-apply");
         TRY(machine.load_state(state));
+        if (m_rng_stream)
+            m_rng_stream->seek(machine.linux_devices().rng->bytes_taken());  // the guest continues from there
         m_committed = seq;
         m_committed_valid = true;
     }
@@ -711,6 +735,11 @@ bool StandbyEngine::take_over_locked(const std::string& why, Clock::time_point d
         }
     }
     set_state(State::Active, "taking over");
+    if (auto* rng = m_guest.machine().linux_devices().rng) {
+        // From here on the guest's entropy is this host's own: no primary feeds it any more.
+        rng->set_source(std::make_unique<virtio::HostEntropy>());
+        rng->entropy_available();
+    }
     if (continue_running) {
         m_guest.set_output_sink(nullptr);
         m_colo_pause.reset();  // a checkpoint that will never come stopped it: let it go on

@@ -47,6 +47,9 @@
 namespace colod::core {
 
 class GuestRuntime;
+namespace virtio {
+class StreamEntropy;
+}
 
 class StandbyEngine {
 public:
@@ -115,6 +118,7 @@ private:
     Step on_size(Context& context, const proto::VmstateSize& size);
     Step on_checkpoint_request(Context& context, const proto::CheckpointRequest& request);
     Step on_console_input(Context& context, proto::ConsoleInput& input);
+    Step on_rng_input(Context& context, const proto::RngInput& input);
     Step on_handover(Context& context, const proto::Handover& handover);
     Step on_guest_shutdown(Context& context, const proto::GuestShutdown& shutdown);
     Step on_peer_error(Context& context, const proto::ErrorMessage& error);
@@ -169,6 +173,9 @@ private:
     std::mutex m_input_mutex;
     std::deque<proto::ConsoleInput> m_input;  // forwarded input not yet in the UART
     size_t m_input_offset = 0;           // bytes of m_input.front() already in the UART
+    // The primary's virtio-rng bytes (RNG_INPUT), which the device here gives its guest; the
+    // host's entropy once this side takes over. Null without a virtio-rng or outside COLO.
+    std::shared_ptr<virtio::StreamEntropy> m_rng_stream;
     std::thread m_accept_thread;
     std::thread m_session_thread;
 };

@@ -24,13 +24,14 @@ std::string_view message_type_name(MessageType type) {
     case MessageType::Handover: return "HANDOVER";
     case MessageType::ConsoleInput: return "CONSOLE_INPUT";
     case MessageType::ConsoleOutput: return "CONSOLE_OUTPUT";
+    case MessageType::RngInput: return "RNG_INPUT";
     }
     return "UNKNOWN";
 }
 
 bool known_message_type(uint8_t type) {
     return type >= static_cast<uint8_t>(MessageType::Hello) &&
-           type <= static_cast<uint8_t>(MessageType::ConsoleOutput);
+           type <= static_cast<uint8_t>(MessageType::RngInput);
 }
 
 uint32_t payload_cap(MessageType type) {
@@ -40,7 +41,8 @@ uint32_t payload_cap(MessageType type) {
     case MessageType::Error: return 8u << 10;
     case MessageType::VmstateSend: return kMaxStatePayload;
     case MessageType::ConsoleInput:
-    case MessageType::ConsoleOutput: return 8u << 10;
+    case MessageType::ConsoleOutput:
+    case MessageType::RngInput: return 8u << 10;
     default:
         // Fixed-size control messages; the room above their current size lets a later minor
         // revision append fields that this version skips.

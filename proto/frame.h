@@ -33,9 +33,8 @@ inline constexpr size_t kMacSize = 32;
 // (smaller, configurable) limit, which may not exceed this.
 inline constexpr uint32_t kMaxStatePayload = 32u << 20;
 
-// Message types. Numbers are never reused; 13..63 are reserved for later messages (console
-// input forwarding for COLO mode, failover handoff) and are refused as UnknownType by this
-// version: a peer may only send them after HELLO shows the other side's protocol_version knows
+// Message types. Numbers are never reused; 17..63 are reserved for later messages and are
+// refused as UnknownType by this version: a peer may only send them after HELLO shows the other side's protocol_version knows
 // them.
 enum class MessageType : uint8_t {
     Hello = 1,
@@ -53,6 +52,7 @@ enum class MessageType : uint8_t {
     Handover = 13,
     ConsoleInput = 14,
     ConsoleOutput = 15,
+    RngInput = 16,
 };
 
 std::string_view message_type_name(MessageType type);

@@ -260,6 +260,26 @@ base::Result<ConsoleBytes<T>> ConsoleBytes<T>::decode(std::span<const std::byte>
 template struct ConsoleBytes<MessageType::ConsoleInput>;
 template struct ConsoleBytes<MessageType::ConsoleOutput>;
 
+std::vector<std::byte> RngInput::encode() const {
+    std::vector<std::byte> out;
+    ByteWriter w(out);
+    w.u64(offset);
+    w.str16(std::string_view(bytes).substr(0, kMaxRngBytes));
+    return out;
+}
+
+base::Result<RngInput> RngInput::decode(std::span<const std::byte> payload) {
+    ByteReader r(payload);
+    RngInput m;
+    m.offset = TRY(r.u64("rng offset"));
+    m.bytes = TRY(r.str16("rng bytes", kMaxRngBytes));
+    if (m.bytes.empty())
+        return error(Reason::BadField, "RNG_INPUT without bytes");
+    if (m.offset > UINT64_MAX - m.bytes.size())
+        return error(Reason::BadField, "RNG_INPUT offset {} overflows", m.offset);
+    return m;
+}
+
 std::vector<std::byte> GuestShutdown::encode() const {
     std::vector<std::byte> out;
     ByteWriter w(out);
@@ -306,6 +326,7 @@ base::Result<Message> decode_message(MessageType type, std::span<const std::byte
     case MessageType::Handover: return decode_as<Handover>(payload);
     case MessageType::ConsoleInput: return decode_as<ConsoleInput>(payload);
     case MessageType::ConsoleOutput: return decode_as<ConsoleOutput>(payload);
+    case MessageType::RngInput: return decode_as<RngInput>(payload);
     case MessageType::VmstateSend: break;
     }
     return error(Reason::UnexpectedMessage, "{} is not a control message", message_type_name(type));

@@ -178,10 +178,25 @@ struct ConsoleBytes {
 using ConsoleInput = ConsoleBytes<MessageType::ConsoleInput>;
 using ConsoleOutput = ConsoleBytes<MessageType::ConsoleOutput>;
 
+// COLO mode. RNG_INPUT: bytes the primary's virtio-rng gave its guest, for the secondary's
+// guest (primary → secondary). `offset` is where the first of them sits in the device's
+// stream (the count of bytes it had taken before them); consecutive messages are contiguous.
+// Sent only for a guest with a virtio-rng device, which only builds that know this type run.
+inline constexpr size_t kMaxRngBytes = 4096;
+struct RngInput {
+    static constexpr MessageType type = MessageType::RngInput;
+    uint64_t offset = 0;
+    std::string bytes;  // 1..kMaxRngBytes, binary
+
+    std::vector<std::byte> encode() const;
+    static base::Result<RngInput> decode(std::span<const std::byte> payload);
+    bool operator==(const RngInput&) const = default;
+};
+
 // Any control message (everything but VMSTATE_SEND).
 using Message = std::variant<Hello, Auth, ErrorMessage, Heartbeat, CheckpointReady, CheckpointRequest,
                              CheckpointReply, VmstateSize, VmstateReceived, VmstateLoaded, GuestShutdown,
-                             Handover, ConsoleInput, ConsoleOutput>;
+                             Handover, ConsoleInput, ConsoleOutput, RngInput>;
 
 MessageType message_type(const Message& message);
 std::vector<std::byte> encode_message(const Message& message);

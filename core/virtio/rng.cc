@@ -40,6 +40,74 @@ size_t HostEntropy::fill(std::span<std::byte> out) {
     return done;
 }
 
+size_t LimitedEntropy::fill(std::span<std::byte> out) {
+    uint64_t allowed = m_allowance();
+    if (allowed < out.size())
+        out = out.first(static_cast<size_t>(allowed));
+    return out.empty() ? 0 : m_inner->fill(out);
+}
+
+base::Result<void> StreamEntropy::add(uint64_t offset, std::span<const std::byte> bytes) {
+    std::lock_guard lock(m_mutex);
+    if (!m_known) {
+        m_known = true;
+        m_base = m_next = offset;
+    }
+    uint64_t end = m_base + m_bytes.size();
+    if (offset > end)
+        return base::Error::make(base::Errc::Protocol, "virtio-rng bytes at stream offset {}, but {} comes next",
+                                 offset, end);
+    uint64_t skip = end - offset;  // already held, or dropped by a seek past them
+    if (skip >= bytes.size())
+        return base::ok();
+    bytes = bytes.subspan(static_cast<size_t>(skip));
+    if (m_bytes.size() + bytes.size() > m_capacity)
+        return base::Error::make(base::Errc::Protocol,
+                                 "virtio-rng bytes beyond {} KiB since the last checkpoint (the primary limits its "
+                                 "guest to less)",
+                                 m_capacity >> 10);
+    m_bytes.insert(m_bytes.end(), bytes.begin(), bytes.end());
+    return base::ok();
+}
+
+void StreamEntropy::seek(uint64_t offset) {
+    std::lock_guard lock(m_mutex);
+    uint64_t end = m_base + m_bytes.size();
+    if (!m_known || offset < m_base || offset > end) {
+        // Nothing held there: the bytes from `offset` on are still to come.
+        m_bytes.clear();
+        m_base = offset;
+    } else {
+        m_bytes.erase(m_bytes.begin(), m_bytes.begin() + static_cast<std::ptrdiff_t>(offset - m_base));
+        m_base = offset;
+    }
+    m_known = true;
+    m_next = offset;
+}
+
+void StreamEntropy::clear() {
+    std::lock_guard lock(m_mutex);
+    m_known = false;
+    m_bytes.clear();
+    m_base = m_next = 0;
+}
+
+size_t StreamEntropy::held() const {
+    std::lock_guard lock(m_mutex);
+    return m_bytes.size();
+}
+
+size_t StreamEntropy::fill(std::span<std::byte> out) {
+    std::lock_guard lock(m_mutex);
+    if (!m_known)
+        return 0;
+    uint64_t end = m_base + m_bytes.size();
+    size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), end - m_next));
+    std::memcpy(out.data(), m_bytes.data() + (m_next - m_base), n);
+    m_next += n;
+    return n;
+}
+
 RngDevice::RngDevice(std::unique_ptr<EntropySource> source, Observer observer)
     : m_source(std::move(source)), m_observer(std::move(observer)) {
     m_staged.reserve(k_max_request);
@@ -104,10 +172,11 @@ void RngDevice::draw(size_t wanted) {
         m_staged.resize(old + got);
         if (got == 0)
             return;
+        uint64_t offset = m_taken;
         m_taken += got;
         wanted -= got;
         if (m_observer)
-            m_observer(std::span<const std::byte>(m_staged.data() + old, got));
+            m_observer(offset, std::span<const std::byte>(m_staged.data() + old, got));
     }
 }
 

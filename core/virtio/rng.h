@@ -19,9 +19,11 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <vector>
 
+#include "base/result.h"
 #include "core/virtio/device.h"
 
 namespace colod::core::virtio {
@@ -41,6 +43,59 @@ public:
     size_t fill(std::span<std::byte> out) override;
 };
 
+// Another source, but never more at once than `allowance()` says (a COLO primary limits how
+// much entropy its guest takes between two checkpoints, since the secondary must hold all of
+// it). The owner calls RngDevice::entropy_available() when the allowance grows again.
+class LimitedEntropy final : public EntropySource {
+public:
+    LimitedEntropy(std::unique_ptr<EntropySource> inner, std::function<uint64_t()> allowance)
+        : m_inner(std::move(inner)), m_allowance(std::move(allowance)) {}
+    size_t fill(std::span<std::byte> out) override;
+
+private:
+    std::unique_ptr<EntropySource> m_inner;
+    std::function<uint64_t()> m_allowance;
+};
+
+// A source fed from elsewhere by position in the device's stream: a COLO secondary's, fed the
+// bytes the primary's device took (RNG_INPUT). It keeps every byte from the position of the
+// last checkpoint on, including those its guest already took, because loading the next
+// checkpoint rolls the guest back to that position (seek()). Shared between the engine that
+// feeds it and the device that reads it; thread-safe.
+class StreamEntropy final : public EntropySource {
+public:
+    explicit StreamEntropy(size_t capacity) : m_capacity(capacity) {}
+    // Bytes at stream offset `offset`. They must continue what is held (bytes already held
+    // or dropped by seek() are skipped); a gap or more than `capacity` held is an error and
+    // changes nothing.
+    base::Result<void> add(uint64_t offset, std::span<const std::byte> bytes);
+    // The next byte given is the one at `offset` (a checkpoint was loaded whose device had
+    // taken that many); bytes before it are dropped.
+    void seek(uint64_t offset);
+    // Forgets everything (a new primary starts its stream where its device stands).
+    void clear();
+    size_t held() const;
+    size_t fill(std::span<std::byte> out) override;
+
+private:
+    mutable std::mutex m_mutex;
+    const size_t m_capacity;
+    bool m_known = false;        // m_base means something
+    uint64_t m_base = 0;         // stream offset of m_bytes[0]
+    uint64_t m_next = 0;         // stream offset of the next byte fill() gives
+    std::vector<std::byte> m_bytes;
+};
+
+// A shared source behind the unique_ptr a device owns.
+class SharedEntropy final : public EntropySource {
+public:
+    explicit SharedEntropy(std::shared_ptr<EntropySource> source) : m_source(std::move(source)) {}
+    size_t fill(std::span<std::byte> out) override { return m_source->fill(out); }
+
+private:
+    std::shared_ptr<EntropySource> m_source;
+};
+
 class RngDevice final : public VirtioDevice {
 public:
     static constexpr uint32_t k_device_id = 4;
@@ -51,9 +106,10 @@ public:
     static constexpr size_t k_max_request = 64 * 1024;
     static constexpr uint16_t k_state_version = 1;
 
-    // Called with each run of bytes taken from the source, in order (transport lock held: it
-    // must only queue them, no I/O).
-    using Observer = std::function<void(std::span<const std::byte>)>;
+    // Called with each run of bytes taken from the source, in order, with the stream offset of
+    // the first (bytes_taken() before them). Transport lock held: it must only queue them, no
+    // I/O.
+    using Observer = std::function<void(uint64_t offset, std::span<const std::byte>)>;
 
     explicit RngDevice(std::unique_ptr<EntropySource> source, Observer observer = {});
 

@@ -25,6 +25,9 @@
  *   when kvstored is itself PID 1 (booted with rdinit=/bin/kvstored) does it call
  *   reboot(RB_POWER_OFF) directly, since nobody else could: a kvstored started by hand on a
  *   host (the unit test, often as root) must never power that host off.
+ * - HWRNG n (an extension, 1 <= n <= 64): reads n bytes from /dev/hwrng (the virtio-rng) and
+ *   replies with them in lower-case hex, or `ERR hwrng: REASON`. Tests use it to see that a
+ *   COLO secondary's guest gets the very bytes the primary's did.
  *
  * It writes nothing to the tty but protocol replies, and nothing to stderr but the one line of
  * a fatal start-up error (exit status 1); after start-up it never exits on its own.
@@ -346,8 +349,61 @@ static int is_word(const char *p, size_t len, const char *upper)
     return 1;
 }
 
-/* kv_extension.command: the kvstored-only POWEROFF (see the top of this file). The line
- * follows the engine's grammar: case-insensitive name, spaces around it ignored. */
+/* HWRNG n: n bytes of /dev/hwrng in hex (see the top of this file). */
+static void hwrng_command(const char *arg, size_t len)
+{
+    char text[8];
+    unsigned long n = 0;
+    if (len > 0 && len < sizeof text) {
+        memcpy(text, arg, len);
+        text[len] = '\0';
+        char *stop;
+        n = strtoul(text, &stop, 10);
+        if (*stop != '\0')
+            n = 0;
+    }
+    if (n < 1 || n > 64) {
+        static const char usage[] = "ERR usage: HWRNG n (1..64)\n";
+        kv_platform_write(usage, sizeof usage - 1);
+        return;
+    }
+    unsigned char bytes[64];
+    size_t got = 0;
+    int err = 0;
+    int fd = open("/dev/hwrng", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        err = errno;
+    while (err == 0 && got < n) {
+        ssize_t r = read(fd, bytes + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            err = errno;
+        else if (r == 0)
+            err = EIO;
+        else
+            got += (size_t)r;
+    }
+    if (fd >= 0)
+        close(fd);
+    char reply[160];
+    int at;
+    if (err != 0) {
+        at = snprintf(reply, sizeof reply, "ERR hwrng: %s\n", strerror(err));
+    } else {
+        static const char hex[] = "0123456789abcdef";
+        at = 0;
+        for (size_t i = 0; i < n; i++) {
+            reply[at++] = hex[bytes[i] >> 4];
+            reply[at++] = hex[bytes[i] & 15];
+        }
+        reply[at++] = '\n';
+    }
+    kv_platform_write(reply, (size_t)at);
+}
+
+/* kv_extension.command: the kvstored-only POWEROFF and HWRNG (see the top of this file). The
+ * line follows the engine's grammar: case-insensitive name, spaces around it ignored. */
 static int extra_command(const char *line, size_t len)
 {
     const char *end = line + len;
@@ -356,6 +412,15 @@ static int extra_command(const char *line, size_t len)
     const char *name = line;
     while (line < end && *line != ' ')
         line++;
+    if (is_word(name, (size_t)(line - name), "HWRNG")) {
+        while (line < end && *line == ' ')
+            line++;
+        const char *arg_end = end;
+        while (arg_end > line && arg_end[-1] == ' ')
+            arg_end--;
+        hwrng_command(line, (size_t)(arg_end - line));
+        return 1;
+    }
     if (!is_word(name, (size_t)(line - name), "POWEROFF"))
         return 0;
     while (line < end && *line == ' ')

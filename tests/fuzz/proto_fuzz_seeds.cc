@@ -42,7 +42,8 @@ std::vector<Message> sample_messages() {
     a.reason = "memory size differs";
     return {h, a, ErrorMessage{uint16_t(Reason::AuthFailed), "authentication failed"}, Heartbeat{41, 1700000000000000000},
             CheckpointReady{0}, CheckpointRequest{42}, CheckpointReply{42}, VmstateSize{42, 9000, 3, 1},
-            VmstateReceived{42}, VmstateLoaded{42}, GuestShutdown{-1}, Handover{42}, ConsoleInput{42, "PING\n"}, ConsoleOutput{42, "PONG\n"}};
+            VmstateReceived{42}, VmstateLoaded{42}, GuestShutdown{-1}, Handover{42}, ConsoleInput{42, "PING\n"}, ConsoleOutput{42, "PONG\n"},
+            RngInput{4096, "\x01\x02\x03"}};
 }
 
 struct Guest {

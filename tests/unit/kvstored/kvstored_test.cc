@@ -415,6 +415,18 @@ TEST_CASE("POWEROFF answers OK and ends kvstored (its init then powers off)", "[
     CHECK(k.unexpected_output(50ms).empty());
 }
 
+TEST_CASE("HWRNG: usage errors, and n bytes of /dev/hwrng in hex or the reason there are none", "[kvstored]") {
+    Kvstored k;
+    for (const char* bad : {"HWRNG", "HWRNG 0", "HWRNG 65", "HWRNG x", "HWRNG 1 2", "hwrng -1", "HWRNG 99999999999"})
+        CHECK(k.cmd(bad) == "ERR usage: HWRNG n (1..64)");
+    std::string reply = k.cmd("hwrng  16 ");
+    INFO(reply);
+    // This host may or may not have a hardware RNG; the Linux pair tests read the guest's.
+    CHECK((std::regex_match(reply, std::regex("[0-9a-f]{32}")) || reply.rfind("ERR hwrng: ", 0) == 0));
+    CHECK(k.cmd("PING") == "PONG");
+    CHECK(k.unexpected_output().empty());
+}
+
 TEST_CASE("kvstored fails with one line and status 1 when it cannot start", "[kvstored]") {
     auto run = [](std::vector<std::string> args) {
         int err[2];

@@ -53,7 +53,7 @@ Hello random_hello(std::mt19937_64& rng) {
 }
 
 Message random_message(std::mt19937_64& rng) {
-    switch (rng() % 14) {
+    switch (rng() % 15) {
     case 0: return random_hello(rng);
     case 1: {
         Auth a;
@@ -78,6 +78,7 @@ Message random_message(std::mt19937_64& rng) {
     case 10: return Handover{rng()};
     case 11: return ConsoleInput{rng(), std::string(1 + rng() % 100, char(rng()))};
     case 12: return ConsoleOutput{rng(), std::string(1 + rng() % kMaxConsoleBytes, char(rng()))};
+    case 13: return RngInput{rng() >> 1, std::string(1 + rng() % kMaxRngBytes, char(rng()))};
     default: return GuestShutdown{int32_t(rng())};
     }
 }
@@ -108,7 +109,7 @@ TEST_CASE("frame header round trip") {
     std::mt19937_64 rng(1);
     for (int i = 0; i < 1000; ++i) {
         FrameHeader h;
-        h.type = static_cast<MessageType>(1 + rng() % 15);
+        h.type = static_cast<MessageType>(1 + rng() % 16);
         h.flags = uint16_t(rng() % 2);
         h.sequence = rng();
         h.payload_length = uint32_t(rng() % (payload_cap(h.type) + 1));
@@ -134,6 +135,21 @@ TEST_CASE("control messages round trip through frames (random, many seeds)") {
         REQUIRE(back.ok());
         REQUIRE(back.value() == m);
     }
+}
+
+TEST_CASE("RNG_INPUT: no bytes, too many, or an offset that wraps are refused") {
+    REQUIRE(reason(RngInput::decode(RngInput{7, ""}.encode())) == Reason::BadField);
+    RngInput big{7, std::string(kMaxRngBytes, 'x')};
+    auto payload = big.encode();
+    REQUIRE(RngInput::decode(payload).ok());
+    // A length field one over the limit, with the bytes to match.
+    std::vector<std::byte> over;
+    ByteWriter w(over);
+    w.u64(7);
+    w.str16(std::string(kMaxRngBytes + 1, 'x'));
+    REQUIRE_FALSE(RngInput::decode(over).ok());
+    REQUIRE(reason(RngInput::decode(RngInput{UINT64_MAX - 2, "abcd"}.encode())) == Reason::BadField);
+    REQUIRE(RngInput::decode(RngInput{UINT64_MAX - 4, "abcd"}.encode()).ok());
 }
 
 TEST_CASE("decoders skip fields appended by a later revision") {
@@ -169,7 +185,7 @@ TEST_CASE("malformed: bad version") {
 }
 
 TEST_CASE("malformed: unknown type") {
-    FrameHeader h{kWireVersion, static_cast<MessageType>(16), 0, 0, 16};
+    FrameHeader h{kWireVersion, static_cast<MessageType>(17), 0, 0, 16};
     REQUIRE(reason(decode_header(encode_header(h))) == Reason::UnknownType);
     h.type = static_cast<MessageType>(0);
     REQUIRE(reason(decode_header(encode_header(h))) == Reason::UnknownType);

@@ -49,20 +49,33 @@ struct Rig {
     std::vector<bool> line_changes;
     bool line = false;
     std::vector<std::byte> observed;
+    bool observed_gap = false;  // an observed run did not start where the last one ended
+    std::function<void(uint64_t, std::span<const std::byte>)> forward;  // also shown each run
     ScriptedSource* source = nullptr;
     RngDevice* rng = nullptr;
     std::unique_ptr<MmioTransport> transport;
 
-    Rig() {
+    // A device fed by `custom` rather than a ScriptedSource (then `source` is null).
+    explicit Rig(std::unique_ptr<EntropySource> custom = nullptr) {
         auto all = memory.all();
         std::fill(all.begin(), all.end(), std::byte{0xaa});  // guard pattern everywhere
-        make_transport();
+        make_transport(std::move(custom));
     }
-    void make_transport() {
-        auto src = std::make_unique<ScriptedSource>();
-        source = src.get();
-        auto device = std::make_unique<RngDevice>(std::move(src), [this](std::span<const std::byte> bytes) {
+    void make_transport(std::unique_ptr<EntropySource> custom = nullptr) {
+        std::unique_ptr<EntropySource> src;
+        if (custom) {
+            src = std::move(custom);
+        } else {
+            auto scripted = std::make_unique<ScriptedSource>();
+            source = scripted.get();
+            src = std::move(scripted);
+        }
+        auto device = std::make_unique<RngDevice>(std::move(src), [this](uint64_t offset, std::span<const std::byte> bytes) {
+            if (offset != observed.size())
+                observed_gap = true;
             observed.insert(observed.end(), bytes.begin(), bytes.end());
+            if (forward)
+                forward(offset, bytes);
         });
         rng = device.get();
         transport = MmioTransport::create(std::move(device), k_base, memory, [this](bool level) {
@@ -384,6 +397,7 @@ TEST_CASE("the observer sees exactly the bytes the guest got, in order") {
         driver.interrupt();
     }
     CHECK(rig.observed == guest);
+    CHECK_FALSE(rig.observed_gap);
     CHECK(rig.rng->bytes_taken() == guest.size());
 }
 
@@ -754,6 +768,107 @@ TEST_CASE("truncated or garbled state is refused without changing the device") {
     // The good state itself loads.
     REQUIRE(other.transport->load_state(good));
     CHECK(other.transport->save_state().bytes == good.bytes);
+}
+
+TEST_CASE("LimitedEntropy never gives more than its allowance") {
+    auto inner = std::make_unique<ScriptedSource>();
+    uint64_t allowance = 10;
+    LimitedEntropy limited(std::move(inner), [&] { return allowance; });
+    std::vector<std::byte> out(64);
+    CHECK(limited.fill(out) == 10);
+    CHECK(std::vector(out.begin(), out.begin() + 10) == stream(0, 10));
+    allowance = 0;
+    CHECK(limited.fill(out) == 0);
+    allowance = 1000;
+    CHECK(limited.fill(out) == 64);
+    CHECK(out == stream(10, 64));
+}
+
+TEST_CASE("StreamEntropy: contiguous bytes by offset, rolled back by seek, bounded") {
+    StreamEntropy s(100);
+    auto bytes = stream(1000, 80);
+    std::vector<std::byte> out(50);
+    CHECK(s.fill(out) == 0);  // nothing known yet
+    REQUIRE(s.add(1000, std::span(bytes).first(30)));
+    REQUIRE(s.add(1030, std::span(bytes).subspan(30, 20)));
+    // A gap is refused and changes nothing.
+    auto gap = s.add(1060, std::span(bytes).subspan(60, 10));
+    REQUIRE_FALSE(gap);
+    CHECK(gap.error().message().find("offset 1060, but 1050 comes next") != std::string::npos);
+    CHECK(s.held() == 50);
+    // Overlap: the part already held is skipped.
+    REQUIRE(s.add(1040, std::span(bytes).subspan(40, 40)));
+    CHECK(s.held() == 80);
+    CHECK(s.fill(std::span(out).first(20)) == 20);
+    CHECK(std::vector(out.begin(), out.begin() + 20) == stream(1000, 20));
+    // A checkpoint loaded at 1010 rolls the reader back: bytes 1010.. come again.
+    s.seek(1010);
+    CHECK(s.held() == 70);
+    CHECK(s.fill(out) == 50);
+    CHECK(out == stream(1010, 50));
+    CHECK(s.fill(out) == 20);
+    CHECK(s.fill(out) == 0);
+    // Over capacity: refused whole.
+    auto more = stream(1080, 40);
+    auto over = s.add(1080, more);
+    REQUIRE_FALSE(over);
+    CHECK(s.held() == 70);
+    // A seek past everything held waits for those bytes; older ones are skipped when they come.
+    s.seek(1100);
+    CHECK(s.held() == 0);
+    REQUIRE(s.add(1080, more));
+    CHECK(s.held() == 20);
+    CHECK(s.fill(out) == 20);
+    CHECK(std::vector(out.begin(), out.begin() + 20) == stream(1100, 20));
+    s.clear();
+    CHECK(s.fill(out) == 0);
+    REQUIRE(s.add(5, std::span(bytes).first(3)));  // a new stream starts anywhere
+    CHECK(s.held() == 3);
+}
+
+TEST_CASE("a standby's device fed the primary's observed bytes gives its guest the same bytes, again after a rollback") {
+    Rig primary;
+    auto fed = std::make_shared<StreamEntropy>(1 << 20);
+    primary.forward = [&](uint64_t offset, std::span<const std::byte> bytes) { REQUIRE(fed->add(offset, bytes)); };
+    Driver driver(primary);
+    driver.start();
+    driver.set_desc(0, 0x20000, 64, k_desc_f_write);
+    driver.post(0);
+    driver.kick();
+    REQUIRE(driver.get_used());
+    DeviceState checkpoint = primary.transport->save_state();
+    auto memory_at_checkpoint = std::vector<std::byte>(primary.memory.all().begin(), primary.memory.all().end());
+    Driver after = driver;  // the driver as of the checkpoint
+    // The primary's guest goes on: two more requests after the checkpoint.
+    for (uint16_t head : {1, 2}) {
+        driver.set_desc(head, 0x20000 + 0x1000ull * head, 100, k_desc_f_write);
+        driver.post(head);
+        driver.kick();
+        REQUIRE(driver.get_used());
+    }
+    auto primary_got = bytes_at(primary, 0x21000, 100);
+    auto primary_got2 = bytes_at(primary, 0x22000, 100);
+
+    Rig standby(std::make_unique<SharedEntropy>(fed));
+    for (int run = 0; run < 2; ++run) {
+        // Load the checkpoint (again, on the second run: a rollback) and position the stream.
+        std::memcpy(standby.memory.all().data(), memory_at_checkpoint.data(), k_ram);
+        REQUIRE(standby.transport->load_state(checkpoint));
+        fed->seek(standby.rng->bytes_taken());
+        Driver continued(standby);
+        continued.size = after.size;
+        continued.avail_idx = after.avail_idx;
+        continued.last_used = after.last_used;
+        continued.features = after.features;
+        for (uint16_t head : {1, 2}) {
+            continued.set_desc(head, 0x20000 + 0x1000ull * head, 100, k_desc_f_write);
+            continued.post(head);
+            continued.kick();
+            REQUIRE(continued.get_used());
+        }
+        CHECK(bytes_at(standby, 0x21000, 100) == primary_got);
+        CHECK(bytes_at(standby, 0x22000, 100) == primary_got2);
+    }
 }
 
 TEST_CASE("HostEntropy gives the host's random bytes") {
