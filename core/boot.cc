@@ -46,13 +46,21 @@ kvm_segment flat_segment(uint16_t selector, uint8_t type, bool code) {
 }
 
 template <typename T>
-base::Result<void> write_guest(GuestMemory& memory, uint64_t gpa, const T* data, size_t count) {
-    auto target = TRY(memory.slice(gpa, sizeof(T) * count, GuestMemory::Access::Write));
-    std::memcpy(target.data(), data, sizeof(T) * count);
-    return base::ok();
+base::Result<void> write_guest(GuestMemory& memory, uint64_t gpa, const T* data, size_t count, std::string_view what) {
+    return write_guest(memory, gpa, std::as_bytes(std::span(data, count)), what);
 }
 
 }  // namespace
+
+base::Result<void> write_guest(GuestMemory& memory, uint64_t gpa, std::span<const std::byte> bytes,
+                               std::string_view what) {
+    auto target = memory.slice(gpa, bytes.size(), GuestMemory::Access::Write);
+    if (!target)
+        return base::Error::make(base::Errc::Invalid, "{} ({} bytes at {:#x}) does not fit the guest's RAM", what,
+                                 bytes.size(), gpa);
+    std::memcpy(target->data(), bytes.data(), bytes.size());
+    return base::ok();
+}
 
 base::Result<uint64_t> write_identity_page_tables(GuestMemory& memory) {
     // Identity map from 0 to max(RAM end, 4 GiB) with 2 MiB pages; the MMIO hole uncached.
@@ -65,11 +73,11 @@ base::Result<uint64_t> write_identity_page_tables(GuestMemory& memory) {
                                  pds);
     uint64_t pml4[512] = {};
     pml4[0] = k_pdpt | PTE_P | PTE_RW;
-    TRY(write_guest(memory, k_pml4, pml4, 512));
+    TRY(write_guest(memory, k_pml4, pml4, 512, "the boot page tables"));
     uint64_t pdpt[512] = {};
     for (uint64_t i = 0; i < pds; ++i)
         pdpt[i] = (k_first_pd + i * k_page_size) | PTE_P | PTE_RW;
-    TRY(write_guest(memory, k_pdpt, pdpt, 512));
+    TRY(write_guest(memory, k_pdpt, pdpt, 512, "the boot page tables"));
     for (uint64_t i = 0; i < pds; ++i) {
         uint64_t pd[512];
         for (uint64_t j = 0; j < 512; ++j) {
@@ -79,7 +87,7 @@ base::Result<uint64_t> write_identity_page_tables(GuestMemory& memory) {
                 flags |= PTE_PCD | PTE_PWT;
             pd[j] = addr | flags;
         }
-        TRY(write_guest(memory, k_first_pd + i * k_page_size, pd, 512));
+        TRY(write_guest(memory, k_first_pd + i * k_page_size, pd, 512, "the boot page tables"));
     }
     return k_pml4;
 }
@@ -120,7 +128,7 @@ base::Result<BootState> setup_direct_boot(GuestMemory& memory, const ElfImage& i
         return base::Error::make(base::Errc::Invalid, "guest command line of {} bytes (at most {})", cmdline.size(),
                                  COLOD_BOOT_CMDLINE_MAX - 1);
 
-    TRY(write_guest(memory, k_gdt, k_gdt_entries, std::size(k_gdt_entries)));
+    TRY(write_guest(memory, k_gdt, k_gdt_entries, std::size(k_gdt_entries), "the GDT"));
     TRY(write_identity_page_tables(memory));
 
     colod_boot_info info{};
@@ -133,7 +141,7 @@ base::Result<BootState> setup_direct_boot(GuestMemory& memory, const ElfImage& i
         info.regions[i] = colod_ram_region{memory.regions()[i].guest_phys, memory.regions()[i].size};
     info.image_end = image.end;
     std::memcpy(info.cmdline, cmdline.data(), cmdline.size());
-    TRY(write_guest(memory, k_boot_info, &info, 1));
+    TRY(write_guest(memory, k_boot_info, &info, 1, "the boot information"));
 
     BootState boot;
     boot.sregs = long_mode_sregs(sregs_template, COLOD_GDT_CODE64, COLOD_GDT_DATA, k_gdt, sizeof(k_gdt_entries) - 1);

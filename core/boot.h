@@ -27,6 +27,10 @@ struct BootState {
 base::Result<BootState> setup_direct_boot(GuestMemory& memory, const ElfImage& image, uint32_t vcpus,
                                           std::string_view cmdline, const kvm_sregs& sregs_template);
 
+// Copies `bytes` into guest RAM at `gpa`; an error naming `what` if they do not fit.
+base::Result<void> write_guest(GuestMemory& memory, uint64_t gpa, std::span<const std::byte> bytes,
+                               std::string_view what);
+
 // Writes the boot page tables (an identity map of 0 to max(RAM end, 4 GiB) in 2 MiB pages, the
 // MMIO hole uncached) into the boot area below 1 MiB; returns the PML4's address (for CR3).
 base::Result<uint64_t> write_identity_page_tables(GuestMemory& memory);

@@ -37,15 +37,6 @@ void put_le(std::vector<std::byte>& page, size_t offset, T value) {
     std::memcpy(page.data() + offset, &value, sizeof(T));  // x86: little-endian
 }
 
-base::Result<void> write(GuestMemory& memory, uint64_t gpa, std::span<const std::byte> bytes, std::string_view what) {
-    auto target = memory.slice(gpa, bytes.size(), GuestMemory::Access::Write);
-    if (!target)
-        return base::Error::make(base::Errc::Invalid, "{} ({} bytes at {:#x}) does not fit the guest's RAM", what,
-                                 bytes.size(), gpa);
-    std::memcpy(target->data(), bytes.data(), bytes.size());
-    return base::ok();
-}
-
 uint64_t low_ram_end(const GuestMemory& memory) {
     for (const auto& region : memory.regions())
         if (region.guest_phys == 0)
@@ -120,13 +111,13 @@ base::Result<BootState> setup_linux_boot(GuestMemory& memory, const LinuxBoot& b
     std::vector<std::byte> cmdline(boot.cmdline.size() + 1);
     std::memcpy(cmdline.data(), boot.cmdline.data(), boot.cmdline.size());
 
-    TRY(write(memory, image.load_address(), boot.kernel.subspan(image.kernel_offset), "the kernel"));
+    TRY(write_guest(memory, image.load_address(), boot.kernel.subspan(image.kernel_offset), "the kernel"));
     if (!boot.initrd.empty())
-        TRY(write(memory, initrd_address, boot.initrd, "the initrd"));
-    TRY(write(memory, k_boot_params, params, "boot_params"));
-    TRY(write(memory, k_cmdline, cmdline, "the command line"));
-    TRY(write(memory, k_acpi_tables, boot.acpi_tables, "the ACPI tables"));
-    TRY(write(memory, k_gdt, std::as_bytes(std::span(k_gdt_entries)), "the GDT"));
+        TRY(write_guest(memory, initrd_address, boot.initrd, "the initrd"));
+    TRY(write_guest(memory, k_boot_params, params, "boot_params"));
+    TRY(write_guest(memory, k_cmdline, cmdline, "the command line"));
+    TRY(write_guest(memory, k_acpi_tables, boot.acpi_tables, "the ACPI tables"));
+    TRY(write_guest(memory, k_gdt, std::as_bytes(std::span(k_gdt_entries)), "the GDT"));
     TRY(write_identity_page_tables(memory));
 
     BootState state;
