@@ -63,8 +63,8 @@ else
      ctest --output-on-failure -L "$hostkvm_labels" -LE '^linux$')
   # Linux guests do not get through boot under single-threaded TCG (with several vCPUs, with
   # QEMU as their VMM as much as with colod; with one, they stall within minutes:
-  # docs/linux-guests.md); multi-threaded TCG runs them. The full protected-pair acceptance run
-  # (label linux-pair) is run by hand: tests/integration/linux/CMakeLists.txt.
+  # docs/linux-guests.md); multi-threaded TCG runs them. The protected Linux pairs (label
+  # linux-pair) are run by hand: tests/integration/linux/CMakeLists.txt says why.
   echo "tests: Linux guests on real KVM, nested under QEMU's multi-threaded TCG: ctest -L '^linux$'"
   (cd "$build" && HOSTKVM_TCG_THREAD=multi "$top/tests/hostkvm/nested.sh" --writable "$build" -- \
      ctest --output-on-failure -L '^linux$')
