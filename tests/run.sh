@@ -13,12 +13,66 @@
 #      sanitizers (COLOD_SANITIZERS, default "address,undefined"; empty to skip) and runs them;
 #      with "thread" (ThreadSanitizer) it builds and runs the engine tests and the loopback pair
 #      test (with its daemons) instead. CI (CI=true) also runs the engine tests under
-#      ThreadSanitizer after the default set.
+#      ThreadSanitizer after the default set. When step 3 runs nested, step 4 runs beside its
+#      first part (single-threaded TCG keeps one core busy, step 4 takes the other).
 # Step 2 runs guests on KVM when /dev/kvm can be opened, else on colod's software backend; every
 # test binary says which on its first line. Step 2 includes the benchmarks in a short mode
 # (label bench): figures printed, no thresholds.
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
+# sanitize SANITIZERS BUILD_DIR TEST_DIR_FILTER TEST_REGEX TARGET...: one sanitizer build, its tests.
+sanitize() {
+  s_set=$1 s_build=$2 s_filter=$3 s_tests=$4
+  shift 4
+  # -O1 keeps this build short.
+  cmake -S "$top" -B "$s_build" -G Ninja -DCMAKE_BUILD_TYPE=None -DCMAKE_CXX_FLAGS=-O1 -DCOLOD_WERROR=ON -DCOLOD_TESTS=ON \
+        -DCOLOD_FAULT_POINTS=ON "-DCOLOD_SANITIZE=$s_set" "-DCOLOD_TEST_FILTER=$s_filter" >/dev/null
+  ninja -C "$s_build" -j"${JOBS:-$(nproc)}" "$@"
+  (cd "$s_build" && UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+     TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+     ctest --output-on-failure --timeout 900 -j"${TEST_JOBS:-1}" -R "$s_tests")
+}
+
+# The threads of the engines and the daemons: the engine tests and the loopback pair test.
+thread_sanitizer() {
+  echo "tests: engine tests and the loopback pair test again with -fsanitize=thread"
+  sanitize thread "${SANITIZE_BUILD_DIR:-$top/build-tsan}" "/tests/(unit/engine|integration/pair)$" \
+    '^(engine_test|pair_test)$' engine_test pair_test colod-primary colod-secondary coloctl
+}
+
+# Step 4: the sanitizer builds and their tests.
+sanitizer_steps() {
+  sanitizers=${COLOD_SANITIZERS-address,undefined}
+  case $sanitizers in
+    "") ;;
+    thread) thread_sanitizer ;;
+    *)
+      # The code that reads untrusted bytes (frames, messages, state, snapshots, configs) again
+      # with sanitizers: its unit tests and the fuzz corpus replays.
+      echo "tests: proto and config unit tests and the fuzz corpus again with -fsanitize=$sanitizers"
+      # shellcheck disable=SC2046 # one word per target
+      sanitize "$sanitizers" "${SANITIZE_BUILD_DIR:-$top/build-sanitize}" "/tests/(unit/(proto|config)|fuzz)$" \
+        '^(config_test|proto_(codec|state|auth|link)_test|proto_fuzz_.*)$' \
+        config_test proto_codec_test proto_state_test proto_auth_test proto_link_test \
+        $(for f in frame messages state snapshot; do printf 'proto_fuzz_%s_replay ' "$f"; done)
+      ;;
+  esac
+
+  # CI also runs the engine tests under ThreadSanitizer (about 3.5 minutes here). The loopback
+  # pair test under it too (COLOD_SANITIZERS=thread) takes CI to about 28 of its 30 minutes, too
+  # close to run on every change.
+  if [ "${CI:-}" = true ] && [ "$sanitizers" != thread ] && [ "${COLOD_CI_TSAN:-1}" = 1 ]; then
+    echo "tests: engine tests again with -fsanitize=thread"
+    sanitize thread "$top/build-tsan" "/tests/unit/engine$" '^engine_test$' engine_test
+  fi
+}
+
+# Internal: tests/run.sh runs step 4 this way beside the nested KVM of step 3.
+if [ "${COLOD_RUN_STEP:-}" = sanitizers ]; then
+  sanitizer_steps
+  exit 0
+fi
+
 "$top/packaging/install-deps.sh"
 
 host_kvm=no
@@ -58,9 +112,27 @@ elif [ "$host_kvm" = yes ]; then
   echo "tests: real KVM: step 2 ran every guest test on this host's /dev/kvm; now the hostkvm label"
   (cd "$build" && ctest --output-on-failure -L '^hostkvm$')
 else
+  # QEMU's single-threaded TCG keeps one core busy: step 4 (the sanitizer builds and tests) runs
+  # beside it on the other, in a session of its own (stopped if this script stops), its output
+  # shown once it ends.
+  sanitizer_log="$top/build/sanitizers.log"
+  mkdir -p "$top/build"
+  echo "tests: step 4 (sanitizers) runs beside the nested KVM; its output: $sanitizer_log, shown below"
+  COLOD_RUN_STEP=sanitizers JOBS=1 setsid "$top/tests/run.sh" >"$sanitizer_log" 2>&1 &
+  sanitizer_pid=$!
+  trap 'kill -- -"$sanitizer_pid" 2>/dev/null || true' EXIT
   echo "tests: real KVM, nested under QEMU's TCG: ctest -L '$hostkvm_labels' -LE '^linux$'"
   (cd "$build" && "$top/tests/hostkvm/nested.sh" --writable "$build" -- \
      ctest --output-on-failure -L "$hostkvm_labels" -LE '^linux$')
+  sanitizer_status=0
+  wait "$sanitizer_pid" || sanitizer_status=$?
+  trap - EXIT
+  cat "$sanitizer_log"
+  if [ "$sanitizer_status" != 0 ]; then
+    echo "tests: step 4 (sanitizers) failed"
+    exit 1
+  fi
+  sanitizers_done=yes
   # Linux guests do not get through boot under single-threaded TCG (with several vCPUs, with
   # QEMU as their VMM as much as with colod; with one, they stall within minutes:
   # docs/linux-guests.md); multi-threaded TCG runs them. The protected Linux pairs (label
@@ -71,47 +143,5 @@ else
   echo "tests: real KVM, nested: passed"
 fi
 
-# sanitize SANITIZERS BUILD_DIR TEST_DIR_FILTER TEST_REGEX TARGET...: one sanitizer build, its tests.
-sanitize() {
-  s_set=$1 s_build=$2 s_filter=$3 s_tests=$4
-  shift 4
-  # -O1 keeps this build short.
-  cmake -S "$top" -B "$s_build" -G Ninja -DCMAKE_BUILD_TYPE=None -DCMAKE_CXX_FLAGS=-O1 -DCOLOD_WERROR=ON -DCOLOD_TESTS=ON \
-        -DCOLOD_FAULT_POINTS=ON "-DCOLOD_SANITIZE=$s_set" "-DCOLOD_TEST_FILTER=$s_filter" >/dev/null
-  ninja -C "$s_build" -j"${JOBS:-$(nproc)}" "$@"
-  (cd "$s_build" && UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-     TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-     ctest --output-on-failure --timeout 900 -j"${TEST_JOBS:-1}" -R "$s_tests")
-}
-
-# The threads of the engines and the daemons: the engine tests and the loopback pair test.
-thread_sanitizer() {
-  echo "tests: engine tests and the loopback pair test again with -fsanitize=thread"
-  sanitize thread "${SANITIZE_BUILD_DIR:-$top/build-tsan}" "/tests/(unit/engine|integration/pair)$" \
-    '^(engine_test|pair_test)$' engine_test pair_test colod-primary colod-secondary coloctl
-}
-
-sanitizers=${COLOD_SANITIZERS-address,undefined}
-case $sanitizers in
-  "") ;;
-  thread) thread_sanitizer ;;
-  *)
-    # The code that reads untrusted bytes (frames, messages, state, snapshots, configs) again
-    # with sanitizers: its unit tests and the fuzz corpus replays.
-    echo "tests: proto and config unit tests and the fuzz corpus again with -fsanitize=$sanitizers"
-    # shellcheck disable=SC2046 # one word per target
-    sanitize "$sanitizers" "${SANITIZE_BUILD_DIR:-$top/build-sanitize}" "/tests/(unit/(proto|config)|fuzz)$" \
-      '^(config_test|proto_(codec|state|auth|link)_test|proto_fuzz_.*)$' \
-      config_test proto_codec_test proto_state_test proto_auth_test proto_link_test \
-      $(for f in frame messages state snapshot; do printf 'proto_fuzz_%s_replay ' "$f"; done)
-    ;;
-esac
-
-# CI also runs the engine tests under ThreadSanitizer (about 3.5 minutes here). The loopback
-# pair test under it too (COLOD_SANITIZERS=thread) takes CI to about 28 of its 30 minutes, too
-# close to run on every change.
-if [ "${CI:-}" = true ] && [ "$sanitizers" != thread ] && [ "${COLOD_CI_TSAN:-1}" = 1 ]; then
-  echo "tests: engine tests again with -fsanitize=thread"
-  sanitize thread "$top/build-tsan" "/tests/unit/engine$" '^engine_test$' engine_test
-fi
+[ "${sanitizers_done:-no}" = yes ] || sanitizer_steps
 echo "tests: all passed"
