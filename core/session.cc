@@ -11,6 +11,8 @@ size_t queued_size(const proto::Message& message) {
         return 64 + in->bytes.size();
     if (const auto* out = std::get_if<proto::ConsoleOutput>(&message))
         return 64 + out->bytes.size();
+    if (const auto* rng = std::get_if<proto::RngInput>(&message))
+        return 64 + rng->bytes.size();
     return 64;
 }
 

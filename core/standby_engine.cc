@@ -575,8 +575,12 @@ base::Result<void> StandbyEngine::apply(Staging& staging, uint64_t seq) {
         }
         fault_point("secondary.mid-apply");
         TRY(machine.load_state(state));
-        if (m_rng_stream)
-            m_rng_stream->seek(machine.linux_devices().rng->bytes_taken());  // the guest continues from there
+        if (m_rng_stream) {
+            uint64_t at = machine.linux_devices().rng->bytes_taken();
+            m_rng_stream->seek(at);  // the guest continues from there
+            base::logf(Level::Debug, Event::None, "checkpoint {}: virtio-rng stream at {}, {} bytes held from there", seq,
+                       at, m_rng_stream->held());
+        }
         m_committed = seq;
         m_committed_valid = true;
     }
