@@ -13,6 +13,8 @@ namespace colod::kvm {
 
 namespace {
 
+constexpr uint32_t k_msr_tsc_deadline = 0x6e0;
+
 // MSRs whose loss would change what the guest does; a restore that cannot set one of these
 // fails. Others (performance counters, machine-check banks a host may not offer) are skipped
 // with a warning.
@@ -210,14 +212,21 @@ base::Result<void> Vcpu::load_state(const VcpuState& state) {
     TRY(checked_ioctl(*m_handle, KVM_SET_XSAVE, xsave.data()));
     kvm_xcrs xcrs = state.xcrs;
     TRY(checked_ioctl(*m_handle, KVM_SET_XCRS, &xcrs));
+    // IA32_TSC_DEADLINE waits for the LAPIC: KVM ignores a write of it unless the LAPIC timer
+    // is in TSC-deadline mode already, and a fresh vCPU's is not, so written with the others it
+    // would be lost and the guest's next timer interrupt never come.
     std::vector<kvm_msr_entry> msrs;
+    std::vector<kvm_msr_entry> after_lapic;
     msrs.reserve(state.msrs.size());
-    for (const auto& entry : state.msrs)
-        if (!restore_skips_msr(entry.index))
-            msrs.push_back(entry);
+    for (const auto& entry : state.msrs) {
+        if (restore_skips_msr(entry.index))
+            continue;
+        (entry.index == k_msr_tsc_deadline ? after_lapic : msrs).push_back(entry);
+    }
     TRY(set_msrs(msrs));
     TRY(set_mp_state(state.mp_state));
     TRY(set_lapic(state.lapic));
+    TRY(set_msrs(after_lapic));
     TRY(set_events(state.events));
     kvm_debugregs debugregs = state.debugregs;
     TRY(checked_ioctl(*m_handle, KVM_SET_DEBUGREGS, &debugregs));

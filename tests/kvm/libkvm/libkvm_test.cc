@@ -114,6 +114,55 @@ TEST_CASE("vCPU MSRs, CPUID and every state piece survive save and load into ano
     CHECK(std::memcmp(&again->lapic, &saved->lapic, sizeof(kvm_lapic_state)) == 0);
 }
 
+TEST_CASE("an armed TSC-deadline timer survives save and load into a fresh vCPU", "[kvm]") {
+    // A fresh vCPU's LAPIC timer is not in TSC-deadline mode, and KVM ignores a write of
+    // IA32_TSC_DEADLINE outside that mode: the deadline must be written after the LAPIC.
+    constexpr uint32_t k_tsc = 0x10, k_tsc_deadline = 0x6e0, k_lvtt = 0x320;
+    auto with_deadline = [](kvm::System& system) {
+        auto cpuid = system.supported_cpuid();
+        if (system.check_extension(KVM_CAP_TSC_DEADLINE_TIMER) > 0)
+            for (auto& entry : cpuid)
+                if (entry.function == 1)
+                    entry.ecx |= 1u << 24;
+        return cpuid;
+    };
+    auto a = Setup::make();
+    if (a.system->check_extension(KVM_CAP_TSC_DEADLINE_TIMER) <= 0) {
+        WARN("no TSC-deadline timer on this host: nothing to check");
+        return;
+    }
+    auto vcpu = a.vm->create_vcpu(0);
+    REQUIRE(vcpu);
+    REQUIRE(vcpu->set_cpuid(with_deadline(*a.system)));
+    auto lapic = vcpu->lapic();
+    REQUIRE(lapic);
+    uint32_t lvtt = 0x400ec;  // TSC-deadline mode, vector 0xec, not masked
+    std::memcpy(lapic->regs + k_lvtt, &lvtt, 4);
+    uint32_t svr = 0x1ff;     // software-enabled
+    std::memcpy(lapic->regs + 0xf0, &svr, 4);
+    REQUIRE(vcpu->set_lapic(*lapic));
+    kvm_msr_entry tsc[] = {{k_tsc, 0, 0}};
+    REQUIRE(vcpu->msrs(tsc));
+    const uint64_t deadline = tsc[0].data + (uint64_t{1} << 40);  // minutes away at any TSC rate
+    kvm_msr_entry arm[] = {{k_tsc_deadline, 0, deadline}};
+    REQUIRE(vcpu->set_msrs(arm));
+    auto saved = vcpu->save_state();
+    REQUIRE(saved);
+    auto saved_deadline = std::find_if(saved->msrs.begin(), saved->msrs.end(),
+                                       [&](const auto& m) { return m.index == k_tsc_deadline; });
+    REQUIRE(saved_deadline != saved->msrs.end());
+    REQUIRE(saved_deadline->data == deadline);
+
+    auto b = Setup::make();
+    auto fresh = b.vm->create_vcpu(0);
+    REQUIRE(fresh);
+    REQUIRE(fresh->set_cpuid(with_deadline(*b.system)));
+    REQUIRE(fresh->load_state(*saved));
+    kvm_msr_entry read[] = {{k_tsc_deadline, 0, 0}};
+    REQUIRE(fresh->msrs(read));
+    CHECK(read[0].data == deadline);
+}
+
 TEST_CASE("dirty log, IRQ line and immediate exit through libkvm", "[kvm]") {
     auto s = Setup::make();
     std::vector<uint64_t> bitmap((256 + 63) / 64);
