@@ -305,10 +305,31 @@ base::Result<bool> Machine::halted_without_interrupts() {
     return true;
 }
 
+namespace {
+constexpr uint32_t k_msr_tsc = 0x10;
+
+__u64* saved_tsc(kvm::VcpuState& state) {
+    for (auto& entry : state.msrs)
+        if (entry.index == k_msr_tsc)
+            return &entry.data;
+    return nullptr;
+}
+}  // namespace
+
 base::Result<MachineState> Machine::save_state() {
     MachineState state;
     for (auto& vcpu : m_vcpus)
         state.vcpus.push_back(TRY(vcpu.save_state()));
+    if (!m_vcpus.empty() && m_vcpus[0].has_tsc_offset()) {
+        // Each vCPU's TSC was read at its own moment; say instead what every vCPU's TSC was at
+        // the moment the first one's was read (they differ by their offsets only), so that a
+        // restore keeps the vCPUs' TSCs exactly as far apart as they are here.
+        __u64* first = saved_tsc(state.vcpus[0]);
+        int64_t first_offset = TRY(m_vcpus[0].tsc_offset());
+        for (size_t i = 1; first && i < m_vcpus.size(); ++i)
+            if (__u64* tsc = saved_tsc(state.vcpus[i]))
+                *tsc = *first + static_cast<uint64_t>(TRY(m_vcpus[i].tsc_offset()) - first_offset);
+    }
     state.vm = TRY(m_vm.save_state());
     for (const auto& device : m_board.devices())
         state.devices.push_back(device->save_state());
@@ -330,8 +351,13 @@ base::Result<void> Machine::load_state(const MachineState& state) {
         TRY(m_board.devices()[i]->check_state(state.devices[i]));
     }
     TRY(m_vm.load_state(state.vm));
+    // Every vCPU's TSC is set against one reading of the host's: the guest's TSCs are what they
+    // were at the capture, as of that reading, and as far apart as they were.
+    std::optional<uint64_t> host_tsc;
+    if (!m_vcpus.empty() && m_vcpus[0].has_tsc_offset())
+        host_tsc = TRY(m_vcpus[0].host_tsc());
     for (size_t i = 0; i < m_vcpus.size(); ++i)
-        TRY(m_vcpus[i].load_state(state.vcpus[i]));
+        TRY(m_vcpus[i].load_state(state.vcpus[i], host_tsc));
     for (size_t i = 0; i < m_board.devices().size(); ++i)
         TRY(m_board.devices()[i]->load_state(state.devices[i]));
     return base::ok();

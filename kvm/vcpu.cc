@@ -13,6 +13,15 @@ namespace colod::kvm {
 
 namespace {
 
+constexpr uint32_t k_msr_tsc = 0x10;
+
+kvm_device_attr tsc_offset_attr(int64_t* value) {
+    kvm_device_attr attr{};
+    attr.group = KVM_VCPU_TSC_CTRL;
+    attr.attr = KVM_VCPU_TSC_OFFSET;
+    attr.addr = reinterpret_cast<uint64_t>(value);
+    return attr;
+}
 constexpr uint32_t k_msr_tsc_deadline = 0x6e0;
 
 // MSRs whose loss would change what the guest does; a restore that cannot set one of these
@@ -162,7 +171,10 @@ base::Result<void> Vcpu::set_msrs(std::span<const kvm_msr_entry> entries) {
     return base::ok();
 }
 
-base::Result<void> Vcpu::probe_msrs(const std::vector<uint32_t>& candidates) {
+base::Result<void> Vcpu::probe(const std::vector<uint32_t>& candidates) {
+    int64_t unused = 0;
+    kvm_device_attr attr = tsc_offset_attr(&unused);
+    m_has_tsc_offset = m_handle->ioctl(KVM_HAS_DEVICE_ATTR, reinterpret_cast<unsigned long>(&attr)) == 0;
     m_saved_msrs.clear();
     for (uint32_t index : candidates) {
         MsrBuffer buffer(1);
@@ -194,7 +206,27 @@ base::Result<VcpuState> Vcpu::save_state() {
     return state;
 }
 
-base::Result<void> Vcpu::load_state(const VcpuState& state) {
+base::Result<int64_t> Vcpu::tsc_offset() {
+    int64_t value = 0;
+    kvm_device_attr attr = tsc_offset_attr(&value);
+    TRY(checked_ioctl(*m_handle, KVM_GET_DEVICE_ATTR, &attr));
+    return value;
+}
+
+base::Result<void> Vcpu::set_tsc_offset(int64_t offset) {
+    kvm_device_attr attr = tsc_offset_attr(&offset);
+    TRY(checked_ioctl(*m_handle, KVM_SET_DEVICE_ATTR, &attr));
+    return base::ok();
+}
+
+base::Result<uint64_t> Vcpu::host_tsc() {
+    kvm_msr_entry tsc[] = {{k_msr_tsc, 0, 0}};
+    TRY(msrs(tsc));
+    int64_t offset = TRY(tsc_offset());
+    return tsc[0].data - static_cast<uint64_t>(offset);
+}
+
+base::Result<void> Vcpu::load_state(const VcpuState& state, std::optional<uint64_t> host_tsc) {
     if (state.xsave.size() * sizeof(uint32_t) > m_xsave_bytes)
         return base::Error::make(base::Errc::Mismatch, "XSAVE area of {} bytes does not fit this host's {}",
                                  state.xsave.size() * sizeof(uint32_t), m_xsave_bytes);
@@ -215,12 +247,18 @@ base::Result<void> Vcpu::load_state(const VcpuState& state) {
     // IA32_TSC_DEADLINE waits for the LAPIC: KVM ignores a write of it unless the LAPIC timer
     // is in TSC-deadline mode already, and a fresh vCPU's is not, so written with the others it
     // would be lost and the guest's next timer interrupt never come.
+    // With host_tsc, IA32_TSC is not written at all: the offset says it exactly, before the
+    // deadline is armed against it.
     std::vector<kvm_msr_entry> msrs;
     std::vector<kvm_msr_entry> after_lapic;
     msrs.reserve(state.msrs.size());
     for (const auto& entry : state.msrs) {
         if (restore_skips_msr(entry.index))
             continue;
+        if (entry.index == k_msr_tsc && host_tsc) {
+            TRY(set_tsc_offset(static_cast<int64_t>(entry.data - *host_tsc)));
+            continue;
+        }
         (entry.index == k_msr_tsc_deadline ? after_lapic : msrs).push_back(entry);
     }
     TRY(set_msrs(msrs));

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -59,24 +60,40 @@ public:
     // The MSRs worth saving: the system's index list minus those this vCPU cannot read.
     const std::vector<uint32_t>& saved_msr_indices() const { return m_saved_msrs; }
 
+    // The guest's TSC offset (KVM_VCPU_TSC_OFFSET, Linux 5.16 on): guest TSC = host TSC (at
+    // the guest's rate) + offset. Only this sets a guest's TSC exactly: a write of IA32_TSC goes
+    // through KVM's TSC synchronisation, which keeps the old offset, or adds the time since the
+    // last write, whenever the value written is within a second of what KVM expects.
+    bool has_tsc_offset() const { return m_has_tsc_offset; }
+    base::Result<int64_t> tsc_offset();
+    base::Result<void> set_tsc_offset(int64_t offset);
+    // The host's TSC at the guest's rate, now (the guest's TSC less its offset).
+    base::Result<uint64_t> host_tsc();
+
     // Whole-vCPU capture and restore. The vCPU must not be inside KVM_RUN and must have
     // completed any pending I/O (one KVM_RUN with immediate_exit after an I/O exit).
     base::Result<VcpuState> save_state();
-    // Restores in KVM's working order: sregs, regs, xsave, xcrs, MSRs, MP state, LAPIC, events,
-    // debug registers. CPUID and TSC frequency are set up by the owner before the first run.
-    base::Result<void> load_state(const VcpuState& state);
+    // Restores in KVM's working order: sregs, regs, xsave, xcrs, MSRs, MP state, LAPIC,
+    // TSC deadline, events, debug registers. CPUID and TSC frequency are set up by the owner
+    // before the first run. With `host_tsc` (host_tsc() read once for all the machine's vCPUs,
+    // has_tsc_offset() true) the guest's TSC is set through its offset, to the saved value as of
+    // that host TSC; without, by writing IA32_TSC.
+    base::Result<void> load_state(const VcpuState& state, std::optional<uint64_t> host_tsc = std::nullopt);
 
 private:
     friend class Vm;
     Vcpu(uint32_t id, std::unique_ptr<Handle> handle, kvm_run* run, size_t xsave_bytes)
         : m_id(id), m_handle(std::move(handle)), m_run(run), m_xsave_bytes(xsave_bytes) {}
-    base::Result<void> probe_msrs(const std::vector<uint32_t>& candidates);
+    // What this vCPU can save and set: the MSRs among `candidates` it can read, and whether
+    // its TSC offset is reachable.
+    base::Result<void> probe(const std::vector<uint32_t>& candidates);
 
     uint32_t m_id;
     std::unique_ptr<Handle> m_handle;
     kvm_run* m_run;
     size_t m_xsave_bytes;
     std::vector<uint32_t> m_saved_msrs;
+    bool m_has_tsc_offset = false;
 };
 
 // The signal used to kick vCPU threads out of KVM_RUN (SIGUSR1). Installs a handler without

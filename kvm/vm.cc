@@ -128,7 +128,7 @@ base::Result<Vcpu> Vm::create_vcpu(uint32_t id) {
     int xsave2 = check_extension(KVM_CAP_XSAVE2);
     size_t xsave_bytes = xsave2 > static_cast<int>(sizeof(kvm_xsave)) ? static_cast<size_t>(xsave2) : sizeof(kvm_xsave);
     Vcpu vcpu(id, std::move(handle), run, xsave_bytes);
-    TRY(vcpu.probe_msrs(m_msr_index_list));
+    TRY(vcpu.probe(m_msr_index_list));
     return vcpu;
 }
 
