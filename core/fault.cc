@@ -62,10 +62,11 @@ std::vector<Armed> parse(const char* spec) {
 
 }  // namespace
 
-void fault_point(std::string_view name) {
+bool fault_point(std::string_view name) {
     static std::mutex mutex;
     static std::vector<Armed> armed = parse(std::getenv("COLOD_FAULT"));
     long stall = 0;
+    bool hit = false;
     {
         std::lock_guard lock(mutex);
         for (auto& a : armed) {
@@ -77,10 +78,13 @@ void fault_point(std::string_view name) {
                 ::kill(::getpid(), SIGKILL);
             if (a.action == "stall")
                 stall = a.stall_ms;
+            if (a.action == "hit")
+                hit = true;
         }
     }
     if (stall)
         std::this_thread::sleep_for(std::chrono::milliseconds(stall));
+    return hit;
 }
 
 base::LogSink fault_log_sink(base::LogSink sink) {

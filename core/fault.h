@@ -8,6 +8,9 @@
 // itself, as a host dying) or `stall=MS` (the thread sleeps, the process stays up); @N fires on
 // the N-th time the point is reached (default 1). Each point fires once.
 //
+// `hit` does nothing itself: fault_point() returns true, and the caller carries the fault out
+// (secondary.replica-stop: the COLO secondary's replica stops as if it had crashed).
+//
 // `log.write:stall=MS[@N]` is a slow log disk: from the N-th record on, every log record waits
 // MS before it is written (the thread that logs waits, as with a full journal).
 #pragma once
@@ -19,11 +22,12 @@
 namespace colod::core {
 
 #ifdef COLOD_FAULT_POINTS
-void fault_point(std::string_view name);
+// True when the point fired with the action `hit`.
+bool fault_point(std::string_view name);
 // The sink, slowed down when `log.write` is armed.
 base::LogSink fault_log_sink(base::LogSink sink);
 #else
-inline void fault_point(std::string_view) {}
+inline bool fault_point(std::string_view) { return false; }
 inline base::LogSink fault_log_sink(base::LogSink sink) { return sink; }
 #endif
 

@@ -48,6 +48,23 @@ base::Result<void> GuestRuntime::start() {
     return base::ok();
 }
 
+base::Result<void> GuestRuntime::restart() {
+    // The halt watchdog ends once the guest has stopped; wait for it, then run both again.
+    {
+        std::lock_guard lock(m_watchdog_mutex);
+        m_watchdog_stop = true;
+    }
+    m_watchdog_wake.notify_all();
+    if (m_watchdog.joinable())
+        m_watchdog.join();
+    {
+        std::lock_guard lock(m_watchdog_mutex);
+        m_watchdog_stop = false;
+    }
+    TRY(m_machine->rearm());
+    return start();
+}
+
 bool GuestRuntime::running() const { return m_machine->started() && !m_machine->stopped(); }
 
 void GuestRuntime::stop(std::string why) {

@@ -45,6 +45,9 @@ public:
     base::Result<void> open_console();
     // Starts the vCPUs and the halt watchdog.
     base::Result<void> start();
+    // Starts the vCPUs again after the guest stopped (Machine::rearm()), from whatever state
+    // the machine holds now; the console stays as it is.
+    base::Result<void> restart();
     // True while the vCPUs run (started, not stopped).
     bool running() const;
     // Stops the guest (reason Requested unless it already stopped) and closes the console.

@@ -192,6 +192,25 @@ void Machine::request_stop(StopInfo info) {
     m_changed.notify_all();
 }
 
+base::Result<void> Machine::rearm() {
+    {
+        std::unique_lock lock(m_mutex);
+        if (m_stop.reason == StopReason::Running)
+            return base::Error(base::Errc::Invalid, "the guest has not stopped");
+        m_changed.wait(lock, [&] { return m_running == 0; });
+        m_thread_ids.clear();
+    }
+    for (auto& thread : m_threads)
+        if (thread.joinable())
+            thread.join();
+    std::lock_guard lock(m_mutex);
+    m_threads.clear();
+    m_stop = StopInfo{};
+    for (auto& vcpu : m_vcpus)
+        vcpu.set_immediate_exit(false);  // request_stop() kicked them
+    return base::ok();
+}
+
 StopInfo Machine::wait() {
     {
         std::unique_lock lock(m_mutex);

@@ -87,6 +87,10 @@ public:
     // over: its machine only holds state.
     class PauseGuard;
     base::Result<void> start();
+    // Once the guest has stopped (stopped() true), waits for the vCPU threads to end and makes
+    // the machine startable again with the state it holds: a COLO secondary runs its replica
+    // again from a checkpoint after the replica stopped by itself.
+    base::Result<void> rearm();
 
     // Stops every vCPU outside KVM_RUN, then quiesces the board's devices that have threads of
     // their own; the machine stays paused until the guard goes. Pauses

@@ -530,15 +530,16 @@ base::Result<void> StandbyEngine::apply(Staging& staging, uint64_t seq) {
     MachineState state = TRY(staging.assembler->finish());
     Machine& machine = m_guest.machine();
     GuestMemory& memory = machine.memory();
-    bool colo_running = colo() && m_guest.running();
+    // COLO: the guest here ran since the last checkpoint (and may still run, or have stopped
+    // by itself since).
+    bool colo_running = colo() && machine.started();
     {
         std::lock_guard lock(m_takeover_mutex);  // never apply under a takeover in progress
         DirtyBitmap own;
         if (colo_running) {
-            // COLO: the guest here ran since the last checkpoint. Stop it (CHECKPOINT_REQUEST
-            // normally has) and find the pages it wrote: those the primary did not send must
-            // come back from the cache of the last checkpoint.
-            if (!m_colo_pause)
+            // Stop it (CHECKPOINT_REQUEST normally has) and find the pages it wrote: those the
+            // primary did not send must come back from the cache of the last checkpoint.
+            if (!m_colo_pause && m_guest.running())
                 m_colo_pause.emplace(machine.pause());
             own = DirtyBitmap(memory.page_count());
             TRY(memory.harvest_dirty(machine.vm(), own));
@@ -575,6 +576,8 @@ base::Result<void> StandbyEngine::apply(Staging& staging, uint64_t seq) {
         }
         fault_point("secondary.mid-apply");
         TRY(machine.load_state(state));
+        if (colo())
+            m_colo_state = std::move(state);
         if (m_rng_stream) {
             uint64_t at = machine.linux_devices().rng->bytes_taken();
             m_rng_stream->seek(at);  // the guest continues from there
@@ -607,6 +610,19 @@ void StandbyEngine::start_colo_guest(uint64_t seq) {
         std::memcpy(m_cache.data(), memory.page(0), memory.size());
         m_cache_ready = true;
     }
+    if (replica_stopped_by_itself()) {
+        // The checkpoint just loaded replaced whatever the stopped run left: run again from it.
+        StopInfo stopped = machine.stop_info();
+        base::log(Level::Warning, Event::Error,
+                  fmt::format("COLO: the guest here stopped by itself ({}: {}); it runs again from checkpoint {}",
+                              stop_reason_name(stopped.reason), stopped.detail, seq),
+                  {{"REASON", std::string(stop_reason_name(stopped.reason))}, {"SEQ", std::to_string(seq)}});
+        m_colo_pause.reset();
+        if (auto restarted = m_guest.restart(); !restarted) {
+            base::log(Level::Error, Event::Error, "COLO: cannot run the guest here again: " + restarted.error().message());
+            return;
+        }
+    }
     if (!m_guest.running() && !machine.stopped()) {
         DirtyBitmap discard(memory.page_count());
         (void)memory.harvest_dirty(machine.vm(), discard);  // track the guest's own writes from here
@@ -619,7 +635,31 @@ void StandbyEngine::start_colo_guest(uint64_t seq) {
         base::logf(Level::Notice, Event::None, "COLO: the guest runs here too, from checkpoint {}", seq);
     }
     m_colo_pause.reset();  // resume
+    if (fault_point("secondary.replica-stop"))
+        machine.request_stop(StopInfo{StopReason::TripleFault, 0, "fault point secondary.replica-stop"});
     feed_input();
+}
+
+bool StandbyEngine::replica_stopped_by_itself() const {
+    const Machine& machine = m_guest.machine();
+    return colo() && machine.started() && machine.stopped() &&
+           machine.stop_info().reason != StopReason::Requested;
+}
+
+base::Result<void> StandbyEngine::roll_back_replica() {
+    Machine& machine = m_guest.machine();
+    GuestMemory& memory = machine.memory();
+    if (!m_cache_ready || !m_colo_state)
+        return base::Error(base::Errc::Invalid, "no checkpoint to go back to");
+    DirtyBitmap own(memory.page_count());
+    TRY(memory.harvest_dirty(machine.vm(), own));
+    own.for_each([&](uint64_t page) {
+        std::memcpy(memory.page(page), m_cache.data() + page * k_page_size, k_page_size);
+    });
+    TRY(machine.load_state(*m_colo_state));
+    if (m_rng_stream)
+        m_rng_stream->seek(machine.linux_devices().rng->bytes_taken());
+    return base::ok();
 }
 
 void StandbyEngine::feed_input() {
@@ -701,6 +741,18 @@ bool StandbyEngine::take_over_locked(const std::string& why, Clock::time_point d
     // there. A guest that is not running (it stopped, or never started) resumes from the
     // checkpoint, as in checkpoint mode.
     bool continue_running = colo() && m_guest.running();
+    if (replica_stopped_by_itself()) {
+        // COLO, but the guest here stopped by itself since checkpoint `seq`: its RAM and state
+        // are those of a run that went wrong. Back to the checkpoint; it starts from there.
+        if (auto back = roll_back_replica(); !back) {
+            base::log(Level::Error, Event::FailoverAborted,
+                      fmt::format("failover refused: the guest here stopped by itself and cannot be put back to "
+                                  "checkpoint {}: {}",
+                                  seq, back.error().message()),
+                      {{"REASON", why}, {"SEQ", std::to_string(seq)}, k_failover_tag});
+            return false;
+        }
+    }
     std::string from = continue_running
                            ? fmt::format("continuing from the running state (COLO; last checkpoint {})", seq)
                            : fmt::format("from checkpoint {}", seq);
@@ -744,8 +796,8 @@ bool StandbyEngine::take_over_locked(const std::string& why, Clock::time_point d
         rng->set_source(std::make_unique<virtio::HostEntropy>());
         rng->entropy_available();
     }
-    if (continue_running) {
-        m_guest.set_output_sink(nullptr);
+    if (colo()) {
+        m_guest.set_output_sink(nullptr);  // the active engine takes the output from here
         m_colo_pause.reset();  // a checkpoint that will never come stopped it: let it go on
     }
     bool started = m_callbacks.take_over && m_callbacks.take_over();

@@ -136,6 +136,12 @@ private:
     bool colo() const { return m_config.mode == ReplicationMode::Colo; }
     // COLO: the guest runs here between checkpoints, fed the primary's input.
     void start_colo_guest(uint64_t seq);
+    // COLO: true when the replica here has stopped by itself (a crash, a halt), not because the
+    // daemon stopped it. The guest's RAM and state are then those of a run that went wrong.
+    bool replica_stopped_by_itself() const;
+    // Puts a replica that stopped by itself back to the last checkpoint (its own writes undone
+    // from the cache, the machine state reloaded). Under m_takeover_mutex.
+    base::Result<void> roll_back_replica();
     void feed_input();
     void send_output(std::span<const std::byte> bytes);
 
@@ -169,6 +175,9 @@ private:
     PageBuffer m_cache;                  // guest RAM as of the last checkpoint
     bool m_cache_ready = false;
     std::optional<Machine::PauseGuard> m_colo_pause;  // the guest stopped for a checkpoint
+    // The machine state of the last checkpoint loaded: a replica that stopped by itself is put
+    // back to it (with the cache) before a takeover runs it.
+    std::optional<MachineState> m_colo_state;
     std::atomic<uint64_t> m_epoch{0};    // the checkpoint the guest here runs after
     std::mutex m_input_mutex;
     std::deque<proto::ConsoleInput> m_input;  // forwarded input not yet in the UART

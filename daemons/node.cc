@@ -164,7 +164,7 @@ bool Node::take_over() {
     }
     if (m_runtime->running()) {
         // COLO: the guest already runs here and carries on.
-    } else if (auto started = m_runtime->start(); !started) {
+    } else if (auto started = m_runtime->machine().started() ? m_runtime->restart() : m_runtime->start(); !started) {
         base::log(Level::Error, Event::Error, "takeover: cannot start the vCPUs: " + started.error().message());
         return false;
     }
