@@ -22,6 +22,19 @@ PairOptions colo_options(const std::string& interval) {
     return options;
 }
 
+// The secondary's guest stops (as if it crashed) once it runs from its `nth` checkpoint.
+PairOptions replica_stop_options(const std::string& interval, int nth) {
+    PairOptions options = colo_options(interval);
+    options.secondary_env = {fmt::format("COLOD_FAULT=secondary.replica-stop:hit@{}", nth)};
+    return options;
+}
+
+void start_protected(Pair& pair) {
+    pair.start_secondary();
+    pair.start_primary();
+    REQUIRE(pair.wait_state(Side::Primary, "protected"));
+}
+
 uint64_t status_number(Pair& pair, Side side, const std::string& key) {
     auto json = pair.control(side, "status --json");
     REQUIRE(json);
@@ -119,12 +132,8 @@ TEST_CASE("colo: a replica that stops by itself is run again from the next check
     // The secondary's guest stops as if it had crashed (fault point) once it runs from its
     // second checkpoint. Until the next checkpoint no reply can be matched; that checkpoint puts
     // the replica back and it runs again, so replies flow without waiting once more.
-    PairOptions options = colo_options("1s");
-    options.secondary_env = {"COLOD_FAULT=secondary.replica-stop:hit@2"};
-    Pair pair(options);
-    pair.start_secondary();
-    pair.start_primary();
-    REQUIRE(pair.wait_state(Side::Primary, "protected"));
+    Pair pair(replica_stop_options("1s", 2));
+    start_protected(pair);
     auto c = pair.console(Side::Primary);
     REQUIRE(c);
     REQUIRE(eventually([&] { return pair.read_log("secondary").find("runs again from checkpoint") != std::string::npos; },
@@ -148,12 +157,8 @@ TEST_CASE("colo: a takeover while the replica is stopped starts the guest from t
     // The replica stops right after the first checkpoint it runs from; the primary dies before
     // another checkpoint comes (30 s interval). The secondary must not run the broken replica's
     // state on: it goes back to the checkpoint and starts the guest there.
-    PairOptions options = colo_options("30s");
-    options.secondary_env = {"COLOD_FAULT=secondary.replica-stop:hit@1"};
-    Pair pair(options);
-    pair.start_secondary();
-    pair.start_primary();
-    REQUIRE(pair.wait_state(Side::Primary, "protected"));
+    Pair pair(replica_stop_options("30s", 1));
+    start_protected(pair);
     REQUIRE(eventually([&] { return pair.read_log("secondary").find("secondary.replica-stop fires") != std::string::npos; },
                        std::chrono::seconds(30)));
     // This reply cannot be matched (the replica is stopped) nor released (no checkpoint comes):
