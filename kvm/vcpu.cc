@@ -14,7 +14,9 @@ namespace colod::kvm {
 namespace {
 
 constexpr uint32_t k_msr_tsc = 0x10;
+constexpr uint32_t k_msr_tsc_deadline = 0x6e0;
 
+// KVM_{GET,SET,HAS}_DEVICE_ATTR on a vCPU for its TSC offset, the value at `value`.
 kvm_device_attr tsc_offset_attr(int64_t* value) {
     kvm_device_attr attr{};
     attr.group = KVM_VCPU_TSC_CTRL;
@@ -22,7 +24,6 @@ kvm_device_attr tsc_offset_attr(int64_t* value) {
     attr.addr = reinterpret_cast<uint64_t>(value);
     return attr;
 }
-constexpr uint32_t k_msr_tsc_deadline = 0x6e0;
 
 // MSRs whose loss would change what the guest does; a restore that cannot set one of these
 // fails. Others (performance counters, machine-check banks a host may not offer) are skipped
