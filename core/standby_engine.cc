@@ -575,15 +575,9 @@ base::Result<void> StandbyEngine::apply(Staging& staging, uint64_t seq) {
                        seq, restored);
         }
         fault_point("secondary.mid-apply");
-        TRY(machine.load_state(state));
+        TRY(load_machine_state(state, seq));
         if (colo())
             m_colo_state = std::move(state);
-        if (m_rng_stream) {
-            uint64_t at = machine.linux_devices().rng->bytes_taken();
-            m_rng_stream->seek(at);  // the guest continues from there
-            base::logf(Level::Debug, Event::None, "checkpoint {}: virtio-rng stream at {}, {} bytes held from there", seq,
-                       at, m_rng_stream->held());
-        }
         m_committed = seq;
         m_committed_valid = true;
     }
@@ -656,9 +650,18 @@ base::Result<void> StandbyEngine::roll_back_replica() {
     own.for_each([&](uint64_t page) {
         std::memcpy(memory.page(page), m_cache.data() + page * k_page_size, k_page_size);
     });
-    TRY(machine.load_state(*m_colo_state));
-    if (m_rng_stream)
-        m_rng_stream->seek(machine.linux_devices().rng->bytes_taken());
+    return load_machine_state(*m_colo_state, m_committed.load());
+}
+
+base::Result<void> StandbyEngine::load_machine_state(const MachineState& state, uint64_t seq) {
+    Machine& machine = m_guest.machine();
+    TRY(machine.load_state(state));
+    if (m_rng_stream) {
+        uint64_t at = machine.linux_devices().rng->bytes_taken();
+        m_rng_stream->seek(at);  // the guest continues from there
+        base::logf(Level::Debug, Event::None, "checkpoint {}: virtio-rng stream at {}, {} bytes held from there", seq, at,
+                   m_rng_stream->held());
+    }
     return base::ok();
 }
 

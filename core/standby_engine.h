@@ -142,6 +142,8 @@ private:
     // Puts a replica that stopped by itself back to the last checkpoint (its own writes undone
     // from the cache, the machine state reloaded). Under m_takeover_mutex.
     base::Result<void> roll_back_replica();
+    // Loads checkpoint `seq`'s machine state; the virtio-rng's stream follows the loaded device.
+    base::Result<void> load_machine_state(const MachineState& state, uint64_t seq);
     void feed_input();
     void send_output(std::span<const std::byte> bytes);
 

@@ -128,7 +128,8 @@ TEST_CASE("colo: the secondary carries on from its running state", "[integration
     CHECK_THAT(pair.read_log("secondary"), Catch::Contains("RESUME=running-state"));
 }
 
-TEST_CASE("colo: a replica that stops by itself is run again from the next checkpoint", "[integration][colo]") {
+TEST_CASE("colo: a replica that stops by itself is run again from the next checkpoint",
+          "[integration][colo][realkvm]") {
     // The secondary's guest stops as if it had crashed (fault point) once it runs from its
     // second checkpoint. Until the next checkpoint no reply can be matched; that checkpoint puts
     // the replica back and it runs again, so replies flow without waiting once more.
@@ -153,7 +154,7 @@ TEST_CASE("colo: a replica that stops by itself is run again from the next check
 }
 
 TEST_CASE("colo: a takeover while the replica is stopped starts the guest from the last checkpoint",
-          "[integration][colo]") {
+          "[integration][colo][realkvm]") {
     // The replica stops right after the first checkpoint it runs from; the primary dies before
     // another checkpoint comes (30 s interval). The secondary must not run the broken replica's
     // state on: it goes back to the checkpoint and starts the guest there.
