@@ -193,16 +193,9 @@ void Machine::request_stop(StopInfo info) {
 }
 
 base::Result<void> Machine::rearm() {
-    {
-        std::unique_lock lock(m_mutex);
-        if (m_stop.reason == StopReason::Running)
-            return base::Error(base::Errc::Invalid, "the guest has not stopped");
-        m_changed.wait(lock, [&] { return m_running == 0; });
-        m_thread_ids.clear();
-    }
-    for (auto& thread : m_threads)
-        if (thread.joinable())
-            thread.join();
+    if (!stopped())
+        return base::Error(base::Errc::Invalid, "the guest has not stopped");
+    (void)wait();  // the vCPU threads are joined
     std::lock_guard lock(m_mutex);
     m_threads.clear();
     m_stop = StopInfo{};
@@ -325,11 +318,9 @@ base::Result<bool> Machine::halted_without_interrupts() {
 }
 
 namespace {
-constexpr uint32_t k_msr_tsc = 0x10;
-
 __u64* saved_tsc(kvm::VcpuState& state) {
     for (auto& entry : state.msrs)
-        if (entry.index == k_msr_tsc)
+        if (entry.index == kvm::k_msr_tsc)
             return &entry.data;
     return nullptr;
 }

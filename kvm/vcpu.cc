@@ -13,7 +13,6 @@ namespace colod::kvm {
 
 namespace {
 
-constexpr uint32_t k_msr_tsc = 0x10;
 constexpr uint32_t k_msr_tsc_deadline = 0x6e0;
 
 // KVM_{GET,SET,HAS}_DEVICE_ATTR on a vCPU for its TSC offset, the value at `value`.

@@ -17,6 +17,8 @@ namespace colod::kvm {
 
 class Vm;
 
+constexpr uint32_t k_msr_tsc = 0x10;  // IA32_TSC
+
 // How one KVM_RUN ended.
 enum class RunResult {
     Exit,         // KVM_RUN returned 0: kvm_run->exit_reason says why
