@@ -16,8 +16,16 @@ finish() {
     poweroff -f
 }
 say "init at uptime $(up)s, kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) cpus"
+# Module parameters from the kernel command line (`kvm_amd.vgif=0`: nested.sh's
+# HOSTKVM_APPEND), as modprobe would pass them.
+params() {
+    for word in $(cat /proc/cmdline); do
+        case $word in "$(echo "$1" | tr - _)".*=*) echo "${word#*.}" ;; esac
+    done
+}
 for m in $(cat /lib/modules/order); do
-    insmod "/lib/modules/$m.ko" 2>/tmp/insmod.err || {
+    # shellcheck disable=SC2046 # one word per parameter
+    insmod "/lib/modules/$m.ko" $(params "$m") 2>/tmp/insmod.err || {
         say "insmod $m failed: $(cat /tmp/insmod.err)"
         case $m in kvm|kvm-amd|9p|9pnet_virtio) say "L1 setup failed: cannot load $m"; dmesg | tail -n 20; finish 125 ;; esac
     }
@@ -28,7 +36,37 @@ if [ ! -c /dev/kvm ]; then
     finish 125
 fi
 ip link set lo up || say "cannot bring up the loopback interface"
-say "kvm_amd loaded at uptime $(up)s: npt=$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null)"
+say "kvm_amd loaded at uptime $(up)s: npt=$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null)" \
+    "vgif=$(cat /sys/module/kvm_amd/parameters/vgif 2>/dev/null)"
+
+# QEMU's TCG, which emulates SVM for this kernel, now and then leaves a nested (L2) guest running
+# this kernel's own code: the instruction after VMRUN in kvm_amd's __svm_vcpu_run, with this
+# kernel's registers and the guest's nested page tables. The guest then takes a nested page fault
+# there forever (its own code never runs again), or this kernel takes a double fault. That is the
+# platform, not the VMM: watch for a VM exit whose guest RIP lies in __svm_vcpu_run (a guest's
+# own code is never there) and end the run at the first one, so nested.sh can say so and retry.
+watch_emulator() {
+    tracing=/sys/kernel/tracing
+    mount -t tracefs nodev "$tracing" 2>/dev/null
+    range=$(sort /proc/kallsyms | awk '$3 == "__svm_vcpu_run" { start = $1; next }
+                                      start != "" { print "0x" start, "0x" $1; exit }')
+    if [ -z "$range" ] || [ ! -d "$tracing/events/kvm/kvm_exit" ]; then
+        say "cannot watch for the emulator's VMRUN fault (no __svm_vcpu_run or no kvm_exit event)"
+        return
+    fi
+    set -- $range
+    echo "guest_rip >= $1 && guest_rip < $2" > "$tracing/events/kvm/kvm_exit/filter" &&
+        echo 1 > "$tracing/events/kvm/kvm_exit/enable" ||
+        { say "cannot watch for the emulator's VMRUN fault (the kvm_exit filter was refused)"; return; }
+    (
+        line=$(head -n 1 "$tracing/trace_pipe")
+        say "EMULATOR FAULT: a nested guest ran this kernel's own code after VMRUN"
+        say "  (guest RIP in __svm_vcpu_run, $1..$2): QEMU's TCG mixed the L1 and L2 states; not colod"
+        say "  $line"
+        finish 126
+    ) &
+}
+watch_emulator
 mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288,cache=loose hostroot /host ||
     { say "L1 setup failed: cannot mount the host's root"; finish 125; }
