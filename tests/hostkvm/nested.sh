@@ -37,10 +37,11 @@ stall=${HOSTKVM_STALL:-120}
 # as VMs come and go, racing in multi-threaded TCG); with thread=single, not once in about 40
 # runs, and each run was faster on a 2-core host.
 tcg_thread=${HOSTKVM_TCG_THREAD:-single}
-# kvm_amd without virtual GIF: with it, QEMU's TCG now and then left a nested guest running the L1
-# kernel's own code after VMRUN (init.sh's EMULATOR FAULT; docs/architecture.md): 3 of 13 Linux
-# boots with 4 vCPUs under multi-threaded TCG; without it, none of 20. init.sh passes the
-# command line's kvm_amd.* words to the module; HOSTKVM_APPEND's come later and win.
+# kvm_amd without virtual GIF: QEMU's TCG now and then leaves a nested guest running the L1
+# kernel's own code after VMRUN (init.sh's EMULATOR FAULT; docs/architecture.md), less often
+# without it as measured (Linux boots under multi-threaded TCG: 3 of 13 with vGIF, 1 of 22
+# without). init.sh passes the command line's kvm_amd.* words to the module; HOSTKVM_APPEND's
+# come later and win.
 kvm_amd_params="kvm_amd.vgif=0"
 
 say() { echo "hostkvm: $*" >&2; }
