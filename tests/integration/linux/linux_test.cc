@@ -106,9 +106,11 @@ TEST_CASE("a Linux guest boots standalone with 1 and 4 vCPUs, answers on ttyS0 a
             REQUIRE(console);
             // The initramfs says how many CPUs the kernel brought online, then starts kvstored.
             auto cpus = console->wait_for("kvstored-init: ", std::chrono::minutes(3));
-            REQUIRE(cpus);
+            if (!cpus)
+                FAIL("the guest's initramfs never ran; its console:\n" << console->seen());
             CHECK(*cpus == fmt::format("kvstored-init: {} CPUs online", vcpus));
-            REQUIRE(console->ready(std::chrono::minutes(2)));
+            if (!console->ready(std::chrono::minutes(2)))
+                FAIL("kvstored never answered; the guest's console:\n" << console->seen());
 
             CHECK(console->command("SET k v") == "OK");
             CHECK(console->command("GET k") == "v");
@@ -161,8 +163,10 @@ void protected_pair_rounds(const PairOptions& options, int kills) {
     Side active_side = Side::Primary;
     auto console = open_console(pair, Side::Primary);
     REQUIRE(console);
-    REQUIRE(console->wait_for("kvstored-init: 2 CPUs online", std::chrono::minutes(3)));
-    REQUIRE(console->ready(std::chrono::minutes(2)));
+    if (!console->wait_for("kvstored-init: 2 CPUs online", std::chrono::minutes(3)))
+        FAIL("the guest's initramfs never ran (or saw other than 2 CPUs); its console:\n" << console->seen());
+    if (!console->ready(std::chrono::minutes(2)))
+        FAIL("kvstored never answered; the guest's console:\n" << console->seen());
     REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
 
     // 100+ checkpoints while both vCPUs dirty pages; digests equal at paused checkpoints.
@@ -288,8 +292,10 @@ TEST_CASE("COLO with a Linux guest: the secondary's guest gets the primary's vir
     pair.start_primary();
     auto console = open_console(pair, Side::Primary);
     REQUIRE(console);
-    REQUIRE(console->wait_for("kvstored-init: 1 CPUs online", std::chrono::minutes(3)));
-    REQUIRE(console->ready(std::chrono::minutes(2)));
+    if (!console->wait_for("kvstored-init: 1 CPUs online", std::chrono::minutes(3)))
+        FAIL("the guest's initramfs never ran (or saw more than 1 CPU); its console:\n" << console->seen());
+    if (!console->ready(std::chrono::minutes(2)))
+        FAIL("kvstored never answered; the guest's console:\n" << console->seen());
     pair.start_secondary();
     REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
     auto counter = [&](const std::string& key) {
