@@ -354,7 +354,9 @@ void ActiveEngine::run() {
         std::string why = result ? "the session ended" : result.error().message();
         {
             std::lock_guard lock(m_mutex);
-            if (m_stop || m_machine.state() == State::HandedOver)
+            // A guest that stopped by itself is not protected again: the daemon stops (and tells
+            // the secondary, whose closing of this session may be what ended it).
+            if (m_stop || m_machine.state() == State::HandedOver || m_guest.machine().stopped())
                 break;
             m_peer_state = "lost";
             move(State::Unprotected, why);

@@ -208,15 +208,22 @@ void StandbyEngine::accept_loop() {
             continue;
         }
         proto::Link link = std::move(accepted).value();
-        bool active, busy;
+        bool active, busy, stopped;
         std::string paired_with;
         {
             std::lock_guard lock(m_mutex);
             if (m_stop)
                 return;
             active = m_machine.state() == State::Active;
+            stopped = m_machine.state() == State::Stopped;
             busy = m_session_active;
             paired_with = m_peer;
+        }
+        if (stopped) {
+            // The primary's guest powered off: this daemon is on its way out and protects nothing
+            // (a session now would end in a takeover of a guest nobody runs).
+            refuse(std::move(link), "this secondary is stopping: the primary's guest powered off");
+            continue;
         }
         if (active) {
             refuse(std::move(link), "this side already runs the guest (it took over); start colod-secondary on the "
@@ -246,7 +253,7 @@ void StandbyEngine::accept_loop() {
             // can start while this session copies into the guest's RAM (receive_state).
             std::lock_guard takeover(m_takeover_mutex);
             std::lock_guard lock(m_mutex);
-            active = m_machine.state() == State::Active;
+            active = m_machine.state() == State::Active || m_machine.state() == State::Stopped;
             if (!active) {
                 m_session_active = true;
                 m_peer = address;
@@ -254,8 +261,8 @@ void StandbyEngine::accept_loop() {
         }
         if (active) {
             base::log(Level::Notice, Event::HandshakeFailed,
-                      fmt::format("closed the link to {}: this side took over while it connected", address),
-                      {{"PEER", address}, {"REASON", "this side took over"}});
+                      fmt::format("closed the link to {}: this side took over or stopped while it connected", address),
+                      {{"PEER", address}, {"REASON", "this side took over or stopped"}});
             continue;  // the link closes: the primary reconnects and is refused in the handshake
         }
         Session::Options options;
@@ -730,6 +737,13 @@ bool StandbyEngine::take_over(const std::string& why, Clock::time_point detected
 bool StandbyEngine::take_over_locked(const std::string& why, Clock::time_point detected, Fencing fencing) {
     if (state() == State::Active)
         return true;
+    if (state() == State::Stopped) {
+        // The primary's guest powered off (or this daemon stops): there is nothing to take over.
+        base::log(Level::Error, Event::FailoverAborted,
+                  fmt::format("failover refused: this secondary has stopped ({})", why),
+                  {{"REASON", why}, {"SEQ", std::to_string(m_committed.load())}, k_failover_tag});
+        return false;
+    }
     if (!m_committed_valid) {
         // Decided under the same lock as every write of it: the RAM here is part of a copy.
         base::log(Level::Error, Event::FailoverAborted,
@@ -830,6 +844,8 @@ base::Result<uint64_t> StandbyEngine::failover_now() {
         std::lock_guard lock(m_mutex);
         if (m_machine.state() == State::Active)
             return base::Error(base::Errc::Invalid, "this side already runs the guest");
+        if (m_machine.state() == State::Stopped)
+            return base::Error(base::Errc::Invalid, "this secondary has stopped: nothing to take over");
         if (m_session_active)
             return base::Error(base::Errc::Invalid,
                                "a primary is connected: ask the primary ('coloctl --role primary failover') for a "

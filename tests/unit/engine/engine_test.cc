@@ -506,6 +506,12 @@ TEST_CASE("standby: the primary's guest powering off stops the standby without a
         REQUIRE(primary->sync());
         REQUIRE(primary->post(proto::GuestShutdown{7}));
         REQUIRE(side.log.took(StandbyState::Standby, StandbyState::Stopped));
+        // A primary that connects now (a daemon reconnecting while it stops) is refused, and the
+        // end of its link is no reason to take over: nobody runs the guest any more.
+        FakePrimary late(side.primary_guest.machine(), side.identity);
+        CHECK_FALSE(late.connect(side.port));
+        CHECK_FALSE(side.engine->failover_now());
+        CHECK(side.engine->state() == StandbyState::Stopped);
         std::lock_guard lock(side.mutex);
         CHECK(side.shutdown_code == 7);
         CHECK(side.takeovers == 0);
