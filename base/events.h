@@ -14,6 +14,7 @@ namespace colod::base {
     X(Error, "error")                         /* something failed that an operator must look at */       \
     X(GuestStopped, "guest-stopped")          /* the guest stopped: power-off, crash, request */         \
     X(GuestShutdown, "guest-shutdown")        /* the guest powered off; both sides stop, no failover */  \
+    X(GuestReset, "guest-reset")              /* the guest rebooted in place (its reset register) */     \
     X(PeerConnected, "peer-connected")        /* a replication link is up and authenticated */           \
     X(PeerAuthenticated, "peer-authenticated")/* the handshake proved the peer holds the key */          \
     X(HandshakeFailed, "handshake-failed")    /* a peer was refused (wrong key, other VM, policy) */     \

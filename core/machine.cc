@@ -69,9 +69,7 @@ base::Result<std::unique_ptr<Machine>> Machine::create(const MachineConfig& conf
         callbacks.power_off = [self] {
             self->request_stop(StopInfo{StopReason::PowerOff, 0, "the guest powered off (ACPI S5)"});
         };
-        callbacks.reset = [self] {
-            self->request_stop(StopInfo{StopReason::Reset, 0, "the guest asked for a reset (reboot)"});
-        };
+        callbacks.reset = [self] { self->guest_reset(); };
         machine->m_linux = TRY(build_linux_board(machine->m_board, std::move(callbacks)));
     }
     return machine;
@@ -87,6 +85,8 @@ Machine::Machine(std::unique_ptr<kvm::Backend> backend, kvm::System system, kvm:
 Machine::~Machine() {
     request_stop(StopInfo{StopReason::Requested, 0, "machine destroyed"});
     wait();
+    if (m_reset_thread.joinable())
+        m_reset_thread.join();  // its pause() returns at once on a stopped machine
 }
 
 base::Result<void> Machine::boot_elf(std::span<const std::byte> file, std::string_view cmdline) {
@@ -101,6 +101,86 @@ base::Result<void> Machine::boot_elf(std::span<const std::byte> file, std::strin
 }
 
 base::Result<void> Machine::boot_linux(std::span<const std::byte> kernel, std::span<const std::byte> initrd,
+                                       std::string_view cmdline) {
+    TRY(prepare_reboot(kernel, initrd, cmdline));
+    return load_linux(kernel, initrd, cmdline);
+}
+
+base::Result<void> Machine::prepare_reboot(std::span<const std::byte> kernel, std::span<const std::byte> initrd,
+                                           std::string_view cmdline) {
+    if (m_guest != GuestKind::Linux)
+        return base::Error(base::Errc::Invalid, "a Linux kernel on a machine built for an ELF64 guest");
+    if (!m_power_on)
+        m_power_on = TRY(save_state());
+    m_boot = BootImage{{kernel.begin(), kernel.end()}, {initrd.begin(), initrd.end()}, std::string(cmdline)};
+    return base::ok();
+}
+
+void Machine::set_reboot_in_place(bool on) {
+    std::lock_guard lock(m_mutex);
+    m_reboot_in_place = on;
+}
+
+uint64_t Machine::reboots() const {
+    std::lock_guard lock(m_mutex);
+    return m_reboots;
+}
+
+void Machine::guest_reset() {
+    std::thread previous;
+    bool reboot = false;
+    {
+        std::lock_guard lock(m_mutex);
+        if (m_stop.reason != StopReason::Running || m_reset_pending)
+            return;  // stopping anyway, or a reboot already under way
+        if (m_reboot_in_place && m_boot && m_power_on) {
+            // This vCPU thread cannot pause the machine it runs in: a thread of its own does,
+            // once this exit is handled and the vCPU parks.
+            reboot = true;
+            m_reset_pending = true;
+            previous = std::move(m_reset_thread);
+            m_reset_thread = std::thread([this] { reboot_in_place(); });
+        }
+    }
+    if (previous.joinable())
+        previous.join();  // the last reboot's thread: it ended when it cleared m_reset_pending
+    if (!reboot)
+        request_stop(StopInfo{StopReason::Reset, 0, "the guest asked for a reset (reboot)"});
+}
+
+void Machine::reboot_in_place() {
+    auto paused = pause();
+    if (paused.paused()) {
+        if (auto done = reboot_paused(); !done) {
+            paused.release();
+            request_stop(StopInfo{StopReason::InternalError, 0,
+                                  fmt::format("the guest's reboot failed: {}", done.error().message())});
+        } else {
+            uint64_t count;
+            {
+                std::lock_guard lock(m_mutex);
+                count = ++m_reboots;
+            }
+            base::log(base::Level::Notice, base::Event::GuestReset,
+                      fmt::format("the guest rebooted in place (reboot {}): RAM cleared, every vCPU and device back "
+                                  "to power-on, the kernel loaded again",
+                                  count),
+                      {{"REASON", "the guest wrote its reset register"}});
+        }
+    }
+    std::lock_guard lock(m_mutex);
+    m_reset_pending = false;
+}
+
+base::Result<void> Machine::reboot_paused() {
+    auto ram = m_memory.all();
+    std::memset(ram.data(), 0, ram.size());
+    m_memory.mark_dirty(0, m_memory.page_count());
+    TRY(load_state(*m_power_on));
+    return load_linux(m_boot->kernel, m_boot->initrd, m_boot->cmdline);
+}
+
+base::Result<void> Machine::load_linux(std::span<const std::byte> kernel, std::span<const std::byte> initrd,
                                        std::string_view cmdline) {
     if (m_guest != GuestKind::Linux)
         return base::Error(base::Errc::Invalid, "a Linux kernel on a machine built for an ELF64 guest");

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <thread>
@@ -45,7 +46,7 @@ enum class StopReason {
     HaltedNoInterrupts, // every vCPU halted with interrupts disabled: it can never wake
     InternalError,      // KVM could not run the guest (emulation failure, failed entry ...)
     Requested,          // the owner stopped the machine
-    Reset,              // the guest asked for a reset (a reboot): colod stops it, see docs/linux-guests.md
+    Reset,              // the guest asked for a reset (a reboot) where it cannot reboot in place
 };
 
 std::string_view stop_reason_name(StopReason reason);
@@ -82,6 +83,20 @@ public:
     // machine created with GuestKind::Linux and a KVM backend.
     base::Result<void> boot_linux(std::span<const std::byte> kernel, std::span<const std::byte> initrd,
                                   std::string_view cmdline);
+    // A Linux machine's power-on state and boot image without booting it (a secondary's machine,
+    // which only holds state until it takes over), for a reboot in place. boot_linux() does the
+    // same. Before start().
+    base::Result<void> prepare_reboot(std::span<const std::byte> kernel, std::span<const std::byte> initrd,
+                                      std::string_view cmdline);
+    // When on (off by default), a Linux guest that writes its reset register reboots in place:
+    // the machine pauses, its RAM is cleared (every page marked dirty, so the next checkpoint
+    // carries all of it), every vCPU, the in-kernel devices and colod's devices go back to their
+    // power-on state, the kernel and initrd are loaded again, and the guest runs on
+    // (`guest-reset`). When off, or without a boot image, the machine stops with
+    // StopReason::Reset.
+    void set_reboot_in_place(bool on);
+    // How many times the guest rebooted in place.
+    uint64_t reboots() const;
 
     // Starts the vCPU threads. A secondary in checkpoint mode never calls this until it takes
     // over: its machine only holds state.
@@ -135,6 +150,11 @@ private:
     void park();                        // a vCPU thread waits out a pause
     void kick_all();
     void resume();
+    base::Result<void> load_linux(std::span<const std::byte> kernel, std::span<const std::byte> initrd,
+                                  std::string_view cmdline);
+    void guest_reset();      // a vCPU thread: the guest wrote its reset register
+    void reboot_in_place();  // the reset thread
+    base::Result<void> reboot_paused();
 
     std::unique_ptr<kvm::Backend> m_backend;
     kvm::System m_system;
@@ -158,6 +178,18 @@ private:
     size_t m_running = 0;  // vCPU threads that have not exited
     StopInfo m_stop;
     bool m_paused = false;  // a PauseGuard is live; the next pause() waits for it to go
+
+    // Reboot in place (Linux guests): the power-on state and what boot_linux loaded.
+    struct BootImage {
+        std::vector<std::byte> kernel, initrd;
+        std::string cmdline;
+    };
+    std::optional<BootImage> m_boot;
+    std::optional<MachineState> m_power_on;
+    bool m_reboot_in_place = false;  // guarded by m_mutex, as the two below
+    bool m_reset_pending = false;
+    uint64_t m_reboots = 0;
+    std::thread m_reset_thread;  // the last reboot's; joined before the next one and at the end
 
 public:
     class PauseGuard {

@@ -336,6 +336,19 @@ int Node::run() {
         return fail(fmt::format("cannot create the VM: {}", runtime.error().message()));
     m_runtime = std::move(runtime).value();
     m_identity = core::machine_identity(m_runtime->machine(), m_cfg.vm.name, m_image.bytes);
+    // A Linux guest that reboots does so in place (docs/linux-guests.md), except in COLO mode:
+    // there the secondary's guest takes the primary's virtio-rng bytes by their place in one
+    // stream that a reboot would start again.
+    if (m_image.is_linux() &&
+        (m_protection != Protection::Replicated || m_cfg.replication.mode != config::Mode::Colo)) {
+        if (m_program == Program::Secondary) {
+            // Its machine only holds state until it takes over; the primary's boot_linux does this.
+            if (auto prepared = m_runtime->machine().prepare_reboot(m_image.kernel, m_image.initrd, m_cfg.vm.cmdline);
+                !prepared)
+                return fail(fmt::format("cannot prepare the VM: {}", prepared.error().message()));
+        }
+        m_runtime->machine().set_reboot_in_place(true);
+    }
 
     if (m_program == Program::Primary) {
         if (int code = start_primary(); code != k_exit_ok)

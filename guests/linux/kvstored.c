@@ -25,6 +25,10 @@
  *   when kvstored is itself PID 1 (booted with rdinit=/bin/kvstored) does it call
  *   reboot(RB_POWER_OFF) directly, since nobody else could: a kvstored started by hand on a
  *   host (the unit test, often as root) must never power that host off.
+ * - REBOOT (an extension, like POWEROFF): replies `OK`, waits for the reply to leave, sync()s
+ *   and ends kvstored with status 3, on which /init reboots the machine (`reboot -f`; as PID 1
+ *   kvstored calls reboot(RB_AUTOBOOT) itself). The kernel reboots through the ACPI reset
+ *   register, and colod reboots the guest in place.
  * - HWRNG n (an extension, 1 <= n <= 64): reads n bytes from /dev/hwrng (the virtio-rng) and
  *   replies with them in lower-case hex, or `ERR hwrng: REASON`. Tests use it to see that a
  *   COLO secondary's guest gets the very bytes the primary's did.
@@ -333,7 +337,10 @@ static void start_workers(uint8_t *scratch, uint64_t scratch_pages)
     pthread_attr_destroy(&attr);
 }
 
-/* ---- POWEROFF --------------------------------------------------------------------------- */
+/* ---- POWEROFF, REBOOT, HWRNG -------------------------------------------------------------- */
+
+/* kvstored's exit status after REBOOT: the initramfs /init then reboots the machine. */
+#define KVSTORED_EXIT_REBOOT 3
 
 static int is_word(const char *p, size_t len, const char *upper)
 {
@@ -402,7 +409,7 @@ static void hwrng_command(const char *arg, size_t len)
     kv_platform_write(reply, (size_t)at);
 }
 
-/* kv_extension.command: the kvstored-only POWEROFF and HWRNG (see the top of this file). The
+/* kv_extension.command: the kvstored-only POWEROFF, REBOOT and HWRNG (see the top of this file). The
  * line follows the engine's grammar: case-insensitive name, spaces around it ignored. */
 static int extra_command(const char *line, size_t len)
 {
@@ -421,21 +428,22 @@ static int extra_command(const char *line, size_t len)
         hwrng_command(line, (size_t)(arg_end - line));
         return 1;
     }
-    if (!is_word(name, (size_t)(line - name), "POWEROFF"))
+    int power_off = is_word(name, (size_t)(line - name), "POWEROFF");
+    if (!power_off && !is_word(name, (size_t)(line - name), "REBOOT"))
         return 0;
     while (line < end && *line == ' ')
         line++;
     if (line != end) {
-        static const char usage[] = "ERR usage: POWEROFF\n";
-        kv_platform_write(usage, sizeof usage - 1);
+        const char *usage = power_off ? "ERR usage: POWEROFF\n" : "ERR usage: REBOOT\n";
+        kv_platform_write(usage, strlen(usage));
         return 1;
     }
     kv_platform_write("OK\n", 3);
     (void)tcdrain(g_tty); /* the OK is out before the machine goes */
     sync();
     if (getpid() == 1)
-        (void)reboot(RB_POWER_OFF);
-    exit(0);
+        (void)reboot(power_off ? RB_POWER_OFF : RB_AUTOBOOT);
+    exit(power_off ? 0 : KVSTORED_EXIT_REBOOT);
 }
 
 /* ---- start-up --------------------------------------------------------------------------- */

@@ -415,6 +415,17 @@ TEST_CASE("POWEROFF answers OK and ends kvstored (its init then powers off)", "[
     CHECK(k.unexpected_output(50ms).empty());
 }
 
+TEST_CASE("REBOOT answers OK and ends kvstored with status 3 (its init then reboots)", "[kvstored]") {
+    Kvstored k;
+    CHECK(k.cmd("REBOOT now") == "ERR usage: REBOOT");
+    CHECK(k.cmd("GET a") == "NIL");  // still serving
+    CHECK(k.cmd(" reboot ") == "OK");
+    int status = k.wait_exit();
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 3);
+    CHECK(k.unexpected_output(50ms).empty());
+}
+
 TEST_CASE("HWRNG: usage errors, and n bytes of /dev/hwrng in hex or the reason there are none", "[kvstored]") {
     Kvstored k;
     for (const char* bad : {"HWRNG", "HWRNG 0", "HWRNG 65", "HWRNG x", "HWRNG 1 2", "hwrng -1", "HWRNG 99999999999"})
