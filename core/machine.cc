@@ -10,6 +10,7 @@
 #include "core/elf_loader.h"
 #include "core/linux_boot.h"
 #include "core/uart.h"
+#include "core/virtio/rng.h"
 
 namespace colod::core {
 
@@ -176,7 +177,11 @@ base::Result<void> Machine::reboot_paused() {
     auto ram = m_memory.all();
     std::memset(ram.data(), 0, ram.size());
     m_memory.mark_dirty(0, m_memory.page_count());
+    // The virtio-rng's place in its stream survives the reboot (a COLO secondary follows it).
+    uint64_t rng_taken = m_linux.rng ? m_linux.rng->bytes_taken() : 0;
     TRY(load_state(*m_power_on));
+    if (m_linux.rng)
+        m_linux.rng->continue_stream_at(rng_taken);
     return load_linux(m_boot->kernel, m_boot->initrd, m_boot->cmdline);
 }
 

@@ -158,6 +158,8 @@ int Node::start_primary() {
 
 bool Node::take_over() {
     // Runs on the standby engine's thread once it has decided (and fenced).
+    if (m_image.is_linux())
+        m_runtime->machine().set_reboot_in_place(true);  // the guest here is the pair's now
     if (auto opened = m_runtime->open_console(); !opened) {
         base::log(Level::Error, Event::Error, "takeover: " + opened.error().message());
         return false;
@@ -336,18 +338,18 @@ int Node::run() {
         return fail(fmt::format("cannot create the VM: {}", runtime.error().message()));
     m_runtime = std::move(runtime).value();
     m_identity = core::machine_identity(m_runtime->machine(), m_cfg.vm.name, m_image.bytes);
-    // A Linux guest that reboots does so in place (docs/linux-guests.md), except in COLO mode:
-    // there the secondary's guest takes the primary's virtio-rng bytes by their place in one
-    // stream that a reboot would start again.
-    if (m_image.is_linux() &&
-        (m_protection != Protection::Replicated || m_cfg.replication.mode != config::Mode::Colo)) {
+    // A Linux guest that reboots does so in place (docs/linux-guests.md). A COLO secondary's
+    // replica does not: it stops, and the primary's next checkpoint (of its rebooted guest) runs
+    // it again; it reboots in place once it has taken over (take_over()).
+    if (m_image.is_linux()) {
         if (m_program == Program::Secondary) {
             // Its machine only holds state until it takes over; the primary's boot_linux does this.
             if (auto prepared = m_runtime->machine().prepare_reboot(m_image.kernel, m_image.initrd, m_cfg.vm.cmdline);
                 !prepared)
                 return fail(fmt::format("cannot prepare the VM: {}", prepared.error().message()));
         }
-        m_runtime->machine().set_reboot_in_place(true);
+        m_runtime->machine().set_reboot_in_place(m_program == Program::Primary ||
+                                                 m_cfg.replication.mode != config::Mode::Colo);
     }
 
     if (m_program == Program::Primary) {

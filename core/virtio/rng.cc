@@ -140,6 +140,12 @@ uint64_t RngDevice::bytes_taken() const {
     return m_taken;
 }
 
+void RngDevice::continue_stream_at(uint64_t taken) {
+    auto lock = lock_of(m_transport);
+    m_taken = taken;
+    m_staged.clear();
+}
+
 size_t RngDevice::bytes_staged() const {
     auto lock = lock_of(m_transport);
     return m_staged.size();

@@ -124,6 +124,11 @@ public:
     // position in the source's stream where the next byte will come from. A secondary that
     // loads state positions its link-fed source here.
     uint64_t bytes_taken() const;
+    // After a reboot in place loaded the device's power-on state: its place in the source's
+    // stream goes on from `taken` (what bytes_taken() said before), never back, since a COLO
+    // secondary positions its stream by it; the bytes staged before the reboot are dropped (both
+    // sides skip them).
+    void continue_stream_at(uint64_t taken);
     // Bytes drawn from the source that wait for a request.
     size_t bytes_staged() const;
 

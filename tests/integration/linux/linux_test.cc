@@ -319,7 +319,7 @@ TEST_CASE("a protected Linux pair across two network namespaces: the same, the r
 }
 
 TEST_CASE("COLO with a Linux guest: the secondary's guest gets the primary's virtio-rng bytes, so replies "
-          "built from them compare equal",
+          "built from them compare equal, also after the guest rebooted in place",
           "[linux][colo]") {
     PairOptions options = linux_options(1);
     options.mode = "colo";
@@ -375,6 +375,25 @@ TEST_CASE("COLO with a Linux guest: the secondary's guest gets the primary's vir
     CHECK(mismatches <= 1);
     CHECK(checkpoints * 4 <= static_cast<uint64_t>(reads));
 
+    // The primary's guest reboots in place; the secondary's replica stops and runs again from
+    // the primary's next checkpoint (its rebooted guest). The virtio-rng stream goes on where it
+    // was, so the rebooted guests still get the same bytes.
+    REQUIRE(console->command("SET before-reboot 1") == "OK");
+    REQUIRE(console->command("REBOOT") == "OK");
+    if (!console->wait_for("kvstored-init: 1 CPUs online", std::chrono::minutes(3)))
+        FAIL("the guest did not boot again after REBOOT; its console:\n" << console->seen());
+    if (!console->ready(std::chrono::minutes(2)))
+        FAIL("kvstored never answered after the reboot; the guest's console:\n" << console->seen());
+    CHECK(console->command("GET before-reboot") == "NIL");
+    REQUIRE(console->command("SET after-reboot 1") == "OK");
+    REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(2)));
+    for (int i = 0; i < 4; ++i) {
+        auto reply = console->command("HWRNG 32");
+        REQUIRE(reply);
+        CHECK(std::regex_match(*reply, std::regex("[0-9a-f]{64}")));
+    }
+    CHECK_THAT(pair.read_log("primary"), Catch::Contains("rebooted in place"));
+
     // The secondary takes over with a working entropy source of its own.
     pair.primary()->signal(SIGKILL);
     REQUIRE(pair.wait_state(Side::Secondary, "active", std::chrono::minutes(2)));
@@ -386,6 +405,7 @@ TEST_CASE("COLO with a Linux guest: the secondary's guest gets the primary's vir
         REQUIRE(reply);
         CHECK(std::regex_match(*reply, std::regex("[0-9a-f]{128}")));
     }
+    CHECK(survivor->command("GET after-reboot") == "1");  // the rebooted guest, not an older one
     check_healthy(survivor->seen());
     CHECK(survivor->command("POWEROFF") == "OK");
     CHECK(pair.secondary()->exit_code() == 0);

@@ -650,6 +650,36 @@ TEST_CASE("entropy_available() from another thread races a driver safely") {
     CHECK(rig.observed == stream(0, 200 * 50));
 }
 
+TEST_CASE("a reboot's power-on state keeps the rng's place in its stream: offsets never go back") {
+    Rig rig;
+    DeviceState power_on = rig.transport->save_state();
+    Driver driver(rig);
+    driver.start();
+    driver.set_desc(0, 0x20000, 100, k_desc_f_write);
+    driver.post(0);
+    driver.kick();
+    REQUIRE(driver.get_used());
+    uint64_t taken = rig.rng->bytes_taken();
+    REQUIRE(taken >= 100);
+    // What a reboot in place does: the power-on state, then the stream position carried on.
+    REQUIRE(rig.transport->load_state(power_on));
+    CHECK(rig.rng->bytes_taken() == 0);
+    rig.rng->continue_stream_at(taken);
+    CHECK(rig.rng->bytes_taken() == taken);
+    CHECK(rig.rng->bytes_staged() == 0);
+    // The rebooted driver sets the device up again; its bytes come after the old ones.
+    size_t observed_before = rig.observed.size();
+    Driver again(rig);
+    again.start();
+    again.set_desc(0, 0x30000, 40, k_desc_f_write);
+    again.post(0);
+    again.kick();
+    REQUIRE(again.get_used());
+    CHECK(rig.rng->bytes_taken() >= taken + 40);
+    CHECK(rig.observed.size() > observed_before);
+    CHECK_FALSE(rig.observed_gap);  // every run of bytes started where the last one ended
+}
+
 TEST_CASE("state: save, load, save is identical; a second instance continues the ring") {
     Rig rig;
     Driver driver(rig);
