@@ -76,6 +76,20 @@ std::optional<GuestConsole> open_console(Pair& pair, Side side) {
     return GuestConsole(std::move(*client));
 }
 
+// Waits for the guest's initramfs to say how many CPUs the kernel brought online and for
+// kvstored to answer (`boot`: "boot" or "reboot", for the message); fails with the guest's
+// console when either does not come. Returns the CPU line.
+std::string await_kvstored(GuestConsole& console, std::string_view boot) {
+    auto cpus = console.wait_for("kvstored-init: ", std::chrono::minutes(3));
+    if (!cpus)
+        FAIL("the guest's initramfs never ran after its " << boot << "; its console:\n" << console.seen());
+    if (!console.ready(std::chrono::minutes(2)))
+        FAIL("kvstored never answered after the guest's " << boot << "; its console:\n" << console.seen());
+    return *cpus;
+}
+
+std::string cpus_online(uint32_t vcpus) { return fmt::format("kvstored-init: {} CPUs online", vcpus); }
+
 uint64_t info_field(const std::string& info, const std::string& name) {
     std::smatch match;
     std::regex pattern(name + "=([0-9]+)");
@@ -106,12 +120,7 @@ TEST_CASE("a Linux guest boots standalone with 1 and 4 vCPUs, answers on ttyS0, 
             auto console = open_console(pair, Side::Primary);
             REQUIRE(console);
             // The initramfs says how many CPUs the kernel brought online, then starts kvstored.
-            auto cpus = console->wait_for("kvstored-init: ", std::chrono::minutes(3));
-            if (!cpus)
-                FAIL("the guest's initramfs never ran; its console:\n" << console->seen());
-            CHECK(*cpus == fmt::format("kvstored-init: {} CPUs online", vcpus));
-            if (!console->ready(std::chrono::minutes(2)))
-                FAIL("kvstored never answered; the guest's console:\n" << console->seen());
+            CHECK(await_kvstored(*console, "boot") == cpus_online(vcpus));
 
             CHECK(console->command("SET k v") == "OK");
             CHECK(console->command("GET k") == "v");
@@ -143,12 +152,7 @@ TEST_CASE("a Linux guest boots standalone with 1 and 4 vCPUs, answers on ttyS0, 
             // online again, on the same console; the daemon goes on.
             REQUIRE(console->command("SET before-reboot 1") == "OK");
             REQUIRE(console->command("REBOOT") == "OK");
-            auto again = console->wait_for("kvstored-init: ", std::chrono::minutes(3));
-            if (!again)
-                FAIL("the guest did not boot again after REBOOT; its console:\n" << console->seen());
-            CHECK(*again == fmt::format("kvstored-init: {} CPUs online", vcpus));
-            if (!console->ready(std::chrono::minutes(2)))
-                FAIL("kvstored never answered after the reboot; the guest's console:\n" << console->seen());
+            CHECK(await_kvstored(*console, "reboot") == cpus_online(vcpus));
             CHECK(console->command("GET before-reboot") == "NIL");
             CHECK(console->command("SET after-reboot 2") == "OK");
             CHECK(console->command("GET after-reboot") == "2");
@@ -182,24 +186,24 @@ void protected_pair_rounds(const PairOptions& options, int kills) {
     Side active_side = Side::Primary;
     auto console = open_console(pair, Side::Primary);
     REQUIRE(console);
-    if (!console->wait_for("kvstored-init: 2 CPUs online", std::chrono::minutes(3)))
-        FAIL("the guest's initramfs never ran (or saw other than 2 CPUs); its console:\n" << console->seen());
-    if (!console->ready(std::chrono::minutes(2)))
-        FAIL("kvstored never answered; the guest's console:\n" << console->seen());
+    REQUIRE(await_kvstored(*console, "boot") == cpus_online(2));
     REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
 
     // 100+ checkpoints while both vCPUs dirty pages; digests equal at paused checkpoints.
     REQUIRE(console->command("CHURN 16") == "OK");
     uint64_t start = pair.status(Side::Primary)->checkpoints;
     REQUIRE(eventually([&] { return pair.status(Side::Primary)->checkpoints >= start + 100; }, std::chrono::minutes(5)));
-    for (int round = 0; round < 2; ++round) {
+    // Both sides' memory digests at one paused checkpoint.
+    auto digests_agree = [&] {
         auto primary = pair.control(Side::Primary, "digest", 60000);
         REQUIRE(primary);
         auto secondary = pair.control(Side::Secondary, "digest", 60000);
         REQUIRE(secondary);
         CHECK(*primary == *secondary);
         REQUIRE(pair.control(Side::Primary, "resume"));
-    }
+    };
+    for (int round = 0; round < 2; ++round)
+        digests_agree();
     REQUIRE(console->command("CHURN 0") == "OK");
     check_healthy(console->seen());
 
@@ -208,19 +212,9 @@ void protected_pair_rounds(const PairOptions& options, int kills) {
     // lands on the rebooted guest.
     REQUIRE(console->command("SET before-reboot 1") == "OK");
     REQUIRE(console->command("REBOOT") == "OK");
-    if (!console->wait_for("kvstored-init: 2 CPUs online", std::chrono::minutes(3)))
-        FAIL("the guest did not boot again after REBOOT; its console:\n" << console->seen());
-    if (!console->ready(std::chrono::minutes(2)))
-        FAIL("kvstored never answered after the reboot; the guest's console:\n" << console->seen());
+    REQUIRE(await_kvstored(*console, "reboot") == cpus_online(2));
     CHECK(console->command("GET before-reboot") == "NIL");
-    {
-        auto primary = pair.control(Side::Primary, "digest", 60000);
-        REQUIRE(primary);
-        auto secondary = pair.control(Side::Secondary, "digest", 60000);
-        REQUIRE(secondary);
-        CHECK(*primary == *secondary);
-        REQUIRE(pair.control(Side::Primary, "resume"));
-    }
+    digests_agree();
     CHECK(pair.wait_state(Side::Primary, "protected", std::chrono::seconds(10)));
 
     // Kill the active side again and again: the other takes over, a new secondary starts where
@@ -331,10 +325,7 @@ TEST_CASE("COLO with a Linux guest: the secondary's guest gets the primary's vir
     pair.start_primary();
     auto console = open_console(pair, Side::Primary);
     REQUIRE(console);
-    if (!console->wait_for("kvstored-init: 1 CPUs online", std::chrono::minutes(3)))
-        FAIL("the guest's initramfs never ran (or saw more than 1 CPU); its console:\n" << console->seen());
-    if (!console->ready(std::chrono::minutes(2)))
-        FAIL("kvstored never answered; the guest's console:\n" << console->seen());
+    REQUIRE(await_kvstored(*console, "boot") == cpus_online(1));
     pair.start_secondary();
     REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
     auto counter = [&](const std::string& key) {
@@ -380,10 +371,7 @@ TEST_CASE("COLO with a Linux guest: the secondary's guest gets the primary's vir
     // was, so the rebooted guests still get the same bytes.
     REQUIRE(console->command("SET before-reboot 1") == "OK");
     REQUIRE(console->command("REBOOT") == "OK");
-    if (!console->wait_for("kvstored-init: 1 CPUs online", std::chrono::minutes(3)))
-        FAIL("the guest did not boot again after REBOOT; its console:\n" << console->seen());
-    if (!console->ready(std::chrono::minutes(2)))
-        FAIL("kvstored never answered after the reboot; the guest's console:\n" << console->seen());
+    REQUIRE(await_kvstored(*console, "reboot") == cpus_online(1));
     CHECK(console->command("GET before-reboot") == "NIL");
     REQUIRE(console->command("SET after-reboot 1") == "OK");
     REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(2)));

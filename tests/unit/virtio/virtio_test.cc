@@ -180,6 +180,14 @@ struct Driver {
     void kick() { rig.write(QUEUE_NOTIFY, 0); }
     // virtqueue_get_buf(): the next used element, if any; with EVENT_IDX asks for an interrupt
     // at the next one (virtqueue_enable_cb).
+    // One device-writable buffer of `len` bytes at `gpa` in descriptor `head`, posted and
+    // kicked; the used entry it came back in, if it did.
+    std::optional<std::pair<uint32_t, uint32_t>> request(uint16_t head, uint64_t gpa, uint32_t len) {
+        set_desc(head, gpa, len, k_desc_f_write);
+        post(head);
+        kick();
+        return get_used();
+    }
     std::optional<std::pair<uint32_t, uint32_t>> get_used() {
         uint16_t idx = __atomic_load_n(reinterpret_cast<uint16_t*>(rig.at(used + 2)), __ATOMIC_ACQUIRE);
         if (idx == last_used)
@@ -655,10 +663,7 @@ TEST_CASE("a reboot's power-on state keeps the rng's place in its stream: offset
     DeviceState power_on = rig.transport->save_state();
     Driver driver(rig);
     driver.start();
-    driver.set_desc(0, 0x20000, 100, k_desc_f_write);
-    driver.post(0);
-    driver.kick();
-    REQUIRE(driver.get_used());
+    REQUIRE(driver.request(0, 0x20000, 100));
     uint64_t taken = rig.rng->bytes_taken();
     REQUIRE(taken >= 100);
     // What a reboot in place does: the power-on state, then the stream position carried on.
@@ -671,10 +676,7 @@ TEST_CASE("a reboot's power-on state keeps the rng's place in its stream: offset
     size_t observed_before = rig.observed.size();
     Driver again(rig);
     again.start();
-    again.set_desc(0, 0x30000, 40, k_desc_f_write);
-    again.post(0);
-    again.kick();
-    REQUIRE(again.get_used());
+    REQUIRE(again.request(0, 0x30000, 40));
     CHECK(rig.rng->bytes_taken() >= taken + 40);
     CHECK(rig.observed.size() > observed_before);
     CHECK_FALSE(rig.observed_gap);  // every run of bytes started where the last one ended
@@ -862,10 +864,7 @@ TEST_CASE("a standby's device fed the primary's observed bytes gives its guest t
     primary.forward = [&](uint64_t offset, std::span<const std::byte> bytes) { REQUIRE(fed->add(offset, bytes)); };
     Driver driver(primary);
     driver.start();
-    driver.set_desc(0, 0x20000, 64, k_desc_f_write);
-    driver.post(0);
-    driver.kick();
-    REQUIRE(driver.get_used());
+    REQUIRE(driver.request(0, 0x20000, 64));
     DeviceState checkpoint = primary.transport->save_state();
     auto memory_at_checkpoint = std::vector<std::byte>(primary.memory.all().begin(), primary.memory.all().end());
     Driver after = driver;  // the driver as of the checkpoint
