@@ -205,16 +205,19 @@ void ActiveEngine::output_captured(uint64_t seq) {
 void ActiveEngine::output_committed(uint64_t seq) {
     for (auto* channel : m_channels)
         channel->committed(seq);
+    m_guest.machine().uart().transmitter_ready();  // held output went: the UART may take bytes again
 }
 
 void ActiveEngine::output_release_all() {
     for (auto* channel : m_channels)
         channel->release_all();
+    m_guest.machine().uart().transmitter_ready();
 }
 
 void ActiveEngine::output_discard_all() {
     for (auto* channel : m_channels)
         channel->discard_all();
+    m_guest.machine().uart().transmitter_ready();
 }
 
 uint64_t ActiveEngine::held_output_bytes() const {

@@ -166,6 +166,7 @@ void Uart::pio_write(uint16_t port, std::span<const std::byte> data) {
             if (offset == RBR_THR && !(m_lcr & LCR_DLAB) && !(m_mcr & MCR_LOOP) && count < sizeof(transmitted)) {
                 if (m_ready && !m_ready()) {
                     ++m_tx_dropped;  // written while LSR said busy: lost, as on the chip
+                    m_tx_waiting = true;
                     continue;
                 }
                 transmitted[count++] = data[i];
@@ -185,6 +186,15 @@ void Uart::pio_write(uint16_t port, std::span<const std::byte> data) {
 void Uart::set_transmit_ready(ReadyFn ready) {
     std::lock_guard lock(m_mutex);
     m_ready = std::move(ready);
+}
+
+void Uart::transmitter_ready() {
+    std::lock_guard lock(m_mutex);
+    if (!m_tx_waiting || (m_ready && !m_ready()))
+        return;
+    m_tx_waiting = false;
+    m_thr_interrupt = true;
+    update_irq();
 }
 
 uint64_t Uart::transmit_dropped() const {

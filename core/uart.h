@@ -51,6 +51,11 @@ public:
     void set_transmit_ready(ReadyFn ready);
     // Bytes the guest wrote to THR while the transmitter was busy (dropped), since start.
     uint64_t transmit_dropped() const;
+    // The output path may take bytes again (held output was released): a guest whose bytes
+    // were dropped while the transmitter was busy gets its THR-empty interrupt now, as a real
+    // UART's THR empties. Without it an interrupt-driven driver (Linux's 8250) would wait for
+    // that interrupt for ever, its tty stuck. Any thread.
+    void transmitter_ready();
 
 private:
     struct Saved;
@@ -67,6 +72,7 @@ private:
     SpaceFn m_space;
     ReadyFn m_ready;
     uint64_t m_tx_dropped = 0;  // host-side counter, not guest state
+    bool m_tx_waiting = false;  // a byte was dropped since the last transmitter_ready()
 
     mutable std::mutex m_mutex;
     std::deque<uint8_t> m_rx;

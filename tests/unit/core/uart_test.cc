@@ -158,3 +158,30 @@ TEST_CASE("UART shows its transmitter busy while the output path is full, and dr
     h.uart.set_transmit_ready(nullptr);
     CHECK((h.in(5) & 0x60) == 0x60);
 }
+
+TEST_CASE("UART gives a driver whose bytes were dropped while busy its THR-empty interrupt once the path is free") {
+    Harness h;
+    bool ready = true;
+    h.uart.set_transmit_ready([&] { return ready; });
+    h.out(4, 0x08);  // OUT2
+    h.out(1, 0x02);  // THRE interrupt on: raised at once
+    REQUIRE(h.irq_changes == std::vector<bool>{true});
+    CHECK((h.in(2) & 0x0f) == 0x02);  // the driver acknowledges it and writes its burst...
+    ready = false;
+    h.out(0, 'x');  // ...into a busy transmitter: dropped, and no THR-empty interrupt
+    CHECK(h.uart.transmit_dropped() == 1);
+    CHECK(h.irq_changes == std::vector<bool>{true, false});
+    h.uart.transmitter_ready();  // still busy: nothing yet
+    CHECK(h.irq_changes == std::vector<bool>{true, false});
+    ready = true;
+    h.uart.transmitter_ready();  // free again: the driver is woken to write again
+    CHECK(h.irq_changes == std::vector<bool>{true, false, true});
+    CHECK((h.in(2) & 0x0f) == 0x02);
+    h.out(0, 'y');
+    CHECK(h.output == "y");
+    CHECK((h.in(2) & 0x0f) == 0x02);  // the accepted byte's THR-empty, acknowledged
+    auto changes = h.irq_changes.size();
+    h.uart.transmitter_ready();  // nothing was dropped since: no interrupt
+    CHECK(h.irq_changes.size() == changes);
+    CHECK((h.in(2) & 0x0f) == 0x01);
+}
