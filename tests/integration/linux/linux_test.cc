@@ -9,6 +9,8 @@
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <set>
 #include <regex>
@@ -35,13 +37,18 @@ const std::regex k_unhealthy(
 // grep the kernel's messages at the end.
 class GuestConsole {
 public:
-    explicit GuestConsole(LineClient client) : m_client(std::move(client)) {}
+    // `record`: a file in the pair's folder that gets every line too, as it comes (a run that
+    // hangs, kept with COLOD_KEEP_TEST_DIRS=1, shows how far the guest got).
+    GuestConsole(LineClient client, const std::filesystem::path& record)
+        : m_client(std::move(client)), m_record(record, std::ios::app) {}
 
     // The next line, recorded.
     std::optional<std::string> line(std::chrono::milliseconds timeout) {
         auto line = m_client.line(timeout);
-        if (line)
+        if (line) {
             m_seen += *line + "\n";
+            m_record << *line << std::endl;
+        }
         return line;
     }
     // Waits for a line starting with `prefix` (lines before it are kept, not checked).
@@ -67,13 +74,15 @@ public:
 private:
     LineClient m_client;
     std::string m_seen;
+    std::ofstream m_record;
 };
 
 std::optional<GuestConsole> open_console(Pair& pair, Side side) {
     auto client = pair.console(side, std::chrono::seconds(60));
     if (!client)
         return std::nullopt;
-    return GuestConsole(std::move(*client));
+    return GuestConsole(std::move(*client),
+                        pair.dir() / (side == Side::Primary ? "console-primary.log" : "console-secondary.log"));
 }
 
 // Waits for the guest's initramfs to say how many CPUs the kernel brought online and for
