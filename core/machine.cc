@@ -122,11 +122,6 @@ void Machine::set_reboot_in_place(bool on) {
     m_reboot_in_place = on;
 }
 
-uint64_t Machine::reboots() const {
-    std::lock_guard lock(m_mutex);
-    return m_reboots;
-}
-
 void Machine::guest_reset() {
     std::thread previous;
     bool reboot = false;
@@ -153,7 +148,7 @@ void Machine::reboot_in_place() {
     auto paused = pause();
     if (paused.paused()) {
         if (auto done = reboot_paused(); !done) {
-            paused.release();
+            // Stopped before the pause ends: the half-reset guest never runs.
             request_stop(StopInfo{StopReason::InternalError, 0,
                                   fmt::format("the guest's reboot failed: {}", done.error().message())});
         } else {

@@ -95,8 +95,6 @@ public:
     // (`guest-reset`). When off, or without a boot image, the machine stops with
     // StopReason::Reset.
     void set_reboot_in_place(bool on);
-    // How many times the guest rebooted in place.
-    uint64_t reboots() const;
 
     // Starts the vCPU threads. A secondary in checkpoint mode never calls this until it takes
     // over: its machine only holds state.
@@ -188,7 +186,7 @@ private:
     std::optional<MachineState> m_power_on;
     bool m_reboot_in_place = false;  // guarded by m_mutex, as the two below
     bool m_reset_pending = false;
-    uint64_t m_reboots = 0;
+    uint64_t m_reboots = 0;  // for the log
     std::thread m_reset_thread;  // the last reboot's; joined before the next one and at the end
 
 public:
