@@ -146,7 +146,7 @@ void Machine::guest_reset() {
 
 void Machine::reboot_in_place() {
     auto paused = pause();
-    if (paused.paused()) {
+    if (paused.paused() && !stopped()) {  // (the machine may have stopped while it paused)
         if (auto done = reboot_paused(); !done) {
             // Stopped before the pause ends: the half-reset guest never runs.
             request_stop(StopInfo{StopReason::InternalError, 0,
