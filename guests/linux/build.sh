@@ -16,7 +16,8 @@
 # else OUTDIR/debs).
 #
 # Needs apt-get, apt-cache, dpkg-deb, depmod/modprobe (kmod), cpio and gzip; installs
-# busybox-static if it is missing (as root). Exits 1 with a message when something is missing.
+# busybox-static, cpio and kmod if they are missing (as root). Exits 1 with a message when
+# something is missing.
 set -euo pipefail
 
 say() { echo "linux-guest: $*"; }
@@ -35,18 +36,25 @@ kvstored=$(cd "$(dirname "$2")" && pwd)/$(basename "$2")
 # What the initramfs loads, by the names modprobe knows; their dependencies come along.
 modules="virtio_mmio virtio_pci virtio_rng virtio_net virtio_blk ext4"
 
+# The packages it needs, installed when missing (as root). busybox-static, not busybox: the
+# initramfs has no C library for a dynamic one (the two packages both own /bin/busybox, so the
+# package is what is checked).
+need=""
+for p in busybox-static cpio kmod; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need="$need $p"
+done
+if [ -n "$need" ]; then
+    [ "$(id -u)" -eq 0 ] || die "missing packages:$need (apt-get install$need, as root)"
+    say "installing$need"
+    export DEBIAN_FRONTEND=noninteractive
+    # shellcheck disable=SC2086 # one word per package
+    apt-get install -y -qq --no-install-recommends $need >/dev/null ||
+        { apt-get update -qq && apt-get install -y -qq --no-install-recommends $need >/dev/null; } ||
+        die "apt-get install$need failed"
+fi
 for tool in apt-cache apt-get dpkg-deb dpkg-query depmod modprobe cpio gzip sha256sum; do
     command -v "$tool" >/dev/null || die "$tool is missing (packages: apt, dpkg, kmod, cpio, gzip, coreutils)"
 done
-
-# busybox-static, not busybox: the initramfs has no C library for a dynamic one. The two
-# packages both own /bin/busybox, so the package is what is checked.
-if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed"; then
-    [ "$(id -u)" -eq 0 ] || die "busybox-static is not installed (apt-get install busybox-static, as root)"
-    say "installing busybox-static"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static >/dev/null ||
-        die "apt-get install busybox-static failed"
-fi
 [ -x /bin/busybox ] || die "/bin/busybox is missing although busybox-static is installed"
 
 # --- the kernel version, as tests/hostkvm/nested.sh resolves it ------------------------------
