@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #include "core/guest_memory.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
 #include "core/platform.h"
@@ -93,6 +95,16 @@ base::Result<void> GuestMemory::register_slots(kvm::Vm& vm, bool log_dirty) {
         TRY(vm.set_memory_slot(kvm::MemorySlot{static_cast<uint32_t>(i), region.guest_phys, region.size,
                                                page(region.first_page), log_dirty}));
     }
+    return base::ok();
+}
+
+base::Result<void> GuestMemory::clear() {
+    if (::fallocate(m_fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(m_size)) < 0) {
+        if (errno != EOPNOTSUPP)
+            return base::Error::from_errno("fallocate(PUNCH_HOLE) of guest RAM");
+        std::memset(m_map.data(), 0, m_size);  // a kernel without hole punching on memfds
+    }
+    mark_dirty(0, page_count());
     return base::ok();
 }
 
