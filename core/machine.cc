@@ -169,9 +169,7 @@ void Machine::reboot_in_place() {
 }
 
 base::Result<void> Machine::reboot_paused() {
-    auto ram = m_memory.all();
-    std::memset(ram.data(), 0, ram.size());
-    m_memory.mark_dirty(0, m_memory.page_count());
+    TRY(m_memory.clear());
     // The virtio-rng's place in its stream survives the reboot (a COLO secondary follows it).
     uint64_t rng_taken = m_linux.rng ? m_linux.rng->bytes_taken() : 0;
     TRY(load_state(*m_power_on));
@@ -357,9 +355,18 @@ bool Machine::handle_exit(kvm::Vcpu& vcpu) {
         return true;
     case KVM_EXIT_INTR:
         return true;
-    case KVM_EXIT_SHUTDOWN:
-        request_stop(StopInfo{StopReason::TripleFault, 0, fmt::format("vCPU {} triple-faulted", vcpu.id())});
+    case KVM_EXIT_SHUTDOWN: {
+        // Where the guest was, for whoever reads the journal: a triple fault is the guest's own
+        // failure (or a broken platform under it), and these registers are what tells which.
+        std::string detail = fmt::format("vCPU {} triple-faulted", vcpu.id());
+        if (auto regs = vcpu.regs())
+            detail += fmt::format(" at rip {:#x} rsp {:#x}", regs->rip, regs->rsp);
+        if (auto sregs = vcpu.sregs())
+            detail += fmt::format(" cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}", sregs->cs.selector,
+                                  sregs->cr0, sregs->cr2, sregs->cr3, sregs->cr4, sregs->efer);
+        request_stop(StopInfo{StopReason::TripleFault, 0, std::move(detail)});
         return false;
+    }
     case KVM_EXIT_HLT:
         request_stop(StopInfo{StopReason::HaltedNoInterrupts, 0, fmt::format("vCPU {} halted", vcpu.id())});
         return false;

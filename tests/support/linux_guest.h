@@ -53,7 +53,7 @@ inline bool wait_kvstored(LineClient& client, std::chrono::milliseconds timeout,
         return line;
     };
     bool pong = false;
-    while (!pong && std::chrono::steady_clock::now() < deadline) {
+    while (!pong && std::chrono::steady_clock::now() < deadline && !client.ended()) {
         if (!client.send("PING\n"))
             return false;
         auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);

@@ -51,13 +51,16 @@ public:
         }
         return line;
     }
-    // Waits for a line starting with `prefix` (lines before it are kept, not checked).
+    // Waits for a line starting with `prefix` (lines before it are kept, not checked); nullopt
+    // at the timeout or once the console is closed.
     std::optional<std::string> wait_for(std::string_view prefix, std::chrono::milliseconds timeout) {
         auto deadline = std::chrono::steady_clock::now() + scaled(timeout);
         while (std::chrono::steady_clock::now() < deadline) {
             auto next = line(std::chrono::seconds(1));
             if (next && next->starts_with(prefix))
                 return next;
+            if (m_client.ended())
+                return std::nullopt;  // the daemon closed the console: the guest is gone
         }
         return std::nullopt;
     }
