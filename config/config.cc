@@ -42,7 +42,7 @@ struct KeySpec {
 
 constexpr std::array<std::string_view, 4> k_sections{"vm", "replication", "primary", "secondary"};
 
-constexpr std::array<KeySpec, 24> k_keys{{
+constexpr std::array<KeySpec, 26> k_keys{{
     {"vm", "name", Presence::Derived, ""},
     {"vm", "memory", Presence::Required, ""},
     {"vm", "vcpus", Presence::Defaulted, "1"},
@@ -58,9 +58,12 @@ constexpr std::array<KeySpec, 24> k_keys{{
     {"replication", "heartbeat-timeout", Presence::Defaulted, "300ms"},
     {"replication", "fence-command", Presence::Defaulted, ""},
     {"replication", "auth-key-file", Presence::Required, ""},
+    {"replication", "auth-key-file-next", Presence::Optional, ""},
     {"replication", "max-held-output", Presence::Defaulted, "1M"},
     {"replication", "connect-retry", Presence::Defaulted, "1s"},
-    {"replication", "frame-auth", Presence::Defaulted, "off"},
+    {"replication", "link-security", Presence::Defaulted, "encrypted"},
+    // Replaced by link-security: known only so that a file setting it hears what to write now.
+    {"replication", "frame-auth", Presence::Optional, ""},
     {"primary", "replication", Presence::Required, ""},
     {"primary", "console", Presence::Required, ""},
     {"primary", "control", Presence::Derived, ""},
@@ -620,6 +623,17 @@ private:
             else
                 replication.auth_key_file = resolve(key_file->value);
         }
+        if (const Setting* next = setting("replication", "auth-key-file-next")) {
+            if (next->value.empty())
+                fail("replication", "auth-key-file-next",
+                     "must not be empty: name the file of the key that replaces auth-key-file, or leave the key out");
+            else if (resolve(next->value) == replication.auth_key_file)
+                fail("replication", "auth-key-file-next",
+                     "must differ from auth-key-file: it names the key that replaces it (leave it out when no key "
+                     "is being replaced)");
+            else
+                replication.auth_key_file_next = resolve(next->value);
+        }
 
         if (const Setting* held = setting("replication", "max-held-output")) {
             if (auto bytes = value_of("replication", "max-held-output", parse_size(held->value))) {
@@ -633,13 +647,32 @@ private:
         if (auto retry = duration("connect-retry", 10ms, 10min))
             replication.connect_retry = *retry;
 
-        if (const Setting* frame_auth = setting("replication", "frame-auth")) {
-            if (frame_auth->value == "on")
-                replication.frame_auth = true;
-            else if (frame_auth->value == "off")
-                replication.frame_auth = false;
+        if (const Setting* security = setting("replication", "link-security")) {
+            if (security->value == "encrypted")
+                replication.link_security = LinkSecurity::Encrypted;
+            else if (security->value == "authenticated")
+                replication.link_security = LinkSecurity::Authenticated;
+            else if (security->value == "none")
+                replication.link_security = LinkSecurity::None;
             else
-                fail("replication", "frame-auth", "must be on or off");
+                fail("replication", "link-security", "must be encrypted, authenticated or none");
+        }
+        // frame-auth = off used to be the default and meant "CRC only": carrying it over as
+        // link-security = none would quietly drop the encryption that is the default now, and
+        // carrying frame-auth = on over as authenticated would keep a file below the default
+        // without anyone having chosen that. So neither is guessed: the file must say it.
+        if (const Setting* frame_auth = setting("replication", "frame-auth")) {
+            std::string_view meant = frame_auth->value == "on"    ? "link-security = authenticated"
+                                     : frame_auth->value == "off" ? "link-security = none"
+                                                                  : "";
+            fail("replication", "frame-auth",
+                 meant.empty()
+                     ? std::string("was replaced by link-security (encrypted, authenticated or none; default "
+                                   "encrypted): remove this line")
+                     : fmt::format("was replaced by link-security (default encrypted: every frame encrypted and "
+                                   "authenticated): remove this line; what it said is now {}, which is weaker "
+                                   "than the default",
+                                   meant));
         }
     }
 
@@ -733,6 +766,15 @@ std::string_view mode_name(Mode mode) {
     switch (mode) {
     case Mode::Checkpoint: return "checkpoint";
     case Mode::Colo: return "colo";
+    }
+    return "?";
+}
+
+std::string_view link_security_name(LinkSecurity security) {
+    switch (security) {
+    case LinkSecurity::Encrypted: return "encrypted";
+    case LinkSecurity::Authenticated: return "authenticated";
+    case LinkSecurity::None: return "none";
     }
     return "?";
 }
@@ -857,9 +899,11 @@ std::string to_config_text(const PairConfig& config) {
     out += fmt::format("heartbeat-timeout = {}\n", format_duration(replication.heartbeat_timeout));
     out += fmt::format("fence-command = {}\n", replication.fence_command);
     out += fmt::format("auth-key-file = {}\n", replication.auth_key_file.string());
+    if (!replication.auth_key_file_next.empty())
+        out += fmt::format("auth-key-file-next = {}\n", replication.auth_key_file_next.string());
     out += fmt::format("max-held-output = {}\n", format_size(replication.max_held_output));
     out += fmt::format("connect-retry = {}\n", format_duration(replication.connect_retry));
-    out += fmt::format("frame-auth = {}\n", replication.frame_auth ? "on" : "off");
+    out += fmt::format("link-security = {}\n", link_security_name(replication.link_security));
     for (Role role : {Role::Primary, Role::Secondary}) {
         const HostConfig& host = config.host(role);
         out += fmt::format("[{}]\n", role_name(role));

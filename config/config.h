@@ -25,8 +25,11 @@ namespace colod::config {
 
 enum class Mode { Checkpoint, Colo };
 enum class Role { Primary, Secondary };
+// What protects the replication link after the handshake (docs/config.md, link-security).
+enum class LinkSecurity { Encrypted, Authenticated, None };
 
 std::string_view mode_name(Mode mode);  // "checkpoint", "colo"
+std::string_view link_security_name(LinkSecurity security);  // "encrypted", "authenticated", "none"
 std::string_view role_name(Role role);  // "primary", "secondary"
 base::Result<Role> parse_role(std::string_view text);
 Role peer_of(Role role);
@@ -66,10 +69,11 @@ struct ReplicationConfig {
     std::chrono::microseconds heartbeat_interval{50'000};
     std::chrono::microseconds heartbeat_timeout{300'000};
     std::string fence_command;              // empty: no fencing (see docs/config.md)
-    std::filesystem::path auth_key_file;    // absolute; contents and mode checked by the daemons
+    std::filesystem::path auth_key_file;    // absolute; contents, owner and mode checked by the daemons
+    std::filesystem::path auth_key_file_next;  // absolute, or empty: the key that replaces auth_key_file
     uint64_t max_held_output = 1 << 20;     // held console bytes that force a checkpoint
     std::chrono::microseconds connect_retry{1'000'000};  // longest reconnect backoff
-    bool frame_auth = false;                // a MAC on every frame after the handshake
+    LinkSecurity link_security = LinkSecurity::Encrypted;  // frames after the handshake
 
     bool operator==(const ReplicationConfig&) const = default;
 };

@@ -108,7 +108,7 @@ base::Result<proto::Link> ActiveEngine::connect(proto::PeerState* peer_state) {
         return std::move(link).error();
     proto::Hello hello = m_identity;
     hello.state = m_local_state;
-    hello.frame_auth = m_config.frame_auth;
+    hello.link_security = m_config.link_security;
     auto policy = [peer_state](const proto::Hello& peer) -> std::string {
         if (peer_state)
             *peer_state = peer.state;

@@ -7,7 +7,7 @@
 #include <memory>
 #include <string>
 
-#include "proto/auth.h"
+#include "proto/key_ring.h"
 #include "proto/messages.h"
 
 namespace colod::core {
@@ -19,8 +19,8 @@ struct ReplicationConfig {
     std::string role;          // the daemon: "primary" or "secondary" (status and logs)
     std::string self_address;  // this host's replication endpoint, "host:port"
     std::string peer_address;  // the other host's replication endpoint
-    std::shared_ptr<const proto::Key> key;
-    proto::FrameAuth frame_auth = proto::FrameAuth::Off;
+    std::shared_ptr<const proto::KeyRing> key;  // the accepted keys; a reload changes them for later handshakes
+    proto::LinkSecurity link_security = proto::LinkSecurity::Encrypted;
     ReplicationMode mode = ReplicationMode::Checkpoint;
     std::chrono::microseconds checkpoint_interval{100'000};
     std::chrono::microseconds heartbeat_interval{50'000};

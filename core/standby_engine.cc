@@ -184,7 +184,7 @@ void StandbyEngine::set_state(State state, const std::string& why) {
 void StandbyEngine::refuse(proto::Link link, const std::string& why) {
     proto::Hello hello = m_identity;
     hello.state = state() == State::Active ? proto::PeerState::SecondaryActive : proto::PeerState::SecondaryStandby;
-    hello.frame_auth = m_config.frame_auth;
+    hello.link_security = m_config.link_security;
     // The refusal travels inside the handshake, so only a peer that proves the key learns it.
     (void)proto::handshake(link, *m_config.key, hello, proto::deadline_after(k_handshake_timeout),
                            [&](const proto::Hello&) { return why; });
@@ -236,7 +236,7 @@ void StandbyEngine::accept_loop() {
         }
         proto::Hello hello = m_identity;
         hello.state = proto::PeerState::SecondaryStandby;
-        hello.frame_auth = m_config.frame_auth;
+        hello.link_security = m_config.link_security;
         auto peer = proto::handshake(link, *m_config.key, hello, proto::deadline_after(k_handshake_timeout),
                                      [](const proto::Hello& p) -> std::string {
                                          if (p.state == proto::PeerState::SecondaryStandby)

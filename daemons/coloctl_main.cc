@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
     po::options_description visible(
         "coloctl: control a colod daemon\n\n"
         "Usage: coloctl --config FILE --role primary|secondary COMMAND\n"
-        "Commands: status [--json] | checkpoint | failover | stop\n"
+        "Commands: status [--json] | checkpoint | failover | stop | reload (the key files)\n"
         "Diagnostics: digest (active side: checkpoint and hold the guest paused; standby: its checkpoint)\n"
         "             | resume (active side: end the hold)\n\nOptions");
     visible.add_options()
@@ -59,14 +59,14 @@ int main(int argc, char** argv) {
     }
     if (config_file.empty() || role_text.empty() || words.size() != 1) {
         std::cerr << "coloctl: usage: coloctl --config FILE --role primary|secondary status [--json] | checkpoint | "
-                     "failover | stop\n";
+                     "failover | stop | reload\n";
         return 2;
     }
     command = words.front();
     if (command != "status" && command != "checkpoint" && command != "failover" && command != "stop" &&
-        command != "digest" && command != "resume") {
+        command != "reload" && command != "digest" && command != "resume") {
         std::cerr << "coloctl: unknown command '" << command
-                  << "' (status, checkpoint, failover, stop; diagnostics: digest, resume)\n";
+                  << "' (status, checkpoint, failover, stop, reload; diagnostics: digest, resume)\n";
         return 2;
     }
     if (json && command != "status") {

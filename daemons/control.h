@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 // The control socket: a Unix stream socket (mode 0600) that coloctl talks to. One request line
-// per connection ("status --json", "checkpoint", "failover", "stop"); the answer is "OK" or
+// per connection ("status --json", "checkpoint", "failover", "stop", "reload"); the answer is "OK" or
 // "ERR <reason>" on the first line, then the body, then the daemon closes the connection.
 #pragma once
 

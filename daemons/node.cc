@@ -17,6 +17,7 @@
 #include "daemons/common.h"
 #include "daemons/control.h"
 #include "daemons/status_format.h"
+#include "proto/key_ring.h"
 #include "proto/link.h"
 
 namespace colod::daemons {
@@ -27,8 +28,17 @@ using base::Event;
 using base::Level;
 using Clock = std::chrono::steady_clock;
 
+proto::LinkSecurity link_security(config::LinkSecurity security) {
+    switch (security) {
+    case config::LinkSecurity::Encrypted: return proto::LinkSecurity::Encrypted;
+    case config::LinkSecurity::Authenticated: return proto::LinkSecurity::Authenticated;
+    case config::LinkSecurity::None: return proto::LinkSecurity::None;
+    }
+    return proto::LinkSecurity::Encrypted;
+}
+
 core::ReplicationConfig replication_config(const config::PairConfig& cfg, config::Role self, std::string_view role,
-                                           std::shared_ptr<const proto::Key> key) {
+                                           std::shared_ptr<const proto::KeyRing> key) {
     core::ReplicationConfig r;
     r.vm_name = cfg.vm.name;
     r.role = std::string(role);
@@ -42,7 +52,7 @@ core::ReplicationConfig replication_config(const config::PairConfig& cfg, config
     r.connect_retry = cfg.replication.connect_retry;
     r.max_held_output = cfg.replication.max_held_output;
     r.fence_command = cfg.replication.fence_command;
-    r.frame_auth = cfg.replication.frame_auth ? proto::FrameAuth::On : proto::FrameAuth::Off;
+    r.link_security = link_security(cfg.replication.link_security);
     return r;
 }
 
@@ -63,6 +73,8 @@ private:
     int start_primary();
     bool take_over();
     ControlReply control(const std::string& request);
+    // Reads the config file's key paths and both key files again; later handshakes use them.
+    ControlReply reload_keys();
     core::Status status();
     void changed(const std::string& why);
     // The guest stopped on its own or by coloctl stop; returns the exit code.
@@ -73,7 +85,7 @@ private:
     Protection m_protection;
     Clock::time_point m_started;
     config::Role m_self = config::Role::Primary;
-    std::shared_ptr<const proto::Key> m_key;
+    std::shared_ptr<proto::KeyRing> m_key;
     GuestImage m_image;
     std::unique_ptr<core::GuestRuntime> m_runtime;
     proto::Hello m_identity;
@@ -272,6 +284,8 @@ ControlReply Node::control(const std::string& request) {
         active->release_hold();
         return {true, "resumed\n"};
     }
+    if (request == "reload")
+        return reload_keys();
     if (request == "stop") {
         m_stop_requested = true;
         if (m_guest_running)
@@ -279,6 +293,42 @@ ControlReply Node::control(const std::string& request) {
         return {true, "stopping\n"};
     }
     return {false, fmt::format("unknown request '{}'", request)};
+}
+
+ControlReply Node::reload_keys() {
+    if (!m_key)
+        return {false, "this daemon runs standalone: it has no replication keys"};
+    // The key paths may have changed in the file (a rotation's steps do that); nothing else is
+    // applied without a restart.
+    auto fresh = config::load(m_cfg.file);
+    if (!fresh) {
+        std::string why = fmt::format("reload refused, the keys in use stay: invalid config:\n{}", fresh.error().message());
+        base::log(Level::Error, Event::Error, why);
+        return {false, why};
+    }
+    config::ReplicationConfig ours = m_cfg.replication;
+    config::ReplicationConfig theirs = fresh->replication;
+    ours.auth_key_file = theirs.auth_key_file;
+    ours.auth_key_file_next = theirs.auth_key_file_next;
+    bool others_changed = !(ours == theirs) || !(m_cfg.vm == fresh->vm) || !(m_cfg.primary == fresh->primary) ||
+                          !(m_cfg.secondary == fresh->secondary);
+    auto keys = proto::KeySet::load(theirs.auth_key_file.string(), theirs.auth_key_file_next.string());
+    if (!keys) {
+        std::string why = fmt::format("reload refused, the keys in use stay: {}", keys.error().message());
+        base::log(Level::Error, Event::Error, why, {{"REASON", keys.error().message()}});
+        return {false, why};
+    }
+    std::string described = keys->describe();
+    m_key->replace(std::move(keys).value());
+    base::log(Level::Notice, Event::None,
+              fmt::format("keys reloaded: {}; the next handshake uses them (a session already up keeps its keys)",
+                          described));
+    if (others_changed)
+        base::log(Level::Warning, Event::None,
+                  fmt::format("{} changed beyond the key files: a reload applies auth-key-file and auth-key-file-next "
+                              "only, the rest needs a restart",
+                              m_cfg.file.string()));
+    return {true, fmt::format("keys reloaded: {}\n", described)};
 }
 
 int Node::guest_stopped() {
@@ -312,10 +362,19 @@ int Node::run() {
             return code;
     }
     if (m_protection == Protection::Replicated) {
-        auto key = proto::Key::load_file(m_cfg.replication.auth_key_file.string());
-        if (!key)
-            return fail(fmt::format("replication.auth-key-file: {}", key.error().message()), k_exit_usage);
-        m_key = std::make_shared<const proto::Key>(std::move(key).value());
+        auto keys = proto::KeySet::load(m_cfg.replication.auth_key_file.string(),
+                                        m_cfg.replication.auth_key_file_next.string());
+        if (!keys)
+            return fail(fmt::format("replication: {}", keys.error().message()), k_exit_usage);
+        base::log(Level::Info, Event::None, fmt::format("replication keys: {}", keys->describe()));
+        m_key = std::make_shared<proto::KeyRing>(std::move(keys).value());
+        if (m_cfg.replication.link_security == config::LinkSecurity::None)
+            base::log(Level::Warning, Event::None,
+                      "link-security = none: after the handshake the replication link carries the guest's memory, "
+                      "console and device state in clear with a CRC only: anyone on the path can read them, and "
+                      "can change a checkpoint undetected by fixing up its CRC. Use it only on a link no one "
+                      "else can reach",
+                      {{"REASON", "link-security none"}});
     }
     auto backend = choose_backend(m_cfg.vm);
     if (!backend)
@@ -382,6 +441,12 @@ int Node::run() {
         if (watchdog && Clock::now() - last_ping > std::chrono::microseconds(watchdog / 2)) {
             notify("WATCHDOG=1");
             last_ping = Clock::now();
+        }
+        if (signal == SIGHUP) {
+            notify("RELOADING=1");
+            (void)reload_keys();  // logs what it did
+            notify("READY=1");
+            continue;
         }
         if (signal) {
             base::log(Level::Notice, Event::Stopped, fmt::format("stopping on signal {}", strsignal(signal)),

@@ -91,7 +91,7 @@ if echo "$contents" | grep -q '\.key$'; then
 fi
 depends=$(dpkg-deb -f "$deb" Depends)
 say "Depends: $depends"
-for lib in libfmt libboost-program-options libsodium libsystemd; do
+for lib in libfmt libboost-program-options libsodium libssl3 libsystemd; do
     echo "$depends" | grep -q "$lib" || fail "Depends lacks $lib"
 done
 

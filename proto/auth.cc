@@ -2,9 +2,11 @@
 #include "proto/auth.h"
 
 #include <fcntl.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "base/fd.h"
@@ -28,9 +30,19 @@ unsigned char* uc(std::byte* p) { return reinterpret_cast<unsigned char*>(p); }
 
 constexpr std::string_view kKeyLabel = "colod key v1";
 constexpr std::string_view kProofLabel = "colod proof v1";
-constexpr std::string_view kFrameKeyLabel = "colod frame key v1";
+constexpr std::string_view kKeyIdLabel = "colod key id v2";
 
 std::span<const std::byte> as_bytes(std::string_view s) { return std::as_bytes(std::span(s.data(), s.size())); }
+
+// "root (uid 0)", or "uid 1234" for a uid without a name.
+std::string user_name(uid_t uid) {
+    passwd entry{};
+    passwd* found = nullptr;
+    std::vector<char> buffer(4096);
+    if (::getpwuid_r(uid, &entry, buffer.data(), buffer.size(), &found) == 0 && found)
+        return fmt::format("{} (uid {})", found->pw_name, uid);
+    return fmt::format("uid {}", uid);
+}
 
 }  // namespace
 
@@ -43,23 +55,31 @@ base::Result<Key> Key::from_bytes(std::span<const std::byte> material) {
     // Keyed by a fixed label so the derived key is specific to this use.
     crypto_generichash(uc(key.m_key.data()), kKeySize, uc(material.data()), material.size(),
                        uc(as_bytes(kKeyLabel).data()), kKeyLabel.size());
+    std::array<std::byte, kHashSize> id;
+    crypto_generichash(uc(id.data()), id.size(), uc(as_bytes(kKeyIdLabel).data()), kKeyIdLabel.size(),
+                       uc(key.m_key.data()), kKeySize);
+    std::copy_n(id.begin(), key.m_id.size(), key.m_id.begin());
     return key;
 }
 
-base::Result<Key> Key::load_file(const std::string& path) {
+base::Result<Key> Key::load_file(const std::string& path, std::string_view what) {
     base::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
     if (!fd)
-        return error(Reason::KeyFile, "auth-key-file {}: cannot open: {}", path, std::strerror(errno));
+        return error(Reason::KeyFile, "{} {}: cannot open: {}", what, path, std::strerror(errno));
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0)
-        return error(Reason::KeyFile, "auth-key-file {}: cannot stat: {}", path, std::strerror(errno));
+        return error(Reason::KeyFile, "{} {}: cannot stat: {}", what, path, std::strerror(errno));
     if (!S_ISREG(st.st_mode))
-        return error(Reason::KeyFile, "auth-key-file {}: not a regular file", path);
+        return error(Reason::KeyFile, "{} {}: not a regular file", what, path);
+    // Whoever owns the file can change it (and its mode): only the daemon's own user may.
+    if (st.st_uid != ::geteuid())
+        return error(Reason::KeyFile, "{} {}: owned by {}, mode {:04o}; it must be owned by {}, the user this daemon runs as",
+                     what, path, user_name(st.st_uid), st.st_mode & 07777, user_name(::geteuid()));
     if (st.st_mode & 077)
-        return error(Reason::KeyFile, "auth-key-file {}: mode {:04o} lets group or others read it; it must be 0600 or stricter",
-                     path, st.st_mode & 07777);
+        return error(Reason::KeyFile, "{} {}: mode {:04o} lets group or others read it; it must be 0600 or stricter",
+                     what, path, st.st_mode & 07777);
     if (st.st_size < off_t(kMinKeyFileBytes) || st.st_size > off_t(kMaxKeyFileBytes))
-        return error(Reason::KeyFile, "auth-key-file {}: {} bytes; it must hold {} to {} bytes (32+ random bytes)", path,
+        return error(Reason::KeyFile, "{} {}: {} bytes; it must hold {} to {} bytes (32+ random bytes)", what, path,
                      st.st_size, kMinKeyFileBytes, kMaxKeyFileBytes);
     std::vector<std::byte> material(size_t(st.st_size));
     size_t got = 0;
@@ -69,7 +89,7 @@ base::Result<Key> Key::load_file(const std::string& path) {
             continue;
         if (n <= 0) {
             sodium_memzero(material.data(), material.size());
-            return error(Reason::KeyFile, "auth-key-file {}: short read", path);
+            return error(Reason::KeyFile, "{} {}: short read", what, path);
         }
         got += size_t(n);
     }
@@ -78,12 +98,10 @@ base::Result<Key> Key::load_file(const std::string& path) {
     return key;
 }
 
-Key::Key(Key&& other) noexcept : m_key(other.m_key) { sodium_memzero(other.m_key.data(), kKeySize); }
-Key& Key::operator=(Key&& other) noexcept {
-    if (this != &other) {
-        m_key = other.m_key;
-        sodium_memzero(other.m_key.data(), kKeySize);
-    }
+Key::Key(const Key& other) : m_key(other.m_key), m_id(other.m_id) {}
+Key& Key::operator=(const Key& other) {
+    m_key = other.m_key;
+    m_id = other.m_id;
     return *this;
 }
 Key::~Key() { sodium_memzero(m_key.data(), kKeySize); }
@@ -142,45 +160,6 @@ std::array<std::byte, kHashSize> transcript_hash(std::span<const std::byte> conn
     }
     std::array<std::byte, kHashSize> out;
     crypto_generichash_final(&state, uc(out.data()), out.size());
-    return out;
-}
-
-FrameKey FrameKey::derive(const Key& key, LinkSide sender, std::span<const std::byte> connecting_nonce,
-                          std::span<const std::byte> accepting_nonce) {
-    FrameKey out;
-    crypto_generichash_state state;
-    crypto_generichash_init(&state, uc(key.bytes().data()), kKeySize, kKeySize);
-    const std::byte side{static_cast<uint8_t>(sender)};
-    crypto_generichash_update(&state, uc(as_bytes(kFrameKeyLabel).data()), kFrameKeyLabel.size());
-    crypto_generichash_update(&state, uc(&side), 1);
-    crypto_generichash_update(&state, uc(connecting_nonce.data()), connecting_nonce.size());
-    crypto_generichash_update(&state, uc(accepting_nonce.data()), accepting_nonce.size());
-    crypto_generichash_final(&state, uc(out.m_key.data()), kKeySize);
-    return out;
-}
-
-FrameKey::FrameKey(FrameKey&& other) noexcept : m_key(other.m_key) { sodium_memzero(other.m_key.data(), kKeySize); }
-FrameKey& FrameKey::operator=(FrameKey&& other) noexcept {
-    if (this != &other) {
-        m_key = other.m_key;
-        sodium_memzero(other.m_key.data(), kKeySize);
-    }
-    return *this;
-}
-FrameKey::~FrameKey() { sodium_memzero(m_key.data(), kKeySize); }
-
-FrameMac::FrameMac(const FrameKey& key) {
-    crypto_generichash_init(&m_state, uc(key.bytes().data()), kKeySize, kMacSize);
-}
-
-void FrameMac::update(std::span<const std::byte> bytes) {
-    crypto_generichash_update(&m_state, uc(bytes.data()), bytes.size());
-}
-
-std::array<std::byte, kMacSize> FrameMac::finish() {
-    std::array<std::byte, kMacSize> out;
-    crypto_generichash_final(&m_state, uc(out.data()), kMacSize);
-    sodium_memzero(&m_state, sizeof m_state);
     return out;
 }
 

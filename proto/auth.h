@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-// The pair's pre-shared key and the cryptography built on it (libsodium): handshake proofs and
-// per-frame MACs. docs/protocol.md explains the construction.
+// The pair's pre-shared key and the handshake's cryptography built on it (libsodium): key ids,
+// proofs, the transcript hash. The session's frame keys and ciphers are in link_crypto.h
+// (OpenSSL). docs/protocol.md explains the construction.
 #pragma once
 
 #include <array>
@@ -25,27 +26,31 @@ inline constexpr size_t kKeySize = 32;
 enum class LinkSide : uint8_t { Connecting = 1, Accepting = 2 };
 
 // The pre-shared key, reduced to 32 bytes (keyed BLAKE2b of the file's bytes, so any file of
-// 32+ random bytes works, binary or text). Wiped on destruction; move-only.
+// 32+ random bytes works, binary or text), and its id. Every copy is wiped on destruction.
 class Key {
 public:
     // The key of a file: the file must be a regular file of kMinKeyFileBytes..kMaxKeyFileBytes
-    // bytes with no permission bits for group or others (0600, 0400 or stricter). Errors name
-    // the file and the rule it broke (base::Errc::Invalid, Reason::KeyFile).
-    static base::Result<Key> load_file(const std::string& path);
+    // bytes, owned by the effective user of this process, with no permission bits for group or
+    // others (0600, 0400 or stricter). Errors name the config key (`what`), the file and the
+    // rule it broke, with the file's owner and mode where they matter (base::Errc::Invalid,
+    // Reason::KeyFile).
+    static base::Result<Key> load_file(const std::string& path, std::string_view what = "auth-key-file");
     // The key for given bytes (tests; also the file loader after its checks).
     static base::Result<Key> from_bytes(std::span<const std::byte> material);
 
-    Key(Key&& other) noexcept;
-    Key& operator=(Key&& other) noexcept;
-    Key(const Key&) = delete;
-    Key& operator=(const Key&) = delete;
+    Key(const Key& other);
+    Key& operator=(const Key& other);
     ~Key();
 
     std::span<const std::byte, kKeySize> bytes() const { return m_key; }
+    // Keyed BLAKE2b-256 of a fixed label under the key, its first 8 bytes: tells keys apart in HELLO
+    // and in logs, and reveals nothing about the key.
+    const KeyId& id() const { return m_id; }
 
 private:
     Key() = default;
     std::array<std::byte, kKeySize> m_key{};
+    KeyId m_id{};
 };
 
 // BLAKE2b-256 of a guest image, for HELLO.image_hash (both sides hash the image they would
@@ -68,37 +73,5 @@ bool proofs_equal(std::span<const std::byte, kProofSize> a, std::span<const std:
 // BLAKE2b-256 of the connecting side's HELLO payload followed by the accepting side's.
 std::array<std::byte, kHashSize> transcript_hash(std::span<const std::byte> connecting_hello,
                                                  std::span<const std::byte> accepting_hello);
-
-// Per-frame authentication: a key per direction derived from the pre-shared key and both
-// nonces; the MAC covers header, payload and CRC, so sequence numbers cannot be replayed or
-// reordered and frames cannot be reflected back to their sender.
-class FrameKey {
-public:
-    static FrameKey derive(const Key& key, LinkSide sender, std::span<const std::byte> connecting_nonce,
-                           std::span<const std::byte> accepting_nonce);
-    FrameKey(FrameKey&& other) noexcept;
-    FrameKey& operator=(FrameKey&& other) noexcept;
-    FrameKey(const FrameKey&) = delete;
-    FrameKey& operator=(const FrameKey&) = delete;
-    ~FrameKey();
-
-    std::span<const std::byte, kKeySize> bytes() const { return m_key; }
-
-private:
-    FrameKey() = default;
-    std::array<std::byte, kKeySize> m_key{};
-};
-
-// Streaming MAC of one frame: keyed BLAKE2b-256 (crypto_generichash), several times faster
-// than HMAC-SHA-512/256 on bulk state, which matters when every checkpoint byte is MACed.
-class FrameMac {
-public:
-    explicit FrameMac(const FrameKey& key);
-    void update(std::span<const std::byte> bytes);
-    std::array<std::byte, kMacSize> finish();
-
-private:
-    crypto_generichash_state m_state;
-};
 
 }  // namespace colod::proto

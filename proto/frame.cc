@@ -81,7 +81,7 @@ base::Result<FrameHeader> decode_header(std::span<const std::byte> bytes) {
         return error(Reason::UnknownType, "message type {}", type);
     header.type = static_cast<MessageType>(type);
     header.flags = load_be16(&bytes[6]);
-    if (header.flags & ~kKnownFlags)
+    if ((header.flags & ~kKnownFlags) || (header.has(FrameFlag::Tag) && header.has(FrameFlag::Sealed)))
         return error(Reason::BadFlags, "flags {:#06x}", header.flags);
     header.sequence = load_be64(&bytes[8]);
     header.payload_length = load_be32(&bytes[16]);
@@ -110,9 +110,11 @@ base::Result<FrameView> decode_frame(std::span<const std::byte> bytes) {
         return error(Reason::TruncatedPayload, "{} frame needs {} bytes after its header, {} present",
                      message_type_name(view.header.type), body, bytes.size() - kHeaderSize);
     view.payload = bytes.subspan(kHeaderSize, view.header.payload_length);
-    TRY(check_payload_crc(view.payload, bytes.subspan(kHeaderSize + view.header.payload_length, kCrcSize)));
-    if (view.header.has(FrameFlag::Mac))
-        view.mac = bytes.subspan(kHeaderSize + view.header.payload_length + kCrcSize, kMacSize);
+    auto trailer = bytes.subspan(kHeaderSize + view.header.payload_length, view.header.trailer_size());
+    if (view.header.tagged())
+        view.tag = trailer;
+    else
+        TRY(check_payload_crc(view.payload, trailer));
     view.size = kHeaderSize + body;
     return view;
 }

@@ -3,13 +3,16 @@
 // layout byte by byte; in short (all integers big-endian):
 //
 //   header (24 bytes)                         payload              trailer
-//   magic u32 | version u8 | type u8 |        payload_length       crc32c u32 of the payload
-//   flags u16 | sequence u64 |                bytes                [mac 32 bytes when flag
-//   payload_length u32 | header_check u32                           FrameFlag::Mac is set]
+//   magic u32 | version u8 | type u8 |        payload_length       crc32c u32 of the payload,
+//   flags u16 | sequence u64 |                bytes (ciphertext    or a 16-byte AEAD tag when
+//   payload_length u32 | header_check u32     when Sealed)         flag Tag or Sealed is set
 //
 // header_check is the CRC32C of the 20 header bytes before it, so a corrupt length is caught
 // before anything is allocated or read for the payload. Every message type has its own payload
-// cap; the decoder refuses a longer frame from its header alone.
+// cap; the decoder refuses a longer frame from its header alone. After the handshake a session
+// with link security seals every frame (FrameCipher in link_crypto.h): the header stays in
+// clear, authenticated as associated data, because the receiver needs its length and type
+// before it can check anything else.
 #pragma once
 
 #include <array>
@@ -28,7 +31,8 @@ inline constexpr uint32_t kFrameMagic = 0x434F4C44;  // "COLD"
 inline constexpr uint8_t kWireVersion = 1;
 inline constexpr size_t kHeaderSize = 24;
 inline constexpr size_t kCrcSize = 4;
-inline constexpr size_t kMacSize = 32;
+// The AEAD tag that replaces the CRC in an authenticated or encrypted frame.
+inline constexpr size_t kTagSize = 16;
 // The largest VMSTATE_SEND payload; StateEncoder keeps its frames at or below its own
 // (smaller, configurable) limit, which may not exceed this.
 inline constexpr uint32_t kMaxStatePayload = 32u << 20;
@@ -61,10 +65,13 @@ bool known_message_type(uint8_t type);
 // The payload cap of a type: what a conforming sender never exceeds.
 uint32_t payload_cap(MessageType type);
 
+// Header flags. Bit 0 was protocol 1's BLAKE2b MAC trailer: retired, refused as BadFlags (bit
+// numbers are never reused). At most one of Tag and Sealed is set.
 enum class FrameFlag : uint16_t {
-    Mac = 1,  // a 32-byte MAC follows the CRC (per-frame authentication)
+    Tag = 2,     // link-security authenticated: payload in clear, a 16-byte tag instead of the CRC
+    Sealed = 4,  // link-security encrypted: payload is ciphertext, a 16-byte tag instead of the CRC
 };
-inline constexpr uint16_t kKnownFlags = static_cast<uint16_t>(FrameFlag::Mac);
+inline constexpr uint16_t kKnownFlags = static_cast<uint16_t>(FrameFlag::Tag) | static_cast<uint16_t>(FrameFlag::Sealed);
 
 struct FrameHeader {
     uint8_t version = kWireVersion;
@@ -74,8 +81,11 @@ struct FrameHeader {
     uint32_t payload_length = 0;
 
     bool has(FrameFlag flag) const { return flags & static_cast<uint16_t>(flag); }
-    // Bytes that follow the header: payload, CRC and (if flagged) MAC.
-    size_t body_size() const { return size_t(payload_length) + kCrcSize + (has(FrameFlag::Mac) ? kMacSize : 0); }
+    // True when an AEAD tag, not a CRC, follows the payload.
+    bool tagged() const { return has(FrameFlag::Tag) || has(FrameFlag::Sealed); }
+    // Bytes that follow the header: payload, then the CRC or the tag.
+    size_t trailer_size() const { return tagged() ? kTagSize : kCrcSize; }
+    size_t body_size() const { return size_t(payload_length) + trailer_size(); }
     bool operator==(const FrameHeader&) const = default;
 };
 
@@ -86,25 +96,27 @@ using HeaderBytes = std::array<std::byte, kHeaderSize>;
 HeaderBytes encode_header(const FrameHeader& header);
 
 // Checks, in this order: length (TruncatedHeader), magic (BadMagic), header check
-// (HeaderCheck), version (BadVersion), type (UnknownType), flags (BadFlags), payload length
+// (HeaderCheck), version (BadVersion), type (UnknownType), flags (BadFlags: an unknown bit, or
+// Tag and Sealed together), payload length
 // against the type's cap (LengthOverCap). Pure; reads only the first kHeaderSize bytes.
 base::Result<FrameHeader> decode_header(std::span<const std::byte> bytes);
 
 // A whole frame in memory, as decode_frame found it; spans point into the decoded buffer.
 struct FrameView {
     FrameHeader header;
-    std::span<const std::byte> payload;
-    std::span<const std::byte> mac;  // empty unless FrameFlag::Mac
-    size_t size = 0;                 // bytes the frame occupies (header + body)
+    std::span<const std::byte> payload;  // ciphertext when FrameFlag::Sealed
+    std::span<const std::byte> tag;      // empty unless the frame is tagged
+    size_t size = 0;                     // bytes the frame occupies (header + body)
 };
 
 // Decodes the frame at the start of `bytes` (trailing bytes are left for the next frame):
-// decode_header's checks, then TruncatedPayload, then PayloadCrc. Does not check the MAC
-// (that needs the session key: see FrameAuthenticator) nor the sequence (the caller's).
+// decode_header's checks, then TruncatedPayload, then PayloadCrc for a frame with a CRC. A
+// tagged frame's tag is not checked here (that needs the session's key: FrameCipher), nor is
+// the sequence (the caller's).
 base::Result<FrameView> decode_frame(std::span<const std::byte> bytes);
 
-// The whole frame (header + payload + CRC) in one buffer, without MAC. For small messages,
-// tests and files; the link streams large frames instead.
+// The whole frame (header + payload + CRC) in one buffer, in clear. For small messages, tests
+// and files; the link streams large frames instead.
 std::vector<std::byte> encode_frame(MessageType type, uint64_t sequence,
                                     std::span<const std::byte> payload);
 

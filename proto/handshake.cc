@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #include "proto/handshake.h"
 
+#include <algorithm>
+
 #include "base/log.h"
 #include "proto/errors.h"
+#include "proto/link_crypto.h"
 
 namespace colod::proto {
 
@@ -52,8 +55,21 @@ base::Result<Frame> expect(Link& link, MessageType type, Deadline deadline) {
     return frame;
 }
 
-base::Result<Hello> run(Link& link, const Key& key, Hello local, Deadline deadline, const PeerPolicy& policy) {
+bool holds(const std::vector<KeyId>& ids, const KeyId& id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); }
+
+std::string ids_text(const std::vector<KeyId>& ids) {
+    std::string out;
+    for (const auto& id : ids)
+        out += (out.empty() ? "" : ", ") + key_id_hex(id);
+    return out.empty() ? "none" : out;
+}
+
+base::Result<Hello> run(Link& link, const KeySet& keys, Hello local, Deadline deadline, const PeerPolicy& policy,
+                        std::string& session) {
     local.nonce = make_nonce();
+    if (local.aead == Aead::Auto)
+        local.aead = preferred_aead();
+    local.key_ids = keys.ids();
     auto local_payload = local.encode();
     TRY(link.send(local, deadline));
 
@@ -74,6 +90,29 @@ base::Result<Hello> run(Link& link, const Key& key, Hello local, Deadline deadli
         refusal = policy(peer);
 
     const LinkSide me = link.side();
+    // The key both sides use: the first of the connecting side's list that the accepting side
+    // holds too (both compute the same from the two HELLOs). A protocol 1 peer lists no keys:
+    // it is refused above, and hears why once it checks our proof under the current key.
+    const KeySet::Entry* chosen = nullptr;
+    if (peer.protocol_version < 2) {
+        chosen = &keys.entries().front();
+    } else {
+        const auto& connecting_ids = me == LinkSide::Connecting ? local.key_ids : peer.key_ids;
+        const auto& accepting_ids = me == LinkSide::Connecting ? peer.key_ids : local.key_ids;
+        for (const auto& id : connecting_ids) {
+            if (holds(accepting_ids, id)) {
+                chosen = keys.find(id);
+                break;
+            }
+        }
+    }
+    if (!chosen) {
+        send_error(link, Reason::AuthFailed, "no key in common");
+        return error(Reason::AuthFailed, "peer {} holds none of this side's keys (this side: {}; the peer's key ids: {})",
+                     link.peer_address(), keys.describe(), ids_text(peer.key_ids));
+    }
+    const Key& key = chosen->key;
+
     auto peer_payload = hello_frame.payload();
     auto transcript = me == LinkSide::Connecting ? transcript_hash(local_payload, peer_payload)
                                                  : transcript_hash(peer_payload, local_payload);
@@ -95,36 +134,56 @@ base::Result<Hello> run(Link& link, const Key& key, Hello local, Deadline deadli
         send_error(link, Reason::AuthFailed, "authentication failed");
         return error(Reason::AuthFailed, "peer {} does not hold the pair's key", link.peer_address());
     }
-    // From here on the peer has proved the key: its refusal is believed and logged.
-    if (peer_auth.verdict == Verdict::Refuse)
-        return error(Reason::Refused, "peer {} refused us: {}", link.peer_address(), peer_auth.reason);
+    // From here on the peer has proved the key: its refusal is believed and logged. When both
+    // refused, this side's own reason reads better in this side's log ("local" is this side).
     if (!refusal.empty())
         return error(Reason::Refused, "we refused peer {}: {}", link.peer_address(), refusal);
+    if (peer_auth.verdict == Verdict::Refuse)
+        return error(Reason::Refused, "peer {} refused us: {}", link.peer_address(), peer_auth.reason);
 
-    std::optional<Link::FrameKeys> keys;
-    if (local.frame_auth == FrameAuth::On) {
-        const auto& connecting_nonce = me == LinkSide::Connecting ? local.nonce : peer.nonce;
-        const auto& accepting_nonce = me == LinkSide::Connecting ? peer.nonce : local.nonce;
-        keys = Link::FrameKeys{FrameKey::derive(key, me, connecting_nonce, accepting_nonce),
-                               FrameKey::derive(key, other(me), connecting_nonce, accepting_nonce)};
+    // Both sides asked for the same link security (else refused above).
+    std::optional<Link::SessionCiphers> ciphers;
+    session = fmt::format("link-security {}", link_security_name(local.link_security));
+    if (local.link_security != LinkSecurity::None) {
+        SessionParams params;
+        params.security = local.link_security;
+        params.aead = agreed_aead(local.aead, peer.aead);
+        params.connecting_nonce = me == LinkSide::Connecting ? local.nonce : peer.nonce;
+        params.accepting_nonce = me == LinkSide::Connecting ? peer.nonce : local.nonce;
+        params.transcript = transcript;
+        auto send = TRY(FrameCipher::derive(key, me, params, FrameCipher::Direction::Seal));
+        auto receive = TRY(FrameCipher::derive(key, other(me), params, FrameCipher::Direction::Open));
+        ciphers.emplace(Link::SessionCiphers{std::move(send), std::move(receive)});
+        session += fmt::format(" ({})", aead_name(params.aead));
     }
-    link.set_authenticated(std::move(keys));
+    session += fmt::format(", key id {} ({})", key_id_hex(key.id()), chosen->source);
+    link.set_authenticated(std::move(ciphers));
     return peer;
 }
 
 }  // namespace
 
-base::Result<Hello> handshake(Link& link, const Key& key, Hello local, Deadline deadline, PeerPolicy policy) {
-    auto result = run(link, key, std::move(local), deadline, policy);
+base::Result<Hello> handshake(Link& link, const KeySet& keys, Hello local, Deadline deadline, PeerPolicy policy) {
+    std::string session;
+    auto result = run(link, keys, std::move(local), deadline, policy, session);
     if (!result) {
         log_failure(link, result.error());
         return result;
     }
     base::log(base::Level::Info, base::Event::PeerAuthenticated,
-              fmt::format("peer {} authenticated: VM {} in state {}", link.peer_address(), result->vm_name,
-                          peer_state_name(result->state)),
+              fmt::format("peer {} authenticated: VM {} in state {}; {}", link.peer_address(), result->vm_name,
+                          peer_state_name(result->state), session),
               {{"PEER", link.peer_address()}});
     return result;
+}
+
+base::Result<Hello> handshake(Link& link, const KeyRing& keys, Hello local, Deadline deadline, PeerPolicy policy) {
+    auto now = keys.keys();
+    return handshake(link, *now, std::move(local), deadline, std::move(policy));
+}
+
+base::Result<Hello> handshake(Link& link, const Key& key, Hello local, Deadline deadline, PeerPolicy policy) {
+    return handshake(link, KeySet(key), std::move(local), deadline, std::move(policy));
 }
 
 }  // namespace colod::proto

@@ -27,8 +27,9 @@ namespace colod::proto {
 
 namespace {
 
-// Bytes of a frame's gather list checksummed and written per step: small enough that the
-// bytes are still in cache when the kernel copies them, large enough to keep syscalls few.
+// Bytes of a frame's gather list checksummed, authenticated or encrypted and written per step:
+// small enough that the bytes are still in cache when the kernel copies them, large enough to
+// keep syscalls few. Also the size of the buffer an encrypted chunk is sealed into.
 constexpr size_t kChunk = 256u << 10;
 // The most a blocked receive waits for before waking (SO_RCVLOWAT).
 constexpr size_t kLowWater = 256u << 10;
@@ -155,9 +156,10 @@ struct Link::Shared {
     std::atomic<bool> stopped{false};
 
     std::mutex send_mutex;
-    uint64_t send_sequence = 0;          // guarded by send_mutex
-    std::optional<FrameKey> send_key;    // guarded by send_mutex
-    bool send_broken = false;            // guarded by send_mutex: a frame was cut short
+    uint64_t send_sequence = 0;             // guarded by send_mutex
+    std::optional<FrameCipher> send_cipher; // guarded by send_mutex
+    std::vector<std::byte> seal_buffer;     // guarded by send_mutex: one encrypted chunk
+    bool send_broken = false;               // guarded by send_mutex: a frame was cut short
 
     uint64_t receive_sequence = 0;       // receiving thread only
     size_t receive_low_water = 1;        // receiving thread only: the socket's SO_RCVLOWAT
@@ -169,9 +171,9 @@ struct Link::Shared {
         if (::setsockopt(fd.get(), SOL_SOCKET, SO_RCVLOWAT, &value, sizeof value) == 0)
             receive_low_water = bytes;
     }
-    std::optional<FrameKey> receive_key; // set before the receiving thread continues
+    std::optional<FrameCipher> receive_cipher;  // receiving thread only (set by its handshake)
     std::atomic<bool> authenticated{false};
-    std::atomic<bool> frame_auth{false};
+    std::atomic<LinkSecurity> security{LinkSecurity::None};
 
     std::atomic<int64_t> last_send{0};
     std::atomic<int64_t> last_receive{0};
@@ -179,11 +181,12 @@ struct Link::Shared {
     std::atomic<uint64_t> bytes_received{0};
 
     base::Result<void> write_iov(std::span<const iovec> iov, Deadline deadline);
-    // Reads exactly n bytes. With `crc`, the first `crc_bytes` of them are checksummed as they
-    // arrive, while they are still in cache.
+    // Reads exactly n bytes. With `landed`, the first `landed_bytes` of them are handed to it as
+    // they arrive, while they are still in cache (checksummed, or decrypted in place).
     // With `idle` above zero the deadline moves to now + idle whenever bytes arrive.
+    using Landed = std::function<base::Result<void>(std::span<std::byte>)>;
     base::Result<void> read_exact(std::byte* out, size_t n, Deadline deadline, std::string_view doing,
-                                  Crc32c* crc = nullptr, size_t crc_bytes = 0, Clock::duration idle = {});
+                                  const Landed& landed = {}, size_t landed_bytes = 0, Clock::duration idle = {});
     base::Result<void> send_frame_locked(const FrameHeader& header, std::span<const iovec> payload, Deadline deadline);
 };
 
@@ -250,16 +253,19 @@ void Link::shutdown() {
     [[maybe_unused]] auto n = ::write(m->wake.get(), &one, sizeof one);
 }
 
-void Link::set_authenticated(std::optional<FrameKeys> keys) {
-    std::lock_guard lock(m->send_mutex);
-    if (keys) {
-        m->send_key = std::move(keys->send);
-        m->receive_key = std::move(keys->receive);
-        m->frame_auth = true;
+void Link::set_authenticated(std::optional<SessionCiphers> ciphers) {
+    LinkSecurity security = LinkSecurity::None;
+    if (ciphers) {
+        security = ciphers->send.security();
+        m->receive_cipher.emplace(std::move(ciphers->receive));
+        std::lock_guard lock(m->send_mutex);
+        m->send_cipher.emplace(std::move(ciphers->send));
     }
+    m->security = security;
     m->authenticated = true;
 }
 bool Link::authenticated() const { return m->authenticated; }
+LinkSecurity Link::security() const { return m->security; }
 
 Clock::time_point Link::last_send() const { return Clock::time_point(Clock::duration(m->last_send.load())); }
 Clock::time_point Link::last_receive() const { return Clock::time_point(Clock::duration(m->last_receive.load())); }
@@ -302,15 +308,15 @@ base::Result<void> Link::Shared::write_iov(std::span<const iovec> iov_in, Deadli
 }
 
 base::Result<void> Link::Shared::read_exact(std::byte* out, size_t n, Deadline deadline, std::string_view doing,
-                                           Crc32c* crc, size_t crc_bytes, Clock::duration idle) {
+                                           const Landed& landed, size_t landed_bytes, Clock::duration idle) {
     size_t got = 0;
     while (got < n) {
         if (stopped)
             return base::Error::make(base::Errc::Stopped, "{}: link shut down", doing);
         ssize_t r = ::recv(fd.get(), out + got, n - got, MSG_DONTWAIT);
         if (r > 0) {
-            if (crc && got < crc_bytes)
-                crc->update({out + got, std::min(got + size_t(r), crc_bytes) - got});
+            if (landed && got < landed_bytes)
+                TRY(landed({out + got, std::min(got + size_t(r), landed_bytes) - got}));
             got += size_t(r);
             bytes_received += size_t(r);
             if (idle > Clock::duration::zero())
@@ -349,22 +355,23 @@ base::Result<void> Link::Shared::read_exact(std::byte* out, size_t n, Deadline d
     return base::ok();
 }
 
-// Writes one frame: header, payload gather list in chunks (CRC and MAC computed per chunk just
-// before it is written), trailer. Caller holds send_mutex.
+// Writes one frame: header, payload gather list in chunks (each checksummed, authenticated or
+// encrypted just before it is written), trailer (CRC or tag). Caller holds send_mutex.
 base::Result<void> Link::Shared::send_frame_locked(const FrameHeader& header_in, std::span<const iovec> payload,
                                                    Deadline deadline) {
     if (send_broken)
         return base::Error::make(base::Errc::Failed, "sending to {}: an earlier frame was cut short", peer);
     FrameHeader header = header_in;
     header.sequence = send_sequence;
-    if (send_key)
-        header.flags |= static_cast<uint16_t>(FrameFlag::Mac);
+    FrameCipher* cipher = send_cipher ? &*send_cipher : nullptr;
+    const bool encrypting = cipher && cipher->security() == LinkSecurity::Encrypted;
+    if (cipher)
+        header.flags |= static_cast<uint16_t>(cipher->flag());
     HeaderBytes head = encode_header(header);
-    std::optional<FrameMac> mac;
-    if (send_key) {
-        mac.emplace(*send_key);
-        mac->update(head);
-    }
+    if (cipher)
+        TRY(cipher->begin(header.sequence, head));
+    if (encrypting && seal_buffer.size() < kChunk)
+        seal_buffer.resize(kChunk);
     // From the first byte on, a failure leaves a partial frame in the stream.
     send_broken = true;
     // SAFETY: iovec wants non-const pointers; sendmsg only reads them.
@@ -373,10 +380,12 @@ base::Result<void> Link::Shared::send_frame_locked(const FrameHeader& header_in,
     std::vector<iovec> chunk;
     chunk.push_back(head_iov);
     size_t chunk_bytes = head.size();
+    size_t sealed = 0;  // bytes of seal_buffer in this chunk (its last iovec)
     auto flush = [&]() -> base::Result<void> {
         TRY(write_iov(chunk, deadline));
         chunk.clear();
         chunk_bytes = 0;
+        sealed = 0;
         return base::ok();
     };
     for (const auto& v : payload) {
@@ -389,10 +398,22 @@ base::Result<void> Link::Shared::send_frame_locked(const FrameHeader& header_in,
                 continue;
             }
             std::span<const std::byte> piece(p, take);
-            crc.update(piece);
-            if (mac)
-                mac->update(piece);
-            chunk.push_back({p, take});
+            if (encrypting) {
+                // The ciphertext goes to the chunk buffer, one iovec for the whole chunk.
+                std::byte* out = seal_buffer.data() + sealed;
+                TRY(cipher->seal(piece, out));
+                if (sealed)
+                    chunk.back().iov_len += take;
+                else
+                    chunk.push_back({out, take});
+                sealed += take;
+            } else {
+                if (cipher)
+                    TRY(cipher->seal(piece, nullptr));
+                else
+                    crc.update(piece);
+                chunk.push_back({p, take});
+            }
             chunk_bytes += take;
             p += take;
             left -= take;
@@ -400,16 +421,13 @@ base::Result<void> Link::Shared::send_frame_locked(const FrameHeader& header_in,
                 TRY(flush());
         }
     }
-    std::array<std::byte, kCrcSize + kMacSize> trailer{};
-    store_be32(trailer.data(), crc.value());
-    size_t trailer_size = kCrcSize;
-    if (mac) {
-        mac->update(std::span(trailer).first(kCrcSize));
-        auto tag = mac->finish();
-        std::copy(tag.begin(), tag.end(), trailer.begin() + kCrcSize);
-        trailer_size += kMacSize;
+    std::array<std::byte, kTagSize> trailer{};
+    if (cipher) {
+        trailer = TRY(cipher->finish_seal());
+    } else {
+        store_be32(trailer.data(), crc.value());
     }
-    chunk.push_back({trailer.data(), trailer_size});
+    chunk.push_back({trailer.data(), header.trailer_size()});
     TRY(flush());
     send_broken = false;
     ++send_sequence;
@@ -475,7 +493,7 @@ base::Result<void> Link::receive_into_idle(Frame& frame, Clock::duration idle) {
 base::Result<void> Link::receive_frame(Frame& frame, Deadline deadline, Clock::duration idle) {
     std::string doing = fmt::format("receiving from {}", m->peer);
     HeaderBytes head;
-    TRY(m->read_exact(head.data(), head.size(), deadline, doing, nullptr, 0, idle));
+    TRY(m->read_exact(head.data(), head.size(), deadline, doing, {}, 0, idle));
     FrameHeader header = TRY(decode_header(head));
     if (header.sequence != m->receive_sequence)
         return error(Reason::SequenceGap, "frame {} from {} where frame {} was due", header.sequence, m->peer,
@@ -485,29 +503,45 @@ base::Result<void> Link::receive_frame(Frame& frame, Deadline deadline, Clock::d
         header.type != MessageType::Error)
         return error(Reason::Unauthenticated, "{} from {} before authentication", message_type_name(header.type),
                      m->peer);
-    bool want_mac = m->frame_auth;
-    if (header.has(FrameFlag::Mac) != want_mac)
-        return error(want_mac ? Reason::FrameAuth : Reason::BadFlags, "{} from {} {} a MAC",
-                     message_type_name(header.type), m->peer, want_mac ? "without" : "with");
+    // With link security every frame carries the session's flag: a frame in clear, or tagged
+    // where it should be sealed, is refused before its body is read (no downgrade mid-session).
+    FrameCipher* cipher = m->receive_cipher ? &*m->receive_cipher : nullptr;
+    const uint16_t want = cipher ? static_cast<uint16_t>(cipher->flag()) : 0;
+    if (header.flags != want) {
+        if (cipher)
+            return error(Reason::FrameAuth, "{} frame {} from {} has flags {:#06x} where link-security {} wants {:#06x}",
+                         message_type_name(header.type), header.sequence, m->peer, header.flags,
+                         link_security_name(cipher->security()), want);
+        return error(Reason::BadFlags, "{} frame {} from {} has flags {:#06x} on a link without link security",
+                     message_type_name(header.type), header.sequence, m->peer, header.flags);
+    }
     size_t body = header.body_size();
     if (frame.m_buffer.size() < body)
         frame.m_buffer.resize(body);
+    if (cipher)
+        TRY(cipher->begin(header.sequence, head));
     Crc32c crc;
-    TRY(m->read_exact(frame.m_buffer.data(), body, deadline, doing, &crc, header.payload_length, idle));
+    auto landed = [&](std::span<std::byte> bytes) -> base::Result<void> {
+        if (cipher)
+            return cipher->open(bytes);
+        crc.update(bytes);
+        return base::ok();
+    };
+    TRY(m->read_exact(frame.m_buffer.data(), body, deadline, doing, landed, header.payload_length, idle));
     frame.header = header;
-    uint32_t sent_crc = load_be32(frame.m_buffer.data() + header.payload_length);
-    if (sent_crc != crc.value())
-        return error(Reason::PayloadCrc, "{} frame {} from {}: CRC {:#010x}, computed {:#010x}",
-                     message_type_name(header.type), header.sequence, m->peer, sent_crc, crc.value());
-    if (want_mac) {
-        FrameMac mac(*m->receive_key);
-        mac.update(head);
-        mac.update(std::span(frame.m_buffer).first(header.payload_length + kCrcSize));
-        auto expected = mac.finish();
-        std::span<const std::byte, kMacSize> got(frame.m_buffer.data() + header.payload_length + kCrcSize, kMacSize);
-        if (!proofs_equal(expected, got))
-            return error(Reason::FrameAuth, "{} frame {} from {}: MAC mismatch", message_type_name(header.type),
-                         header.sequence, m->peer);
+    if (cipher) {
+        std::span<const std::byte, kTagSize> tag(frame.m_buffer.data() + header.payload_length, kTagSize);
+        auto opened = cipher->finish_open(tag);
+        if (!opened && reason_of(opened.error()) == Reason::FrameAuth)
+            return error(Reason::FrameAuth, "{} frame {} from {}: its tag does not match (changed, forged, replayed "
+                                            "or not sealed with this session's key)",
+                         message_type_name(header.type), header.sequence, m->peer);
+        TRY(std::move(opened));
+    } else {
+        uint32_t sent_crc = load_be32(frame.m_buffer.data() + header.payload_length);
+        if (sent_crc != crc.value())
+            return error(Reason::PayloadCrc, "{} frame {} from {}: CRC {:#010x}, computed {:#010x}",
+                         message_type_name(header.type), header.sequence, m->peer, sent_crc, crc.value());
     }
     ++m->receive_sequence;
     return base::ok();

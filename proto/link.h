@@ -7,9 +7,12 @@
 // receives; shutdown() may be called from any thread and makes every blocked or later call
 // return base::Errc::Stopped.
 //
+// After the handshake every frame is sealed as the session's link security says (link_crypto.h):
+// encrypted and authenticated, or authenticated, or CRC only.
+//
 // Errors tell the failover logic what happened: Errc::Eof (peer closed), Errc::Timeout (the
 // deadline passed), Errc::Protocol (malformed bytes: see reason_of), Errc::Auth (a peer that
-// has not proved the key, or a bad per-frame MAC), Errc::Stopped (shutdown), Errc::System
+// has not proved the key, or a frame whose tag fails), Errc::Stopped (shutdown), Errc::System
 // (the socket failed). After any error of a send or receive the byte stream is no longer
 // trustworthy: close the link.
 #pragma once
@@ -29,6 +32,7 @@
 #include "base/result.h"
 #include "proto/auth.h"
 #include "proto/frame.h"
+#include "proto/link_crypto.h"
 #include "proto/messages.h"
 #include "proto/state.h"
 
@@ -77,32 +81,38 @@ public:
     // when the send buffer is full of earlier frames: those tell the peer this side is alive
     // as soon as it reads them, and waiting behind them would only make a slow reader look dead.
     base::Result<bool> send_if_writable(const Message& message, Deadline deadline);
-    // Sends a checkpoint: VMSTATE_SIZE, then each VMSTATE_SEND frame with gather writes straight
-    // from the memory the EncodedState points at (the CRC, and the MAC if on, are computed
-    // over the same gather list in chunks just before each chunk is written).
+    // Sends a checkpoint: VMSTATE_SIZE, then each VMSTATE_SEND frame from the memory the
+    // EncodedState points at, in chunks: each chunk is checksummed (none), authenticated
+    // (authenticated: then written straight from that memory) or encrypted into a chunk-sized
+    // buffer (encrypted) just before it is written, on the caller's thread. The guest need not
+    // be paused: the EncodedState points at copies.
     base::Result<void> send_state(const EncodedState& state, Deadline deadline);
     // Sends a frame with any header fields and payload, unchecked. For tests that play a
     // misbehaving peer; never used by colod itself.
     base::Result<void> send_raw(std::span<const std::byte> bytes, Deadline deadline);
 
     // Receives the next frame: header checks, sequence (each direction counts frames from 0;
-    // a gap is Reason::SequenceGap), CRC, MAC when per-frame authentication is on, and before
-    // authentication only HELLO, AUTH and ERROR (else Reason::Unauthenticated). The deadline
-    // covers the whole frame.
+    // a gap is Reason::SequenceGap), before authentication only HELLO, AUTH and ERROR (else
+    // Reason::Unauthenticated), then the CRC, or with link security the frame's flag and tag
+    // (Reason::FrameAuth; an encrypted payload is decrypted in place as it lands). The
+    // deadline covers the whole frame.
     base::Result<Frame> receive(Deadline deadline);
     base::Result<void> receive_into(Frame& frame, Deadline deadline);
     // The same, for a session's liveness: fails with Timeout only after `idle` passes with no
     // byte arriving, so a long frame on a slow link is not mistaken for a dead peer.
     base::Result<void> receive_into_idle(Frame& frame, Clock::duration idle);
 
-    // Marks the peer as authenticated (called by handshake()); with frame keys, every later
-    // frame carries and must carry a MAC.
-    struct FrameKeys {
-        FrameKey send;
-        FrameKey receive;
+    // Marks the peer as authenticated (called by handshake() on the receiving thread). With
+    // ciphers (link-security authenticated or encrypted) every later frame is sealed with
+    // `send`, and every frame received must carry the session's flag and open with `receive`.
+    struct SessionCiphers {
+        FrameCipher send;
+        FrameCipher receive;
     };
-    void set_authenticated(std::optional<FrameKeys> keys);
+    void set_authenticated(std::optional<SessionCiphers> ciphers);
     bool authenticated() const;
+    // What protects the frames now: None before the handshake and for link-security none.
+    LinkSecurity security() const;
 
     // Aborts blocked and future calls with Errc::Stopped. Safe from any thread.
     void shutdown();

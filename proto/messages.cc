@@ -46,12 +46,37 @@ std::string_view peer_state_name(PeerState state) {
     return "unknown";
 }
 
+std::string_view link_security_name(LinkSecurity security) {
+    switch (security) {
+    case LinkSecurity::None: return "none";
+    case LinkSecurity::Authenticated: return "authenticated";
+    case LinkSecurity::Encrypted: return "encrypted";
+    }
+    return "unknown";
+}
+
+std::string_view aead_name(Aead aead) {
+    switch (aead) {
+    case Aead::Auto: return "auto";
+    case Aead::Aes256Gcm: return "aes-256-gcm";
+    case Aead::ChaCha20Poly1305: return "chacha20-poly1305";
+    }
+    return "unknown";
+}
+
+std::string key_id_hex(const KeyId& id) {
+    std::string out;
+    for (auto b : id)
+        out += fmt::format("{:02x}", uint8_t(b));
+    return out;
+}
+
 std::vector<std::byte> Hello::encode() const {
     std::vector<std::byte> out;
     ByteWriter w(out);
     w.u16(protocol_version);
     w.u8(static_cast<uint8_t>(state));
-    w.u8(static_cast<uint8_t>(frame_auth));
+    w.u8(static_cast<uint8_t>(link_security));
     w.u64(memory_bytes);
     w.u32(vcpus);
     w.bytes(image_hash);
@@ -62,6 +87,13 @@ std::vector<std::byte> Hello::encode() const {
     for (size_t i = 0; i < count; ++i) {
         w.str8(std::string_view(devices[i].name).substr(0, kMaxNameLength));
         w.u32(devices[i].version);
+    }
+    if (protocol_version >= 2) {
+        w.u8(static_cast<uint8_t>(aead));
+        size_t ids = std::min(key_ids.size(), kMaxKeyIds);
+        w.u8(uint8_t(ids));
+        for (size_t i = 0; i < ids; ++i)
+            w.bytes(key_ids[i]);
     }
     return out;
 }
@@ -74,10 +106,11 @@ base::Result<Hello> Hello::decode(std::span<const std::byte> payload) {
     if (state < 1 || state > 4)
         return error(Reason::BadField, "HELLO state {}", state);
     h.state = static_cast<PeerState>(state);
-    uint8_t frame_auth = TRY(r.u8("HELLO frame authentication"));
-    if (frame_auth > 1)
-        return error(Reason::BadField, "HELLO frame authentication {}", frame_auth);
-    h.frame_auth = static_cast<FrameAuth>(frame_auth);
+    // Protocol 1 sent frame_auth here (0 off, 1 on): the same values mean none and authenticated.
+    uint8_t security = TRY(r.u8("HELLO link security"));
+    if (security > 2)
+        return error(Reason::BadField, "HELLO link security {}", security);
+    h.link_security = static_cast<LinkSecurity>(security);
     h.memory_bytes = TRY(r.u64("HELLO memory size"));
     if (h.memory_bytes == 0 || h.memory_bytes % kPageSize != 0)
         return error(Reason::BadField, "HELLO memory size {} is not a nonzero multiple of {}", h.memory_bytes,
@@ -99,6 +132,21 @@ base::Result<Hello> Hello::decode(std::span<const std::byte> payload) {
             if (seen.name == d.name)
                 return error(Reason::BadField, "HELLO lists device {} twice", d.name);
         h.devices.push_back(std::move(d));
+    }
+    if (h.protocol_version < 2)
+        return h;  // refused by incompatibility(); the fields below came with protocol 2
+    // A snapshot's HELLO states neither (0): the handshake asks for them, not the decoder.
+    uint8_t aead = TRY(r.u8("HELLO AEAD"));
+    if (aead > static_cast<uint8_t>(Aead::ChaCha20Poly1305))
+        return error(Reason::BadField, "HELLO AEAD {}", aead);
+    h.aead = static_cast<Aead>(aead);
+    uint8_t ids = TRY(r.u8("HELLO key count"));
+    if (ids > kMaxKeyIds)
+        return error(Reason::BadField, "HELLO lists {} keys, at most {} allowed", ids, kMaxKeyIds);
+    for (uint8_t i = 0; i < ids; ++i) {
+        KeyId id;
+        TRY(read_array(r, id, "HELLO key id"));
+        h.key_ids.push_back(id);
     }
     return h;
 }
@@ -125,10 +173,10 @@ std::string incompatibility(const Hello& local, const Hello& peer) {
     }
     if (local.image_hash != peer.image_hash)
         return "guest image hash differs";
-    if (local.frame_auth != peer.frame_auth)
-        return fmt::format("per-frame authentication differs: local {}, peer {}",
-                           local.frame_auth == FrameAuth::On ? "on" : "off",
-                           peer.frame_auth == FrameAuth::On ? "on" : "off");
+    if (local.link_security != peer.link_security)
+        return fmt::format("link-security differs: local {}, peer {} ([replication] link-security must be the same "
+                           "on both sides)",
+                           link_security_name(local.link_security), link_security_name(peer.link_security));
     return {};
 }
 

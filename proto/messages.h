@@ -19,7 +19,9 @@
 
 namespace colod::proto {
 
-inline constexpr uint16_t kProtocolVersion = 1;
+// 2: HELLO carries link_security (replacing frame_auth), the AEAD preference and key ids;
+// frames after the handshake are sealed (docs/protocol.md).
+inline constexpr uint16_t kProtocolVersion = 2;
 inline constexpr size_t kNonceSize = 32;
 inline constexpr size_t kHashSize = 32;
 inline constexpr size_t kProofSize = 32;
@@ -27,6 +29,8 @@ inline constexpr size_t kMaxNameLength = 64;     // VM and device names
 inline constexpr size_t kMaxDevices = 256;
 inline constexpr size_t kMaxReasonLength = 1024;  // ERROR and refusal texts
 inline constexpr uint64_t kPageSize = 4096;
+inline constexpr size_t kKeyIdSize = 8;
+inline constexpr size_t kMaxKeyIds = 2;           // the current key and the next one
 
 // Role and state of the side that sends a HELLO. A primary uses the peer's value to refuse
 // starting its own guest when the peer has already taken over (no split brain from a careless
@@ -39,8 +43,22 @@ enum class PeerState : uint8_t {
 };
 std::string_view peer_state_name(PeerState state);
 
-// Per-frame authentication; both sides must ask for the same setting.
-enum class FrameAuth : uint8_t { Off = 0, On = 1 };
+// What protects the frames after the handshake ([replication] link-security); both sides must
+// ask for the same. Encrypted: every frame sealed with an AEAD (confidential and authenticated);
+// Authenticated: every frame in clear with an AEAD tag over header and payload; None: CRC32C only.
+enum class LinkSecurity : uint8_t { None = 0, Authenticated = 1, Encrypted = 2 };
+std::string_view link_security_name(LinkSecurity security);  // "none", "authenticated", "encrypted"
+
+// The AEAD a side prefers for the session's frames. The session uses AES-256-GCM when both
+// sides prefer it and ChaCha20-Poly1305 otherwise (agreed_aead in link_crypto.h). Auto is never
+// on the wire: handshake() replaces it with this host's preference.
+enum class Aead : uint8_t { Auto = 0, Aes256Gcm = 1, ChaCha20Poly1305 = 2 };
+std::string_view aead_name(Aead aead);  // "aes-256-gcm", "chacha20-poly1305"
+
+// Names a pre-shared key without revealing it (auth.h: Key::id), so that two sides can agree on
+// a key they both hold while one is being replaced by the next.
+using KeyId = std::array<std::byte, kKeyIdSize>;
+std::string key_id_hex(const KeyId& id);
 
 struct DeviceInfo {
     std::string name;  // printable ASCII, no spaces, 1..kMaxNameLength bytes
@@ -49,18 +67,22 @@ struct DeviceInfo {
 };
 
 // HELLO: who the sender is and what guest it has. The nonce is the sender's challenge for the
-// handshake (see handshake.h).
+// handshake (see handshake.h). A HELLO of protocol 1 decodes without the fields protocol 2
+// appended (aead, key_ids), so that the refusal can name both versions.
 struct Hello {
     static constexpr MessageType type = MessageType::Hello;
     uint16_t protocol_version = kProtocolVersion;
     PeerState state = PeerState::PrimaryActive;
-    FrameAuth frame_auth = FrameAuth::Off;
+    LinkSecurity link_security = LinkSecurity::Encrypted;
     std::string vm_name;
     uint64_t memory_bytes = 0;  // a nonzero multiple of kPageSize
     uint32_t vcpus = 0;         // 1..4096
     std::vector<DeviceInfo> devices;
     std::array<std::byte, kHashSize> image_hash{};
     std::array<std::byte, kNonceSize> nonce{};
+    Aead aead = Aead::Auto;        // filled by handshake() unless a test sets it; Auto in snapshots
+    std::vector<KeyId> key_ids;    // the keys the sender holds, preferred first (at most
+                                   // kMaxKeyIds); set by handshake(), none in snapshots
 
     uint64_t page_count() const { return memory_bytes / kPageSize; }
     std::vector<std::byte> encode() const;
@@ -69,8 +91,9 @@ struct Hello {
 };
 
 // The first difference that makes two sides unable to pair (protocol version, VM name, memory
-// size, vCPU count, device list, image hash, frame authentication setting), as a sentence for
-// both logs; empty when they match. Roles are not compared here (policy for the caller).
+// size, vCPU count, device list, image hash, link security), as a sentence for both logs; empty
+// when they match. Roles are not compared here (policy for the caller); neither are keys and
+// AEAD preferences (the handshake settles those).
 std::string incompatibility(const Hello& local, const Hello& peer);
 
 // AUTH: the sender's proof that it holds the pre-shared key, answering the peer's nonce, and

@@ -723,8 +723,8 @@ base::Result<Snapshot> decode_snapshot(std::span<const std::byte> file, SectionV
         if (f.header.sequence != expected_sequence)
             return error(Reason::SequenceGap, "snapshot frame {} where {} belongs", f.header.sequence,
                          expected_sequence);
-        if (f.header.has(FrameFlag::Mac))
-            return error(Reason::BadFlags, "snapshot frames carry no MAC");
+        if (f.header.tagged())
+            return error(Reason::BadFlags, "snapshot frames are in clear with a CRC, not tagged");
         ++expected_sequence;
         rest = rest.subspan(f.size);
         return f;

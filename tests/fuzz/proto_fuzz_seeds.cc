@@ -11,6 +11,7 @@
 #include "proto/messages.h"
 #include "proto/state.h"
 #include "proto/wire.h"
+#include "proto_fuzz_fixup.h"
 
 using namespace colod::proto;
 
@@ -19,9 +20,11 @@ namespace {
 std::filesystem::path g_root;
 
 void write(const std::string& target, const std::string& name, std::vector<std::byte> bytes) {
-    // The frame and snapshot targets take a mode byte first: 1 = fix checksums, 0 = as is.
+    // The frame and snapshot targets take a mode byte first: 1 = fix checksums (and seal
+    // tagged frames), 0 = as is.
+    bool as_is = name == "stream" || name == "small" || name.ends_with("-as-is");
     if (target == "proto_fuzz_frame" || target == "proto_fuzz_snapshot")
-        bytes.insert(bytes.begin(), std::byte(name == "stream" || name == "small" ? 0 : 1));
+        bytes.insert(bytes.begin(), std::byte(as_is ? 0 : 1));
     auto dir = g_root / target;
     std::filesystem::create_directories(dir);
     std::ofstream out(dir / name, std::ios::binary);
@@ -110,6 +113,29 @@ int main(int argc, char** argv) {
         stream.insert(stream.end(), frame.begin(), frame.end());
     }
     write("proto_fuzz_frame", "stream", stream);
+
+    // The frames of a session with link security: every message after the handshake, sealed
+    // (encrypted) or tagged (authenticated), once as plaintext for the fix-up to seal and once
+    // sealed already with the fuzz session's key (replayed as is: the tags check).
+    for (auto flag : {FrameFlag::Sealed, FrameFlag::Tag}) {
+        std::string kind = flag == FrameFlag::Sealed ? "sealed" : "tagged";
+        std::vector<std::byte> plain;
+        uint64_t sequence = 2;  // HELLO and AUTH were 0 and 1
+        for (const auto& m : sample_messages()) {
+            if (message_type(m) == MessageType::Hello || message_type(m) == MessageType::Auth)
+                continue;
+            auto payload = encode_message(m);
+            FrameHeader h{kWireVersion, message_type(m), uint16_t(flag), sequence++, uint32_t(payload.size())};
+            ByteWriter w(plain);
+            w.bytes(encode_header(h));
+            w.bytes(payload);
+            w.zeros(kTagSize);
+        }
+        write("proto_fuzz_frame", kind + "-stream", plain);
+        std::vector<std::byte> sealed = plain;
+        fuzz::fix_checksums(sealed);
+        write("proto_fuzz_frame", kind + "-stream-as-is", sealed);
+    }
 
     Guest g;
     for (int p : {1, 2, 3, 10, 40})

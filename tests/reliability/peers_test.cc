@@ -2,11 +2,12 @@
 // Hostile peers against a real pair, each with a client INCRing through the primary's console:
 //
 //   - a byte-flipping proxy between the daemons (one random bit in a VMSTATE_SEND frame: header,
-//     payload or CRC): the corrupted checkpoint must be refused and the committed state kept,
-//     the pair must re-protect by itself with equal memory on both sides, and a later death
-//     of the primary must lose no acknowledged INCR;
+//     payload or tag; the link is encrypted, the default): the corrupted checkpoint must be
+//     refused and the committed state kept, the pair must re-protect by itself with equal
+//     memory on both sides, and a later death of the primary must lose no acknowledged INCR;
 //   - a page changed on the path with the payload CRC fixed up (what an attacker, not a noisy
-//     line, does): must be refused, which only per-frame authentication can do;
+//     line, does) on a link with link-security = authenticated, where pages cross in clear:
+//     must be refused, which only the frames' tags can do;
 //   - an old checkpoint recorded from the stream and injected again later: must be refused;
 //   - a raw client that runs a real handshake with another key against the replication ports;
 //   - a peer that opens 1000 connections to the secondary's replication port (garbage on some).
@@ -230,15 +231,16 @@ TEST_CASE("a byte-flipping proxy: a corrupted checkpoint is refused, the committ
     }
 }
 
-// With frame-auth = on every frame carries a MAC: a page changed on the path with its CRC
-// fixed up fails it and is refused. (With frame-auth = off only the CRC guards the data, which
-// an attacker on the path can recompute: docs/config.md says so.)
-TEST_CASE("with frame-auth on, a page changed on the path with the CRC fixed up is refused",
+// With link-security = authenticated every frame carries a tag over header and payload, which
+// stay in clear: a page changed on the path (and its CRC fixed up, were there one) fails the
+// tag and is refused. (Encrypted, the default, also hides the page; with none only the CRC
+// guards the data, which an attacker on the path can recompute: docs/config.md says so.)
+TEST_CASE("with link-security authenticated, a page changed on the path is refused",
           "[reliability][peers][tamper]") {
     PeakMemory peak;
     RoundResult result;
     PairOptions options = proxied_options();
-    options.extra_replication = "frame-auth = on\n";
+    options.extra_replication = "link-security = authenticated\n";
     Pair pair(options);
     auto proxy = put_proxy_between(pair);
     {
@@ -288,11 +290,12 @@ TEST_CASE("with frame-auth on, a page changed on the path with the CRC fixed up 
                              : "the tampered frame was accepted";
     }
     sample_memory(pair, peak);
-    ReliabilityReport::instance().add("peers: page changed, CRC fixed up (frame-auth on)", result.injected, result.failovers,
+    ReliabilityReport::instance().add("peers: page changed on the path (link-security authenticated)", result.injected, result.failovers,
                                       result.acked_checked, result.violations, peak.peak_kib(), result.note);
 }
 
 // Replayed frames fail the link's sequence check (sequence-gap): refused like any bad frame.
+// (Renumbered to fit, they would fail their tags: tests/unit/proto/link_test.cc shows that.)
 TEST_CASE("replayed old checkpoints are refused and change nothing", "[reliability][peers][replay]") {
     const int rounds = knob("COLOD_RELIABILITY_REPLAYS", 1);
     for (int round = 0; round < rounds; ++round) {
@@ -300,29 +303,32 @@ TEST_CASE("replayed old checkpoints are refused and change nothing", "[reliabili
         auto result = corrupted_stream_round(
             fmt::format("replay round {}", round),
             [&](LinkProxy& proxy, Pair&) -> uint64_t {
-                // An old complete checkpoint from this connection: its VMSTATE_SIZE and the
-                // VMSTATE_SEND frames after it, the first one recorded (the sync's final stop;
-                // ten or more checkpoints have committed since).
+                // An old checkpoint from this connection: its VMSTATE_SIZE and the VMSTATE_SEND
+                // frames after it. The link is encrypted (the default): the payloads say
+                // nothing, not even whether a transfer was a pre-copy round of the sync or a
+                // checkpoint. So it takes the transfer before the last one recorded: ten or more
+                // checkpoints have committed since the sync, and the last may be under way.
                 auto recordings = proxy.recordings();
                 REQUIRE_FALSE(recordings.empty());
                 const auto& frames = recordings.back();
-                std::vector<LinkProxy::Bytes> replay;
-                for (size_t i = 2; i < frames.size() && replay.empty(); ++i) {
+                std::vector<size_t> transfers;
+                for (size_t i = 2; i < frames.size(); ++i) {
                     auto header = proto::decode_header(std::span(frames[i]).first(proto::kHeaderSize));
-                    if (!header || header->type != proto::MessageType::VmstateSize)
-                        continue;
-                    // VMSTATE_SIZE: u64 seq, u64 bytes, u64 pages, u32 frames, u8 kind.
-                    if (frames[i][proto::kHeaderSize + 28] != std::byte{0})
-                        continue;  // a pre-copy round
-                    replay.push_back(frames[i]);
-                    for (size_t j = i + 1; j < frames.size(); ++j) {
-                        auto next = proto::decode_header(std::span(frames[j]).first(proto::kHeaderSize));
-                        if (next && next->type == proto::MessageType::Heartbeat)
-                            continue;
-                        if (!next || next->type != proto::MessageType::VmstateSend)
-                            break;
-                        replay.push_back(frames[j]);
+                    if (header && header->type == proto::MessageType::VmstateSize) {
+                        REQUIRE(header->has(proto::FrameFlag::Sealed));
+                        transfers.push_back(i);
                     }
+                }
+                REQUIRE(transfers.size() >= 2);
+                const size_t first_frame = transfers[transfers.size() - 2];
+                std::vector<LinkProxy::Bytes> replay{frames[first_frame]};
+                for (size_t j = first_frame + 1; j < frames.size(); ++j) {
+                    auto next = proto::decode_header(std::span(frames[j]).first(proto::kHeaderSize));
+                    if (next && next->type == proto::MessageType::Heartbeat)
+                        continue;
+                    if (!next || next->type != proto::MessageType::VmstateSend)
+                        break;
+                    replay.push_back(frames[j]);
                 }
                 REQUIRE(replay.size() >= 2);
                 auto first = proto::decode_header(std::span(replay.front()).first(proto::kHeaderSize));

@@ -15,7 +15,8 @@
 //     handshake), in header, payload or CRC alike;
 //   - tampering with the CRC fixed up: one byte of page data in the next checkpoint frame is
 //     changed and the frame's payload CRC recomputed (what an attacker on the path does, as
-//     opposed to a noisy line);
+//     opposed to a noisy line). The page must be readable on the wire: link-security
+//     authenticated or none; a tagged frame keeps its tag (nobody on the path can forge one);
 //   - recording the primary's byte stream, and injecting recorded frames into a live stream
 //     (replayed old checkpoints).
 //
@@ -65,7 +66,7 @@ public:
         uint8_t frame_type = 0;
         uint64_t frame_sequence = 0;
         size_t offset = 0;    // in the frame, header included
-        std::string region;   // header, payload, crc
+        std::string region;   // header, payload, crc or tag
     };
     struct Stats {
         uint64_t connections = 0;
@@ -355,6 +356,7 @@ private:
             frame[offset] ^= std::byte(1u << bit);
             std::string region = offset < proto::kHeaderSize                                 ? "header"
                                  : offset < proto::kHeaderSize + header.payload_length ? "payload"
+                                 : header.tagged()                                     ? "tag"
                                                                                           : "crc";
             m_stats.flips.push_back(Flip{static_cast<uint8_t>(header.type), header.sequence, offset, region});
         }
@@ -385,6 +387,8 @@ private:
         if (data_bytes == 0 || data + data_bytes > 16 + 12 + size_t(body) || data + data_bytes > length)
             return false;
         payload[data + data_bytes - 4096 + 100] ^= std::byte{0x5a};
+        if (header.tagged())
+            return true;  // the tag covers the payload: there is no checksum to fix up
         uint32_t crc = proto::crc32c(std::span<const std::byte>(payload, length));
         std::byte* trailer = payload + length;
         for (int i = 0; i < 4; ++i)

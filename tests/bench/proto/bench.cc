@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 // Replication throughput over loopback: encode + send + receive + decode of a 64 MiB dirty
-// set, beside a plain socket copy of the same pages (gather writes, no framing or checks) in
-// the same run; and CRC32C throughput beside memcpy.
+// set with each link security (none, encrypted, authenticated; encrypted also with
+// ChaCha20-Poly1305), beside a plain socket copy of the same pages (gather writes, no framing
+// or checks), all interleaved round by round in the same run, with the ratio of each to none;
+// and CRC32C, AES-256-GCM, GMAC, ChaCha20-Poly1305 and BLAKE2b throughput beside memcpy.
 //
-//   proto_bench [--rounds N] [--frame-mib M] [--only NAME-PART]
+//   proto_bench [--rounds N] [--frame-mib M] [--only NAME-PART] [--security NAME-PART]
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -18,11 +20,14 @@
 #include <thread>
 #include <vector>
 
+#include <sodium.h>
+
 #include "base/fd.h"
 #include "base/log.h"
 #include "proto/crc32c.h"
 #include "proto/handshake.h"
 #include "proto/link.h"
+#include "proto/link_crypto.h"
 #include "proto/state.h"
 
 using namespace colod;
@@ -57,12 +62,13 @@ struct Connected {
     Link server;
 };
 
-Connected connect_pair(const Key& key, const Hello& hello, FrameAuth frame_auth) {
+Connected connect_pair(const Key& key, const Hello& hello, LinkSecurity security, Aead aead) {
     auto listener = must(Listener::create("127.0.0.1:0"), "listen");
     auto client = must(Link::connect(fmt::format("127.0.0.1:{}", listener.port()), deadline_after(2s)), "connect");
     auto server = must(listener.accept(deadline_after(2s)), "accept");
     Hello a = hello, b = hello;
-    a.frame_auth = b.frame_auth = frame_auth;
+    a.link_security = b.link_security = security;
+    a.aead = b.aead = aead;
     b.state = PeerState::SecondaryStandby;
     base::Result<Hello> theirs{base::Error(base::Errc::Failed, "")};
     std::thread t([&] { theirs = handshake(server, key, b, deadline_after(2s)); });
@@ -183,7 +189,8 @@ double median(std::vector<double> v) {
 int main(int argc, char** argv) {
     int rounds = 7;
     uint32_t frame_mib = 4;
-    std::string only;  // run only the cases whose name contains this
+    std::string only;      // run only the cases whose name contains this
+    std::string security_filter;  // and only the link securities whose name contains this (none always runs)
     for (int i = 1; i + 1 < argc; i += 2) {
         std::string arg = argv[i];
         if (arg == "--rounds")
@@ -192,6 +199,8 @@ int main(int argc, char** argv) {
             frame_mib = uint32_t(std::stoul(argv[i + 1]));
         else if (arg == "--only")
             only = argv[i + 1];
+        else if (arg == "--security")
+            security_filter = argv[i + 1];
     }
     base::set_log_level(base::Level::Warning);
     const uint32_t frame_limit = frame_mib << 20;
@@ -248,38 +257,108 @@ int main(int argc, char** argv) {
         std::printf("memcpy:            %6.2f GB/s\n", gbs(kDirtyBytes, median(copy)));
     }
 
-    struct Case {
+    // The frame protections alone over the same 64 MiB, in 256 KiB pieces as the link feeds
+    // them: what each link security costs per side, and why AES-256-GCM is the default AEAD
+    // where the CPU has AES instructions (see docs/protocol.md §9).
+    if (only.empty() && security_filter.empty()) {
+        std::vector<std::byte> target(kDirtyBytes);
+        std::span<const std::byte> src(g.memory.data(), kDirtyBytes);
+        std::array<std::byte, kNonceSize> n1{}, n2{};
+        std::array<std::byte, kHashSize> transcript{};
+        auto time_cipher = [&](LinkSecurity security, Aead aead) {
+            SessionParams params{security, aead, n1, n2, transcript};
+            auto c = must(FrameCipher::derive(key, LinkSide::Connecting, params, FrameCipher::Direction::Seal), "cipher");
+            HeaderBytes header{};
+            std::vector<double> t;
+            for (int r = 0; r < rounds; ++r) {
+                auto t0 = Clock::now();
+                must(c.begin(uint64_t(r), header), "begin");
+                for (size_t at = 0; at < src.size(); at += 256u << 10)
+                    must(c.seal(src.subspan(at, 256u << 10), target.data() + at), "seal");
+                must(c.finish_seal(), "finish");
+                t.push_back(seconds_since(t0));
+            }
+            return gbs(kDirtyBytes, median(t));
+        };
+        std::printf("aes-256-gcm (encrypted):       %6.2f GB/s\n", time_cipher(LinkSecurity::Encrypted, Aead::Aes256Gcm));
+        std::printf("gmac (authenticated):          %6.2f GB/s\n", time_cipher(LinkSecurity::Authenticated, Aead::Aes256Gcm));
+        std::printf("chacha20-poly1305 (encrypted): %6.2f GB/s\n",
+                    time_cipher(LinkSecurity::Encrypted, Aead::ChaCha20Poly1305));
+        std::printf("poly1305 (authenticated):      %6.2f GB/s\n",
+                    time_cipher(LinkSecurity::Authenticated, Aead::ChaCha20Poly1305));
+        std::vector<double> blake;
+        for (int r = 0; r < rounds; ++r) {
+            auto t0 = Clock::now();
+            crypto_generichash_state state;
+            unsigned char mac_key[32] = {1}, mac[32];
+            crypto_generichash_init(&state, mac_key, sizeof mac_key, sizeof mac);
+            for (size_t at = 0; at < src.size(); at += 256u << 10)
+                crypto_generichash_update(&state, reinterpret_cast<const unsigned char*>(src.data() + at), 256u << 10);
+            crypto_generichash_final(&state, mac, sizeof mac);
+            blake.push_back(seconds_since(t0));
+        }
+        std::printf("keyed blake2b (protocol 1 MAC): %5.2f GB/s\n", gbs(kDirtyBytes, median(blake)));
+        std::printf("this host prefers %s\n", std::string(aead_name(preferred_aead())).c_str());
+    }
+
+    // Each dirty set through the link with every protection, interleaved round by round so all
+    // see the same machine conditions; ratios against none (CRC only) of the same run.
+    struct Security {
+        const char* name;
+        LinkSecurity security;
+        Aead aead;
+    };
+    std::vector<Security> securities;
+    for (Security sec : {Security{"none", LinkSecurity::None, Aead::Aes256Gcm},
+                         Security{"encrypted", LinkSecurity::Encrypted, Aead::Aes256Gcm},
+                         Security{"authenticated", LinkSecurity::Authenticated, Aead::Aes256Gcm},
+                         Security{"encrypted, chacha20", LinkSecurity::Encrypted, Aead::ChaCha20Poly1305}})
+        if (sec.security == LinkSecurity::None || std::string(sec.name).find(security_filter) != std::string::npos)
+            securities.push_back(sec);
+    struct Set {
         const char* name;
         std::span<const uint64_t> dirty;
-        FrameAuth auth;
     };
-    for (Case cs : {Case{"scattered pages", scattered, FrameAuth::Off}, Case{"contiguous pages", contiguous, FrameAuth::Off},
-                    Case{"scattered, per-frame MAC", scattered, FrameAuth::On}}) {
-        if (!only.empty() && std::string(cs.name).find(only) == std::string::npos)
+    for (Set set : {Set{"scattered pages", scattered}, Set{"contiguous pages", contiguous}}) {
+        if (!only.empty() && std::string(set.name).find(only) == std::string::npos)
             continue;
-        Connected c = connect_pair(key, hello, cs.auth);
-        auto decoder = must(StateDecoder::create(StateShape::from_hello(hello)), "decoder");
-        std::vector<double> proto_times, plain_times;
+        std::vector<Connected> links;
+        std::vector<StateDecoder> decoders;
+        std::vector<Frame> frames(securities.size());
+        std::vector<std::vector<double>> times(securities.size());
+        std::vector<std::vector<double>> encode_s(securities.size()), send_s(securities.size());
+        for (const auto& sec : securities) {
+            links.push_back(connect_pair(key, hello, sec.security, sec.aead));
+            decoders.push_back(must(StateDecoder::create(StateShape::from_hello(hello)), "decoder"));
+        }
+        std::vector<double> plain_times;
         // Both receivers reuse their buffers across rounds, as a running secondary does.
-        Frame frame;
         std::vector<std::byte> buffer(4u << 20);
         for (int r = 0; r < rounds; ++r) {
-            // Interleaved so both see the same machine conditions.
-            plain_times.push_back(plain_copy(g.memory.data(), cs.dirty, buffer));
-            proto_times.push_back(replicate(c, decoder, frame, g, cs.dirty, uint64_t(r + 1), frame_limit));
+            plain_times.push_back(plain_copy(g.memory.data(), set.dirty, buffer));
+            for (size_t i = 0; i < securities.size(); ++i) {
+                times[i].push_back(replicate(links[i], decoders[i], frames[i], g, set.dirty, uint64_t(r + 1), frame_limit));
+                encode_s[i].push_back(g_encode_seconds.back());
+                send_s[i].push_back(g_send_seconds.back());
+            }
         }
-        std::printf("%-26s encode done after %.1f ms, last byte sent after %.1f ms, END decoded after %.1f ms\n", "",
-                    1e3 * median(g_encode_seconds), 1e3 * median(g_send_seconds), 1e3 * median(proto_times));
         g_encode_seconds.clear();
         g_send_seconds.clear();
-        // Medians, and the best round of each (least disturbed by other work on the machine).
-        double plain = median(plain_times), proto = median(proto_times);
+        double plain = median(plain_times);
         double plain_best = *std::min_element(plain_times.begin(), plain_times.end());
-        double proto_best = *std::min_element(proto_times.begin(), proto_times.end());
-        std::printf("%-26s plain copy %5.2f GB/s | encode+send+receive+decode %5.2f GB/s | %5.1f %% of plain"
-                    " (best rounds: %5.2f vs %5.2f GB/s, %5.1f %%)\n",
-                    cs.name, gbs(kDirtyBytes, plain), gbs(kDirtyBytes, proto), 100.0 * plain / proto,
-                    gbs(kDirtyBytes, plain_best), gbs(kDirtyBytes, proto_best), 100.0 * plain_best / proto_best);
+        double none = median(times[0]);
+        double none_best = *std::min_element(times[0].begin(), times[0].end());
+        std::printf("%s: plain copy %5.2f GB/s (best round %5.2f)\n", set.name, gbs(kDirtyBytes, plain),
+                    gbs(kDirtyBytes, plain_best));
+        for (size_t i = 0; i < securities.size(); ++i) {
+            double t = median(times[i]);
+            double best = *std::min_element(times[i].begin(), times[i].end());
+            std::printf("  %-21s %5.2f GB/s | %5.1f %% of none, %5.1f %% of plain | best rounds %5.2f GB/s, %5.1f %% of "
+                        "none | encode %.1f ms, last byte sent %.1f ms, END decoded %.1f ms\n",
+                        securities[i].name, gbs(kDirtyBytes, t), 100.0 * none / t, 100.0 * plain / t,
+                        gbs(kDirtyBytes, best), 100.0 * none_best / best, 1e3 * median(encode_s[i]),
+                        1e3 * median(send_s[i]), 1e3 * t);
+        }
     }
     return 0;
 }

@@ -3,12 +3,16 @@
 // real sockets. Both daemons run on this host over loopback.
 #include <catch2/catch.hpp>
 
+#include <pwd.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <fstream>
 #include <random>
 #include <regex>
 #include <thread>
 
+#include "proto/auth.h"
 #include "tests/support/crash.h"
 #include "tests/support/pair.h"
 #include "tests/support/tiny_elf.h"
@@ -211,10 +215,129 @@ TEST_CASE("bad configs and keys are refused with the exact reason, before any KV
     CHECK(run(COLOD_SECONDARY_BIN, pair.config(), out) == 2);
     CHECK_THAT(out, Catch::Contains("demo.key"));
     ::chmod((pair.dir() / "demo.key").c_str(), 0600);
+    // ... and owned by the user the daemon runs as: the refusal names the file, owner and mode.
+    if (passwd* nobody = ::getpwnam("nobody"); nobody && ::geteuid() == 0) {
+        REQUIRE(::chown((pair.dir() / "demo.key").c_str(), nobody->pw_uid, nobody->pw_gid) == 0);
+        CHECK(run(COLOD_PRIMARY_BIN, pair.config(), out) == 2);
+        CHECK_THAT(out, Catch::Contains("demo.key") && Catch::Contains("owned by nobody") && Catch::Contains("0600"));
+        REQUIRE(::chown((pair.dir() / "demo.key").c_str(), 0, 0) == 0);
+    }
+    // The replaced per-frame MAC switch is refused, naming what replaced it.
+    auto old_switch = write("bad3.conf", std::regex_replace(kvm_first, std::regex("auth-key-file = demo.key\n"),
+                                                            "auth-key-file = demo.key\nframe-auth = off\n"));
+    CHECK(run(COLOD_SECONDARY_BIN, old_switch, out) == 2);
+    CHECK_THAT(out, Catch::Contains("replication.frame-auth = off: was replaced by link-security"));
 
     if (!host_kvm_available()) {
         auto kvm = write("kvm.conf", kvm_first);
         CHECK(run(COLOD_PRIMARY_BIN, kvm, out) == 1);
         CHECK_THAT(out, Catch::Contains("this host has no KVM"));
     }
+}
+
+namespace {
+
+// Replaces the first line starting with `key =` in the pair's config (or adds it to
+// [replication] when `line` is given and no such line exists; removes it when `line` is empty).
+void set_replication_line(Pair& pair, const std::string& key, const std::string& line) {
+    std::string text;
+    {
+        std::ifstream in(pair.config());
+        text.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    std::regex existing("\n" + key + " = [^\n]*\n");
+    if (std::regex_search(text, existing))
+        text = std::regex_replace(text, existing, line.empty() ? "\n" : "\n" + line + "\n", std::regex_constants::format_first_only);
+    else if (!line.empty())
+        text = std::regex_replace(text, std::regex("\n\\[primary\\]\n"), "\n" + line + "\n[primary]\n");
+    std::ofstream(pair.config()) << text;
+}
+
+std::string key_id_of(const std::filesystem::path& file) {
+    auto key = proto::Key::load_file(file.string());
+    REQUIRE(key);
+    return proto::key_id_hex(key->id());
+}
+
+}  // namespace
+
+TEST_CASE("the pair's key is replaced while the guest runs: reload, both keys, a new session under the new key",
+          "[integration]") {
+    Pair pair;
+    pair.start_secondary();
+    pair.start_primary();
+    REQUIRE(pair.wait_state(Side::Primary, "protected"));
+    const std::string old_id = key_id_of(pair.dir() / "demo.key");
+    {
+        std::ofstream next(pair.dir() / "demo-2.key", std::ios::binary);
+        std::mt19937_64 rng(std::random_device{}());
+        for (int i = 0; i < 32; ++i)
+            next.put(static_cast<char>(rng()));
+    }
+    ::chmod((pair.dir() / "demo-2.key").c_str(), 0600);
+    const std::string new_id = key_id_of(pair.dir() / "demo-2.key");
+
+    // 1. Both hosts learn the next key: coloctl reload on one, SIGHUP on the other. Neither
+    //    stops, the guest stays protected.
+    set_replication_line(pair, "auth-key-file-next", "auth-key-file-next = demo-2.key");
+    auto reloaded = pair.control(Side::Secondary, "reload");
+    REQUIRE(reloaded);
+    CHECK_THAT(*reloaded, Catch::Contains("key id " + old_id) && Catch::Contains("auth-key-file-next") &&
+                              Catch::Contains("key id " + new_id));
+    pair.primary()->signal(SIGHUP);
+    REQUIRE(eventually([&] { return pair.read_log("primary").find("keys reloaded") != std::string::npos; }));
+    CHECK(pair.wait_state(Side::Primary, "protected", std::chrono::seconds(5)));
+
+    // 2. The new key becomes current on the secondary's host only (the file is shared here:
+    //    only the daemon that reloads sees the change). A bad key file changes nothing first.
+    ::chmod((pair.dir() / "demo-2.key").c_str(), 0644);
+    auto refused = daemons::control_request(pair.control_path(Side::Secondary), "reload", 10000);
+    REQUIRE(refused);
+    CHECK_FALSE(refused->ok);
+    CHECK_THAT(refused->body, Catch::Contains("demo-2.key") && Catch::Contains("0644"));
+    ::chmod((pair.dir() / "demo-2.key").c_str(), 0600);
+    set_replication_line(pair, "auth-key-file", "auth-key-file = demo-2.key");
+    set_replication_line(pair, "auth-key-file-next", "");
+    reloaded = pair.control(Side::Secondary, "reload");
+    REQUIRE(reloaded);
+    CHECK_THAT(*reloaded, Catch::Contains("key id " + new_id) && !Catch::Contains("key id " + old_id));
+
+    // 3. A new session: the secondary (holding only the new key) restarts; the primary (old and
+    //    new) reconnects, and both agree on the new key.
+    size_t primary_from = pair.read_log("primary").size();
+    pair.secondary()->signal(SIGTERM);
+    CHECK(pair.secondary()->exit_code() == 0);
+    pair.start_secondary();
+    REQUIRE(pair.wait_state(Side::Primary, "protected"));
+    std::string since = pair.read_log("primary").substr(primary_from);
+    INFO("primary log since the secondary's restart:\n" << since);
+    CHECK_THAT(since, Catch::Contains("link-security encrypted") && Catch::Contains("key id " + new_id));
+
+    // 4. The primary drops the old key too; the session goes on, the old key is gone for good.
+    reloaded = pair.control(Side::Primary, "reload");
+    REQUIRE(reloaded);
+    CHECK_THAT(*reloaded, !Catch::Contains("key id " + old_id));
+    auto console = pair.console(Side::Primary);
+    REQUIRE(console);
+    CHECK(console->command("PING") == "PONG");
+    CHECK(pair.status(Side::Primary)->state == "protected");
+}
+
+TEST_CASE("link-security none warns at every start; a mismatch between the sides is refused", "[integration]") {
+    PairOptions options;
+    options.extra_replication = "link-security = none\n";
+    Pair pair(options);
+    pair.start_secondary();
+    REQUIRE(eventually([&] { return pair.status(Side::Secondary).has_value(); }));
+    CHECK_THAT(pair.read_log("secondary"), Catch::Contains("link-security = none") &&
+                                               Catch::Contains("anyone on the path can read them"));
+    // The primary asks for the default (encrypted): refused on both sides, naming the key and
+    // both values; the primary runs its guest unprotected.
+    set_replication_line(pair, "link-security", "");
+    pair.start_primary();
+    REQUIRE(pair.wait_state(Side::Primary, "unprotected"));
+    REQUIRE(eventually([&] {
+        return pair.read_log("secondary").find("link-security differs: local none, peer encrypted") != std::string::npos;
+    }));
+    CHECK_THAT(pair.read_log("primary"), Catch::Contains("link-security differs: local encrypted, peer none"));
 }

@@ -154,6 +154,8 @@ console = 0.0.0.0:4555
     CHECK(config.replication.fence_command.empty());
     CHECK(config.replication.max_held_output == 1ull << 20);
     CHECK(config.replication.connect_retry == 1s);
+    CHECK(config.replication.link_security == LinkSecurity::Encrypted);
+    CHECK(config.replication.auth_key_file_next.empty());
     CHECK(config.primary.control == "/run/colod/web-primary.sock");
     CHECK(config.secondary.control == "/run/colod/web-secondary.sock");
 }
@@ -288,11 +290,56 @@ TEST_CASE("one rule per key, with exact messages", "[config]") {
           "demo.conf:22: replication.connect-retry = 5ms: must be between 10ms and 10m");
     CHECK(errors_of(k_design + "[replication]\nconnect-retry = 11m\n") ==
           "demo.conf:22: replication.connect-retry = 11m: must be between 10ms and 10m");
+}
+
+TEST_CASE("link-security: encrypted by default, every other value refused", "[config]") {
+    CHECK(parsed(k_design).replication.link_security == LinkSecurity::Encrypted);
+    CHECK(parsed(k_design + "[replication]\nlink-security = encrypted\n").replication.link_security ==
+          LinkSecurity::Encrypted);
+    CHECK(parsed(k_design + "[replication]\nlink-security = authenticated\n").replication.link_security ==
+          LinkSecurity::Authenticated);
+    CHECK(parsed(k_design + "[replication]\nlink-security = none\n").replication.link_security == LinkSecurity::None);
+    for (std::string bad : {"", "on", "off", "Encrypted", "encrypt", "tls", "none please", "yes", "0"}) {
+        INFO("link-security = '" << bad << "'");
+        CHECK(errors_of(k_design + "[replication]\nlink-security = " + bad + "\n") ==
+              fmt::format("demo.conf:22: replication.link-security = {}: must be encrypted, authenticated or none",
+                          bad.empty() ? "\"\"" : bad));
+    }
+}
+
+TEST_CASE("frame-auth is refused with a message naming link-security, whatever its value", "[config]") {
+    // Neither value is carried over: off (the old default) would drop the encryption that is
+    // the default now, on would keep the file below the default without anyone choosing it.
+    CHECK(errors_of(k_design + "[replication]\nframe-auth = off\n") ==
+          "demo.conf:22: replication.frame-auth = off: was replaced by link-security (default encrypted: every frame "
+          "encrypted and authenticated): remove this line; what it said is now link-security = none, which is "
+          "weaker than the default");
+    CHECK(errors_of(k_design + "[replication]\nframe-auth = on\n") ==
+          "demo.conf:22: replication.frame-auth = on: was replaced by link-security (default encrypted: every frame "
+          "encrypted and authenticated): remove this line; what it said is now link-security = authenticated, "
+          "which is weaker than the default");
     CHECK(errors_of(k_design + "[replication]\nframe-auth = yes\n") ==
-          "demo.conf:22: replication.frame-auth = yes: must be on or off");
-    CHECK_FALSE(parsed(k_design).replication.frame_auth);
-    CHECK(parsed(k_design + "[replication]\nframe-auth = on\n").replication.frame_auth);
-    CHECK_FALSE(parsed(k_design + "[replication]\nframe-auth = off\n").replication.frame_auth);
+          "demo.conf:22: replication.frame-auth = yes: was replaced by link-security (encrypted, authenticated or "
+          "none; default encrypted): remove this line");
+    // Also beside link-security: the line must go.
+    CHECK_THAT(errors_of(k_design + "[replication]\nlink-security = encrypted\nframe-auth = on\n"),
+               Catch::Contains("demo.conf:23: replication.frame-auth = on: was replaced by link-security"));
+}
+
+TEST_CASE("auth-key-file-next: optional, resolved like auth-key-file, never empty nor the same file", "[config]") {
+    CHECK(parsed(k_design).replication.auth_key_file_next.empty());
+    CHECK(parsed(k_design + "[replication]\nauth-key-file-next = /etc/colod/demo-2.key\n").replication.auth_key_file_next ==
+          "/etc/colod/demo-2.key");
+    CHECK(parsed(k_design + "[replication]\nauth-key-file-next = next.key\n", "/etc/colod/demo.conf")
+              .replication.auth_key_file_next == "/etc/colod/next.key");
+    CHECK(errors_of(k_design + "[replication]\nauth-key-file-next =\n") ==
+          "demo.conf:22: replication.auth-key-file-next = \"\": must not be empty: name the file of the key that "
+          "replaces auth-key-file, or leave the key out");
+    CHECK(errors_of(k_design + "[replication]\nauth-key-file-next = /etc/colod/demo.key\n") ==
+          "demo.conf:22: replication.auth-key-file-next = /etc/colod/demo.key: must differ from auth-key-file: it "
+          "names the key that replaces it (leave it out when no key is being replaced)");
+    CHECK(errors_of(k_design + "[replication]\nauth-key-file-next = ../colod/demo.key\n", "/etc/colod/demo.conf")
+              .find("must differ from auth-key-file") != std::string::npos);
 }
 
 TEST_CASE("endpoint and control socket rules", "[config]") {
@@ -499,9 +546,13 @@ TEST_CASE("to_config_text writes a file that reads back the same", "[config]") {
     text = with_line("fence-command", "fence-command = /usr/sbin/fence_x --off", text);
     text = with_line("replication = 10.0.0.2", "replication = [fd00::2]:9400", text);
     text += "[vm]\ncmdline = console=ttyS0\naccelerator = kvm\n";
+    text += "[replication]\nlink-security = authenticated\nauth-key-file-next = /etc/colod/demo-2.key\n";
     const PairConfig config = parsed(text, "/etc/colod/demo.conf");
     const std::string written = to_config_text(config);
     CHECK(written.find("checkpoint-interval = 1.5s\n") != std::string::npos);
+    CHECK(written.find("link-security = authenticated\n") != std::string::npos);
+    CHECK(written.find("auth-key-file-next = /etc/colod/demo-2.key\n") != std::string::npos);
+    CHECK(written.find("frame-auth") == std::string::npos);
     CHECK(written.find("replication = [fd00::2]:9400\n") != std::string::npos);
     CHECK(parsed(written, "/etc/colod/demo.conf") == config);
     CHECK(parsed(to_config_text(parsed(k_design)), "demo.conf") == parsed(k_design));

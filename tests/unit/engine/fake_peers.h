@@ -30,12 +30,12 @@
 
 namespace colod::test {
 
-inline std::shared_ptr<const proto::Key> engine_test_key() {
+inline std::shared_ptr<const proto::KeyRing> engine_test_key() {
     static const auto key = [] {
         std::string material(32, 'k');
         auto made = proto::Key::from_bytes(std::as_bytes(std::span(material)));
         REQUIRE(made);
-        return std::make_shared<const proto::Key>(std::move(made).value());
+        return std::make_shared<const proto::KeyRing>(proto::KeySet(std::move(made).value()));
     }();
     return key;
 }

@@ -38,7 +38,7 @@ Hello random_hello(std::mt19937_64& rng) {
     Hello h;
     h.protocol_version = uint16_t(rng());
     h.state = static_cast<PeerState>(1 + rng() % 4);
-    h.frame_auth = static_cast<FrameAuth>(rng() % 2);
+    h.link_security = static_cast<LinkSecurity>(rng() % 3);
     h.vm_name = random_name(rng);
     h.memory_bytes = (1 + rng() % (1ull << 30)) * kPageSize;
     h.vcpus = uint32_t(1 + rng() % 4096);
@@ -49,6 +49,13 @@ Hello random_hello(std::mt19937_64& rng) {
         b = std::byte(rng());
     for (auto& b : h.nonce)
         b = std::byte(rng());
+    if (h.protocol_version >= 2) {  // protocol 1 had neither
+        h.aead = static_cast<Aead>(rng() % 3);
+        h.key_ids.resize(rng() % (kMaxKeyIds + 1));
+        for (auto& id : h.key_ids)
+            for (auto& b : id)
+                b = std::byte(rng());
+    }
     return h;
 }
 
@@ -110,7 +117,7 @@ TEST_CASE("frame header round trip") {
     for (int i = 0; i < 1000; ++i) {
         FrameHeader h;
         h.type = static_cast<MessageType>(1 + rng() % 16);
-        h.flags = uint16_t(rng() % 2);
+        h.flags = std::array<uint16_t, 3>{0, uint16_t(FrameFlag::Tag), uint16_t(FrameFlag::Sealed)}[rng() % 3];
         h.sequence = rng();
         h.payload_length = uint32_t(rng() % (payload_cap(h.type) + 1));
         auto bytes = encode_header(h);
@@ -197,9 +204,28 @@ TEST_CASE("malformed: header check mismatch") {
     REQUIRE(reason(decode_frame(f)) == Reason::HeaderCheck);
 }
 
-TEST_CASE("malformed: unknown flags") {
-    FrameHeader h{kWireVersion, MessageType::Heartbeat, 0x8000, 0, 16};
-    REQUIRE(reason(decode_header(encode_header(h))) == Reason::BadFlags);
+TEST_CASE("malformed: unknown flags, the retired MAC bit, Tag and Sealed together") {
+    for (uint16_t flags : {0x8000, 0x0001, 0x0003, 0x0006}) {
+        FrameHeader h{kWireVersion, MessageType::Heartbeat, flags, 0, 16};
+        INFO("flags " << flags);
+        REQUIRE(reason(decode_header(encode_header(h))) == Reason::BadFlags);
+    }
+}
+
+TEST_CASE("a tagged frame's trailer is a 16-byte tag, which decode_frame leaves to the cipher") {
+    auto payload = Heartbeat{1, 2}.encode();
+    FrameHeader h{kWireVersion, MessageType::Heartbeat, uint16_t(FrameFlag::Sealed), 5, uint32_t(payload.size())};
+    REQUIRE(h.body_size() == payload.size() + kTagSize);
+    std::vector<std::byte> f;
+    ByteWriter w(f);
+    w.bytes(encode_header(h));
+    w.bytes(payload);
+    w.zeros(kTagSize);
+    auto view = decode_frame(f);
+    REQUIRE(view.ok());
+    REQUIRE(view->tag.size() == kTagSize);
+    REQUIRE(view->size == f.size());
+    REQUIRE(reason(decode_frame(std::span(f).first(f.size() - 1))) == Reason::TruncatedPayload);
 }
 
 TEST_CASE("malformed: length over cap") {
@@ -254,6 +280,20 @@ TEST_CASE("malformed messages: truncated fields and bad values") {
     auto state = h.encode();
     state[2] = std::byte{9};  // PeerState
     REQUIRE(reason(Hello::decode(state)) == Reason::BadField);
+    auto security = h.encode();
+    security[3] = std::byte{3};  // link security: 0 none, 1 authenticated, 2 encrypted
+    REQUIRE(reason(Hello::decode(security)) == Reason::BadField);
+    Hello v2 = h;
+    v2.protocol_version = kProtocolVersion;
+    v2.key_ids.resize(1);
+    auto fields = v2.encode();
+    size_t aead_at = fields.size() - 1 - kKeyIdSize - 1;  // aead, key count, one key id
+    REQUIRE(Hello::decode(fields).ok());
+    fields[aead_at] = std::byte{3};
+    REQUIRE(reason(Hello::decode(fields)) == Reason::BadField);
+    fields = v2.encode();
+    fields[aead_at + 1] = std::byte{kMaxKeyIds + 1};
+    REQUIRE(reason(Hello::decode(fields)) == Reason::BadField);
 
     auto size = VmstateSize{1, 10, 1, 0}.encode();
     REQUIRE(reason(VmstateSize::decode(size)) == Reason::BadField);
@@ -275,6 +315,31 @@ TEST_CASE("incompatibility names the first difference") {
     b = a;
     b.vm_name += "x";
     REQUIRE_THAT(incompatibility(a, b), Catch::Contains("VM name"));
+    // Link security: the refusal names the config key and both values.
+    b = a;
+    a.link_security = LinkSecurity::Encrypted;
+    b.link_security = LinkSecurity::None;
+    REQUIRE_THAT(incompatibility(a, b), Catch::Contains("link-security differs: local encrypted, peer none"));
+    // Keys and AEAD preferences are the handshake's business, not an incompatibility.
+    b = a;
+    b.aead = Aead::ChaCha20Poly1305;
+    b.key_ids.clear();
+    REQUIRE(incompatibility(a, b).empty());
+}
+
+TEST_CASE("a HELLO of protocol 1 decodes without protocol 2's fields and is refused naming both versions") {
+    std::mt19937_64 rng(12);
+    Hello ours = random_hello(rng);
+    ours.protocol_version = kProtocolVersion;
+    Hello old = ours;
+    old.protocol_version = 1;
+    old.link_security = LinkSecurity::Authenticated;  // protocol 1's frame_auth = 1
+    old.aead = Aead::Auto;
+    old.key_ids.clear();
+    auto decoded = Hello::decode(old.encode());
+    REQUIRE(decoded.ok());
+    REQUIRE(decoded.value() == old);
+    REQUIRE_THAT(incompatibility(ours, decoded.value()), Catch::Contains("protocol version differs: local 2, peer 1"));
 }
 
 TEST_CASE("error reasons survive context and map to broad classes") {
