@@ -61,10 +61,8 @@ public:
     // Records a VMM write to guest RAM that did not go through slice().
     void mark_dirty(uint64_t first_page, uint64_t count);
 
-    // Clears all of RAM to zero and marks it dirty (a reboot in place). The memory goes back to
-    // the host (the memfd's pages are punched out; KVM drops its mappings of them), so a guest
-    // that used little after its reboot holds little. The VM must be paused.
-    base::Result<void> clear();
+    // Clears all of RAM to zero and marks it dirty (a reboot in place). The VM must be paused.
+    void clear();
 
     // Moves every page written since the last harvest into `out` (which it ORs into): KVM's
     // dirty log for each slot plus the VMM's own bitmap. Both are re-armed. The VM must be

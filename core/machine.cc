@@ -169,7 +169,7 @@ void Machine::reboot_in_place() {
 }
 
 base::Result<void> Machine::reboot_paused() {
-    TRY(m_memory.clear());
+    m_memory.clear();
     // The virtio-rng's place in its stream survives the reboot (a COLO secondary follows it).
     uint64_t rng_taken = m_linux.rng ? m_linux.rng->bytes_taken() : 0;
     TRY(load_state(*m_power_on));

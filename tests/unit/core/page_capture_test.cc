@@ -65,7 +65,7 @@ TEST_CASE("a capture of a whole cleared guest holds only the pages written since
     REQUIRE(memory);
     for (uint64_t page = 0; page < memory->page_count(); page += 7)
         fill(*memory, page, 0x42);
-    REQUIRE(memory->clear());
+    memory->clear();
     for (uint64_t page = 0; page < memory->page_count(); ++page)
         REQUIRE(memory->page(page)[page % k_page_size] == std::byte{0});
     fill(*memory, 10, 0x10);
