@@ -6,8 +6,9 @@
 #   3. runs the tests that drive KVM itself on a genuine /dev/kvm: here when the host has one,
 #      else nested (tests/hostkvm/nested.sh: Debian's kernel under QEMU's TCG loads kvm_amd):
 #      the kvm label (libkvm's host paths, the machine, the KVM API checks) and the hostkvm label
-#      (the loopback pair test's and the colo test's [realkvm] cases, the Linux guests' standalone boots, whose
-#      guest is made from Debian's kernel package first) (COLOD_HOSTKVM=0 skips this
+#      (the loopback pair test's and the colo test's [realkvm] cases; the Linux guests' standalone
+#      boots and a protected Linux pair across two network namespaces, whose guest is made from
+#      Debian's kernel package first) (COLOD_HOSTKVM=0 skips this
 #      step; COLOD_HOSTKVM_LABELS, a ctest label regex, changes the set);
 #   4. builds the proto and config unit tests and the fuzz corpus replays again with
 #      sanitizers (COLOD_SANITIZERS, default "address,undefined"; empty to skip) and runs them;
@@ -135,14 +136,15 @@ else
   sanitizers_done=yes
   # Linux guests do not get through boot under single-threaded TCG (with several vCPUs, with
   # QEMU as their VMM as much as with colod; with one, they stall within minutes:
-  # docs/linux-guests.md); multi-threaded TCG runs them. The protected Linux pairs (label
-  # linux-pair) are run by hand: tests/integration/linux/CMakeLists.txt says why.
+  # docs/linux-guests.md); multi-threaded TCG runs them: the standalone boots and a protected
+  # pair with two kills. The longer pair runs (label linux-pair) are run by hand:
+  # tests/integration/linux/CMakeLists.txt says why.
   echo "tests: Linux guests on real KVM, nested under QEMU's multi-threaded TCG: ctest -L '^linux$'"
   # The nested machine fails there now and then, not colod (docs/linux-guests.md): QEMU's
   # emulated SVM runs a guest on the L1 kernel's own state in about one 4-vCPU boot in four,
   # caught at once (nested.sh: EMULATOR FAULT), or the L1 kernel hangs, caught after a minute
   # without its sign of life. The step is then tried again, up to five times in all; a run of
-  # it takes a minute or two, so ten minutes stop one that hangs for any other reason.
+  # it takes four to five minutes, so ten minutes stop one that hangs for any other reason.
   (cd "$build" && HOSTKVM_TCG_THREAD=multi HOSTKVM_STALL=60 HOSTKVM_RETRY_HANG=4 HOSTKVM_TIMEOUT=600 \
      "$top/tests/hostkvm/nested.sh" --writable "$build" -- ctest --output-on-failure -L '^linux$')
   echo "tests: real KVM, nested: passed"
