@@ -28,7 +28,8 @@ void notify(const std::string& state);
 uint64_t watchdog_usec();
 
 // Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and every thread it starts later;
-// wait_for_signal() then returns the next one. Call first thing in main().
+// wait_for_signal() then returns the next one (SIGHUP asks for a reload of the keys, the others
+// for a stop). Call first thing in main().
 void block_termination_signals();
 int wait_for_signal();
 // Waits for a termination signal with a timeout; returns 0 on timeout.

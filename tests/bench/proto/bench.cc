@@ -3,7 +3,9 @@
 // set with each link security (none, encrypted, authenticated; encrypted also with
 // ChaCha20-Poly1305), beside a plain socket copy of the same pages (gather writes, no framing
 // or checks), all interleaved round by round in the same run, with the ratio of each to none;
-// and CRC32C, AES-256-GCM, GMAC, ChaCha20-Poly1305 and BLAKE2b throughput beside memcpy.
+// and CRC32C, AES-256-GCM, GMAC, ChaCha20-Poly1305 and BLAKE2b throughput beside memcpy. Both
+// ends run in this process on this machine's cores; the CPU time of each end is printed too,
+// for what one end could carry on a host of its own.
 //
 //   proto_bench [--rounds N] [--frame-mib M] [--only NAME-PART] [--security NAME-PART]
 #include <arpa/inet.h>
@@ -140,6 +142,15 @@ double plain_copy(const std::byte* memory, std::span<const uint64_t> pages, std:
 }
 
 std::vector<double> g_encode_seconds, g_send_seconds;  // per round: encode done, send done
+// Per round: CPU time of the sending thread (encode + send) and of the receiving thread. On two
+// hosts each side has its own CPUs: bytes / the larger of the two is what one side can carry.
+std::vector<double> g_sender_cpu, g_receiver_cpu;
+
+double thread_cpu_seconds() {
+    timespec ts{};
+    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + double(ts.tv_nsec) / 1e9;
+}
 
 struct Guest {
     uint64_t pages;
@@ -152,7 +163,9 @@ struct Guest {
 double replicate(Connected& c, StateDecoder& decoder, Frame& frame, const Guest& g, std::span<const uint64_t> dirty,
                  uint64_t seq, uint32_t frame_limit) {
     auto start = Clock::now();
+    double receiver_cpu = 0;
     std::thread receiver([&] {
+        double cpu0 = thread_cpu_seconds();
         must(c.server.receive_into(frame, deadline_after(30s)), "receive VMSTATE_SIZE");
         auto size = must(frame.message(), "decode VMSTATE_SIZE");
         must(decoder.begin(std::get<VmstateSize>(size)), "begin");
@@ -162,7 +175,9 @@ double replicate(Connected& c, StateDecoder& decoder, Frame& frame, const Guest&
             if (decoded.end)
                 break;
         }
+        receiver_cpu = thread_cpu_seconds() - cpu0;
     });
+    double sender_cpu0 = thread_cpu_seconds();
     std::vector<SectionInput> sections{{SectionId::Vcpu, 1, 0, "", g.body},
                                        {SectionId::Irqchip, 1, 0, "", g.body},
                                        {SectionId::Pit, 1, 0, "", g.body},
@@ -175,7 +190,9 @@ double replicate(Connected& c, StateDecoder& decoder, Frame& frame, const Guest&
     g_encode_seconds.push_back(seconds_since(start));
     must(c.client.send_state(state, deadline_after(30s)), "send_state");
     g_send_seconds.push_back(seconds_since(start));
+    g_sender_cpu.push_back(thread_cpu_seconds() - sender_cpu0);
     receiver.join();
+    g_receiver_cpu.push_back(receiver_cpu);
     return seconds_since(start);
 }
 
@@ -327,6 +344,7 @@ int main(int argc, char** argv) {
         std::vector<Frame> frames(securities.size());
         std::vector<std::vector<double>> times(securities.size());
         std::vector<std::vector<double>> encode_s(securities.size()), send_s(securities.size());
+        std::vector<std::vector<double>> sender_cpu(securities.size()), receiver_cpu(securities.size());
         for (const auto& sec : securities) {
             links.push_back(connect_pair(key, hello, sec.security, sec.aead));
             decoders.push_back(must(StateDecoder::create(StateShape::from_hello(hello)), "decoder"));
@@ -340,10 +358,15 @@ int main(int argc, char** argv) {
                 times[i].push_back(replicate(links[i], decoders[i], frames[i], g, set.dirty, uint64_t(r + 1), frame_limit));
                 encode_s[i].push_back(g_encode_seconds.back());
                 send_s[i].push_back(g_send_seconds.back());
+                sender_cpu[i].push_back(g_sender_cpu.back());
+                receiver_cpu[i].push_back(g_receiver_cpu.back());
             }
         }
         g_encode_seconds.clear();
         g_send_seconds.clear();
+        g_sender_cpu.clear();
+        g_receiver_cpu.clear();
+        auto one_side = [&](size_t i) { return std::max(median(sender_cpu[i]), median(receiver_cpu[i])); };
         double plain = median(plain_times);
         double plain_best = *std::min_element(plain_times.begin(), plain_times.end());
         double none = median(times[0]);
@@ -358,6 +381,10 @@ int main(int argc, char** argv) {
                         securities[i].name, gbs(kDirtyBytes, t), 100.0 * none / t, 100.0 * plain / t,
                         gbs(kDirtyBytes, best), 100.0 * none_best / best, 1e3 * median(encode_s[i]),
                         1e3 * median(send_s[i]), 1e3 * t);
+            std::printf("  %-21s CPU per round: sender %.1f ms, receiver %.1f ms | one side alone %5.2f GB/s, %5.1f %% "
+                        "of none\n",
+                        "", 1e3 * median(sender_cpu[i]), 1e3 * median(receiver_cpu[i]), gbs(kDirtyBytes, one_side(i)),
+                        100.0 * one_side(0) / one_side(i));
         }
     }
     return 0;
