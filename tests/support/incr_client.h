@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <string>
 #include <thread>
 
@@ -24,14 +25,18 @@ public:
     ~IncrClient() { join(); }
 
     // `reply_timeout`: how long one INCR may wait before the client gives up (a held output
-    // waits for the secondary; a dead primary never answers).
+    // waits for the secondary; a dead primary never answers). `ignore`: lines that are not
+    // replies (a Linux guest's kernel messages on the same console), skipped.
     void start(LineClient client, std::string key = "counter",
-               std::chrono::milliseconds reply_timeout = std::chrono::seconds(5)) {
-        m_thread = std::thread([this, c = std::move(client), key, reply_timeout]() mutable {
+               std::chrono::milliseconds reply_timeout = std::chrono::seconds(5),
+               std::function<bool(std::string_view)> ignore = {}) {
+        m_thread = std::thread([this, c = std::move(client), key, reply_timeout, ignore]() mutable {
             while (!m_stop) {
                 auto begin = Clock::now();
                 ++m_sent;
                 auto reply = c.command("INCR " + key, reply_timeout);
+                while (reply && ignore && ignore(*reply))
+                    reply = c.line(reply_timeout);
                 if (!reply) {
                     m_broken = true;
                     return;

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <random>
+#include <regex>
 #include <string>
 
 #include <fmt/format.h>
@@ -40,6 +41,13 @@ inline PairOptions linux_options(int vcpus, std::string memory = "256M") {
     options.heartbeat_timeout = "1000ms";
     options.checkpoint_interval = "100ms";
     return options;
+}
+
+// A line the guest's kernel printed on ttyS0 ("[   24.295185] hrtimer: ..."): it can come
+// between a command and its reply (kvstored's replies never start with '[').
+inline bool kernel_message(std::string_view line) {
+    static const std::regex k_printk(R"(^\[ *[0-9]+\.[0-9]+\] .*)");
+    return std::regex_match(line.begin(), line.end(), k_printk);
 }
 
 // Until kvstored answers: PING until PONG (the tty echoes input until kvstored takes it over),

@@ -66,10 +66,15 @@ public:
     }
     // Once kvstored answers (wait_kvstored), every line read kept.
     bool ready(std::chrono::milliseconds timeout) { return wait_kvstored(m_client, timeout, &m_seen); }
+    // The reply to a command: the next line that is not one of the kernel's messages (those
+    // are kept for check_healthy).
     std::optional<std::string> command(std::string_view text, std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
         if (!m_client.send(std::string(text) + "\n"))
             return std::nullopt;
-        return line(timeout);
+        auto reply = line(timeout);
+        while (reply && kernel_message(*reply))
+            reply = line(timeout);
+        return reply;
     }
     const std::string& seen() const { return m_seen; }
     LineClient& client() { return m_client; }
@@ -249,7 +254,7 @@ void protected_pair_rounds(const PairOptions& options, int kills) {
         IncrClient client;
         auto incr = pair.console(active_side);
         REQUIRE(incr);
-        client.start(std::move(*incr), "counter", std::chrono::seconds(30));
+        client.start(std::move(*incr), "counter", std::chrono::seconds(30), kernel_message);
         std::this_thread::sleep_for(std::chrono::milliseconds(500 + rng() % 2000));
         on_host[host(active_side)]->signal(SIGKILL);
         REQUIRE(on_host[host(active_side)]->exit_code() == 128 + SIGKILL);
