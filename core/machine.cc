@@ -358,12 +358,17 @@ bool Machine::handle_exit(kvm::Vcpu& vcpu) {
     case KVM_EXIT_SHUTDOWN: {
         // Where the guest was, for whoever reads the journal: a triple fault is the guest's own
         // failure (or a broken platform under it), and these registers are what tells which.
+        // On AMD hosts KVM has already put the vCPU through INIT when it reports the shutdown,
+        // so there the registers are the reset state and say nothing.
         std::string detail = fmt::format("vCPU {} triple-faulted", vcpu.id());
-        if (auto regs = vcpu.regs())
-            detail += fmt::format(" at rip {:#x} rsp {:#x}", regs->rip, regs->rsp);
-        if (auto sregs = vcpu.sregs())
-            detail += fmt::format(" cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}", sregs->cs.selector,
-                                  sregs->cr0, sregs->cr2, sregs->cr3, sregs->cr4, sregs->efer);
+        auto regs = vcpu.regs();
+        auto sregs = vcpu.sregs();
+        if (regs && sregs && regs->rip == 0xfff0 && sregs->cs.selector == 0xf000)
+            detail += " (its registers were reset by KVM, as on AMD hosts)";
+        else if (regs && sregs)
+            detail += fmt::format(" at rip {:#x} rsp {:#x} cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}",
+                                  regs->rip, regs->rsp, sregs->cs.selector, sregs->cr0, sregs->cr2, sregs->cr3,
+                                  sregs->cr4, sregs->efer);
         request_stop(StopInfo{StopReason::TripleFault, 0, std::move(detail)});
         return false;
     }

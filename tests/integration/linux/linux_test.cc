@@ -187,23 +187,36 @@ TEST_CASE("a Linux guest boots standalone with 1 and 4 vCPUs, answers on ttyS0, 
 
 namespace {
 
+// How a protected pair run goes.
+struct PairRun {
+    int kills = 10;
+    // The secondary starts first, so the live sync runs while the guest's kernel boots (as when
+    // both daemons start together); else it starts once the guest answers.
+    bool sync_during_boot = true;
+    // The guest reboots in place before the kills.
+    bool reboot = true;
+};
+
 // A protected Linux pair with `options` (a 256 MiB guest with 2 vCPUs): live sync, 100+
-// checkpoints under CHURN on both vCPUs with digests equal, then `kills` rounds of kill -9 of the
-// active side, each checked on the survivor (every acknowledged INCR there, the guest's clock
-// going on, its kernel quiet) and followed by a new secondary on the dead side's host, which is
-// synced from the survivor: failover and re-protection in both directions. Ends with a power-off
-// from inside the guest that stops both daemons cleanly.
-void protected_pair_rounds(const PairOptions& options, int kills) {
+// checkpoints under CHURN on both vCPUs with digests equal, then `run.kills` rounds of kill -9
+// of the active side, each checked on the survivor (every acknowledged INCR there, the guest's
+// clock going on, its kernel quiet) and followed by a new secondary on the dead side's host,
+// which is synced from the survivor: failover and re-protection in both directions. Ends with a
+// power-off from inside the guest that stops both daemons cleanly.
+void protected_pair_rounds(const PairOptions& options, PairRun run) {
     Pair pair(options);
     // The daemon running on each host (index: Side), replaced as hosts die and are repaired.
     std::array<Process*, 2> on_host{};
-    on_host[1] = &pair.start_secondary();
+    if (run.sync_during_boot)
+        on_host[1] = &pair.start_secondary();
     on_host[0] = &pair.start_primary();
     auto host = [](Side side) { return side == Side::Primary ? 0 : 1; };
     Side active_side = Side::Primary;
     auto console = open_console(pair, Side::Primary);
     REQUIRE(console);
     REQUIRE(await_kvstored(*console, "boot") == cpus_online(2));
+    if (!run.sync_during_boot)
+        on_host[1] = &pair.start_secondary();
     REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
 
     // 100+ checkpoints while both vCPUs dirty pages; digests equal at paused checkpoints.
@@ -227,18 +240,20 @@ void protected_pair_rounds(const PairOptions& options, int kills) {
     // The guest reboots in place on the primary: the checkpoints after it carry all of its
     // (cleared) RAM and its power-on state, so the digests agree again, and a takeover below
     // lands on the rebooted guest.
-    REQUIRE(console->command("SET before-reboot 1") == "OK");
-    REQUIRE(console->command("REBOOT") == "OK");
-    REQUIRE(await_kvstored(*console, "reboot") == cpus_online(2));
-    CHECK(console->command("GET before-reboot") == "NIL");
-    digests_agree();
-    CHECK(pair.wait_state(Side::Primary, "protected", std::chrono::seconds(10)));
+    if (run.reboot) {
+        REQUIRE(console->command("SET before-reboot 1") == "OK");
+        REQUIRE(console->command("REBOOT") == "OK");
+        REQUIRE(await_kvstored(*console, "reboot") == cpus_online(2));
+        CHECK(console->command("GET before-reboot") == "NIL");
+        digests_agree();
+        CHECK(pair.wait_state(Side::Primary, "protected", std::chrono::seconds(10)));
+    }
 
     // Kill the active side again and again: the other takes over, a new secondary starts where
     // the dead one was and is synced from it (re-protection in both directions).
     std::mt19937 rng(std::random_device{}());
     uint64_t last_ticks = 0;
-    for (int round = 0; round < kills; ++round) {
+    for (int round = 0; round < run.kills; ++round) {
         INFO("round " << round << ", active on the " << (active_side == Side::Primary ? "primary" : "secondary")
                       << " host");
         Side standby_side = active_side == Side::Primary ? Side::Secondary : Side::Primary;
@@ -310,14 +325,12 @@ int kill_rounds() {
 TEST_CASE("a protected Linux pair over loopback: live sync, checkpoints under CHURN on every vCPU with equal "
           "memory, failovers both ways with no acknowledged INCR lost, and a clean power-off",
           "[linux][pair]") {
-    protected_pair_rounds(linux_options(2), kill_rounds());
+    protected_pair_rounds(linux_options(2), PairRun{kill_rounds()});
 }
 
-TEST_CASE("a protected Linux pair across two network namespaces: the same, the replication link a veth",
-          "[linux][pair][netns]") {
-    if (!netns_available_or_skip())
-        return;
-    NetnsPairNetwork net;
+namespace {
+
+PairOptions netns_linux_options(const NetnsPairNetwork& net) {
     PairOptions options = pair_options_for(net);
     PairOptions guest = linux_options(2);
     options.memory = guest.memory;
@@ -326,7 +339,30 @@ TEST_CASE("a protected Linux pair across two network namespaces: the same, the r
     options.heartbeat_interval = guest.heartbeat_interval;
     options.heartbeat_timeout = guest.heartbeat_timeout;
     options.checkpoint_interval = guest.checkpoint_interval;
-    protected_pair_rounds(options, std::max(2, kill_rounds() / 2));
+    return options;
+}
+
+}  // namespace
+
+TEST_CASE("a protected Linux pair across two network namespaces: the same, the replication link a veth",
+          "[linux][pair][netns]") {
+    if (!netns_available_or_skip())
+        return;
+    NetnsPairNetwork net;
+    protected_pair_rounds(netns_linux_options(net), PairRun{std::max(2, kill_rounds() / 2)});
+}
+
+// CI's run on the nested KVM (tests/run.sh). There QEMU's emulated SVM now and then loses a
+// guest's own page tables while KVM write-protects its pages for the dirty log — a burst of
+// nested page faults, as when a kernel boots under dirty logging (docs/linux-guests.md) — so
+// this run protects the guest once it has booted and leaves out the reboot; the runs above do both.
+TEST_CASE("a protected Linux pair across two network namespaces, protected once booted: two failovers and "
+          "re-protections, no acknowledged INCR lost",
+          "[linux][pair-ci]") {
+    if (!netns_available_or_skip())
+        return;
+    NetnsPairNetwork net;
+    protected_pair_rounds(netns_linux_options(net), PairRun{2, false, false});
 }
 
 TEST_CASE("COLO with a Linux guest: the secondary's guest gets the primary's virtio-rng bytes, so replies "
