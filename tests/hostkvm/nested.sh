@@ -22,7 +22,9 @@
 # HOSTKVM_TCG_THREAD (single or multi, default single: see below), HOSTKVM_APPEND (more kernel
 # parameters), HOSTKVM_RETRY_HANG (default 1: how many more tries, each said loudly, after the
 # nested machine itself failed; 0 for none), HOSTKVM_KEEP_KEYS (default 1; 0 leaves out the idle
-# VMs of kvm_keeper.py).
+# VMs of kvm_keeper.py), HOSTKVM_GUEST_SHUTDOWN (platform: a nested guest's triple fault also
+# counts as the nested machine's failure, for runs whose guests never triple-fault on purpose;
+# init.sh says why).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
@@ -43,6 +45,12 @@ tcg_thread=${HOSTKVM_TCG_THREAD:-single}
 # without). init.sh passes the command line's kvm_amd.* words to the module; HOSTKVM_APPEND's
 # come later and win.
 kvm_amd_params="kvm_amd.vgif=0"
+shutdown_param=""
+case ${HOSTKVM_GUEST_SHUTDOWN:-} in
+"") ;;
+platform) shutdown_param="hostkvm_guest_shutdown=platform" ;;
+*) echo "hostkvm: HOSTKVM_GUEST_SHUTDOWN must be empty or platform" >&2; exit 125 ;;
+esac
 
 say() { echo "hostkvm: $*" >&2; }
 die() { say "$*"; exit 125; }
@@ -147,14 +155,14 @@ printf '%s\n' "${writable[@]}" > "$run/writable"
 # Serial log patterns that mean the nested machine itself is in trouble, not colod: the L1 kernel
 # hung or crashed, or QEMU's emulated SVM ran a guest on the L1 kernel's state (init.sh watches
 # for that: EMULATOR FAULT).
-hang_re='rcu: INFO: rcu_.* detected stalls|rcu_.* self-detected stall|watchdog: BUG: soft lockup|blocked for more than [0-9]+ seconds|Kernel panic|general protection fault|BUG: unable to handle|PANIC: double fault|HOSTKVM: EMULATOR FAULT'
+hang_re='rcu: INFO: rcu_.* detected stalls|rcu_.* self-detected stall|watchdog: BUG: soft lockup|blocked for more than [0-9]+ seconds|Kernel panic|general protection fault|BUG: unable to handle|PANIC: double fault|HOSTKVM: EMULATOR FAULT|HOSTKVM: GUEST SHUTDOWN'
 
 boot() {
     local args=(
         -accel "tcg,thread=$tcg_thread" -cpu max -m "$mem" -smp "$smp"
         -nodefaults -no-user-config -display none -no-reboot
         -kernel "$kdir/vmlinuz" -initrd "$kdir/initrd.cpio"
-        -append "console=ttyS0 loglevel=4 panic=-1 nokaslr $kvm_amd_params hostkvm_job=$run ${HOSTKVM_APPEND:-}"
+        -append "console=ttyS0 loglevel=4 panic=-1 nokaslr $kvm_amd_params hostkvm_job=$run $shutdown_param ${HOSTKVM_APPEND:-}"
         -serial "file:$run/serial.log"
         -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
         -virtfs "local,path=$run,mount_tag=jobshare,security_model=none,multidevs=remap"

@@ -93,15 +93,29 @@ std::optional<GuestConsole> open_console(Pair& pair, Side side) {
                         pair.dir() / (side == Side::Primary ? "console-primary.log" : "console-secondary.log"));
 }
 
+// The last lines of a daemon's log (why it stopped, if it did).
+std::string log_tail(const Pair& pair, const std::string& name, size_t lines = 8) {
+    std::string text = pair.read_log(name);
+    size_t at = text.size();
+    for (size_t n = 0; n <= lines && at != std::string::npos && at > 0; ++n)
+        at = text.rfind('\n', at - 1);
+    return at == std::string::npos ? text : text.substr(at + 1);
+}
+
 // Waits for the guest's initramfs to say how many CPUs the kernel brought online and for
 // kvstored to answer (`boot`: "boot" or "reboot", for the message); fails with the guest's
-// console when either does not come. Returns the CPU line.
-std::string await_kvstored(GuestConsole& console, std::string_view boot) {
+// console and the end of `daemon`'s log when either does not come. Returns the CPU line.
+std::string await_kvstored(GuestConsole& console, std::string_view boot, const Pair& pair,
+                           const std::string& daemon = "primary") {
     auto cpus = console.wait_for("kvstored-init: ", std::chrono::minutes(3));
     if (!cpus)
-        FAIL("the guest's initramfs never ran after its " << boot << "; its console:\n" << console.seen());
+        FAIL("the guest's initramfs never ran after its " << boot << "; its console:\n"
+                                                          << console.seen() << "\nthe end of " << daemon
+                                                          << "'s log:\n" << log_tail(pair, daemon));
     if (!console.ready(std::chrono::minutes(2)))
-        FAIL("kvstored never answered after the guest's " << boot << "; its console:\n" << console.seen());
+        FAIL("kvstored never answered after the guest's " << boot << "; its console:\n"
+                                                          << console.seen() << "\nthe end of " << daemon
+                                                          << "'s log:\n" << log_tail(pair, daemon));
     return *cpus;
 }
 
@@ -137,7 +151,7 @@ TEST_CASE("a Linux guest boots standalone with 1 and 4 vCPUs, answers on ttyS0, 
             auto console = open_console(pair, Side::Primary);
             REQUIRE(console);
             // The initramfs says how many CPUs the kernel brought online, then starts kvstored.
-            CHECK(await_kvstored(*console, "boot") == cpus_online(vcpus));
+            CHECK(await_kvstored(*console, "boot", pair) == cpus_online(vcpus));
 
             CHECK(console->command("SET k v") == "OK");
             CHECK(console->command("GET k") == "v");
@@ -169,7 +183,7 @@ TEST_CASE("a Linux guest boots standalone with 1 and 4 vCPUs, answers on ttyS0, 
             // online again, on the same console; the daemon goes on.
             REQUIRE(console->command("SET before-reboot 1") == "OK");
             REQUIRE(console->command("REBOOT") == "OK");
-            CHECK(await_kvstored(*console, "reboot") == cpus_online(vcpus));
+            CHECK(await_kvstored(*console, "reboot", pair) == cpus_online(vcpus));
             CHECK(console->command("GET before-reboot") == "NIL");
             CHECK(console->command("SET after-reboot 2") == "OK");
             CHECK(console->command("GET after-reboot") == "2");
@@ -214,7 +228,7 @@ void protected_pair_rounds(const PairOptions& options, PairRun run) {
     Side active_side = Side::Primary;
     auto console = open_console(pair, Side::Primary);
     REQUIRE(console);
-    REQUIRE(await_kvstored(*console, "boot") == cpus_online(2));
+    REQUIRE(await_kvstored(*console, "boot", pair) == cpus_online(2));
     if (!run.sync_during_boot)
         on_host[1] = &pair.start_secondary();
     REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
@@ -243,7 +257,7 @@ void protected_pair_rounds(const PairOptions& options, PairRun run) {
     if (run.reboot) {
         REQUIRE(console->command("SET before-reboot 1") == "OK");
         REQUIRE(console->command("REBOOT") == "OK");
-        REQUIRE(await_kvstored(*console, "reboot") == cpus_online(2));
+        REQUIRE(await_kvstored(*console, "reboot", pair) == cpus_online(2));
         CHECK(console->command("GET before-reboot") == "NIL");
         digests_agree();
         CHECK(pair.wait_state(Side::Primary, "protected", std::chrono::seconds(10)));
@@ -378,7 +392,7 @@ TEST_CASE("COLO with a Linux guest: the secondary's guest gets the primary's vir
     pair.start_primary();
     auto console = open_console(pair, Side::Primary);
     REQUIRE(console);
-    REQUIRE(await_kvstored(*console, "boot") == cpus_online(1));
+    REQUIRE(await_kvstored(*console, "boot", pair) == cpus_online(1));
     pair.start_secondary();
     REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
     auto counter = [&](const std::string& key) {
@@ -424,7 +438,7 @@ TEST_CASE("COLO with a Linux guest: the secondary's guest gets the primary's vir
     // was, so the rebooted guests still get the same bytes.
     REQUIRE(console->command("SET before-reboot 1") == "OK");
     REQUIRE(console->command("REBOOT") == "OK");
-    REQUIRE(await_kvstored(*console, "reboot") == cpus_online(1));
+    REQUIRE(await_kvstored(*console, "reboot", pair) == cpus_online(1));
     CHECK(console->command("GET before-reboot") == "NIL");
     REQUIRE(console->command("SET after-reboot 1") == "OK");
     REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(2)));
