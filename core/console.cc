@@ -8,6 +8,8 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -56,12 +58,62 @@ base::Result<uint16_t> local_port(int fd) {
     return ntohs(reinterpret_cast<sockaddr_in*>(&storage)->sin_port);
 }
 
+base::Result<base::Fd> listen_unix(const std::filesystem::path& path, std::string_view what, int backlog) {
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    if (path.native().size() >= sizeof(address.sun_path))
+        return base::Error::make(base::Errc::Invalid, "{} path {} is longer than {} bytes", what, path.string(),
+                                 sizeof(address.sun_path) - 1);
+    std::memcpy(address.sun_path, path.c_str(), path.native().size());
+    std::error_code ec;
+    std::filesystem::create_directories(path.parent_path(), ec);
+    if (ec)
+        return base::Error::make(base::Errc::System, "creating {}: {}", path.parent_path().string(), ec.message());
+
+    // A socket file may be left by a daemon that died. If something still answers there, another
+    // daemon owns it: refuse rather than steal it. Only a refused connection means nobody is
+    // there; anything else (a full backlog, no permission) leaves the file alone.
+    if (auto status = std::filesystem::symlink_status(path, ec); std::filesystem::exists(status)) {
+        if (!std::filesystem::is_socket(status))
+            return base::Error::make(base::Errc::Invalid, "{} path {} exists and is not a socket", what, path.string());
+        base::Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+        if (!probe)
+            return base::Error::from_errno("socket(AF_UNIX)");
+        // SAFETY: address is a filled sockaddr_un.
+        if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 || errno == EAGAIN)
+            return base::Error::make(base::Errc::Invalid, "{} {} is in use: is another daemon running for this VM?",
+                                     what, path.string());
+        if (errno != ECONNREFUSED && errno != ENOENT)
+            return base::Error::from_errno(fmt::format("probing {} {}", what, path.string()));
+        ::unlink(path.c_str());
+    }
+
+    base::Fd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!listener)
+        return base::Error::from_errno("socket(AF_UNIX)");
+    mode_t old_mask = ::umask(0177);  // the socket file is created 0600: no client connects before the chmod
+    int bound = ::bind(listener.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address));
+    int bind_errno = errno;
+    ::umask(old_mask);
+    if (bound < 0)
+        return base::Error::from_errno("bind " + path.string(), bind_errno);
+    if (::chmod(path.c_str(), 0600) < 0)
+        return base::Error::from_errno("chmod " + path.string());
+    if (::listen(listener.get(), backlog) < 0)
+        return base::Error::from_errno("listen " + path.string());
+    return listener;
+}
+
 base::Result<std::unique_ptr<ConsoleServer>> ConsoleServer::create(const ConsoleOptions& options,
                                                                    ConsoleInput& input) {
-    auto listener = listen_tcp(options.host, options.port);
+    const bool unix_socket = !options.unix_path.empty();
+    auto listener =
+        unix_socket ? listen_unix(options.unix_path, "console socket") : listen_tcp(options.host, options.port);
     if (!listener)
         return std::move(listener).error().context("console");
-    uint16_t port = TRY(local_port(listener->get()));
+    uint16_t port = 0;
+    if (!unix_socket)
+        port = TRY(local_port(listener->get()));
     std::unique_ptr<ConsoleServer> server(new ConsoleServer(options, input, std::move(listener).value(), port));
     if (!server->m_wake)
         return base::Error::from_errno("eventfd");
@@ -88,6 +140,8 @@ void ConsoleServer::stop() {
     flush_clients_locked(std::chrono::milliseconds(1000));
     m_clients.clear();
     m_listener.reset();
+    if (!m_options.unix_path.empty())
+        ::unlink(m_options.unix_path.c_str());
 }
 
 void ConsoleServer::flush_clients_locked(std::chrono::milliseconds budget) {
@@ -177,8 +231,10 @@ void ConsoleServer::accept_clients() {
             base::logf(base::Level::Warning, base::Event::None, "console: refused a client, {} already connected", m_clients.size());
             continue;
         }
-        int one = 1;
-        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (m_options.unix_path.empty()) {
+            int one = 1;
+            ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        }
         m_clients.push_back(Client{std::move(owned), {}, {}, m_next_id++});
         base::logf(base::Level::Info, base::Event::None, "console client {} connected", m_clients.back().id);
     }

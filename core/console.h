@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -28,22 +29,26 @@ public:
 struct ConsoleOptions {
     std::string host = "127.0.0.1";
     uint16_t port = 0;               // 0 picks a free port (tests)
+    // When set, the console is a unix stream socket here instead of host:port: mode 0600, so
+    // only the daemon's user reaches it; removed again when the console stops.
+    std::filesystem::path unix_path;
     size_t max_clients = 16;
     size_t max_client_output = 1 << 20;  // a client that falls this far behind is dropped
     size_t max_line_hold = 8192;         // input held per client while waiting for its newline
 };
 
-// The guest's serial console on a TCP endpoint. Any number of clients (up to max_clients) may
-// connect; all of them see all output. Input is fed to the guest a whole line at a time, one
-// client's line after another, so lines of different clients never interleave; a partial line
-// of a client that disconnects is dropped, not fed. A line longer than max_line_hold is
+// The guest's serial console on a TCP endpoint or a unix socket. Any number of clients (up to
+// max_clients) may connect; all of them see all output. Input is fed to the guest a whole line
+// at a time, one client's line after another, so lines of different clients never interleave;
+// a partial line of a client that disconnects (or only shuts down its sending side) is dropped,
+// not fed. A line longer than max_line_hold is
 // streamed as it comes (the guest rejects it), and holds the input until its newline.
 class ConsoleServer {
 public:
     static base::Result<std::unique_ptr<ConsoleServer>> create(const ConsoleOptions& options, ConsoleInput& input);
     ~ConsoleServer();
 
-    uint16_t port() const { return m_port; }
+    uint16_t port() const { return m_port; }  // 0 for a unix socket
 
     // Sends guest output to every client. Thread-safe; never blocks on a slow client.
     void broadcast(std::span<const std::byte> bytes);
@@ -94,5 +99,11 @@ private:
 base::Result<base::Fd> listen_tcp(const std::string& host, uint16_t port, int backlog = 64);
 // The port a listening socket is bound to.
 base::Result<uint16_t> local_port(int fd);
+
+// Binds and listens on a unix stream socket at `path`, mode 0600 (the caller's user only),
+// creating its directory. A socket file that nobody answers on (left by a daemon that died) is
+// replaced; one that a live process answers on, or a file that is not a socket, is refused.
+// `what` names the socket in messages ("console socket", "control socket").
+base::Result<base::Fd> listen_unix(const std::filesystem::path& path, std::string_view what, int backlog = 64);
 
 }  // namespace colod::core

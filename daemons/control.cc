@@ -4,7 +4,6 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -12,6 +11,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "core/console.h"
 
 namespace colod::daemons {
 
@@ -61,39 +61,7 @@ bool send_all(int fd, std::string_view data, std::chrono::steady_clock::time_poi
 
 base::Result<std::unique_ptr<ControlServer>> ControlServer::create(const std::filesystem::path& path,
                                                                    Handler handler) {
-    auto address = TRY(unix_address(path));
-    std::error_code ec;
-    std::filesystem::create_directories(path.parent_path(), ec);
-    if (ec)
-        return base::Error::make(base::Errc::System, "creating {}: {}", path.parent_path().string(), ec.message());
-
-    // A socket file may be left by a daemon that died. If something still answers there, another
-    // daemon owns this VM's control socket: refuse rather than steal it.
-    if (std::filesystem::exists(std::filesystem::symlink_status(path))) {
-        if (!std::filesystem::is_socket(std::filesystem::symlink_status(path)))
-            return base::Error::make(base::Errc::Invalid, "control socket path {} exists and is not a socket",
-                                     path.string());
-        base::Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-        // SAFETY: address is a filled sockaddr_un.
-        if (probe && ::connect(probe.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0)
-            return base::Error::make(base::Errc::Invalid, "control socket {} is in use: is another daemon running for this VM?",
-                                     path.string());
-        ::unlink(path.c_str());
-    }
-
-    base::Fd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    if (!listener)
-        return base::Error::from_errno("socket(AF_UNIX)");
-    mode_t old_mask = ::umask(0177);  // the socket file is created 0600
-    int bound = ::bind(listener.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address));
-    int bind_errno = errno;
-    ::umask(old_mask);
-    if (bound < 0)
-        return base::Error::from_errno("bind " + path.string(), bind_errno);
-    if (::chmod(path.c_str(), 0600) < 0)
-        return base::Error::from_errno("chmod " + path.string());
-    if (::listen(listener.get(), 16) < 0)
-        return base::Error::from_errno("listen " + path.string());
+    base::Fd listener = TRY(core::listen_unix(path, "control socket", 16));
     std::unique_ptr<ControlServer> server(new ControlServer(path, std::move(listener), std::move(handler)));
     if (!server->m_wake)
         return base::Error::from_errno("eventfd");

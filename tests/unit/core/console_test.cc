@@ -1,7 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #include <catch2/catch.hpp>
 
+#include <grp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <condition_variable>
+#include <filesystem>
+#include <fstream>
 #include <mutex>
 
 #include "core/console.h"
@@ -71,6 +80,69 @@ LineClient connect(ConsoleServer& server) {
     auto client = LineClient::connect("127.0.0.1", server.port());
     REQUIRE(client);
     return std::move(*client);
+}
+
+// A fresh directory for unix sockets, removed with everything in it.
+class SocketDir {
+public:
+    SocketDir() {
+        std::string pattern = (std::filesystem::temp_directory_path() / "colod-console-XXXXXX").string();
+        REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+        m_path = pattern;
+        ::chmod(m_path.c_str(), 0755);  // others may reach the socket: only its own mode keeps them out
+    }
+    ~SocketDir() {
+        std::error_code ignored;
+        std::filesystem::remove_all(m_path, ignored);
+    }
+    std::filesystem::path operator/(const char* name) const { return m_path / name; }
+
+private:
+    std::filesystem::path m_path;
+};
+
+std::unique_ptr<ConsoleServer> make_unix_server(Sink& sink, const std::filesystem::path& path,
+                                                ConsoleOptions options = {}) {
+    options.unix_path = path;
+    auto server = ConsoleServer::create(options, sink);
+    REQUIRE(server);
+    return std::move(server).value();
+}
+
+LineClient connect_unix(const std::filesystem::path& path) {
+    auto client = LineClient::connect_unix(path.string());
+    REQUIRE(client);
+    return std::move(*client);
+}
+
+// A socket file that no process listens on, as a daemon that died leaves it.
+void make_stale_socket(const std::filesystem::path& path) {
+    colod::base::Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    path.native().copy(address.sun_path, sizeof(address.sun_path) - 1);
+    REQUIRE(::bind(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
+    REQUIRE(::listen(fd.get(), 1) == 0);
+}  // closed without unlinking
+
+// The errno of a connect() to `path` by a process running as `uid`/`gid`, 0 if it connected.
+int connect_errno_as(const std::filesystem::path& path, uid_t uid, gid_t gid) {
+    pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        if (::setgroups(0, nullptr) != 0 || ::setresgid(gid, gid, gid) != 0 || ::setresuid(uid, uid, uid) != 0)
+            ::_exit(255);
+        int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un address{};
+        address.sun_family = AF_UNIX;
+        path.native().copy(address.sun_path, sizeof(address.sun_path) - 1);
+        ::_exit(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 ? 0 : errno);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(WIFEXITED(status));
+    REQUIRE(WEXITSTATUS(status) != 255);
+    return WEXITSTATUS(status);
 }
 
 }  // namespace
@@ -224,4 +296,90 @@ TEST_CASE("output broadcast just before the console stops still reaches its clie
         REQUIRE(client.line() == "OK");
         CHECK(client.closed());
     }
+}
+
+TEST_CASE("console on a unix socket: mode 0600, every client sees the output, removed on stop", "[unix]") {
+    SocketDir dir;
+    const auto path = dir / "console.sock";
+    Sink sink;
+    ConsoleOptions options;
+    options.max_clients = 2;
+    auto server = make_unix_server(sink, path, options);
+    CHECK(server->port() == 0);
+
+    struct stat info {};
+    REQUIRE(::stat(path.c_str(), &info) == 0);
+    CHECK(S_ISSOCK(info.st_mode));
+    CHECK((info.st_mode & 07777) == 0600);
+    CHECK(info.st_uid == ::geteuid());
+
+    auto a = connect_unix(path);
+    auto b = connect_unix(path);
+    REQUIRE(eventually([&] { return server->client_count() == 2; }));
+    a.send("PING\n");
+    CHECK(sink.wait_for(5) == "PING\n");
+    b.send("SET k ");
+    a.send("INCR n\n");
+    b.send("v\n");
+    const std::string lines = sink.wait_for(20);  // whole lines, in either order, never interleaved
+    CHECK((lines == "PING\nINCR n\nSET k v\n" || lines == "PING\nSET k v\nINCR n\n"));
+    server->broadcast(std::as_bytes(std::span("PONG\n", 5)));
+    CHECK(a.line() == "PONG");
+    CHECK(b.line() == "PONG");
+    // The same limit as on TCP.
+    auto c = connect_unix(path);
+    CHECK(c.line() == "ERR console full");
+    CHECK(c.closed());
+
+    server->stop();
+    CHECK(a.closed());
+    CHECK_FALSE(std::filesystem::exists(std::filesystem::symlink_status(path)));
+}
+
+TEST_CASE("console socket: a stale file is replaced, a live console and other files are not", "[unix]") {
+    SocketDir dir;
+    const auto path = dir / "console.sock";
+    Sink sink;
+    make_stale_socket(path);
+    REQUIRE(std::filesystem::is_socket(path));
+    auto server = make_unix_server(sink, path);
+    auto client = connect_unix(path);
+    client.send("PING\n");
+    CHECK(sink.wait_for(5) == "PING\n");
+
+    // A second console on the path of a live one is refused, and the live one keeps working.
+    ConsoleOptions options;
+    options.unix_path = path;
+    auto second = ConsoleServer::create(options, sink);
+    REQUIRE_FALSE(second.ok());
+    CHECK(second.error().message() ==
+          fmt::format("console: console socket {} is in use: is another daemon running for this VM?", path.string()));
+    server->broadcast(std::as_bytes(std::span("PONG\n", 5)));
+    CHECK(client.line() == "PONG");
+    server->stop();
+
+    // Whatever is not a socket stays where it is.
+    const auto file = dir / "file";
+    std::ofstream(file) << "keep me\n";
+    options.unix_path = file;
+    auto on_file = ConsoleServer::create(options, sink);
+    REQUIRE_FALSE(on_file.ok());
+    CHECK(on_file.error().message() ==
+          fmt::format("console: console socket path {} exists and is not a socket", file.string()));
+    CHECK(std::filesystem::file_size(file) == 8);
+}
+
+TEST_CASE("console socket: another user is refused by the socket's mode", "[unix]") {
+    if (::geteuid() != 0) {
+        WARN("skipped: needs root to connect as another user");
+        return;
+    }
+    SocketDir dir;
+    const auto path = dir / "console.sock";
+    Sink sink;
+    auto server = make_unix_server(sink, path);
+    CHECK(connect_errno_as(path, 0, 0) == 0);              // the owner (root)
+    CHECK(connect_errno_as(path, 65534, 65534) == EACCES);  // nobody
+    ::chmod(path.c_str(), 0666);
+    CHECK(connect_errno_as(path, 65534, 65534) == 0);  // the mode, not the directory, kept it out
 }
