@@ -77,8 +77,6 @@ std::string full_key(std::string_view section, std::string_view key) { return fm
 // Beyond this many problems the file is probably not a config file at all.
 constexpr size_t k_max_problems = 50;
 constexpr size_t k_max_file_size = 1 << 20;
-// sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
-constexpr size_t k_max_socket_path = 107;
 // A Linux command line: COMMAND_LINE_SIZE on x86 is 2048 bytes with the NUL.
 constexpr size_t k_max_kernel_cmdline = 2047;
 
@@ -686,9 +684,10 @@ private:
                     host.replication = *endpoint;
             }
         }
-        if (const Setting* text = setting(section, "console")) {
-            if (auto endpoint = value_of(section, "console", parse_endpoint(text->value)))
-                host.console = *endpoint;
+        const Setting* console = setting(section, "console");
+        if (console) {
+            if (auto address = value_of(section, "console", parse_console_address(console->value)))
+                host.console = *address;
         }
 
         const std::string control_key = full_key(section, "control");
@@ -706,6 +705,29 @@ private:
                  fmt::format("must be at most {} bytes (the limit of a unix socket address)", k_max_socket_path));
         else
             host.control = std::filesystem::path(control.value).lexically_normal();
+
+        if (console && host.console.is_unix())
+            console_directory(section, host);
+    }
+
+    // The directory of a unix console socket must exist: the daemon creates the socket, not
+    // the directories on the way to it, so a mistyped directory is caught here and not by a
+    // daemon that already booted its guest. The exception is the control socket's directory,
+    // which the daemon creates (the units provide /run/colod, which exists only while one runs).
+    void console_directory(std::string_view section, const HostConfig& host) {
+        const std::filesystem::path directory = host.console.unix_path.parent_path();
+        if (directory == host.control.parent_path())
+            return;
+        std::error_code error;
+        if (std::filesystem::is_directory(directory, error))
+            return;
+        if (host.control.empty())
+            fail(section, "console", fmt::format("directory {} does not exist", directory.string()));
+        else
+            fail(section, "console",
+                 fmt::format("directory {} does not exist (create it, or put the socket in the control socket's "
+                             "directory, {}, which the daemon creates)",
+                             directory.string(), host.control.parent_path().string()));
     }
 
     // Checks between keys, each reported once, on the later key. Only keys that passed their
@@ -722,14 +744,30 @@ private:
                      fmt::format("must not use the same port as {} ({}) on the same host", other_key,
                                  other.to_string()));
         };
+        // The same for a console, which may be a unix socket: it collides with a TCP endpoint
+        // through its port, with a socket path (a console or a control socket) through its path.
+        auto check_console = [&](std::string_view section, const ConsoleAddress& console, std::string_view other_key,
+                                 const Endpoint& other) {
+            if (!console.is_unix())
+                check_overlap(section, "console", console.tcp, other_key, other);
+        };
+        auto check_console_path = [&](std::string_view section, const ConsoleAddress& console,
+                                      std::string_view other_key, const std::filesystem::path& other) {
+            if (usable(section, "console") && console.is_unix() && console.unix_path == other)
+                fail(section, "console", fmt::format("must not be the same socket as {} on the same host", other_key));
+        };
         const HostConfig& primary = config.primary;
         const HostConfig& secondary = config.secondary;
 
-        // Within one host, its console must not take its replication port.
+        // Within one host, its console must not take its replication port or control socket.
         if (usable("primary", "replication"))
-            check_overlap("primary", "console", primary.console, "primary.replication", primary.replication);
+            check_console("primary", primary.console, "primary.replication", primary.replication);
         if (usable("secondary", "replication"))
-            check_overlap("secondary", "console", secondary.console, "secondary.replication", secondary.replication);
+            check_console("secondary", secondary.console, "secondary.replication", secondary.replication);
+        if (usable("primary", "control"))
+            check_console_path("primary", primary.console, "primary.control", primary.control);
+        if (usable("secondary", "control"))
+            check_console_path("secondary", secondary.console, "secondary.control", secondary.control);
 
         if (usable("primary", "replication") && usable("secondary", "replication")) {
             const Endpoint& a = primary.replication;
@@ -740,11 +778,19 @@ private:
             if (a == b) {
                 fail("secondary", "replication", fmt::format("must differ from primary.replication ({})", a.to_string()));
             } else if (same_host) {
-                if (usable("primary", "console"))
-                    check_overlap("secondary", "replication", b, "primary.console", primary.console);
-                check_overlap("secondary", "console", secondary.console, "primary.replication", a);
-                if (usable("primary", "console"))
-                    check_overlap("secondary", "console", secondary.console, "primary.console", primary.console);
+                const bool primary_console = usable("primary", "console");
+                if (primary_console && !primary.console.is_unix())
+                    check_overlap("secondary", "replication", b, "primary.console", primary.console.tcp);
+                check_console("secondary", secondary.console, "primary.replication", a);
+                if (primary_console && !primary.console.is_unix())
+                    check_console("secondary", secondary.console, "primary.console", primary.console.tcp);
+                if (primary_console && primary.console.is_unix()) {
+                    check_console_path("secondary", secondary.console, "primary.console", primary.console.unix_path);
+                    if (usable("secondary", "control") && secondary.control == primary.console.unix_path)
+                        fail("secondary", "control", "must not be the same socket as primary.console on the same host");
+                }
+                if (usable("primary", "control"))
+                    check_console_path("secondary", secondary.console, "primary.control", primary.control);
             }
         }
 

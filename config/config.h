@@ -81,7 +81,7 @@ struct ReplicationConfig {
 // One side of the pair: where it listens and where coloctl reaches it.
 struct HostConfig {
     Endpoint replication;            // never a wildcard: the peer connects to it
-    Endpoint console;
+    ConsoleAddress console;          // TCP, or a unix socket whose directory exists
     std::filesystem::path control;   // absolute path of the control socket
 
     bool operator==(const HostConfig&) const = default;

@@ -96,4 +96,32 @@ base::Result<Endpoint> parse_endpoint(std::string_view text) {
     return endpoint;
 }
 
+constexpr std::string_view k_unix_prefix = "unix:";
+
+std::string ConsoleAddress::to_string() const {
+    if (is_unix())
+        return fmt::format("{}{}", k_unix_prefix, unix_path.string());
+    return tcp.to_string();
+}
+
+base::Result<ConsoleAddress> parse_console_address(std::string_view text) {
+    ConsoleAddress address;
+    if (!text.starts_with(k_unix_prefix)) {
+        if (text.starts_with('/'))
+            return invalid("a unix socket is written unix:PATH, e.g. unix:/run/colod/demo-console.sock");
+        address.tcp = TRY(parse_endpoint(text));
+        return address;
+    }
+    const std::string_view path = text.substr(k_unix_prefix.size());
+    if (!path.starts_with('/'))
+        return invalid("the path after unix: must be absolute, e.g. unix:/run/colod/demo-console.sock");
+    address.unix_path = std::filesystem::path(path).lexically_normal();
+    if (!address.unix_path.has_filename())
+        return invalid("the path after unix: must name the socket file, not a directory");
+    if (address.unix_path.native().size() > k_max_socket_path)
+        return invalid(fmt::format("the path after unix: must be at most {} bytes (the limit of a unix socket address)",
+                                   k_max_socket_path));
+    return address;
+}
+
 }  // namespace colod::config

@@ -389,9 +389,19 @@ int Node::run() {
     options.machine.vcpus = m_cfg.vm.vcpus;
     options.machine.backend = *backend;
     options.machine.guest = m_image.is_linux() ? core::GuestKind::Linux : core::GuestKind::Elf;
-    options.console.host = m_cfg.host(m_self).console.host;
-    options.console.port = m_cfg.host(m_self).console.port;
+    const config::ConsoleAddress& console = m_cfg.host(m_self).console;
+    options.console.host = console.tcp.host;
+    options.console.port = console.tcp.port;
+    options.console.unix_path = console.unix_path;
     options.console.max_clients = m_cfg.vm.console_clients;
+    if (!console.is_local())
+        base::log(Level::Warning, Event::None,
+                  fmt::format("console = {} can be reached from other hosts: anyone who reaches that address "
+                              "gets the guest's serial console, which for a Linux guest is a root shell. Use a "
+                              "loopback address, or a unix socket (console = unix:/run/colod/{}-console.sock, "
+                              "mode 0600) with coloctl console",
+                              console.to_string(), m_cfg.vm.name),
+                  {{"CONSOLE", console.to_string()}, {"REASON", "console not on loopback"}});
     auto runtime = core::GuestRuntime::create(options);
     if (!runtime)
         return fail(fmt::format("cannot create the VM: {}", runtime.error().message()));

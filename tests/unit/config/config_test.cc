@@ -369,7 +369,7 @@ TEST_CASE("endpoint and control socket rules", "[config]") {
           "demo.conf:19: secondary.console = 10.0.0.1:9400: must not use the same port as primary.replication "
           "(10.0.0.1:9400) on the same host");
     CHECK(parsed(with_line("console = 0.0.0.0:4555\n", "console = 0.0.0.0:4556\n", same_host))
-              .secondary.console.port == 4556);
+              .secondary.console.tcp.port == 4556);
     CHECK(errors_of(with_line("console = 0.0.0.0:4555  #", "console = 0.0.0.0:9401", same_host)) ==
           "demo.conf:18: secondary.replication = 10.0.0.1:9401: must not use the same port as primary.console "
           "(0.0.0.0:9401) on the same host");
@@ -395,6 +395,70 @@ TEST_CASE("endpoint and control socket rules", "[config]") {
     const std::string longest_path = "/run/" + std::string(102, 'x');  // 107 bytes
     CHECK(parsed(with_line("control = /run/colod/demo-primary", "control = " + longest_path)).primary.control ==
           longest_path);
+}
+
+TEST_CASE("a console on a unix socket", "[config][console]") {
+    // The design example with both consoles on unix sockets (lines 15 and 19).
+    auto unix_consoles = [](std::string_view primary, std::string_view secondary, std::string text = k_design) {
+        text = with_line("console = 0.0.0.0:4555  #", fmt::format("console = {}", primary), text);
+        return with_line("console = 0.0.0.0:4555\n", fmt::format("console = {}\n", secondary), text);
+    };
+    // /run/colod is the control sockets' directory, which the daemon creates: it need not exist.
+    const PairConfig config =
+        parsed(unix_consoles("unix:/run/colod/demo-console.sock", "unix:/run/colod/demo-console.sock"));
+    CHECK(config.primary.console.is_unix());
+    CHECK(config.primary.console.unix_path == "/run/colod/demo-console.sock");
+    CHECK(config.primary.console.to_string() == "unix:/run/colod/demo-console.sock");
+    CHECK(config.primary.console.is_local());
+    // On two hosts both sides may use the same path, as they may the same TCP endpoint.
+    CHECK(config.primary.console == config.secondary.console);
+    CHECK(parsed(to_config_text(config)) == config);
+    CHECK(to_config_text(config).find("console = unix:/run/colod/demo-console.sock\n") != std::string::npos);
+
+    // Any other directory must exist.
+    TempDir dir;
+    const std::string in_dir = "unix:" + (dir.path() / "console.sock").string();
+    CHECK(parsed(unix_consoles(in_dir, in_dir)).secondary.console.unix_path == dir.path() / "console.sock");
+    CHECK(errors_of(unix_consoles("unix:/nonexistent-colod-dir/demo-console.sock", in_dir)) ==
+          "demo.conf:15: primary.console = unix:/nonexistent-colod-dir/demo-console.sock: directory "
+          "/nonexistent-colod-dir does not exist (create it, or put the socket in the control socket's directory, "
+          "/run/colod, which the daemon creates)");
+
+    // The path's own rules.
+    CHECK(errors_of(unix_consoles("unix:run/demo-console.sock", in_dir)) ==
+          "demo.conf:15: primary.console = unix:run/demo-console.sock: the path after unix: must be absolute, e.g. "
+          "unix:/run/colod/demo-console.sock");
+    CHECK(errors_of(unix_consoles("unix:", in_dir)) ==
+          "demo.conf:15: primary.console = unix:: the path after unix: must be absolute, e.g. "
+          "unix:/run/colod/demo-console.sock");
+    CHECK(errors_of(unix_consoles("unix:/run/colod/", in_dir)) ==
+          "demo.conf:15: primary.console = unix:/run/colod/: the path after unix: must name the socket file, not a "
+          "directory");
+    CHECK(errors_of(unix_consoles("/run/colod/demo-console.sock", in_dir)) ==
+          "demo.conf:15: primary.console = /run/colod/demo-console.sock: a unix socket is written unix:PATH, e.g. "
+          "unix:/run/colod/demo-console.sock");
+    const std::string longest = "/run/colod/" + std::string(96, 'x');  // 107 bytes
+    CHECK(parsed(unix_consoles("unix:" + longest, in_dir)).primary.console.unix_path == longest);
+    const std::string too_long = longest + "x";
+    CHECK(errors_of(unix_consoles("unix:" + too_long, in_dir)) ==
+          fmt::format("demo.conf:15: primary.console = unix:{}: the path after unix: must be at most 107 bytes (the "
+                      "limit of a unix socket address)",
+                      too_long));
+
+    // Not a control socket's path, nor, on one host, the other side's console.
+    CHECK(errors_of(unix_consoles("unix:/run/colod/demo-primary.sock", in_dir)) ==
+          "demo.conf:15: primary.console = unix:/run/colod/demo-primary.sock: must not be the same socket as "
+          "primary.control on the same host");
+    const std::string same_host = with_line("replication = 10.0.0.2", "replication = 10.0.0.1:9401");
+    CHECK(errors_of(unix_consoles(in_dir, in_dir, same_host)) ==
+          fmt::format("demo.conf:19: secondary.console = {}: must not be the same socket as primary.console on the "
+                      "same host",
+                      in_dir));
+    CHECK(errors_of(unix_consoles(in_dir, "unix:/run/colod/demo-primary.sock", same_host)) ==
+          "demo.conf:19: secondary.console = unix:/run/colod/demo-primary.sock: must not be the same socket as "
+          "primary.control on the same host");
+    // A unix console and a TCP one on one host do not collide.
+    CHECK(parsed(unix_consoles(in_dir, "10.0.0.1:4555", same_host)).primary.console.is_unix());
 }
 
 TEST_CASE("unknown sections and keys are errors", "[config]") {
@@ -564,7 +628,7 @@ TEST_CASE("the packaged examples parse", "[config]") {
     CHECK(demo.vm.name == "demo");
     CHECK(demo.primary.replication.to_string() == "127.0.0.1:9400");
     CHECK(demo.secondary.replication.to_string() == "127.0.0.1:9401");
-    CHECK(demo.primary.console.port != demo.secondary.console.port);
+    CHECK(demo.primary.console.tcp.port != demo.secondary.console.tcp.port);
     CHECK(demo.primary.control != demo.secondary.control);
     CHECK(demo.replication.auth_key_file == (std::filesystem::absolute(examples) / "demo.key").lexically_normal());
 

@@ -55,3 +55,35 @@ TEST_CASE("bad endpoints say what is wrong", "[config][endpoint]") {
     CHECK(endpoint_error("[fd00::g]:9400") == "not a numeric IPv6 address");
     CHECK(endpoint_error("[10.0.0.1]:9400") == "not a numeric IPv6 address");
 }
+
+TEST_CASE("console addresses: an endpoint or a unix socket", "[config][endpoint]") {
+    auto tcp = parse_console_address("127.0.0.1:4555").value();
+    CHECK_FALSE(tcp.is_unix());
+    CHECK(tcp.tcp.port == 4555);
+    CHECK(tcp.to_string() == "127.0.0.1:4555");
+    CHECK(tcp.is_local());
+    CHECK(parse_console_address("[::1]:4555").value().is_local());
+    // Wildcards and specific addresses other hosts can reach are not local.
+    CHECK_FALSE(parse_console_address("0.0.0.0:4555").value().is_local());
+    CHECK_FALSE(parse_console_address("[::]:4555").value().is_local());
+    CHECK_FALSE(parse_console_address("10.0.0.1:4555").value().is_local());
+
+    auto unix_socket = parse_console_address("unix:/run/colod/./demo-console.sock").value();
+    CHECK(unix_socket.is_unix());
+    CHECK(unix_socket.unix_path == "/run/colod/demo-console.sock");
+    CHECK(unix_socket.to_string() == "unix:/run/colod/demo-console.sock");
+    CHECK(unix_socket.is_local());
+
+    auto error = [](std::string_view text) {
+        auto result = parse_console_address(text);
+        REQUIRE_FALSE(result.ok());
+        return result.error().message();
+    };
+    CHECK(error("10.0.0.1") == k_syntax);
+    CHECK(error("unix:demo.sock") == "the path after unix: must be absolute, e.g. unix:/run/colod/demo-console.sock");
+    CHECK(error("unix:/run/colod/..") == "the path after unix: must name the socket file, not a directory");
+    CHECK(error("unix:/" + std::string(107, 'x')) ==
+          "the path after unix: must be at most 107 bytes (the limit of a unix socket address)");
+    CHECK(error("/run/colod/demo-console.sock") ==
+          "a unix socket is written unix:PATH, e.g. unix:/run/colod/demo-console.sock");
+}
