@@ -1,15 +1,51 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-// coloctl: asks a running colod-primary or colod-secondary for its status or to act.
+// coloctl: asks a running colod-primary or colod-secondary for its status or to act, or
+// attaches to the guest's console.
+#include <unistd.h>
+
 #include <boost/program_options.hpp>
 
 #include <iostream>
 
 #include "config/config.h"
 #include "daemons/common.h"
+#include "daemons/console_client.h"
 #include "daemons/control.h"
 
 namespace po = boost::program_options;
 using namespace colod;
+
+namespace {
+
+// coloctl console: the exit status says how the session ended (0 detached or input done, 1 the
+// daemon closed the console, 3 the console cannot be reached).
+int attach(const config::PairConfig& cfg, config::Role role) {
+    const config::ConsoleAddress& address = cfg.host(role).console;
+    auto console = daemons::connect_console(address);
+    if (!console) {
+        std::cerr << "coloctl: cannot reach the " << config::role_name(role) << " console: "
+                  << console.error().message() << "\n";
+        return 3;
+    }
+    const bool terminal = ::isatty(STDIN_FILENO) == 1;
+    if (terminal)
+        std::cerr << "Connected to the " << config::role_name(role) << " console of " << cfg.vm.name << " ("
+                  << address.to_string() << ").\nEscape character is ^] (Ctrl + ])\n";
+    auto end = daemons::attach_console(std::move(console).value());
+    if (terminal)
+        std::cerr << "\n";
+    if (!end) {
+        std::cerr << "coloctl: console: " << end.error().message() << "\n";
+        return 1;
+    }
+    if (*end == daemons::ConsoleEnd::ConsoleClosed) {
+        std::cerr << "coloctl: the daemon closed the console (it stopped, or has no room for another client)\n";
+        return 1;
+    }
+    return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
     std::string config_file, role_text, command;
@@ -19,6 +55,7 @@ int main(int argc, char** argv) {
         "coloctl: control a colod daemon\n\n"
         "Usage: coloctl --config FILE --role primary|secondary COMMAND\n"
         "Commands: status [--json] | checkpoint | failover | stop | reload (the key files)\n"
+        "          | console (attach to the guest's console; Ctrl-] detaches)\n"
         "Diagnostics: digest (active side: checkpoint and hold the guest paused; standby: its checkpoint)\n"
         "             | resume (active side: end the hold)\n\nOptions");
     visible.add_options()
@@ -59,14 +96,14 @@ int main(int argc, char** argv) {
     }
     if (config_file.empty() || role_text.empty() || words.size() != 1) {
         std::cerr << "coloctl: usage: coloctl --config FILE --role primary|secondary status [--json] | checkpoint | "
-                     "failover | stop | reload\n";
+                     "failover | stop | reload | console\n";
         return 2;
     }
     command = words.front();
     if (command != "status" && command != "checkpoint" && command != "failover" && command != "stop" &&
-        command != "reload" && command != "digest" && command != "resume") {
+        command != "reload" && command != "console" && command != "digest" && command != "resume") {
         std::cerr << "coloctl: unknown command '" << command
-                  << "' (status, checkpoint, failover, stop, reload; diagnostics: digest, resume)\n";
+                  << "' (status, checkpoint, failover, stop, reload, console; diagnostics: digest, resume)\n";
         return 2;
     }
     if (json && command != "status") {
@@ -83,6 +120,8 @@ int main(int argc, char** argv) {
         std::cerr << "coloctl: invalid config:\n" << cfg.error().message() << "\n";
         return 2;
     }
+    if (command == "console")
+        return attach(*cfg, *role);
     auto path = cfg->host(*role).control;
     std::string request = json ? "status --json" : command;
     // A failover waits for a final checkpoint and the peer's takeover; give it time.
