@@ -22,6 +22,7 @@
 
 #include "daemons/control.h"
 #include "tests/support/backend.h"
+#include "tests/support/free_port.h"
 #include "tests/support/process.h"
 #include "tests/support/test_net.h"
 
@@ -61,17 +62,6 @@ struct PairOptions {
     // demo.conf only in [secondary] replication; the secondary still binds the real endpoint.
     std::string primary_peer_endpoint;
 };
-
-inline uint16_t free_port() {
-    base::Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
-    socklen_t length = sizeof(address);
-    ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&address), &length);
-    return ntohs(address.sin_port);
-}
 
 // Fields of `coloctl status --json` a test looks at.
 struct PairStatus {

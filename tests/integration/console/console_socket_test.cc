@@ -26,6 +26,7 @@
 #include <fmt/format.h>
 
 #include "base/fd.h"
+#include "tests/support/free_port.h"
 #include "tests/support/process.h"
 #include "tests/support/test_net.h"
 
@@ -37,17 +38,6 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr std::string_view k_warning = "can be reached from other hosts";
-
-uint16_t free_port() {
-    colod::base::Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
-    socklen_t length = sizeof(address);
-    ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&address), &length);
-    return ntohs(address.sin_port);
-}
 
 // A standalone primary's directory: its config, key, logs and sockets.
 class Standalone {
