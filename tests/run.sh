@@ -139,19 +139,36 @@ else
   # docs/linux-guests.md); multi-threaded TCG runs them: the standalone boots and a protected
   # pair with two kills. The longer pair runs (label linux-pair) are run by hand:
   # tests/integration/linux/CMakeLists.txt says why.
-  echo "tests: Linux guests on real KVM, nested under QEMU's multi-threaded TCG: ctest -L '^linux$'"
+  echo "tests: Linux guests on real KVM, nested under QEMU's multi-threaded TCG: ctest -L '^linux$' -E '^linux_test_pair_ci$'"
   # The nested machine fails there now and then, not colod (docs/linux-guests.md): QEMU's
   # emulated SVM runs a guest on the L1 kernel's own state in about one 4-vCPU boot in four,
   # caught at once (nested.sh: EMULATOR FAULT), or the L1 kernel hangs, caught after a minute
   # without its sign of life. The step is then tried again, up to five times in all; a run of
-  # it takes four to five minutes, so ten minutes stop one that hangs for any other reason.
+  # it takes two minutes, so ten minutes stop one that hangs for any other reason.
   # A Linux guest's triple fault counts as the platform's there too (HOSTKVM_GUEST_SHUTDOWN): these
   # tests never triple-fault a guest on purpose, and the emulated MMU loses a guest's page tables
   # under dirty logging now and then (docs/linux-guests.md); a colod bug that kills its guest
   # every time still fails all five tries.
   (cd "$build" && HOSTKVM_TCG_THREAD=multi HOSTKVM_STALL=60 HOSTKVM_RETRY_HANG=4 HOSTKVM_TIMEOUT=600 \
      HOSTKVM_GUEST_SHUTDOWN=platform \
-     "$top/tests/hostkvm/nested.sh" --writable "$build" -- ctest --output-on-failure -L '^linux$')
+     "$top/tests/hostkvm/nested.sh" --writable "$build" -- ctest --output-on-failure -L '^linux$' \
+     -E '^linux_test_pair_ci$')
+  # The protected Linux pair, once: under dirty logging the platform loses a guest in about one
+  # run in three (docs/linux-guests.md), and CI has no time for tries until one passes. A failure
+  # of the test fails CI; the nested machine's own failure (status 126) is reported, loudly, and
+  # leaves the pair unproven for this run.
+  echo "tests: a protected Linux pair on real KVM, nested: ctest -R '^linux_test_pair_ci$'"
+  pair_status=0
+  (cd "$build" && HOSTKVM_TCG_THREAD=multi HOSTKVM_STALL=60 HOSTKVM_RETRY_HANG=0 HOSTKVM_TIMEOUT=600 \
+     HOSTKVM_GUEST_SHUTDOWN=platform \
+     "$top/tests/hostkvm/nested.sh" --writable "$build" -- ctest --output-on-failure -R '^linux_test_pair_ci$') ||
+    pair_status=$?
+  case $pair_status in
+  0) ;;
+  126) echo "tests: WARNING: the nested machine failed under the protected Linux pair (the platform, not colod:" \
+            "see above); the pair was not proven in this run" ;;
+  *) echo "tests: the protected Linux pair failed (status $pair_status)"; exit 1 ;;
+  esac
   echo "tests: real KVM, nested: passed"
 fi
 
