@@ -58,13 +58,18 @@ base::Result<uint16_t> local_port(int fd) {
     return ntohs(reinterpret_cast<sockaddr_in*>(&storage)->sin_port);
 }
 
-base::Result<base::Fd> listen_unix(const std::filesystem::path& path, std::string_view what, int backlog) {
+base::Result<sockaddr_un> unix_socket_address(const std::filesystem::path& path, std::string_view what) {
     sockaddr_un address{};
     address.sun_family = AF_UNIX;
     if (path.native().size() >= sizeof(address.sun_path))
         return base::Error::make(base::Errc::Invalid, "{} path {} is longer than {} bytes", what, path.string(),
                                  sizeof(address.sun_path) - 1);
     std::memcpy(address.sun_path, path.c_str(), path.native().size());
+    return address;
+}
+
+base::Result<base::Fd> listen_unix(const std::filesystem::path& path, std::string_view what, int backlog) {
+    sockaddr_un address = TRY(unix_socket_address(path, what));
     std::error_code ec;
     std::filesystem::create_directories(path.parent_path(), ec);
     if (ec)

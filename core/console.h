@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #pragma once
 
+#include <sys/un.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -99,6 +101,10 @@ private:
 base::Result<base::Fd> listen_tcp(const std::string& host, uint16_t port, int backlog = 64);
 // The port a listening socket is bound to.
 base::Result<uint16_t> local_port(int fd);
+
+// The address of a unix socket at `path`; an error when the path does not fit sun_path. `what`
+// names the socket in the message ("console socket", "control socket").
+base::Result<sockaddr_un> unix_socket_address(const std::filesystem::path& path, std::string_view what);
 
 // Binds and listens on a unix stream socket at `path`, mode 0600 (the caller's user only),
 // creating its directory. A socket file that nobody answers on (left by a daemon that died) is

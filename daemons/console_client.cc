@@ -18,6 +18,8 @@
 #include <string_view>
 #include <utility>
 
+#include "core/console.h"
+
 namespace colod::daemons {
 
 namespace {
@@ -96,12 +98,7 @@ bool write_all(int fd, std::string_view data) {
 }
 
 base::Result<base::Fd> connect_unix(const std::filesystem::path& path) {
-    sockaddr_un address{};
-    address.sun_family = AF_UNIX;
-    if (path.native().size() >= sizeof(address.sun_path))
-        return base::Error::make(base::Errc::Invalid, "console socket path {} is longer than {} bytes", path.string(),
-                                 sizeof(address.sun_path) - 1);
-    std::memcpy(address.sun_path, path.c_str(), path.native().size());
+    sockaddr_un address = TRY(core::unix_socket_address(path, "console socket"));
     base::Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd)
         return base::Error::from_errno("socket(AF_UNIX)");

@@ -19,15 +19,6 @@ namespace {
 
 constexpr size_t k_max_request = 1024;
 
-base::Result<sockaddr_un> unix_address(const std::filesystem::path& path) {
-    sockaddr_un address{};
-    address.sun_family = AF_UNIX;
-    if (path.native().size() >= sizeof(address.sun_path))
-        return base::Error::make(base::Errc::Invalid, "control socket path {} is longer than {} bytes", path.string(),
-                                 sizeof(address.sun_path) - 1);
-    std::memcpy(address.sun_path, path.c_str(), path.native().size());
-    return address;
-}
 
 // Waits until fd is ready for `events` or the deadline passes.
 bool wait_ready(int fd, short events, std::chrono::steady_clock::time_point deadline) {
@@ -132,7 +123,7 @@ void ControlServer::serve(base::Fd client) {
 
 base::Result<ControlReply> control_request(const std::filesystem::path& path, const std::string& request,
                                            int timeout_ms) {
-    auto address = TRY(unix_address(path));
+    auto address = TRY(core::unix_socket_address(path, "control socket"));
     base::Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd)
         return base::Error::from_errno("socket(AF_UNIX)");
