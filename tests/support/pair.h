@@ -12,8 +12,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <deque>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -189,13 +191,40 @@ public:
         s.checkpoints = json_number(*json, "checkpoints").value_or(0);
         return s;
     }
+    // Whether `side` reaches `state` within the timeout. When it does not, says so on stderr with
+    // the state it was last seen in and the tail of both daemons' logs (ctest shows the output
+    // of a failed test: the reason is then in the CI log, not only in a deleted directory).
     bool wait_state(Side side, const std::string& state, std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
-        return eventually(
+        std::string last = "(no answer on the control socket)";
+        bool reached = eventually(
             [&] {
                 auto s = status(side);
+                if (s)
+                    last = s->state;
                 return s && s->state == state;
             },
             timeout);
+        if (!reached) {
+            std::cerr << fmt::format("[pair] the {} did not reach '{}' in time; last seen: {}\n",
+                                     side == Side::Primary ? "primary" : "secondary", state, last);
+            for (const char* name : {"primary", "secondary"})
+                std::cerr << fmt::format("[pair] {}.log, last lines:\n{}", name, log_tail(name, 40));
+        }
+        return reached;
+    }
+    // The last `lines` lines of a daemon's log.
+    std::string log_tail(const std::string& name, size_t lines) const {
+        std::istringstream in(read_log(name));
+        std::deque<std::string> tail;
+        for (std::string line; std::getline(in, line);) {
+            tail.push_back(std::move(line));
+            if (tail.size() > lines)
+                tail.pop_front();
+        }
+        std::string out;
+        for (const auto& line : tail)
+            out += line + "\n";
+        return out;
     }
 
     std::optional<LineClient> console(Side side, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
