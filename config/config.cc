@@ -42,7 +42,7 @@ struct KeySpec {
 
 constexpr std::array<std::string_view, 4> k_sections{"vm", "replication", "primary", "secondary"};
 
-constexpr std::array<KeySpec, 26> k_keys{{
+constexpr std::array<KeySpec, 28> k_keys{{
     {"vm", "name", Presence::Derived, ""},
     {"vm", "memory", Presence::Required, ""},
     {"vm", "vcpus", Presence::Defaulted, "1"},
@@ -52,6 +52,8 @@ constexpr std::array<KeySpec, 26> k_keys{{
     {"vm", "cmdline", Presence::Defaulted, ""},
     {"vm", "console-clients", Presence::Defaulted, "16"},
     {"vm", "accelerator", Presence::Defaulted, "auto"},
+    {"vm", "net-tap", Presence::Optional, ""},
+    {"vm", "mac", Presence::Optional, ""},
     {"replication", "mode", Presence::Defaulted, "checkpoint"},
     {"replication", "checkpoint-interval", Presence::Defaulted, "100ms"},
     {"replication", "heartbeat-interval", Presence::Defaulted, "50ms"},
@@ -473,6 +475,41 @@ private:
                 fail("vm", "accelerator",
                      "Linux guests need KVM: the software backend runs only colod's own guests (set kvm or auto)");
         }
+
+        network(setting("vm", "net-tap"), setting("vm", "mac"), kernel != nullptr, vm);
+    }
+
+    // vm.net-tap: a network interface name as Linux accepts one (1 to 15 bytes, not "." or
+    // "..", no '/', ':' or white space), for a Linux guest only (the embedded guest has no
+    // network device). vm.mac: the guest's one MAC address, the same in both hosts' files,
+    // required with net-tap and of no use without it; a unicast address, not all zeros.
+    void network(const Setting* tap, const Setting* mac, bool is_linux, VmConfig& vm) {
+        if (tap) {
+            const std::string& name = tap->value;
+            const bool bad_char = std::any_of(name.begin(), name.end(), [](char c) {
+                return c == '/' || c == ':' || std::isspace(static_cast<unsigned char>(c)) ||
+                       static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+            });
+            if (name.empty() || name.size() > 15 || name == "." || name == ".." || bad_char)
+                fail("vm", "net-tap", "must be a network interface name: 1 to 15 bytes, no '/', ':' or white space");
+            else if (!is_linux)
+                fail("vm", "net-tap", "is for Linux guests: it needs vm.kernel (the embedded guest has no network)");
+            else
+                vm.net_tap = name;
+            if (!mac)
+                m_problems.add(tap->line, "vm.mac",
+                               "required with vm.net-tap: the guest's MAC address, the same on both hosts "
+                               "(e.g. 52:54:00:12:34:56)");
+        }
+        if (mac) {
+            auto parsed = parse_mac(mac->value);
+            if (!parsed)
+                fail("vm", "mac", parsed.error().message());
+            else if (!tap)
+                fail("vm", "mac", "has no use without vm.net-tap");
+            else
+                vm.mac = *parsed;
+        }
     }
 
     // A regular file at `text` (resolved): its absolute path, or nullopt after reporting why not.
@@ -843,6 +880,42 @@ base::Result<Role> parse_role(std::string_view text) {
 
 Role peer_of(Role role) { return role == Role::Primary ? Role::Secondary : Role::Primary; }
 
+base::Result<Mac> parse_mac(std::string_view text) {
+    auto bad = [&] {
+        return base::Error::make(base::Errc::Invalid, "must be a MAC address: six two-digit hex octets separated by "
+                                                      "':' (e.g. 52:54:00:12:34:56)");
+    };
+    if (text.size() != 17)
+        return bad();
+    Mac mac{};
+    for (size_t i = 0; i < mac.size(); ++i) {
+        if (i > 0 && text[i * 3 - 1] != ':')
+            return bad();
+        unsigned value = 0;
+        for (char c : text.substr(i * 3, 2)) {
+            const int digit = std::isdigit(static_cast<unsigned char>(c)) ? c - '0'
+                              : (c >= 'a' && c <= 'f')                   ? c - 'a' + 10
+                              : (c >= 'A' && c <= 'F')                   ? c - 'A' + 10
+                                                                         : -1;
+            if (digit < 0)
+                return bad();
+            value = value * 16 + static_cast<unsigned>(digit);
+        }
+        mac[i] = static_cast<uint8_t>(value);
+    }
+    if (mac[0] & 1)
+        return base::Error::make(base::Errc::Invalid,
+                                 "is a multicast address (the low bit of the first octet is set): a NIC's address "
+                                 "must be unicast, e.g. 52:54:00:12:34:56");
+    if (std::all_of(mac.begin(), mac.end(), [](uint8_t octet) { return octet == 0; }))
+        return base::Error::make(base::Errc::Invalid, "must not be all zeros");
+    return mac;
+}
+
+std::string format_mac(const Mac& mac) {
+    return fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+}
+
 std::string Image::to_string() const {
     if (is_builtin())
         return fmt::format("{}{}", k_builtin_prefix, builtin);
@@ -937,6 +1010,10 @@ std::string to_config_text(const PairConfig& config) {
     out += fmt::format("cmdline = {}\n", config.vm.cmdline);
     out += fmt::format("console-clients = {}\n", config.vm.console_clients);
     out += fmt::format("accelerator = {}\n", config.vm.accelerator);
+    if (config.vm.has_network()) {
+        out += fmt::format("net-tap = {}\n", config.vm.net_tap);
+        out += fmt::format("mac = {}\n", format_mac(config.vm.mac));
+    }
     const auto& replication = config.replication;
     out += "[replication]\n";
     out += fmt::format("mode = {}\n", mode_name(replication.mode));

@@ -10,6 +10,7 @@
 // whether ports can be bound, are checked by the daemons when they use them.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -45,6 +46,14 @@ struct Image {
     bool operator==(const Image&) const = default;
 };
 
+// An Ethernet MAC address.
+using Mac = std::array<uint8_t, 6>;
+// "52:54:00:12:34:56" (hex digits in either case): six octets, unicast (the low bit of the first
+// octet clear) and not all zeros; the error says which rule failed.
+base::Result<Mac> parse_mac(std::string_view text);
+// Lower-case, colon-separated.
+std::string format_mac(const Mac& mac);
+
 struct VmConfig {
     std::string name;              // [A-Za-z0-9_.-]{1,64}; the file's stem unless set
     uint64_t memory_bytes = 0;     // a multiple of 4 KiB, 16 MiB to 1 TiB
@@ -58,8 +67,11 @@ struct VmConfig {
     // backend) or "auto" (kvm when /dev/kvm exists, else soft). A string because the daemons
     // hand it on as the backend's name.
     std::string accelerator = "auto";
+    std::string net_tap;           // the host's tap interface for the guest's NIC; empty: no network
+    Mac mac{};                     // the guest's MAC (both hosts the same); set with net_tap
 
     bool is_linux() const { return !kernel.empty(); }
+    bool has_network() const { return !net_tap.empty(); }
     bool operator==(const VmConfig&) const = default;
 };
 

@@ -468,7 +468,7 @@ TEST_CASE("unknown sections and keys are errors", "[config]") {
           "demo.conf:22: vm.mode = colo: unknown key (mode belongs in [replication])");
     CHECK(errors_of(k_design + "[vm]\nballoon = yes\n") ==
           "demo.conf:22: vm.balloon = yes: unknown key (known in [vm]: name, memory, vcpus, image, kernel, initrd, cmdline, "
-          "console-clients, accelerator)");
+          "console-clients, accelerator, net-tap, mac)");
     CHECK(errors_of(k_design + "[vm]\nMemory = 512M\n") ==
           "demo.conf:22: vm.Memory = 512M: unknown key (did you mean vm.memory?)");
     // The keys of an unknown section are not reported one by one.
@@ -637,6 +637,49 @@ TEST_CASE("the packaged examples parse", "[config]") {
     CHECK(pair.secondary.replication.to_string() == "10.0.0.2:9400");
     CHECK_FALSE(pair.replication.fence_command.empty());
     CHECK(pair.replication.auth_key_file == "/etc/colod/demo.key");
+}
+
+TEST_CASE("a Linux guest's network: net-tap and mac", "[config][linux][net]") {
+    TempDir dir;
+    colod::test::FakeBzImage kernel;
+    dir.write("vmlinuz", kernel.text());
+    ParseOptions options;
+    options.base_dir = dir.path();
+    auto linux_text = [](std::string_view lines) {
+        return with_line("image", "kernel = vmlinuz") + fmt::format("[vm]\n{}\n", lines);
+    };
+
+    const PairConfig config = parsed(linux_text("net-tap = tap-demo\nmac = 52:54:00:AB:cd:01"), "demo.conf", options);
+    CHECK(config.vm.has_network());
+    CHECK(config.vm.net_tap == "tap-demo");
+    CHECK(config.vm.mac == colod::config::Mac{0x52, 0x54, 0x00, 0xab, 0xcd, 0x01});
+    CHECK(to_config_text(config).find("mac = 52:54:00:ab:cd:01\n") != std::string::npos);
+    CHECK(parsed(to_config_text(config), "demo.conf", options) == config);
+    CHECK_FALSE(parsed(linux_text(""), "demo.conf", options).vm.has_network());
+
+    // Each rule, named.
+    CHECK(errors_of(linux_text("net-tap = tap0"), "demo.conf", options) ==
+          "demo.conf:22: vm.mac: required with vm.net-tap: the guest's MAC address, the same on both hosts (e.g. "
+          "52:54:00:12:34:56)");
+    CHECK(errors_of(linux_text("mac = 52:54:00:12:34:56"), "demo.conf", options) ==
+          "demo.conf:22: vm.mac = 52:54:00:12:34:56: has no use without vm.net-tap");
+    for (const char* name : {"a-name-too-long-for-linux", "tap/0", "tap:0", "..", "."})
+        CHECK(errors_of(linux_text(fmt::format("net-tap = {}\nmac = 52:54:00:12:34:56", name)), "demo.conf", options) ==
+              fmt::format("demo.conf:22: vm.net-tap = {}: must be a network interface name: 1 to 15 bytes, no '/', ':' "
+                          "or white space",
+                          name));
+    const std::string not_mac = "must be a MAC address: six two-digit hex octets separated by ':' (e.g. 52:54:00:12:34:56)";
+    for (const char* mac : {"52:54:00:12:34", "52:54:00:12:34:5g", "52-54-00-12-34-56", "525400123456", "52:54:00:12:34:567"})
+        CHECK(errors_of(linux_text(fmt::format("net-tap = tap0\nmac = {}", mac)), "demo.conf", options) ==
+              fmt::format("demo.conf:23: vm.mac = {}: {}", mac, not_mac));
+    CHECK(errors_of(linux_text("net-tap = tap0\nmac = 01:00:5e:00:00:01"), "demo.conf", options) ==
+          "demo.conf:23: vm.mac = 01:00:5e:00:00:01: is a multicast address (the low bit of the first octet is set): a "
+          "NIC's address must be unicast, e.g. 52:54:00:12:34:56");
+    CHECK(errors_of(linux_text("net-tap = tap0\nmac = 00:00:00:00:00:00"), "demo.conf", options) ==
+          "demo.conf:23: vm.mac = 00:00:00:00:00:00: must not be all zeros");
+    // The embedded guest has no NIC.
+    CHECK(errors_of(k_design + "[vm]\nnet-tap = tap0\nmac = 52:54:00:12:34:56\n", "demo.conf", options) ==
+          "demo.conf:22: vm.net-tap = tap0: is for Linux guests: it needs vm.kernel (the embedded guest has no network)");
 }
 
 TEST_CASE("a Linux guest: kernel and initrd instead of image", "[config][linux]") {
