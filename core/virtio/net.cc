@@ -1,0 +1,357 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#include "core/virtio/net.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "base/log.h"
+#include "core/state_io.h"
+
+namespace colod::core::virtio {
+
+namespace {
+
+constexpr auto k_log_interval = std::chrono::seconds(10);
+// struct virtio_net_config as far as the offered features define it: mac[6], le16 status.
+constexpr uint32_t k_config_size = 8;
+// Offset of num_buffers in struct virtio_net_hdr_v1 (little-endian u16).
+constexpr size_t k_num_buffers_offset = 10;
+
+// The transport's lock, or none before the device is attached (nothing else can reach it then).
+std::unique_lock<std::mutex> lock_of(Transport* transport) {
+    return transport ? transport->lock() : std::unique_lock<std::mutex>();
+}
+
+base::Error bad_chain(std::string message) { return base::Error(base::Errc::Invalid, std::move(message)); }
+
+}  // namespace
+
+NetDevice::NetDevice(Mac mac, Transmit transmit)
+    : m_mac(mac), m_log_name("virtio-net " + net::format_mac(mac)), m_transmit(std::move(transmit)) {}
+
+void NetDevice::set_transmit(Transmit transmit) {
+    auto lock = lock_of(m_transport);
+    m_transmit = std::move(transmit);
+    m_tx_blocked = false;  // the old sink's back-pressure says nothing about the new one
+    process_tx();
+}
+
+bool NetDevice::receive(std::span<const std::byte> frame) {
+    auto lock = lock_of(m_transport);
+    if (frame.size() < k_min_frame || frame.size() > k_max_frame) {
+        ++m_counters.rx_dropped;
+        return false;
+    }
+    // Straight into the guest when nothing waits before it; frames never overtake each other.
+    if (m_backlog.empty() && can_run()) {
+        bool pushed = false;
+        RxOutcome outcome = deliver(frame, pushed);
+        if (pushed)
+            m_transport->notify_used(k_receive_queue);
+        if (outcome == RxOutcome::Delivered)
+            return true;
+        if (outcome != RxOutcome::NoBuffer)
+            return false;
+    }
+    if (m_backlog.size() >= k_rx_backlog || m_backlog_bytes + frame.size() > k_rx_backlog_bytes) {
+        ++m_counters.rx_dropped;
+        return false;
+    }
+    m_backlog.emplace_back(frame.begin(), frame.end());
+    m_backlog_bytes += frame.size();
+    return true;
+}
+
+void NetDevice::tx_ready() {
+    auto lock = lock_of(m_transport);
+    m_tx_blocked = false;
+    process_tx();
+}
+
+uint32_t NetDevice::learned_ipv4() const {
+    auto lock = lock_of(m_transport);
+    return m_learned_ipv4;
+}
+
+NetDevice::Counters NetDevice::counters() const {
+    auto lock = lock_of(m_transport);
+    return m_counters;
+}
+
+size_t NetDevice::rx_backlog() const {
+    auto lock = lock_of(m_transport);
+    return m_backlog.size();
+}
+
+void NetDevice::read_config(uint32_t offset, std::span<std::byte> data) {
+    std::array<std::byte, k_config_size> config;
+    for (size_t i = 0; i < m_mac.size(); ++i)
+        config[i] = std::byte{m_mac[i]};
+    config[6] = std::byte{static_cast<uint8_t>(k_status_link_up & 0xff)};
+    config[7] = std::byte{static_cast<uint8_t>(k_status_link_up >> 8)};
+    for (size_t i = 0; i < data.size(); ++i) {
+        uint64_t at = uint64_t{offset} + i;
+        data[i] = at < k_config_size ? config[at] : std::byte{0};
+    }
+}
+
+void NetDevice::activate() {
+    process_tx();
+    deliver_backlog();
+}
+
+void NetDevice::queue_notify(uint16_t index) {
+    // A notification while quiesced (vCPUs are paused then, so it would come from a stray
+    // caller) is not lost: resume() looks at both queues anyway.
+    if (index == k_receive_queue)
+        deliver_backlog();
+    else if (index == k_transmit_queue)
+        process_tx();
+}
+
+void NetDevice::quiesce() {
+    auto lock = lock_of(m_transport);
+    m_quiesced = true;
+}
+
+void NetDevice::resume() {
+    auto lock = lock_of(m_transport);
+    m_quiesced = false;
+    // Frames the guest queued and frames that arrived while quiesced, or chains pending in a
+    // state just loaded.
+    process_tx();
+    deliver_backlog();
+}
+
+bool NetDevice::can_run() const {
+    return m_transport && !m_quiesced && m_transport->active();
+}
+
+// Copies the chain's readable bytes (header and frame) into m_tx_buffer, once: the guest may
+// change its buffers meanwhile, and what was copied is what is checked and sent.
+base::Result<void> NetDevice::read_chain(const Chain& chain) {
+    m_tx_buffer.resize(static_cast<size_t>(chain.readable_bytes));
+    size_t offset = 0;
+    for (const Buffer& buffer : chain.readable) {
+        auto source = TRY(m_transport->memory().slice(buffer.gpa, buffer.len, GuestMemory::Access::Read));
+        std::memcpy(m_tx_buffer.data() + offset, source.data(), buffer.len);
+        offset += buffer.len;
+    }
+    return base::ok();
+}
+
+void NetDevice::process_tx() {
+    if (!can_run() || m_tx_blocked || !m_transmit)
+        return;
+    Queue& queue = m_transport->queue(k_transmit_queue);
+    bool pushed = false;
+    auto give_back = [&](uint16_t head) -> bool {
+        queue.consume();
+        if (auto used = queue.push_used(head, 0); !used) {
+            m_transport->queue_broken(k_transmit_queue, used.error());
+            return false;
+        }
+        pushed = true;
+        return true;
+    };
+    for (;;) {
+        auto next = queue.peek();
+        if (!next) {
+            m_transport->queue_broken(k_transmit_queue, next.error());
+            return;
+        }
+        if (!next.value()) {
+            // Ring empty: ask for a notification, and look again in case the driver added a
+            // chain before it could see that request.
+            auto more = queue.arm_notifications();
+            if (!more) {
+                m_transport->queue_broken(k_transmit_queue, more.error());
+                return;
+            }
+            if (more.value())
+                continue;
+            break;
+        }
+        const Chain& chain = *next.value();
+        std::optional<base::Error> broken;
+        if (!chain.writable.empty())
+            broken = bad_chain(fmt::format("transmit chain {} has {} device-writable buffers", chain.head,
+                                           chain.writable.size()));
+        else if (chain.readable_bytes < k_header_size)
+            broken = bad_chain(fmt::format("transmit chain {} of {} bytes is shorter than the {}-byte virtio-net header",
+                                           chain.head, chain.readable_bytes, k_header_size));
+        else if (chain.readable_bytes - k_header_size > k_max_frame)
+            broken = bad_chain(fmt::format("transmit chain {} carries a frame of {} bytes (at most {})", chain.head,
+                                           chain.readable_bytes - k_header_size, k_max_frame));
+        if (broken) {
+            ++m_counters.bad_chains;
+            m_transport->queue_broken(k_transmit_queue, *broken);
+            return;
+        }
+        if (auto copied = read_chain(chain); !copied) {
+            m_transport->queue_broken(k_transmit_queue, copied.error());
+            return;
+        }
+        // No offloads were negotiated, so the header has nothing for the device to act on:
+        // whatever the driver put in it is ignored.
+        auto frame = std::span<const std::byte>(m_tx_buffer).subspan(k_header_size);
+        if (frame.size() < k_min_frame) {
+            ++m_counters.bad_chains;
+            base::log_limited(m_log_name + " short", k_log_interval, base::Level::Warning, base::Event::None,
+                              fmt::format("{}: transmit chain {} carries {} bytes, not an Ethernet frame; not sent",
+                                          m_log_name, chain.head, frame.size()));
+            if (!give_back(chain.head))
+                return;
+            continue;
+        }
+        if (!m_transmit(frame)) {
+            m_tx_blocked = true;  // the chain stays in the ring until tx_ready()
+            break;
+        }
+        ++m_counters.tx_frames;
+        m_counters.tx_bytes += frame.size();
+        learn(frame);
+        if (!give_back(chain.head))
+            return;
+    }
+    if (pushed)
+        m_transport->notify_used(k_transmit_queue);
+}
+
+void NetDevice::learn(std::span<const std::byte> frame) {
+    auto found = net::sender_address(frame, m_mac);
+    if (!found)
+        return;
+    // An ARP sender address is the guest's own by definition; an IPv4 source may be one it
+    // forwards for others, so it serves only until the first ARP.
+    if (found->source == net::AddressSource::Arp || m_learned_ipv4 == 0)
+        m_learned_ipv4 = found->ipv4;
+}
+
+// Header then frame across the chain's writable buffers, in order (the caller checked that
+// they hold both).
+base::Result<void> NetDevice::write_chain(const Chain& chain, std::span<const std::byte> frame) {
+    std::array<std::byte, k_header_size> header{};
+    header[k_num_buffers_offset] = std::byte{1};  // num_buffers = 1, little-endian
+    size_t total = header.size() + frame.size();
+    size_t done = 0;  // bytes of header and frame written so far
+    for (const Buffer& buffer : chain.writable) {
+        if (done == total)
+            break;
+        size_t want = std::min<size_t>(buffer.len, total - done);
+        auto target = TRY(m_transport->memory().slice(buffer.gpa, want, GuestMemory::Access::Write));
+        for (size_t at = 0; at < want;) {
+            size_t from = done + at;
+            auto source = from < header.size() ? std::span<const std::byte>(header).subspan(from)
+                                               : frame.subspan(from - header.size());
+            size_t n = std::min(want - at, source.size());
+            std::memcpy(target.data() + at, source.data(), n);
+            at += n;
+        }
+        done += want;
+    }
+    return base::ok();
+}
+
+NetDevice::RxOutcome NetDevice::deliver(std::span<const std::byte> frame, bool& pushed) {
+    Queue& queue = m_transport->queue(k_receive_queue);
+    auto broken = [&](const base::Error& why) {
+        ++m_counters.rx_dropped;
+        m_transport->queue_broken(k_receive_queue, why);
+        return RxOutcome::Broken;
+    };
+    std::optional<Chain> chain;
+    for (;;) {
+        auto next = queue.peek();
+        if (!next)
+            return broken(next.error());
+        if (next.value()) {
+            chain = std::move(next.value());
+            break;
+        }
+        // No buffer: ask for a notification when the driver posts one, and look again in case
+        // it did before it could see that request.
+        auto more = queue.arm_notifications();
+        if (!more)
+            return broken(more.error());
+        if (!more.value())
+            return RxOutcome::NoBuffer;
+    }
+    if (!chain->readable.empty()) {
+        ++m_counters.bad_chains;
+        return broken(bad_chain(
+            fmt::format("receive chain {} has {} device-readable buffers", chain->head, chain->readable.size())));
+    }
+    uint64_t total = k_header_size + frame.size();
+    uint32_t written = 0;
+    if (chain->writable_bytes < total) {
+        ++m_counters.bad_chains;
+        ++m_counters.rx_dropped;
+        base::log_limited(m_log_name + " small", k_log_interval, base::Level::Warning, base::Event::None,
+                          fmt::format("{}: receive chain {} holds {} bytes, a {}-byte frame needs {}; frame dropped",
+                                      m_log_name, chain->head, chain->writable_bytes, frame.size(), total));
+    } else {
+        if (auto copied = write_chain(*chain, frame); !copied)
+            return broken(copied.error());
+        written = static_cast<uint32_t>(total);
+    }
+    queue.consume();
+    if (auto used = queue.push_used(chain->head, written); !used)
+        return broken(used.error());
+    pushed = true;
+    if (written == 0)
+        return RxOutcome::Dropped;
+    ++m_counters.rx_frames;
+    m_counters.rx_bytes += frame.size();
+    return RxOutcome::Delivered;
+}
+
+void NetDevice::deliver_backlog() {
+    if (!can_run())
+        return;
+    bool pushed = false;
+    while (!m_backlog.empty()) {
+        RxOutcome outcome = deliver(m_backlog.front(), pushed);
+        if (outcome == RxOutcome::NoBuffer)
+            break;
+        m_backlog_bytes -= m_backlog.front().size();
+        m_backlog.pop_front();
+        if (outcome == RxOutcome::Broken)
+            return;  // the queue is unusable until the driver resets the device
+    }
+    if (pushed)
+        m_transport->notify_used(k_receive_queue);
+}
+
+// Layout, version 1: u32 learned IPv4 address (0: none).
+std::vector<std::byte> NetDevice::save_state() const {
+    StateWriter w;
+    w.put(m_learned_ipv4);
+    return w.take();
+}
+
+base::Result<uint32_t> NetDevice::decode_state(uint16_t version, std::span<const std::byte> bytes) const {
+    if (version != k_state_version)
+        return base::Error::make(base::Errc::Unsupported, "virtio-net state version {} (this build reads {})", version,
+                                 k_state_version);
+    StateReader r(bytes);
+    uint32_t learned = r.get<uint32_t>();
+    TRY(r.finish("virtio-net state"));
+    if (learned != 0 && !net::is_host_ipv4(learned))
+        return base::Error::make(base::Errc::Invalid, "virtio-net state: {} cannot be a guest's address",
+                                 net::format_ipv4(learned));
+    return learned;
+}
+
+base::Result<void> NetDevice::check_state(uint16_t version, std::span<const std::byte> bytes) const {
+    TRY(decode_state(version, bytes));
+    return base::ok();
+}
+
+base::Result<void> NetDevice::load_state(uint16_t version, std::span<const std::byte> bytes) {
+    m_learned_ipv4 = TRY(decode_state(version, bytes));
+    return base::ok();
+}
+
+}  // namespace colod::core::virtio

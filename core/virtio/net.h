@@ -1,0 +1,173 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// virtio-net (virtio 1.x §5.1): device id 1, one receive queue (0) and one transmit queue (1),
+// no control queue, no multiqueue. Offered: VIRTIO_NET_F_MAC and VIRTIO_NET_F_STATUS only, so
+// no checksum or segmentation offloads and no VIRTIO_NET_F_MRG_RXBUF: each frame received goes
+// into one device-writable chain and each chain the guest transmits is one frame. Both
+// directions put the 12-byte struct virtio_net_hdr_v1 in front of the frame (VERSION_1, which
+// the transport negotiates). Configuration space: mac[6], then status (u16, little-endian),
+// where VIRTIO_NET_S_LINK_UP is always set.
+//
+// What the device does with each chain the guest makes available (every chain is hostile):
+//   - transmitq: the header is skipped and the frame handed to the Transmit sink; the chain
+//     is returned (used length 0) once the sink took it. A sink that cannot take it now
+//     leaves it in the ring, untaken, until tx_ready(); so does a missing sink, until
+//     set_transmit(). A chain with a device-writable buffer, shorter than the header or
+//     carrying a frame longer than k_max_frame breaks the queue (DEVICE_NEEDS_RESET, the
+//     transport's queue_broken()); a frame shorter than an Ethernet header is returned
+//     unsent. Both count in bad_chains.
+//   - receiveq: a zeroed header (num_buffers = 1, as VERSION_1 asks even without
+//     MRG_RXBUF), then the frame; the chain is returned with their length. A chain with a
+//     device-readable buffer breaks the queue. A chain too small for header and frame is
+//     returned with used length 0 (Linux counts it as a length error and reposts the buffer)
+//     and the frame is dropped: both rx_dropped and bad_chains count it. Keeping the chain
+//     would stop reception altogether, since chains are taken in order.
+//
+// Replication: the guest's IPv4 address, learned from frames it sends, is the device's only
+// state of its own (a secondary that takes over announces it by gratuitous ARP). Frames waiting
+// for receive buffers are not: a network may lose frames; what matters is that nothing reaches
+// guest memory while the device is quiesced.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/result.h"
+#include "core/net/frames.h"
+#include "core/virtio/device.h"
+
+namespace colod::core::virtio {
+
+class NetDevice final : public VirtioDevice {
+public:
+    static constexpr uint32_t k_device_id = 1;
+    static constexpr uint16_t k_queue_size = 256;
+    static constexpr uint16_t k_state_version = 1;
+    static constexpr uint16_t k_receive_queue = 0;
+    static constexpr uint16_t k_transmit_queue = 1;
+    // Device feature bits (§5.1.3).
+    static constexpr uint64_t k_feature_mac = 1ull << 5;
+    static constexpr uint64_t k_feature_status = 1ull << 16;
+    // Configuration status bit (§5.1.4).
+    static constexpr uint16_t k_status_link_up = 1;
+    // struct virtio_net_hdr_v1: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset,
+    // num_buffers.
+    static constexpr size_t k_header_size = 12;
+    // The longest frame the device passes in either direction (a tap's largest MTU, 65521,
+    // plus an Ethernet header and a VLAN tag, rounded up): without TSO no guest sends more.
+    static constexpr size_t k_max_frame = 65550;
+    // The shortest: an Ethernet header.
+    static constexpr size_t k_min_frame = 14;
+    // Frames received that wait for receive buffers, at most (beyond either bound they are
+    // dropped and counted in rx_dropped).
+    static constexpr size_t k_rx_backlog = 256;
+    static constexpr size_t k_rx_backlog_bytes = 4u << 20;
+
+    using Mac = net::Mac;
+    // One Ethernet frame the guest sent (without the virtio-net header), valid during the
+    // call only. Called with the transport's lock held, on a vCPU thread or on whichever
+    // thread called tx_ready(), set_transmit() or resume(): it may only queue the frame, never
+    // do I/O, block, or call into the device. Returns false when the sink cannot take it now
+    // (back-pressure): the chain stays in the transmit ring, untaken, and the device tries it
+    // again when tx_ready() is called.
+    using Transmit = std::function<bool(std::span<const std::byte> frame)>;
+
+    // `transmit` may be empty: frames then wait in the ring until set_transmit() gives a sink.
+    NetDevice(Mac mac, Transmit transmit);
+
+    // Replaces the sink (a secondary taking over switches to its own tap's). Any thread; takes
+    // the transport's lock, so never from inside a Transmit call. Sends what the guest has
+    // queued if the new sink takes it.
+    void set_transmit(Transmit transmit);
+    // A frame from the world for the guest. Any thread; takes the transport's lock. Written
+    // into the next receive chain and the driver interrupted (unless it suppressed that).
+    // When the guest has no receive buffer posted, or the device is not active or is quiesced,
+    // the frame waits in a bounded backlog (k_rx_backlog), delivered in order as soon as
+    // buffers come (a notification on the receive queue) or on resume(). Returns false when
+    // the frame was dropped: backlog full, not an Ethernet frame (k_min_frame to k_max_frame
+    // bytes), a receive chain too small for it, or a broken receive queue.
+    bool receive(std::span<const std::byte> frame);
+    // The sink takes frames again. Any thread; takes the transport's lock, so the caller must
+    // hold no lock that the Transmit function takes (the transport's lock is the outer one).
+    void tx_ready();
+    // The guest's IPv4 address (host byte order) as learned from frames it sent: the sender
+    // address of every ARP request or reply from its MAC, else, while none is known, the
+    // source of an IPv4 packet from its MAC (see net::sender_address()). 0 until known. Part
+    // of the saved state.
+    uint32_t learned_ipv4() const;
+    Mac mac() const { return m_mac; }
+    struct Counters {
+        uint64_t tx_frames = 0, tx_bytes = 0;  // taken by the sink; bytes without the header
+        uint64_t rx_frames = 0, rx_bytes = 0;  // written into the guest's buffers
+        uint64_t rx_dropped = 0;               // frames receive() did not deliver
+        uint64_t bad_chains = 0;               // chains the guest got wrong (see the top)
+    };
+    // Any thread; takes the transport's lock.
+    Counters counters() const;
+    // Frames waiting for receive buffers. Any thread; takes the transport's lock.
+    size_t rx_backlog() const;
+
+    // VirtioDevice.
+    std::string_view type_name() const override { return "net"; }
+    uint32_t device_id() const override { return k_device_id; }
+    uint64_t device_features() const override { return k_feature_mac | k_feature_status; }
+    uint16_t queue_count() const override { return 2; }
+    uint16_t queue_max_size(uint16_t) const override { return k_queue_size; }
+    void attach(Transport& transport) override { m_transport = &transport; }
+    void read_config(uint32_t offset, std::span<std::byte> data) override;
+    // The configuration space is read-only in virtio 1.x (the MAC is changed only through a
+    // control queue, which is not offered): writes are ignored.
+    void write_config(uint32_t, std::span<const std::byte>) override {}
+    void activate() override;
+    // Nothing is in flight (chains are taken only when complete). Frames waiting for receive
+    // buffers keep waiting: Linux resets the device when its driver probes, and frames that
+    // came before are delivered once it posts buffers. The learned address stays too: the
+    // guest's address does not change because its driver restarted.
+    void reset() override {}
+    void queue_notify(uint16_t index) override;
+    uint16_t state_version() const override { return k_state_version; }
+    std::vector<std::byte> save_state() const override;
+    base::Result<void> check_state(uint16_t version, std::span<const std::byte> bytes) const override;
+    base::Result<void> load_state(uint16_t version, std::span<const std::byte> bytes) override;
+
+    // Pausable: while quiesced nothing touches guest memory or calls the sink (received frames
+    // wait in the backlog, transmit notifications are remembered only as the ring's state);
+    // resume() sends and delivers whatever became possible meanwhile.
+    void quiesce() override;
+    void resume() override;
+
+private:
+    enum class RxOutcome { Delivered, Dropped, NoBuffer, Broken };
+
+    // The device may use its queues now (transport lock held).
+    bool can_run() const;
+    // Sends every frame the guest has queued that the sink takes (transport lock held).
+    void process_tx();
+    // Delivers backlogged frames while receive chains last (transport lock held).
+    void deliver_backlog();
+    // Puts `frame` into the next receive chain; sets `pushed` when a chain was returned.
+    RxOutcome deliver(std::span<const std::byte> frame, bool& pushed);
+    base::Result<void> write_chain(const Chain& chain, std::span<const std::byte> frame);
+    base::Result<void> read_chain(const Chain& chain);
+    void learn(std::span<const std::byte> frame);
+    base::Result<uint32_t> decode_state(uint16_t version, std::span<const std::byte> bytes) const;
+
+    const Mac m_mac;
+    const std::string m_log_name;  // "virtio-net 52:54:00:..." for log records
+    Transport* m_transport = nullptr;
+    Transmit m_transmit;
+    bool m_quiesced = false;
+    bool m_tx_blocked = false;  // the sink refused a frame; waiting for tx_ready()
+    uint32_t m_learned_ipv4 = 0;
+    std::deque<std::vector<std::byte>> m_backlog;
+    size_t m_backlog_bytes = 0;
+    Counters m_counters;
+    std::vector<std::byte> m_tx_buffer;  // header + frame of the chain being sent
+};
+
+}  // namespace colod::core::virtio

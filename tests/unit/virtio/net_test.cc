@@ -1,0 +1,876 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// virtio-mmio + virtio-net driven by a fake driver that does what Linux's virtio_mmio,
+// virtio_ring and virtio_net do, in guest memory without KVM.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "core/net/frames.h"
+#include "core/state_io.h"
+#include "core/virtio/mmio.h"
+#include "core/virtio/net.h"
+
+using namespace colod;
+using namespace colod::core;
+using namespace colod::core::virtio;
+
+namespace {
+
+constexpr uint64_t k_base = 0xd000'0000;
+constexpr uint64_t k_ram = 16 << 20;
+constexpr NetDevice::Mac k_mac = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
+constexpr size_t k_hdr = NetDevice::k_header_size;
+
+enum Reg : uint64_t {
+    MAGIC = 0x000, VERSION = 0x004, DEVICE_ID = 0x008, DEV_FEATURES = 0x010, DEV_FEATURES_SEL = 0x014,
+    DRV_FEATURES = 0x020, DRV_FEATURES_SEL = 0x024, QUEUE_SEL = 0x030, QUEUE_NUM_MAX = 0x034, QUEUE_NUM = 0x038,
+    QUEUE_READY = 0x044, QUEUE_NOTIFY = 0x050, INT_STATUS = 0x060, INT_ACK = 0x064, STATUS = 0x070,
+    DESC_LO = 0x080, DESC_HI = 0x084, DRIVER_LO = 0x090, DRIVER_HI = 0x094, DEVICE_LO = 0x0a0, DEVICE_HI = 0x0a4,
+    CONFIG = 0x100,
+};
+
+using Frame = std::vector<std::byte>;
+
+// An Ethernet frame of `len` bytes from `src` with a recognisable payload.
+Frame make_frame(size_t len, uint8_t seed, NetDevice::Mac src = {0x02, 0, 0, 0, 0, 1}) {
+    Frame f(len);
+    for (size_t i = 0; i < 6 && i < len; ++i)
+        f[i] = std::byte{0xff};
+    for (size_t i = 0; i < 6 && 6 + i < len; ++i)
+        f[6 + i] = std::byte{src[i]};
+    if (len > 13) {
+        f[12] = std::byte{0x88};  // local experimental EtherType
+        f[13] = std::byte{0xb5};
+    }
+    for (size_t i = 14; i < len; ++i)
+        f[i] = std::byte(static_cast<uint8_t>(seed + i * 7));
+    return f;
+}
+
+// An IPv4 packet (just its header) from the guest's MAC with source `ip`.
+Frame ipv4_frame(uint32_t ip, NetDevice::Mac src = k_mac) {
+    Frame f = make_frame(14 + 20, 0, src);
+    f[12] = std::byte{0x08};
+    f[13] = std::byte{0x00};
+    std::fill(f.begin() + 14, f.end(), std::byte{0});
+    f[14] = std::byte{0x45};
+    for (int i = 0; i < 4; ++i)
+        f[14 + 12 + i] = std::byte(static_cast<uint8_t>(ip >> (24 - 8 * i)));
+    return f;
+}
+
+// An ARP request from the guest: what Linux sends to resolve a neighbour.
+Frame arp_request(uint32_t sender, uint32_t target, NetDevice::Mac mac = k_mac) {
+    Frame f = net::gratuitous_arp(mac, sender);
+    for (int i = 0; i < 4; ++i)
+        f[38 + i] = std::byte(static_cast<uint8_t>(target >> (24 - 8 * i)));
+    return f;
+}
+
+struct Rig {
+    GuestMemory memory = GuestMemory::create(k_ram).value();
+    std::vector<bool> line_changes;
+    bool line = false;
+    std::vector<Frame> sent;
+    bool accept = true;
+    int refused = 0;
+    NetDevice* net = nullptr;
+    std::unique_ptr<MmioTransport> transport;
+
+    Rig() {
+        auto all = memory.all();
+        std::fill(all.begin(), all.end(), std::byte{0xaa});
+        auto device = std::make_unique<NetDevice>(k_mac, [this](std::span<const std::byte> frame) {
+            if (!accept) {
+                ++refused;
+                return false;
+            }
+            sent.emplace_back(frame.begin(), frame.end());
+            return true;
+        });
+        net = device.get();
+        transport = MmioTransport::create(std::move(device), k_base, memory, [this](bool level) {
+                        line_changes.push_back(level);
+                        line = level;
+                    }).value();
+    }
+
+    uint32_t read(uint64_t offset) {
+        uint32_t value = 0;
+        transport->mmio_read(k_base + offset, std::as_writable_bytes(std::span(&value, 1)));
+        return value;
+    }
+    void write(uint64_t offset, uint32_t value) { transport->mmio_write(k_base + offset, std::as_bytes(std::span(&value, 1))); }
+    std::byte* at(uint64_t gpa) { return memory.all().data() + gpa; }
+    template <typename T>
+    void poke(uint64_t gpa, T value) { std::memcpy(at(gpa), &value, sizeof(T)); }
+    template <typename T>
+    T peek(uint64_t gpa) {
+        T value;
+        std::memcpy(&value, at(gpa), sizeof(T));
+        return value;
+    }
+    void put(uint64_t gpa, std::span<const std::byte> bytes) { std::memcpy(at(gpa), bytes.data(), bytes.size()); }
+    Frame bytes_at(uint64_t gpa, size_t len) { return {at(gpa), at(gpa) + len}; }
+    Frame snapshot() { return {memory.all().begin(), memory.all().end()}; }
+    bool needs_reset() { return (transport->status() & k_status_needs_reset) != 0; }
+};
+
+// One split queue as the driver sees it.
+struct Ring {
+    uint16_t index;
+    uint64_t desc, avail, used;
+    uint16_t size = 16;
+    uint16_t avail_idx = 0;
+    uint16_t last_used = 0;
+};
+
+struct Driver {
+    Rig& rig;
+    uint64_t features = 0;
+    Ring rx{0, 0x10000, 0x11000, 0x12000};
+    Ring tx{1, 0x20000, 0x21000, 0x22000};
+
+    explicit Driver(Rig& r) : rig(r) {}
+
+    uint32_t negotiate(uint64_t accept) {
+        rig.write(STATUS, 0);
+        rig.write(STATUS, k_status_acknowledge);
+        rig.write(STATUS, k_status_acknowledge | k_status_driver);
+        rig.write(DEV_FEATURES_SEL, 1);
+        uint64_t offered = uint64_t{rig.read(DEV_FEATURES)} << 32;
+        rig.write(DEV_FEATURES_SEL, 0);
+        offered |= rig.read(DEV_FEATURES);
+        features = offered & accept;
+        rig.write(DRV_FEATURES_SEL, 1);
+        rig.write(DRV_FEATURES, static_cast<uint32_t>(features >> 32));
+        rig.write(DRV_FEATURES_SEL, 0);
+        rig.write(DRV_FEATURES, static_cast<uint32_t>(features));
+        rig.write(STATUS, k_status_acknowledge | k_status_driver | k_status_features_ok);
+        return rig.read(STATUS);
+    }
+    void setup_queue(Ring& ring) {
+        std::memset(rig.at(ring.desc), 0, 16 * ring.size);
+        std::memset(rig.at(ring.avail), 0, 6 + 2 * ring.size);
+        std::memset(rig.at(ring.used), 0, 6 + 8 * ring.size);
+        rig.write(QUEUE_SEL, ring.index);
+        REQUIRE(rig.read(QUEUE_READY) == 0);
+        rig.write(QUEUE_NUM, ring.size);
+        rig.write(DESC_LO, static_cast<uint32_t>(ring.desc));
+        rig.write(DESC_HI, 0);
+        rig.write(DRIVER_LO, static_cast<uint32_t>(ring.avail));
+        rig.write(DRIVER_HI, 0);
+        rig.write(DEVICE_LO, static_cast<uint32_t>(ring.used));
+        rig.write(DEVICE_HI, 0);
+        rig.write(QUEUE_READY, 1);
+        REQUIRE(rig.read(QUEUE_READY) == 1);
+        ring.avail_idx = 0;
+        ring.last_used = 0;
+    }
+    void start(uint64_t accept = ~0ull) {
+        REQUIRE(rig.read(DEVICE_ID) == 1);
+        REQUIRE((negotiate(accept) & k_status_features_ok) != 0);
+        setup_queue(rx);
+        setup_queue(tx);
+        rig.write(STATUS, k_status_acknowledge | k_status_driver | k_status_features_ok | k_status_driver_ok);
+        REQUIRE((rig.read(STATUS) & k_status_driver_ok) != 0);
+    }
+
+    void set_desc(uint64_t table, uint16_t index, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next) {
+        uint64_t d = table + 16ull * index;
+        rig.poke(d, addr);
+        rig.poke(d + 8, len);
+        rig.poke(d + 12, flags);
+        rig.poke(d + 14, next);
+    }
+    void set_desc(Ring& ring, uint16_t index, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next = 0) {
+        set_desc(ring.desc, index, addr, len, flags, next);
+    }
+    void post(Ring& ring, uint16_t head) {
+        rig.poke<uint16_t>(ring.avail + 4 + 2 * (ring.avail_idx % ring.size), head);
+        ++ring.avail_idx;
+        __atomic_store_n(reinterpret_cast<uint16_t*>(rig.at(ring.avail + 2)), ring.avail_idx, __ATOMIC_RELEASE);
+    }
+    void kick(Ring& ring) { rig.write(QUEUE_NOTIFY, ring.index); }
+    std::optional<std::pair<uint32_t, uint32_t>> get_used(Ring& ring) {
+        uint16_t idx = __atomic_load_n(reinterpret_cast<uint16_t*>(rig.at(ring.used + 2)), __ATOMIC_ACQUIRE);
+        if (idx == ring.last_used)
+            return std::nullopt;
+        uint64_t elem = ring.used + 4 + 8ull * (ring.last_used % ring.size);
+        ++ring.last_used;
+        if (features & k_feature_event_idx)
+            __atomic_store_n(reinterpret_cast<uint16_t*>(rig.at(ring.avail + 4 + 2ull * ring.size)), ring.last_used,
+                             __ATOMIC_RELAXED);
+        return std::pair{rig.peek<uint32_t>(elem), rig.peek<uint32_t>(elem + 4)};
+    }
+    uint32_t interrupt() {
+        uint32_t status = rig.read(INT_STATUS);
+        rig.write(INT_ACK, status);
+        return status;
+    }
+
+    // A receive buffer of `len` bytes at `gpa` in descriptor `head`, posted and kicked.
+    void post_rx(uint16_t head, uint64_t gpa, uint32_t len, bool notify = true) {
+        set_desc(rx, head, gpa, len, k_desc_f_write);
+        post(rx, head);
+        if (notify)
+            kick(rx);
+    }
+    // Linux's layout for a frame (VERSION_1 implies ANY_LAYOUT): header and frame in one
+    // readable buffer at `gpa`, chain `head`, posted and kicked.
+    void send(uint16_t head, uint64_t gpa, std::span<const std::byte> frame, bool notify = true) {
+        std::vector<std::byte> header(k_hdr, std::byte{0});
+        rig.put(gpa, header);
+        rig.put(gpa + k_hdr, frame);
+        set_desc(tx, head, gpa, static_cast<uint32_t>(k_hdr + frame.size()), 0);
+        post(tx, head);
+        if (notify)
+            kick(tx);
+    }
+};
+
+using Used = std::pair<uint32_t, uint32_t>;
+
+// What the device writes of a ring: the used ring, avail_event included.
+std::pair<uint64_t, uint64_t> ring_fields(const Ring& ring) { return {ring.used, 6 + 8ull * ring.size}; }
+// What the fake driver's get_used() writes with EVENT_IDX.
+std::pair<uint64_t, uint64_t> used_event(const Ring& ring) { return {ring.avail + 4 + 2ull * ring.size, 2}; }
+
+// What the device writes before a received frame: a zero header but num_buffers = 1.
+Frame rx_header() {
+    Frame h(k_hdr, std::byte{0});
+    h[10] = std::byte{1};
+    return h;
+}
+
+Frame concat(const Frame& a, const Frame& b) {
+    Frame out = a;
+    out.insert(out.end(), b.begin(), b.end());
+    return out;
+}
+
+bool unchanged_outside(Rig& rig, const Frame& before, std::vector<std::pair<uint64_t, uint64_t>> allowed) {
+    auto now = rig.memory.all();
+    for (size_t i = 0; i < now.size(); ++i) {
+        if (now[i] == before[i])
+            continue;
+        bool ok = false;
+        for (auto [first, len] : allowed)
+            ok = ok || (i >= first && i < first + len);
+        if (!ok) {
+            UNSCOPED_INFO("changed at " << std::hex << i);
+            return false;
+        }
+    }
+    return true;
+}
+
+}  // namespace
+
+TEST_CASE("virtio-net identifies itself, offers MAC and STATUS only and shows its MAC with the link up") {
+    Rig rig;
+    CHECK(rig.transport->name() == "virtio-net@d0000000");
+    CHECK(rig.read(MAGIC) == 0x74726976);
+    CHECK(rig.read(VERSION) == 2);
+    CHECK(rig.read(DEVICE_ID) == 1);
+    Driver driver(rig);
+    uint32_t status = driver.negotiate(~0ull);
+    CHECK(status == (k_status_acknowledge | k_status_driver | k_status_features_ok));
+    CHECK(driver.features == (NetDevice::k_feature_mac | NetDevice::k_feature_status | k_feature_version_1 |
+                              k_feature_indirect_desc | k_feature_event_idx));
+    for (uint32_t q : {0u, 1u}) {
+        rig.write(QUEUE_SEL, q);
+        CHECK(rig.read(QUEUE_NUM_MAX) == NetDevice::k_queue_size);
+    }
+    rig.write(QUEUE_SEL, 2);
+    CHECK(rig.read(QUEUE_NUM_MAX) == 0);  // no control queue
+
+    // Configuration space, the way Linux reads it: byte by byte for the MAC, 16 bits for status.
+    for (uint32_t i = 0; i < 6; ++i) {
+        uint8_t b = 0;
+        rig.transport->mmio_read(k_base + CONFIG + i, std::as_writable_bytes(std::span(&b, 1)));
+        CHECK(b == k_mac[i]);
+    }
+    uint16_t link = 0;
+    rig.transport->mmio_read(k_base + CONFIG + 6, std::as_writable_bytes(std::span(&link, 1)));
+    CHECK(link == NetDevice::k_status_link_up);
+    CHECK(rig.read(CONFIG + 4) == (0x56u << 8 | 0x34u | 1u << 16));
+    CHECK(rig.read(CONFIG + 8) == 0);  // nothing beyond status
+    CHECK(rig.read(CONFIG + 0x80) == 0);
+    // Writes are ignored: the MAC stays.
+    uint8_t other = 0x02;
+    rig.transport->mmio_write(k_base + CONFIG, std::as_bytes(std::span(&other, 1)));
+    CHECK(rig.read(CONFIG) == (0x52u | 0x54u << 8 | 0x00u << 16 | 0x12u << 24));
+    CHECK(rig.net->mac() == k_mac);
+    CHECK(rig.net->learned_ipv4() == 0);
+}
+
+TEST_CASE("frames the guest sends reach the sink without the header, in order, whatever the chain's layout") {
+    Rig rig;
+    Driver driver(rig);
+    driver.start();
+    std::vector<Frame> frames;
+    for (uint8_t i = 0; i < 5; ++i)
+        frames.push_back(make_frame(60 + 300u * i, i));
+    // 0: header and frame in one buffer (Linux with ANY_LAYOUT).
+    driver.send(0, 0x30000, frames[0], false);
+    // 1: header alone, then the frame (a driver without ANY_LAYOUT).
+    rig.put(0x31000, Frame(k_hdr, std::byte{0}));
+    rig.put(0x31100, frames[1]);
+    driver.set_desc(driver.tx, 1, 0x31000, k_hdr, k_desc_f_next, 2);
+    driver.set_desc(driver.tx, 2, 0x31100, static_cast<uint32_t>(frames[1].size()), 0);
+    driver.post(driver.tx, 1);
+    // 3: the header split across buffers and the frame across three.
+    Frame whole = concat(Frame(k_hdr, std::byte{0}), frames[2]);
+    rig.put(0x32000, std::span(whole).first(5));
+    rig.put(0x32100, std::span(whole).subspan(5, 10));
+    rig.put(0x32200, std::span(whole).subspan(15, 100));
+    rig.put(0x32400, std::span(whole).subspan(115));
+    driver.set_desc(driver.tx, 3, 0x32000, 5, k_desc_f_next, 4);
+    driver.set_desc(driver.tx, 4, 0x32100, 10, k_desc_f_next, 5);
+    driver.set_desc(driver.tx, 5, 0x32200, 100, k_desc_f_next, 6);
+    driver.set_desc(driver.tx, 6, 0x32400, static_cast<uint32_t>(whole.size() - 115), 0);
+    driver.post(driver.tx, 3);
+    // 7: an indirect table of header and frame.
+    rig.put(0x33000, Frame(k_hdr, std::byte{0}));
+    rig.put(0x33100, frames[3]);
+    driver.set_desc(0x34000, 0, 0x33000, k_hdr, k_desc_f_next, 1);
+    driver.set_desc(0x34000, 1, 0x33100, static_cast<uint32_t>(frames[3].size()), 0, 0);
+    driver.set_desc(driver.tx, 7, 0x34000, 32, k_desc_f_indirect);
+    driver.post(driver.tx, 7);
+    // 8: a header the driver filled with something (ignored: nothing was negotiated for it).
+    Frame noisy_header(k_hdr, std::byte{0x5a});
+    rig.put(0x35000, noisy_header);
+    rig.put(0x35000 + k_hdr, frames[4]);
+    driver.set_desc(driver.tx, 8, 0x35000, static_cast<uint32_t>(k_hdr + frames[4].size()), 0);
+    driver.post(driver.tx, 8);
+    auto before = rig.snapshot();
+    driver.kick(driver.tx);
+
+    CHECK(rig.sent == frames);
+    for (uint32_t head : {0u, 1u, 3u, 7u, 8u})
+        CHECK(driver.get_used(driver.tx) == Used{head, 0});
+    CHECK(!driver.get_used(driver.tx));
+    // Nothing written but the transmit queue's used ring (and its avail_event).
+    CHECK(unchanged_outside(rig, before, {ring_fields(driver.tx), used_event(driver.tx)}));
+    CHECK(rig.line_changes == std::vector<bool>{true});
+    CHECK(driver.interrupt() == k_interrupt_used);
+    auto counters = rig.net->counters();
+    CHECK(counters.tx_frames == 5);
+    uint64_t bytes = 0;
+    for (auto& f : frames)
+        bytes += f.size();
+    CHECK(counters.tx_bytes == bytes);
+    CHECK(counters.bad_chains == 0);
+    CHECK(!rig.needs_reset());
+}
+
+TEST_CASE("a sink that refuses a frame leaves its chain in the ring until tx_ready()") {
+    Rig rig;
+    Driver driver(rig);
+    driver.start();
+    rig.accept = false;
+    auto a = make_frame(100, 1), b = make_frame(200, 2);
+    driver.send(0, 0x30000, a);
+    CHECK(rig.refused == 1);
+    CHECK(!driver.get_used(driver.tx));
+    CHECK(rig.line_changes.empty());
+    // More kicks do not ask the sink again before it said it is ready.
+    driver.send(1, 0x31000, b);
+    CHECK(rig.refused == 1);
+    CHECK(!driver.get_used(driver.tx));
+    rig.net->tx_ready();  // still refusing: asked once more, for the first frame
+    CHECK(rig.refused == 2);
+    CHECK(rig.sent.empty());
+
+    rig.accept = true;
+    rig.net->tx_ready();
+    CHECK(rig.sent == std::vector<Frame>{a, b});
+    CHECK(driver.get_used(driver.tx) == Used{0, 0});
+    CHECK(driver.get_used(driver.tx) == Used{1, 0});
+    CHECK(rig.line_changes == std::vector<bool>{true});
+    CHECK(rig.net->counters().tx_frames == 2);
+}
+
+TEST_CASE("without a sink frames wait in the ring until set_transmit()") {
+    Rig rig;
+    Driver driver(rig);
+    driver.start();
+    rig.net->set_transmit({});
+    auto a = make_frame(80, 3);
+    driver.send(0, 0x30000, a);
+    CHECK(!driver.get_used(driver.tx));
+    std::vector<Frame> got;
+    rig.net->set_transmit([&](std::span<const std::byte> frame) {
+        got.emplace_back(frame.begin(), frame.end());
+        return true;
+    });
+    CHECK(got == std::vector<Frame>{a});
+    CHECK(driver.get_used(driver.tx) == Used{0, 0});
+    CHECK(rig.sent.empty());
+}
+
+TEST_CASE("frames received go into posted buffers behind a zeroed header with num_buffers 1") {
+    Rig rig;
+    Driver driver(rig);
+    driver.start();
+    SECTION("one buffer per chain, as Linux posts them") {
+        driver.post_rx(0, 0x40000, 1526);
+        driver.post_rx(1, 0x41000, 1526);
+        auto before = rig.snapshot();
+        auto a = make_frame(60, 1), b = make_frame(1514, 2);
+        CHECK(rig.net->receive(a));
+        CHECK(rig.net->receive(b));
+        CHECK(driver.get_used(driver.rx) == Used{0, k_hdr + 60});
+        CHECK(driver.get_used(driver.rx) == Used{1, k_hdr + 1514});
+        CHECK(rig.bytes_at(0x40000, k_hdr + 60) == concat(rx_header(), a));
+        CHECK(rig.bytes_at(0x41000, k_hdr + 1514) == concat(rx_header(), b));
+        CHECK(rig.peek<uint8_t>(0x40000 + k_hdr + 60) == 0xaa);  // nothing beyond the frame
+        CHECK(unchanged_outside(rig, before,
+                                {{0x40000, k_hdr + 60}, {0x41000, k_hdr + 1514}, ring_fields(driver.rx), used_event(driver.rx)}));
+        // One interrupt: the driver had not acknowledged it, nor moved used_event, before the second.
+        CHECK(rig.line_changes == std::vector<bool>{true});
+        auto counters = rig.net->counters();
+        CHECK(counters.rx_frames == 2);
+        CHECK(counters.rx_bytes == 60 + 1514);
+        CHECK(counters.rx_dropped == 0);
+    }
+    SECTION("header and frame across several buffers") {
+        driver.set_desc(driver.rx, 0, 0x40000, 5, k_desc_f_write | k_desc_f_next, 1);
+        driver.set_desc(driver.rx, 1, 0x40100, 20, k_desc_f_write | k_desc_f_next, 2);
+        driver.set_desc(driver.rx, 2, 0x40200, 2000, k_desc_f_write);
+        driver.post(driver.rx, 0);
+        driver.kick(driver.rx);
+        auto a = make_frame(100, 9);
+        CHECK(rig.net->receive(a));
+        CHECK(driver.get_used(driver.rx) == Used{0, k_hdr + 100});
+        Frame whole = concat(rx_header(), a);
+        CHECK(rig.bytes_at(0x40000, 5) == Frame(whole.begin(), whole.begin() + 5));
+        CHECK(rig.bytes_at(0x40100, 20) == Frame(whole.begin() + 5, whole.begin() + 25));
+        CHECK(rig.bytes_at(0x40200, whole.size() - 25) == Frame(whole.begin() + 25, whole.end()));
+        CHECK(rig.peek<uint8_t>(0x40200 + whole.size() - 25) == 0xaa);
+    }
+    SECTION("something that is no Ethernet frame is dropped") {
+        driver.post_rx(0, 0x40000, 1526);
+        CHECK_FALSE(rig.net->receive(make_frame(13, 0)));
+        CHECK_FALSE(rig.net->receive(make_frame(NetDevice::k_max_frame + 1, 0)));
+        CHECK(!driver.get_used(driver.rx));
+        CHECK(rig.net->counters().rx_dropped == 2);
+    }
+}
+
+TEST_CASE("without receive buffers frames wait in the backlog and arrive in order when buffers come") {
+    Rig rig;
+    Driver driver(rig);
+    std::vector<Frame> frames;
+    for (uint8_t i = 0; i < 4; ++i)
+        frames.push_back(make_frame(64 + i, i));
+    SECTION("before the driver is up") {
+        CHECK(rig.net->receive(frames[0]));
+        CHECK(rig.net->receive(frames[1]));
+        CHECK(rig.net->rx_backlog() == 2);
+        driver.start();
+        driver.post_rx(0, 0x40000, 1526);
+        CHECK(driver.get_used(driver.rx) == Used{0, k_hdr + 64});
+        CHECK(rig.bytes_at(0x40000 + k_hdr, 64) == frames[0]);
+        CHECK(rig.net->rx_backlog() == 1);
+    }
+    SECTION("with the driver up but no buffer posted") {
+        driver.start();
+        for (auto& f : frames)
+            CHECK(rig.net->receive(f));
+        CHECK(rig.net->rx_backlog() == 4);
+        CHECK(rig.line_changes.empty());
+        // The device asked to be notified of the next buffer (EVENT_IDX: avail_event).
+        CHECK(rig.peek<uint16_t>(driver.rx.used + 4 + 8 * driver.rx.size) == 0);
+        driver.post_rx(0, 0x40000, 1526, false);
+        driver.post_rx(1, 0x41000, 1526, false);
+        driver.kick(driver.rx);
+        CHECK(driver.get_used(driver.rx) == Used{0, k_hdr + 64});
+        CHECK(driver.get_used(driver.rx) == Used{1, k_hdr + 65});
+        CHECK(!driver.get_used(driver.rx));
+        CHECK(rig.net->rx_backlog() == 2);
+        CHECK(rig.peek<uint16_t>(driver.rx.used + 4 + 8 * driver.rx.size) == 2);
+        // A frame received now waits behind the backlog: order is kept.
+        auto late = make_frame(300, 77);
+        CHECK(rig.net->receive(late));
+        driver.post_rx(2, 0x42000, 1526);
+        driver.post_rx(3, 0x43000, 1526);
+        driver.post_rx(4, 0x44000, 1526);
+        CHECK(rig.bytes_at(0x42000 + k_hdr, 66) == frames[2]);
+        CHECK(rig.bytes_at(0x43000 + k_hdr, 67) == frames[3]);
+        CHECK(rig.bytes_at(0x44000 + k_hdr, 300) == late);
+        CHECK(rig.net->rx_backlog() == 0);
+        CHECK(rig.net->counters().rx_frames == 5);
+    }
+}
+
+TEST_CASE("the receive backlog is bounded; beyond it frames are dropped and counted") {
+    Rig rig;
+    Driver driver(rig);
+    driver.start();
+    auto f = make_frame(100, 1);
+    for (size_t i = 0; i < NetDevice::k_rx_backlog; ++i)
+        REQUIRE(rig.net->receive(f));
+    for (int i = 0; i < 5; ++i)
+        CHECK_FALSE(rig.net->receive(f));
+    CHECK(rig.net->rx_backlog() == NetDevice::k_rx_backlog);
+    CHECK(rig.net->counters().rx_dropped == 5);
+    SECTION("a device reset keeps the backlog; buffers posted afterwards take it") {
+        driver.start();
+        CHECK(rig.net->rx_backlog() == NetDevice::k_rx_backlog);
+        driver.post_rx(0, 0x40000, 1526);
+        CHECK(driver.get_used(driver.rx) == Used{0, k_hdr + 100});
+        CHECK(rig.net->rx_backlog() == NetDevice::k_rx_backlog - 1);
+    }
+    SECTION("big frames are bounded by bytes too") {
+        Rig other;
+        auto big = make_frame(NetDevice::k_max_frame, 2);
+        size_t fit = NetDevice::k_rx_backlog_bytes / big.size();
+        for (size_t i = 0; i < fit; ++i)
+            REQUIRE(other.net->receive(big));
+        CHECK_FALSE(other.net->receive(big));
+        CHECK(other.net->rx_backlog() == fit);
+    }
+}
+
+TEST_CASE("while quiesced nothing reaches guest memory or the sink; resume() delivers and sends") {
+    Rig rig;
+    Driver driver(rig);
+    driver.start();
+    driver.post_rx(0, 0x40000, 1526);
+    rig.transport->quiesce();
+    auto before = rig.snapshot();
+    auto in = make_frame(90, 5), out = make_frame(70, 6);
+    CHECK(rig.net->receive(in));  // waits
+    driver.send(0, 0x30000, out);  // the kick comes from a stray caller: vCPUs are paused
+    CHECK(rig.sent.empty());
+    CHECK(rig.line_changes.empty());
+    // Only the driver's own writes (the transmit chain and its ring) changed memory.
+    CHECK(unchanged_outside(rig, before, {{0x30000, k_hdr + 70}, {driver.tx.desc, 16}, {driver.tx.avail, 6 + 2 * 16}}));
+    CHECK(rig.net->rx_backlog() == 1);
+    rig.net->tx_ready();  // a sink saying it is ready does not bypass the pause either
+    CHECK(rig.sent.empty());
+
+    rig.transport->resume();
+    CHECK(rig.sent == std::vector<Frame>{out});
+    CHECK(driver.get_used(driver.tx) == Used{0, 0});
+    CHECK(driver.get_used(driver.rx) == Used{0, k_hdr + 90});
+    CHECK(rig.bytes_at(0x40000 + k_hdr, 90) == in);
+    CHECK(rig.line);
+}
+
+TEST_CASE("malformed transmit chains break the queue; a frame too short for Ethernet is returned unsent") {
+    Rig rig;
+    Driver driver(rig);
+    driver.start();
+    auto frame = make_frame(100, 1);
+    bool breaks = true;
+    SECTION("a device-writable buffer") {
+        rig.put(0x30000, concat(Frame(k_hdr, std::byte{0}), frame));
+        driver.set_desc(driver.tx, 0, 0x30000, k_hdr + 100, k_desc_f_next, 1);
+        driver.set_desc(driver.tx, 1, 0x31000, 64, k_desc_f_write);
+        driver.post(driver.tx, 0);
+    }
+    SECTION("shorter than the header") {
+        driver.set_desc(driver.tx, 0, 0x30000, k_hdr - 1, 0);
+        driver.post(driver.tx, 0);
+    }
+    SECTION("a frame beyond 65550 bytes") {
+        driver.set_desc(driver.tx, 0, 0x100000, k_hdr + NetDevice::k_max_frame + 1, 0);
+        driver.post(driver.tx, 0);
+    }
+    SECTION("a descriptor loop") {
+        driver.set_desc(driver.tx, 0, 0x30000, 64, k_desc_f_next, 1);
+        driver.set_desc(driver.tx, 1, 0x30100, 64, k_desc_f_next, 0);
+        driver.post(driver.tx, 0);
+    }
+    SECTION("a buffer outside RAM") {
+        driver.set_desc(driver.tx, 0, 0x8000'0000, 64, 0);
+        driver.post(driver.tx, 0);
+    }
+    SECTION("a header with 10 bytes of frame, or none") {
+        breaks = false;
+        driver.set_desc(driver.tx, 0, 0x30000, k_hdr + 10, 0);
+        driver.post(driver.tx, 0);
+        driver.set_desc(driver.tx, 1, 0x30000, k_hdr, 0);
+        driver.post(driver.tx, 1);
+        driver.send(2, 0x31000, frame, false);  // and a good one after them
+    }
+    auto before = rig.snapshot();
+    driver.kick(driver.tx);
+    if (breaks) {
+        CHECK(rig.needs_reset());
+        CHECK(rig.sent.empty());
+        CHECK(!driver.get_used(driver.tx));
+        CHECK(unchanged_outside(rig, before, {}));
+        CHECK(driver.interrupt() == k_interrupt_config);
+        // It works again after the driver resets it.
+        driver.start();
+        driver.send(0, 0x30000, frame);
+        CHECK(rig.sent == std::vector<Frame>{frame});
+    } else {
+        CHECK(!rig.needs_reset());
+        CHECK(driver.get_used(driver.tx) == Used{0, 0});
+        CHECK(driver.get_used(driver.tx) == Used{1, 0});
+        CHECK(driver.get_used(driver.tx) == Used{2, 0});
+        CHECK(rig.sent == std::vector<Frame>{frame});
+        CHECK(rig.net->counters().bad_chains == 2);
+        CHECK(rig.net->counters().tx_frames == 1);
+    }
+}
+
+TEST_CASE("malformed receive chains: a readable buffer breaks the queue, a small one loses its frame") {
+    Rig rig;
+    Driver driver(rig);
+    driver.start();
+    auto a = make_frame(1000, 1), b = make_frame(200, 2);
+    SECTION("a device-readable buffer") {
+        driver.set_desc(driver.rx, 0, 0x40000, 64, k_desc_f_next, 1);
+        driver.set_desc(driver.rx, 1, 0x40100, 1526, k_desc_f_write);
+        driver.post(driver.rx, 0);
+        driver.kick(driver.rx);
+        auto before = rig.snapshot();
+        CHECK_FALSE(rig.net->receive(a));
+        CHECK(rig.needs_reset());
+        CHECK(!driver.get_used(driver.rx));
+        CHECK(unchanged_outside(rig, before, {}));
+        CHECK(rig.net->counters().bad_chains == 1);
+        CHECK(rig.net->counters().rx_dropped == 1);
+        // Frames wait until the driver has reset the device and posted buffers again.
+        CHECK(rig.net->receive(b));
+        CHECK(rig.net->rx_backlog() == 1);
+        driver.start();
+        CHECK(rig.net->rx_backlog() == 1);
+        driver.post_rx(0, 0x40000, 1526);
+        CHECK(driver.get_used(driver.rx) == Used{0, k_hdr + 200});
+        CHECK(rig.bytes_at(0x40000 + k_hdr, 200) == b);
+    }
+    SECTION("a chain too small for header and frame is returned empty; the next frame goes on") {
+        driver.post_rx(0, 0x40000, 500);
+        driver.post_rx(1, 0x41000, 1526);
+        auto before = rig.snapshot();
+        CHECK_FALSE(rig.net->receive(a));
+        CHECK(rig.net->receive(b));
+        CHECK(driver.get_used(driver.rx) == Used{0, 0});
+        CHECK(driver.get_used(driver.rx) == Used{1, k_hdr + 200});
+        CHECK(rig.bytes_at(0x41000 + k_hdr, 200) == b);
+        CHECK(unchanged_outside(rig, before, {{0x41000, k_hdr + 200}, ring_fields(driver.rx), used_event(driver.rx)}));
+        CHECK(!rig.needs_reset());
+        auto counters = rig.net->counters();
+        CHECK(counters.rx_dropped == 1);
+        CHECK(counters.bad_chains == 1);
+        CHECK(counters.rx_frames == 1);
+    }
+    SECTION("a chain exactly the size of header and frame is enough") {
+        driver.post_rx(0, 0x40000, static_cast<uint32_t>(k_hdr + a.size()));
+        CHECK(rig.net->receive(a));
+        CHECK(driver.get_used(driver.rx) == Used{0, k_hdr + 1000});
+    }
+}
+
+TEST_CASE("interrupt suppression on both queues: used_event with EVENT_IDX, NO_INTERRUPT without") {
+    Rig rig;
+    Driver driver(rig);
+    SECTION("EVENT_IDX") {
+        driver.start();
+        // Interrupt only after the 3rd used receive buffer (used_event = 2).
+        rig.poke<uint16_t>(driver.rx.avail + 4 + 2 * driver.rx.size, 2);
+        for (uint16_t i = 0; i < 3; ++i)
+            driver.post_rx(i, 0x40000 + 0x1000 * i, 1526);
+        CHECK(rig.net->receive(make_frame(60, 0)));
+        CHECK(rig.net->receive(make_frame(60, 1)));
+        CHECK(rig.line_changes.empty());
+        CHECK(rig.net->receive(make_frame(60, 2)));
+        CHECK(rig.line_changes == std::vector<bool>{true});
+    }
+    SECTION("VIRTQ_AVAIL_F_NO_INTERRUPT") {
+        driver.start(~k_feature_event_idx);
+        rig.poke<uint16_t>(driver.tx.avail, k_avail_f_no_interrupt);
+        driver.send(0, 0x30000, make_frame(60, 0));
+        CHECK(driver.get_used(driver.tx));
+        CHECK(rig.line_changes.empty());
+        rig.poke<uint16_t>(driver.tx.avail, 0);
+        driver.send(1, 0x31000, make_frame(60, 0));
+        CHECK(rig.line_changes == std::vector<bool>{true});
+    }
+}
+
+TEST_CASE("the guest's IPv4 address is learned from what it sends: ARP first, else IPv4 sources") {
+    Rig rig;
+    Driver driver(rig);
+    driver.start();
+    uint16_t head = 0;
+    auto send = [&](const Frame& f) {
+        driver.send(head, 0x30000 + 0x1000ull * head, f);
+        REQUIRE(driver.get_used(driver.tx));
+        head = static_cast<uint16_t>((head + 1) % driver.tx.size);
+    };
+    send(make_frame(60, 0));
+    CHECK(rig.net->learned_ipv4() == 0);
+    send(ipv4_frame(0x00000000));  // DHCP discover: no address yet
+    CHECK(rig.net->learned_ipv4() == 0);
+    send(ipv4_frame(0xc0a80a05, {0x02, 0, 0, 0, 0, 9}));  // not from its MAC
+    CHECK(rig.net->learned_ipv4() == 0);
+    send(ipv4_frame(0xc0a80a05));
+    CHECK(rig.net->learned_ipv4() == 0xc0a80a05);
+    send(ipv4_frame(0x0a000001));  // an IPv4 source does not replace a known address
+    CHECK(rig.net->learned_ipv4() == 0xc0a80a05);
+    send(arp_request(0, 0xc0a80a07));  // an ARP probe (RFC 5227): sender 0.0.0.0
+    CHECK(rig.net->learned_ipv4() == 0xc0a80a05);
+    send(arp_request(0xc0a80a07, 0xc0a80a01));  // ARP is authoritative
+    CHECK(rig.net->learned_ipv4() == 0xc0a80a07);
+    send(ipv4_frame(0xc0a80a05));
+    CHECK(rig.net->learned_ipv4() == 0xc0a80a07);
+    // A refused frame teaches nothing until it is taken.
+    rig.accept = false;
+    driver.send(head, 0x50000, arp_request(0xc0a80a08, 0xc0a80a01));
+    CHECK(rig.net->learned_ipv4() == 0xc0a80a07);
+    rig.accept = true;
+    rig.net->tx_ready();
+    CHECK(rig.net->learned_ipv4() == 0xc0a80a08);
+}
+
+TEST_CASE("virtio-net state: save, load, save is identical and carries the learned address") {
+    Rig rig;
+    DeviceState power_on = rig.transport->save_state();
+    Driver driver(rig);
+    driver.start();
+    driver.send(0, 0x30000, arp_request(0xc0a80a07, 0xc0a80a01));
+    driver.post_rx(0, 0x40000, 1526);
+    REQUIRE(rig.net->learned_ipv4() == 0xc0a80a07);
+    DeviceState saved = rig.transport->save_state();
+    CHECK(saved.name == "virtio-net@d0000000");
+    REQUIRE(rig.transport->check_state(saved));
+    REQUIRE(rig.transport->load_state(saved));
+    CHECK(rig.transport->save_state().bytes == saved.bytes);
+    CHECK(rig.net->save_state() == std::vector<std::byte>{std::byte{0xc0}, std::byte{0xa8}, std::byte{0x0a}, std::byte{0x07}});
+
+    // A secondary: its own memory (a copy), its own transport, loaded again and again.
+    Rig standby;
+    std::memcpy(standby.memory.all().data(), rig.memory.all().data(), k_ram);
+    REQUIRE(standby.transport->load_state(saved));
+    REQUIRE(standby.transport->load_state(saved));
+    CHECK(standby.transport->save_state().bytes == saved.bytes);
+    CHECK(standby.net->learned_ipv4() == 0xc0a80a07);
+    // Its guest's posted buffer takes a frame where the primary's left off.
+    Driver continued(standby);
+    continued.features = driver.features;
+    continued.rx = driver.rx;
+    continued.tx = driver.tx;
+    auto f = make_frame(80, 4);
+    CHECK(standby.net->receive(f));
+    CHECK(continued.get_used(continued.rx) == Used{0, k_hdr + 80});
+    CHECK(standby.bytes_at(0x40000 + k_hdr, 80) == f);
+    // The power-on state forgets the address (a reboot in place).
+    REQUIRE(standby.transport->load_state(power_on));
+    CHECK(standby.net->learned_ipv4() == 0);
+}
+
+TEST_CASE("virtio-net check_state and load_state refuse bad blobs and change nothing") {
+    NetDevice net(k_mac, {});
+    auto blob = [](std::initializer_list<uint8_t> bytes) {
+        std::vector<std::byte> out;
+        for (uint8_t b : bytes)
+            out.push_back(std::byte{b});
+        return out;
+    };
+    auto good = blob({10, 0, 0, 5});
+    REQUIRE(net.load_state(1, good));
+    REQUIRE(net.learned_ipv4() == 0x0a000005);
+    auto refused = [&](uint16_t version, const std::vector<std::byte>& bytes) {
+        bool check_refused = !net.check_state(version, bytes).ok();
+        bool load_refused = !net.load_state(version, bytes).ok();
+        return check_refused && load_refused && net.learned_ipv4() == 0x0a000005;
+    };
+    CHECK(refused(2, good));                      // another version
+    CHECK(refused(0, good));
+    CHECK(refused(1, blob({})));                  // truncated
+    CHECK(refused(1, blob({10, 0, 0})));
+    CHECK(refused(1, blob({10, 0, 0, 5, 0})));    // trailing bytes
+    CHECK(refused(1, blob({224, 0, 0, 1})));      // no host's address
+    CHECK(refused(1, blob({127, 0, 0, 1})));
+    CHECK(refused(1, blob({255, 255, 255, 255})));
+    auto version = net.check_state(3, good);
+    REQUIRE_FALSE(version);
+    CHECK(version.error().code() == base::Errc::Unsupported);
+    REQUIRE(net.load_state(1, blob({0, 0, 0, 0})));
+    CHECK(net.learned_ipv4() == 0);
+
+    // Through the transport: every truncation of a good state is refused.
+    Rig rig;
+    Driver driver(rig);
+    driver.start();
+    driver.send(0, 0x30000, arp_request(0xc0a80a07, 0xc0a80a01));
+    DeviceState state = rig.transport->save_state();
+    Rig other;
+    DeviceState before = other.transport->save_state();
+    for (size_t len = 0; len < state.bytes.size(); ++len) {
+        DeviceState cut = state;
+        cut.bytes.resize(len);
+        INFO("truncated to " << len);
+        CHECK(!other.transport->check_state(cut).ok());
+        CHECK(!other.transport->load_state(cut).ok());
+        CHECK(other.transport->save_state().bytes == before.bytes);
+    }
+    // A garbled address in the model's blob (its last four bytes).
+    DeviceState garbled = state;
+    garbled.bytes[garbled.bytes.size() - 4] = std::byte{240};
+    CHECK(!other.transport->load_state(garbled).ok());
+    CHECK(other.transport->save_state().bytes == before.bytes);
+    REQUIRE(other.transport->load_state(state));
+    CHECK(other.net->learned_ipv4() == 0xc0a80a07);
+}
+
+TEST_CASE("a device reset keeps the learned address") {
+    Rig rig;
+    Driver driver(rig);
+    driver.start();
+    driver.send(0, 0x30000, arp_request(0xc0a80a07, 0xc0a80a01));
+    driver.start();
+    CHECK(rig.net->learned_ipv4() == 0xc0a80a07);
+}
+
+TEST_CASE("receive() from another thread races the driver posting buffers safely") {
+    Rig rig;
+    Driver driver(rig);
+    driver.start();
+    constexpr int k_frames = 2000;
+    std::atomic<int> accepted{0};
+    std::thread world([&] {
+        for (int i = 0; i < k_frames; ++i) {
+            Frame f = make_frame(60 + static_cast<size_t>(i % 200), static_cast<uint8_t>(i));
+            f[14] = std::byte(static_cast<uint8_t>(i));
+            f[15] = std::byte(static_cast<uint8_t>(i >> 8));
+            while (!rig.net->receive(f))
+                std::this_thread::yield();  // dropped: the backlog was full, send it again
+            accepted.fetch_add(1);
+        }
+    });
+    // The driver: keeps buffers posted, takes used ones, checks each frame's sequence number.
+    int next = 0;
+    uint16_t posted = 0;
+    for (uint16_t i = 0; i < driver.rx.size; ++i, ++posted)
+        driver.post_rx(i, 0x40000 + 0x1000ull * i, 1526);
+    while (next < k_frames) {
+        auto got = driver.get_used(driver.rx);
+        if (!got) {
+            std::this_thread::yield();
+            continue;
+        }
+        uint64_t gpa = 0x40000 + 0x1000ull * got->first;
+        int seq = rig.peek<uint8_t>(gpa + k_hdr + 14) | (rig.peek<uint8_t>(gpa + k_hdr + 15) << 8);
+        REQUIRE(got->second == k_hdr + 60 + static_cast<uint32_t>(next % 200));
+        REQUIRE(seq == next);
+        ++next;
+        driver.post_rx(static_cast<uint16_t>(got->first), gpa, 1526);
+        driver.interrupt();
+    }
+    world.join();
+    CHECK(accepted == k_frames);
+    CHECK(rig.net->counters().rx_frames == static_cast<uint64_t>(k_frames));
+}
