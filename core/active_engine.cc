@@ -98,6 +98,14 @@ ActiveEngine::ActiveEngine(GuestRuntime& guest, proto::Hello identity, Replicati
                                                    [this] { force_checkpoint(); });
     }
     m_channels.push_back(m_console.get());
+    // The guest's packets: held per epoch until the checkpoint that produced them is loaded on
+    // the standby, in COLO mode too for now (compared packets are docs/network.md's next step).
+    if (GuestNetwork* network = m_guest.network()) {
+        m_net = std::make_unique<OutputBuffer>(
+            "net", Framing::Datagram, [network](std::span<const std::byte> frame) { network->release(frame); },
+            m_config.max_held_output, [this] { force_checkpoint(); });
+        m_channels.push_back(m_net.get());
+    }
 }
 
 ActiveEngine::~ActiveEngine() { stop(); }
@@ -158,6 +166,16 @@ void ActiveEngine::start() {
         uint64_t held = m_console->held_bytes();
         return held < 2 * m_config.max_held_output;
     });
+    // Packets likewise: past twice max-held-output the NIC keeps the guest's frames in its
+    // transmit ring (the guest's queue fills and its stack slows down) until output is released.
+    if (GuestNetwork* network = m_guest.network()) {
+        network->set_sink([this](std::span<const std::byte> frame) {
+            if (m_net->held_bytes() >= 2 * m_config.max_held_output)
+                return false;
+            m_net->put(frame);
+            return true;
+        });
+    }
     std::lock_guard lock(m_mutex);
     if (!m_thread.joinable())
         m_thread = std::thread([this] { run(); });
@@ -185,12 +203,17 @@ void ActiveEngine::stop(HeldOutput held) {
         rng->set_source(std::make_unique<virtio::HostEntropy>());
         rng->entropy_available();
     }
+    GuestNetwork* network = m_guest.network();
     if (held == HeldOutput::Release) {
         output_release_all();
         m_guest.set_output_sink(nullptr);  // straight to the console from now on
+        if (network)
+            network->set_sink(nullptr);  // and the packets straight onto the tap
     } else {
         // Whatever the guest still says was never checkpointed: it must not reach anyone.
         m_guest.set_output_sink([](std::span<const std::byte>) {});
+        if (network)
+            network->set_sink([](std::span<const std::byte>) { return true; });
         output_discard_all();
     }
 }
@@ -206,18 +229,24 @@ void ActiveEngine::output_committed(uint64_t seq) {
     for (auto* channel : m_channels)
         channel->committed(seq);
     m_guest.machine().uart().transmitter_ready();  // held output went: the UART may take bytes again
+    if (GuestNetwork* network = m_guest.network())
+        network->ready();  // frames the NIC kept back may go now
 }
 
 void ActiveEngine::output_release_all() {
     for (auto* channel : m_channels)
         channel->release_all();
     m_guest.machine().uart().transmitter_ready();
+    if (GuestNetwork* network = m_guest.network())
+        network->ready();  // frames the NIC kept back may go now
 }
 
 void ActiveEngine::output_discard_all() {
     for (auto* channel : m_channels)
         channel->discard_all();
     m_guest.machine().uart().transmitter_ready();
+    if (GuestNetwork* network = m_guest.network())
+        network->ready();  // frames the NIC kept back may go now
 }
 
 uint64_t ActiveEngine::held_output_bytes() const {

@@ -147,6 +147,7 @@ private:
     std::function<void(const std::string&)> m_on_change;
     // Output held for the peer, per channel: comparators in COLO mode, epoch buffers otherwise.
     std::unique_ptr<OutputChannel> m_console;
+    std::unique_ptr<OutputChannel> m_net;  // the guest's packets, with a NIC on a tap
     std::vector<OutputChannel*> m_channels;  // every channel, the console first
     std::atomic<uint64_t> m_checkpoints_mismatch{0};
     bool m_verdict = false;             // guarded by m_mutex: the comparator asked for a checkpoint

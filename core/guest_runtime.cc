@@ -41,6 +41,18 @@ base::Result<void> GuestRuntime::open_console() {
     return base::ok();
 }
 
+base::Result<void> GuestRuntime::open_network() {
+    if (m_network || m_options.net_tap.empty())
+        return base::ok();
+    virtio::NetDevice* nic = m_machine->linux_devices().net;
+    if (!nic)
+        return base::Error::make(base::Errc::Invalid, "net-tap {} is set, but the machine has no NIC",
+                                 m_options.net_tap);
+    m_network = TRY(GuestNetwork::open(m_options.net_tap, *nic));
+    m_network_view.store(m_network.get(), std::memory_order_release);
+    return base::ok();
+}
+
 base::Result<void> GuestRuntime::start() {
     TRY(m_machine->start());
     if (!m_watchdog.joinable())

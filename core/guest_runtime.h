@@ -13,6 +13,7 @@
 
 #include "base/result.h"
 #include "core/console.h"
+#include "core/guest_network.h"
 #include "core/machine.h"
 
 namespace colod::core {
@@ -20,6 +21,9 @@ namespace colod::core {
 struct RuntimeOptions {
     MachineConfig machine;
     ConsoleOptions console;
+    // The host's tap for the guest's NIC (MachineConfig::linux_board.nic_mac gives the NIC);
+    // empty: no network.
+    std::string net_tap;
     // How often a running guest is checked for a halt it can never leave (every vCPU halted
     // with interrupts off). Each check is one pause of the machine (tens of microseconds).
     std::chrono::milliseconds halt_check{1000};
@@ -64,6 +68,12 @@ public:
     // Sends bytes to the console clients now (the held-output path releases through this).
     void release_output(std::span<const std::byte> bytes);
 
+    // Opens the NIC's tap (RuntimeOptions::net_tap) without reading from it: see
+    // core/guest_network.h. Does nothing without a tap configured.
+    base::Result<void> open_network();
+    // The network once opened; null without one.
+    GuestNetwork* network() { return m_network_view.load(std::memory_order_acquire); }
+
     Machine& machine() { return *m_machine; }
     // The console once opened (any thread; open_console() may run on another).
     ConsoleServer* console() { return m_console_view.load(std::memory_order_acquire); }
@@ -77,6 +87,9 @@ private:
     std::unique_ptr<Machine> m_machine;
     std::unique_ptr<ConsoleServer> m_console;  // written once, by open_console()
     std::atomic<ConsoleServer*> m_console_view{nullptr};
+    // After m_machine: goes first (it routes the NIC's frames, which it stops on destruction).
+    std::unique_ptr<GuestNetwork> m_network;  // written once, by open_network()
+    std::atomic<GuestNetwork*> m_network_view{nullptr};
 
     std::mutex m_sink_mutex;
     OutputSink m_sink;  // empty: straight to the console

@@ -4,11 +4,13 @@
 #include "core/acpi/pm.h"
 #include "core/board.h"
 #include "core/virtio/mmio.h"
+#include "core/virtio/net.h"
 #include "core/virtio/rng.h"
 
 namespace colod::core {
 
-base::Result<LinuxDevices> build_linux_board(Board& board, LinuxBoardCallbacks callbacks) {
+base::Result<LinuxDevices> build_linux_board(Board& board, LinuxBoardCallbacks callbacks,
+                                             const LinuxBoardOptions& options) {
     LinuxDevices devices;
     auto pm = std::make_unique<acpi::AcpiPm>(std::move(callbacks.power_off), std::move(callbacks.reset));
     devices.pm = pm.get();
@@ -27,6 +29,22 @@ base::Result<LinuxDevices> build_linux_board(Board& board, LinuxBoardCallbacks c
     devices.rng_transport = transport.get();
     TRY(board.add(std::move(transport),
                   {{}, {{base, virtio::MmioTransport::k_window_size}}, Board::Announce::VirtioMmio, irq}));
+
+    // virtio-net: frames the guest sends are dropped until the owner says where they go
+    // (GuestRuntime joins the NIC to the host's tap).
+    if (options.nic_mac) {
+        uint32_t net_irq = TRY(board.claim_irq());
+        uint64_t net_base = TRY(board.claim_mmio(virtio::MmioTransport::k_window_size));
+        auto net = std::make_unique<virtio::NetDevice>(*options.nic_mac, [](std::span<const std::byte>) { return true; });
+        devices.net = net.get();
+        auto net_transport = TRY(virtio::MmioTransport::create(std::move(net), net_base, board.context().memory(),
+                                                               board.context().irq(net_irq)));
+        devices.net_transport = net_transport.get();
+        TRY(board.add(std::move(net_transport), {{},
+                                                 {{net_base, virtio::MmioTransport::k_window_size}},
+                                                 Board::Announce::VirtioMmio,
+                                                 net_irq}));
+    }
     return devices;
 }
 

@@ -6,8 +6,10 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 
 #include "base/result.h"
+#include "core/net/frames.h"
 
 namespace colod::core {
 
@@ -17,6 +19,7 @@ class AcpiPm;
 }
 namespace virtio {
 class MmioTransport;
+class NetDevice;
 class RngDevice;
 }  // namespace virtio
 
@@ -25,13 +28,21 @@ struct LinuxBoardCallbacks {
     std::function<void()> reset;      // the guest wrote the reset register
 };
 
+// What the guest has beyond the devices every Linux guest gets.
+struct LinuxBoardOptions {
+    std::optional<net::Mac> nic_mac;  // a virtio-net NIC with this MAC; none when empty
+};
+
 // What build_linux_board added (owned by the board).
 struct LinuxDevices {
     acpi::AcpiPm* pm = nullptr;
     virtio::MmioTransport* rng_transport = nullptr;
     virtio::RngDevice* rng = nullptr;
+    virtio::MmioTransport* net_transport = nullptr;
+    virtio::NetDevice* net = nullptr;  // null without a NIC
 };
 
-base::Result<LinuxDevices> build_linux_board(Board& board, LinuxBoardCallbacks callbacks);
+base::Result<LinuxDevices> build_linux_board(Board& board, LinuxBoardCallbacks callbacks,
+                                             const LinuxBoardOptions& options = {});
 
 }  // namespace colod::core

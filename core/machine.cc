@@ -71,7 +71,7 @@ base::Result<std::unique_ptr<Machine>> Machine::create(const MachineConfig& conf
             self->request_stop(StopInfo{StopReason::PowerOff, 0, "the guest powered off (ACPI S5)"});
         };
         callbacks.reset = [self] { self->guest_reset(); };
-        machine->m_linux = TRY(build_linux_board(machine->m_board, std::move(callbacks)));
+        machine->m_linux = TRY(build_linux_board(machine->m_board, std::move(callbacks), config.linux_board));
     }
     return machine;
 }

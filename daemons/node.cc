@@ -152,6 +152,10 @@ int Node::start_primary() {
         return fail(fmt::format("cannot boot {}: {}", m_image.name, booted.error().message()));
     if (auto opened = m_runtime->open_console(); !opened)
         return fail(opened.error().message());
+    if (auto* network = m_runtime->network()) {
+        if (auto input = network->start_input(); !input)
+            return fail(fmt::format("tap {}: {}", network->tap_name(), input.error().message()));
+    }
     if (auto started = m_runtime->start(); !started)
         return fail(fmt::format("cannot start the vCPUs: {}", started.error().message()));
     m_guest_running = true;
@@ -175,6 +179,18 @@ bool Node::take_over() {
     if (auto opened = m_runtime->open_console(); !opened) {
         base::log(Level::Error, Event::Error, "takeover: " + opened.error().message());
         return false;
+    }
+    if (auto* network = m_runtime->network()) {
+        // The guest's frames go out from now on (the engine holds them again once a new
+        // secondary protects it); the network's go to the guest; and the network learns that
+        // the guest's MAC lives here now.
+        network->set_sink(nullptr);
+        if (auto input = network->start_input(); !input) {
+            base::log(Level::Error, Event::Error,
+                      fmt::format("takeover: tap {}: {}", network->tap_name(), input.error().message()));
+            return false;
+        }
+        network->announce();
     }
     if (m_runtime->running()) {
         // COLO: the guest already runs here and carries on.
@@ -389,6 +405,10 @@ int Node::run() {
     options.machine.vcpus = m_cfg.vm.vcpus;
     options.machine.backend = *backend;
     options.machine.guest = m_image.is_linux() ? core::GuestKind::Linux : core::GuestKind::Elf;
+    if (m_cfg.vm.has_network()) {
+        options.machine.linux_board.nic_mac = m_cfg.vm.mac;
+        options.net_tap = m_cfg.vm.net_tap;
+    }
     const config::ConsoleAddress& console = m_cfg.host(m_self).console;
     options.console.host = console.tcp.host;
     options.console.port = console.tcp.port;
@@ -406,6 +426,13 @@ int Node::run() {
     if (!runtime)
         return fail(fmt::format("cannot create the VM: {}", runtime.error().message()));
     m_runtime = std::move(runtime).value();
+    // Both hosts open their tap at start: a missing tap, or one another process holds, stops
+    // the daemon now rather than at a failover. A standby's guest sends nothing to the world
+    // and hears nothing from it until it takes over (take_over()).
+    if (auto opened = m_runtime->open_network(); !opened)
+        return fail(fmt::format("vm.net-tap: {}", opened.error().message()));
+    if (auto* network = m_runtime->network(); network && m_program == Program::Secondary)
+        network->set_sink([](std::span<const std::byte>) { return true; });
     m_identity = core::machine_identity(m_runtime->machine(), m_cfg.vm.name, m_image.bytes);
     // A Linux guest that reboots does so in place (docs/linux-guests.md). A COLO secondary's
     // replica does not: it stops, and the primary's next checkpoint (of its rebooted guest) runs

@@ -74,16 +74,6 @@ bool mac_at(std::span<const std::byte> bytes, size_t offset, const Mac& mac) {
     return true;
 }
 
-int hex_digit(char c) {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 }  // namespace
 
 bool is_host_ipv4(uint32_t ipv4) {
@@ -139,34 +129,6 @@ std::optional<uint32_t> sender_ipv4(std::span<const std::byte> frame, Mac mac) {
     if (!found)
         return std::nullopt;
     return found->ipv4;
-}
-
-base::Result<Mac> parse_mac(std::string_view text) {
-    // Six two-digit groups and five separators.
-    if (text.size() != 17)
-        return base::Error::make(base::Errc::Invalid, "MAC address '{}': {} characters, expected 17 as in 52:54:00:12:34:56",
-                                 text, text.size());
-    Mac mac{};
-    for (size_t i = 0; i < mac.size(); ++i) {
-        size_t at = 3 * i;
-        if (i > 0 && text[at - 1] != ':')
-            return base::Error::make(base::Errc::Invalid, "MAC address '{}': '{}' at position {} where ':' belongs", text,
-                                     text[at - 1], at);
-        int high = hex_digit(text[at]);
-        int low = hex_digit(text[at + 1]);
-        if (high < 0 || low < 0)
-            return base::Error::make(base::Errc::Invalid, "MAC address '{}': '{}' is not a hex digit", text,
-                                     high < 0 ? text[at] : text[at + 1]);
-        mac[i] = static_cast<uint8_t>(high * 16 + low);
-    }
-    if (mac[0] & 0x01)
-        return base::Error::make(base::Errc::Invalid,
-                                 "MAC address '{}' is a multicast address (the low bit of its first octet is set); a NIC's "
-                                 "own address must be unicast, e.g. 52:54:00:...",
-                                 text);
-    if (std::all_of(mac.begin(), mac.end(), [](uint8_t b) { return b == 0; }))
-        return base::Error::make(base::Errc::Invalid, "MAC address '{}' is all zero", text);
-    return mac;
 }
 
 std::string format_mac(Mac mac) {

@@ -60,11 +60,7 @@ std::optional<SenderAddress> sender_address(std::span<const std::byte> frame, Ma
 // The address alone (host byte order).
 std::optional<uint32_t> sender_ipv4(std::span<const std::byte> frame, Mac mac);
 
-// "52:54:00:12:34:56", hex digits in either case. Refused (Errc::Invalid, saying why): another
-// length or separator, a non-hex digit, a multicast address (the low bit of the first octet)
-// and 00:00:00:00:00:00 — none can be a guest NIC's own.
-base::Result<Mac> parse_mac(std::string_view text);
-// Lower-case, colon-separated.
+// Lower-case, colon-separated (config::parse_mac reads the config file's form).
 std::string format_mac(Mac mac);
 // Dotted quad of an address in host byte order.
 std::string format_ipv4(uint32_t ipv4);

@@ -16,6 +16,7 @@
 #include <regex>
 #include <thread>
 
+#include "tests/integration/netns/guest_lan.h"
 #include "tests/integration/netns/netns.h"
 #include "tests/support/incr_client.h"
 #include "tests/support/linux_guest.h"
@@ -93,15 +94,6 @@ std::optional<GuestConsole> open_console(Pair& pair, Side side) {
                         pair.dir() / (side == Side::Primary ? "console-primary.log" : "console-secondary.log"));
 }
 
-// The last lines of a daemon's log (why it stopped, if it did).
-std::string log_tail(const Pair& pair, const std::string& name, size_t lines = 8) {
-    std::string text = pair.read_log(name);
-    size_t at = text.size();
-    for (size_t n = 0; n <= lines && at != std::string::npos && at > 0; ++n)
-        at = text.rfind('\n', at - 1);
-    return at == std::string::npos ? text : text.substr(at + 1);
-}
-
 // Waits for the guest's initramfs to say how many CPUs the kernel brought online and for
 // kvstored to answer (`boot`: "boot" or "reboot", for the message); fails with the guest's
 // console and the end of `daemon`'s log when either does not come. Returns the CPU line.
@@ -111,11 +103,11 @@ std::string await_kvstored(GuestConsole& console, std::string_view boot, const P
     if (!cpus)
         FAIL("the guest's initramfs never ran after its " << boot << "; its console:\n"
                                                           << console.seen() << "\nthe end of " << daemon
-                                                          << "'s log:\n" << log_tail(pair, daemon));
+                                                          << "'s log:\n" << pair.log_tail(daemon, 8));
     if (!console.ready(std::chrono::minutes(2)))
         FAIL("kvstored never answered after the guest's " << boot << "; its console:\n"
                                                           << console.seen() << "\nthe end of " << daemon
-                                                          << "'s log:\n" << log_tail(pair, daemon));
+                                                          << "'s log:\n" << pair.log_tail(daemon, 8));
     return *cpus;
 }
 
@@ -464,6 +456,114 @@ TEST_CASE("COLO with a Linux guest: the secondary's guest gets the primary's vir
     check_healthy(survivor->seen());
     CHECK(survivor->command("POWEROFF") == "OK");
     CHECK(pair.secondary()->exit_code() == 0);
+}
+
+namespace {
+
+// A TCP connection to kvstored's port 4555 on the guest (from the test's namespace, the
+// switch's side of the guest's LAN), once the guest answers PING there.
+std::optional<LineClient> guest_tcp(const GuestLan& lan, std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + scaled(timeout);
+    while (std::chrono::steady_clock::now() < deadline) {
+        auto client = LineClient::connect(lan.guest_ip(), 4555, std::chrono::seconds(2));
+        if (client && client->command("PING", std::chrono::seconds(10)) == "PONG")
+            return client;
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return std::nullopt;
+}
+
+int net_kill_rounds() {
+    const char* env = std::getenv("COLOD_NET_KILLS");
+    return env ? std::atoi(env) : 2;
+}
+
+}  // namespace
+
+// The guest's network (docs/network.md): a client on the LAN keeps ONE TCP connection to the
+// guest through kill -9 of the active side, again and again. Every reply it saw was the next
+// value of its counter (a reply from an epoch the survivor does not have would make a value
+// repeat), the survivor holds acked <= counter <= sent, and the switch learns the guest's MAC
+// behind the survivor's host from its announcements.
+TEST_CASE("a Linux guest's TCP client keeps its one connection through failovers: no reset, no reply from a lost "
+          "epoch, the MAC announced from the survivor",
+          "[linux][net]") {
+    if (!netns_available_or_skip())
+        return;
+    NetnsPairNetwork hosts;
+    GuestLan lan(hosts);
+    PairOptions options = netns_linux_options(hosts);
+    const std::string cmdline_key = "cmdline = console=ttyS0";
+    auto at = options.guest.find(cmdline_key);
+    REQUIRE(at != std::string::npos);
+    options.guest.insert(at + cmdline_key.size(), " " + lan.cmdline_words());
+    options.extra_vm = GuestLan::vm_lines();
+    Pair pair(options);
+    std::array<Process*, 2> on_host{};
+    auto host = [](Side side) { return side == Side::Primary ? 0 : 1; };
+    on_host[0] = &pair.start_primary();
+    auto console = open_console(pair, Side::Primary);
+    REQUIRE(console);
+    REQUIRE(await_kvstored(*console, "boot", pair) == cpus_online(2));
+    on_host[1] = &pair.start_secondary();
+    REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
+
+    auto tcp = guest_tcp(lan, std::chrono::minutes(2));
+    INFO("console:\n" << console->seen());
+    REQUIRE(tcp);
+    CHECK(lan.port_of_guest_mac() == lan.uplink(GuestLan::Host::Primary));
+    // Output commit on the network: a reply comes only once the checkpoint after the request is
+    // on the secondary, and the connection works for many of them.
+    for (int i = 1; i <= 20; ++i)
+        REQUIRE(tcp->command("INCR warmup", std::chrono::seconds(60)) == std::to_string(i));
+
+    std::mt19937 rng(std::random_device{}());
+    Side active_side = Side::Primary;
+    for (int round = 0; round < net_kill_rounds(); ++round) {
+        INFO("round " << round);
+        Side standby_side = active_side == Side::Primary ? Side::Secondary : Side::Primary;
+        const std::string key = fmt::format("tcp-counter-{}", round);
+        IncrClient client;
+        // A reply may wait through a whole failover (heartbeat timeout, takeover, the client's
+        // TCP retransmission reaching the survivor).
+        client.start(std::move(*tcp), key, std::chrono::minutes(3));
+        REQUIRE(eventually([&] { return client.acked() >= 5 || !client.running(); }, std::chrono::minutes(2)));
+        std::this_thread::sleep_for(std::chrono::milliseconds(200 + rng() % 1500));
+        on_host[host(active_side)]->signal(SIGKILL);
+        REQUIRE(on_host[host(active_side)]->exit_code() == 128 + SIGKILL);
+        const uint64_t acked_at_kill = client.acked();
+        REQUIRE(pair.wait_state(standby_side, "active", std::chrono::minutes(2)));
+        // The same connection goes on: replies keep coming from the survivor's guest.
+        CHECK(eventually([&] { return client.acked() >= acked_at_kill + 20 || !client.running(); },
+                         std::chrono::minutes(3)));
+        client.join();
+        CHECK_FALSE(client.broken());      // no reset, no timeout: one connection throughout
+        CHECK_FALSE(client.bad_reply());
+        CHECK_FALSE(client.out_of_order());  // no value seen twice or skipped
+        CHECK(lan.port_of_guest_mac() == lan.uplink(standby_side == Side::Primary ? GuestLan::Host::Primary
+                                                                                  : GuestLan::Host::Secondary));
+        auto survivor = open_console(pair, standby_side);
+        REQUIRE(survivor);
+        REQUIRE(survivor->ready(std::chrono::minutes(1)));
+        auto value = survivor->command("GET " + key);
+        REQUIRE(value);
+        REQUIRE(*value != "NIL");
+        CHECK(std::stoull(*value) >= client.acked());
+        CHECK(std::stoull(*value) <= client.sent());
+        check_healthy(survivor->seen());
+
+        // A new secondary where the dead one was, and a fresh connection for the next round.
+        const std::string& netns = active_side == Side::Primary ? options.primary_netns : options.secondary_netns;
+        on_host[host(active_side)] = &pair.start_extra(COLOD_SECONDARY_BIN, netns, fmt::format("secondary-{}", round));
+        REQUIRE(pair.wait_state(standby_side, "protected", std::chrono::minutes(5)));
+        tcp = guest_tcp(lan, std::chrono::minutes(1));
+        REQUIRE(tcp);
+        std::swap(active_side, standby_side);
+    }
+    auto last = open_console(pair, active_side);
+    REQUIRE(last);
+    REQUIRE(last->ready(std::chrono::minutes(1)));
+    CHECK(last->command("POWEROFF") == "OK");
 }
 
 int main(int argc, char** argv) {

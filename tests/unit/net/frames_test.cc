@@ -110,31 +110,7 @@ TEST_CASE("sender_ipv4 reads ARP and IPv4 frames from the MAC and nothing else")
     CHECK(!sender_ipv4(other_protocol, k_mac));
 }
 
-TEST_CASE("parse_mac accepts the colon form in either case and refuses what no NIC owns") {
-    auto mac = parse_mac("52:54:00:aB:Cd:eF");
-    REQUIRE(mac);
-    CHECK(*mac == Mac{0x52, 0x54, 0x00, 0xab, 0xcd, 0xef});
-    CHECK(format_mac(*mac) == "52:54:00:ab:cd:ef");
-    CHECK(parse_mac(format_mac(k_mac)).value() == k_mac);
+TEST_CASE("format_mac and format_ipv4 write the usual forms") {
+    CHECK(format_mac(Mac{0x52, 0x54, 0x00, 0xab, 0xcd, 0xef}) == "52:54:00:ab:cd:ef");
     CHECK(format_ipv4(0xc0a80a07) == "192.168.10.7");
-
-    auto refused = [](std::string_view text, std::string_view why) {
-        auto r = parse_mac(text);
-        if (r)
-            return false;
-        INFO(r.error().message());
-        CHECK(r.error().code() == base::Errc::Invalid);
-        return r.error().message().find(why) != std::string::npos;
-    };
-    CHECK(refused("", "0 characters"));
-    CHECK(refused("52:54:00:12:34", "14 characters"));
-    CHECK(refused("52:54:00:12:34:56:78", "20 characters"));
-    CHECK(refused("52-54-00-12-34-56", "where ':' belongs"));
-    CHECK(refused("5254:00:12:34:567", "where ':' belongs"));
-    CHECK(refused("52:54:00:12:34:5g", "'g' is not a hex digit"));
-    CHECK(refused(" 2:54:00:12:34:56", "is not a hex digit"));
-    CHECK(refused("01:00:5e:00:00:01", "multicast"));
-    CHECK(refused("ff:ff:ff:ff:ff:ff", "multicast"));
-    CHECK(refused("00:00:00:00:00:00", "all zero"));
-    CHECK(parse_mac("02:00:00:00:00:01"));  // locally administered is fine
 }

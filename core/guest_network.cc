@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#include "core/guest_network.h"
+
+#include <chrono>
+
+#include "base/log.h"
+#include "core/net/frames.h"
+#include "core/virtio/net.h"
+
+namespace colod::core {
+
+namespace {
+// Gaps between announce rounds: 0, 50, 150, 300 and 500 ms after the takeover, as a switch that
+// missed the first one (a port still learning, a dropped broadcast) hears a later one.
+constexpr std::chrono::milliseconds k_announce_gap_step{50};
+}  // namespace
+
+base::Result<std::unique_ptr<GuestNetwork>> GuestNetwork::open(const std::string& tap_name, virtio::NetDevice& nic) {
+    auto tap = TRY(net::Tap::open(tap_name));
+    std::unique_ptr<GuestNetwork> network(new GuestNetwork(std::move(tap), nic));
+    GuestNetwork* self = network.get();
+    nic.set_transmit([self](std::span<const std::byte> frame) { return self->transmit(frame); });
+    return network;
+}
+
+GuestNetwork::GuestNetwork(net::Tap tap, virtio::NetDevice& nic) : m_tap(std::move(tap)), m_nic(nic) {}
+
+GuestNetwork::~GuestNetwork() {
+    m_nic.set_transmit([](std::span<const std::byte>) { return true; });  // dropped from now on
+    std::unique_ptr<net::TapReader> reader;
+    {
+        std::lock_guard lock(m_mutex);
+        m_stopping = true;
+        reader = std::move(m_reader);
+    }
+    m_announce_wake.notify_all();
+    if (reader)
+        reader->stop();
+    if (m_announcer.joinable())
+        m_announcer.join();
+}
+
+void GuestNetwork::set_sink(PacketSink sink) {
+    {
+        std::lock_guard lock(m_sink_mutex);
+        m_sink = std::move(sink);
+    }
+    ready();  // frames refused by the old sink may go to the new one
+}
+
+bool GuestNetwork::transmit(std::span<const std::byte> frame) {
+    std::lock_guard lock(m_sink_mutex);
+    if (m_sink)
+        return m_sink(frame);
+    // Unprotected: straight out. A tap write never blocks (the fd is non-blocking; a full
+    // queue drops the frame), so it may run under the NIC's lock.
+    release(frame);
+    return true;
+}
+
+void GuestNetwork::release(std::span<const std::byte> frame) {
+    auto written = m_tap.write(frame);
+    if (!written) {
+        std::lock_guard lock(m_mutex);
+        if (!m_release_failed_logged) {
+            m_release_failed_logged = true;
+            base::log(base::Level::Error, base::Event::None,
+                      fmt::format("cannot send the guest's frames onto tap {}: {} (further failures are not logged)",
+                                  m_tap.name(), written.error().message()),
+                      {{"TAP", m_tap.name()}});
+        }
+    }
+}
+
+void GuestNetwork::ready() { m_nic.tx_ready(); }
+
+base::Result<void> GuestNetwork::start_input() {
+    std::lock_guard lock(m_mutex);
+    if (m_reader || m_stopping)
+        return base::ok();
+    // What queued on the tap before belongs to no guest that runs here: drop it.
+    std::vector<std::byte> buffer(net::Tap::k_max_frame);
+    for (;;) {
+        auto got = TRY(m_tap.read(buffer));
+        if (!got)
+            break;
+    }
+    virtio::NetDevice* nic = &m_nic;
+    m_reader = TRY(net::TapReader::start(m_tap, [nic](std::span<const std::byte> frame) { nic->receive(frame); }));
+    return base::ok();
+}
+
+bool GuestNetwork::input_started() const {
+    std::lock_guard lock(m_mutex);
+    return m_reader != nullptr;
+}
+
+void GuestNetwork::announce() {
+    std::lock_guard lock(m_mutex);
+    if (m_stopping)
+        return;
+    m_announce_pending = k_announce_rounds;
+    if (!m_announcer.joinable())
+        m_announcer = std::thread([this] { announcer(); });
+    m_announce_wake.notify_all();
+}
+
+uint64_t GuestNetwork::announcements() const {
+    std::lock_guard lock(m_mutex);
+    return m_announced;
+}
+
+void GuestNetwork::announcer() {
+    std::unique_lock lock(m_mutex);
+    int round = 0;
+    for (;;) {
+        m_announce_wake.wait(lock, [&] { return m_stopping || m_announce_pending > 0; });
+        if (m_stopping)
+            return;
+        if (m_announce_pending == k_announce_rounds)
+            round = 0;  // a new announce() starts the schedule again
+        --m_announce_pending;
+        const net::Mac mac = m_nic.mac();
+        const uint32_t ipv4 = m_nic.learned_ipv4();
+        lock.unlock();
+        release(net::rarp_announce(mac));
+        if (ipv4 != 0)
+            release(net::gratuitous_arp(mac, ipv4));
+        lock.lock();
+        ++m_announced;
+        ++round;
+        if (m_announce_pending > 0)
+            m_announce_wake.wait_for(lock, k_announce_gap_step * round, [&] { return m_stopping; });
+    }
+}
+
+}  // namespace colod::core
