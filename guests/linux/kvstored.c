@@ -5,10 +5,12 @@
  * console protocol of docs/kvstore.md on a serial tty, byte for byte what builtin:kvstore
  * answers, so every test written against the embedded guest runs against a Linux guest too.
  *
- *   kvstored [--tty PATH] [--scratch-mib N]
+ *   kvstored [--tty PATH] [--scratch-mib N] [--tcp-port N]
  *
  * --tty PATH        the console (default /dev/ttyS0); the unit test passes a pty
  * --scratch-mib N   scratch memory for DIRTY/CHURN (default: half of the RAM, at least 4 MiB)
+ * --tcp-port N      also serve the protocol on this TCP port, all IPv4 addresses (default 4555;
+ *                   0: no TCP service)
  *
  * What differs from the embedded guest, and why:
  * - ticks= counts 10 ms steps of CLOCK_MONOTONIC since kvstored started (100 Hz, like the
@@ -32,9 +34,21 @@
  * - HWRNG n (an extension, 1 <= n <= 64): reads n bytes from /dev/hwrng (the virtio-rng) and
  *   replies with them in lower-case hex, or `ERR hwrng: REASON`. Tests use it to see that a
  *   COLO secondary's guest gets the very bytes the primary's did.
+ * - The same protocol on TCP (--tcp-port): one line per request, one reply line per request,
+ *   up to TCP_CLIENTS_MAX clients at once beside the console. One thread serves them all: the
+ *   main loop polls the tty, the listening socket and the clients (non-blocking sockets), so the
+ *   engine keeps its one caller. Every source has its own partial line (struct line_buffer) and
+ *   hands the engine whole lines only, so lines of different sources never mix; the engine's
+ *   reply goes to the source whose line it answers (g_reply_to). A client's replies that its
+ *   socket does not take at once wait in its own buffer; a client that lets more than
+ *   TCP_OUTPUT_MAX bytes pile up there (it does not read) is dropped, so it never stalls the
+ *   console or the other clients. The console itself is written blocking, as ever. The service
+ *   is optional: a listener that cannot be set up is reported once on the console
+ *   (`kvstored: tcp: ...`), and the console goes on alone.
  *
- * It writes nothing to the tty but protocol replies, and nothing to stderr but the one line of
- * a fatal start-up error (exit status 1); after start-up it never exits on its own.
+ * It writes nothing to the tty but protocol replies and that one `kvstored: tcp:` line, and
+ * nothing to stderr but the one line of a fatal start-up error (exit status 1); after start-up
+ * it never exits on its own.
  */
 #define _GNU_SOURCE
 
@@ -42,6 +56,9 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -50,8 +67,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/reboot.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/sysinfo.h>
 #include <termios.h>
@@ -101,13 +120,152 @@ static void sleep_until_tick(uint64_t tick)
     }
 }
 
+/* ---- sources of lines: the console and the TCP clients ---------------------------------- */
+
+#define TCP_CLIENTS_MAX 16          /* clients served at once; one more is closed at once */
+#define TCP_OUTPUT_MAX (256u << 10) /* replies a client may leave unread in kvstored, in bytes */
+#define TCP_DRAIN_NS (5 * NS_PER_S) /* how long a POWEROFF/REBOOT over TCP waits for its OK */
+#define READ_CHUNK 4096
+
+/* Bytes kept of a line: the engine's longest line, its '\r', and one byte more, which is all the
+ * engine needs to see that a line is too long (it answers `ERR line too long` to any line
+ * longer than the first two together). Bytes beyond are dropped here. */
+#define LINE_KEEP (KV_LINE_MAX + 2u)
+
+/* One source's line so far. The engine only ever gets whole lines, one kv_feed() each, so its
+ * own partial line is always empty between two of them and sources never mix. */
+struct line_buffer {
+    char bytes[LINE_KEEP + 1]; /* + the '\n' handed to the engine */
+    size_t len;
+};
+
+struct client {
+    int fd;                 /* -1: a free slot */
+    int dropped;            /* a send failed or too much output piled up: closed by the loop */
+    int input_closed;       /* the client sent its FIN: closed once its replies are out */
+    struct line_buffer line;
+    char *out;              /* replies its socket has not taken yet: out[out_start, out_end) */
+    size_t out_start, out_end;
+};
+
+static struct line_buffer g_console_line;
+static struct client g_clients[TCP_CLIENTS_MAX];
+static int g_listener = -1;
+/* The client whose line the engine is answering; NULL while it answers the console. */
+static struct client *g_reply_to;
+
+static size_t client_pending(const struct client *c)
+{
+    return c->out_end - c->out_start;
+}
+
+/* Sends what the socket takes now, without waiting. A hard error drops the client. */
+static void client_flush(struct client *c)
+{
+    while (!c->dropped && client_pending(c) != 0) {
+        ssize_t n = send(c->fd, c->out + c->out_start, client_pending(c),
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            c->out_start += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return;
+        } else {
+            c->dropped = 1;
+        }
+    }
+    if (client_pending(c) == 0)
+        c->out_start = c->out_end = 0;
+}
+
+/* A reply for client c: straight to its socket when nothing of it is waiting, the rest queued
+ * behind. Past TCP_OUTPUT_MAX queued bytes the client is dropped: it is not reading, and
+ * neither the console nor the other clients may wait for it. */
+static void client_write(struct client *c, const char *bytes, size_t len)
+{
+    if (c->dropped)
+        return;
+    if (client_pending(c) == 0) {
+        while (len != 0) {
+            ssize_t n = send(c->fd, bytes, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n > 0) {
+                bytes += n;
+                len -= (size_t)n;
+            } else if (n < 0 && errno == EINTR) {
+                continue;
+            } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                break;
+            } else {
+                c->dropped = 1;
+                return;
+            }
+        }
+        if (len == 0)
+            return;
+    }
+    if (client_pending(c) + len > TCP_OUTPUT_MAX) {
+        c->dropped = 1;
+        return;
+    }
+    if (c->out == NULL && (c->out = malloc(TCP_OUTPUT_MAX)) == NULL) {
+        c->dropped = 1;
+        return;
+    }
+    if (c->out_end + len > TCP_OUTPUT_MAX) {
+        memmove(c->out, c->out + c->out_start, client_pending(c));
+        c->out_end -= c->out_start;
+        c->out_start = 0;
+    }
+    memcpy(c->out + c->out_end, bytes, len);
+    c->out_end += len;
+}
+
+static void client_close(struct client *c)
+{
+    close(c->fd);
+    free(c->out);
+    memset(c, 0, sizeof *c);
+    c->fd = -1;
+}
+
+/* Appends bytes to a source's line and hands the engine each line they complete, its replies
+ * going to `source` (NULL: the console). Stops early once that client is dropped. */
+static void feed_lines(struct line_buffer *line, struct client *source, const uint8_t *bytes,
+                       size_t len)
+{
+    while (len != 0 && (source == NULL || !source->dropped)) {
+        const uint8_t *nl = memchr(bytes, '\n', len);
+        size_t part = nl != NULL ? (size_t)(nl - bytes) : len;
+        size_t keep = LINE_KEEP - line->len;
+        if (keep > part)
+            keep = part;
+        memcpy(line->bytes + line->len, bytes, keep);
+        line->len += keep;
+        if (nl == NULL)
+            return;
+        line->bytes[line->len++] = '\n';
+        g_reply_to = source;
+        kv_feed((const uint8_t *)line->bytes, line->len);
+        g_reply_to = NULL;
+        line->len = 0;
+        bytes += part + 1;
+        len -= part + 1;
+    }
+}
+
 /* ---- the engine's platform -------------------------------------------------------------- */
 
-/* The whole reply, however the tty takes it: partial writes continue, EINTR retries, EAGAIN
+/* A reply for a TCP client goes to client_write(). One for the console: the whole reply,
+ * however the tty takes it: partial writes continue, EINTR retries, EAGAIN
  * (should the tty be non-blocking) waits for room. Any other error means the console is gone
  * (a hung-up pty): the reply cannot be delivered, and kvstored keeps serving whoever comes. */
 void kv_platform_write(const char *bytes, size_t len)
 {
+    if (g_reply_to != NULL) {
+        client_write(g_reply_to, bytes, len);
+        return;
+    }
     while (len != 0) {
         ssize_t n = write(g_tty, bytes, len);
         if (n > 0) {
@@ -409,6 +567,39 @@ static void hwrng_command(const char *arg, size_t len)
     kv_platform_write(reply, (size_t)at);
 }
 
+/* Before POWEROFF and REBOOT end kvstored: the OK, and every reply before it, must be out, or
+ * they never arrive once /init has powered the machine off.
+ * - Asked on the console: waits until the tty has sent everything (tcdrain), as ever.
+ * - Asked by a TCP client: waits until its replies are in its socket and the peer has
+ *   acknowledged them all (SIOCOUTQ: bytes not sent or not acknowledged yet), then until the
+ *   tty's output queue is empty (TIOCOUTQ), all within TCP_DRAIN_NS: a console nobody reads
+ *   must not hold up a POWEROFF that came over the network.
+ * Other clients get what their sockets take at once. */
+static void drain_replies(void)
+{
+    struct client *asker = g_reply_to;
+    for (unsigned i = 0; i < TCP_CLIENTS_MAX; i++)
+        if (g_clients[i].fd >= 0 && &g_clients[i] != asker)
+            client_flush(&g_clients[i]);
+    if (asker == NULL) {
+        (void)tcdrain(g_tty);
+        return;
+    }
+    int64_t deadline = ns_since_start() + TCP_DRAIN_NS;
+    while (!asker->dropped && client_pending(asker) != 0 && ns_since_start() < deadline) {
+        struct pollfd p = {.fd = asker->fd, .events = POLLOUT};
+        (void)poll(&p, 1, 10);
+        client_flush(asker);
+    }
+    const struct timespec pause = {0, 1000000};
+    int queued = 0;
+    while (!asker->dropped && ioctl(asker->fd, SIOCOUTQ, &queued) == 0 && queued > 0 &&
+           ns_since_start() < deadline)
+        nanosleep(&pause, NULL);
+    while (ioctl(g_tty, TIOCOUTQ, &queued) == 0 && queued > 0 && ns_since_start() < deadline)
+        nanosleep(&pause, NULL);
+}
+
 /* kv_extension.command: the kvstored-only POWEROFF, REBOOT and HWRNG (see the top of this file). The
  * line follows the engine's grammar: case-insensitive name, spaces around it ignored. */
 static int extra_command(const char *line, size_t len)
@@ -439,7 +630,7 @@ static int extra_command(const char *line, size_t len)
         return 1;
     }
     kv_platform_write("OK\n", 3);
-    (void)tcdrain(g_tty); /* the OK is out before the machine goes */
+    drain_replies(); /* the OK is out before the machine goes */
     sync();
     if (getpid() == 1)
         (void)reboot(power_off ? RB_POWER_OFF : RB_AUTOBOOT);
@@ -471,6 +662,145 @@ static void open_tty(const char *path)
         fatal(path, strerror(errno));
 }
 
+/* The TCP listener on every IPv4 address. Optional: a failure (no IPv4 in the kernel, the port
+ * taken) is one line on the console, and kvstored serves the console alone. Without a network
+ * interface the bind still works; nobody can connect then. */
+static void open_listener(unsigned port)
+{
+    const char *step = "socket";
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        int one = 1;
+        /* A kvstored started again at once binds even while old connections linger. */
+        (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        struct sockaddr_in address = {
+            .sin_family = AF_INET,
+            .sin_port = htons((uint16_t)port),
+            .sin_addr.s_addr = htonl(INADDR_ANY),
+        };
+        step = "bind";
+        if (bind(fd, (const struct sockaddr *)&address, sizeof address) == 0) {
+            step = "listen";
+            if (listen(fd, TCP_CLIENTS_MAX) == 0) {
+                g_listener = fd;
+                return;
+            }
+        }
+    }
+    int err = errno;
+    if (fd >= 0)
+        close(fd);
+    char line[160];
+    int len = snprintf(line, sizeof line, "kvstored: tcp: port %u: %s: %s\n", port, step,
+                       strerror(err));
+    kv_platform_write(line, (size_t)len);
+}
+
+/* Takes every waiting connection; past TCP_CLIENTS_MAX clients a new one is closed at once. */
+static void accept_clients(void)
+{
+    for (;;) {
+        int fd = accept4(g_listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            return; /* EAGAIN: none left; anything else: try again at the next poll */
+        }
+        struct client *c = NULL;
+        for (unsigned i = 0; i < TCP_CLIENTS_MAX && c == NULL; i++)
+            if (g_clients[i].fd < 0)
+                c = &g_clients[i];
+        if (c == NULL) {
+            close(fd);
+            continue;
+        }
+        /* One reply is one small send: out at once, not held for the previous one's ACK. */
+        int one = 1;
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        c->fd = fd;
+    }
+}
+
+/* A client's socket is readable: its lines go to the engine. End of input (the client closed,
+ * perhaps mid-line: that partial line is dropped unanswered) closes it once its replies are out;
+ * an error drops it. */
+static void client_read(struct client *c)
+{
+    uint8_t buf[READ_CHUNK];
+    ssize_t n = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0)
+        feed_lines(&c->line, c, buf, (size_t)n);
+    else if (n == 0)
+        c->input_closed = 1;
+    else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
+        c->dropped = 1;
+}
+
+/* The one loop: console input, new connections, client input and client output, as poll()
+ * reports them. Only this thread calls the engine. */
+static _Noreturn void serve(void)
+{
+    struct pollfd fds[2 + TCP_CLIENTS_MAX];
+    int64_t console_resume = 0; /* ns_since_start() at which to look at a silent console again */
+    for (;;) {
+        int timeout = -1;
+        int64_t now = ns_since_start();
+        fds[0] = (struct pollfd){.fd = g_tty, .events = POLLIN};
+        if (now < console_resume) {
+            fds[0].fd = -1;
+            timeout = (int)((console_resume - now + 999999) / 1000000);
+        }
+        fds[1] = (struct pollfd){.fd = g_listener, .events = POLLIN};
+        for (unsigned i = 0; i < TCP_CLIENTS_MAX; i++) {
+            struct client *c = &g_clients[i];
+            short events = 0;
+            if (!c->input_closed)
+                events |= POLLIN;
+            if (client_pending(c) != 0)
+                events |= POLLOUT;
+            fds[2 + i] = (struct pollfd){.fd = c->fd, .events = events};
+        }
+        if (poll(fds, 2 + TCP_CLIENTS_MAX, timeout) < 0)
+            continue; /* EINTR */
+
+        if (fds[0].revents != 0) {
+            uint8_t buf[READ_CHUNK];
+            ssize_t n = read(g_tty, buf, sizeof buf);
+            if (n > 0) {
+                feed_lines(&g_console_line, NULL, buf, (size_t)n);
+            } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
+                /* End of file or an error: the other end of a pty went away, or the port hung
+                 * up. kvstored does not exit on its own; it looks again a little later. */
+                console_resume = ns_since_start() + NS_PER_S / 10;
+            }
+        }
+        if (fds[1].revents != 0)
+            accept_clients();
+        for (unsigned i = 0; i < TCP_CLIENTS_MAX; i++) {
+            struct client *c = &g_clients[i];
+            /* A slot taken by accept_clients() above had fd -1 in this poll: revents 0. */
+            if (c->fd < 0)
+                continue;
+            if ((fds[2 + i].revents & POLLOUT) != 0)
+                client_flush(c);
+            if ((fds[2 + i].revents & (POLLIN | POLLHUP | POLLERR)) != 0 && !c->input_closed)
+                client_read(c);
+            if (c->dropped || (c->input_closed && client_pending(c) == 0))
+                client_close(c);
+        }
+    }
+}
+
+static unsigned parse_port(const char *text)
+{
+    char *end;
+    errno = 0;
+    unsigned long port = strtoul(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || text[0] == '-' || port > 65535)
+        fatal("--tcp-port wants a port number from 0 (no TCP service) to 65535", text);
+    return (unsigned)port;
+}
+
 static uint64_t default_scratch_bytes(void)
 {
     struct sysinfo si;
@@ -494,20 +824,28 @@ int main(int argc, char **argv)
 {
     const char *tty = "/dev/ttyS0";
     uint64_t scratch_bytes = 0;
+    unsigned tcp_port = 4555;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--tty") == 0 && i + 1 < argc)
             tty = argv[++i];
         else if (strcmp(argv[i], "--scratch-mib") == 0 && i + 1 < argc)
             scratch_bytes = parse_mib(argv[++i]);
+        else if (strcmp(argv[i], "--tcp-port") == 0 && i + 1 < argc)
+            tcp_port = parse_port(argv[++i]);
         else
-            fatal("usage: kvstored [--tty PATH] [--scratch-mib N]; unexpected", argv[i]);
+            fatal("usage: kvstored [--tty PATH] [--scratch-mib N] [--tcp-port N]; unexpected",
+                  argv[i]);
     }
     if (scratch_bytes == 0)
         scratch_bytes = default_scratch_bytes();
     uint64_t scratch_pages = scratch_bytes / KV_PAGE_SIZE;
 
     clock_gettime(CLOCK_MONOTONIC, &g_start);
+    for (unsigned i = 0; i < TCP_CLIENTS_MAX; i++)
+        g_clients[i].fd = -1;
     open_tty(tty);
+    if (tcp_port != 0)
+        open_listener(tcp_port);
 
     void *scratch = mmap(NULL, scratch_pages * KV_PAGE_SIZE, PROT_READ | PROT_WRITE,
                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -524,19 +862,5 @@ int main(int argc, char **argv)
         .command = extra_command,
     };
     kv_set_extension(&ext);
-
-    uint8_t buf[4096];
-    for (;;) {
-        ssize_t n = read(g_tty, buf, sizeof buf);
-        if (n > 0) {
-            kv_feed(buf, (size_t)n);
-        } else if (n < 0 && errno == EINTR) {
-            continue;
-        } else {
-            /* End of file or an error: the other end of a pty went away, or the port hung
-             * up. kvstored does not exit on its own; it looks again a little later. */
-            struct timespec pause = {0, 100000000};
-            nanosleep(&pause, NULL);
-        }
-    }
+    serve();
 }

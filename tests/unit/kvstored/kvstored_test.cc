@@ -1,14 +1,18 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 // kvstored (guests/linux/kvstored.c), the real static binary, serving a pty: the test holds the
 // master side and talks the console protocol of docs/kvstore.md through it, as colod's UART
-// would. Behaviour only: no assertion depends on how fast this machine is.
+// would, and through real TCP sockets to its --tcp-port. Behaviour only: no assertion depends on
+// how fast this machine is.
 #include <catch2/catch.hpp>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
@@ -20,6 +24,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <regex>
 #include <set>
 #include <string>
@@ -28,6 +33,9 @@
 #include <utility>
 #include <vector>
 
+#include "base/fd.h"
+#include "tests/support/free_port.h"
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -35,12 +43,79 @@ using Clock = std::chrono::steady_clock;
 
 constexpr auto k_reply_timeout = 10s;
 
+// The lines kvstored writes to one file descriptor (the pty master, or a TCP socket).
+class LineReader {
+public:
+    explicit LineReader(int fd) : m_fd(fd) {}
+
+    // The next line, without its '\n'.
+    std::string line() {
+        auto deadline = Clock::now() + k_reply_timeout;
+        for (;;) {
+            auto nl = m_buffer.find('\n');
+            if (nl != std::string::npos) {
+                std::string out = m_buffer.substr(0, nl);
+                m_buffer.erase(0, nl + 1);
+                return out;
+            }
+            auto left =
+                std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+            INFO("waiting for a reply; so far: " << m_buffer);
+            REQUIRE(left.count() > 0);
+            REQUIRE(read_some(static_cast<int>(left.count())) == Read::got_bytes);
+        }
+    }
+
+    // Everything that arrives within `quiet` (nothing, if all is well).
+    std::string unexpected_output(std::chrono::milliseconds quiet = 200ms) {
+        while (read_some(static_cast<int>(quiet.count())) == Read::got_bytes) {
+        }
+        return std::exchange(m_buffer, std::string());
+    }
+
+    // True once the other end has closed (end of file, or a reset), within the reply timeout;
+    // whatever arrives before is kept for line().
+    bool closed_by_peer() {
+        auto deadline = Clock::now() + k_reply_timeout;
+        for (;;) {
+            auto left =
+                std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+            if (left.count() <= 0)
+                return false;
+            if (read_some(static_cast<int>(left.count())) == Read::closed)
+                return true;
+        }
+    }
+
+private:
+    enum class Read { got_bytes, nothing, closed };
+
+    Read read_some(int timeout_ms) {
+        pollfd p{m_fd, POLLIN, 0};
+        int r = poll(&p, 1, timeout_ms);
+        if (r <= 0)
+            return Read::nothing;
+        char buf[4096];
+        ssize_t n = read(m_fd, buf, sizeof buf);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN))
+            return Read::nothing;
+        if (n <= 0)
+            return Read::closed;
+        m_buffer.append(buf, static_cast<size_t>(n));
+        return Read::got_bytes;
+    }
+
+    int m_fd;
+    std::string m_buffer;
+};
+
 // One kvstored on a fresh pty, killed and reaped when the object goes.
 class Kvstored {
 public:
     explicit Kvstored(std::vector<std::string> extra_args = {"--scratch-mib", "64"}) {
         m_master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
         REQUIRE(m_master >= 0);
+        m_reader = LineReader(m_master);
         REQUIRE(grantpt(m_master) == 0);
         REQUIRE(unlockpt(m_master) == 0);
         const char* name = ptsname(m_master);
@@ -49,6 +124,9 @@ public:
 
         std::vector<std::string> args = {KVSTORED_PATH, "--tty", m_slave_path};
         args.insert(args.end(), extra_args.begin(), extra_args.end());
+        // No TCP service unless a test asks for one: the default port may be taken on this host.
+        if (std::find(args.begin(), args.end(), "--tcp-port") == args.end())
+            args.insert(args.end(), {"--tcp-port", "0"});
         m_pid = fork();
         REQUIRE(m_pid >= 0);
         if (m_pid == 0) {
@@ -92,23 +170,8 @@ public:
         }
     }
 
-    // The next line kvstored wrote, without its '\n'.
-    std::string line() {
-        auto deadline = Clock::now() + k_reply_timeout;
-        for (;;) {
-            auto nl = m_buffer.find('\n');
-            if (nl != std::string::npos) {
-                std::string out = m_buffer.substr(0, nl);
-                m_buffer.erase(0, nl + 1);
-                return out;
-            }
-            auto left =
-                std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-            INFO("waiting for a reply; so far: " << m_buffer);
-            REQUIRE(left.count() > 0);
-            REQUIRE(read_some(static_cast<int>(left.count())));
-        }
-    }
+    // The next line kvstored wrote to the console, without its '\n'.
+    std::string line() { return m_reader.line(); }
 
     std::string cmd(std::string_view text) {
         send(std::string(text) + "\n");
@@ -117,9 +180,7 @@ public:
 
     // Everything that arrives within `quiet` (nothing, if all is well).
     std::string unexpected_output(std::chrono::milliseconds quiet = 200ms) {
-        while (read_some(static_cast<int>(quiet.count()))) {
-        }
-        return std::exchange(m_buffer, std::string());
+        return m_reader.unexpected_output(quiet);
     }
 
     // Waits for kvstored to end and returns its wait status.
@@ -139,20 +200,6 @@ public:
     }
 
 private:
-    // False when nothing came within timeout_ms.
-    bool read_some(int timeout_ms) {
-        pollfd p{m_master, POLLIN, 0};
-        int r = poll(&p, 1, timeout_ms);
-        if (r <= 0)
-            return false;
-        char buf[4096];
-        ssize_t n = read(m_master, buf, sizeof buf);
-        if (n <= 0)
-            return false;
-        m_buffer.append(buf, static_cast<size_t>(n));
-        return true;
-    }
-
     // The pty starts in the kernel's default cooked mode; kvstored is ready once it made it raw.
     // Nothing is sent before, so nothing can be echoed by the default settings.
     void wait_until_raw() {
@@ -169,7 +216,68 @@ private:
     int m_master = -1;
     std::string m_slave_path;
     pid_t m_pid = -1;
-    std::string m_buffer;
+    LineReader m_reader{-1};
+};
+
+// One TCP connection to kvstored's --tcp-port on 127.0.0.1.
+class TcpClient {
+public:
+    // receive_buffer: SO_RCVBUF before connecting (0: the kernel's default), to keep the bytes a
+    // client that never reads can leave in its own kernel small.
+    explicit TcpClient(uint16_t port, int receive_buffer = 0)
+        : m_fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)), m_reader(m_fd.get()) {
+        REQUIRE(m_fd.valid());
+        if (receive_buffer != 0)
+            REQUIRE(setsockopt(m_fd.get(), SOL_SOCKET, SO_RCVBUF, &receive_buffer,
+                               sizeof receive_buffer) == 0);
+        sockaddr_in address{};
+        address.sin_family = AF_INET;
+        address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        address.sin_port = htons(port);
+        INFO("connecting to 127.0.0.1:" << port);
+        REQUIRE(connect(m_fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+    }
+
+    int fd() const { return m_fd.get(); }
+
+    void send(std::string_view bytes) {
+        while (!bytes.empty()) {
+            ssize_t n = ::send(m_fd.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
+            if (n < 0 && errno == EINTR)
+                continue;
+            REQUIRE(n > 0);
+            bytes.remove_prefix(static_cast<size_t>(n));
+        }
+    }
+
+    std::string line() { return m_reader.line(); }
+
+    std::string cmd(std::string_view text) {
+        send(std::string(text) + "\n");
+        return line();
+    }
+
+    std::string unexpected_output(std::chrono::milliseconds quiet = 200ms) {
+        return m_reader.unexpected_output(quiet);
+    }
+
+    bool closed_by_peer() { return m_reader.closed_by_peer(); }
+
+private:
+    colod::base::Fd m_fd;
+    LineReader m_reader;
+};
+
+// A kvstored with its TCP service on a free port, running: its console has answered, so its
+// listener is up (kvstored opens it before it serves the console).
+struct TcpKvstored {
+    TcpKvstored()
+        : port(colod::test::free_port()),
+          k({"--scratch-mib", "64", "--tcp-port", std::to_string(port)}) {
+        REQUIRE(k.cmd("PING") == "PONG");
+    }
+    uint16_t port;
+    Kvstored k;
 };
 
 struct Info {
@@ -476,4 +584,180 @@ TEST_CASE("kvstored fails with one line and status 1 when it cannot start", "[kv
     auto [mib_status, mib_text] = run({"--scratch-mib", "0", "--tty", "/dev/null"});
     CHECK(mib_status == 1);
     CHECK(std::count(mib_text.begin(), mib_text.end(), '\n') == 1);
+    for (const char* bad : {"65536", "-1", "x", ""}) {
+        auto [port_status, port_text] = run({"--tcp-port", bad, "--tty", "/dev/null"});
+        CHECK(port_status == 1);
+        CHECK(port_text.rfind("kvstored: --tcp-port wants a port number", 0) == 0);
+        CHECK(std::count(port_text.begin(), port_text.end(), '\n') == 1);
+    }
+}
+
+TEST_CASE("kvstored serves two TCP clients and the console at once, on one engine",
+          "[kvstored][tcp]") {
+    TcpKvstored t;
+    TcpClient a(t.port), b(t.port);
+
+    // In turns: each INCR sees the one before, whoever sent it.
+    for (int i = 0; i < 10; i++) {
+        CHECK(t.k.cmd("INCR n") == std::to_string(3 * i + 1));
+        CHECK(a.cmd("INCR n") == std::to_string(3 * i + 2));
+        CHECK(b.cmd("incr n") == std::to_string(3 * i + 3));
+    }
+    CHECK(a.cmd("GET n") == "30");
+
+    // All at once: 3 × 200 lines sent before any reply is read. Each source gets its own 200
+    // replies, in its own order (increasing), and together they are 31..630, each once.
+    constexpr int k_each = 200;
+    std::string batch;
+    for (int i = 0; i < k_each; i++)
+        batch += i % 2 == 0 ? "INCR n\n" : "INCR n\r\n";
+    t.k.send(batch);
+    a.send(batch);
+    b.send(batch);
+    std::vector<uint64_t> all;
+    auto collect = [&](auto& source) {
+        uint64_t last = 0;
+        for (int i = 0; i < k_each; i++) {
+            uint64_t value = std::stoull(source.line());
+            CHECK(value > last);
+            last = value;
+            all.push_back(value);
+        }
+    };
+    collect(t.k);
+    collect(a);
+    collect(b);
+    std::sort(all.begin(), all.end());
+    std::vector<uint64_t> expected(3 * k_each);
+    std::iota(expected.begin(), expected.end(), 31);
+    CHECK(all == expected);
+
+    // The protocol is the console's: the same replies to the same lines, byte for byte.
+    const std::vector<std::string> script = {"PING", "SET s  x y ", "GET s", "nope", "",
+                                             "\x7f", "SET k", "DEL s", "GET s", "HWRNG 0"};
+    for (const auto& line : script) {
+        INFO("line: " << line);
+        CHECK(a.cmd(line) == t.k.cmd(line));
+    }
+    CHECK(t.k.unexpected_output().empty());
+    CHECK(a.unexpected_output().empty());
+    CHECK(b.unexpected_output().empty());
+}
+
+TEST_CASE("kvstored refuses a line too long on TCP as on the console", "[kvstored][tcp]") {
+    TcpKvstored t;
+    TcpClient a(t.port);
+    CHECK(a.cmd("SET k " + std::string(506, 'v')) == "OK");  // 512 bytes: served
+    CHECK(a.cmd("GET k") == std::string(506, 'v'));
+    CHECK(a.cmd("SET k " + std::string(506, 'v') + "\r") == "OK");  // and its CR
+    CHECK(a.cmd(std::string(513, 'X')) == "ERR line too long");
+    CHECK(a.cmd(std::string(100000, 'X')) == "ERR line too long");
+    CHECK(a.cmd(std::string(600, '\x01')) == "ERR line too long");
+    CHECK(a.cmd(std::string(512, '\x01')) == "ERR binary data in line");
+    CHECK(a.unexpected_output().empty());
+    CHECK(a.cmd("PING") == "PONG");
+    CHECK(t.k.cmd("PING") == "PONG");
+}
+
+TEST_CASE("a TCP client that never reads is dropped; the console and the others go on",
+          "[kvstored][tcp]") {
+    TcpKvstored t;
+    TcpClient other(t.port);
+    CHECK(other.cmd("SET big " + std::string(504, 'v')) == "OK");
+    TcpClient hog(t.port, 4096);
+    REQUIRE(fcntl(hog.fd(), F_SETFL, O_NONBLOCK) == 0);
+
+    // The hog asks for 505-byte replies and never reads one: they pile up in its socket, then in
+    // kvstored, until kvstored drops it. Meanwhile the console and the other client are served.
+    std::string burst;
+    for (int i = 0; i < 100; i++)
+        burst += "GET big\n";
+    size_t offset = 0;
+    bool dropped = false;
+    int round = 0;
+    auto deadline = Clock::now() + 2 * k_reply_timeout;
+    while (!dropped && Clock::now() < deadline) {
+        ssize_t n = send(hog.fd(), burst.data() + offset, burst.size() - offset, MSG_NOSIGNAL);
+        int err = errno;
+        if (n > 0) {
+            offset = (offset + static_cast<size_t>(n)) % burst.size();
+        } else {
+            INFO("send: " << strerror(err));
+            REQUIRE(n < 0);
+            REQUIRE((err == EAGAIN || err == EWOULDBLOCK || err == EPIPE || err == ECONNRESET));
+            dropped = err == EPIPE || err == ECONNRESET;
+        }
+        round++;
+        CHECK(other.cmd("INCR served") == std::to_string(round));
+        CHECK(t.k.cmd("INCR console") == std::to_string(round));
+    }
+    CHECK(dropped);
+    CHECK(other.cmd("GET served") == std::to_string(round));
+    CHECK(t.k.cmd("PING") == "PONG");
+    CHECK(t.k.unexpected_output().empty());
+
+    SECTION("its slot is free again") {
+        TcpClient again(t.port);
+        CHECK(again.cmd("GET console") == std::to_string(round));
+    }
+}
+
+TEST_CASE("a TCP client closing mid-line leaves no trace; lines of different sources never mix",
+          "[kvstored][tcp]") {
+    TcpKvstored t;
+    {
+        TcpClient gone(t.port);
+        gone.send("SET gone 1");  // no '\n': never a whole line
+    }
+    TcpClient a(t.port);
+    // Each source's partial line is its own: the console's half line and a TCP client's whole
+    // ones in between make two commands, not one.
+    t.k.send("SET mixed ");
+    CHECK(a.cmd("SET other 2") == "OK");
+    a.send("GET ");
+    CHECK(t.k.cmd("7") == "OK");
+    CHECK(a.cmd("mixed") == "7");
+    CHECK(a.cmd("GET other") == "2");
+    CHECK(a.cmd("GET gone") == "NIL");
+    CHECK(t.k.cmd("INFO").find(" keys=2 ") != std::string::npos);
+    CHECK(t.k.unexpected_output().empty());
+    CHECK(a.unexpected_output().empty());
+}
+
+TEST_CASE("POWEROFF and REBOOT over TCP end kvstored as on the console", "[kvstored][tcp]") {
+    auto [command, expected_status] =
+        GENERATE(std::make_pair("POWEROFF", 0), std::make_pair("REBOOT", 3));
+    TcpKvstored t;
+    TcpClient a(t.port), b(t.port);
+    CHECK(a.cmd("SET a b") == "OK");
+    CHECK(b.cmd(std::string(command) + " now") == std::string("ERR usage: ") + command);
+    CHECK(b.cmd("GET a") == "b");  // still serving
+    CHECK(a.cmd(command) == "OK");
+    CHECK(a.closed_by_peer());
+    int status = t.k.wait_exit();
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == expected_status);
+    CHECK(t.k.unexpected_output(50ms).empty());
+    CHECK(b.unexpected_output(50ms).empty());
+}
+
+TEST_CASE("a TCP port kvstored cannot bind is one console line; the console goes on",
+          "[kvstored][tcp]") {
+    // Someone else listens on the port, on every address as kvstored would.
+    uint16_t port = colod::test::free_port();
+    colod::base::Fd taken(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    REQUIRE(taken.valid());
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_ANY);
+    address.sin_port = htons(port);
+    REQUIRE(bind(taken.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+    REQUIRE(listen(taken.get(), 1) == 0);
+
+    Kvstored k({"--scratch-mib", "64", "--tcp-port", std::to_string(port)});
+    CHECK(k.line() ==
+          "kvstored: tcp: port " + std::to_string(port) + ": bind: Address already in use");
+    CHECK(k.cmd("PING") == "PONG");
+    CHECK(k.cmd("INCR n") == "1");
+    CHECK(k.unexpected_output().empty());
 }
