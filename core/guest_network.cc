@@ -60,16 +60,13 @@ bool GuestNetwork::transmit(std::span<const std::byte> frame) {
 
 void GuestNetwork::release(std::span<const std::byte> frame) {
     auto written = m_tap.write(frame);
-    if (!written) {
-        std::lock_guard lock(m_mutex);
-        if (!m_release_failed_logged) {
-            m_release_failed_logged = true;
-            base::log(base::Level::Error, base::Event::None,
-                      fmt::format("cannot send the guest's frames onto tap {}: {} (further failures are not logged)",
-                                  m_tap.name(), written.error().message()),
-                      {{"TAP", m_tap.name()}});
-        }
-    }
+    // No lock of ours: on the unprotected path this runs under the NIC's transport lock, which
+    // is never held together with m_mutex.
+    if (!written && !m_release_failed_logged.exchange(true))
+        base::log(base::Level::Error, base::Event::None,
+                  fmt::format("cannot send the guest's frames onto tap {}: {} (further failures are not logged)",
+                              m_tap.name(), written.error().message()),
+                  {{"TAP", m_tap.name()}});
 }
 
 void GuestNetwork::ready() { m_nic.tx_ready(); }
@@ -120,9 +117,11 @@ void GuestNetwork::announcer() {
         if (m_announce_pending == k_announce_rounds)
             round = 0;  // a new announce() starts the schedule again
         --m_announce_pending;
+        lock.unlock();
+        // Asked without m_mutex: vCPUs call into this object holding the NIC's lock, so holding
+        // m_mutex while taking it could deadlock.
         const net::Mac mac = m_nic.mac();
         const uint32_t ipv4 = m_nic.learned_ipv4();
-        lock.unlock();
         release(net::rarp_announce(mac));
         if (ipv4 != 0)
             release(net::gratuitous_arp(mac, ipv4));

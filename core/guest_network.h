@@ -9,6 +9,7 @@
 // address so that switches and neighbours send its traffic here (docs/network.md).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -47,7 +48,8 @@ public:
     // Where the guest's frames go; empty: straight onto the tap (the unprotected case).
     void set_sink(PacketSink sink);
     // One frame onto the tap now (the held-output path releases through this). A full tap
-    // queue drops the frame, as a switch would; any other failure is logged once.
+    // queue drops the frame, as a switch would; any other failure is logged once. Any thread;
+    // takes no lock, so it may run under the NIC's (it does, on the unprotected path).
     void release(std::span<const std::byte> frame);
     // The sink takes frames again: the NIC sends what waits in its ring.
     void ready();
@@ -78,6 +80,8 @@ private:
     std::mutex m_sink_mutex;
     PacketSink m_sink;  // empty: straight onto the tap
 
+    // Never held together with the NIC's transport lock (which vCPUs hold when they call
+    // transmit()), in either order.
     mutable std::mutex m_mutex;
     std::unique_ptr<net::TapReader> m_reader;  // input started
     std::condition_variable m_announce_wake;
@@ -85,7 +89,7 @@ private:
     int m_announce_pending = 0;  // rounds still to send
     uint64_t m_announced = 0;
     std::thread m_announcer;
-    bool m_release_failed_logged = false;
+    std::atomic<bool> m_release_failed_logged{false};  // release() takes no lock
 };
 
 }  // namespace colod::core
