@@ -6,20 +6,12 @@
 // with a warning otherwise.
 #include <catch2/catch.hpp>
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <linux/if_packet.h>
-#include <net/ethernet.h>
 #include <net/if.h>
 #include <poll.h>
-#include <sched.h>
-#include <sys/mount.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
-#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -29,73 +21,18 @@
 
 #include "base/fd.h"
 #include "core/net/tap.h"
+#include "tests/support/netns.h"
 
 using namespace colod;
 using namespace colod::core::net;
+using colod::test::NetnsScope;
+using colod::test::PacketSocket;
 using Frame = std::vector<std::byte>;
 using namespace std::chrono_literals;
 
 namespace {
 
-bool root_or_skip() {
-    if (::geteuid() == 0)
-        return true;
-    WARN("SKIPPED: the tap tests need root (network namespaces and tap interfaces)");
-    return false;
-}
-
-// The test's thread in a new network namespace until destruction. With Sysfs::Private also
-// in a new mount namespace with sysfs mounted for the new network namespace (what `ip netns
-// exec` does), so that /sys/class/net shows its interfaces; with Sysfs::Host, /sys still shows
-// the host's and Tap::open must not be misled by it.
-class NetnsScope {
-public:
-    enum class Sysfs { Host, Private };
-    explicit NetnsScope(Sysfs sysfs) {
-        m_return.net = base::Fd(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
-        REQUIRE(m_return.net);
-        int flags = CLONE_NEWNET;
-        if (sysfs == Sysfs::Private) {
-            m_return.mnt = base::Fd(::open("/proc/thread-self/ns/mnt", O_RDONLY | O_CLOEXEC));
-            REQUIRE(m_return.mnt);
-            flags |= CLONE_NEWNS;
-        }
-        int rc = ::unshare(flags);
-        INFO("unshare: " << std::strerror(errno));
-        REQUIRE(rc == 0);
-        m_return.armed = true;
-        if (sysfs == Sysfs::Private) {
-            REQUIRE(::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0);
-            REQUIRE(::mount("sysfs", "/sys", "sysfs", 0, nullptr) == 0);
-        }
-        sh("ip link set lo up");
-    }
-    NetnsScope(const NetnsScope&) = delete;
-    NetnsScope& operator=(const NetnsScope&) = delete;
-
-    // A shell command, in the namespace (children inherit the thread's namespaces).
-    static void sh(const std::string& command) {
-        INFO(command);
-        REQUIRE(std::system((command + " >/dev/null 2>&1").c_str()) == 0);
-    }
-
-private:
-    // Back to the original namespaces, also when the constructor fails half-way.
-    struct Return {
-        base::Fd net, mnt;
-        bool armed = false;
-        ~Return() {
-            if (!armed)
-                return;
-            // Failing here would run the rest of the test binary in the wrong namespace.
-            if (mnt && ::setns(mnt.get(), CLONE_NEWNS) != 0)
-                std::abort();
-            if (::setns(net.get(), CLONE_NEWNET) != 0)
-                std::abort();
-        }
-    };
-    Return m_return;
-};
+bool root_or_skip() { return test::root_or_skip("the tap tests"); }
 
 // A frame of the local experimental EtherType with a payload marked by `tag`.
 Frame test_frame(uint8_t tag, size_t len = 100) {
@@ -115,44 +52,6 @@ Frame test_frame(uint8_t tag, size_t len = 100) {
 bool is_test_frame(std::span<const std::byte> f) {
     return f.size() >= 14 && f[12] == std::byte{0x88} && f[13] == std::byte{0xb5};
 }
-
-// The host's side of a tap: raw frames in and out of the interface.
-class PacketSocket {
-public:
-    explicit PacketSocket(const std::string& name) {
-        m_fd = base::Fd(::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL)));
-        REQUIRE(m_fd);
-        struct sockaddr_ll addr {};
-        addr.sll_family = AF_PACKET;
-        addr.sll_protocol = htons(ETH_P_ALL);
-        addr.sll_ifindex = static_cast<int>(::if_nametoindex(name.c_str()));
-        REQUIRE(addr.sll_ifindex != 0);
-        REQUIRE(::bind(m_fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-    }
-    void send(std::span<const std::byte> frame) {
-        REQUIRE(::send(m_fd.get(), frame.data(), frame.size(), 0) == static_cast<ssize_t>(frame.size()));
-    }
-    // The next test frame that arrives, or nothing within `limit` (other traffic, such as the
-    // kernel's IPv6 router solicitations, is skipped).
-    std::optional<Frame> receive(std::chrono::milliseconds limit = 5000ms) {
-        auto deadline = std::chrono::steady_clock::now() + limit;
-        Frame buffer(70000);
-        for (;;) {
-            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-            if (left.count() <= 0)
-                return std::nullopt;
-            struct pollfd pfd = {m_fd.get(), POLLIN, 0};
-            if (::poll(&pfd, 1, static_cast<int>(left.count())) <= 0)
-                continue;
-            ssize_t n = ::recv(m_fd.get(), buffer.data(), buffer.size(), MSG_DONTWAIT);
-            if (n > 0 && is_test_frame(std::span(buffer).first(static_cast<size_t>(n))))
-                return Frame(buffer.begin(), buffer.begin() + n);
-        }
-    }
-
-private:
-    base::Fd m_fd;
-};
 
 // The next test frame read from `tap` within a few seconds.
 std::optional<Frame> read_test_frame(Tap& tap) {
@@ -200,10 +99,10 @@ TEST_CASE("a tap carries frames both ways: write() to the host, read() from it")
         // Guest -> host.
         auto out = test_frame(1);
         REQUIRE(tap->write(out));
-        CHECK(host.receive() == out);
+        CHECK(host.receive(is_test_frame) == out);
         auto big = test_frame(2, 1514);
         REQUIRE(tap->write(big));
-        CHECK(host.receive() == big);
+        CHECK(host.receive(is_test_frame) == big);
         CHECK(tap->dropped() == 0);
 
         // Host -> guest.

@@ -13,43 +13,17 @@
 #include "core/state_io.h"
 #include "core/virtio/mmio.h"
 #include "core/virtio/net.h"
+#include "tests/support/virtio_driver.h"
 
 using namespace colod;
 using namespace colod::core;
 using namespace colod::core::virtio;
+using namespace colod::test;
 
 namespace {
 
-constexpr uint64_t k_base = 0xd000'0000;
-constexpr uint64_t k_ram = 16 << 20;
 constexpr NetDevice::Mac k_mac = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
 constexpr size_t k_hdr = NetDevice::k_header_size;
-
-enum Reg : uint64_t {
-    MAGIC = 0x000, VERSION = 0x004, DEVICE_ID = 0x008, DEV_FEATURES = 0x010, DEV_FEATURES_SEL = 0x014,
-    DRV_FEATURES = 0x020, DRV_FEATURES_SEL = 0x024, QUEUE_SEL = 0x030, QUEUE_NUM_MAX = 0x034, QUEUE_NUM = 0x038,
-    QUEUE_READY = 0x044, QUEUE_NOTIFY = 0x050, INT_STATUS = 0x060, INT_ACK = 0x064, STATUS = 0x070,
-    DESC_LO = 0x080, DESC_HI = 0x084, DRIVER_LO = 0x090, DRIVER_HI = 0x094, DEVICE_LO = 0x0a0, DEVICE_HI = 0x0a4,
-    CONFIG = 0x100,
-};
-
-using Frame = std::vector<std::byte>;
-
-// An Ethernet frame of `len` bytes from `src` with a recognisable payload.
-Frame make_frame(size_t len, uint8_t seed, NetDevice::Mac src = {0x02, 0, 0, 0, 0, 1}) {
-    Frame f(len);
-    for (size_t i = 0; i < 6 && i < len; ++i)
-        f[i] = std::byte{0xff};
-    for (size_t i = 0; i < 6 && 6 + i < len; ++i)
-        f[6 + i] = std::byte{src[i]};
-    if (len > 13) {
-        f[12] = std::byte{0x88};  // local experimental EtherType
-        f[13] = std::byte{0xb5};
-    }
-    for (size_t i = 14; i < len; ++i)
-        f[i] = std::byte(static_cast<uint8_t>(seed + i * 7));
-    return f;
-}
 
 // An IPv4 packet (just its header) from the guest's MAC with source `ip`.
 Frame ipv4_frame(uint32_t ip, NetDevice::Mac src = k_mac) {
@@ -63,27 +37,14 @@ Frame ipv4_frame(uint32_t ip, NetDevice::Mac src = k_mac) {
     return f;
 }
 
-// An ARP request from the guest: what Linux sends to resolve a neighbour.
-Frame arp_request(uint32_t sender, uint32_t target, NetDevice::Mac mac = k_mac) {
-    Frame f = net::gratuitous_arp(mac, sender);
-    for (int i = 0; i < 4; ++i)
-        f[38 + i] = std::byte(static_cast<uint8_t>(target >> (24 - 8 * i)));
-    return f;
-}
-
-struct Rig {
-    GuestMemory memory = GuestMemory::create(k_ram).value();
-    std::vector<bool> line_changes;
-    bool line = false;
+// A virtio-net device behind the transport whose sink records what it takes.
+struct Rig : VirtioRig {
     std::vector<Frame> sent;
     bool accept = true;
     int refused = 0;
     NetDevice* net = nullptr;
-    std::unique_ptr<MmioTransport> transport;
 
     Rig() {
-        auto all = memory.all();
-        std::fill(all.begin(), all.end(), std::byte{0xaa});
         auto device = std::make_unique<NetDevice>(k_mac, [this](std::span<const std::byte> frame) {
             if (!accept) {
                 ++refused;
@@ -93,147 +54,9 @@ struct Rig {
             return true;
         });
         net = device.get();
-        transport = MmioTransport::create(std::move(device), k_base, memory, [this](bool level) {
-                        line_changes.push_back(level);
-                        line = level;
-                    }).value();
-    }
-
-    uint32_t read(uint64_t offset) {
-        uint32_t value = 0;
-        transport->mmio_read(k_base + offset, std::as_writable_bytes(std::span(&value, 1)));
-        return value;
-    }
-    void write(uint64_t offset, uint32_t value) { transport->mmio_write(k_base + offset, std::as_bytes(std::span(&value, 1))); }
-    std::byte* at(uint64_t gpa) { return memory.all().data() + gpa; }
-    template <typename T>
-    void poke(uint64_t gpa, T value) { std::memcpy(at(gpa), &value, sizeof(T)); }
-    template <typename T>
-    T peek(uint64_t gpa) {
-        T value;
-        std::memcpy(&value, at(gpa), sizeof(T));
-        return value;
-    }
-    void put(uint64_t gpa, std::span<const std::byte> bytes) { std::memcpy(at(gpa), bytes.data(), bytes.size()); }
-    Frame bytes_at(uint64_t gpa, size_t len) { return {at(gpa), at(gpa) + len}; }
-    Frame snapshot() { return {memory.all().begin(), memory.all().end()}; }
-    bool needs_reset() { return (transport->status() & k_status_needs_reset) != 0; }
-};
-
-// One split queue as the driver sees it.
-struct Ring {
-    uint16_t index;
-    uint64_t desc, avail, used;
-    uint16_t size = 16;
-    uint16_t avail_idx = 0;
-    uint16_t last_used = 0;
-};
-
-struct Driver {
-    Rig& rig;
-    uint64_t features = 0;
-    Ring rx{0, 0x10000, 0x11000, 0x12000};
-    Ring tx{1, 0x20000, 0x21000, 0x22000};
-
-    explicit Driver(Rig& r) : rig(r) {}
-
-    uint32_t negotiate(uint64_t accept) {
-        rig.write(STATUS, 0);
-        rig.write(STATUS, k_status_acknowledge);
-        rig.write(STATUS, k_status_acknowledge | k_status_driver);
-        rig.write(DEV_FEATURES_SEL, 1);
-        uint64_t offered = uint64_t{rig.read(DEV_FEATURES)} << 32;
-        rig.write(DEV_FEATURES_SEL, 0);
-        offered |= rig.read(DEV_FEATURES);
-        features = offered & accept;
-        rig.write(DRV_FEATURES_SEL, 1);
-        rig.write(DRV_FEATURES, static_cast<uint32_t>(features >> 32));
-        rig.write(DRV_FEATURES_SEL, 0);
-        rig.write(DRV_FEATURES, static_cast<uint32_t>(features));
-        rig.write(STATUS, k_status_acknowledge | k_status_driver | k_status_features_ok);
-        return rig.read(STATUS);
-    }
-    void setup_queue(Ring& ring) {
-        std::memset(rig.at(ring.desc), 0, 16 * ring.size);
-        std::memset(rig.at(ring.avail), 0, 6 + 2 * ring.size);
-        std::memset(rig.at(ring.used), 0, 6 + 8 * ring.size);
-        rig.write(QUEUE_SEL, ring.index);
-        REQUIRE(rig.read(QUEUE_READY) == 0);
-        rig.write(QUEUE_NUM, ring.size);
-        rig.write(DESC_LO, static_cast<uint32_t>(ring.desc));
-        rig.write(DESC_HI, 0);
-        rig.write(DRIVER_LO, static_cast<uint32_t>(ring.avail));
-        rig.write(DRIVER_HI, 0);
-        rig.write(DEVICE_LO, static_cast<uint32_t>(ring.used));
-        rig.write(DEVICE_HI, 0);
-        rig.write(QUEUE_READY, 1);
-        REQUIRE(rig.read(QUEUE_READY) == 1);
-        ring.avail_idx = 0;
-        ring.last_used = 0;
-    }
-    void start(uint64_t accept = ~0ull) {
-        REQUIRE(rig.read(DEVICE_ID) == 1);
-        REQUIRE((negotiate(accept) & k_status_features_ok) != 0);
-        setup_queue(rx);
-        setup_queue(tx);
-        rig.write(STATUS, k_status_acknowledge | k_status_driver | k_status_features_ok | k_status_driver_ok);
-        REQUIRE((rig.read(STATUS) & k_status_driver_ok) != 0);
-    }
-
-    void set_desc(uint64_t table, uint16_t index, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next) {
-        uint64_t d = table + 16ull * index;
-        rig.poke(d, addr);
-        rig.poke(d + 8, len);
-        rig.poke(d + 12, flags);
-        rig.poke(d + 14, next);
-    }
-    void set_desc(Ring& ring, uint16_t index, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next = 0) {
-        set_desc(ring.desc, index, addr, len, flags, next);
-    }
-    void post(Ring& ring, uint16_t head) {
-        rig.poke<uint16_t>(ring.avail + 4 + 2 * (ring.avail_idx % ring.size), head);
-        ++ring.avail_idx;
-        __atomic_store_n(reinterpret_cast<uint16_t*>(rig.at(ring.avail + 2)), ring.avail_idx, __ATOMIC_RELEASE);
-    }
-    void kick(Ring& ring) { rig.write(QUEUE_NOTIFY, ring.index); }
-    std::optional<std::pair<uint32_t, uint32_t>> get_used(Ring& ring) {
-        uint16_t idx = __atomic_load_n(reinterpret_cast<uint16_t*>(rig.at(ring.used + 2)), __ATOMIC_ACQUIRE);
-        if (idx == ring.last_used)
-            return std::nullopt;
-        uint64_t elem = ring.used + 4 + 8ull * (ring.last_used % ring.size);
-        ++ring.last_used;
-        if (features & k_feature_event_idx)
-            __atomic_store_n(reinterpret_cast<uint16_t*>(rig.at(ring.avail + 4 + 2ull * ring.size)), ring.last_used,
-                             __ATOMIC_RELAXED);
-        return std::pair{rig.peek<uint32_t>(elem), rig.peek<uint32_t>(elem + 4)};
-    }
-    uint32_t interrupt() {
-        uint32_t status = rig.read(INT_STATUS);
-        rig.write(INT_ACK, status);
-        return status;
-    }
-
-    // A receive buffer of `len` bytes at `gpa` in descriptor `head`, posted and kicked.
-    void post_rx(uint16_t head, uint64_t gpa, uint32_t len, bool notify = true) {
-        set_desc(rx, head, gpa, len, k_desc_f_write);
-        post(rx, head);
-        if (notify)
-            kick(rx);
-    }
-    // Linux's layout for a frame (VERSION_1 implies ANY_LAYOUT): header and frame in one
-    // readable buffer at `gpa`, chain `head`, posted and kicked.
-    void send(uint16_t head, uint64_t gpa, std::span<const std::byte> frame, bool notify = true) {
-        std::vector<std::byte> header(k_hdr, std::byte{0});
-        rig.put(gpa, header);
-        rig.put(gpa + k_hdr, frame);
-        set_desc(tx, head, gpa, static_cast<uint32_t>(k_hdr + frame.size()), 0);
-        post(tx, head);
-        if (notify)
-            kick(tx);
+        attach(std::move(device));
     }
 };
-
-using Used = std::pair<uint32_t, uint32_t>;
 
 // What the device writes of a ring: the used ring, avail_event included.
 std::pair<uint64_t, uint64_t> ring_fields(const Ring& ring) { return {ring.used, 6 + 8ull * ring.size}; }
@@ -277,7 +100,7 @@ TEST_CASE("virtio-net identifies itself, offers MAC and STATUS only and shows it
     CHECK(rig.read(MAGIC) == 0x74726976);
     CHECK(rig.read(VERSION) == 2);
     CHECK(rig.read(DEVICE_ID) == 1);
-    Driver driver(rig);
+    NetDriver driver(rig);
     uint32_t status = driver.negotiate(~0ull);
     CHECK(status == (k_status_acknowledge | k_status_driver | k_status_features_ok));
     CHECK(driver.features == (NetDevice::k_feature_mac | NetDevice::k_feature_status | k_feature_version_1 |
@@ -311,7 +134,7 @@ TEST_CASE("virtio-net identifies itself, offers MAC and STATUS only and shows it
 
 TEST_CASE("frames the guest sends reach the sink without the header, in order, whatever the chain's layout") {
     Rig rig;
-    Driver driver(rig);
+    NetDriver driver(rig);
     driver.start();
     std::vector<Frame> frames;
     for (uint8_t i = 0; i < 5; ++i)
@@ -371,7 +194,7 @@ TEST_CASE("frames the guest sends reach the sink without the header, in order, w
 
 TEST_CASE("a sink that refuses a frame leaves its chain in the ring until tx_ready()") {
     Rig rig;
-    Driver driver(rig);
+    NetDriver driver(rig);
     driver.start();
     rig.accept = false;
     auto a = make_frame(100, 1), b = make_frame(200, 2);
@@ -398,7 +221,7 @@ TEST_CASE("a sink that refuses a frame leaves its chain in the ring until tx_rea
 
 TEST_CASE("without a sink frames wait in the ring until set_transmit()") {
     Rig rig;
-    Driver driver(rig);
+    NetDriver driver(rig);
     driver.start();
     rig.net->set_transmit({});
     auto a = make_frame(80, 3);
@@ -416,7 +239,7 @@ TEST_CASE("without a sink frames wait in the ring until set_transmit()") {
 
 TEST_CASE("frames received go into posted buffers behind a zeroed header with num_buffers 1") {
     Rig rig;
-    Driver driver(rig);
+    NetDriver driver(rig);
     driver.start();
     SECTION("one buffer per chain, as Linux posts them") {
         driver.post_rx(0, 0x40000, 1526);
@@ -465,7 +288,7 @@ TEST_CASE("frames received go into posted buffers behind a zeroed header with nu
 
 TEST_CASE("without receive buffers frames wait in the backlog and arrive in order when buffers come") {
     Rig rig;
-    Driver driver(rig);
+    NetDriver driver(rig);
     std::vector<Frame> frames;
     for (uint8_t i = 0; i < 4; ++i)
         frames.push_back(make_frame(64 + i, i));
@@ -511,7 +334,7 @@ TEST_CASE("without receive buffers frames wait in the backlog and arrive in orde
 
 TEST_CASE("the receive backlog is bounded; beyond it frames are dropped and counted") {
     Rig rig;
-    Driver driver(rig);
+    NetDriver driver(rig);
     driver.start();
     auto f = make_frame(100, 1);
     for (size_t i = 0; i < NetDevice::k_rx_backlog; ++i)
@@ -540,7 +363,7 @@ TEST_CASE("the receive backlog is bounded; beyond it frames are dropped and coun
 
 TEST_CASE("while quiesced nothing reaches guest memory or the sink; resume() delivers and sends") {
     Rig rig;
-    Driver driver(rig);
+    NetDriver driver(rig);
     driver.start();
     driver.post_rx(0, 0x40000, 1526);
     rig.transport->quiesce();
@@ -566,7 +389,7 @@ TEST_CASE("while quiesced nothing reaches guest memory or the sink; resume() del
 
 TEST_CASE("malformed transmit chains break the queue; a frame too short for Ethernet is returned unsent") {
     Rig rig;
-    Driver driver(rig);
+    NetDriver driver(rig);
     driver.start();
     auto frame = make_frame(100, 1);
     bool breaks = true;
@@ -626,7 +449,7 @@ TEST_CASE("malformed transmit chains break the queue; a frame too short for Ethe
 
 TEST_CASE("malformed receive chains: a readable buffer breaks the queue, a small one loses its frame") {
     Rig rig;
-    Driver driver(rig);
+    NetDriver driver(rig);
     driver.start();
     auto a = make_frame(1000, 1), b = make_frame(200, 2);
     SECTION("a device-readable buffer") {
@@ -675,7 +498,7 @@ TEST_CASE("malformed receive chains: a readable buffer breaks the queue, a small
 
 TEST_CASE("interrupt suppression on both queues: used_event with EVENT_IDX, NO_INTERRUPT without") {
     Rig rig;
-    Driver driver(rig);
+    NetDriver driver(rig);
     SECTION("EVENT_IDX") {
         driver.start();
         // Interrupt only after the 3rd used receive buffer (used_event = 2).
@@ -702,7 +525,7 @@ TEST_CASE("interrupt suppression on both queues: used_event with EVENT_IDX, NO_I
 
 TEST_CASE("the guest's IPv4 address is learned from what it sends: ARP first, else IPv4 sources") {
     Rig rig;
-    Driver driver(rig);
+    NetDriver driver(rig);
     driver.start();
     uint16_t head = 0;
     auto send = [&](const Frame& f) {
@@ -720,15 +543,15 @@ TEST_CASE("the guest's IPv4 address is learned from what it sends: ARP first, el
     CHECK(rig.net->learned_ipv4() == 0xc0a80a05);
     send(ipv4_frame(0x0a000001));  // an IPv4 source does not replace a known address
     CHECK(rig.net->learned_ipv4() == 0xc0a80a05);
-    send(arp_request(0, 0xc0a80a07));  // an ARP probe (RFC 5227): sender 0.0.0.0
+    send(arp_request(k_mac, 0, 0xc0a80a07));  // an ARP probe (RFC 5227): sender 0.0.0.0
     CHECK(rig.net->learned_ipv4() == 0xc0a80a05);
-    send(arp_request(0xc0a80a07, 0xc0a80a01));  // ARP is authoritative
+    send(arp_request(k_mac, 0xc0a80a07, 0xc0a80a01));  // ARP is authoritative
     CHECK(rig.net->learned_ipv4() == 0xc0a80a07);
     send(ipv4_frame(0xc0a80a05));
     CHECK(rig.net->learned_ipv4() == 0xc0a80a07);
     // A refused frame teaches nothing until it is taken.
     rig.accept = false;
-    driver.send(head, 0x50000, arp_request(0xc0a80a08, 0xc0a80a01));
+    driver.send(head, 0x50000, arp_request(k_mac, 0xc0a80a08, 0xc0a80a01));
     CHECK(rig.net->learned_ipv4() == 0xc0a80a07);
     rig.accept = true;
     rig.net->tx_ready();
@@ -738,9 +561,9 @@ TEST_CASE("the guest's IPv4 address is learned from what it sends: ARP first, el
 TEST_CASE("virtio-net state: save, load, save is identical and carries the learned address") {
     Rig rig;
     DeviceState power_on = rig.transport->save_state();
-    Driver driver(rig);
+    NetDriver driver(rig);
     driver.start();
-    driver.send(0, 0x30000, arp_request(0xc0a80a07, 0xc0a80a01));
+    driver.send(0, 0x30000, arp_request(k_mac, 0xc0a80a07, 0xc0a80a01));
     driver.post_rx(0, 0x40000, 1526);
     REQUIRE(rig.net->learned_ipv4() == 0xc0a80a07);
     DeviceState saved = rig.transport->save_state();
@@ -758,7 +581,7 @@ TEST_CASE("virtio-net state: save, load, save is identical and carries the learn
     CHECK(standby.transport->save_state().bytes == saved.bytes);
     CHECK(standby.net->learned_ipv4() == 0xc0a80a07);
     // Its guest's posted buffer takes a frame where the primary's left off.
-    Driver continued(standby);
+    NetDriver continued(standby);
     continued.features = driver.features;
     continued.rx = driver.rx;
     continued.tx = driver.tx;
@@ -803,9 +626,9 @@ TEST_CASE("virtio-net check_state and load_state refuse bad blobs and change not
 
     // Through the transport: every truncation of a good state is refused.
     Rig rig;
-    Driver driver(rig);
+    NetDriver driver(rig);
     driver.start();
-    driver.send(0, 0x30000, arp_request(0xc0a80a07, 0xc0a80a01));
+    driver.send(0, 0x30000, arp_request(k_mac, 0xc0a80a07, 0xc0a80a01));
     DeviceState state = rig.transport->save_state();
     Rig other;
     DeviceState before = other.transport->save_state();
@@ -828,16 +651,16 @@ TEST_CASE("virtio-net check_state and load_state refuse bad blobs and change not
 
 TEST_CASE("a device reset keeps the learned address") {
     Rig rig;
-    Driver driver(rig);
+    NetDriver driver(rig);
     driver.start();
-    driver.send(0, 0x30000, arp_request(0xc0a80a07, 0xc0a80a01));
+    driver.send(0, 0x30000, arp_request(k_mac, 0xc0a80a07, 0xc0a80a01));
     driver.start();
     CHECK(rig.net->learned_ipv4() == 0xc0a80a07);
 }
 
 TEST_CASE("receive() from another thread races the driver posting buffers safely") {
     Rig rig;
-    Driver driver(rig);
+    NetDriver driver(rig);
     driver.start();
     constexpr int k_frames = 2000;
     std::atomic<int> accepted{0};
