@@ -129,7 +129,8 @@ void GuestNetwork::announcer() {
         ++m_announced;
         ++round;
         if (m_announce_pending > 0)
-            m_announce_wake.wait_for(lock, k_announce_gap_step * round, [&] { return m_stopping; });
+            m_announce_wake.wait_for(lock, k_announce_gap_step * round,
+                                     [&] { return m_stopping || m_announce_pending == k_announce_rounds; });
     }
 }
 
