@@ -7,7 +7,7 @@ packages="
   build-essential cmake ninja-build pkg-config git
   libboost-program-options-dev libfmt-dev catch2 libsystemd-dev libsodium-dev libssl-dev
   clang libclang-rt-dev
-  iproute2 nftables netcat-openbsd socat python3 tcpdump
+  iproute2 iputils-ping nftables netcat-openbsd socat python3 tcpdump
   systemd dpkg-dev fakeroot file
 "
 

@@ -206,6 +206,26 @@ std::optional<LineClient> guest_tcp(const GuestLan& lan, std::chrono::millisecon
     return std::nullopt;
 }
 
+// The pings that went unanswered and those sent, from the summary of a `ping -q` that was
+// interrupted.
+std::optional<std::pair<uint64_t, uint64_t>> ping_lost(Process& ping) {
+    static const std::regex k_summary("([0-9]+) packets transmitted, ([0-9]+) (packets )?received");
+    while (auto line = ping.line(std::chrono::seconds(30))) {
+        std::smatch match;
+        if (std::regex_search(*line, match, k_summary)) {
+            uint64_t sent = std::stoull(match[1]), received = std::stoull(match[2]);
+            return std::pair{sent - std::min(sent, received), sent};
+        }
+    }
+    return std::nullopt;
+}
+
+// "1000ms" as 1000.
+uint64_t parse_ms(const std::string& text) {
+    REQUIRE(text.ends_with("ms"));
+    return std::stoull(text.substr(0, text.size() - 2));
+}
+
 // How a protected pair run goes.
 struct PairRun {
     int kills = 10;
@@ -305,6 +325,14 @@ void protected_pair_rounds(const PairOptions& options, PairRun run, const GuestL
             REQUIRE(incr);
             client.start(std::move(*incr), "counter", std::chrono::seconds(30), kernel_message);
         }
+        // And pings from the client's side every 100 ms: how many go unanswered across the
+        // failover (ping -q prints only its summary, at SIGINT).
+        std::optional<Process> ping;
+        if (lan) {
+            ping = Process::spawn({"/usr/bin/ping", "-q", "-n", "-i", "0.1", lan->guest_ip()},
+                                  (pair.dir() / fmt::format("ping-{}.err", round)).string());
+            REQUIRE(ping);
+        }
         std::this_thread::sleep_for(std::chrono::milliseconds(500 + rng() % 2000));
         on_host[host(active_side)]->signal(SIGKILL);
         REQUIRE(on_host[host(active_side)]->exit_code() == 128 + SIGKILL);
@@ -324,6 +352,16 @@ void protected_pair_rounds(const PairOptions& options, PairRun run, const GuestL
                           << " ms for a reply (the failover included)");
             CHECK(lan->port_of_guest_mac() ==
                   lan->uplink(standby_side == Side::Primary ? GuestLan::Host::Primary : GuestLan::Host::Secondary));
+
+            ping->signal(SIGINT);
+            auto lost = ping_lost(*ping);
+            REQUIRE(lost);
+            WARN("round " << round << ": " << lost->first << " of " << lost->second
+                          << " pings (every 100 ms) unanswered across the failover");
+            // At most a heartbeat timeout's worth and the takeover's (a second) go unanswered.
+            CHECK(lost->first * 100 <= static_cast<uint64_t>(scaled(std::chrono::milliseconds(
+                                                                  parse_ms(options.heartbeat_timeout) + 1000))
+                                                                  .count()));
         }
 
         auto survivor = open_console(pair, standby_side);
