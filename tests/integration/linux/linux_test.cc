@@ -327,12 +327,11 @@ void protected_pair_rounds(const PairOptions& options, PairRun run, const GuestL
         }
         // And pings from the client's side every 100 ms: how many go unanswered across the
         // failover (ping -q prints only its summary, at SIGINT).
-        std::optional<Process> ping;
-        if (lan) {
-            ping = Process::spawn({"/usr/bin/ping", "-q", "-n", "-i", "0.1", lan->guest_ip()},
-                                  (pair.dir() / fmt::format("ping-{}.err", round)).string());
-            REQUIRE(ping);
-        }
+        std::optional<Process> ping =
+            lan ? Process::spawn({"/usr/bin/ping", "-q", "-n", "-i", "0.1", lan->guest_ip()},
+                                 (pair.dir() / fmt::format("ping-{}.err", round)).string())
+                : std::nullopt;
+        REQUIRE((ping || !lan));
         std::this_thread::sleep_for(std::chrono::milliseconds(500 + rng() % 2000));
         on_host[host(active_side)]->signal(SIGKILL);
         REQUIRE(on_host[host(active_side)]->exit_code() == 128 + SIGKILL);
