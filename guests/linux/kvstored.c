@@ -5,12 +5,16 @@
  * console protocol of docs/kvstore.md on a serial tty, byte for byte what builtin:kvstore
  * answers, so every test written against the embedded guest runs against a Linux guest too.
  *
- *   kvstored [--tty PATH] [--scratch-mib N] [--tcp-port N]
+ *   kvstored [--tty PATH] [--scratch-mib N] [--tcp-port N] [--sink-port N]
  *
  * --tty PATH        the console (default /dev/ttyS0); the unit test passes a pty
  * --scratch-mib N   scratch memory for DIRTY/CHURN (default: half of the RAM, at least 4 MiB)
  * --tcp-port N      also serve the protocol on this TCP port, all IPv4 addresses (default 4555;
  *                   0: no TCP service)
+ * --sink-port N     a bulk sink on this TCP port (default 4556; 0: none): it reads each
+ *                   connection to its end and then replies with the number of bytes it read
+ *                   (a decimal line), one connection at a time, on a thread of its own that
+ *                   never touches the engine. Benchmarks measure bulk throughput with it.
  *
  * What differs from the embedded guest, and why:
  * - ticks= counts 10 ms steps of CLOCK_MONOTONIC since kvstored started (100 Hz, like the
@@ -696,6 +700,67 @@ static void open_listener(unsigned port)
     kv_platform_write(line, (size_t)len);
 }
 
+/* The bulk sink (--sink-port): reads each connection to its end, replies with the byte count,
+ * closes it; one at a time. A failure to listen is one console line, as for the protocol port. */
+static void *sink_main(void *arg)
+{
+    int listener = (int)(intptr_t)arg;
+    static char buffer[256 * 1024];
+    for (;;) {
+        int fd = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            return NULL;
+        }
+        unsigned long long total = 0;
+        for (;;) {
+            ssize_t n = read(fd, buffer, sizeof buffer);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                break;
+            total += (unsigned long long)n;
+        }
+        char line[32];
+        int len = snprintf(line, sizeof line, "%llu\n", total);
+        (void)!write(fd, line, (size_t)len);
+        close(fd);
+    }
+}
+
+static void start_sink(unsigned port)
+{
+    const char *step = "socket";
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        int one = 1;
+        (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        struct sockaddr_in address = {
+            .sin_family = AF_INET,
+            .sin_port = htons((uint16_t)port),
+            .sin_addr.s_addr = htonl(INADDR_ANY),
+        };
+        step = "bind";
+        if (bind(fd, (const struct sockaddr *)&address, sizeof address) == 0) {
+            step = "listen";
+            pthread_t thread;
+            if (listen(fd, 4) == 0) {
+                step = "thread";
+                if (pthread_create(&thread, NULL, sink_main, (void *)(intptr_t)fd) == 0)
+                    return;
+            }
+        }
+    }
+    int err = errno;
+    if (fd >= 0)
+        close(fd);
+    char line[160];
+    int len = snprintf(line, sizeof line, "kvstored: sink: port %u: %s: %s\n", port, step,
+                       strerror(err));
+    kv_platform_write(line, (size_t)len);
+}
+
 /* Takes every waiting connection; past TCP_CLIENTS_MAX clients a new one is closed at once. */
 static void accept_clients(void)
 {
@@ -791,13 +856,17 @@ static _Noreturn void serve(void)
     }
 }
 
-static unsigned parse_port(const char *text)
+static unsigned parse_port(const char *flag, const char *text)
 {
     char *end;
     errno = 0;
     unsigned long port = strtoul(text, &end, 10);
     if (errno != 0 || end == text || *end != '\0' || text[0] == '-' || port > 65535)
-        fatal("--tcp-port wants a port number from 0 (no TCP service) to 65535", text);
+    {
+        char what[96];
+        snprintf(what, sizeof what, "%s wants a port number from 0 (none) to 65535", flag);
+        fatal(what, text);
+    }
     return (unsigned)port;
 }
 
@@ -825,15 +894,19 @@ int main(int argc, char **argv)
     const char *tty = "/dev/ttyS0";
     uint64_t scratch_bytes = 0;
     unsigned tcp_port = 4555;
+    unsigned sink_port = 4556;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--tty") == 0 && i + 1 < argc)
             tty = argv[++i];
         else if (strcmp(argv[i], "--scratch-mib") == 0 && i + 1 < argc)
             scratch_bytes = parse_mib(argv[++i]);
         else if (strcmp(argv[i], "--tcp-port") == 0 && i + 1 < argc)
-            tcp_port = parse_port(argv[++i]);
+            tcp_port = parse_port("--tcp-port", argv[++i]);
+        else if (strcmp(argv[i], "--sink-port") == 0 && i + 1 < argc)
+            sink_port = parse_port("--sink-port", argv[++i]);
         else
-            fatal("usage: kvstored [--tty PATH] [--scratch-mib N] [--tcp-port N]; unexpected",
+            fatal("usage: kvstored [--tty PATH] [--scratch-mib N] [--tcp-port N] [--sink-port N]; "
+                  "unexpected",
                   argv[i]);
     }
     if (scratch_bytes == 0)
@@ -846,6 +919,8 @@ int main(int argc, char **argv)
     open_tty(tty);
     if (tcp_port != 0)
         open_listener(tcp_port);
+    if (sink_port != 0)
+        start_sink(sink_port);
 
     void *scratch = mmap(NULL, scratch_pages * KV_PAGE_SIZE, PROT_READ | PROT_WRITE,
                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);

@@ -127,6 +127,8 @@ public:
         // No TCP service unless a test asks for one: the default port may be taken on this host.
         if (std::find(args.begin(), args.end(), "--tcp-port") == args.end())
             args.insert(args.end(), {"--tcp-port", "0"});
+        if (std::find(args.begin(), args.end(), "--sink-port") == args.end())
+            args.insert(args.end(), {"--sink-port", "0"});
         m_pid = fork();
         REQUIRE(m_pid >= 0);
         if (m_pid == 0) {
@@ -584,11 +586,13 @@ TEST_CASE("kvstored fails with one line and status 1 when it cannot start", "[kv
     auto [mib_status, mib_text] = run({"--scratch-mib", "0", "--tty", "/dev/null"});
     CHECK(mib_status == 1);
     CHECK(std::count(mib_text.begin(), mib_text.end(), '\n') == 1);
-    for (const char* bad : {"65536", "-1", "x", ""}) {
-        auto [port_status, port_text] = run({"--tcp-port", bad, "--tty", "/dev/null"});
-        CHECK(port_status == 1);
-        CHECK(port_text.rfind("kvstored: --tcp-port wants a port number", 0) == 0);
-        CHECK(std::count(port_text.begin(), port_text.end(), '\n') == 1);
+    for (const char* flag : {"--tcp-port", "--sink-port"}) {
+        for (const char* bad : {"65536", "-1", "x", ""}) {
+            auto [port_status, port_text] = run({flag, bad, "--tty", "/dev/null"});
+            CHECK(port_status == 1);
+            CHECK(port_text.rfind(std::string("kvstored: ") + flag + " wants a port number", 0) == 0);
+            CHECK(std::count(port_text.begin(), port_text.end(), '\n') == 1);
+        }
     }
 }
 
@@ -760,4 +764,19 @@ TEST_CASE("a TCP port kvstored cannot bind is one console line; the console goes
     CHECK(k.cmd("PING") == "PONG");
     CHECK(k.cmd("INCR n") == "1");
     CHECK(k.unexpected_output().empty());
+}
+
+TEST_CASE("kvstored's bulk sink reads each connection to its end and answers with the byte count", "[tcp][sink]") {
+    const uint16_t port = colod::test::free_port();
+    Kvstored k({"--scratch-mib", "64", "--sink-port", std::to_string(port)});
+    REQUIRE(k.cmd("PING") == "PONG");  // the sink listens before the console is served
+    for (size_t size : {size_t{0}, size_t{1}, size_t{3} << 20}) {
+        TcpClient client(port);
+        client.send(std::string(size, 'x'));
+        REQUIRE(shutdown(client.fd(), SHUT_WR) == 0);
+        CHECK(client.line() == std::to_string(size));
+        CHECK(client.closed_by_peer());
+    }
+    // The engine is not involved: the console answers throughout.
+    CHECK(k.cmd("INCR n") == "1");
 }
