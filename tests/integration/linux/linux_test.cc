@@ -460,8 +460,7 @@ TEST_CASE("a protected Linux pair across two network namespaces: the same, the r
 // nested page faults, as when a kernel boots under dirty logging (docs/linux-guests.md) — so
 // this run protects the guest once it has booted and leaves out the reboot; the runs above do both.
 // Its guest has a NIC on a LAN, and each round's client is one TCP connection through the kill.
-TEST_CASE("a protected Linux pair across two network namespaces, protected once booted: two failovers and "
-          "re-protections, no acknowledged INCR lost, one TCP connection through each",
+TEST_CASE("a protected Linux pair in two namespaces, protected once booted: two failovers, TCP through each",
           "[linux][pair-ci]") {
     if (!netns_available_or_skip())
         return;
@@ -560,9 +559,7 @@ TEST_CASE("COLO with a Linux guest: the secondary's guest gets the primary's vir
 // The guest's network (docs/network.md): a client on the guest's LAN keeps ONE TCP connection
 // to the guest through kill -9 of the active side, again and again (COLOD_NET_KILLS rounds,
 // default 4); CI's [pair-ci] run below does two.
-TEST_CASE("a Linux guest's TCP client keeps its one connection through failovers both ways: no reset, no reply "
-          "from a lost epoch, the MAC announced from the survivor",
-          "[linux][net]") {
+TEST_CASE("a Linux guest's TCP client keeps one connection through failovers both ways", "[linux][net]") {
     if (!netns_available_or_skip())
         return;
     NetnsPairNetwork net;
