@@ -142,6 +142,8 @@ public:
 
     const std::string& buffered() const { return m_buffer; }
     void close() { m_fd.reset(); }
+    // Ends the sending direction (the peer reads end-of-file) and keeps reading.
+    void shutdown_sending() { ::shutdown(m_fd.get(), SHUT_WR); }
 
 private:
     explicit LineClient(base::Fd fd) : m_fd(std::move(fd)) {}

@@ -4,11 +4,15 @@
 //      with 2 vCPUs, CHURN n spread over both (n = 0, 10, 100, 1000 pages a tick);
 //   2. live sync time of a 256 MiB and a 1 GiB Linux guest: the secondary is started once the
 //      primary's guest answers, and the time to "protected" is set beside a plain memcpy of the
-//      same number of bytes, measured in the same run (best of three).
+//      same number of bytes, measured in the same run (best of three);
+//   3. the guest's network ([net]): TCP request/response latency (p50, p99 of PING on one
+//      connection) and bulk throughput (a stream into kvstored's sink) from a client on the
+//      guest's LAN, standalone against checkpoint mode (10 and 50 ms) and COLO mode, in one run,
+//      each mode's figures also as a ratio to standalone's.
 // Needs /dev/kvm (exit 77 without): where the host has none, run it through the nested KVM:
 //   HOSTKVM_TCG_THREAD=multi tests/hostkvm/nested.sh --writable build -- build/tests/bench/linux/linux_bench
 // (everything is then 50-100 times slower than on hardware: the ratios, not the figures, carry).
-// Usage: linux_bench [Catch2 test spec: "[pause]", "[sync]"]
+// Usage: linux_bench [Catch2 test spec: "[pause]", "[sync]", "[net]"]
 //   COLOD_BENCH_QUICK=1  short windows, the 256 MiB sync only (CTest's smoke run)
 //   COLOD_LINUX_GUEST_DIR, COLOD_KEEP_TEST_DIRS=1 as for tests/integration/linux.
 #define CATCH_CONFIG_RUNNER
@@ -17,6 +21,7 @@
 #include <cstring>
 #include <memory>
 
+#include "tests/integration/netns/guest_lan.h"
 #include "tests/support/bench.h"
 #include "tests/support/linux_guest.h"
 #include "tests/support/pause_table.h"
@@ -109,6 +114,94 @@ TEST_CASE("live sync time of a Linux guest against memcpy of its memory", "[sync
                    r.sync_s * 1000.0 / r.memcpy_ms);
     fmt::print("(sync includes starting colod-secondary and its VM, the handshake, the live pre-copy of every "
                "page and the final stop; memcpy: best of three copies of the same bytes in this process)\n\n");
+}
+
+namespace {
+
+struct NetRow {
+    std::string mode;
+    double p50_ms = 0, p99_ms = 0, mbit_s = 0;
+};
+
+// A TCP connection to the guest on the LAN once it answers there.
+LineClient guest_connection(const GuestLan& lan, uint16_t port, bool ping) {
+    auto deadline = Clock::now() + scaled(std::chrono::minutes(2));
+    while (Clock::now() < deadline) {
+        auto client = LineClient::connect(lan.guest_ip(), port, std::chrono::seconds(2));
+        if (client && (!ping || client->command("PING", std::chrono::seconds(30)) == "PONG"))
+            return std::move(*client);
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    FAIL("the guest does not answer on " << lan.guest_ip() << ":" << port);
+    throw std::logic_error("unreachable");
+}
+
+// One mode's figures: `requests` PINGs one after the other on one connection, then `bulk`
+// bytes into the guest's sink.
+NetRow measure_net(const std::string& mode, const std::string& interval, bool protect, int requests, size_t bulk) {
+    NetnsPairNetwork net;
+    GuestLan lan(net);
+    PairOptions options = lan.on_lan(netns_linux_options(net));
+    if (mode == "colo")
+        options.mode = "colo";
+    if (!interval.empty())
+        options.checkpoint_interval = interval;
+    Pair pair(options);
+    if (protect)
+        pair.start_secondary();
+    pair.start_primary(protect ? std::vector<std::string>{} : std::vector<std::string>{"--standalone"});
+    LineClient console = ready_console(pair);
+    if (protect)
+        REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
+    LineClient client = guest_connection(lan, 4555, true);
+    for (int i = 0; i < 10; ++i)
+        REQUIRE(client.command("PING", std::chrono::seconds(60)) == "PONG");
+    std::vector<double> latencies;
+    for (int i = 0; i < requests; ++i) {
+        auto start = Clock::now();
+        REQUIRE(client.command("PING", std::chrono::seconds(60)) == "PONG");
+        latencies.push_back(ms_since(start));
+    }
+    NetRow row{mode + (interval.empty() ? "" : " " + interval), percentile(latencies, 50), percentile(latencies, 99), 0};
+
+    LineClient sink = guest_connection(lan, 4556, false);
+    std::string chunk(64 * 1024, 'x');
+    auto start = Clock::now();
+    for (size_t sent = 0; sent < bulk; sent += chunk.size())
+        REQUIRE(sink.send(chunk));
+    sink.shutdown_sending();
+    auto count = sink.line(std::chrono::minutes(5));
+    double seconds = ms_since(start) / 1000.0;
+    REQUIRE(count);
+    REQUIRE(std::stoull(*count) == (bulk + chunk.size() - 1) / chunk.size() * chunk.size());
+    row.mbit_s = static_cast<double>(std::stoull(*count)) * 8 / seconds / 1e6;
+    REQUIRE(console.command("PING") == "PONG");
+    return row;
+}
+
+}  // namespace
+
+TEST_CASE("the guest's network: TCP latency and bulk throughput, standalone against checkpoint and COLO mode",
+          "[net]") {
+    if (!netns_available_or_skip())
+        return;
+    const int requests = quick() ? 50 : 200;
+    const size_t bulk = (quick() ? 2u : 16u) << 20;
+    std::vector<NetRow> rows;
+    rows.push_back(measure_net("standalone", "", false, requests, bulk));
+    rows.push_back(measure_net("checkpoint", "10ms", true, requests, bulk));
+    rows.push_back(measure_net("checkpoint", "50ms", true, requests, bulk));
+    rows.push_back(measure_net("colo", "100ms", true, requests, bulk));
+    fmt::print("\nThe guest's network: a client on its LAN (the test's namespace, a bridge to each host's tap), "
+               "{} backend; {} PINGs on one TCP connection, then {} MiB into kvstored's sink\n",
+               test_backend(), requests, bulk >> 20);
+    fmt::print("| mode | p50 ms | p99 ms | p50 / standalone | bulk Mbit/s | bulk / standalone |\n"
+               "|---|---:|---:|---:|---:|---:|\n");
+    for (const auto& r : rows)
+        fmt::print("| {} | {:.2f} | {:.2f} | {:.1f} | {:.1f} | {:.2f} |\n", r.mode, r.p50_ms, r.p99_ms,
+                   r.p50_ms / rows[0].p50_ms, r.mbit_s, r.mbit_s / rows[0].mbit_s);
+    fmt::print("(COLO mode holds the guest's packets until the next checkpoint, as checkpoint mode does: "
+               "docs/network.md)\n\n");
 }
 
 int main(int argc, char** argv) {

@@ -420,33 +420,6 @@ TEST_CASE("a protected Linux pair over loopback: live sync, checkpoints under CH
     protected_pair_rounds(linux_options(2), PairRun{kill_rounds()});
 }
 
-namespace {
-
-PairOptions netns_linux_options(const NetnsPairNetwork& net) {
-    PairOptions options = pair_options_for(net);
-    PairOptions guest = linux_options(2);
-    options.memory = guest.memory;
-    options.vcpus = guest.vcpus;
-    options.guest = guest.guest;
-    options.heartbeat_interval = guest.heartbeat_interval;
-    options.heartbeat_timeout = guest.heartbeat_timeout;
-    options.checkpoint_interval = guest.checkpoint_interval;
-    return options;
-}
-
-// The same with the guest's NIC on the LAN, its address on its kernel command line.
-PairOptions netns_lan_options(const NetnsPairNetwork& net, const GuestLan& lan) {
-    PairOptions options = netns_linux_options(net);
-    const std::string cmdline_key = "cmdline = console=ttyS0";
-    auto at = options.guest.find(cmdline_key);
-    REQUIRE(at != std::string::npos);
-    options.guest.insert(at + cmdline_key.size(), " " + lan.cmdline_words());
-    options.extra_vm = GuestLan::vm_lines();
-    return options;
-}
-
-}  // namespace
-
 TEST_CASE("a protected Linux pair across two network namespaces: the same, the replication link a veth",
           "[linux][pair][netns]") {
     if (!netns_available_or_skip())
@@ -466,7 +439,7 @@ TEST_CASE("a protected Linux pair in two namespaces, protected once booted: two 
         return;
     NetnsPairNetwork net;
     GuestLan lan(net);
-    protected_pair_rounds(netns_lan_options(net, lan), PairRun{2, false, false}, &lan);
+    protected_pair_rounds(lan.on_lan(netns_linux_options(net)), PairRun{2, false, false}, &lan);
 }
 
 TEST_CASE("COLO with a Linux guest: the secondary's guest gets the primary's virtio-rng bytes, so replies "
@@ -565,7 +538,7 @@ TEST_CASE("a Linux guest's TCP client keeps one connection through failovers bot
     NetnsPairNetwork net;
     GuestLan lan(net);
     const char* kills = std::getenv("COLOD_NET_KILLS");
-    protected_pair_rounds(netns_lan_options(net, lan), PairRun{kills ? std::atoi(kills) : 4, false, false}, &lan);
+    protected_pair_rounds(lan.on_lan(netns_linux_options(net)), PairRun{kills ? std::atoi(kills) : 4, false, false}, &lan);
 }
 
 int main(int argc, char** argv) {

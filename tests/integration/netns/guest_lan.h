@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 
 #include "tests/integration/netns/netns.h"
+#include "tests/support/linux_guest.h"
 
 namespace colod::test {
 
@@ -67,6 +68,16 @@ public:
         return "";
     }
     const std::string& uplink(Host host) const { return m_uplinks[host == Host::Primary ? 0 : 1]; }
+    // `options` (a Linux guest's: tests/support/linux_guest.h) with the guest's NIC on this LAN and
+    // its address on its kernel command line.
+    PairOptions on_lan(PairOptions options) const {
+        const std::string cmdline_key = "cmdline = console=ttyS0";
+        auto at = options.guest.find(cmdline_key);
+        REQUIRE(at != std::string::npos);
+        options.guest.insert(at + cmdline_key.size(), " " + cmdline_words());
+        options.extra_vm += vm_lines();
+        return options;
+    }
 
 private:
     static constexpr const char* k_bridge = "/usr/sbin/bridge";
@@ -122,5 +133,18 @@ private:
     std::vector<std::string> m_uplinks;
     int m_subnet = 0;
 };
+
+// A Linux guest's pair (linux_options) with its daemons in the two namespaces.
+inline PairOptions netns_linux_options(const NetnsPairNetwork& net, int vcpus = 2) {
+    PairOptions options = pair_options_for(net);
+    PairOptions guest = linux_options(vcpus);
+    options.memory = guest.memory;
+    options.vcpus = guest.vcpus;
+    options.guest = guest.guest;
+    options.heartbeat_interval = guest.heartbeat_interval;
+    options.heartbeat_timeout = guest.heartbeat_timeout;
+    options.checkpoint_interval = guest.checkpoint_interval;
+    return options;
+}
 
 }  // namespace colod::test
