@@ -1,22 +1,38 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 // Replication throughput over loopback: encode + send + receive + decode of a 64 MiB dirty
 // set with each link security (none, encrypted, authenticated; encrypted also with
-// ChaCha20-Poly1305), beside a plain socket copy of the same pages (gather writes, no framing
-// or checks), all interleaved round by round in the same run, with the ratio of each to none;
-// and CRC32C, AES-256-GCM, GMAC, ChaCha20-Poly1305 and BLAKE2b throughput beside memcpy. Both
-// ends run in this process on this machine's cores; the CPU time of each end is printed too,
-// for what one end could carry on a host of its own.
+// ChaCha20-Poly1305; each sealed or tagged one also with its helper threads off, "1 thread"),
+// beside a plain socket copy of the same pages (gather writes, no framing or checks), all
+// interleaved round by round in the same run, with the ratio of each to none; and CRC32C,
+// AES-256-GCM, GMAC, ChaCha20-Poly1305 and BLAKE2b throughput beside memcpy.
+//
+// Two ways to run the link:
+//   both ends   both ends of the link in this process, on this machine's cores (what a host
+//               running both would see). The CPU time of each end (its thread and its helper
+//               thread) is printed too.
+//   apart       each end alone, with a peer that does as little as a socket allows: the
+//               sender's bytes go to a sink that reads them into one small buffer unchecked; the
+//               receiver gets a recording of its own sender's checkpoint (made beforehand, not
+//               timed) from a plain writer, and checks and decodes it all. The slower of the
+//               two ends is what a pair on two hosts could carry, as far as one machine shows.
 //
 //   proto_bench [--rounds N] [--frame-mib M] [--only NAME-PART] [--security NAME-PART]
+//               [--ends both|apart|all]
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <sys/eventfd.h>
+#include <poll.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
 #include <thread>
@@ -30,6 +46,7 @@
 #include "proto/handshake.h"
 #include "proto/link.h"
 #include "proto/link_crypto.h"
+#include "proto/messages.h"
 #include "proto/state.h"
 
 using namespace colod;
@@ -64,20 +81,123 @@ struct Connected {
     Link server;
 };
 
-Connected connect_pair(const Key& key, const Hello& hello, LinkSecurity security, Aead aead) {
-    auto listener = must(Listener::create("127.0.0.1:0"), "listen");
-    auto client = must(Link::connect(fmt::format("127.0.0.1:{}", listener.port()), deadline_after(2s)), "connect");
-    auto server = must(listener.accept(deadline_after(2s)), "accept");
+struct Security {
+    const char* name;
+    LinkSecurity security;
+    Aead aead;
+    Link::CipherThreads threads;
+};
+
+void run_handshakes(Link& client, Link& server, const Key& key, const Hello& hello, const Security& sec) {
     Hello a = hello, b = hello;
-    a.link_security = b.link_security = security;
-    a.aead = b.aead = aead;
+    a.link_security = b.link_security = sec.security;
+    a.aead = b.aead = sec.aead;
     b.state = PeerState::SecondaryStandby;
     base::Result<Hello> theirs{base::Error(base::Errc::Failed, "")};
     std::thread t([&] { theirs = handshake(server, key, b, deadline_after(2s)); });
     must(handshake(client, key, a, deadline_after(2s)), "handshake");
     t.join();
     must(std::move(theirs), "handshake (accepting)");
+    client.set_cipher_threads(sec.threads);
+    server.set_cipher_threads(sec.threads);
+}
+
+Connected connect_pair(const Key& key, const Hello& hello, const Security& sec) {
+    auto listener = must(Listener::create("127.0.0.1:0"), "listen");
+    auto client = must(Link::connect(fmt::format("127.0.0.1:{}", listener.port()), deadline_after(2s)), "connect");
+    auto server = must(listener.accept(deadline_after(2s)), "accept");
+    run_handshakes(client, server, key, hello, sec);
     return {std::move(client), std::move(server)};
+}
+
+// The ends apart: the client's bytes arrive on `from_client`, the server's come from
+// `to_server`, plain blocking sockets the benchmark reads and writes itself.
+struct Relayed {
+    Link client;
+    Link server;
+    base::Fd from_client;
+    base::Fd to_server;
+};
+
+base::Fd plain_listener(uint16_t& port) {
+    base::Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    // SAFETY: sockaddr_in is the sockaddr for AF_INET.
+    if (!fd || ::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0 || ::listen(fd.get(), 1) != 0 ||
+        ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+        die("plain listener", std::strerror(errno));
+    port = ntohs(addr.sin_port);
+    return fd;
+}
+
+base::Fd plain_connect(uint16_t port) {
+    base::Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(port);
+    // SAFETY: sockaddr_in is the sockaddr for AF_INET.
+    if (!fd || ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0)
+        die("plain connect", std::strerror(errno));
+    return fd;
+}
+
+void write_all(int fd, const std::byte* p, size_t n) {
+    while (n) {
+        ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+        if (w <= 0)
+            die("plain write", std::strerror(errno));
+        p += w;
+        n -= size_t(w);
+    }
+}
+
+void read_all(int fd, std::byte* p, size_t n) {
+    while (n) {
+        ssize_t r = ::recv(fd, p, n, 0);
+        if (r <= 0)
+            die("plain read", r == 0 ? "connection closed" : std::strerror(errno));
+        p += r;
+        n -= size_t(r);
+    }
+}
+
+Relayed connect_relayed(const Key& key, const Hello& hello, const Security& sec) {
+    auto listener = must(Listener::create("127.0.0.1:0"), "listen");
+    uint16_t port = 0;
+    base::Fd relay = plain_listener(port);
+    auto client = must(Link::connect(fmt::format("127.0.0.1:{}", port), deadline_after(2s)), "connect");
+    base::Fd from_client(::accept4(relay.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    base::Fd to_server = plain_connect(listener.port());
+    auto server = must(listener.accept(deadline_after(2s)), "accept");
+    // The handshake passes through a pump; the checkpoints then through the benchmark itself.
+    base::Fd stop(::eventfd(0, EFD_CLOEXEC));
+    std::thread pump([&] {
+        std::vector<std::byte> buffer(64u << 10);
+        for (;;) {
+            pollfd fds[3] = {{from_client.get(), POLLIN, 0}, {to_server.get(), POLLIN, 0}, {stop.get(), POLLIN, 0}};
+            if (::poll(fds, 3, -1) < 0 && errno != EINTR)
+                die("pump poll", std::strerror(errno));
+            if (fds[2].revents)
+                return;
+            for (int i = 0; i < 2; ++i) {
+                if (!fds[i].revents)
+                    continue;
+                ssize_t n = ::recv(fds[i].fd, buffer.data(), buffer.size(), MSG_DONTWAIT);
+                if (n <= 0)
+                    die("pump read", n == 0 ? "connection closed" : std::strerror(errno));
+                write_all(i == 0 ? to_server.get() : from_client.get(), buffer.data(), size_t(n));
+            }
+        }
+    });
+    run_handshakes(client, server, key, hello, sec);
+    uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(stop.get(), &one, sizeof one);
+    pump.join();
+    return {std::move(client), std::move(server), std::move(from_client), std::move(to_server)};
 }
 
 // The baseline: the same dirty pages through a plain blocking TCP loopback connection, sent
@@ -152,11 +272,55 @@ double thread_cpu_seconds() {
     return double(ts.tv_sec) + double(ts.tv_nsec) / 1e9;
 }
 
+// CPU time of this process's threads named `name` (the links' helper threads, "colod-seal" and
+// "colod-open", proto/cipher_worker.h), from the scheduler's counters in nanoseconds.
+double helper_cpu_seconds(std::string_view name) {
+    double total = 0;
+    std::error_code ec;
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task", ec)) {
+        std::ifstream comm(task.path() / "comm");
+        std::string line;
+        if (!std::getline(comm, line) || line != name)
+            continue;
+        std::ifstream schedstat(task.path() / "schedstat");
+        unsigned long long ns = 0;
+        if (schedstat >> ns)
+            total += double(ns) / 1e9;
+    }
+    return total;
+}
+double sender_cpu_seconds() { return thread_cpu_seconds() + helper_cpu_seconds("colod-seal"); }
+double receiver_cpu_seconds() { return thread_cpu_seconds() + helper_cpu_seconds("colod-open"); }
+
 struct Guest {
     uint64_t pages;
     std::vector<std::byte> memory;
     std::vector<std::byte> body = std::vector<std::byte>(16384, std::byte{3});
 };
+
+EncodedState encode(const Guest& g, std::span<const uint64_t> dirty, uint64_t seq, uint32_t frame_limit) {
+    std::vector<SectionInput> sections{{SectionId::Vcpu, 1, 0, "", g.body},
+                                       {SectionId::Irqchip, 1, 0, "", g.body},
+                                       {SectionId::Pit, 1, 0, "", g.body},
+                                       {SectionId::Clock, 1, 0, "", g.body}};
+    StateEncoder encoder({frame_limit, ZeroScan::On});
+    return must(encoder.encode({seq, dirty, [&](uint64_t p) { return std::span(g.memory).subspan(p * kPageSize, kPageSize); },
+                                sections}),
+                "encode");
+}
+
+// Receives and decodes one checkpoint, as a secondary does (minus applying it).
+void receive_checkpoint(Link& link, StateDecoder& decoder, Frame& frame) {
+    must(link.receive_into(frame, deadline_after(30s)), "receive VMSTATE_SIZE");
+    auto size = must(frame.message(), "decode VMSTATE_SIZE");
+    must(decoder.begin(std::get<VmstateSize>(size)), "begin");
+    for (;;) {
+        must(link.receive_into(frame, deadline_after(30s)), "receive VMSTATE_SEND");
+        auto decoded = must(decoder.feed(frame.payload()), "decode");
+        if (decoded.end)
+            break;
+    }
+}
 
 // One checkpoint through the whole path; returns seconds from the start of encoding until the
 // receiver has validated END.
@@ -165,35 +329,98 @@ double replicate(Connected& c, StateDecoder& decoder, Frame& frame, const Guest&
     auto start = Clock::now();
     double receiver_cpu = 0;
     std::thread receiver([&] {
-        double cpu0 = thread_cpu_seconds();
-        must(c.server.receive_into(frame, deadline_after(30s)), "receive VMSTATE_SIZE");
-        auto size = must(frame.message(), "decode VMSTATE_SIZE");
-        must(decoder.begin(std::get<VmstateSize>(size)), "begin");
-        for (;;) {
-            must(c.server.receive_into(frame, deadline_after(30s)), "receive VMSTATE_SEND");
-            auto decoded = must(decoder.feed(frame.payload()), "decode");
-            if (decoded.end)
-                break;
-        }
-        receiver_cpu = thread_cpu_seconds() - cpu0;
+        double cpu0 = receiver_cpu_seconds();
+        receive_checkpoint(c.server, decoder, frame);
+        receiver_cpu = receiver_cpu_seconds() - cpu0;
     });
-    double sender_cpu0 = thread_cpu_seconds();
-    std::vector<SectionInput> sections{{SectionId::Vcpu, 1, 0, "", g.body},
-                                       {SectionId::Irqchip, 1, 0, "", g.body},
-                                       {SectionId::Pit, 1, 0, "", g.body},
-                                       {SectionId::Clock, 1, 0, "", g.body}};
-    StateEncoder encoder({frame_limit, ZeroScan::On});
-    auto state = must(encoder.encode({seq, dirty,
-                                      [&](uint64_t p) { return std::span(g.memory).subspan(p * kPageSize, kPageSize); },
-                                      sections}),
-                      "encode");
+    double sender_cpu0 = sender_cpu_seconds();
+    auto state = encode(g, dirty, seq, frame_limit);
     g_encode_seconds.push_back(seconds_since(start));
     must(c.client.send_state(state, deadline_after(30s)), "send_state");
     g_send_seconds.push_back(seconds_since(start));
-    g_sender_cpu.push_back(thread_cpu_seconds() - sender_cpu0);
+    g_sender_cpu.push_back(sender_cpu_seconds() - sender_cpu0);
     receiver.join();
     g_receiver_cpu.push_back(receiver_cpu);
     return seconds_since(start);
+}
+
+// The bytes a checkpoint puts on the wire: VMSTATE_SIZE and each VMSTATE_SEND frame, each with
+// its header and its trailer (CRC or tag).
+size_t wire_bytes(const EncodedState& state, LinkSecurity security) {
+    size_t trailer = security == LinkSecurity::None ? sizeof(uint32_t) : kTagSize;
+    size_t n = kHeaderSize + encode_message(state.size()).size() + trailer;
+    for (size_t i = 0; i < state.frame_count(); ++i)
+        n += kHeaderSize + state.frame_payload_length(i) + trailer;
+    return n;
+}
+
+struct Alone {
+    double seconds;
+    double cpu;
+};
+
+// The sending end alone: encode and send one checkpoint to a sink that reads the bytes into
+// one 256 KiB buffer, over and over, without looking at them: woken per 256 KiB at most, as the
+// link's receiver is (SO_RCVLOWAT). Seconds from the start of encoding until the sink has the
+// last byte; CPU of the sending thread and its helper.
+Alone send_alone(Relayed& c, const Guest& g, std::span<const uint64_t> dirty, uint64_t seq, uint32_t frame_limit,
+                 LinkSecurity security, std::vector<std::byte>& scratch) {
+    auto start = Clock::now();
+    double cpu0 = sender_cpu_seconds();
+    uint64_t sent0 = c.client.bytes_sent();
+    auto state = encode(g, dirty, seq, frame_limit);
+    size_t expected = wire_bytes(state, security);
+    std::thread sink([&] {
+        int low_water = 0;
+        for (size_t got = 0; got < expected;) {
+            ssize_t r = ::recv(c.from_client.get(), scratch.data(), std::min(expected - got, scratch.size()), MSG_DONTWAIT);
+            if (r > 0) {
+                got += size_t(r);
+                continue;
+            }
+            if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+                die("sink", r == 0 ? "connection closed" : std::strerror(errno));
+            // As the link's receiver does: poll until a good share of what is missing is there.
+            int want = int(std::min<size_t>(expected - got, scratch.size()));
+            if (want != low_water && ::setsockopt(c.from_client.get(), SOL_SOCKET, SO_RCVLOWAT, &want, sizeof want) == 0)
+                low_water = want;
+            pollfd pfd{c.from_client.get(), POLLIN, 0};
+            ::poll(&pfd, 1, -1);
+        }
+    });
+    must(c.client.send_state(state, deadline_after(30s)), "send_state");
+    double cpu = sender_cpu_seconds() - cpu0;
+    sink.join();
+    double seconds = seconds_since(start);
+    if (c.client.bytes_sent() - sent0 != expected)
+        die("send alone", fmt::format("{} bytes sent, {} expected", c.client.bytes_sent() - sent0, expected));
+    return {seconds, cpu};
+}
+
+// Records what the client of `c` sends for one checkpoint (not timed), for receive_alone.
+void record_checkpoint(Relayed& c, const Guest& g, std::span<const uint64_t> dirty, uint64_t seq,
+                       uint32_t frame_limit, LinkSecurity security, std::vector<std::byte>& record, size_t& recorded) {
+    auto state = encode(g, dirty, seq, frame_limit);
+    recorded = wire_bytes(state, security);
+    if (record.size() < recorded)
+        record.resize(recorded);
+    std::thread recorder([&] { read_all(c.from_client.get(), record.data(), recorded); });
+    must(c.client.send_state(state, deadline_after(30s)), "send_state");
+    recorder.join();
+}
+
+// The receiving end alone: a plain writer replays a recorded checkpoint while this thread
+// receives, checks and decodes it. Seconds until END is decoded; CPU of this thread and its
+// helper.
+Alone receive_alone(Relayed& c, StateDecoder& decoder, Frame& frame, const std::vector<std::byte>& record,
+                    size_t recorded) {
+    auto start = Clock::now();
+    double cpu0 = receiver_cpu_seconds();
+    std::thread writer([&] { write_all(c.to_server.get(), record.data(), recorded); });
+    receive_checkpoint(c.server, decoder, frame);
+    double cpu = receiver_cpu_seconds() - cpu0;
+    writer.join();
+    return {seconds_since(start), cpu};
 }
 
 double median(std::vector<double> v) {
@@ -208,6 +435,7 @@ int main(int argc, char** argv) {
     uint32_t frame_mib = 4;
     std::string only;      // run only the cases whose name contains this
     std::string security_filter;  // and only the link securities whose name contains this (none always runs)
+    std::string ends = "all";     // both ends sharing this machine, each end apart, or all
     for (int i = 1; i + 1 < argc; i += 2) {
         std::string arg = argv[i];
         if (arg == "--rounds")
@@ -218,7 +446,11 @@ int main(int argc, char** argv) {
             only = argv[i + 1];
         else if (arg == "--security")
             security_filter = argv[i + 1];
+        else if (arg == "--ends")
+            ends = argv[i + 1];
     }
+    if (ends != "both" && ends != "apart" && ends != "all")
+        die("--ends", "both, apart or all");
     base::set_log_level(base::Level::Warning);
     const uint32_t frame_limit = frame_mib << 20;
 
@@ -319,72 +551,119 @@ int main(int argc, char** argv) {
     }
 
     // Each dirty set through the link with every protection, interleaved round by round so all
-    // see the same machine conditions; ratios against none (CRC only) of the same run.
-    struct Security {
-        const char* name;
-        LinkSecurity security;
-        Aead aead;
-    };
+    // see the same machine conditions; ratios against none (CRC only) of the same run. "1
+    // thread": the same link security with the helper threads off (Link::set_cipher_threads).
+    using Threads = Link::CipherThreads;
     std::vector<Security> securities;
-    for (Security sec : {Security{"none", LinkSecurity::None, Aead::Aes256Gcm},
-                         Security{"encrypted", LinkSecurity::Encrypted, Aead::Aes256Gcm},
-                         Security{"authenticated", LinkSecurity::Authenticated, Aead::Aes256Gcm},
-                         Security{"encrypted, chacha20", LinkSecurity::Encrypted, Aead::ChaCha20Poly1305}})
+    for (Security sec : {Security{"none", LinkSecurity::None, Aead::Aes256Gcm, Threads::Auto},
+                         Security{"encrypted", LinkSecurity::Encrypted, Aead::Aes256Gcm, Threads::Auto},
+                         Security{"encrypted, 1 thread", LinkSecurity::Encrypted, Aead::Aes256Gcm, Threads::Off},
+                         Security{"authenticated", LinkSecurity::Authenticated, Aead::Aes256Gcm, Threads::Auto},
+                         Security{"authenticated, 1 thread", LinkSecurity::Authenticated, Aead::Aes256Gcm, Threads::Off},
+                         Security{"encrypted, chacha20", LinkSecurity::Encrypted, Aead::ChaCha20Poly1305, Threads::Auto},
+                         Security{"encrypted, chacha20, 1 thread", LinkSecurity::Encrypted, Aead::ChaCha20Poly1305,
+                                  Threads::Off}})
         if (sec.security == LinkSecurity::None || std::string(sec.name).find(security_filter) != std::string::npos)
             securities.push_back(sec);
     struct Set {
         const char* name;
         std::span<const uint64_t> dirty;
     };
+    const size_t n = securities.size();
     for (Set set : {Set{"scattered pages", scattered}, Set{"contiguous pages", contiguous}}) {
         if (!only.empty() && std::string(set.name).find(only) == std::string::npos)
             continue;
-        std::vector<Connected> links;
-        std::vector<StateDecoder> decoders;
-        std::vector<Frame> frames(securities.size());
-        std::vector<std::vector<double>> times(securities.size());
-        std::vector<std::vector<double>> encode_s(securities.size()), send_s(securities.size());
-        std::vector<std::vector<double>> sender_cpu(securities.size()), receiver_cpu(securities.size());
-        for (const auto& sec : securities) {
-            links.push_back(connect_pair(key, hello, sec.security, sec.aead));
-            decoders.push_back(must(StateDecoder::create(StateShape::from_hello(hello)), "decoder"));
-        }
-        std::vector<double> plain_times;
-        // Both receivers reuse their buffers across rounds, as a running secondary does.
-        std::vector<std::byte> buffer(4u << 20);
-        for (int r = 0; r < rounds; ++r) {
-            plain_times.push_back(plain_copy(g.memory.data(), set.dirty, buffer));
-            for (size_t i = 0; i < securities.size(); ++i) {
-                times[i].push_back(replicate(links[i], decoders[i], frames[i], g, set.dirty, uint64_t(r + 1), frame_limit));
-                encode_s[i].push_back(g_encode_seconds.back());
-                send_s[i].push_back(g_send_seconds.back());
-                sender_cpu[i].push_back(g_sender_cpu.back());
-                receiver_cpu[i].push_back(g_receiver_cpu.back());
+        if (ends != "apart") {
+            std::vector<Connected> links;
+            std::vector<StateDecoder> decoders;
+            std::vector<Frame> frames(n);
+            std::vector<std::vector<double>> times(n);
+            std::vector<std::vector<double>> encode_s(n), send_s(n);
+            std::vector<std::vector<double>> sender_cpu(n), receiver_cpu(n);
+            for (const auto& sec : securities) {
+                links.push_back(connect_pair(key, hello, sec));
+                decoders.push_back(must(StateDecoder::create(StateShape::from_hello(hello)), "decoder"));
+            }
+            std::vector<double> plain_times;
+            // Both receivers reuse their buffers across rounds, as a running secondary does.
+            std::vector<std::byte> buffer(4u << 20);
+            for (int r = 0; r < rounds; ++r) {
+                plain_times.push_back(plain_copy(g.memory.data(), set.dirty, buffer));
+                for (size_t i = 0; i < n; ++i) {
+                    times[i].push_back(
+                        replicate(links[i], decoders[i], frames[i], g, set.dirty, uint64_t(r + 1), frame_limit));
+                    encode_s[i].push_back(g_encode_seconds.back());
+                    send_s[i].push_back(g_send_seconds.back());
+                    sender_cpu[i].push_back(g_sender_cpu.back());
+                    receiver_cpu[i].push_back(g_receiver_cpu.back());
+                }
+            }
+            g_encode_seconds.clear();
+            g_send_seconds.clear();
+            g_sender_cpu.clear();
+            g_receiver_cpu.clear();
+            // What one end could carry on one core of its own: its CPU time (thread and helper).
+            auto one_core = [&](size_t i) { return std::max(median(sender_cpu[i]), median(receiver_cpu[i])); };
+            double plain = median(plain_times);
+            double plain_best = *std::min_element(plain_times.begin(), plain_times.end());
+            double none = median(times[0]);
+            double none_best = *std::min_element(times[0].begin(), times[0].end());
+            std::printf("%s, both ends on this machine: plain copy %5.2f GB/s (best round %5.2f)\n", set.name,
+                        gbs(kDirtyBytes, plain), gbs(kDirtyBytes, plain_best));
+            for (size_t i = 0; i < n; ++i) {
+                double t = median(times[i]);
+                double best = *std::min_element(times[i].begin(), times[i].end());
+                std::printf("  %-29s %5.2f GB/s | %5.1f %% of none, %5.1f %% of plain | best rounds %5.2f GB/s, %5.1f %% "
+                            "of none | encode %.1f ms, last byte sent %.1f ms, END decoded %.1f ms\n",
+                            securities[i].name, gbs(kDirtyBytes, t), 100.0 * none / t, 100.0 * plain / t,
+                            gbs(kDirtyBytes, best), 100.0 * none_best / best, 1e3 * median(encode_s[i]),
+                            1e3 * median(send_s[i]), 1e3 * t);
+                std::printf("  %-29s CPU per round: sender %.1f ms, receiver %.1f ms | one core per end %5.2f GB/s, "
+                            "%5.1f %% of none\n",
+                            "", 1e3 * median(sender_cpu[i]), 1e3 * median(receiver_cpu[i]),
+                            gbs(kDirtyBytes, one_core(i)), 100.0 * one_core(0) / one_core(i));
             }
         }
-        g_encode_seconds.clear();
-        g_send_seconds.clear();
-        g_sender_cpu.clear();
-        g_receiver_cpu.clear();
-        auto one_side = [&](size_t i) { return std::max(median(sender_cpu[i]), median(receiver_cpu[i])); };
-        double plain = median(plain_times);
-        double plain_best = *std::min_element(plain_times.begin(), plain_times.end());
-        double none = median(times[0]);
-        double none_best = *std::min_element(times[0].begin(), times[0].end());
-        std::printf("%s: plain copy %5.2f GB/s (best round %5.2f)\n", set.name, gbs(kDirtyBytes, plain),
-                    gbs(kDirtyBytes, plain_best));
-        for (size_t i = 0; i < securities.size(); ++i) {
-            double t = median(times[i]);
-            double best = *std::min_element(times[i].begin(), times[i].end());
-            std::printf("  %-21s %5.2f GB/s | %5.1f %% of none, %5.1f %% of plain | best rounds %5.2f GB/s, %5.1f %% of "
-                        "none | encode %.1f ms, last byte sent %.1f ms, END decoded %.1f ms\n",
-                        securities[i].name, gbs(kDirtyBytes, t), 100.0 * none / t, 100.0 * plain / t,
-                        gbs(kDirtyBytes, best), 100.0 * none_best / best, 1e3 * median(encode_s[i]),
-                        1e3 * median(send_s[i]), 1e3 * t);
-            std::printf("  %-21s CPU per round: sender %.1f ms, receiver %.1f ms | one side alone %5.2f GB/s, %5.1f %% "
-                        "of none\n",
-                        "", 1e3 * median(sender_cpu[i]), 1e3 * median(receiver_cpu[i]), gbs(kDirtyBytes, one_side(i)),
-                        100.0 * one_side(0) / one_side(i));
+        if (ends != "both") {
+            // Per link security one pair whose sender sends to a sink, and one whose receiver
+            // gets a recording of its own sender's checkpoint.
+            std::vector<Relayed> senders, receivers;
+            std::vector<StateDecoder> decoders;
+            std::vector<Frame> frames(n);
+            std::vector<std::vector<double>> send_t(n), send_cpu(n), receive_t(n), receive_cpu(n);
+            for (const auto& sec : securities) {
+                senders.push_back(connect_relayed(key, hello, sec));
+                receivers.push_back(connect_relayed(key, hello, sec));
+                decoders.push_back(must(StateDecoder::create(StateShape::from_hello(hello)), "decoder"));
+            }
+            std::vector<std::byte> record, scratch(256u << 10);
+            for (int r = 0; r < rounds; ++r) {
+                for (size_t i = 0; i < n; ++i) {
+                    uint64_t seq = uint64_t(r + 1);
+                    Alone s = send_alone(senders[i], g, set.dirty, seq, frame_limit, securities[i].security, scratch);
+                    size_t recorded = 0;
+                    record_checkpoint(receivers[i], g, set.dirty, seq, frame_limit, securities[i].security, record,
+                                      recorded);
+                    Alone rc = receive_alone(receivers[i], decoders[i], frames[i], record, recorded);
+                    send_t[i].push_back(s.seconds);
+                    send_cpu[i].push_back(s.cpu);
+                    receive_t[i].push_back(rc.seconds);
+                    receive_cpu[i].push_back(rc.cpu);
+                }
+            }
+            // A pair on two hosts carries what its slower end carries.
+            auto two_hosts = [&](size_t i) { return std::max(median(send_t[i]), median(receive_t[i])); };
+            std::printf("%s, each end apart (the sender's peer discards, the receiver's replays a recording):\n",
+                        set.name);
+            for (size_t i = 0; i < n; ++i) {
+                std::printf("  %-29s sender %5.2f GB/s, %5.1f %% of none (CPU %.1f ms) | receiver %5.2f GB/s, %5.1f %% "
+                            "of none (CPU %.1f ms) | slower end %5.2f GB/s, %5.1f %% of none\n",
+                            securities[i].name, gbs(kDirtyBytes, median(send_t[i])),
+                            100.0 * median(send_t[0]) / median(send_t[i]), 1e3 * median(send_cpu[i]),
+                            gbs(kDirtyBytes, median(receive_t[i])), 100.0 * median(receive_t[0]) / median(receive_t[i]),
+                            1e3 * median(receive_cpu[i]), gbs(kDirtyBytes, two_hosts(i)),
+                            100.0 * two_hosts(0) / two_hosts(i));
+            }
         }
     }
     return 0;

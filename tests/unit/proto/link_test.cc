@@ -9,6 +9,8 @@
 
 #include <condition_variable>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -933,6 +935,326 @@ TEST_CASE("frames from concurrent senders never interleave") {
     REQUIRE(decoder.last_complete() == kCheckpoints);
     // The explicit heartbeat after checkpoint i is read while waiting for checkpoint i + 1.
     REQUIRE(heartbeats >= kCheckpoints - 1);
+}
+
+// ---- Large frames: several 256 KiB steps of sealing, writing and opening ----
+
+namespace {
+
+constexpr uint64_t kLargePages = 1024;  // 4 MiB of guest memory
+constexpr uint32_t kLargeFrame = 1u << 20;  // four steps and a bit per VMSTATE_SEND frame
+
+Hello large_hello(PeerState state) {
+    Hello h = demo_hello(state);
+    h.memory_bytes = kLargePages * kPageSize;
+    return h;
+}
+
+// A 4 MiB guest of random bytes (no zero pages: every page crosses as data).
+struct LargeGuest {
+    std::vector<std::byte> memory = std::vector<std::byte>(kLargePages * kPageSize);
+    std::vector<std::byte> body = std::vector<std::byte>(100, std::byte{9});
+    explicit LargeGuest(uint64_t seed) {
+        std::mt19937_64 rng(seed);
+        for (size_t i = 0; i < memory.size(); i += 8) {
+            uint64_t v = rng() | 1;
+            std::memcpy(&memory[i], &v, 8);
+        }
+    }
+    std::vector<SectionInput> sections() const {
+        return {{SectionId::Vcpu, 1, 0, "", body},
+                {SectionId::Irqchip, 1, 0, "", body},
+                {SectionId::Pit, 1, 0, "", body},
+                {SectionId::Clock, 1, 0, "", body},
+                {SectionId::Device, 1, 0, "uart0", body}};
+    }
+    // Every page, in 1 MiB frames; every other page (gather lists of single pages) when
+    // `scattered`.
+    EncodedState checkpoint(uint64_t seq, bool scattered = false) const {
+        std::vector<uint64_t> dirty;
+        for (uint64_t i = 0; i < kLargePages; i += scattered ? 2 : 1)
+            dirty.push_back(i);
+        auto state = StateEncoder({kLargeFrame, ZeroScan::On})
+                         .encode({seq, dirty,
+                                  [&](uint64_t i) { return std::span(memory).subspan(i * kPageSize, kPageSize); },
+                                  sections()});
+        REQUIRE(state.ok());
+        REQUIRE(state->frame_count() >= (scattered ? 2u : 4u));
+        return std::move(state).value();
+    }
+};
+
+// Receives one checkpoint and compares every page that arrives with the guest's; returns the
+// pages compared.
+base::Result<uint64_t> receive_and_compare(Link& link, StateDecoder& decoder, const LargeGuest& g) {
+    Frame frame;
+    TRY(link.receive_into(frame, deadline_after(10s)));
+    if (frame.header.type != MessageType::VmstateSize)
+        return error(Reason::UnexpectedMessage, "expected VMSTATE_SIZE");
+    auto size = TRY(frame.message());
+    TRY(decoder.begin(std::get<VmstateSize>(size)));
+    uint64_t pages = 0;
+    for (;;) {
+        TRY(link.receive_into(frame, deadline_after(10s)));
+        DecodedFrame d = TRY(decoder.feed(frame.payload()));
+        for (const auto& piece : d.pieces) {
+            if (const auto* run = std::get_if<PageRun>(&piece)) {
+                auto expected = std::span(g.memory).subspan(run->first_page * kPageSize, run->count * kPageSize);
+                if (!std::equal(expected.begin(), expected.end(), run->data.begin(), run->data.end()))
+                    return base::Error::make(base::Errc::Failed, "pages from {} differ", run->first_page);
+                pages += run->count;
+            }
+        }
+        if (d.end)
+            return pages;
+    }
+}
+
+// Threads of this process with the given name (the links' helpers: "colod-seal", "colod-open").
+size_t threads_named(std::string_view name) {
+    size_t n = 0;
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+        std::ifstream comm(task.path() / "comm");
+        std::string line;
+        if (std::getline(comm, line) && line == name)
+            ++n;
+    }
+    return n;
+}
+
+using Threads = Link::CipherThreads;
+
+Pair large_pair(LinkSecurity security, Aead aead, Threads client_threads, Threads server_threads) {
+    Key key = key_of('k');
+    Pair p = make_pair();
+    Hello primary = large_hello(PeerState::PrimaryActive);
+    Hello secondary = large_hello(PeerState::SecondaryStandby);
+    primary.link_security = secondary.link_security = security;
+    primary.aead = secondary.aead = aead;
+    auto r = run_handshake(p, key, primary, key, secondary);
+    REQUIRE(r.connecting.ok());
+    REQUIRE(r.accepting.ok());
+    p.client.set_cipher_threads(client_threads);
+    p.server.set_cipher_threads(server_threads);
+    return p;
+}
+
+// An attacker on the path of an encrypted session of the large guest: frames 0 and 1 are the
+// handshake, 2 is VMSTATE_SIZE, 3 on are 1 MiB VMSTATE_SEND frames.
+base::Result<uint64_t> attacked_large_checkpoint(Threads receiver_threads, std::function<void(Relay::Edit&)> attack) {
+    Key key = key_of('k');
+    Relay relay([&](Relay::Edit& e) {
+        if (e.index < 2)
+            e.out.push_back(e.frame);
+        else
+            attack(e);
+    });
+    auto r = relay.handshake(KeySet(key), KeySet(key), large_hello(PeerState::PrimaryActive),
+                             large_hello(PeerState::SecondaryStandby));
+    REQUIRE(r.connecting.ok());
+    REQUIRE(r.accepting.ok());
+    relay.server().set_cipher_threads(receiver_threads);
+    LargeGuest g(7);
+    auto state = g.checkpoint(1);
+    std::thread sender([&] { (void)relay.client().send_state(state, deadline_after(5s)); });
+    auto decoder = StateDecoder::create(StateShape::from_hello(large_hello(PeerState::PrimaryActive))).value();
+    auto got = receive_and_compare(relay.server(), decoder, g);
+    relay.server().shutdown();
+    relay.stop();
+    sender.join();
+    return got;
+}
+
+}  // namespace
+
+TEST_CASE("large frames of several steps cross intact with every link security, helper threads on or off at "
+          "either end") {
+    struct Setting {
+        LinkSecurity security;
+        Aead aead;
+    };
+    for (Setting setting : {Setting{LinkSecurity::Encrypted, Aead::Aes256Gcm},
+                            Setting{LinkSecurity::Encrypted, Aead::ChaCha20Poly1305},
+                            Setting{LinkSecurity::Authenticated, Aead::Aes256Gcm},
+                            Setting{LinkSecurity::Authenticated, Aead::ChaCha20Poly1305},
+                            Setting{LinkSecurity::None, Aead::Aes256Gcm}}) {
+        for (auto [sending, receiving] : {std::pair{Threads::Auto, Threads::Auto}, std::pair{Threads::Off, Threads::Auto},
+                                          std::pair{Threads::Auto, Threads::Off}, std::pair{Threads::Off, Threads::Off}}) {
+            INFO(link_security_name(setting.security) << ", " << aead_name(setting.aead) << ", sender threads "
+                                                      << (sending == Threads::Auto) << ", receiver threads "
+                                                      << (receiving == Threads::Auto));
+            Pair p = large_pair(setting.security, setting.aead, sending, receiving);
+            auto decoder = StateDecoder::create(StateShape::from_hello(large_hello(PeerState::PrimaryActive))).value();
+            LargeGuest g(3);
+            for (uint64_t seq = 1; seq <= 3; ++seq) {
+                INFO("checkpoint " << seq);
+                bool scattered = seq == 2;
+                auto state = g.checkpoint(seq, scattered);
+                base::Result<void> sent;
+                std::thread sender([&] { sent = p.client.send_state(state, deadline_after(10s)); });
+                auto got = receive_and_compare(p.server, decoder, g);
+                sender.join();
+                REQUIRE(sent.ok());
+                REQUIRE(got.ok());
+                CHECK(got.value() == (scattered ? kLargePages / 2 : kLargePages));
+                // Small frames between the large ones, both ways.
+                REQUIRE(p.server.send(VmstateLoaded{seq}, deadline_after(1s)).ok());
+                REQUIRE(std::get<VmstateLoaded>(p.client.receive(deadline_after(1s))->message().value()).seq == seq);
+            }
+        }
+    }
+}
+
+TEST_CASE("encrypted link, hostile path, large frames: a flipped bit in a late step or the tag, a replay or a cut is "
+          "refused") {
+    for (Threads threads : {Threads::Auto, Threads::Off}) {
+        INFO("receiver threads " << (threads == Threads::Auto));
+        for (size_t where : {size_t(kHeaderSize + 900000), size_t(0)}) {
+            INFO("offset " << where << " (0: the tag's last byte)");
+            auto got = attacked_large_checkpoint(threads, [&](Relay::Edit& e) {
+                if (e.index == 4)
+                    e.frame[where ? where : e.frame.size() - 1] ^= std::byte{0x10};
+                e.out.push_back(e.frame);
+            });
+            REQUIRE(reason(got) == Reason::FrameAuth);
+        }
+        Relay::Bytes kept;
+        auto renumbered = attacked_large_checkpoint(threads, [&](Relay::Edit& e) {
+            if (e.index == 3)
+                kept = e.frame;
+            if (e.index == 4) {
+                set_sequence(kept, sequence_of(e.frame));  // frame 3's bytes where frame 4 belongs
+                e.out.push_back(kept);
+                return;
+            }
+            e.out.push_back(e.frame);
+        });
+        REQUIRE(reason(renumbered) == Reason::FrameAuth);
+        auto cut = attacked_large_checkpoint(threads, [&](Relay::Edit& e) {
+            if (e.index == 4) {
+                e.out.push_back(Relay::Bytes(e.frame.begin(), e.frame.begin() + 700000));
+                e.close = true;
+                return;
+            }
+            e.out.push_back(e.frame);
+        });
+        REQUIRE_FALSE(cut.ok());
+        REQUIRE(cut.error().code() == base::Errc::Eof);
+    }
+}
+
+TEST_CASE("helper threads are stopped and joined when a frame fails, when turned off and when the link goes") {
+    const size_t seal0 = threads_named("colod-seal"), open0 = threads_named("colod-open");
+    auto decoder_for_large = [] {
+        return StateDecoder::create(StateShape::from_hello(large_hello(PeerState::PrimaryActive))).value();
+    };
+    {
+        Pair p = large_pair(LinkSecurity::Encrypted, Aead::Aes256Gcm, Threads::Auto, Threads::Auto);
+        LargeGuest g(5);
+        auto state = g.checkpoint(1);
+        auto decoder = decoder_for_large();
+        base::Result<void> sent;
+        std::thread sender([&] { sent = p.client.send_state(state, deadline_after(10s)); });
+        REQUIRE(receive_and_compare(p.server, decoder, g).ok());
+        sender.join();
+        REQUIRE(sent.ok());
+        if (threads_named("colod-seal") == seal0) {
+            WARN("no helper threads (one CPU?): nothing to check");
+            return;
+        }
+        CHECK(threads_named("colod-seal") == seal0 + 1);
+        CHECK(threads_named("colod-open") == open0 + 1);
+        // Off: the next frame stops and joins them.
+        p.client.set_cipher_threads(Threads::Off);
+        p.server.set_cipher_threads(Threads::Off);
+        REQUIRE(p.client.send(Heartbeat{1, 2}, deadline_after(1s)).ok());
+        REQUIRE(p.server.receive(deadline_after(1s)).ok());
+        CHECK(threads_named("colod-seal") == seal0);
+        CHECK(threads_named("colod-open") == open0);
+    }
+    {
+        // The link goes: its threads with it.
+        Pair p = large_pair(LinkSecurity::Encrypted, Aead::Aes256Gcm, Threads::Auto, Threads::Auto);
+        LargeGuest g(5);
+        auto state = g.checkpoint(1);
+        auto decoder = decoder_for_large();
+        base::Result<void> sent;
+        std::thread sender([&] { sent = p.client.send_state(state, deadline_after(10s)); });
+        REQUIRE(receive_and_compare(p.server, decoder, g).ok());
+        sender.join();
+        REQUIRE(sent.ok());
+    }
+    CHECK(threads_named("colod-seal") == seal0);
+    CHECK(threads_named("colod-open") == open0);
+    {
+        // A send that fails mid-frame (the peer closed): its thread is joined before send_state
+        // returns, and the link sends nothing more.
+        Pair p = large_pair(LinkSecurity::Encrypted, Aead::Aes256Gcm, Threads::Auto, Threads::Auto);
+        LargeGuest g(5);
+        auto state = g.checkpoint(1);
+        { Link gone = std::move(p.server); }
+        base::Result<void> sent;
+        for (int i = 0; i < 8 && sent.ok(); ++i)  // the first bytes may still fit in the socket
+            sent = p.client.send_state(state, deadline_after(5s));
+        REQUIRE_FALSE(sent.ok());
+        CHECK(threads_named("colod-seal") == seal0);
+        CHECK_FALSE(p.client.send(Heartbeat{1, 2}, deadline_after(1s)).ok());
+    }
+    {
+        // A send blocked on a full socket (small buffers, nobody reads), then shut down from
+        // another thread: Stopped, and the thread joined.
+        auto ends = Link::pair(64 << 10);
+        REQUIRE(ends.ok());
+        auto& [client, server] = ends.value();
+        Key key = key_of('k');
+        base::Result<Hello> accepted{base::Error(base::Errc::Failed, "not run")};
+        std::thread t([&] { accepted = handshake(server, key, large_hello(PeerState::SecondaryStandby), deadline_after(3s)); });
+        REQUIRE(handshake(client, key, large_hello(PeerState::PrimaryActive), deadline_after(3s)).ok());
+        t.join();
+        REQUIRE(accepted.ok());
+        LargeGuest g(5);
+        auto state = g.checkpoint(1);
+        base::Result<void> sent;
+        std::thread sender([&] { sent = client.send_state(state, deadline_after(10s)); });
+        std::this_thread::sleep_for(200ms);
+        client.shutdown();
+        sender.join();
+        REQUIRE_FALSE(sent.ok());
+        CHECK(sent.error().code() == base::Errc::Stopped);
+        CHECK(threads_named("colod-seal") == seal0);
+    }
+    for (bool stall : {false, true}) {
+        // A receive that fails inside a large frame (the stream cut: Eof; or stalled: Timeout):
+        // its thread is joined before receive returns.
+        INFO("stalled " << stall);
+        Key key = key_of('k');
+        Relay relay([&](Relay::Edit& e) {
+            if (e.index < 4) {  // handshake, VMSTATE_SIZE, the first 1 MiB frame
+                e.out.push_back(e.frame);
+            } else if (e.index == 4) {
+                e.out.push_back(Relay::Bytes(e.frame.begin(), e.frame.begin() + 700000));
+                e.close = !stall;
+            }  // stalled: the rest is dropped
+        });
+        auto r = relay.handshake(KeySet(key), KeySet(key), large_hello(PeerState::PrimaryActive),
+                                 large_hello(PeerState::SecondaryStandby));
+        REQUIRE(r.accepting.ok());
+        relay.client().set_cipher_threads(Threads::Off);
+        LargeGuest g(5);
+        auto state = g.checkpoint(1);
+        std::thread sender([&] { (void)relay.client().send_state(state, deadline_after(5s)); });
+        Frame frame;
+        REQUIRE(relay.server().receive_into(frame, deadline_after(2s)).ok());  // VMSTATE_SIZE
+        REQUIRE(relay.server().receive_into(frame, deadline_after(2s)).ok());  // 1 MiB, opened by the helper
+        CHECK(threads_named("colod-open") == open0 + 1);
+        auto cut = relay.server().receive_into(frame, deadline_after(500ms));
+        REQUIRE_FALSE(cut.ok());
+        CHECK(cut.error().code() == (stall ? base::Errc::Timeout : base::Errc::Eof));
+        CHECK(threads_named("colod-open") == open0);
+        relay.server().shutdown();
+        relay.stop();
+        sender.join();
+    }
 }
 
 // ---- A listening secondary faced with hostile connections ----
