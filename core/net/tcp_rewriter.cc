@@ -1,0 +1,297 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+#include "core/net/tcp_rewriter.h"
+
+#include <algorithm>
+#include <optional>
+
+#include "core/net/packet_view.h"
+
+namespace colod::core::net {
+
+namespace {
+
+constexpr size_t k_at_checksum = 16;  // field offsets in the TCP header
+constexpr size_t k_at_seq = 4;
+constexpr size_t k_at_ack = 8;
+constexpr uint8_t k_option_end = 0;
+constexpr uint8_t k_option_nop = 1;
+constexpr uint8_t k_option_sack = 5;
+
+struct Segment {
+    PacketView packet;
+    TcpView tcp;
+};
+
+std::optional<Segment> tcp_segment(std::span<const std::byte> frame) {
+    auto packet = parse_packet(frame);
+    if (!packet)
+        return std::nullopt;
+    auto tcp = tcp_view(frame, *packet);
+    if (!tcp)
+        return std::nullopt;
+    return Segment{*packet, *tcp};
+}
+
+// Subtracts `offset` from every edge of every SACK block (RFC 2018) in the segment's options;
+// a malformed option list ends the walk (the guest's TCP ignores what follows it too).
+void rewrite_sack(std::span<std::byte> segment, size_t header_length, uint32_t offset) {
+    size_t at = 20;
+    while (at < header_length) {
+        uint8_t kind = std::to_integer<uint8_t>(segment[at]);
+        if (kind == k_option_end)
+            return;
+        if (kind == k_option_nop) {
+            ++at;
+            continue;
+        }
+        if (at + 1 >= header_length)
+            return;
+        size_t length = std::to_integer<uint8_t>(segment[at + 1]);
+        if (length < 2 || at + length > header_length)
+            return;
+        if (kind == k_option_sack && (length - 2) % 8 == 0) {
+            for (size_t edge = at + 2; edge < at + length; edge += 4)
+                rewrite_be32(segment, k_at_checksum, edge, load_be32(segment, edge) - offset);
+        }
+        at += length;
+    }
+}
+
+}  // namespace
+
+size_t TcpRewriter::KeyHash::operator()(const Key& key) const {
+    // FNV-1a over the fields.
+    uint64_t hash = 0xcbf29ce484222325ull;
+    auto mix = [&hash](uint8_t b) {
+        hash ^= b;
+        hash *= 0x100000001b3ull;
+    };
+    mix(key.version);
+    for (uint16_t port : {key.local_port, key.remote_port}) {
+        mix(static_cast<uint8_t>(port >> 8));
+        mix(static_cast<uint8_t>(port));
+    }
+    for (uint8_t b : key.local)
+        mix(b);
+    for (uint8_t b : key.remote)
+        mix(b);
+    return static_cast<size_t>(hash);
+}
+
+TcpRewriter::TcpRewriter(size_t max_connections) : m_max_connections(std::max<size_t>(max_connections, 1)) {}
+
+TcpRewriter::Connection& TcpRewriter::start(const Key& key, State state, uint32_t isn, Clock::time_point now) {
+    auto it = m_table.find(key);
+    if (it == m_table.end()) {
+        if (m_table.size() >= m_max_connections) {
+            // Full: the connection idle the longest goes (its rewriting with it).
+            m_table.erase(m_lru.front());
+            m_lru.pop_front();
+            ++m_evicted;
+        }
+        m_lru.push_back(key);
+        it = m_table.emplace(key, Connection{}).first;
+        it->second.lru = std::prev(m_lru.end());
+    } else {
+        // A new connection on the 4-tuple of an old one (or a handshake started again with
+        // another ISN): nothing of the old one applies.
+        auto lru = it->second.lru;
+        it->second = Connection{};
+        it->second.lru = lru;
+    }
+    touch(it, now);
+    it->second.state = state;
+    it->second.isn = isn;
+    return it->second;
+}
+
+void TcpRewriter::touch(Table::iterator it, Clock::time_point now) {
+    it->second.last = now;
+    m_lru.splice(m_lru.end(), m_lru, it->second.lru);
+}
+
+void TcpRewriter::erase(Table::iterator it) {
+    m_lru.erase(it->second.lru);
+    m_table.erase(it);
+}
+
+bool TcpRewriter::learn(Table::iterator it, uint32_t primary_isn_plus_one) {
+    Connection& connection = it->second;
+    connection.offset = primary_isn_plus_one - 1 - connection.isn;
+    connection.state = State::Established;
+    if (connection.offset == 0) {
+        erase(it);  // both guests chose the same ISN: nothing to rewrite
+        return false;
+    }
+    return true;
+}
+
+void TcpRewriter::inbound(std::span<std::byte> frame) {
+    auto parsed = tcp_segment(frame);
+    if (!parsed)
+        return;
+    const TcpView& tcp = parsed->tcp;
+    Key key{static_cast<uint8_t>(parsed->packet.ip), tcp.destination_port, tcp.source_port, parsed->packet.dst,
+            parsed->packet.src};
+    bool syn = tcp.flags & k_tcp_syn, ack = tcp.flags & k_tcp_ack, rst = tcp.flags & k_tcp_rst;
+
+    std::lock_guard lock(m_mutex);
+    auto it = m_table.find(key);
+    if (it == m_table.end())
+        return;
+    touch(it, Clock::now());
+    Connection& connection = it->second;
+    switch (connection.state) {
+    case State::SynReceived:
+        // The client's first acknowledgement (its handshake ACK, or data if that ACK was
+        // lost) acknowledges the primary's SYN-ACK: ack = primary's ISN + 1.
+        if (ack && !syn) {
+            if (!learn(it, tcp.ack))
+                return;
+        } else {
+            if (rst)
+                erase(it);  // the client gave up on the handshake
+            return;
+        }
+        break;
+    case State::SynSent:
+        // The server's SYN-ACK acknowledges the primary's SYN; so does a RST refusing it
+        // (which the guest accepts only with its own ISN + 1 as ack).
+        if (ack && (syn || rst)) {
+            if (!learn(it, tcp.ack))
+                return;
+        } else {
+            return;
+        }
+        break;
+    case State::Established:
+    case State::Closed:
+        break;
+    }
+
+    auto segment = frame.subspan(tcp.offset, tcp.end - tcp.offset);
+    if (ack) {
+        if (connection.fin_out && !seq_before(tcp.ack, connection.fin_out_end))
+            connection.fin_out_acked = true;
+        rewrite_be32(segment, k_at_checksum, k_at_ack, tcp.ack - connection.offset);
+        rewrite_sack(segment, tcp.header_length, connection.offset);
+    }
+    if (tcp.flags & k_tcp_fin) {
+        connection.fin_in = true;
+        connection.fin_in_end = tcp.seq + static_cast<uint32_t>(tcp.payload_length()) + (syn ? 2 : 1);
+    }
+    // A RST ends the connection if the guest will accept it (RFC 5961 §3.2: its sequence
+    // number is exactly what the guest acknowledged last); a blind one does not end the
+    // rewriting of a connection the guest keeps.
+    if (rst && (!connection.guest_acked || tcp.seq == connection.guest_ack))
+        connection.state = State::Closed;
+    if (connection.fin_in_acked && connection.fin_out_acked)
+        connection.state = State::Closed;
+}
+
+void TcpRewriter::outbound(std::span<std::byte> frame) {
+    auto parsed = tcp_segment(frame);
+    if (!parsed)
+        return;
+    const TcpView& tcp = parsed->tcp;
+    Key key{static_cast<uint8_t>(parsed->packet.ip), tcp.source_port, tcp.destination_port, parsed->packet.src,
+            parsed->packet.dst};
+    bool syn = tcp.flags & k_tcp_syn, ack = tcp.flags & k_tcp_ack;
+    auto now = Clock::now();
+
+    std::lock_guard lock(m_mutex);
+    auto it = m_table.find(key);
+    if (syn && !ack) {
+        // The guest connects. Its SYN's sequence number is its ISN; the SYN itself passes
+        // unchanged (the comparator does not compare a SYN's sequence number).
+        if (it == m_table.end() || it->second.state != State::SynSent || it->second.isn != tcp.seq)
+            start(key, State::SynSent, tcp.seq, now);
+        else
+            touch(it, now);
+        return;
+    }
+    bool known = it != m_table.end() && it->second.isn == tcp.seq;
+    if (syn && ack && !(known && it->second.state == State::Established)) {
+        // The guest accepts (or retransmits its SYN-ACK before the client's ACK came). A
+        // SYN-ACK retransmitted after the offset was learnt is rewritten below.
+        Connection* connection = nullptr;
+        if (known && it->second.state == State::SynReceived) {
+            touch(it, now);
+            connection = &it->second;
+        } else {
+            connection = &start(key, State::SynReceived, tcp.seq, now);
+        }
+        connection->guest_acked = true;
+        connection->guest_ack = tcp.ack;
+        return;
+    }
+    if (it == m_table.end())
+        return;
+    touch(it, now);
+    Connection& connection = it->second;
+    if (connection.state == State::SynSent || connection.state == State::SynReceived) {
+        if (tcp.flags & k_tcp_rst)
+            erase(it);  // the guest aborts the handshake
+        return;
+    }
+
+    // Established or closed.
+    uint32_t seq = tcp.seq + connection.offset;
+    auto segment = frame.subspan(tcp.offset, tcp.end - tcp.offset);
+    rewrite_be32(segment, k_at_checksum, k_at_seq, seq);
+    if (ack) {
+        connection.guest_acked = true;
+        connection.guest_ack = tcp.ack;
+        if (connection.fin_in && !seq_before(tcp.ack, connection.fin_in_end))
+            connection.fin_in_acked = true;
+    }
+    if (tcp.flags & k_tcp_fin) {
+        connection.fin_out = true;
+        connection.fin_out_end = seq + static_cast<uint32_t>(tcp.payload_length()) + (syn ? 2 : 1);
+    }
+    if (tcp.flags & k_tcp_rst)
+        connection.state = State::Closed;
+    if (connection.fin_in_acked && connection.fin_out_acked)
+        connection.state = State::Closed;
+}
+
+void TcpRewriter::checkpoint_loaded() {
+    std::lock_guard lock(m_mutex);
+    m_table.clear();
+    m_lru.clear();
+}
+
+size_t TcpRewriter::expire_idle(Clock::time_point now) {
+    std::lock_guard lock(m_mutex);
+    size_t removed = 0;
+    for (auto it = m_table.begin(); it != m_table.end();) {
+        const Connection& connection = it->second;
+        bool expired = false;
+        switch (connection.state) {
+        case State::SynSent:
+        case State::SynReceived: expired = now - connection.last > k_handshake_timeout; break;
+        case State::Closed: expired = now - connection.last > k_closed_linger; break;
+        case State::Established: break;
+        }
+        if (expired) {
+            m_lru.erase(it->second.lru);
+            it = m_table.erase(it);
+            ++removed;
+        } else {
+            ++it;
+        }
+    }
+    return removed;
+}
+
+size_t TcpRewriter::connections() const {
+    std::lock_guard lock(m_mutex);
+    return m_table.size();
+}
+
+uint64_t TcpRewriter::evicted() const {
+    std::lock_guard lock(m_mutex);
+    return m_evicted;
+}
+
+}  // namespace colod::core::net

@@ -1,0 +1,271 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+// The secondary's TCP rewriter on real frames: the offset learnt from both kinds of handshake,
+// sequence and acknowledgement numbers (and SACK blocks) moved with checksums that a full
+// recomputation accepts, what a checkpoint, a close and the table's bound do, and frames it
+// must leave alone.
+#include <catch2/catch.hpp>
+
+#include <random>
+#include <vector>
+
+#include "core/net/tcp_rewriter.h"
+#include "tests/support/frame_builder.h"
+
+using namespace colod::core::net;
+using namespace colod::test::frames;
+using namespace std::chrono_literals;
+
+namespace {
+
+const Host4 k_client{{0x02, 0, 0, 0, 0, 0x02}, 0x0a000002, 40000};
+const Host4 k_guest{{0x52, 0x54, 0, 0x12, 0x34, 0x56}, 0x0a00000a, 80};
+const Host4 k_server{{0x02, 0, 0, 0, 0, 0x03}, 0x0a000003, 443};
+const Host4 k_guest_client{{0x52, 0x54, 0, 0x12, 0x34, 0x56}, 0x0a00000a, 50000};
+
+constexpr uint32_t k_client_isn = 1000;
+constexpr uint32_t k_primary_isn = 0x10000000;
+constexpr uint32_t k_secondary_isn = 0xf0000010;  // the offset wraps around 2^32
+
+// Frames whose rewritten bytes the test does not look at.
+void outbound(TcpRewriter& rewriter, std::vector<std::byte> frame) { rewriter.outbound(frame); }
+
+// A client connects to the guest: its SYN, the secondary guest's SYN-ACK, the client's ACK
+// of the primary's SYN-ACK. Returns the rewritten ACK.
+std::vector<std::byte> accept(TcpRewriter& rewriter, const Host4& client = k_client) {
+    auto syn = tcp4(client, k_guest, {k_client_isn, 0, k_syn});
+    auto before = syn;
+    rewriter.inbound(syn);
+    CHECK(syn == before);  // nothing known about it yet
+    auto syn_ack = tcp4(k_guest, client, {k_secondary_isn, k_client_isn + 1, k_syn | k_ack});
+    before = syn_ack;
+    rewriter.outbound(syn_ack);
+    CHECK(syn_ack == before);  // the SYN-ACK's sequence number cannot be known yet
+    auto ack = tcp4(client, k_guest, {k_client_isn + 1, k_primary_isn + 1, k_ack});
+    rewriter.inbound(ack);
+    return ack;
+}
+
+}  // namespace
+
+TEST_CASE("a connection to the guest: the offset comes from the client's ACK of the primary's SYN-ACK", "[net]") {
+    TcpRewriter rewriter;
+    auto ack = accept(rewriter);
+    CHECK(tcp_fields(ack).ack == k_secondary_isn + 1);
+    CHECK(tcp_checksum_valid(ack));
+    CHECK(rewriter.connections() == 1);
+
+    // The guest's data: its sequence number moves onto the primary's.
+    auto reply = tcp4(k_guest, k_client, {k_secondary_isn + 1, k_client_isn + 1, k_ack | k_psh, 502, "hello"});
+    rewriter.outbound(reply);
+    CHECK(tcp_fields(reply).seq == k_primary_isn + 1);
+    CHECK(tcp_fields(reply).ack == k_client_isn + 1);  // the client's numbers are shared
+    CHECK(tcp_checksum_valid(reply));
+
+    // The client's acknowledgement and SACK blocks move back; its timestamps stay.
+    Tcp sacked{k_client_isn + 1, k_primary_isn + 6, k_ack};
+    sacked.options = timestamps(7, 8);
+    auto blocks = sack({{k_primary_isn + 100, k_primary_isn + 200}, {k_primary_isn + 300, k_primary_isn + 400}});
+    sacked.options.insert(sacked.options.end(), blocks.begin(), blocks.end());
+    auto in = tcp4(k_client, k_guest, sacked);
+    rewriter.inbound(in);
+    auto fields = tcp_fields(in);
+    CHECK(fields.ack == k_secondary_isn + 6);
+    CHECK(fields.sack == std::vector<std::pair<uint32_t, uint32_t>>{{k_secondary_isn + 100, k_secondary_isn + 200},
+                                                                     {k_secondary_isn + 300, k_secondary_isn + 400}});
+    CHECK(tcp_checksum_valid(in));
+
+    // SACK edges at odd offsets in the header (one NOP before the option).
+    Tcp odd{k_client_isn + 1, k_primary_isn + 6, k_ack};
+    odd.options = sack({{k_primary_isn + 10, k_primary_isn + 20}}, 1);
+    auto odd_frame = tcp4(k_client, k_guest, odd);
+    rewriter.inbound(odd_frame);
+    CHECK(tcp_fields(odd_frame).sack ==
+          std::vector<std::pair<uint32_t, uint32_t>>{{k_secondary_isn + 10, k_secondary_isn + 20}});
+    CHECK(tcp_checksum_valid(odd_frame));
+
+    // Another connection is not touched.
+    auto other = tcp4(Host4{k_client.mac, k_client.ip, 40001}, k_guest, {5, k_primary_isn + 1, k_ack});
+    auto before = other;
+    rewriter.inbound(other);
+    CHECK(other == before);
+}
+
+TEST_CASE("a connection from the guest: the offset comes from the server's SYN-ACK", "[net]") {
+    TcpRewriter rewriter;
+    auto syn = tcp4(k_guest_client, k_server, {k_secondary_isn, 0, k_syn});
+    auto before = syn;
+    rewriter.outbound(syn);
+    CHECK(syn == before);
+    CHECK(rewriter.connections() == 1);
+    // The server acknowledges the primary's SYN.
+    auto syn_ack = tcp4(k_server, k_guest_client, {77, k_primary_isn + 1, k_syn | k_ack});
+    rewriter.inbound(syn_ack);
+    CHECK(tcp_fields(syn_ack).ack == k_secondary_isn + 1);
+    CHECK(tcp_fields(syn_ack).seq == 77);
+    CHECK(tcp_checksum_valid(syn_ack));
+    auto ack = tcp4(k_guest_client, k_server, {k_secondary_isn + 1, 78, k_ack, 64240, "GET /"});
+    rewriter.outbound(ack);
+    CHECK(tcp_fields(ack).seq == k_primary_isn + 1);
+    CHECK(tcp_checksum_valid(ack));
+}
+
+TEST_CASE("IPv6 connections are rewritten alike", "[net]") {
+    Ipv6 client_ip{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2};
+    Ipv6 guest_ip{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10};
+    Host6 client{k_client.mac, client_ip, 40000};
+    Host6 guest{k_guest.mac, guest_ip, 22};
+    TcpRewriter rewriter;
+    auto syn_ack = tcp6(guest, client, {k_secondary_isn, k_client_isn + 1, k_syn | k_ack});
+    rewriter.outbound(syn_ack);
+    auto ack = tcp6(client, guest, {k_client_isn + 1, k_primary_isn + 1, k_ack});
+    rewriter.inbound(ack);
+    CHECK(tcp_fields(ack).ack == k_secondary_isn + 1);
+    CHECK(tcp_checksum_valid(ack));
+    auto data = tcp6(guest, client, {k_secondary_isn + 1, k_client_isn + 1, k_ack, 100, "SSH-2.0"});
+    rewriter.outbound(data);
+    CHECK(tcp_fields(data).seq == k_primary_isn + 1);
+    CHECK(tcp_checksum_valid(data));
+}
+
+TEST_CASE("a checkpoint makes both guests number alike: every offset is forgotten", "[net]") {
+    TcpRewriter rewriter;
+    accept(rewriter);
+    CHECK(rewriter.connections() == 1);
+    rewriter.checkpoint_loaded();
+    CHECK(rewriter.connections() == 0);
+    // The secondary's guest now holds the primary's socket: its numbers are the primary's.
+    auto data = tcp4(k_guest, k_client, {k_primary_isn + 1, k_client_isn + 1, k_ack, 502, "x"});
+    auto before = data;
+    rewriter.outbound(data);
+    CHECK(data == before);
+    auto ack = tcp4(k_client, k_guest, {k_client_isn + 1, k_primary_isn + 2, k_ack});
+    before = ack;
+    rewriter.inbound(ack);
+    CHECK(ack == before);
+}
+
+TEST_CASE("a handshake in which both guests chose the same ISN keeps nothing", "[net]") {
+    TcpRewriter rewriter;
+    outbound(rewriter, tcp4(k_guest, k_client, {k_primary_isn, k_client_isn + 1, k_syn | k_ack}));
+    auto ack = tcp4(k_client, k_guest, {k_client_isn + 1, k_primary_isn + 1, k_ack});
+    auto before = ack;
+    rewriter.inbound(ack);
+    CHECK(ack == before);
+    CHECK(rewriter.connections() == 0);
+}
+
+TEST_CASE("closed connections linger, handshakes expire, open ones stay", "[net]") {
+    TcpRewriter rewriter;
+    auto now = TcpRewriter::Clock::now();
+    accept(rewriter);
+    // The guest closes: FIN, the client's ACK of it and FIN, the guest's last ACK.
+    auto fin = tcp4(k_guest, k_client, {k_secondary_isn + 1, k_client_isn + 1, k_fin | k_ack});
+    rewriter.outbound(fin);
+    CHECK(tcp_fields(fin).seq == k_primary_isn + 1);
+    auto client_fin = tcp4(k_client, k_guest, {k_client_isn + 1, k_primary_isn + 2, k_fin | k_ack});
+    rewriter.inbound(client_fin);
+    CHECK(tcp_fields(client_fin).ack == k_secondary_isn + 2);
+    CHECK(rewriter.expire_idle(now + 1h) == 0);  // not both acked yet: open
+    auto last_ack = tcp4(k_guest, k_client, {k_secondary_isn + 2, k_client_isn + 2, k_ack});
+    rewriter.outbound(last_ack);
+    CHECK(tcp_fields(last_ack).seq == k_primary_isn + 2);
+    CHECK(tcp_checksum_valid(last_ack));
+    // Closed: still rewriting (a FIN retransmitted in TIME-WAIT), then gone after the linger.
+    CHECK(rewriter.connections() == 1);
+    CHECK(rewriter.expire_idle(now) == 0);
+    auto again = tcp4(k_guest, k_client, {k_secondary_isn + 2, k_client_isn + 2, k_ack});
+    rewriter.outbound(again);
+    CHECK(tcp_fields(again).seq == k_primary_isn + 2);
+    CHECK(rewriter.expire_idle(TcpRewriter::Clock::now() + TcpRewriter::k_closed_linger + 1s) == 1);
+    CHECK(rewriter.connections() == 0);
+
+    // A handshake that never completes expires; an established idle connection does not.
+    outbound(rewriter, tcp4(k_guest_client, k_server, {k_secondary_isn, 0, k_syn}));
+    accept(rewriter);
+    CHECK(rewriter.connections() == 2);
+    CHECK(rewriter.expire_idle(TcpRewriter::Clock::now() + TcpRewriter::k_handshake_timeout + 1s) == 1);
+    CHECK(rewriter.expire_idle(TcpRewriter::Clock::now() + 24h) == 0);
+    CHECK(rewriter.connections() == 1);
+}
+
+TEST_CASE("a RST closes only when the guest would accept it", "[net]") {
+    TcpRewriter rewriter;
+    accept(rewriter);
+    outbound(rewriter, tcp4(k_guest, k_client, {k_secondary_isn + 1, k_client_isn + 1, k_ack, 502, "hi"}));
+    auto far = TcpRewriter::Clock::now() + TcpRewriter::k_closed_linger + 1s;
+    // Blind: not at what the guest acknowledged; the connection stays open.
+    auto blind = tcp4(k_client, k_guest, {k_client_isn + 5000, k_primary_isn + 3, k_rst | k_ack});
+    rewriter.inbound(blind);
+    CHECK(tcp_fields(blind).ack == k_secondary_isn + 3);
+    CHECK(rewriter.expire_idle(far) == 0);
+    auto reset = tcp4(k_client, k_guest, {k_client_isn + 1, k_primary_isn + 3, k_rst | k_ack});
+    rewriter.inbound(reset);
+    CHECK(tcp_checksum_valid(reset));
+    CHECK(rewriter.expire_idle(far) == 1);
+}
+
+TEST_CASE("the table is bounded: the connection idle longest goes, and is counted", "[net]") {
+    TcpRewriter rewriter(4);
+    for (uint16_t port = 1; port <= 6; ++port)
+        outbound(rewriter, tcp4(k_guest, Host4{k_client.mac, k_client.ip, port}, {k_secondary_isn, 9, k_syn | k_ack}));
+    CHECK(rewriter.connections() == 4);
+    CHECK(rewriter.evicted() == 2);
+    // Ports 1 and 2 went first: their ACKs pass as they are; port 3's is rewritten.
+    auto lost = tcp4(Host4{k_client.mac, k_client.ip, 1}, k_guest, {9, k_primary_isn + 1, k_ack});
+    auto before = lost;
+    rewriter.inbound(lost);
+    CHECK(lost == before);
+    auto kept = tcp4(Host4{k_client.mac, k_client.ip, 3}, k_guest, {9, k_primary_isn + 1, k_ack});
+    rewriter.inbound(kept);
+    CHECK(tcp_fields(kept).ack == k_secondary_isn + 1);
+}
+
+TEST_CASE("frames that are not whole TCP segments pass unchanged", "[net]") {
+    TcpRewriter rewriter;
+    accept(rewriter);
+    auto data = tcp4(k_guest, k_client, {k_secondary_isn + 1, k_client_isn + 1, k_ack, 502, "payload"});
+    std::vector<std::vector<std::byte>> frames;
+    frames.push_back(udp4(k_guest, k_client, "udp"));
+    frames.push_back(arp_request(k_guest, k_client.ip));
+    frames.emplace_back(data.begin(), data.begin() + 14 + 20 + 10);  // cut in the TCP header
+    frames.emplace_back(data.begin(), data.begin() + 10);             // not even Ethernet
+    auto lying = data;
+    lying[14 + 3] = std::byte{0xff};  // an IPv4 total length beyond the frame
+    frames.push_back(lying);
+    auto fragment = data;
+    fragment[14 + 6] = std::byte{0x20};  // more fragments
+    frames.push_back(fragment);
+    for (auto& frame : frames) {
+        auto before = frame;
+        rewriter.outbound(frame);
+        rewriter.inbound(frame);
+        CHECK(frame == before);
+    }
+}
+
+TEST_CASE("random bytes never upset the rewriter", "[net]") {
+    std::mt19937 rng(1234);
+    TcpRewriter rewriter(64);
+    auto valid = tcp4(k_guest, k_client, {k_secondary_isn, k_client_isn + 1, k_syn | k_ack});
+    for (int i = 0; i < 20000; ++i) {
+        std::vector<std::byte> frame;
+        if (i % 2) {
+            frame.resize(rng() % 120);
+            for (auto& b : frame)
+                b = std::byte(static_cast<uint8_t>(rng()));
+        } else {
+            // A valid frame with a few bytes changed and perhaps cut short: it parses further.
+            frame = valid;
+            for (int flips = 0; flips < 3; ++flips)
+                frame[rng() % frame.size()] = std::byte(static_cast<uint8_t>(rng()));
+            frame.resize(rng() % (frame.size() + 1));
+        }
+        if (rng() % 2)
+            rewriter.inbound(frame);
+        else
+            rewriter.outbound(frame);
+        if (i % 5000 == 0)
+            rewriter.checkpoint_loaded();
+    }
+    CHECK(rewriter.connections() <= 64);
+}
