@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <array>
 #include <numeric>
+#include <utility>
 
 #include "base/events.h"
 #include "base/log.h"
@@ -503,6 +504,7 @@ base::Result<void> ActiveEngine::protect(Session& session) {
               {{"PEER", peer}, {"SEQ", std::to_string(m_committed.load())}});
     changed(fmt::format("protected by {}", peer));
     auto next = Clock::now() + m_config.checkpoint_interval;
+    uint64_t mismatches_seen = m_checkpoints_mismatch.load();
     for (;;) {
         {
             // Held at a checkpoint for diagnostics: nothing changes until released.
@@ -516,6 +518,7 @@ base::Result<void> ActiveEngine::protect(Session& session) {
                 return *failure;
             return base::Error(base::Errc::Stopped, "replication stopped");
         }
+        bool forced = false;  // asked for before the interval was due (not a COLO mismatch)
         if (colo()) {
             for (auto* channel : m_channels)
                 channel->check_lag();
@@ -525,6 +528,12 @@ base::Result<void> ActiveEngine::protect(Session& session) {
             m_force_pending = false;
             if (!asked && Clock::now() < next)
                 continue;  // matching output flows: no checkpoint needed yet
+            uint64_t mismatches = m_checkpoints_mismatch.load();
+            forced = asked && mismatches == mismatches_seen;
+            mismatches_seen = mismatches;
+        } else {
+            std::lock_guard lock(m_mutex);
+            forced = std::exchange(m_force_pending, false);
         }
         auto started = Clock::now();
         uint64_t seq = m_next_seq++;
@@ -541,6 +550,8 @@ base::Result<void> ActiveEngine::protect(Session& session) {
                           {{"SEQ", std::to_string(seq)}, {"REASON", taken.error().message()}});
             return std::move(taken).error();
         }
+        if (forced)
+            ++m_checkpoints_forced;
         next = started + m_config.checkpoint_interval;
         bool handing_over;
         {
@@ -595,6 +606,7 @@ base::Result<void> ActiveEngine::sync(Session& session) {
     // The one short stop: what is still dirty, plus all device state, as a complete checkpoint.
     uint64_t seq = m_next_seq++;
     TRY(checkpoint(session, seq, proto::StateKind::Complete));
+    ++m_checkpoints_forced;
     TRY(session.await<proto::CheckpointReady>(seq, Clock::now() + m_config.ack_timeout));
     base::log(Level::Notice, Event::Synced,
               fmt::format("initial copy complete: {} pages in {} pre-copy rounds, {:.0f} ms, final stop {} us",
@@ -757,8 +769,25 @@ void ActiveEngine::fill_status(Status& status) const {
     case State::HandedOver:
     case State::Stopped: status.state = "stopped"; break;
     }
+    switch (m_machine.state()) {
+    case State::Syncing: {
+        // The first pass carries every page; later rounds only what the guest dirtied meanwhile.
+        double copied = static_cast<double>(m_pipeline.precopy_pages()) /
+                        static_cast<double>(std::max<uint64_t>(1, m_guest.machine().memory().page_count()));
+        status.sync_progress = std::min(copied, 0.999);
+        break;
+    }
+    case State::Protected:
+    case State::Held:
+    case State::HandingOver: status.sync_progress = 1; break;
+    case State::Unprotected:
+    case State::HandedOver:
+    case State::Stopped: status.sync_progress = 0; break;
+    }
     status.seq = m_committed.load();
     status.checkpoints = m_pipeline.checkpoints();
+    status.checkpoints_forced = m_checkpoints_forced.load();
+    status.pause_histogram = m_pipeline.pause_histogram();
     auto pauses = m_pipeline.pauses();
     status.pause_us.last = pauses.last;
     status.pause_us.p50 = pauses.p50;

@@ -150,6 +150,7 @@ private:
     std::unique_ptr<OutputChannel> m_net;  // the guest's packets, with a NIC on a tap
     std::vector<OutputChannel*> m_channels;  // every channel, the console first
     std::atomic<uint64_t> m_checkpoints_mismatch{0};
+    std::atomic<uint64_t> m_checkpoints_forced{0};  // Status::checkpoints_forced
     bool m_verdict = false;             // guarded by m_mutex: the comparator asked for a checkpoint
     bool m_force_pending = false;       // guarded by m_mutex: someone forced a checkpoint
     // Input into the UART and its forwarding, in one order. Held only to push into the UART and

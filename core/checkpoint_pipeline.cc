@@ -37,6 +37,7 @@ CheckpointPipeline::CheckpointPipeline(Machine& machine, std::chrono::microsecon
     : m_machine(machine), m_interval(interval), m_ack_timeout(ack_timeout), m_dirty(machine.memory().page_count()) {}
 
 base::Result<void> CheckpointPipeline::restart_dirty_log() {
+    m_precopy_pages = 0;
     m_dirty.clear();
     TRY(m_machine.memory().harvest_dirty(m_machine.vm(), m_dirty));
     m_dirty.clear();
@@ -69,6 +70,7 @@ base::Result<void> CheckpointPipeline::precopy(Session& session, std::span<const
         auto encoded = TRY(encoder.encode(input));
         TRY(session.send_state(encoded));
         m_bytes_sent += encoded.size().bytes;
+        m_precopy_pages += pages.size();
     }
     return base::ok();
 }

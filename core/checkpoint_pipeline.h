@@ -64,6 +64,9 @@ public:
     base::Result<void> run(Session& session, uint64_t seq, proto::StateKind kind, const Hooks& hooks);
 
     PauseStats::Summary pauses() const { return m_pauses.summary(); }
+    PauseHistogram pause_histogram() const { return m_pauses.histogram(); }
+    // Pages pre-copied since the dirty log was last restarted (this session's sync).
+    uint64_t precopy_pages() const { return m_precopy_pages.load(); }
     uint64_t checkpoints() const { return m_checkpoints.load(); }
     uint64_t dirty_last() const { return m_dirty_last.load(); }
     uint64_t dirty_total() const { return m_dirty_total.load(); }
@@ -81,6 +84,7 @@ private:
     std::atomic<uint64_t> m_dirty_last{0};
     std::atomic<uint64_t> m_dirty_total{0};
     std::atomic<uint64_t> m_bytes_sent{0};
+    std::atomic<uint64_t> m_precopy_pages{0};
     std::chrono::steady_clock::time_point m_last_slow_log{};
 };
 

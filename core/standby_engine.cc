@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #include "core/standby_engine.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <variant>
@@ -289,6 +290,7 @@ void StandbyEngine::run_session(std::shared_ptr<Session> session) {
         m_peer_state = "connected";
     }
     base::log(Level::Notice, Event::PeerConnected, fmt::format("the primary at {} connected", peer), {{"PEER", peer}});
+    m_sync_pages = 0;
     set_state(State::Syncing, fmt::format("syncing from {}", peer));
     if (m_rng_stream)
         m_rng_stream->clear();  // this primary's stream starts where its device stands
@@ -497,6 +499,7 @@ base::Result<void> StandbyEngine::receive_state(Context& context, std::span<cons
                 // directly. From here on the old committed state (if any) is gone.
                 m_committed_valid = false;
                 std::memcpy(memory.page(run->first_page), run->data.data(), run->data.size());
+                m_sync_pages += run->data.size() / k_page_size;
             } else if (!staging.add_run(*run)) {
                 return base::Error::make(base::Errc::System, "no memory to stage checkpoint pages");
             }
@@ -504,6 +507,7 @@ base::Result<void> StandbyEngine::receive_state(Context& context, std::span<cons
             if (staging.kind == proto::StateKind::Precopy) {
                 m_committed_valid = false;
                 std::memset(memory.page(zeros->first_page), 0, zeros->count * k_page_size);
+                m_sync_pages += zeros->count;
             } else {
                 staging.zeros.push_back(*zeros);
                 staging.pages += zeros->count;
@@ -824,6 +828,8 @@ bool StandbyEngine::take_over_locked(const std::string& why, Clock::time_point d
                   {{"REASON", why}, {"SEQ", std::to_string(seq)}, k_failover_tag});
         return false;
     }
+    m_last_failover_us = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(took).count());
+    ++m_failovers;
     base::log(Level::Notice, Event::FailoverDone,
               fmt::format("failover done: the guest runs here {}, {} ms after the decision ({})", from, ms_text(took),
                           why),
@@ -873,8 +879,24 @@ void StandbyEngine::fill_status(Status& status) const {
     case State::Active: status.state = "active"; break;
     case State::Stopped: status.state = "stopped"; break;
     }
+    switch (m_machine.state()) {
+    case State::Syncing: {
+        double copied = static_cast<double>(m_sync_pages.load()) /
+                        static_cast<double>(std::max<uint64_t>(1, m_guest.machine().memory().page_count()));
+        status.sync_progress = std::min(copied, 0.999);
+        break;
+    }
+    case State::Standby: status.sync_progress = 1; break;
+    case State::Listening:
+    case State::Active:
+    case State::Stopped: status.sync_progress = 0; break;
+    }
+    auto taken = failovers();
+    status.failovers = taken.count;
+    status.last_failover_us = taken.last_us;
     status.seq = m_committed.load();
     status.checkpoints = m_checkpoints.load();
+    status.checkpoints_applied = status.checkpoints;
     status.dirty_pages.last = m_dirty_last.load();
     status.dirty_pages.total = m_dirty_total.load();
     status.peer = m_session_active ? m_peer : m_config.peer_address;

@@ -94,6 +94,14 @@ public:
     State state() const;
     uint64_t committed() const { return m_committed.load(); }
     void fill_status(Status& status) const;
+    // The takeovers this engine made, and how long the last one took from the decision until
+    // the guest ran here (fill_status has them too; after a takeover the daemon's status comes
+    // from its active engine, and these from here).
+    struct Failovers {
+        uint64_t count = 0;
+        uint64_t last_us = 0;
+    };
+    Failovers failovers() const { return {m_failovers.load(), m_last_failover_us.load()}; }
     // Tests: sees every transition the engine takes.
     void observe_transitions(std::function<void(State, State)> observer);
 
@@ -169,6 +177,9 @@ private:
     std::atomic<uint64_t> m_dirty_last{0};
     std::atomic<uint64_t> m_dirty_total{0};
     std::atomic<uint64_t> m_bytes_received{0};
+    std::atomic<uint64_t> m_sync_pages{0};  // pages the live copy wrote since the primary connected
+    std::atomic<uint64_t> m_failovers{0};
+    std::atomic<uint64_t> m_last_failover_us{0};
     // One takeover, from whichever thread decides it; also held while a session is claimed and
     // while a copy or a checkpoint writes the guest's RAM. Taken before m_mutex.
     std::mutex m_takeover_mutex;

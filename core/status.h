@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include "core/pause_stats.h"
+
 namespace colod::core {
 
 // A point-in-time view of one daemon, as `coloctl status` shows it. The JSON keys are part of
@@ -35,6 +37,21 @@ struct Status {
     uint64_t compare_us_p50 = 0;
     uint64_t compare_us_p99 = 0;
     std::string guest;       // running | stopped reason
+    // Checkpoints taken before the interval was due: coloctl checkpoint, held output over
+    // max-held-output, a hold or a handover, a lagging COLO secondary, the end of a live sync
+    // (any mode; checkpoints_mismatch counts the COLO mismatches apart).
+    uint64_t checkpoints_forced = 0;
+    // The standby: the checkpoints it applied (the same as checkpoints, which on the active side
+    // counts those it took); 0 on the active side.
+    uint64_t checkpoints_applied = 0;
+    PauseHistogram pause_histogram;  // every checkpoint pause of the active side
+    // The live copy: 0 with nothing copied, the share of guest RAM the copy has carried while
+    // syncing (below 1), 1 once a committed checkpoint is held (protected, standby).
+    double sync_progress = 0;
+    // Takeovers by this daemon (failover, coloctl failover, handover), and how long the last
+    // one took from the decision until the guest ran here.
+    uint64_t failovers = 0;
+    uint64_t last_failover_us = 0;
 };
 
 }  // namespace colod::core

@@ -256,6 +256,13 @@ TEST_CASE("active: syncs a standby, checkpoints, runs unprotected when it goes, 
     REQUIRE(side.peer.wait([](auto& p) { return p.complete >= 4; }));
     CHECK(side.status().state == "protected");
     CHECK(side.status().seq >= 3);
+    // The figures the metrics show: synced, the sync's final stop forced, every pause counted.
+    auto figures = side.status();
+    CHECK(figures.sync_progress == 1);
+    CHECK(figures.checkpoints_forced >= 1);
+    CHECK(figures.checkpoints_forced < figures.checkpoints);
+    CHECK(figures.pause_histogram.count >= 1);
+    CHECK(figures.checkpoints_applied == 0);
     side.peer.vanish();
     REQUIRE(side.log.took(ActiveState::Protected, ActiveState::Unprotected));
     // It dials again by itself and syncs the standby from scratch.
@@ -318,9 +325,11 @@ TEST_CASE("active: a hold keeps the guest paused at a committed checkpoint until
     ActiveSide side;
     side.engine->start();
     REQUIRE(side.log.reaches(ActiveState::Protected));
+    uint64_t forced = side.status().checkpoints_forced;
     auto held = side.engine->checkpoint_and_hold(scaled(10'000ms));
     REQUIRE(held);
     CHECK(side.engine->state() == ActiveState::Held);
+    CHECK(eventually([&] { return side.status().checkpoints_forced > forced; }));  // a hold forces one
     CHECK(side.status().state == "protected");
     CHECK(side.status().seq >= held->first);
     // Paused: memory does not change under the hold.
@@ -448,6 +457,11 @@ TEST_CASE("standby: takes a sync and checkpoints, then takes over when the prima
     for (int i = 0; i < 3; ++i)
         REQUIRE(primary->checkpoint());
     CHECK(side.engine->committed() == primary->committed());
+    core::Status standing;
+    side.engine->fill_status(standing);
+    CHECK(standing.sync_progress == 1);
+    CHECK(standing.checkpoints_applied == standing.checkpoints);
+    CHECK(standing.failovers == 0);
     // While a primary is connected, only the primary may order a switchover.
     auto ordered = side.engine->failover_now();
     REQUIRE_FALSE(ordered);
@@ -455,6 +469,7 @@ TEST_CASE("standby: takes a sync and checkpoints, then takes over when the prima
     primary->close();
     REQUIRE(side.log.took(StandbyState::Standby, StandbyState::Active));
     CHECK(eventually([&] { return side.taken() == 1; }));
+    CHECK(eventually([&] { return side.engine->failovers().count == 1; }));
     // Whoever connects now is refused: this side runs the guest.
     FakePrimary late(side.primary_guest.machine(), side.identity);
     CHECK_FALSE(late.connect(side.port));
