@@ -42,7 +42,7 @@ struct KeySpec {
 
 constexpr std::array<std::string_view, 4> k_sections{"vm", "replication", "primary", "secondary"};
 
-constexpr std::array<KeySpec, 28> k_keys{{
+constexpr std::array<KeySpec, 30> k_keys{{
     {"vm", "name", Presence::Derived, ""},
     {"vm", "memory", Presence::Required, ""},
     {"vm", "vcpus", Presence::Defaulted, "1"},
@@ -69,9 +69,11 @@ constexpr std::array<KeySpec, 28> k_keys{{
     {"primary", "replication", Presence::Required, ""},
     {"primary", "console", Presence::Required, ""},
     {"primary", "control", Presence::Derived, ""},
+    {"primary", "metrics", Presence::Optional, ""},
     {"secondary", "replication", Presence::Required, ""},
     {"secondary", "console", Presence::Required, ""},
     {"secondary", "control", Presence::Derived, ""},
+    {"secondary", "metrics", Presence::Optional, ""},
 }};
 
 std::string full_key(std::string_view section, std::string_view key) { return fmt::format("{}.{}", section, key); }
@@ -727,6 +729,14 @@ private:
                 host.console = *address;
         }
 
+        if (const Setting* text = setting(section, "metrics")) {
+            // Any address, a wildcard too: the endpoint only reads figures (docs/config.md).
+            if (text->value.empty())
+                fail(section, "metrics", "must be ADDRESS:PORT (e.g. 10.0.0.1:9464), or leave the key out for no metrics");
+            else if (auto endpoint = value_of(section, "metrics", parse_endpoint(text->value)))
+                host.metrics = *endpoint;
+        }
+
         const std::string control_key = full_key(section, "control");
         if (!m_settings.count(control_key)) {
             if (vm_name.empty())
@@ -805,6 +815,17 @@ private:
             check_console_path("primary", primary.console, "primary.control", primary.control);
         if (usable("secondary", "control"))
             check_console_path("secondary", secondary.console, "secondary.control", secondary.control);
+        // Nor its metrics endpoint either of them.
+        for (Role role : {Role::Primary, Role::Secondary}) {
+            const std::string_view section = role_name(role);
+            const HostConfig& host = config.host(role);
+            if (!host.metrics)
+                continue;
+            if (usable(section, "replication"))
+                check_overlap(section, "metrics", *host.metrics, full_key(section, "replication"), host.replication);
+            if (usable(section, "console") && !host.console.is_unix())
+                check_overlap(section, "metrics", *host.metrics, full_key(section, "console"), host.console.tcp);
+        }
 
         if (usable("primary", "replication") && usable("secondary", "replication")) {
             const Endpoint& a = primary.replication;
@@ -828,6 +849,17 @@ private:
                 }
                 if (usable("primary", "control"))
                     check_console_path("secondary", secondary.console, "primary.control", primary.control);
+                if (primary.metrics && usable("primary", "metrics")) {
+                    check_overlap("secondary", "replication", b, "primary.metrics", *primary.metrics);
+                    check_console("secondary", secondary.console, "primary.metrics", *primary.metrics);
+                }
+                if (secondary.metrics) {
+                    check_overlap("secondary", "metrics", *secondary.metrics, "primary.replication", a);
+                    if (primary_console && !primary.console.is_unix())
+                        check_overlap("secondary", "metrics", *secondary.metrics, "primary.console", primary.console.tcp);
+                    if (primary.metrics && usable("primary", "metrics"))
+                        check_overlap("secondary", "metrics", *secondary.metrics, "primary.metrics", *primary.metrics);
+                }
             }
         }
 
@@ -1033,6 +1065,8 @@ std::string to_config_text(const PairConfig& config) {
         out += fmt::format("replication = {}\n", host.replication.to_string());
         out += fmt::format("console = {}\n", host.console.to_string());
         out += fmt::format("control = {}\n", host.control.string());
+        if (host.metrics)
+            out += fmt::format("metrics = {}\n", host.metrics->to_string());
     }
     return out;
 }

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -95,6 +96,7 @@ struct HostConfig {
     Endpoint replication;            // never a wildcard: the peer connects to it
     ConsoleAddress console;          // TCP, or a unix socket whose directory exists
     std::filesystem::path control;   // absolute path of the control socket
+    std::optional<Endpoint> metrics; // Prometheus metrics over HTTP; none: not served
 
     bool operator==(const HostConfig&) const = default;
 };

@@ -461,6 +461,71 @@ TEST_CASE("a console on a unix socket", "[config][console]") {
     CHECK(parsed(unix_consoles(in_dir, "10.0.0.1:4555", same_host)).primary.console.is_unix());
 }
 
+TEST_CASE("metrics: an optional endpoint per host, clear of the host's other endpoints", "[config][metrics]") {
+    // Lines 21-24 after the design example.
+    auto with_metrics = [](std::string_view primary, std::string_view secondary, std::string text = k_design) {
+        return text + fmt::format("[primary]\nmetrics = {}\n[secondary]\nmetrics = {}\n", primary, secondary);
+    };
+    const PairConfig none = parsed(k_design);
+    CHECK_FALSE(none.primary.metrics);
+    CHECK_FALSE(none.secondary.metrics);
+    CHECK(to_config_text(none).find("metrics") == std::string::npos);
+
+    // Each host its own; on two hosts both may use the same port.
+    const PairConfig both = parsed(with_metrics("10.0.0.1:9464", "10.0.0.2:9464"));
+    REQUIRE(both.primary.metrics);
+    REQUIRE(both.secondary.metrics);
+    CHECK(both.primary.metrics->to_string() == "10.0.0.1:9464");
+    CHECK(both.secondary.metrics->port == 9464);
+    const std::string written = to_config_text(both);
+    CHECK(written.find("metrics = 10.0.0.1:9464\n") != std::string::npos);
+    CHECK(written.find("metrics = 10.0.0.2:9464\n") != std::string::npos);
+    CHECK(parsed(written) == both);
+    CHECK_FALSE(parsed(k_design + "[primary]\nmetrics = 127.0.0.1:9464\n").secondary.metrics);
+    // A wildcard is accepted (it only reads figures), IPv6 too.
+    CHECK(parsed(with_metrics("0.0.0.0:9464", "[::]:9464")).secondary.metrics->is_wildcard());
+
+    // The endpoint's own rules.
+    CHECK(errors_of(with_metrics("", "10.0.0.2:9464")) ==
+          "demo.conf:22: primary.metrics = \"\": must be ADDRESS:PORT (e.g. 10.0.0.1:9464), or leave the key out for "
+          "no metrics");
+    CHECK(errors_of(with_metrics("10.0.0.1:9464", "monitor:9464")) ==
+          "demo.conf:24: secondary.metrics = monitor:9464: host names are not accepted, use a numeric address");
+    CHECK(errors_of(with_metrics("10.0.0.1:70000", "10.0.0.2:9464")) ==
+          "demo.conf:22: primary.metrics = 10.0.0.1:70000: port must be between 1 and 65535");
+    CHECK(errors_of(k_design + "[vm]\nmetrics = 10.0.0.1:9464\n") ==
+          "demo.conf:22: vm.metrics = 10.0.0.1:9464: unknown key (metrics belongs in [primary])");
+
+    // Not the host's replication port, nor its console's (a wildcard console overlaps all).
+    CHECK(errors_of(with_metrics("10.0.0.1:9400", "10.0.0.2:9464")) ==
+          "demo.conf:22: primary.metrics = 10.0.0.1:9400: must not use the same port as primary.replication "
+          "(10.0.0.1:9400) on the same host");
+    CHECK(errors_of(with_metrics("10.0.0.1:9464", "127.0.0.1:4555")) ==
+          "demo.conf:24: secondary.metrics = 127.0.0.1:4555: must not use the same port as secondary.console "
+          "(0.0.0.0:4555) on the same host");
+    CHECK(parsed(with_metrics("10.0.0.1:4556", "10.0.0.2:4557")).primary.metrics->port == 4556);
+
+    // Both sides on one host: clear of every endpoint of the other side too.
+    std::string same_host = with_line("replication = 10.0.0.2", "replication = 10.0.0.1:9401");
+    same_host = with_line("console = 0.0.0.0:4555\n", "console = 0.0.0.0:4556", same_host);
+    CHECK(parsed(with_metrics("10.0.0.1:9464", "10.0.0.1:9465", same_host)).secondary.metrics->port == 9465);
+    CHECK(errors_of(with_metrics("10.0.0.1:9464", "10.0.0.1:9464", same_host)) ==
+          "demo.conf:24: secondary.metrics = 10.0.0.1:9464: must not use the same port as primary.metrics "
+          "(10.0.0.1:9464) on the same host");
+    CHECK(errors_of(with_metrics("10.0.0.1:9464", "10.0.0.1:9400", same_host)) ==
+          "demo.conf:24: secondary.metrics = 10.0.0.1:9400: must not use the same port as primary.replication "
+          "(10.0.0.1:9400) on the same host");
+    CHECK(errors_of(with_metrics("10.0.0.1:9464", "10.0.0.1:4555", same_host)) ==
+          "demo.conf:24: secondary.metrics = 10.0.0.1:4555: must not use the same port as primary.console "
+          "(0.0.0.0:4555) on the same host");
+    CHECK(errors_of(with_metrics("10.0.0.1:9401", "10.0.0.1:9465", same_host)) ==
+          "demo.conf:18: secondary.replication = 10.0.0.1:9401: must not use the same port as primary.metrics "
+          "(10.0.0.1:9401) on the same host");
+    CHECK(errors_of(with_metrics("0.0.0.0:4556", "10.0.0.1:9465", same_host)) ==
+          "demo.conf:19: secondary.console = 0.0.0.0:4556: must not use the same port as primary.metrics "
+          "(0.0.0.0:4556) on the same host");
+}
+
 TEST_CASE("unknown sections and keys are errors", "[config]") {
     CHECK(errors_of(k_design + "[vm]\nmemroy = 512M\n") ==
           "demo.conf:22: vm.memroy = 512M: unknown key (did you mean vm.memory?)");
