@@ -150,7 +150,7 @@ NetRow measure_net(const std::string& mode, const std::string& interval, bool pr
     if (protect)
         pair.start_secondary();
     pair.start_primary(protect ? std::vector<std::string>{} : std::vector<std::string>{"--standalone"});
-    LineClient console = ready_console(pair);
+    ready_console(pair);
     if (protect)
         REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
     LineClient client = guest_connection(lan, 4555, true);
@@ -175,7 +175,6 @@ NetRow measure_net(const std::string& mode, const std::string& interval, bool pr
     REQUIRE(count);
     REQUIRE(std::stoull(*count) == (bulk + chunk.size() - 1) / chunk.size() * chunk.size());
     row.mbit_s = static_cast<double>(std::stoull(*count)) * 8 / seconds / 1e6;
-    REQUIRE(console.command("PING") == "PONG");
     return row;
 }
 
