@@ -16,6 +16,7 @@
 #include "core/state_sections.h"
 #include "daemons/common.h"
 #include "daemons/control.h"
+#include "daemons/metrics.h"
 #include "daemons/status_format.h"
 #include "proto/key_ring.h"
 #include "proto/link.h"
@@ -236,6 +237,12 @@ core::Status Node::status() {
         m_standby->fill_status(s);
     else
         s.state = "unprotected";
+    if (m_standby) {
+        // After a takeover the figures are the active engine's; the takeovers are the standby's.
+        auto failovers = m_standby->failovers();
+        s.failovers = failovers.count;
+        s.last_failover_us = failovers.last_us;
+    }
     if (m_guest_running && stopped)
         s.state = "stopped";
     return s;
@@ -468,6 +475,18 @@ int Node::run() {
     auto control_server = ControlServer::create(m_cfg.host(m_self).control, [this](const std::string& r) { return this->control(r); });
     if (!control_server)
         return fail(control_server.error().message());
+    // Prometheus metrics, when this host's section asks for them: a snapshot of status() per
+    // scrape, on the server's own thread.
+    std::unique_ptr<MetricsServer> metrics;
+    if (const auto& endpoint = m_cfg.host(m_self).metrics) {
+        auto created = MetricsServer::create(*endpoint, [this] { return status(); });
+        if (!created)
+            return fail(fmt::format("{}.metrics: {}", config::role_name(m_self), created.error().message()));
+        metrics = std::move(created).value();
+        base::log(Level::Notice, Event::None,
+                  fmt::format("Prometheus metrics on http://{}/metrics", endpoint->to_string()),
+                  {{"METRICS", endpoint->to_string()}});
+    }
 
     notify(m_program == Program::Primary ? "READY=1\nSTATUS=guest running" : "READY=1\nSTATUS=standby: listening");
     uint64_t watchdog = watchdog_usec();
@@ -523,6 +542,8 @@ int Node::run() {
     }
     notify("STOPPING=1");
     (*control_server)->stop();
+    if (metrics)
+        metrics->stop();  // no snapshot of the engines from here on
     std::unique_ptr<core::ActiveEngine> active;
     std::unique_ptr<core::StandbyEngine> standby;
     {
