@@ -757,8 +757,16 @@ void ActiveEngine::guest_shutdown(int exit_code) {
 }
 
 void ActiveEngine::fill_status(Status& status) const {
-    std::lock_guard lock(m_mutex);
-    switch (m_machine.state()) {
+    // Only the state machine's fields are read under the engine's lock, which a checkpoint's
+    // pause takes too; the figures have atomics or locks of their own (sorting the pause window
+    // under the engine's lock would lengthen a pause that waits for it).
+    State state;
+    {
+        std::lock_guard lock(m_mutex);
+        state = m_machine.state();
+        status.peer_state = m_peer_state;
+    }
+    switch (state) {
     case State::Unprotected:
         status.state = m_local_state == proto::PeerState::SecondaryActive ? "active" : "unprotected";
         break;
@@ -769,7 +777,7 @@ void ActiveEngine::fill_status(Status& status) const {
     case State::HandedOver:
     case State::Stopped: status.state = "stopped"; break;
     }
-    switch (m_machine.state()) {
+    switch (state) {
     case State::Syncing: {
         // The first pass carries every page; later rounds only what the guest dirtied meanwhile.
         double copied = static_cast<double>(m_pipeline.precopy_pages()) /
@@ -805,7 +813,6 @@ void ActiveEngine::fill_status(Status& status) const {
         status.compare_us_p99 = latency.p99;
     }
     status.peer = m_config.peer_address;
-    status.peer_state = m_peer_state;
 }
 
 }  // namespace colod::core
