@@ -3,6 +3,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <exception>
 #include <optional>
 #include <set>
@@ -48,8 +49,21 @@ struct MetricsServer::State {
     void accept();
     void shutdown();
 
+    // The last rendering and when it was made (the server's thread only).
+    const std::string& metrics() {
+        auto now = std::chrono::steady_clock::now();
+        if (!rendered || now - rendered_at >= limits.snapshot_reuse) {
+            rendered.reset();  // a snapshot that throws leaves no stale text behind
+            rendered = metrics_text(snapshot());
+            rendered_at = now;
+        }
+        return *rendered;
+    }
+
     Snapshot snapshot;
     Limits limits;
+    std::optional<std::string> rendered;
+    std::chrono::steady_clock::time_point rendered_at;
     std::set<Connection*> connections;  // the server's thread only
     std::atomic<bool> stopped{false};
     uint16_t port = 0;
@@ -115,7 +129,7 @@ private:
         } else {
             std::string text;
             try {
-                text = metrics_text(m_server.snapshot());
+                text = m_server.metrics();
             } catch (const std::exception& e) {
                 base::log_limited("metrics-render", std::chrono::minutes(1), Level::Error, Event::Error,
                                   fmt::format("metrics: cannot render the status: {}", e.what()));

@@ -10,7 +10,7 @@
 // once), a request's header at most Limits::max_header_bytes (answered 431), and every request
 // gets Limits::request_timeout from its first byte to the last byte of its answer (then the
 // connection is closed). Requests with a body are answered and the connection closed without
-// reading it.
+// reading it. Scrapes in quick succession share one snapshot (Limits::snapshot_reuse).
 //
 //   GET or HEAD /metrics  -> 200, Content-Type: text/plain; version=0.0.4; charset=utf-8
 //   any other path        -> 404
@@ -41,6 +41,9 @@ public:
         size_t max_connections = 16;
         size_t max_header_bytes = 8 * 1024;
         std::chrono::milliseconds request_timeout{5000};
+        // Scrapes this close together get the same rendering: however fast clients ask, the
+        // daemon's status is copied at most ten times a second.
+        std::chrono::milliseconds snapshot_reuse{100};
     };
 
     // Binds `endpoint` (port 0: any free port, for tests) and starts serving. A bind failure

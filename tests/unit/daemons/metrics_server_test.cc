@@ -23,12 +23,22 @@ config::Endpoint loopback(uint16_t port = 0) {
     return config::Endpoint{config::AddressFamily::Ipv4, "127.0.0.1", port};
 }
 
+// The defaults but these; every scrape takes a snapshot unless `reuse` says otherwise.
+MetricsServer::Limits limits(size_t connections = 16, std::chrono::milliseconds timeout = 5s,
+                             std::chrono::milliseconds reuse = 0ms) {
+    MetricsServer::Limits l;
+    l.max_connections = connections;
+    l.request_timeout = timeout;
+    l.snapshot_reuse = reuse;
+    return l;
+}
+
 // A server whose snapshot is a fixed status, counting the snapshots it took.
 struct Served {
     std::atomic<int> snapshots{0};
     std::unique_ptr<MetricsServer> server;
 
-    explicit Served(MetricsServer::Limits limits = {}) {
+    explicit Served(MetricsServer::Limits given = limits()) {
         auto created = MetricsServer::create(
             loopback(),
             [this] {
@@ -39,7 +49,7 @@ struct Served {
                 s.state = "protected";
                 return s;
             },
-            limits);
+            given);
         REQUIRE(created);
         server = std::move(created).value();
         REQUIRE(server->port() != 0);
@@ -138,7 +148,7 @@ TEST_CASE("metrics server: a header over the limit is answered 431 and the conne
 }
 
 TEST_CASE("metrics server: a slow client is closed at its deadline while others are served", "[metrics]") {
-    Served served(MetricsServer::Limits{16, 8 * 1024, test::scaled(2000ms)});
+    Served served(limits(16, test::scaled(2000ms)));
     auto slow = served.connect();
     REQUIRE(slow);
     REQUIRE(slow->send("GET /metr"));  // and nothing more
@@ -163,7 +173,7 @@ TEST_CASE("metrics server: a slow client is closed at its deadline while others 
 }
 
 TEST_CASE("metrics server: connections beyond the limit are closed at once", "[metrics]") {
-    Served served(MetricsServer::Limits{4, 8 * 1024, 60s});
+    Served served(limits(4, 60s));
     std::vector<HttpConnection> held;
     for (int i = 0; i < 4; ++i) {
         auto c = served.connect();
@@ -187,6 +197,16 @@ TEST_CASE("metrics server: connections beyond the limit are closed at once", "[m
         return again && again->starts_with("HTTP/1.1 200 OK\r\n");
     }));
     held.clear();
+}
+
+TEST_CASE("metrics server: scrapes close together share one snapshot", "[metrics]") {
+    Served served(limits(16, 5s, 1h));
+    for (int i = 0; i < 5; ++i) {
+        auto response = test::http_get("127.0.0.1", served.server->port(), "/metrics");
+        REQUIRE(response);
+        CHECK(test::metric_value(test::http_body(*response), R"(colod_state{vm="demo",state="protected"})") == 1);
+    }
+    CHECK(served.snapshots == 1);
 }
 
 TEST_CASE("metrics server: stop closes every connection; no snapshot after it; a taken port is an error", "[metrics]") {
