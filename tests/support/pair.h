@@ -25,6 +25,7 @@
 #include "daemons/control.h"
 #include "tests/support/backend.h"
 #include "tests/support/free_port.h"
+#include "tests/support/http_client.h"
 #include "tests/support/process.h"
 #include "tests/support/test_net.h"
 
@@ -63,6 +64,8 @@ struct PairOptions {
     // When set, the primary reads its own copy of the config (primary.conf) that differs from
     // demo.conf only in [secondary] replication; the secondary still binds the real endpoint.
     std::string primary_peer_endpoint;
+    // Each side serves Prometheus metrics (metrics = CONSOLE_IP:PORT in its section).
+    bool metrics = false;
 };
 
 // Fields of `coloctl status --json` a test looks at.
@@ -97,6 +100,8 @@ public:
                 fmt::format("colod-pair-{}-{}-{}", ::getpid(), counter++, std::random_device{}() % 100000);
         std::filesystem::create_directories(m_dir);
         m_ports = {free_port(), free_port(), free_port(), free_port()};
+        if (m_options.metrics)
+            m_metrics_ports = {free_port(), free_port()};
         write_key();
         write_config();
     }
@@ -127,6 +132,15 @@ public:
         return chosen.empty() ? ip(side) : chosen;
     }
     const PairOptions& options() const { return m_options; }
+    uint16_t metrics_port(Side side) const { return side == Side::Primary ? m_metrics_ports[0] : m_metrics_ports[1]; }
+    // The body of a scrape of `side`'s metrics endpoint (PairOptions::metrics), or nullopt when
+    // it does not answer 200.
+    std::optional<std::string> metrics(Side side) {
+        auto response = http_get(console_ip(side), metrics_port(side), "/metrics", std::chrono::seconds(10));
+        if (!response || !response->starts_with("HTTP/1.1 200 "))
+            return std::nullopt;
+        return http_body(*response);
+    }
     std::string control_path(Side side) const {
         return (m_dir / (side == Side::Primary ? "primary.sock" : "secondary.sock")).string();
     }
@@ -292,15 +306,22 @@ private:
             << m_options.extra_replication
             << "[primary]\nreplication = " << m_options.primary_ip << ":" << m_ports[0]
             << "\nconsole = " << console_ip(Side::Primary) << ":" << m_ports[1] << "\ncontrol = " << control_path(Side::Primary)
-            << "\n[secondary]\nreplication = " << secondary_replication
+            << "\n" << metrics_line(Side::Primary)
+            << "[secondary]\nreplication = " << secondary_replication
             << "\nconsole = " << console_ip(Side::Secondary) << ":" << m_ports[3]
-            << "\ncontrol = " << control_path(Side::Secondary) << "\n";
+            << "\ncontrol = " << control_path(Side::Secondary) << "\n" << metrics_line(Side::Secondary);
         return out.str();
+    }
+    std::string metrics_line(Side side) const {
+        if (!m_options.metrics)
+            return {};
+        return "metrics = " + console_ip(side) + ":" + std::to_string(metrics_port(side)) + "\n";
     }
 
     PairOptions m_options;
     std::filesystem::path m_dir;
     std::array<uint16_t, 4> m_ports{};
+    std::array<uint16_t, 2> m_metrics_ports{};  // PairOptions::metrics
     std::optional<Process> m_primary;
     std::optional<Process> m_secondary;
     std::vector<std::unique_ptr<Process>> m_extra;

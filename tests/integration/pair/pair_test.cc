@@ -106,6 +106,85 @@ TEST_CASE("losing the secondary leaves the primary unprotected within the heartb
     (void)repaired;
 }
 
+TEST_CASE("both daemons serve Prometheus metrics; the secondary's show the failover", "[integration][metrics]") {
+    PairOptions options;
+    options.metrics = true;
+    Pair pair(options);
+    pair.start_secondary();
+    pair.start_primary();
+    REQUIRE(pair.wait_state(Side::Primary, "protected"));
+    REQUIRE(pair.wait_state(Side::Secondary, "standby"));
+    auto value = [&](Side side, const std::string& series) -> std::optional<double> {
+        auto text = pair.metrics(side);
+        if (!text)
+            return std::nullopt;
+        return metric_value(*text, series);
+    };
+    auto primary = pair.metrics(Side::Primary);
+    REQUIRE(primary);
+    INFO(*primary);
+    CHECK(metric_value(*primary, R"(colod_role{vm="demo",role="primary"})") == 1);
+    CHECK(metric_value(*primary, R"(colod_state{vm="demo",state="protected"})") == 1);
+    CHECK(metric_value(*primary, R"(colod_state{vm="demo",state="standby"})") == 0);
+    CHECK(metric_value(*primary, R"(colod_peer_connected{vm="demo"})") == 1);
+    CHECK(metric_value(*primary, R"(colod_sync_progress_ratio{vm="demo"})") == 1);
+    CHECK(metric_value(*primary, R"(colod_checkpoints_total{vm="demo",cause="forced"})") >= 1);  // the sync's stop
+    CHECK(metric_value(*primary, R"(colod_checkpoint_pause_seconds_count{vm="demo"})") >= 1);
+    auto secondary = pair.metrics(Side::Secondary);
+    REQUIRE(secondary);
+    CHECK(metric_value(*secondary, R"(colod_role{vm="demo",role="secondary"})") == 1);
+    CHECK(metric_value(*secondary, R"(colod_state{vm="demo",state="standby"})") == 1);
+    CHECK(metric_value(*secondary, R"(colod_state{vm="demo",state="protected"})") == 0);
+    CHECK(metric_value(*secondary, R"(colod_failovers_total{vm="demo"})") == 0);
+    CHECK(metric_value(*secondary, R"(colod_checkpoints_applied_total{vm="demo"})") >= 1);
+
+    // Checkpoints at the interval keep coming; coloctl checkpoint counts as forced.
+    const std::string interval = R"(colod_checkpoints_total{vm="demo",cause="interval"})";
+    const std::string forced = R"(colod_checkpoints_total{vm="demo",cause="forced"})";
+    double before = value(Side::Primary, interval).value_or(0);
+    CHECK(eventually([&] { return value(Side::Primary, interval).value_or(0) > before; }, std::chrono::seconds(60)));
+    double forced_before = value(Side::Primary, forced).value_or(0);
+    REQUIRE(pair.control(Side::Primary, "checkpoint", 30000));
+    CHECK(eventually([&] { return value(Side::Primary, forced).value_or(0) > forced_before; }));
+    const std::string applied = R"(colod_checkpoints_applied_total{vm="demo"})";
+    double applied_before = value(Side::Secondary, applied).value_or(0);
+    CHECK(eventually([&] { return value(Side::Secondary, applied).value_or(0) > applied_before; }));
+
+    pair.primary()->signal(SIGKILL);
+    REQUIRE(pair.wait_state(Side::Secondary, "active"));
+    // The takeover is counted once the guest runs (a moment after the state says active).
+    CHECK(eventually([&] { return value(Side::Secondary, R"(colod_failovers_total{vm="demo"})") == 1; }));
+    secondary = pair.metrics(Side::Secondary);
+    REQUIRE(secondary);
+    INFO(*secondary);
+    CHECK(metric_value(*secondary, R"(colod_state{vm="demo",state="active"})") == 1);
+    CHECK(metric_value(*secondary, R"(colod_state{vm="demo",state="standby"})") == 0);
+    CHECK(metric_value(*secondary, R"(colod_failovers_total{vm="demo"})") == 1);
+    CHECK(metric_value(*secondary, R"(colod_last_failover_duration_seconds{vm="demo"})") > 0);
+    CHECK(metric_value(*secondary, R"(colod_guest_running{vm="demo"})") == 1);
+    CHECK(metric_value(*secondary, R"(colod_peer_connected{vm="demo"})") == 0);
+    CHECK_FALSE(pair.metrics(Side::Primary));  // gone with its daemon
+}
+
+TEST_CASE("a metrics port another process holds stops the daemon at start, naming the key", "[integration][metrics]") {
+    PairOptions options;
+    options.metrics = true;
+    Pair pair(options);
+    // Something else listens on the primary's metrics port.
+    base::Fd holder(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(pair.metrics_port(Side::Primary));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(holder.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
+    REQUIRE(::listen(holder.get(), 1) == 0);
+    auto& primary = pair.start_primary({"--standalone"});
+    CHECK(primary.exit_code() == 1);
+    CHECK_THAT(pair.read_log("primary"),
+               Catch::Contains(fmt::format("primary.metrics: cannot listen on 127.0.0.1:{}: bind: Address already in use",
+                                           pair.metrics_port(Side::Primary))));
+}
+
 TEST_CASE("a colod-primary whose peer already runs the guest refuses to start", "[integration]") {
     Pair pair;
     pair.start_secondary();
