@@ -666,13 +666,14 @@ static void open_tty(const char *path)
         fatal(path, strerror(errno));
 }
 
-/* The TCP listener on every IPv4 address. Optional: a failure (no IPv4 in the kernel, the port
- * taken) is one line on the console, and kvstored serves the console alone. Without a network
- * interface the bind still works; nobody can connect then. */
-static void open_listener(unsigned port)
+/* A listening TCP socket on every IPv4 address (`flags`: SOCK_NONBLOCK or 0), or -1 after one
+ * console line naming `what`, the port, the step that failed and why. Listeners are optional:
+ * without one kvstored serves the console alone. Without a network interface the bind still
+ * works; nobody can connect then. */
+static int listen_tcp(const char *what, unsigned port, int flags, int backlog)
 {
     const char *step = "socket";
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | flags, 0);
     if (fd >= 0) {
         int one = 1;
         /* A kvstored started again at once binds even while old connections linger. */
@@ -685,19 +686,24 @@ static void open_listener(unsigned port)
         step = "bind";
         if (bind(fd, (const struct sockaddr *)&address, sizeof address) == 0) {
             step = "listen";
-            if (listen(fd, TCP_CLIENTS_MAX) == 0) {
-                g_listener = fd;
-                return;
-            }
+            if (listen(fd, backlog) == 0)
+                return fd;
         }
     }
     int err = errno;
     if (fd >= 0)
         close(fd);
     char line[160];
-    int len = snprintf(line, sizeof line, "kvstored: tcp: port %u: %s: %s\n", port, step,
+    int len = snprintf(line, sizeof line, "kvstored: %s: port %u: %s: %s\n", what, port, step,
                        strerror(err));
     kv_platform_write(line, (size_t)len);
+    return -1;
+}
+
+/* The protocol's TCP listener (--tcp-port). */
+static void open_listener(unsigned port)
+{
+    g_listener = listen_tcp("tcp", port, SOCK_NONBLOCK, TCP_CLIENTS_MAX);
 }
 
 /* The bulk sink (--sink-port): reads each connection to its end, replies with the byte count,
@@ -731,34 +737,18 @@ static void *sink_main(void *arg)
 
 static void start_sink(unsigned port)
 {
-    const char *step = "socket";
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd >= 0) {
-        int one = 1;
-        (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        struct sockaddr_in address = {
-            .sin_family = AF_INET,
-            .sin_port = htons((uint16_t)port),
-            .sin_addr.s_addr = htonl(INADDR_ANY),
-        };
-        step = "bind";
-        if (bind(fd, (const struct sockaddr *)&address, sizeof address) == 0) {
-            step = "listen";
-            pthread_t thread;
-            if (listen(fd, 4) == 0) {
-                step = "thread";
-                if (pthread_create(&thread, NULL, sink_main, (void *)(intptr_t)fd) == 0)
-                    return;
-            }
-        }
-    }
-    int err = errno;
-    if (fd >= 0)
+    int fd = listen_tcp("sink", port, 0, 4);
+    if (fd < 0)
+        return;
+    pthread_t thread;
+    int err = pthread_create(&thread, NULL, sink_main, (void *)(intptr_t)fd);
+    if (err != 0) {
         close(fd);
-    char line[160];
-    int len = snprintf(line, sizeof line, "kvstored: sink: port %u: %s: %s\n", port, step,
-                       strerror(err));
-    kv_platform_write(line, (size_t)len);
+        char line[160];
+        int len = snprintf(line, sizeof line, "kvstored: sink: port %u: thread: %s\n", port,
+                           strerror(err));
+        kv_platform_write(line, (size_t)len);
+    }
 }
 
 /* Takes every waiting connection; past TCP_CLIENTS_MAX clients a new one is closed at once. */
