@@ -7,7 +7,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -20,7 +19,6 @@
 #include <thread>
 
 #include "base/log.h"
-#include "proto/cipher_worker.h"
 #include "proto/crc32c.h"
 #include "proto/errors.h"
 #include "proto/wire.h"
@@ -31,10 +29,8 @@ namespace {
 
 // Bytes of a frame's gather list checksummed, authenticated or encrypted and written per step:
 // small enough that the bytes are still in cache when the kernel copies them, large enough to
-// keep syscalls few. Also the size of each buffer an encrypted chunk is sealed into.
+// keep syscalls few. Also the size of the buffer an encrypted chunk is sealed into.
 constexpr size_t kChunk = 256u << 10;
-// Encrypted chunks the sealing thread may be ahead of the socket (each in its own buffer).
-constexpr size_t kSealSlots = 4;
 // The most a blocked receive waits for before waking (SO_RCVLOWAT).
 constexpr size_t kLowWater = 256u << 10;
 
@@ -159,13 +155,11 @@ struct Link::Shared {
     std::string peer;
     std::atomic<bool> stopped{false};
 
-    std::atomic<CipherThreads> cipher_threads{CipherThreads::Auto};
-
     std::mutex send_mutex;
     uint64_t send_sequence = 0;             // guarded by send_mutex
     std::optional<FrameCipher> send_cipher; // guarded by send_mutex
-    std::vector<std::byte> seal_buffer;     // guarded by send_mutex: encrypted chunks
-    std::vector<iovec> send_iov;            // guarded by send_mutex: the step being written
+    std::vector<std::byte> seal_buffer;     // guarded by send_mutex: one encrypted chunk
+    std::vector<iovec> send_iov;            // guarded by send_mutex: the chunk being written
     bool send_broken = false;               // guarded by send_mutex: a frame was cut short
 
     uint64_t receive_sequence = 0;       // receiving thread only
@@ -187,18 +181,6 @@ struct Link::Shared {
     std::atomic<uint64_t> bytes_sent{0};
     std::atomic<uint64_t> bytes_received{0};
 
-    // The helper threads (cipher_worker.h), started for the first frame that uses them. Last
-    // members, so they are stopped and joined before anything their jobs could touch goes.
-    std::unique_ptr<CipherWorker> seal_worker;  // guarded by send_mutex
-    std::unique_ptr<CipherWorker> open_worker;  // receiving thread only
-    bool seal_worker_refused = false;           // guarded by send_mutex: no thread could be started
-    bool open_worker_refused = false;           // receiving thread only
-
-    // The helper for a frame of `payload_bytes` under `cipher`, or null: the frame is then
-    // sealed or opened on the calling thread.
-    CipherWorker* worker_for(std::unique_ptr<CipherWorker>& worker, bool& refused, const char* name,
-                             const FrameCipher* cipher, size_t payload_bytes);
-
     // Writes the whole gather list; advances the iovecs in place as the socket takes bytes.
     base::Result<void> write_iov(std::span<iovec> iov, Deadline deadline);
     // Reads exactly n bytes. With `landed`, the first `landed_bytes` of them are handed to it as
@@ -208,15 +190,6 @@ struct Link::Shared {
     base::Result<void> read_exact(std::byte* out, size_t n, Deadline deadline, std::string_view doing,
                                   const Landed& landed = {}, size_t landed_bytes = 0, Clock::duration idle = {});
     base::Result<void> send_frame_locked(const FrameHeader& header, std::span<const iovec> payload, Deadline deadline);
-    // The three ways a frame's body goes out (send_frame_locked chooses; caller holds send_mutex).
-    base::Result<void> send_body(std::span<const std::byte> head, FrameCipher* cipher, std::span<const iovec> payload,
-                                 Deadline deadline);
-    base::Result<void> send_body_sealing_ahead(std::span<const std::byte> head, FrameCipher& cipher,
-                                               CipherWorker& worker, std::span<const iovec> payload,
-                                               size_t payload_bytes, Deadline deadline);
-    base::Result<void> send_body_tagging_beside(std::span<const std::byte> head, FrameCipher& cipher,
-                                                CipherWorker& worker, std::span<const iovec> payload,
-                                                size_t payload_bytes, Deadline deadline);
 };
 
 namespace {
@@ -294,7 +267,6 @@ void Link::set_authenticated(std::optional<SessionCiphers> ciphers) {
     m->authenticated = true;
 }
 bool Link::authenticated() const { return m->authenticated; }
-void Link::set_cipher_threads(CipherThreads mode) { m->cipher_threads = mode; }
 LinkSecurity Link::security() const { return m->security; }
 
 Clock::time_point Link::last_send() const { return Clock::time_point(Clock::duration(m->last_send.load())); }
@@ -384,50 +356,8 @@ base::Result<void> Link::Shared::read_exact(std::byte* out, size_t n, Deadline d
     return base::ok();
 }
 
-namespace {
-
-bool may_run_on_two_cpus() {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    return ::sched_getaffinity(0, sizeof set, &set) != 0 || CPU_COUNT(&set) >= 2;
-}
-
-size_t gather_bytes(std::span<const iovec> iov) {
-    size_t n = 0;
-    for (const auto& v : iov)
-        n += v.iov_len;
-    return n;
-}
-
-}  // namespace
-
-CipherWorker* Link::Shared::worker_for(std::unique_ptr<CipherWorker>& worker, bool& refused, const char* name,
-                                       const FrameCipher* cipher, size_t payload_bytes) {
-    // A frame of one step has nothing to overlap; a process held to one CPU would only switch.
-    static const bool two_cpus = may_run_on_two_cpus();
-    if (cipher_threads == CipherThreads::Off) {
-        worker.reset();
-        return nullptr;
-    }
-    if (!cipher || payload_bytes <= kChunk || !two_cpus || refused)
-        return nullptr;
-    if (!worker) {
-        auto started = CipherWorker::start(name);
-        if (!started) {
-            base::logf(base::Level::Warning, base::Event::None,
-                       "link to {}: {}; sealing and opening on the link's own thread", peer, started.error().message());
-            refused = true;
-            return nullptr;
-        }
-        worker = std::move(started).value();
-    }
-    return worker.get();
-}
-
-// Writes one frame: header, payload, trailer (CRC or tag). Large frames of a sealed or tagged
-// session go through the sealing thread (send_body_sealing_ahead, send_body_tagging_beside),
-// others are checksummed, authenticated or encrypted step by step on this thread (send_body).
-// Caller holds send_mutex.
+// Writes one frame: header, payload gather list in chunks (each checksummed, authenticated or
+// encrypted just before it is written), trailer (CRC or tag). Caller holds send_mutex.
 base::Result<void> Link::Shared::send_frame_locked(const FrameHeader& header_in, std::span<const iovec> payload,
                                                    Deadline deadline) {
     if (send_broken)
@@ -435,46 +365,22 @@ base::Result<void> Link::Shared::send_frame_locked(const FrameHeader& header_in,
     FrameHeader header = header_in;
     header.sequence = send_sequence;
     FrameCipher* cipher = send_cipher ? &*send_cipher : nullptr;
+    const bool encrypting = cipher && cipher->security() == LinkSecurity::Encrypted;
     if (cipher)
         header.flags |= static_cast<uint16_t>(cipher->flag());
     HeaderBytes head = encode_header(header);
     if (cipher)
         TRY(cipher->begin(header.sequence, head));
-    // From the first byte on, a failure leaves a partial frame in the stream.
-    send_broken = true;
-    const size_t payload_bytes = gather_bytes(payload);
-    CipherWorker* worker = worker_for(seal_worker, seal_worker_refused, "colod-seal", cipher, payload_bytes);
-    if (worker) {
-        auto sent = cipher->security() == LinkSecurity::Encrypted
-                        ? send_body_sealing_ahead(head, *cipher, *worker, payload, payload_bytes, deadline)
-                        : send_body_tagging_beside(head, *cipher, *worker, payload, payload_bytes, deadline);
-        if (!sent) {
-            // Its jobs point at the caller's memory: stop and join the thread before returning.
-            // The link sends nothing more (send_broken), so it is not needed again.
-            seal_worker.reset();
-            return std::move(sent).error();
-        }
-    } else {
-        TRY(send_body(head, cipher, payload, deadline));
-    }
-    send_broken = false;
-    ++send_sequence;
-    return base::ok();
-}
-
-// On this thread: each step of up to kChunk bytes is checksummed (none), authenticated (then
-// written straight from the caller's memory) or encrypted into seal_buffer just before it is
-// written, while the bytes are still in cache.
-base::Result<void> Link::Shared::send_body(std::span<const std::byte> head, FrameCipher* cipher,
-                                           std::span<const iovec> payload, Deadline deadline) {
-    const bool encrypting = cipher && cipher->security() == LinkSecurity::Encrypted;
     if (encrypting && seal_buffer.size() < kChunk)
         seal_buffer.resize(kChunk);
-    Crc32c crc;
-    std::vector<iovec>& chunk = send_iov;
-    chunk.clear();
+    // From the first byte on, a failure leaves a partial frame in the stream.
+    send_broken = true;
     // SAFETY: iovec wants non-const pointers; sendmsg only reads them.
-    chunk.push_back({const_cast<std::byte*>(head.data()), head.size()});
+    iovec head_iov{const_cast<std::byte*>(head.data()), head.size()};
+    Crc32c crc;
+    std::vector<iovec>& chunk = send_iov;  // no allocation per frame once it has grown
+    chunk.clear();
+    chunk.push_back(head_iov);
     size_t chunk_bytes = head.size();
     size_t sealed = 0;  // bytes of seal_buffer in this chunk (its last iovec)
     auto flush = [&]() -> base::Result<void> {
@@ -518,105 +424,22 @@ base::Result<void> Link::Shared::send_body(std::span<const std::byte> head, Fram
         }
     }
     std::array<std::byte, kTagSize> trailer{};
-    if (cipher)
+    if (cipher) {
         trailer = TRY(cipher->finish_seal());
-    else
+    } else {
         store_be32(trailer.data(), crc.value());
-    chunk.push_back({trailer.data(), cipher ? kTagSize : sizeof(uint32_t)});
-    return flush();
-}
-
-// Encrypted, with the sealing thread: chunk i (kChunk payload bytes) is sealed into buffer
-// i % kSealSlots while this thread writes the chunks before it; a buffer is handed back to the
-// sealer once its chunk is written. The header goes out with the first chunk, the tag with the
-// last. The same cipher calls in the same order as send_body: the same bytes on the wire.
-base::Result<void> Link::Shared::send_body_sealing_ahead(std::span<const std::byte> head, FrameCipher& cipher,
-                                                         CipherWorker& worker, std::span<const iovec> payload,
-                                                         size_t payload_bytes, Deadline deadline) {
-    if (seal_buffer.size() < kSealSlots * kChunk)
-        seal_buffer.resize(kSealSlots * kChunk);
-    const size_t chunks = (payload_bytes + kChunk - 1) / kChunk;
-    auto chunk_bytes = [&](size_t i) { return std::min(kChunk, payload_bytes - i * kChunk); };
-    auto slot = [&](size_t i) { return seal_buffer.data() + (i % kSealSlots) * kChunk; };
-    size_t index = 0, offset = 0;  // where the next chunk starts in the gather list
-    std::array<CipherWorker::Ticket, kSealSlots> tickets{};
-    auto post = [&](size_t i) {
-        size_t bytes = chunk_bytes(i);
-        tickets[i % kSealSlots] = worker.seal(cipher, payload, index, offset, bytes, slot(i));
-        while (bytes) {
-            size_t take = std::min(bytes, payload[index].iov_len - offset);
-            offset += take;
-            bytes -= take;
-            if (offset == payload[index].iov_len) {
-                ++index;
-                offset = 0;
-            }
-        }
-    };
-    for (size_t i = 0; i < std::min(chunks, kSealSlots); ++i)
-        post(i);
-    std::array<std::byte, kTagSize> tag{};
-    for (size_t i = 0; i < chunks; ++i) {
-        TRY(worker.wait_for(tickets[i % kSealSlots]));
-        std::array<iovec, 3> iov;
-        size_t n = 0;
-        // SAFETY: iovec wants non-const pointers; sendmsg only reads them.
-        if (i == 0)
-            iov[n++] = {const_cast<std::byte*>(head.data()), head.size()};
-        iov[n++] = {slot(i), chunk_bytes(i)};
-        if (i + 1 == chunks) {
-            tag = TRY(cipher.finish_seal());
-            iov[n++] = {tag.data(), tag.size()};
-        }
-        TRY(write_iov(std::span(iov).first(n), deadline));
-        if (i + kSealSlots < chunks)
-            post(i + kSealSlots);
     }
-    return base::ok();
-}
-
-// Authenticated, with the sealing thread: the payload goes out straight from the caller's
-// memory as in send_body while the sealer computes the tag over the same bytes beside it;
-// the last step waits for the tag and carries it.
-base::Result<void> Link::Shared::send_body_tagging_beside(std::span<const std::byte> head, FrameCipher& cipher,
-                                                          CipherWorker& worker, std::span<const iovec> payload,
-                                                          size_t payload_bytes, Deadline deadline) {
-    // All of it at once: the sealer reads what this thread only hands to the kernel.
-    worker.seal(cipher, payload, 0, 0, payload_bytes, nullptr);
-    std::vector<iovec>& chunk = send_iov;
-    chunk.clear();
-    // SAFETY: iovec wants non-const pointers; sendmsg only reads them.
-    chunk.push_back({const_cast<std::byte*>(head.data()), head.size()});
-    size_t chunk_bytes = 0, sent = 0;
-    std::array<std::byte, kTagSize> tag{};
-    for (const auto& v : payload) {
-        auto* p = static_cast<std::byte*>(v.iov_base);
-        size_t left = v.iov_len;
-        while (left) {
-            size_t take = std::min(left, kChunk - chunk_bytes);
-            chunk.push_back({p, take});
-            chunk_bytes += take;
-            sent += take;
-            p += take;
-            left -= take;
-            if (sent == payload_bytes) {
-                TRY(worker.wait_all());
-                tag = TRY(cipher.finish_seal());
-                chunk.push_back({tag.data(), tag.size()});
-            }
-            if (chunk_bytes >= kChunk || chunk.size() >= IOV_MAX || sent == payload_bytes) {
-                TRY(write_iov(chunk, deadline));
-                chunk.clear();
-                chunk_bytes = 0;
-            }
-        }
-    }
+    chunk.push_back({trailer.data(), header.trailer_size()});
+    TRY(flush());
+    send_broken = false;
+    ++send_sequence;
     return base::ok();
 }
 
 base::Result<void> Link::send(const Message& message, Deadline deadline) {
     auto payload = encode_message(message);
     FrameHeader header{kWireVersion, message_type(message), 0, 0, uint32_t(payload.size())};
+    // SAFETY: see send_frame_locked.
     iovec iov{payload.data(), payload.size()};
     std::lock_guard lock(m->send_mutex);
     return m->send_frame_locked(header, std::span(&iov, payload.empty() ? 0 : 1), deadline);
@@ -625,6 +448,7 @@ base::Result<void> Link::send(const Message& message, Deadline deadline) {
 base::Result<bool> Link::send_if_writable(const Message& message, Deadline deadline) {
     auto payload = encode_message(message);
     FrameHeader header{kWireVersion, message_type(message), 0, 0, uint32_t(payload.size())};
+    // SAFETY: see send_frame_locked.
     iovec iov{payload.data(), payload.size()};
     std::lock_guard lock(m->send_mutex);
     // Under the send mutex nobody else writes: POLLOUT now means the kernel has room for at
@@ -650,7 +474,7 @@ base::Result<void> Link::send_state(const EncodedState& state, Deadline deadline
 }
 
 base::Result<void> Link::send_raw(std::span<const std::byte> bytes, Deadline deadline) {
-    // SAFETY: iovec wants a non-const pointer; sendmsg only reads it.
+    // SAFETY: see send_frame_locked (write_iov changes only the iovec, never the bytes).
     iovec iov{const_cast<std::byte*>(bytes.data()), bytes.size()};
     std::lock_guard lock(m->send_mutex);
     return m->write_iov(std::span(&iov, 1), deadline);
@@ -698,29 +522,14 @@ base::Result<void> Link::receive_frame(Frame& frame, Deadline deadline, Clock::d
         frame.m_buffer.resize(body);
     if (cipher)
         TRY(cipher->begin(header.sequence, head));
-    // A large frame is opened on the opening thread as it lands, while this thread reads on.
-    CipherWorker* worker =
-        m->worker_for(m->open_worker, m->open_worker_refused, "colod-open", cipher, header.payload_length);
     Crc32c crc;
     auto landed = [&](std::span<std::byte> bytes) -> base::Result<void> {
-        if (worker) {
-            worker->open(*cipher, bytes);
-            return base::ok();
-        }
         if (cipher)
             return cipher->open(bytes);
         crc.update(bytes);
         return base::ok();
     };
-    auto read = m->read_exact(frame.m_buffer.data(), body, deadline, doing, landed, header.payload_length, idle);
-    if (read && worker)
-        read = worker->wait_all();
-    if (!read) {
-        // Its jobs point into the frame's buffer: stop and join the thread before returning.
-        if (worker)
-            m->open_worker.reset();
-        return std::move(read).error();
-    }
+    TRY(m->read_exact(frame.m_buffer.data(), body, deadline, doing, landed, header.payload_length, idle));
     frame.header = header;
     if (cipher) {
         std::span<const std::byte, kTagSize> tag(frame.m_buffer.data() + header.payload_length, kTagSize);

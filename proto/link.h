@@ -84,9 +84,8 @@ public:
     // Sends a checkpoint: VMSTATE_SIZE, then each VMSTATE_SEND frame from the memory the
     // EncodedState points at, in chunks: each chunk is checksummed (none), authenticated
     // (authenticated: then written straight from that memory) or encrypted into a chunk-sized
-    // buffer (encrypted) before it is written, on the caller's thread or the link's sealing
-    // thread (set_cipher_threads). The guest need not be paused: the EncodedState points at
-    // copies.
+    // buffer (encrypted) just before it is written, on the caller's thread. The guest need not
+    // be paused: the EncodedState points at copies.
     base::Result<void> send_state(const EncodedState& state, Deadline deadline);
     // Sends a frame with any header fields and payload, unchecked. For tests that play a
     // misbehaving peer; never used by colod itself.
@@ -114,18 +113,6 @@ public:
     bool authenticated() const;
     // What protects the frames now: None before the handshake and for link-security none.
     LinkSecurity security() const;
-
-    // Whether frames larger than one 256 KiB step are sealed and opened on helper threads
-    // (proto/cipher_worker.h), one per direction, pipelined with the socket: the sender seals
-    // the next step while this one is written, the receiver opens what has landed while it
-    // reads on. Auto (the default): for sealed and tagged sessions, when this process may run
-    // on two CPUs or more. Off: on the calling thread, step by step (tests and the benchmark
-    // compare the two). The bytes on the wire are the same either way. The threads start with
-    // the first frame that uses them and are stopped and joined when a frame that used them
-    // fails (its send or receive error), by the next frame after Off is chosen, and when the
-    // link is destroyed.
-    enum class CipherThreads { Auto, Off };
-    void set_cipher_threads(CipherThreads mode);
 
     // Aborts blocked and future calls with Errc::Stopped. Safe from any thread.
     void shutdown();

@@ -1,15 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 // Replication throughput over loopback: encode + send + receive + decode of a 64 MiB dirty
 // set with each link security (none, encrypted, authenticated; encrypted also with
-// ChaCha20-Poly1305; each sealed or tagged one also with its helper threads off, "1 thread"),
-// beside a plain socket copy of the same pages (gather writes, no framing or checks), all
-// interleaved round by round in the same run, with the ratio of each to none; and CRC32C,
-// AES-256-GCM, GMAC, ChaCha20-Poly1305 and BLAKE2b throughput beside memcpy.
+// ChaCha20-Poly1305) beside a plain socket copy of the same pages (gather writes, no framing or
+// checks), all interleaved round by round in the same run, with the ratio of each to none; and
+// CRC32C, AES-256-GCM, GMAC, ChaCha20-Poly1305 and BLAKE2b throughput beside memcpy.
 //
 // Two ways to run the link:
 //   both ends   both ends of the link in this process, on this machine's cores (what a host
-//               running both would see). The CPU time of each end (its thread and its helper
-//               thread) is printed too.
+//               running both would see). The CPU time of each end's thread is printed too.
 //   apart       each end alone, with a peer that does as little as a socket allows: the
 //               sender's bytes go to a sink that reads them into one small buffer unchecked; the
 //               receiver gets a recording of its own sender's checkpoint (made beforehand, not
@@ -21,18 +19,14 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <sys/eventfd.h>
-#include <poll.h>
-
 #include <algorithm>
-#include <atomic>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <random>
 #include <string>
 #include <thread>
@@ -85,7 +79,6 @@ struct Security {
     const char* name;
     LinkSecurity security;
     Aead aead;
-    Link::CipherThreads threads;
 };
 
 void run_handshakes(Link& client, Link& server, const Key& key, const Hello& hello, const Security& sec) {
@@ -98,8 +91,6 @@ void run_handshakes(Link& client, Link& server, const Key& key, const Hello& hel
     must(handshake(client, key, a, deadline_after(2s)), "handshake");
     t.join();
     must(std::move(theirs), "handshake (accepting)");
-    client.set_cipher_threads(sec.threads);
-    server.set_cipher_threads(sec.threads);
 }
 
 Connected connect_pair(const Key& key, const Hello& hello, const Security& sec) {
@@ -272,26 +263,6 @@ double thread_cpu_seconds() {
     return double(ts.tv_sec) + double(ts.tv_nsec) / 1e9;
 }
 
-// CPU time of this process's threads named `name` (the links' helper threads, "colod-seal" and
-// "colod-open", proto/cipher_worker.h), from the scheduler's counters in nanoseconds.
-double helper_cpu_seconds(std::string_view name) {
-    double total = 0;
-    std::error_code ec;
-    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task", ec)) {
-        std::ifstream comm(task.path() / "comm");
-        std::string line;
-        if (!std::getline(comm, line) || line != name)
-            continue;
-        std::ifstream schedstat(task.path() / "schedstat");
-        unsigned long long ns = 0;
-        if (schedstat >> ns)
-            total += double(ns) / 1e9;
-    }
-    return total;
-}
-double sender_cpu_seconds() { return thread_cpu_seconds() + helper_cpu_seconds("colod-seal"); }
-double receiver_cpu_seconds() { return thread_cpu_seconds() + helper_cpu_seconds("colod-open"); }
-
 struct Guest {
     uint64_t pages;
     std::vector<std::byte> memory;
@@ -329,16 +300,16 @@ double replicate(Connected& c, StateDecoder& decoder, Frame& frame, const Guest&
     auto start = Clock::now();
     double receiver_cpu = 0;
     std::thread receiver([&] {
-        double cpu0 = receiver_cpu_seconds();
+        double cpu0 = thread_cpu_seconds();
         receive_checkpoint(c.server, decoder, frame);
-        receiver_cpu = receiver_cpu_seconds() - cpu0;
+        receiver_cpu = thread_cpu_seconds() - cpu0;
     });
-    double sender_cpu0 = sender_cpu_seconds();
+    double sender_cpu0 = thread_cpu_seconds();
     auto state = encode(g, dirty, seq, frame_limit);
     g_encode_seconds.push_back(seconds_since(start));
     must(c.client.send_state(state, deadline_after(30s)), "send_state");
     g_send_seconds.push_back(seconds_since(start));
-    g_sender_cpu.push_back(sender_cpu_seconds() - sender_cpu0);
+    g_sender_cpu.push_back(thread_cpu_seconds() - sender_cpu0);
     receiver.join();
     g_receiver_cpu.push_back(receiver_cpu);
     return seconds_since(start);
@@ -362,11 +333,11 @@ struct Alone {
 // The sending end alone: encode and send one checkpoint to a sink that reads the bytes into
 // one 256 KiB buffer, over and over, without looking at them: woken per 256 KiB at most, as the
 // link's receiver is (SO_RCVLOWAT). Seconds from the start of encoding until the sink has the
-// last byte; CPU of the sending thread and its helper.
+// last byte; CPU of the sending thread.
 Alone send_alone(Relayed& c, const Guest& g, std::span<const uint64_t> dirty, uint64_t seq, uint32_t frame_limit,
                  LinkSecurity security, std::vector<std::byte>& scratch) {
     auto start = Clock::now();
-    double cpu0 = sender_cpu_seconds();
+    double cpu0 = thread_cpu_seconds();
     uint64_t sent0 = c.client.bytes_sent();
     auto state = encode(g, dirty, seq, frame_limit);
     size_t expected = wire_bytes(state, security);
@@ -389,7 +360,7 @@ Alone send_alone(Relayed& c, const Guest& g, std::span<const uint64_t> dirty, ui
         }
     });
     must(c.client.send_state(state, deadline_after(30s)), "send_state");
-    double cpu = sender_cpu_seconds() - cpu0;
+    double cpu = thread_cpu_seconds() - cpu0;
     sink.join();
     double seconds = seconds_since(start);
     if (c.client.bytes_sent() - sent0 != expected)
@@ -410,15 +381,14 @@ void record_checkpoint(Relayed& c, const Guest& g, std::span<const uint64_t> dir
 }
 
 // The receiving end alone: a plain writer replays a recorded checkpoint while this thread
-// receives, checks and decodes it. Seconds until END is decoded; CPU of this thread and its
-// helper.
+// receives, checks and decodes it. Seconds until END is decoded; CPU of this thread.
 Alone receive_alone(Relayed& c, StateDecoder& decoder, Frame& frame, const std::vector<std::byte>& record,
                     size_t recorded) {
     auto start = Clock::now();
-    double cpu0 = receiver_cpu_seconds();
+    double cpu0 = thread_cpu_seconds();
     std::thread writer([&] { write_all(c.to_server.get(), record.data(), recorded); });
     receive_checkpoint(c.server, decoder, frame);
-    double cpu = receiver_cpu_seconds() - cpu0;
+    double cpu = thread_cpu_seconds() - cpu0;
     writer.join();
     return {seconds_since(start), cpu};
 }
@@ -551,18 +521,12 @@ int main(int argc, char** argv) {
     }
 
     // Each dirty set through the link with every protection, interleaved round by round so all
-    // see the same machine conditions; ratios against none (CRC only) of the same run. "1
-    // thread": the same link security with the helper threads off (Link::set_cipher_threads).
-    using Threads = Link::CipherThreads;
+    // see the same machine conditions; ratios against none (CRC only) of the same run.
     std::vector<Security> securities;
-    for (Security sec : {Security{"none", LinkSecurity::None, Aead::Aes256Gcm, Threads::Auto},
-                         Security{"encrypted", LinkSecurity::Encrypted, Aead::Aes256Gcm, Threads::Auto},
-                         Security{"encrypted, 1 thread", LinkSecurity::Encrypted, Aead::Aes256Gcm, Threads::Off},
-                         Security{"authenticated", LinkSecurity::Authenticated, Aead::Aes256Gcm, Threads::Auto},
-                         Security{"authenticated, 1 thread", LinkSecurity::Authenticated, Aead::Aes256Gcm, Threads::Off},
-                         Security{"encrypted, chacha20", LinkSecurity::Encrypted, Aead::ChaCha20Poly1305, Threads::Auto},
-                         Security{"encrypted, chacha20, 1 thread", LinkSecurity::Encrypted, Aead::ChaCha20Poly1305,
-                                  Threads::Off}})
+    for (Security sec : {Security{"none", LinkSecurity::None, Aead::Aes256Gcm},
+                         Security{"encrypted", LinkSecurity::Encrypted, Aead::Aes256Gcm},
+                         Security{"authenticated", LinkSecurity::Authenticated, Aead::Aes256Gcm},
+                         Security{"encrypted, chacha20", LinkSecurity::Encrypted, Aead::ChaCha20Poly1305}})
         if (sec.security == LinkSecurity::None || std::string(sec.name).find(security_filter) != std::string::npos)
             securities.push_back(sec);
     struct Set {
@@ -602,7 +566,7 @@ int main(int argc, char** argv) {
             g_send_seconds.clear();
             g_sender_cpu.clear();
             g_receiver_cpu.clear();
-            // What one end could carry on one core of its own: its CPU time (thread and helper).
+            // What one end could carry on one core of its own: its thread's CPU time.
             auto one_core = [&](size_t i) { return std::max(median(sender_cpu[i]), median(receiver_cpu[i])); };
             double plain = median(plain_times);
             double plain_best = *std::min_element(plain_times.begin(), plain_times.end());
@@ -613,12 +577,12 @@ int main(int argc, char** argv) {
             for (size_t i = 0; i < n; ++i) {
                 double t = median(times[i]);
                 double best = *std::min_element(times[i].begin(), times[i].end());
-                std::printf("  %-29s %5.2f GB/s | %5.1f %% of none, %5.1f %% of plain | best rounds %5.2f GB/s, %5.1f %% "
+                std::printf("  %-21s %5.2f GB/s | %5.1f %% of none, %5.1f %% of plain | best rounds %5.2f GB/s, %5.1f %% "
                             "of none | encode %.1f ms, last byte sent %.1f ms, END decoded %.1f ms\n",
                             securities[i].name, gbs(kDirtyBytes, t), 100.0 * none / t, 100.0 * plain / t,
                             gbs(kDirtyBytes, best), 100.0 * none_best / best, 1e3 * median(encode_s[i]),
                             1e3 * median(send_s[i]), 1e3 * t);
-                std::printf("  %-29s CPU per round: sender %.1f ms, receiver %.1f ms | one core per end %5.2f GB/s, "
+                std::printf("  %-21s CPU per round: sender %.1f ms, receiver %.1f ms | one core per end %5.2f GB/s, "
                             "%5.1f %% of none\n",
                             "", 1e3 * median(sender_cpu[i]), 1e3 * median(receiver_cpu[i]),
                             gbs(kDirtyBytes, one_core(i)), 100.0 * one_core(0) / one_core(i));
@@ -656,7 +620,7 @@ int main(int argc, char** argv) {
             std::printf("%s, each end apart (the sender's peer discards, the receiver's replays a recording):\n",
                         set.name);
             for (size_t i = 0; i < n; ++i) {
-                std::printf("  %-29s sender %5.2f GB/s, %5.1f %% of none (CPU %.1f ms) | receiver %5.2f GB/s, %5.1f %% "
+                std::printf("  %-21s sender %5.2f GB/s, %5.1f %% of none (CPU %.1f ms) | receiver %5.2f GB/s, %5.1f %% "
                             "of none (CPU %.1f ms) | slower end %5.2f GB/s, %5.1f %% of none\n",
                             securities[i].name, gbs(kDirtyBytes, median(send_t[i])),
                             100.0 * median(send_t[0]) / median(send_t[i]), 1e3 * median(send_cpu[i]),

@@ -9,8 +9,6 @@
 
 #include <condition_variable>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -1010,21 +1008,7 @@ base::Result<uint64_t> receive_and_compare(Link& link, StateDecoder& decoder, co
     }
 }
 
-// Threads of this process with the given name (the links' helpers: "colod-seal", "colod-open").
-size_t threads_named(std::string_view name) {
-    size_t n = 0;
-    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
-        std::ifstream comm(task.path() / "comm");
-        std::string line;
-        if (std::getline(comm, line) && line == name)
-            ++n;
-    }
-    return n;
-}
-
-using Threads = Link::CipherThreads;
-
-Pair large_pair(LinkSecurity security, Aead aead, Threads client_threads, Threads server_threads) {
+Pair large_pair(LinkSecurity security, Aead aead) {
     Key key = key_of('k');
     Pair p = make_pair();
     Hello primary = large_hello(PeerState::PrimaryActive);
@@ -1034,14 +1018,12 @@ Pair large_pair(LinkSecurity security, Aead aead, Threads client_threads, Thread
     auto r = run_handshake(p, key, primary, key, secondary);
     REQUIRE(r.connecting.ok());
     REQUIRE(r.accepting.ok());
-    p.client.set_cipher_threads(client_threads);
-    p.server.set_cipher_threads(server_threads);
     return p;
 }
 
 // An attacker on the path of an encrypted session of the large guest: frames 0 and 1 are the
 // handshake, 2 is VMSTATE_SIZE, 3 on are 1 MiB VMSTATE_SEND frames.
-base::Result<uint64_t> attacked_large_checkpoint(Threads receiver_threads, std::function<void(Relay::Edit&)> attack) {
+base::Result<uint64_t> attacked_large_checkpoint(std::function<void(Relay::Edit&)> attack) {
     Key key = key_of('k');
     Relay relay([&](Relay::Edit& e) {
         if (e.index < 2)
@@ -1053,7 +1035,6 @@ base::Result<uint64_t> attacked_large_checkpoint(Threads receiver_threads, std::
                              large_hello(PeerState::SecondaryStandby));
     REQUIRE(r.connecting.ok());
     REQUIRE(r.accepting.ok());
-    relay.server().set_cipher_threads(receiver_threads);
     LargeGuest g(7);
     auto state = g.checkpoint(1);
     std::thread sender([&] { (void)relay.client().send_state(state, deadline_after(5s)); });
@@ -1067,8 +1048,7 @@ base::Result<uint64_t> attacked_large_checkpoint(Threads receiver_threads, std::
 
 }  // namespace
 
-TEST_CASE("large frames of several steps cross intact with every link security, helper threads on or off at "
-          "either end") {
+TEST_CASE("large frames of several 256 KiB steps cross intact with every link security, pages contiguous or not") {
     struct Setting {
         LinkSecurity security;
         Aead aead;
@@ -1078,183 +1058,61 @@ TEST_CASE("large frames of several steps cross intact with every link security, 
                             Setting{LinkSecurity::Authenticated, Aead::Aes256Gcm},
                             Setting{LinkSecurity::Authenticated, Aead::ChaCha20Poly1305},
                             Setting{LinkSecurity::None, Aead::Aes256Gcm}}) {
-        for (auto [sending, receiving] : {std::pair{Threads::Auto, Threads::Auto}, std::pair{Threads::Off, Threads::Auto},
-                                          std::pair{Threads::Auto, Threads::Off}, std::pair{Threads::Off, Threads::Off}}) {
-            INFO(link_security_name(setting.security) << ", " << aead_name(setting.aead) << ", sender threads "
-                                                      << (sending == Threads::Auto) << ", receiver threads "
-                                                      << (receiving == Threads::Auto));
-            Pair p = large_pair(setting.security, setting.aead, sending, receiving);
-            auto decoder = StateDecoder::create(StateShape::from_hello(large_hello(PeerState::PrimaryActive))).value();
-            LargeGuest g(3);
-            for (uint64_t seq = 1; seq <= 3; ++seq) {
-                INFO("checkpoint " << seq);
-                bool scattered = seq == 2;
-                auto state = g.checkpoint(seq, scattered);
-                base::Result<void> sent;
-                std::thread sender([&] { sent = p.client.send_state(state, deadline_after(10s)); });
-                auto got = receive_and_compare(p.server, decoder, g);
-                sender.join();
-                REQUIRE(sent.ok());
-                REQUIRE(got.ok());
-                CHECK(got.value() == (scattered ? kLargePages / 2 : kLargePages));
-                // Small frames between the large ones, both ways.
-                REQUIRE(p.server.send(VmstateLoaded{seq}, deadline_after(1s)).ok());
-                REQUIRE(std::get<VmstateLoaded>(p.client.receive(deadline_after(1s))->message().value()).seq == seq);
-            }
+        INFO(link_security_name(setting.security) << ", " << aead_name(setting.aead));
+        Pair p = large_pair(setting.security, setting.aead);
+        auto decoder = StateDecoder::create(StateShape::from_hello(large_hello(PeerState::PrimaryActive))).value();
+        LargeGuest g(3);
+        for (uint64_t seq = 1; seq <= 3; ++seq) {
+            INFO("checkpoint " << seq);
+            bool scattered = seq == 2;
+            auto state = g.checkpoint(seq, scattered);
+            base::Result<void> sent;
+            std::thread sender([&] { sent = p.client.send_state(state, deadline_after(10s)); });
+            auto got = receive_and_compare(p.server, decoder, g);
+            sender.join();
+            REQUIRE(sent.ok());
+            REQUIRE(got.ok());
+            CHECK(got.value() == (scattered ? kLargePages / 2 : kLargePages));
+            // Small frames between the large ones, both ways.
+            REQUIRE(p.server.send(VmstateLoaded{seq}, deadline_after(1s)).ok());
+            REQUIRE(std::get<VmstateLoaded>(p.client.receive(deadline_after(1s))->message().value()).seq == seq);
         }
     }
 }
 
 TEST_CASE("encrypted link, hostile path, large frames: a flipped bit in a late step or the tag, a replay or a cut is "
           "refused") {
-    for (Threads threads : {Threads::Auto, Threads::Off}) {
-        INFO("receiver threads " << (threads == Threads::Auto));
-        for (size_t where : {size_t(kHeaderSize + 900000), size_t(0)}) {
-            INFO("offset " << where << " (0: the tag's last byte)");
-            auto got = attacked_large_checkpoint(threads, [&](Relay::Edit& e) {
-                if (e.index == 4)
-                    e.frame[where ? where : e.frame.size() - 1] ^= std::byte{0x10};
-                e.out.push_back(e.frame);
-            });
-            REQUIRE(reason(got) == Reason::FrameAuth);
-        }
-        Relay::Bytes kept;
-        auto renumbered = attacked_large_checkpoint(threads, [&](Relay::Edit& e) {
-            if (e.index == 3)
-                kept = e.frame;
-            if (e.index == 4) {
-                set_sequence(kept, sequence_of(e.frame));  // frame 3's bytes where frame 4 belongs
-                e.out.push_back(kept);
-                return;
-            }
+    for (size_t where : {size_t(kHeaderSize + 900000), size_t(0)}) {
+        INFO("offset " << where << " (0: the tag's last byte)");
+        auto got = attacked_large_checkpoint([&](Relay::Edit& e) {
+            if (e.index == 4)
+                e.frame[where ? where : e.frame.size() - 1] ^= std::byte{0x10};
             e.out.push_back(e.frame);
         });
-        REQUIRE(reason(renumbered) == Reason::FrameAuth);
-        auto cut = attacked_large_checkpoint(threads, [&](Relay::Edit& e) {
-            if (e.index == 4) {
-                e.out.push_back(Relay::Bytes(e.frame.begin(), e.frame.begin() + 700000));
-                e.close = true;
-                return;
-            }
-            e.out.push_back(e.frame);
-        });
-        REQUIRE_FALSE(cut.ok());
-        REQUIRE(cut.error().code() == base::Errc::Eof);
+        REQUIRE(reason(got) == Reason::FrameAuth);
     }
-}
-
-TEST_CASE("helper threads are stopped and joined when a frame fails, when turned off and when the link goes") {
-    const size_t seal0 = threads_named("colod-seal"), open0 = threads_named("colod-open");
-    auto decoder_for_large = [] {
-        return StateDecoder::create(StateShape::from_hello(large_hello(PeerState::PrimaryActive))).value();
-    };
-    {
-        Pair p = large_pair(LinkSecurity::Encrypted, Aead::Aes256Gcm, Threads::Auto, Threads::Auto);
-        LargeGuest g(5);
-        auto state = g.checkpoint(1);
-        auto decoder = decoder_for_large();
-        base::Result<void> sent;
-        std::thread sender([&] { sent = p.client.send_state(state, deadline_after(10s)); });
-        REQUIRE(receive_and_compare(p.server, decoder, g).ok());
-        sender.join();
-        REQUIRE(sent.ok());
-        if (threads_named("colod-seal") == seal0) {
-            WARN("no helper threads (one CPU?): nothing to check");
+    Relay::Bytes kept;
+    auto renumbered = attacked_large_checkpoint([&](Relay::Edit& e) {
+        if (e.index == 3)
+            kept = e.frame;
+        if (e.index == 4) {
+            set_sequence(kept, sequence_of(e.frame));  // frame 3's bytes where frame 4 belongs
+            e.out.push_back(kept);
             return;
         }
-        CHECK(threads_named("colod-seal") == seal0 + 1);
-        CHECK(threads_named("colod-open") == open0 + 1);
-        // Off: the next frame stops and joins them.
-        p.client.set_cipher_threads(Threads::Off);
-        p.server.set_cipher_threads(Threads::Off);
-        REQUIRE(p.client.send(Heartbeat{1, 2}, deadline_after(1s)).ok());
-        REQUIRE(p.server.receive(deadline_after(1s)).ok());
-        CHECK(threads_named("colod-seal") == seal0);
-        CHECK(threads_named("colod-open") == open0);
-    }
-    {
-        // The link goes: its threads with it.
-        Pair p = large_pair(LinkSecurity::Encrypted, Aead::Aes256Gcm, Threads::Auto, Threads::Auto);
-        LargeGuest g(5);
-        auto state = g.checkpoint(1);
-        auto decoder = decoder_for_large();
-        base::Result<void> sent;
-        std::thread sender([&] { sent = p.client.send_state(state, deadline_after(10s)); });
-        REQUIRE(receive_and_compare(p.server, decoder, g).ok());
-        sender.join();
-        REQUIRE(sent.ok());
-    }
-    CHECK(threads_named("colod-seal") == seal0);
-    CHECK(threads_named("colod-open") == open0);
-    {
-        // A send that fails mid-frame (the peer closed): its thread is joined before send_state
-        // returns, and the link sends nothing more.
-        Pair p = large_pair(LinkSecurity::Encrypted, Aead::Aes256Gcm, Threads::Auto, Threads::Auto);
-        LargeGuest g(5);
-        auto state = g.checkpoint(1);
-        { Link gone = std::move(p.server); }
-        base::Result<void> sent;
-        for (int i = 0; i < 8 && sent.ok(); ++i)  // the first bytes may still fit in the socket
-            sent = p.client.send_state(state, deadline_after(5s));
-        REQUIRE_FALSE(sent.ok());
-        CHECK(threads_named("colod-seal") == seal0);
-        CHECK_FALSE(p.client.send(Heartbeat{1, 2}, deadline_after(1s)).ok());
-    }
-    {
-        // A send blocked on a full socket (small buffers, nobody reads), then shut down from
-        // another thread: Stopped, and the thread joined.
-        auto ends = Link::pair(64 << 10);
-        REQUIRE(ends.ok());
-        auto& [client, server] = ends.value();
-        Key key = key_of('k');
-        base::Result<Hello> accepted{base::Error(base::Errc::Failed, "not run")};
-        std::thread t([&] { accepted = handshake(server, key, large_hello(PeerState::SecondaryStandby), deadline_after(3s)); });
-        REQUIRE(handshake(client, key, large_hello(PeerState::PrimaryActive), deadline_after(3s)).ok());
-        t.join();
-        REQUIRE(accepted.ok());
-        LargeGuest g(5);
-        auto state = g.checkpoint(1);
-        base::Result<void> sent;
-        std::thread sender([&] { sent = client.send_state(state, deadline_after(10s)); });
-        std::this_thread::sleep_for(200ms);
-        client.shutdown();
-        sender.join();
-        REQUIRE_FALSE(sent.ok());
-        CHECK(sent.error().code() == base::Errc::Stopped);
-        CHECK(threads_named("colod-seal") == seal0);
-    }
-    for (bool stall : {false, true}) {
-        // A receive that fails inside a large frame (the stream cut: Eof; or stalled: Timeout):
-        // its thread is joined before receive returns.
-        INFO("stalled " << stall);
-        Key key = key_of('k');
-        Relay relay([&](Relay::Edit& e) {
-            if (e.index < 4) {  // handshake, VMSTATE_SIZE, the first 1 MiB frame
-                e.out.push_back(e.frame);
-            } else if (e.index == 4) {
-                e.out.push_back(Relay::Bytes(e.frame.begin(), e.frame.begin() + 700000));
-                e.close = !stall;
-            }  // stalled: the rest is dropped
-        });
-        auto r = relay.handshake(KeySet(key), KeySet(key), large_hello(PeerState::PrimaryActive),
-                                 large_hello(PeerState::SecondaryStandby));
-        REQUIRE(r.accepting.ok());
-        relay.client().set_cipher_threads(Threads::Off);
-        LargeGuest g(5);
-        auto state = g.checkpoint(1);
-        std::thread sender([&] { (void)relay.client().send_state(state, deadline_after(5s)); });
-        Frame frame;
-        REQUIRE(relay.server().receive_into(frame, deadline_after(2s)).ok());  // VMSTATE_SIZE
-        REQUIRE(relay.server().receive_into(frame, deadline_after(2s)).ok());  // 1 MiB, opened by the helper
-        CHECK(threads_named("colod-open") == open0 + 1);
-        auto cut = relay.server().receive_into(frame, deadline_after(500ms));
-        REQUIRE_FALSE(cut.ok());
-        CHECK(cut.error().code() == (stall ? base::Errc::Timeout : base::Errc::Eof));
-        CHECK(threads_named("colod-open") == open0);
-        relay.server().shutdown();
-        relay.stop();
-        sender.join();
-    }
+        e.out.push_back(e.frame);
+    });
+    REQUIRE(reason(renumbered) == Reason::FrameAuth);
+    auto cut = attacked_large_checkpoint([&](Relay::Edit& e) {
+        if (e.index == 4) {
+            e.out.push_back(Relay::Bytes(e.frame.begin(), e.frame.begin() + 700000));
+            e.close = true;
+            return;
+        }
+        e.out.push_back(e.frame);
+    });
+    REQUIRE_FALSE(cut.ok());
+    REQUIRE(cut.error().code() == base::Errc::Eof);
 }
 
 // ---- A listening secondary faced with hostile connections ----
