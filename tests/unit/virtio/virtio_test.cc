@@ -11,6 +11,7 @@
 
 #include "core/virtio/mmio.h"
 #include "core/virtio/rng.h"
+#include "tests/support/virtio_driver.h"
 
 using namespace colod;
 using namespace colod::core;
@@ -18,8 +19,8 @@ using namespace colod::core::virtio;
 
 namespace {
 
-constexpr uint64_t k_base = 0xd000'0000;
-constexpr uint64_t k_ram = 16 << 20;
+using colod::test::k_base;
+using colod::test::k_ram;
 
 // Register offsets, as the driver knows them.
 enum Reg : uint64_t {
@@ -44,23 +45,17 @@ struct ScriptedSource final : EntropySource {
     static std::byte stream_byte(uint64_t i) { return std::byte(static_cast<uint8_t>((i * 131 + 17) ^ (i >> 8))); }
 };
 
-struct Rig {
-    GuestMemory memory = GuestMemory::create(k_ram).value();
-    std::vector<bool> line_changes;
-    bool line = false;
+// The rig of tests/support/virtio_driver.h with a virtio-rng behind the transport, fed by a
+// ScriptedSource unless a test brings its own, and what it shows its observer.
+struct Rig : colod::test::VirtioRig {
     std::vector<std::byte> observed;
     bool observed_gap = false;  // an observed run did not start where the last one ended
     std::function<void(uint64_t, std::span<const std::byte>)> forward;  // also shown each run
     ScriptedSource* source = nullptr;
     RngDevice* rng = nullptr;
-    std::unique_ptr<MmioTransport> transport;
 
     // A device fed by `custom` rather than a ScriptedSource (then `source` is null).
-    explicit Rig(std::unique_ptr<EntropySource> custom = nullptr) {
-        auto all = memory.all();
-        std::fill(all.begin(), all.end(), std::byte{0xaa});  // guard pattern everywhere
-        make_transport(std::move(custom));
-    }
+    explicit Rig(std::unique_ptr<EntropySource> custom = nullptr) { make_transport(std::move(custom)); }
     void make_transport(std::unique_ptr<EntropySource> custom = nullptr) {
         std::unique_ptr<EntropySource> src;
         if (custom) {
@@ -78,27 +73,7 @@ struct Rig {
                 forward(offset, bytes);
         });
         rng = device.get();
-        transport = MmioTransport::create(std::move(device), k_base, memory, [this](bool level) {
-                        line_changes.push_back(level);
-                        line = level;
-                    }).value();
-    }
-
-    uint32_t read(uint64_t offset) {
-        uint32_t value = 0;
-        transport->mmio_read(k_base + offset, std::as_writable_bytes(std::span(&value, 1)));
-        return value;
-    }
-    void write(uint64_t offset, uint32_t value) { transport->mmio_write(k_base + offset, std::as_bytes(std::span(&value, 1))); }
-
-    std::byte* at(uint64_t gpa) { return memory.all().data() + gpa; }
-    template <typename T>
-    void poke(uint64_t gpa, T value) { std::memcpy(at(gpa), &value, sizeof(T)); }
-    template <typename T>
-    T peek(uint64_t gpa) {
-        T value;
-        std::memcpy(&value, at(gpa), sizeof(T));
-        return value;
+        attach(std::move(device));
     }
 };
 
