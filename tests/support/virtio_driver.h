@@ -111,7 +111,8 @@ struct VirtioDriver {
     // the device shows afterwards.
     uint32_t negotiate(uint64_t accept) {
         using namespace core::virtio;
-        rig.write(STATUS, 0);
+        rig.write(STATUS, 0);  // reset
+        REQUIRE(rig.read(STATUS) == 0);
         rig.write(STATUS, k_status_acknowledge);
         rig.write(STATUS, k_status_acknowledge | k_status_driver);
         rig.write(DEV_FEATURES_SEL, 1);

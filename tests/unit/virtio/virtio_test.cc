@@ -90,21 +90,10 @@ struct Driver {
 
     // Returns the status read back after FEATURES_OK (Linux gives up unless it is set).
     uint32_t negotiate(uint64_t accept) {
-        rig.write(STATUS, 0);  // reset
-        REQUIRE(rig.read(STATUS) == 0);
-        rig.write(STATUS, k_status_acknowledge);
-        rig.write(STATUS, k_status_acknowledge | k_status_driver);
-        rig.write(DEV_FEATURES_SEL, 1);
-        uint64_t offered = uint64_t{rig.read(DEV_FEATURES)} << 32;
-        rig.write(DEV_FEATURES_SEL, 0);
-        offered |= rig.read(DEV_FEATURES);
-        features = offered & accept;
-        rig.write(DRV_FEATURES_SEL, 1);
-        rig.write(DRV_FEATURES, static_cast<uint32_t>(features >> 32));
-        rig.write(DRV_FEATURES_SEL, 0);
-        rig.write(DRV_FEATURES, static_cast<uint32_t>(features));
-        rig.write(STATUS, k_status_acknowledge | k_status_driver | k_status_features_ok);
-        return rig.read(STATUS);
+        colod::test::VirtioDriver driver(rig);
+        uint32_t status = driver.negotiate(accept);
+        features = driver.features;
+        return status;
     }
     void setup_queue() {
         // The driver zeroes its rings (they come from fresh DMA memory in Linux).
