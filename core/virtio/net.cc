@@ -43,7 +43,12 @@ bool NetDevice::receive(std::span<const std::byte> frame) {
         ++m_counters.rx_dropped;
         return false;
     }
-    // Straight into the guest when nothing waits before it; frames never overtake each other.
+    // Frames never overtake each other: what waits goes first, and this one straight into the
+    // guest only when nothing waits before it. Normally a backlog while the device runs means
+    // no buffer was posted (the guest's next one is notified); one loaded with the state may
+    // face buffers already posted and a device no resume() reached.
+    if (!m_backlog.empty())
+        deliver_backlog();
     if (m_backlog.empty() && can_run()) {
         bool pushed = false;
         RxOutcome outcome = deliver(frame, pushed);
@@ -324,24 +329,57 @@ void NetDevice::deliver_backlog() {
         m_transport->notify_used(k_receive_queue);
 }
 
-// Layout, version 1: u32 learned IPv4 address (0: none).
+// Layout, version 2: u32 learned IPv4 address (0: none), u32 count of backlogged frames, then
+// for each, oldest first: u32 length, the frame's bytes.
+// Version 1 (the address alone) is refused: a state without its backlog would lose frames.
+// The transport calls this with its lock held (its mutex is not recursive, so the lock is not
+// taken here), the device quiesced.
 std::vector<std::byte> NetDevice::save_state() const {
     StateWriter w;
     w.put(m_learned_ipv4);
+    w.put(static_cast<uint32_t>(m_backlog.size()));
+    for (const auto& frame : m_backlog)
+        w.put_blob(frame);
     return w.take();
 }
 
-base::Result<uint32_t> NetDevice::decode_state(uint16_t version, std::span<const std::byte> bytes) const {
+base::Result<NetDevice::SavedState> NetDevice::decode_state(uint16_t version, std::span<const std::byte> bytes) const {
     if (version != k_state_version)
         return base::Error::make(base::Errc::Unsupported, "virtio-net state version {} (this build reads {})", version,
                                  k_state_version);
     StateReader r(bytes);
-    uint32_t learned = r.get<uint32_t>();
+    SavedState s;
+    s.learned_ipv4 = r.get<uint32_t>();
+    uint32_t count = r.get<uint32_t>();
+    if (!r.failed() && count > k_rx_backlog)
+        r.fail(fmt::format("receive backlog of {} frames (at most {})", count, k_rx_backlog));
+    for (uint32_t i = 0; i < count && !r.failed(); ++i) {
+        uint32_t size = r.get<uint32_t>();
+        if (r.failed())
+            break;
+        if (size < k_min_frame || size > k_max_frame) {
+            r.fail(fmt::format("receive backlog frame {} of {} bytes (an Ethernet frame has {} to {})", i, size,
+                               k_min_frame, k_max_frame));
+            break;
+        }
+        if (s.backlog_bytes + size > k_rx_backlog_bytes) {
+            r.fail(fmt::format("receive backlog beyond {} bytes at frame {}", k_rx_backlog_bytes, i));
+            break;
+        }
+        if (r.remaining() < size) {  // (checked before allocating)
+            r.fail(fmt::format("truncated in receive backlog frame {} ({} bytes, {} left)", i, size, r.remaining()));
+            break;
+        }
+        std::vector<std::byte> frame(size);
+        r.get_raw(frame.data(), size);
+        s.backlog_bytes += size;
+        s.backlog.push_back(std::move(frame));
+    }
     TRY(r.finish("virtio-net state"));
-    if (learned != 0 && !net::is_host_ipv4(learned))
+    if (s.learned_ipv4 != 0 && !net::is_host_ipv4(s.learned_ipv4))
         return base::Error::make(base::Errc::Invalid, "virtio-net state: {} cannot be a guest's address",
-                                 net::format_ipv4(learned));
-    return learned;
+                                 net::format_ipv4(s.learned_ipv4));
+    return s;
 }
 
 base::Result<void> NetDevice::check_state(uint16_t version, std::span<const std::byte> bytes) const {
@@ -349,8 +387,13 @@ base::Result<void> NetDevice::check_state(uint16_t version, std::span<const std:
     return base::ok();
 }
 
+// Lock held, device quiesced. Frames the device had waiting are replaced, not kept: the saved
+// backlog is the one that goes with the guest's memory in the same checkpoint.
 base::Result<void> NetDevice::load_state(uint16_t version, std::span<const std::byte> bytes) {
-    m_learned_ipv4 = TRY(decode_state(version, bytes));
+    SavedState s = TRY(decode_state(version, bytes));
+    m_learned_ipv4 = s.learned_ipv4;
+    m_backlog = std::move(s.backlog);
+    m_backlog_bytes = s.backlog_bytes;
     return base::ok();
 }
 

@@ -22,10 +22,13 @@
 //     and the frame is dropped: both rx_dropped and bad_chains count it. Keeping the chain
 //     would stop reception altogether, since chains are taken in order.
 //
-// Replication: the guest's IPv4 address, learned from frames it sends, is the device's only
-// state of its own (a secondary that takes over announces it by gratuitous ARP). Frames waiting
-// for receive buffers are not: a network may lose frames; what matters is that nothing reaches
-// guest memory while the device is quiesced.
+// Replication: the device's own state is the guest's IPv4 address, learned from frames it
+// sends (a secondary that takes over announces it by gratuitous ARP), and the receive backlog.
+// A frame receive() accepted counts as received, like one in a NIC's ring, so it travels in
+// the checkpoint with the guest's memory: a takeover never loses it, and in COLO mode the
+// secondary's guest gets it too instead of diverging from the primary's. Nothing reaches
+// guest memory while the device is quiesced; what arrives meanwhile waits in the backlog,
+// which is saved as it stands.
 #pragma once
 
 #include <array>
@@ -47,7 +50,8 @@ class NetDevice final : public VirtioDevice {
 public:
     static constexpr uint32_t k_device_id = 1;
     static constexpr uint16_t k_queue_size = 256;
-    static constexpr uint16_t k_state_version = 1;
+    // 2: the receive backlog joined the learned address.
+    static constexpr uint16_t k_state_version = 2;
     static constexpr uint16_t k_receive_queue = 0;
     static constexpr uint16_t k_transmit_queue = 1;
     // Device feature bits (§5.1.3).
@@ -64,9 +68,15 @@ public:
     // The shortest: an Ethernet header.
     static constexpr size_t k_min_frame = 14;
     // Frames received that wait for receive buffers, at most (beyond either bound they are
-    // dropped and counted in rx_dropped).
+    // dropped and counted in rx_dropped). The backlog is saved state, and a device's state
+    // travels whole in one frame of a checkpoint (1 MiB, core/replication.h) and under the
+    // transport's cap on a model's state: the byte bound leaves room for the rest of it. A
+    // full backlog of 1514-byte frames (a 1500-byte MTU) is well within it.
     static constexpr size_t k_rx_backlog = 256;
-    static constexpr size_t k_rx_backlog_bytes = 4u << 20;
+    static constexpr size_t k_rx_backlog_bytes = 768u << 10;
+    // The longest state save_state() gives: address, frame count, and a full backlog with a
+    // length in front of each frame.
+    static constexpr size_t k_max_state_size = 4 + 4 + 4 * k_rx_backlog + k_rx_backlog_bytes;
 
     using Mac = net::Mac;
     // One Ethernet frame the guest sent (without the virtio-net header), valid during the
@@ -90,7 +100,10 @@ public:
     // the frame waits in a bounded backlog (k_rx_backlog), delivered in order as soon as
     // buffers come (a notification on the receive queue) or on resume(). Returns false when
     // the frame was dropped: backlog full, not an Ethernet frame (k_min_frame to k_max_frame
-    // bytes), a receive chain too small for it, or a broken receive queue.
+    // bytes), a receive chain too small for it, or a broken receive queue. Frames waiting
+    // before it are tried first, so a backlog that came with a loaded state moves on with the
+    // next frame even if nothing resumed the device (a standby's machine starts after a load
+    // without a resume()).
     bool receive(std::span<const std::byte> frame);
     // The sink takes frames again. Any thread; takes the transport's lock, so the caller must
     // hold no lock that the Transmit function takes (the transport's lock is the outer one).
@@ -98,7 +111,7 @@ public:
     // The guest's IPv4 address (host byte order) as learned from frames it sent: the sender
     // address of every ARP request or reply from its MAC, else, while none is known, the
     // source of an IPv4 packet from its MAC (see net::sender_address()). 0 until known. Part
-    // of the saved state.
+    // of the saved state (so is the receive backlog: see the top).
     uint32_t learned_ipv4() const;
     Mac mac() const { return m_mac; }
     struct Counters {
@@ -109,7 +122,8 @@ public:
     };
     // Any thread; takes the transport's lock.
     Counters counters() const;
-    // Frames waiting for receive buffers. Any thread; takes the transport's lock.
+    // Frames waiting for receive buffers. Any thread; takes the transport's lock. Part of the
+    // saved state.
     size_t rx_backlog() const;
 
     // VirtioDevice.
@@ -131,6 +145,12 @@ public:
     void reset() override {}
     void queue_notify(uint16_t index) override;
     uint16_t state_version() const override { return k_state_version; }
+    // The learned address and the receive backlog, frame by frame. Lock held (the transport
+    // calls these under it, so they do not take it again) and the device quiesced: no frame
+    // reaches the guest between the capture of its memory and of the backlog. receive() may
+    // still add frames meanwhile; the lock keeps them out of a half-written state and they go
+    // into the next checkpoint. load_state() replaces the backlog with the saved one, to be
+    // delivered as any backlog is: on resume(), when buffers come, or before the next frame.
     std::vector<std::byte> save_state() const override;
     base::Result<void> check_state(uint16_t version, std::span<const std::byte> bytes) const override;
     base::Result<void> load_state(uint16_t version, std::span<const std::byte> bytes) override;
@@ -155,7 +175,12 @@ private:
     base::Result<void> write_chain(const Chain& chain, std::span<const std::byte> frame);
     base::Result<void> read_chain(const Chain& chain);
     void learn(std::span<const std::byte> frame);
-    base::Result<uint32_t> decode_state(uint16_t version, std::span<const std::byte> bytes) const;
+    struct SavedState {
+        uint32_t learned_ipv4 = 0;
+        std::deque<std::vector<std::byte>> backlog;
+        size_t backlog_bytes = 0;
+    };
+    base::Result<SavedState> decode_state(uint16_t version, std::span<const std::byte> bytes) const;
 
     const Mac m_mac;
     const std::string m_log_name;  // "virtio-net 52:54:00:..." for log records

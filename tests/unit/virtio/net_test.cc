@@ -6,13 +6,17 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "core/net/frames.h"
+#include "core/replication.h"
 #include "core/state_io.h"
 #include "core/virtio/mmio.h"
 #include "core/virtio/net.h"
+#include "proto/state.h"
 #include "tests/support/virtio_driver.h"
 
 using namespace colod;
@@ -90,6 +94,29 @@ bool unchanged_outside(Rig& rig, const Frame& before, std::vector<std::pair<uint
         }
     }
     return true;
+}
+
+// A virtio-net state as save_state() writes it: the address, `count` (the frames' number
+// unless given), and each frame with its length in front.
+std::vector<std::byte> net_state(uint32_t ipv4, const std::vector<Frame>& frames, std::optional<uint32_t> count = {}) {
+    StateWriter w;
+    w.put(ipv4);
+    w.put(count.value_or(static_cast<uint32_t>(frames.size())));
+    for (const auto& f : frames)
+        w.put_blob(f);
+    return w.take();
+}
+
+// The secondary's side of a checkpoint: the primary's `memory` copied into `standby`, and a
+// driver that continues where the primary's `driver` was.
+NetDriver continue_on(Rig& standby, const Frame& memory, const NetDriver& driver) {
+    REQUIRE(memory.size() == k_ram);
+    std::memcpy(standby.memory.all().data(), memory.data(), k_ram);
+    NetDriver continued(standby);
+    continued.features = driver.features;
+    continued.rx = driver.rx;
+    continued.tx = driver.tx;
+    return continued;
 }
 
 }  // namespace
@@ -571,7 +598,10 @@ TEST_CASE("virtio-net state: save, load, save is identical and carries the learn
     REQUIRE(rig.transport->check_state(saved));
     REQUIRE(rig.transport->load_state(saved));
     CHECK(rig.transport->save_state().bytes == saved.bytes);
-    CHECK(rig.net->save_state() == std::vector<std::byte>{std::byte{0xc0}, std::byte{0xa8}, std::byte{0x0a}, std::byte{0x07}});
+    // The address, then an empty backlog.
+    CHECK(rig.net->save_state() == std::vector<std::byte>{std::byte{0xc0}, std::byte{0xa8}, std::byte{0x0a},
+                                                          std::byte{0x07}, std::byte{0}, std::byte{0}, std::byte{0},
+                                                          std::byte{0}});
 
     // A secondary: its own memory (a copy), its own transport, loaded again and again.
     Rig standby;
@@ -602,26 +632,29 @@ TEST_CASE("virtio-net check_state and load_state refuse bad blobs and change not
             out.push_back(std::byte{b});
         return out;
     };
-    auto good = blob({10, 0, 0, 5});
-    REQUIRE(net.load_state(1, good));
+    constexpr uint16_t v = NetDevice::k_state_version;
+    auto good = blob({10, 0, 0, 5, 0, 0, 0, 0});
+    REQUIRE(net.load_state(v, good));
     REQUIRE(net.learned_ipv4() == 0x0a000005);
     auto refused = [&](uint16_t version, const std::vector<std::byte>& bytes) {
         bool check_refused = !net.check_state(version, bytes).ok();
         bool load_refused = !net.load_state(version, bytes).ok();
         return check_refused && load_refused && net.learned_ipv4() == 0x0a000005;
     };
-    CHECK(refused(2, good));                      // another version
+    CHECK(refused(v + 1, good));                        // another version
     CHECK(refused(0, good));
-    CHECK(refused(1, blob({})));                  // truncated
-    CHECK(refused(1, blob({10, 0, 0})));
-    CHECK(refused(1, blob({10, 0, 0, 5, 0})));    // trailing bytes
-    CHECK(refused(1, blob({224, 0, 0, 1})));      // no host's address
-    CHECK(refused(1, blob({127, 0, 0, 1})));
-    CHECK(refused(1, blob({255, 255, 255, 255})));
-    auto version = net.check_state(3, good);
+    CHECK(refused(v, blob({})));                        // truncated
+    CHECK(refused(v, blob({10, 0, 0})));
+    CHECK(refused(v, blob({10, 0, 0, 5})));
+    CHECK(refused(v, blob({10, 0, 0, 5, 0, 0, 0})));
+    CHECK(refused(v, blob({10, 0, 0, 5, 0, 0, 0, 0, 0})));  // trailing bytes
+    CHECK(refused(v, blob({224, 0, 0, 1, 0, 0, 0, 0})));   // no host's address
+    CHECK(refused(v, blob({127, 0, 0, 1, 0, 0, 0, 0})));
+    CHECK(refused(v, blob({255, 255, 255, 255, 0, 0, 0, 0})));
+    auto version = net.check_state(v + 1, good);
     REQUIRE_FALSE(version);
     CHECK(version.error().code() == base::Errc::Unsupported);
-    REQUIRE(net.load_state(1, blob({0, 0, 0, 0})));
+    REQUIRE(net.load_state(v, blob({0, 0, 0, 0, 0, 0, 0, 0})));
     CHECK(net.learned_ipv4() == 0);
 
     // Through the transport: every truncation of a good state is refused.
@@ -640,13 +673,206 @@ TEST_CASE("virtio-net check_state and load_state refuse bad blobs and change not
         CHECK(!other.transport->load_state(cut).ok());
         CHECK(other.transport->save_state().bytes == before.bytes);
     }
-    // A garbled address in the model's blob (its last four bytes).
+    // A garbled address in the model's blob (its last eight bytes: address, empty backlog).
     DeviceState garbled = state;
-    garbled.bytes[garbled.bytes.size() - 4] = std::byte{240};
+    garbled.bytes[garbled.bytes.size() - 8] = std::byte{240};
     CHECK(!other.transport->load_state(garbled).ok());
     CHECK(other.transport->save_state().bytes == before.bytes);
     REQUIRE(other.transport->load_state(state));
     CHECK(other.net->learned_ipv4() == 0xc0a80a07);
+}
+
+TEST_CASE("a frame backlogged without a receive buffer is saved, and the device that loads it gives it to its guest") {
+    Rig rig;
+    NetDriver driver(rig);
+    driver.start();
+    auto a = make_frame(200, 11), b = make_frame(1514, 12);
+    REQUIRE(rig.net->receive(a));  // no receive buffer posted: both wait
+    REQUIRE(rig.net->receive(b));
+    REQUIRE(rig.net->rx_backlog() == 2);
+    // A checkpoint: the device quiesced, its state and the guest's memory captured together.
+    rig.transport->quiesce();
+    DeviceState saved = rig.transport->save_state();
+    Frame memory = rig.snapshot();
+    rig.transport->resume();
+    CHECK(rig.net->rx_backlog() == 2);
+    CHECK(rig.net->save_state() == net_state(0, {a, b}));
+
+    // Another device, whose own backlog is full by bytes (frames for a guest that ran
+    // elsewhere): loading replaces it, frames and byte count.
+    Rig standby;
+    auto big = make_frame(NetDevice::k_max_frame, 3);
+    size_t fit = NetDevice::k_rx_backlog_bytes / big.size();
+    for (size_t i = 0; i < fit; ++i)
+        REQUIRE(standby.net->receive(big));
+    REQUIRE_FALSE(standby.net->receive(big));
+    NetDriver continued = continue_on(standby, memory, driver);
+    standby.transport->quiesce();
+    REQUIRE(standby.transport->check_state(saved));
+    REQUIRE(standby.transport->load_state(saved));
+    CHECK(standby.transport->save_state().bytes == saved.bytes);
+    standby.transport->resume();
+    CHECK(standby.net->rx_backlog() == 2);  // still no buffer: they wait, as on the primary
+    CHECK(!continued.get_used(continued.rx));
+
+    // The guest posts buffers: the primary's frames arrive, in order, as frames that queued here would.
+    continued.post_rx(0, 0x40000, 1526);
+    CHECK(continued.get_used(continued.rx) == Used{0, k_hdr + 200});
+    CHECK(standby.bytes_at(0x40000, k_hdr + 200) == concat(rx_header(), a));
+    CHECK(standby.net->rx_backlog() == 1);
+    continued.post_rx(1, 0x41000, 1526);
+    CHECK(continued.get_used(continued.rx) == Used{1, k_hdr + 1514});
+    CHECK(standby.bytes_at(0x41000, k_hdr + 1514) == concat(rx_header(), b));
+    CHECK(!continued.get_used(continued.rx));
+    CHECK(standby.net->rx_backlog() == 0);
+    CHECK(standby.line);
+    CHECK(standby.net->counters().rx_frames == 2);
+    // The byte count came with the frames: a full backlog's worth of big frames fits again.
+    for (size_t i = 0; i < fit; ++i)
+        REQUIRE(standby.net->receive(big));
+    CHECK_FALSE(standby.net->receive(big));
+}
+
+TEST_CASE("a backlog loaded with the state goes to the guest before the next frame, even without resume()") {
+    Rig rig;
+    NetDriver driver(rig);
+    driver.start();
+    driver.post_rx(0, 0x40000, 1526);
+    driver.post_rx(1, 0x41000, 1526);
+    auto a = make_frame(300, 21), b = make_frame(400, 22);
+    rig.transport->quiesce();
+    REQUIRE(rig.net->receive(a));  // waits: the device is quiesced, though buffers are posted
+    DeviceState saved = rig.transport->save_state();
+    Rig standby;
+    NetDriver continued = continue_on(standby, rig.snapshot(), driver);
+    rig.transport->resume();
+    CHECK(driver.get_used(driver.rx) == Used{0, k_hdr + 300});
+
+    // A standby that loads the state into a machine never paused and starts it: nothing
+    // calls resume(), and the guest has its buffers posted already (no notification comes).
+    REQUIRE(standby.transport->load_state(saved));
+    CHECK(standby.net->rx_backlog() == 1);
+    CHECK(standby.net->receive(b));
+    CHECK(continued.get_used(continued.rx) == Used{0, k_hdr + 300});
+    CHECK(continued.get_used(continued.rx) == Used{1, k_hdr + 400});
+    CHECK(standby.bytes_at(0x40000 + k_hdr, 300) == a);
+    CHECK(standby.bytes_at(0x41000 + k_hdr, 400) == b);
+    CHECK(standby.net->rx_backlog() == 0);
+}
+
+TEST_CASE("virtio-net check_state refuses a malformed backlog, saying which field, and the old version") {
+    NetDevice net(k_mac, {});
+    constexpr uint16_t v = NetDevice::k_state_version;
+    auto a = make_frame(60, 1), b = make_frame(1514, 2);
+    auto good = net_state(0x0a000005, {a, b});
+    REQUIRE(net.check_state(v, good));
+    REQUIRE(net.load_state(v, good));
+    REQUIRE(net.rx_backlog() == 2);
+    REQUIRE(net.save_state() == good);
+    // check_state's message; load_state refuses the same and changes nothing.
+    auto refusal = [&](uint16_t version, const std::vector<std::byte>& bytes) -> std::string {
+        auto checked = net.check_state(version, bytes);
+        CHECK_FALSE(net.load_state(version, bytes));
+        CHECK(net.save_state() == good);
+        CHECK(net.learned_ipv4() == 0x0a000005);
+        CHECK(net.rx_backlog() == 2);
+        if (checked) {
+            FAIL_CHECK("accepted");
+            return {};
+        }
+        CHECK(checked.error().code() == (version == v ? base::Errc::Invalid : base::Errc::Unsupported));
+        return checked.error().message();
+    };
+    using Catch::Contains;
+
+    SECTION("truncated anywhere") {
+        for (size_t len = 0; len < good.size(); ++len) {
+            INFO("truncated to " << len);
+            CHECK_THAT(refusal(v, std::vector<std::byte>(good.begin(), good.begin() + static_cast<long>(len))),
+                       Contains("virtio-net state: truncated"));
+        }
+        // A count that promises more frames than follow.
+        CHECK_THAT(refusal(v, net_state(0x0a000005, {a, b}, 3)), Contains("truncated at byte"));
+    }
+    SECTION("a frame too short or too long for Ethernet") {
+        CHECK_THAT(refusal(v, net_state(0x0a000005, {a, make_frame(NetDevice::k_min_frame - 1, 0)})),
+                   Contains("receive backlog frame 1 of 13 bytes (an Ethernet frame has 14 to 65550)"));
+        CHECK_THAT(refusal(v, net_state(0x0a000005, {make_frame(NetDevice::k_max_frame + 1, 0), a})),
+                   Contains("receive backlog frame 0 of 65551 bytes"));
+        CHECK_THAT(refusal(v, net_state(0x0a000005, {Frame{}})), Contains("receive backlog frame 0 of 0 bytes"));
+        // A length that is no frame is refused before the bytes it claims are looked for.
+        CHECK_THAT(refusal(v, concat(net_state(0x0a000005, {}, 1), Frame(4, std::byte{0xff}))),
+                   Contains("of 4294967295 bytes"));
+    }
+    SECTION("more frames than the backlog holds") {
+        CHECK_THAT(refusal(v, net_state(0x0a000005, {}, NetDevice::k_rx_backlog + 1)),
+                   Contains("receive backlog of 257 frames (at most 256)"));
+        CHECK_THAT(refusal(v, net_state(0x0a000005, {}, 0xffffffff)), Contains("receive backlog of 4294967295 frames"));
+        std::vector<Frame> many(NetDevice::k_rx_backlog + 1, a);
+        CHECK_THAT(refusal(v, net_state(0x0a000005, many)), Contains("receive backlog of 257 frames"));
+        // Exactly as many is fine.
+        many.pop_back();
+        CHECK(net.check_state(v, net_state(0x0a000005, many)));
+    }
+    SECTION("more bytes than the backlog holds") {
+        auto big = make_frame(NetDevice::k_max_frame, 3);
+        std::vector<Frame> frames(NetDevice::k_rx_backlog_bytes / big.size(), big);
+        Frame rest = make_frame(NetDevice::k_rx_backlog_bytes - frames.size() * big.size(), 4);
+        frames.push_back(rest);
+        CHECK(net.check_state(v, net_state(0x0a000005, frames)));  // exactly the bound
+        frames.back().push_back(std::byte{0});
+        CHECK_THAT(refusal(v, net_state(0x0a000005, frames)),
+                   Contains(fmt::format("receive backlog beyond {} bytes at frame {}", NetDevice::k_rx_backlog_bytes,
+                                        frames.size() - 1)));
+    }
+    SECTION("trailing bytes") {
+        auto longer = good;
+        longer.push_back(std::byte{0});
+        CHECK_THAT(refusal(v, longer), Contains("virtio-net state: 1 unexpected trailing bytes"));
+        // A count of one frame fewer leaves the last frame trailing.
+        CHECK_THAT(refusal(v, net_state(0x0a000005, {a, b}, 1)), Contains("unexpected trailing bytes"));
+    }
+    SECTION("version 1, the address alone") {
+        CHECK_THAT(refusal(1, std::vector<std::byte>{std::byte{10}, std::byte{0}, std::byte{0}, std::byte{5}}),
+                   Contains("virtio-net state version 1 (this build reads 2)"));
+        CHECK_THAT(refusal(1, good), Contains("version 1"));
+    }
+}
+
+TEST_CASE("the largest virtio-net state fits one checkpoint frame and the transport's cap") {
+    Rig rig;
+    NetDriver driver(rig);
+    driver.start();
+    driver.send(0, 0x30000, arp_request(k_mac, 0xc0a80a07, 0xc0a80a01));
+    // A full backlog by both bounds: as many frames as it takes, as many bytes as it holds.
+    size_t left = NetDevice::k_rx_backlog_bytes;
+    for (size_t i = 0; i < NetDevice::k_rx_backlog; ++i) {
+        size_t later = (NetDevice::k_rx_backlog - i - 1) * NetDevice::k_min_frame;
+        size_t size = std::min(NetDevice::k_max_frame, left - later);
+        REQUIRE(rig.net->receive(make_frame(size, static_cast<uint8_t>(i))));
+        left -= size;
+    }
+    REQUIRE(left == 0);
+    REQUIRE_FALSE(rig.net->receive(make_frame(NetDevice::k_min_frame, 0)));
+    CHECK(rig.net->save_state().size() == NetDevice::k_max_state_size);
+    CHECK(NetDevice::k_max_state_size <= MmioTransport::k_max_device_state);
+
+    rig.transport->quiesce();
+    DeviceState saved = rig.transport->save_state();
+    // What the checkpoint pipeline does with it: a device section in frames of
+    // k_checkpoint_frame_payload (a section never spans frames).
+    proto::StateInput input;
+    input.sections.push_back({proto::SectionId::Device, saved.version, 0, saved.name, saved.bytes});
+    proto::StateEncoder encoder(proto::EncoderOptions{k_checkpoint_frame_payload, proto::ZeroScan::On});
+    auto encoded = encoder.encode(input);
+    INFO((encoded ? std::string() : encoded.error().message()));
+    CHECK(encoded);
+
+    Rig standby;
+    REQUIRE(standby.transport->check_state(saved));
+    REQUIRE(standby.transport->load_state(saved));
+    CHECK(standby.net->rx_backlog() == NetDevice::k_rx_backlog);
+    CHECK(standby.transport->save_state().bytes == saved.bytes);
 }
 
 TEST_CASE("a device reset keeps the learned address") {
