@@ -9,7 +9,9 @@
 #include "base/events.h"
 #include "base/log.h"
 #include "core/fault.h"
+#include "core/guest_network.h"
 #include "core/guest_runtime.h"
+#include "core/net/packet_comparator.h"
 #include "core/output_buffer.h"
 #include "core/output_comparator.h"
 #include "core/uart.h"
@@ -80,33 +82,39 @@ ActiveEngine::ActiveEngine(GuestRuntime& guest, proto::Hello identity, Replicati
     // The console is the first output channel; packets and disk writes join it as channels of
     // their own.
     auto to_console = [this](std::span<const std::byte> bytes) { m_guest.release_output(bytes); };
+    // COLO: the secondary may lag behind by at most a checkpoint interval before a checkpoint
+    // settles the comparison.
+    auto verdict = [this](OutputComparator::Verdict seen) { compare_verdict(seen); };
     if (colo()) {
-        // The secondary may lag behind by at most a checkpoint interval before a checkpoint
-        // settles the comparison.
-        m_console = std::make_unique<OutputComparator>(
-            "console", Framing::Stream, to_console, m_config.checkpoint_interval, m_config.max_held_output,
-            [this](OutputComparator::Verdict verdict) {
-                {
-                    std::lock_guard lock(m_mutex);
-                    m_verdict = true;
-                    if (verdict == OutputComparator::Verdict::Mismatch)
-                        ++m_checkpoints_mismatch;
-                }
-                force_checkpoint();
-            });
+        m_console = std::make_unique<OutputComparator>("console", Framing::Stream, to_console,
+                                                       m_config.checkpoint_interval, m_config.max_held_output, verdict);
     } else {
         m_console = std::make_unique<OutputBuffer>("console", Framing::Stream, to_console, m_config.max_held_output,
                                                    [this] { force_checkpoint(); });
     }
     m_channels.push_back(m_console.get());
-    // The guest's packets: held per epoch until the checkpoint that produced them is loaded on
-    // the standby, in COLO mode too for now (compared packets are docs/network.md's next step).
+    // The guest's packets: compared with the secondary's guest's in COLO mode, held per epoch
+    // until the checkpoint that produced them is loaded on the standby otherwise.
     if (GuestNetwork* network = m_guest.network()) {
-        m_net = std::make_unique<OutputBuffer>(
-            "net", Framing::Datagram, [network](std::span<const std::byte> frame) { network->release(frame); },
-            m_config.max_held_output, [this] { force_checkpoint(); });
+        auto to_tap = [network](std::span<const std::byte> frame) { network->release(frame); };
+        if (colo())
+            m_net = std::make_unique<net::PacketComparator>(to_tap, m_config.checkpoint_interval,
+                                                            m_config.max_held_output, verdict);
+        else
+            m_net = std::make_unique<OutputBuffer>("net", Framing::Datagram, to_tap, m_config.max_held_output,
+                                                   [this] { force_checkpoint(); });
         m_channels.push_back(m_net.get());
     }
+}
+
+void ActiveEngine::compare_verdict(OutputComparator::Verdict verdict) {
+    {
+        std::lock_guard lock(m_mutex);
+        m_verdict = true;
+        if (verdict == OutputComparator::Verdict::Mismatch)
+            ++m_checkpoints_mismatch;
+    }
+    force_checkpoint();
 }
 
 ActiveEngine::~ActiveEngine() { stop(); }
@@ -157,6 +165,8 @@ void ActiveEngine::start() {
                                                                      [this] { return rng_allowance(); }));
             rng->set_observer([this](uint64_t offset, std::span<const std::byte> bytes) { forward_rng(offset, bytes); });
         }
+        if (GuestNetwork* network = m_guest.network())
+            network->set_input_hook([this, network](std::span<const std::byte> frame) { forward_frame(*network, frame); });
     } else {
         m_guest.set_output_sink([this](std::span<const std::byte> bytes) { m_console->put(bytes); });
     }
@@ -198,6 +208,8 @@ void ActiveEngine::stop(HeldOutput held) {
     if (m_thread.joinable())
         m_thread.join();
     m_guest.set_input_tap(nullptr);
+    if (GuestNetwork* network = m_guest.network(); network && colo())
+        network->set_input_hook(nullptr);  // frames from the tap go straight to the guest again
     m_guest.machine().uart().set_transmit_ready(nullptr);
     if (auto* rng = m_guest.machine().linux_devices().rng; rng && colo()) {
         rng->set_observer(nullptr);
@@ -270,6 +282,23 @@ size_t ActiveEngine::forward_input(std::span<const std::byte> bytes) {
         }
     }
     return taken;
+}
+
+void ActiveEngine::forward_frame(GuestNetwork& network, std::span<const std::byte> frame) {
+    bool lost = false;
+    {
+        // Under the input lock, as console input: a checkpoint's device state and the epoch the
+        // frame is tagged with agree (the NIC's backlog is part of that state).
+        std::lock_guard lock(m_input_mutex);
+        if (!network.deliver(frame))
+            return;  // the guest here did not get it either
+        if (m_forwarding && m_input_session)
+            lost = !m_input_session->post(
+                proto::NetInput{m_input_epoch, std::string(reinterpret_cast<const char*>(frame.data()), frame.size())});
+    }
+    // A secondary that misses a frame runs on other input from here: a checkpoint puts it back.
+    if (lost)
+        force_checkpoint();
 }
 
 void ActiveEngine::forward_rng(uint64_t offset, std::span<const std::byte> bytes) {
@@ -412,6 +441,11 @@ void ActiveEngine::run() {
 base::Result<Session::Disposition> ActiveEngine::on_message(proto::Message& message) {
     if (const auto* output = std::get_if<proto::ConsoleOutput>(&message)) {
         m_console->secondary(output->epoch, std::as_bytes(std::span(output->bytes.data(), output->bytes.size())));
+        return Session::Disposition::Handled;
+    }
+    if (const auto* frame = std::get_if<proto::NetOutput>(&message)) {
+        if (m_net && colo())
+            m_net->secondary(frame->epoch, std::as_bytes(std::span(frame->frame.data(), frame->frame.size())));
         return Session::Disposition::Handled;
     }
     if (const auto* error = std::get_if<proto::ErrorMessage>(&message))

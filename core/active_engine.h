@@ -30,6 +30,7 @@
 #include "core/checkpoint_pipeline.h"
 #include "core/machine.h"
 #include "core/output_channel.h"
+#include "core/output_comparator.h"
 #include "core/replication.h"
 #include "core/session.h"
 #include "core/state_machine.h"
@@ -38,6 +39,7 @@
 
 namespace colod::core {
 
+class GuestNetwork;
 class GuestRuntime;
 
 class ActiveEngine {
@@ -131,6 +133,10 @@ private:
     // secondary, which holds every byte since its last checkpoint, holds a bounded amount.
     static constexpr uint64_t k_rng_epoch_limit = 1 << 20;
     void forward_rng(uint64_t offset, std::span<const std::byte> bytes);
+    // COLO: a frame from the tap goes to the guest here and, tagged with the epoch, to the peer.
+    void forward_frame(GuestNetwork& network, std::span<const std::byte> frame);
+    // COLO: a comparator asks for a checkpoint.
+    void compare_verdict(OutputComparator::Verdict verdict);
     uint64_t rng_allowance() const;
     void rng_session(std::shared_ptr<Session> session);
     // Every output channel through the checkpoint's lifecycle (core/output_channel.h).
@@ -147,7 +153,7 @@ private:
     std::function<void(const std::string&)> m_on_change;
     // Output held for the peer, per channel: comparators in COLO mode, epoch buffers otherwise.
     std::unique_ptr<OutputChannel> m_console;
-    std::unique_ptr<OutputChannel> m_net;  // the guest's packets, with a NIC on a tap
+    std::unique_ptr<OutputChannel> m_net;  // the guest's packets, with a NIC on a tap (net::PacketComparator in COLO)
     std::vector<OutputChannel*> m_channels;  // every channel, the console first
     std::atomic<uint64_t> m_checkpoints_mismatch{0};
     std::atomic<uint64_t> m_checkpoints_forced{0};  // Status::checkpoints_forced

@@ -5,6 +5,7 @@
 
 #include "base/log.h"
 #include "core/net/frames.h"
+#include "core/net/tcp_rewriter.h"
 #include "core/virtio/net.h"
 
 namespace colod::core {
@@ -13,6 +14,8 @@ namespace {
 // Gaps between announce rounds: 0, 50, 150, 300 and 500 ms after the takeover, as a switch that
 // missed the first one (a port still learning, a dropped broadcast) hears a later one.
 constexpr std::chrono::milliseconds k_announce_gap_step{50};
+// How often the rewriter's finished handshakes and closed connections are swept.
+constexpr std::chrono::seconds k_rewriter_sweep{5};
 }  // namespace
 
 base::Result<std::unique_ptr<GuestNetwork>> GuestNetwork::open(const std::string& tap_name, virtio::NetDevice& nic) {
@@ -48,7 +51,52 @@ void GuestNetwork::set_sink(PacketSink sink) {
     ready();  // frames refused by the old sink may go to the new one
 }
 
+std::shared_ptr<net::TcpRewriter> GuestNetwork::rewriter() {
+    std::lock_guard lock(m_rewriter_mutex);
+    if (m_rewriter) {
+        auto now = std::chrono::steady_clock::now();
+        if (now >= m_next_expiry) {
+            m_rewriter->expire_idle(now);
+            m_next_expiry = now + k_rewriter_sweep;
+        }
+    }
+    return m_rewriter;
+}
+
+void GuestNetwork::set_rewriter(std::shared_ptr<net::TcpRewriter> rewriter) {
+    std::lock_guard lock(m_rewriter_mutex);
+    m_rewriter = std::move(rewriter);
+}
+
+bool GuestNetwork::deliver(std::span<const std::byte> frame) {
+    if (auto rewriter = this->rewriter()) {
+        std::vector<std::byte> copy(frame.begin(), frame.end());
+        rewriter->inbound(copy);
+        return m_nic.receive(copy);
+    }
+    return m_nic.receive(frame);
+}
+
+void GuestNetwork::set_input_hook(InputHook hook) {
+    std::lock_guard lock(m_input_hook_mutex);
+    m_input_hook = std::move(hook);
+}
+
+void GuestNetwork::from_tap(std::span<const std::byte> frame) {
+    std::lock_guard lock(m_input_hook_mutex);
+    if (m_input_hook)
+        m_input_hook(frame);
+    else
+        (void)deliver(frame);  // a frame the NIC cannot take is dropped, as a full queue would
+}
+
 bool GuestNetwork::transmit(std::span<const std::byte> frame) {
+    std::vector<std::byte> rewritten;
+    if (auto rewriter = this->rewriter()) {
+        rewritten.assign(frame.begin(), frame.end());
+        rewriter->outbound(rewritten);
+        frame = rewritten;
+    }
     std::lock_guard lock(m_sink_mutex);
     if (m_sink)
         return m_sink(frame);
@@ -82,8 +130,7 @@ base::Result<void> GuestNetwork::start_input() {
         if (!got)
             break;
     }
-    virtio::NetDevice* nic = &m_nic;
-    m_reader = TRY(net::TapReader::start(m_tap, [nic](std::span<const std::byte> frame) { nic->receive(frame); }));
+    m_reader = TRY(net::TapReader::start(m_tap, [this](std::span<const std::byte> frame) { from_tap(frame); }));
     return base::ok();
 }
 

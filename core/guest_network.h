@@ -7,9 +7,17 @@
 // tap, or one another process holds, is a start-up error) but reads nothing from it until it
 // takes over: then it drops what queued meanwhile, starts input and announces the guest's MAC
 // address so that switches and neighbours send its traffic here (docs/network.md).
+//
+// COLO adds two hooks. On the primary, an input hook sees every frame from the tap and gives it
+// to the guest (deliver()) and to the secondary in one order. On the secondary, a TCP sequence
+// rewriter (net::TcpRewriter) sits between the guest and everything else: deliver() rewrites
+// frames on their way in, and the guest's frames are rewritten before they reach the sink. It
+// stays for the guest's life: after a takeover, connections opened under the old primary still
+// need it.
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -23,6 +31,10 @@
 #include "core/net/tap.h"
 
 namespace colod::core {
+
+namespace net {
+class TcpRewriter;
+}
 
 namespace virtio {
 class NetDevice;
@@ -54,6 +66,18 @@ public:
     // The sink takes frames again: the NIC sends what waits in its ring.
     void ready();
 
+    // One frame from the world for the guest's NIC, through the rewriter when there is one.
+    // False when the NIC did not take it (see virtio::NetDevice::receive). Any thread; takes the
+    // NIC's transport lock.
+    bool deliver(std::span<const std::byte> frame);
+    // Where frames from the tap go once input is started; empty: straight to deliver(). The
+    // hook runs on the tap's reader thread; set_input_hook() waits for a call in progress, so it
+    // must not be called from inside the hook or under a lock the hook takes.
+    using InputHook = std::function<void(std::span<const std::byte>)>;
+    void set_input_hook(InputHook hook);
+    // The TCP sequence rewriter for the guest's frames both ways (null: none). Any thread.
+    void set_rewriter(std::shared_ptr<net::TcpRewriter> rewriter);
+
     // Frames arriving on the tap go to the guest from now on; those that queued on the tap
     // before are dropped first (a standby's tap collects the network's traffic for the guest
     // that ran elsewhere). Idempotent.
@@ -72,13 +96,22 @@ public:
 private:
     GuestNetwork(net::Tap tap, virtio::NetDevice& nic);
     bool transmit(std::span<const std::byte> frame);
+    void from_tap(std::span<const std::byte> frame);
     void announcer();
+    // The rewriter, and its idle connections expired now and then (any thread).
+    std::shared_ptr<net::TcpRewriter> rewriter();
 
     net::Tap m_tap;
     virtio::NetDevice& m_nic;
 
     std::mutex m_sink_mutex;
     PacketSink m_sink;  // empty: straight onto the tap
+
+    std::mutex m_input_hook_mutex;  // held while the hook runs
+    InputHook m_input_hook;
+    std::mutex m_rewriter_mutex;
+    std::shared_ptr<net::TcpRewriter> m_rewriter;  // guarded by m_rewriter_mutex
+    std::chrono::steady_clock::time_point m_next_expiry{};  // guarded by m_rewriter_mutex
 
     // Never held together with the NIC's transport lock (which vCPUs hold when they call
     // transmit()), in either order.

@@ -111,7 +111,7 @@ void visit_irqchip(Io& io, kvm::VmState& s) {
 
 template <typename Io>
 void visit_clock(Io& io, kvm::VmState& s) {
-    io(s.clock.clock), io(s.clock.flags);
+    io(s.clock.clock), io(s.clock.flags), io(s.clock.realtime);
 }
 
 // Encodes one part of a VmState with `visitor`.

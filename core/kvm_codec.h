@@ -17,7 +17,7 @@ namespace colod::core {
 constexpr uint16_t k_vcpu_state_version = 1;
 constexpr uint16_t k_irqchip_state_version = 1;
 constexpr uint16_t k_pit_state_version = 1;
-constexpr uint16_t k_clock_state_version = 1;
+constexpr uint16_t k_clock_state_version = 2;  // 2: the host's wall clock at the capture
 
 std::vector<std::byte> encode_vcpu_state(const kvm::VcpuState& state);
 base::Result<kvm::VcpuState> decode_vcpu_state(uint16_t version, std::span<const std::byte> bytes);

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #include "core/machine.h"
 
+#include <algorithm>
 #include <csignal>
 #include <cstring>
+#include <ctime>
 
 #include "base/log.h"
 #include "core/boot.h"
@@ -438,7 +440,7 @@ base::Result<MachineState> Machine::save_state() {
     return state;
 }
 
-base::Result<void> Machine::load_state(const MachineState& state) {
+base::Result<void> Machine::load_state(const MachineState& state, ClockAtLoad clock) {
     // Validate the shape before touching anything.
     if (state.vcpus.size() != m_vcpus.size())
         return base::Error::make(base::Errc::Mismatch, "state has {} vCPUs, this machine {}", state.vcpus.size(),
@@ -452,14 +454,32 @@ base::Result<void> Machine::load_state(const MachineState& state) {
                                      state.devices[i].name, m_board.devices()[i]->name());
         TRY(m_board.devices()[i]->check_state(state.devices[i]));
     }
-    TRY(m_vm.load_state(state.vm));
+    std::chrono::nanoseconds advance{0};
+    if (clock == ClockAtLoad::Continued && (state.vm.clock.flags & KVM_CLOCK_REALTIME)) {
+        timespec now{};
+        clock_gettime(CLOCK_REALTIME, &now);
+        int64_t now_ns = static_cast<int64_t>(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
+        // Never backwards (a wall clock stepped back, or the other host's running ahead).
+        advance = std::chrono::nanoseconds(std::max<int64_t>(0, now_ns - static_cast<int64_t>(state.vm.clock.realtime)));
+    }
+    TRY(m_vm.load_state(state.vm, advance));
     // Every vCPU's TSC is set against one reading of the host's: the guest's TSCs are what they
-    // were at the capture, as of that reading, and as far apart as they were.
+    // were at the capture (plus `advance`), as of that reading, and as far apart as they were.
     std::optional<uint64_t> host_tsc;
     if (!m_vcpus.empty() && m_vcpus[0].has_tsc_offset())
         host_tsc = TRY(m_vcpus[0].host_tsc());
-    for (size_t i = 0; i < m_vcpus.size(); ++i)
-        TRY(m_vcpus[i].load_state(state.vcpus[i], host_tsc));
+    for (size_t i = 0; i < m_vcpus.size(); ++i) {
+        uint64_t ticks = static_cast<uint64_t>(advance.count()) * state.vcpus[i].tsc_khz / 1'000'000;
+        if (ticks == 0) {
+            TRY(m_vcpus[i].load_state(state.vcpus[i], host_tsc));
+            continue;
+        }
+        kvm::VcpuState advanced = state.vcpus[i];
+        for (auto& entry : advanced.msrs)
+            if (entry.index == kvm::k_msr_tsc)
+                entry.data += ticks;
+        TRY(m_vcpus[i].load_state(advanced, host_tsc));
+    }
     for (size_t i = 0; i < m_board.devices().size(); ++i)
         TRY(m_board.devices()[i]->load_state(state.devices[i]));
     return base::ok();

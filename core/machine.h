@@ -127,7 +127,14 @@ public:
 
     // While paused: capture and restore of vCPUs, in-kernel devices and colod's devices.
     base::Result<MachineState> save_state();
-    base::Result<void> load_state(const MachineState& state);
+    // What the guest's clocks (kvmclock and every TSC) read once the state is loaded:
+    //   AsCaptured  what they read at the capture, as if the guest had been paused since (a
+    //               checkpoint resumed on takeover: no time passed for the guest);
+    //   Continued   that plus the wall-clock time since the capture (COLO's secondary, whose
+    //               guest runs beside the primary's: its clocks go on with the primary's, so that
+    //               whatever the guests read from them, TCP timestamps included, agrees).
+    enum class ClockAtLoad { AsCaptured, Continued };
+    base::Result<void> load_state(const MachineState& state, ClockAtLoad clock = ClockAtLoad::AsCaptured);
 
     GuestMemory& memory() { return m_memory; }
     kvm::Vm& vm() { return m_vm; }

@@ -42,7 +42,7 @@ base::Result<void> load_snapshot(Machine& machine, const proto::Hello& identity,
     if (!in.read(reinterpret_cast<char*>(file.data()), static_cast<std::streamsize>(file.size())))
         return base::Error::make(base::Errc::Invalid, "cannot read snapshot {}", path);
 
-    auto snapshot = proto::decode_snapshot(file);
+    auto snapshot = proto::decode_snapshot(file, platform_section_versions());
     if (!snapshot)
         return std::move(snapshot).error().context("snapshot " + path);
     if (auto why = proto::incompatibility(identity, snapshot->identity); !why.empty())

@@ -10,7 +10,9 @@
 #include "base/log.h"
 #include "core/fence.h"
 #include "core/fault.h"
+#include "core/guest_network.h"
 #include "core/guest_runtime.h"
+#include "core/net/tcp_rewriter.h"
 #include "core/page_buffer.h"
 #include "core/state_sections.h"
 #include "core/uart.h"
@@ -130,6 +132,14 @@ StandbyEngine::StandbyEngine(GuestRuntime& guest, proto::Hello identity, Replica
         // Room for what the primary lets its guest take in two epochs, and then some.
         m_rng_stream = std::make_shared<virtio::StreamEntropy>(8 << 20);
         rng->set_source(std::make_unique<virtio::SharedEntropy>(m_rng_stream));
+    }
+    if (GuestNetwork* network = m_guest.network(); network && colo()) {
+        // The guest here numbers its TCP connections from its own ISNs until a checkpoint makes
+        // it a copy of the primary's: its frames are moved onto the primary's numbers, and the
+        // world's acknowledgements back onto its own. For the guest's life: after a takeover the
+        // connections opened under the primary still need it.
+        m_rewriter = std::make_shared<net::TcpRewriter>();
+        network->set_rewriter(m_rewriter);
     }
 }
 
@@ -294,9 +304,14 @@ void StandbyEngine::run_session(std::shared_ptr<Session> session) {
     set_state(State::Syncing, fmt::format("syncing from {}", peer));
     if (m_rng_stream)
         m_rng_stream->clear();  // this primary's stream starts where its device stands
+    {
+        std::lock_guard input(m_net_mutex);
+        m_net_input.clear();  // another primary's frames, for a run that is over
+        m_net_input_bytes = 0;
+    }
 
     End end{End::Kind::Lost, {}};
-    if (auto decoder = proto::StateDecoder::create(proto::StateShape::from_hello(m_identity)); !decoder) {
+    if (auto decoder = proto::StateDecoder::create(proto::StateShape::from_hello(m_identity, platform_section_versions())); !decoder) {
         end.why = decoder.error().message();
     } else {
         Staging staging;
@@ -347,6 +362,8 @@ StandbyEngine::End StandbyEngine::receive_loop(Context& context) {
             step = on_console_input(context, *input);
         } else if (const auto* rng = std::get_if<proto::RngInput>(&*message)) {
             step = on_rng_input(context, *rng);
+        } else if (auto* net = std::get_if<proto::NetInput>(&*message)) {
+            step = on_net_input(context, *net);
         } else if (const auto* planned = std::get_if<proto::Handover>(&*message)) {
             step = on_handover(context, *planned);
         } else if (const auto* off = std::get_if<proto::GuestShutdown>(&*message)) {
@@ -417,6 +434,50 @@ StandbyEngine::Step StandbyEngine::on_rng_input(Context& context, const proto::R
     if (auto* rng = m_guest.machine().linux_devices().rng)
         rng->entropy_available();  // a request of the guest here may wait for them
     return std::nullopt;
+}
+
+StandbyEngine::Step StandbyEngine::on_net_input(Context&, proto::NetInput& frame) {
+    if (!colo() || !m_guest.network())
+        return std::nullopt;  // nothing here takes them (checkpoint mode: the state carries them)
+    {
+        std::lock_guard input(m_net_mutex);
+        if (frame.epoch < m_epoch.load())
+            return std::nullopt;  // already inside the loaded checkpoint
+        if (m_net_input.size() >= k_net_input_frames || m_net_input_bytes + frame.frame.size() > k_net_input_bytes) {
+            // The guest here falls behind the primary's input (it is paused, or not started): it
+            // misses this frame, runs on other input, and the comparison sends a checkpoint.
+            return std::nullopt;
+        }
+        m_net_input_bytes += frame.frame.size();
+        m_net_input.push_back(std::move(frame));
+    }
+    feed_frames();
+    return std::nullopt;
+}
+
+void StandbyEngine::feed_frames() {
+    GuestNetwork* network = m_guest.network();
+    std::lock_guard input(m_net_mutex);
+    while (!m_net_input.empty()) {
+        auto& front = m_net_input.front();
+        if (front.epoch > m_epoch.load())
+            return;  // for a run that has not started yet
+        if (front.epoch == m_epoch.load() && network)
+            (void)network->deliver(std::as_bytes(std::span(front.frame.data(), front.frame.size())));
+        m_net_input_bytes -= front.frame.size();
+        m_net_input.pop_front();
+    }
+}
+
+void StandbyEngine::send_frame(std::span<const std::byte> frame) {
+    std::shared_ptr<Session> session;
+    {
+        std::lock_guard lock(m_mutex);
+        session = m_session;
+    }
+    // A vCPU thread, under the NIC's lock: queue, never wait on the link.
+    if (session)
+        (void)session->post(proto::NetOutput{m_epoch.load(), std::string(reinterpret_cast<const char*>(frame.data()), frame.size())});
 }
 
 StandbyEngine::Step StandbyEngine::on_handover(Context&, const proto::Handover& handover) {
@@ -589,6 +650,8 @@ base::Result<void> StandbyEngine::apply(Staging& staging, uint64_t seq) {
         TRY(load_machine_state(state, seq));
         if (colo())
             m_colo_state = std::move(state);
+        if (m_rewriter)
+            m_rewriter->checkpoint_loaded();  // the guest here numbers every connection as the primary's
         m_committed = seq;
         m_committed_valid = true;
     }
@@ -633,6 +696,11 @@ void StandbyEngine::start_colo_guest(uint64_t seq) {
         (void)memory.harvest_dirty(machine.vm(), discard);  // track the guest's own writes from here
         m_guest.set_output_sink([this](std::span<const std::byte> bytes) { send_output(bytes); });
         machine.uart().set_space_callback([this] { feed_input(); });
+        if (GuestNetwork* network = m_guest.network())
+            network->set_sink([this](std::span<const std::byte> frame) {
+                send_frame(frame);
+                return true;
+            });
         if (auto started = m_guest.start(); !started) {
             base::log(Level::Error, Event::Error, "COLO: cannot start the guest here: " + started.error().message());
             return;
@@ -643,6 +711,7 @@ void StandbyEngine::start_colo_guest(uint64_t seq) {
     if (fault_point("secondary.replica-stop"))
         machine.request_stop(StopInfo{StopReason::TripleFault, 0, "fault point secondary.replica-stop"});
     feed_input();
+    feed_frames();
 }
 
 bool StandbyEngine::replica_stopped_by_itself() const {
@@ -666,7 +735,9 @@ base::Result<void> StandbyEngine::roll_back_replica() {
 
 base::Result<void> StandbyEngine::load_machine_state(const MachineState& state, uint64_t seq) {
     Machine& machine = m_guest.machine();
-    TRY(machine.load_state(state));
+    // COLO: the guest here runs beside the primary's, so its clocks go on with the primary's;
+    // a checkpoint resumed only on takeover is as if paused since.
+    TRY(machine.load_state(state, colo() ? Machine::ClockAtLoad::Continued : Machine::ClockAtLoad::AsCaptured));
     if (m_rng_stream) {
         uint64_t at = machine.linux_devices().rng->bytes_taken();
         m_rng_stream->seek(at);  // the guest continues from there
@@ -819,6 +890,11 @@ bool StandbyEngine::take_over_locked(const std::string& why, Clock::time_point d
     }
     if (colo()) {
         m_guest.set_output_sink(nullptr);  // the active engine takes the output from here
+        {
+            std::lock_guard input(m_net_mutex);
+            m_net_input.clear();  // the tap feeds the guest from here
+            m_net_input_bytes = 0;
+        }
         m_colo_pause.reset();  // a checkpoint that will never come stopped it: let it go on
     }
     bool started = m_callbacks.take_over && m_callbacks.take_over();

@@ -50,6 +50,9 @@ class GuestRuntime;
 namespace virtio {
 class StreamEntropy;
 }
+namespace net {
+class TcpRewriter;
+}
 
 class StandbyEngine {
 public:
@@ -127,6 +130,7 @@ private:
     Step on_checkpoint_request(Context& context, const proto::CheckpointRequest& request);
     Step on_console_input(Context& context, proto::ConsoleInput& input);
     Step on_rng_input(Context& context, const proto::RngInput& input);
+    Step on_net_input(Context& context, proto::NetInput& frame);
     Step on_handover(Context& context, const proto::Handover& handover);
     Step on_guest_shutdown(Context& context, const proto::GuestShutdown& shutdown);
     Step on_peer_error(Context& context, const proto::ErrorMessage& error);
@@ -154,6 +158,10 @@ private:
     base::Result<void> load_machine_state(const MachineState& state, uint64_t seq);
     void feed_input();
     void send_output(std::span<const std::byte> bytes);
+    // COLO with a NIC: the primary's frames of the running epoch go to the guest here; the
+    // guest's frames go to the primary's comparator.
+    void feed_frames();
+    void send_frame(std::span<const std::byte> frame);
 
     GuestRuntime& m_guest;
     proto::Hello m_identity;
@@ -198,6 +206,16 @@ private:
     // The primary's virtio-rng bytes (RNG_INPUT), which the device here gives its guest; the
     // host's entropy once this side takes over. Null without a virtio-rng or outside COLO.
     std::shared_ptr<virtio::StreamEntropy> m_rng_stream;
+    // The primary's frames (NET_INPUT) not yet given to the guest here: the epochs ahead of the
+    // running one. Bounded: past the bounds a frame is dropped (the comparison then asks for a
+    // checkpoint).
+    static constexpr size_t k_net_input_frames = 4096;
+    static constexpr size_t k_net_input_bytes = 16u << 20;
+    std::mutex m_net_mutex;
+    std::deque<proto::NetInput> m_net_input;  // guarded by m_net_mutex
+    size_t m_net_input_bytes = 0;             // guarded by m_net_mutex
+    // COLO with a NIC: the TCP sequence rewriter between the guest here and everything else.
+    std::shared_ptr<net::TcpRewriter> m_rewriter;
     std::thread m_accept_thread;
     std::thread m_session_thread;
 };

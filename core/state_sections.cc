@@ -2,6 +2,8 @@
 #include "core/state_sections.h"
 
 #include "core/kvm_codec.h"
+#include "core/net/frames.h"
+#include "core/virtio/net.h"
 #include "proto/auth.h"
 
 namespace colod::core {
@@ -14,7 +16,14 @@ proto::Hello machine_identity(Machine& machine, std::string_view vm_name, std::s
     for (const auto& device : machine.devices())
         hello.devices.push_back(proto::DeviceInfo{std::string(device->name()), device->state_version()});
     hello.image_hash = proto::hash_image(image);
+    if (const auto* nic = machine.linux_devices().net)
+        hello.mac = net::format_mac(nic->mac());
     return hello;
+}
+
+proto::SectionVersions platform_section_versions() {
+    return proto::SectionVersions{k_vcpu_state_version, k_irqchip_state_version, k_pit_state_version,
+                                  k_clock_state_version};
 }
 
 EncodedSections::EncodedSections(const MachineState& state) {

@@ -20,6 +20,10 @@ namespace colod::core {
 // the guest image (two sides pair only when all of it matches).
 proto::Hello machine_identity(Machine& machine, std::string_view vm_name, std::span<const std::byte> image);
 
+// The versions of the vCPU, irqchip, PIT and clock sections this build writes and reads
+// (core/kvm_codec.h), for proto's decoders.
+proto::SectionVersions platform_section_versions();
+
 // The section bodies of a MachineState, owned here, and the proto inputs that reference them.
 class EncodedSections {
 public:

@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #include "kvm/vm.h"
 
+#include <algorithm>
+#include <ctime>
+
 #include "kvm/system.h"
 #include "kvm/vcpu.h"
 
@@ -91,14 +94,23 @@ base::Result<VmState> Vm::save_state() {
     state.ioapic = chip.chip.ioapic;
     TRY(checked_ioctl(*m_handle, KVM_GET_PIT2, &state.pit));
     TRY(checked_ioctl(*m_handle, KVM_GET_CLOCK, &state.clock));
+    if (!(state.clock.flags & KVM_CLOCK_REALTIME)) {
+        // KVM pairs the clock with the host's wall clock only when the host's clocksource is the
+        // TSC: the same reading, taken just after, for a loader that continues the guest's time.
+        timespec now{};
+        clock_gettime(CLOCK_REALTIME, &now);
+        state.clock.realtime = static_cast<uint64_t>(now.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(now.tv_nsec);
+        state.clock.flags |= KVM_CLOCK_REALTIME;
+    }
     return state;
 }
 
-base::Result<void> Vm::load_state(const VmState& state) {
+base::Result<void> Vm::load_state(const VmState& state, std::chrono::nanoseconds advance) {
     // flags = 0: passing GET_CLOCK's KVM_CLOCK_REALTIME back would advance the guest clock by
-    // the time the state spent in transit (KVM-NOTES: kvmclock).
+    // the time the state spent in transit (KVM-NOTES: kvmclock); a caller that wants that says
+    // so with `advance`.
     kvm_clock_data clock{};
-    clock.clock = state.clock.clock;
+    clock.clock = state.clock.clock + static_cast<uint64_t>(std::max<int64_t>(0, advance.count()));
     TRY(checked_ioctl(*m_handle, KVM_SET_CLOCK, &clock));
     kvm_irqchip chip{};
     chip.chip_id = KVM_IRQCHIP_PIC_MASTER;

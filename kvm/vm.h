@@ -3,6 +3,7 @@
 
 #include "kvm/kernel_abi.h"
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -62,7 +63,8 @@ public:
     // vCPU in KVM_RUN) so that the pieces are consistent with each other and with the vCPUs.
     base::Result<VmState> save_state();
     // Restores in KVM's working order: clock, irqchip (PIC master, PIC slave, IOAPIC), PIT.
-    base::Result<void> load_state(const VmState& state);
+    // The guest's clock reads what it read at the capture, plus `advance`.
+    base::Result<void> load_state(const VmState& state, std::chrono::nanoseconds advance = {});
 
     base::Result<Vcpu> create_vcpu(uint32_t id);
 

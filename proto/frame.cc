@@ -25,13 +25,15 @@ std::string_view message_type_name(MessageType type) {
     case MessageType::ConsoleInput: return "CONSOLE_INPUT";
     case MessageType::ConsoleOutput: return "CONSOLE_OUTPUT";
     case MessageType::RngInput: return "RNG_INPUT";
+    case MessageType::NetInput: return "NET_INPUT";
+    case MessageType::NetOutput: return "NET_OUTPUT";
     }
     return "UNKNOWN";
 }
 
 bool known_message_type(uint8_t type) {
     return type >= static_cast<uint8_t>(MessageType::Hello) &&
-           type <= static_cast<uint8_t>(MessageType::RngInput);
+           type <= static_cast<uint8_t>(MessageType::NetOutput);
 }
 
 uint32_t payload_cap(MessageType type) {
@@ -43,6 +45,8 @@ uint32_t payload_cap(MessageType type) {
     case MessageType::ConsoleInput:
     case MessageType::ConsoleOutput:
     case MessageType::RngInput: return 8u << 10;
+    case MessageType::NetInput:
+    case MessageType::NetOutput: return 72u << 10;  // u64 epoch + a frame of up to 65550 bytes
     default:
         // Fixed-size control messages; the room above their current size lets a later minor
         // revision append fields that this version skips.

@@ -57,6 +57,8 @@ enum class MessageType : uint8_t {
     ConsoleInput = 14,
     ConsoleOutput = 15,
     RngInput = 16,
+    NetInput = 17,
+    NetOutput = 18,
 };
 
 std::string_view message_type_name(MessageType type);

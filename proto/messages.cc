@@ -94,6 +94,8 @@ std::vector<std::byte> Hello::encode() const {
         w.u8(uint8_t(ids));
         for (size_t i = 0; i < ids; ++i)
             w.bytes(key_ids[i]);
+        if (!mac.empty())
+            w.str8(std::string_view(mac).substr(0, kMacTextLength));
     }
     return out;
 }
@@ -148,7 +150,24 @@ base::Result<Hello> Hello::decode(std::span<const std::byte> payload) {
         TRY(read_array(r, id, "HELLO key id"));
         h.key_ids.push_back(id);
     }
+    if (r.at_end())
+        return h;  // no NIC, or a sender from before the MAC was appended
+    h.mac = TRY(r.str8("HELLO MAC", kMacTextLength));
+    if (!is_mac_text(h.mac))
+        return error(Reason::BadField, "HELLO MAC '{}' is not six lower-case hex pairs joined by ':'", h.mac);
     return h;
+}
+
+bool is_mac_text(std::string_view text) {
+    if (text.size() != kMacTextLength)
+        return false;
+    for (size_t i = 0; i < text.size(); ++i) {
+        char c = text[i];
+        bool ok = i % 3 == 2 ? c == ':' : (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+        if (!ok)
+            return false;
+    }
+    return true;
 }
 
 std::string incompatibility(const Hello& local, const Hello& peer) {
@@ -173,6 +192,9 @@ std::string incompatibility(const Hello& local, const Hello& peer) {
     }
     if (local.image_hash != peer.image_hash)
         return "guest image hash differs";
+    if (local.mac != peer.mac)
+        return fmt::format("guest MAC differs: local {}, peer {} ([vm] mac must be the same on both hosts)",
+                           local.mac.empty() ? "none" : local.mac, peer.mac.empty() ? "none" : peer.mac);
     if (local.link_security != peer.link_security)
         return fmt::format("link-security differs: local {}, peer {} ([replication] link-security must be the same "
                            "on both sides)",
@@ -342,6 +364,32 @@ base::Result<GuestShutdown> GuestShutdown::decode(std::span<const std::byte> pay
     return g;
 }
 
+template <MessageType T>
+std::vector<std::byte> NetFrame<T>::encode() const {
+    std::vector<std::byte> out;
+    ByteWriter w(out);
+    w.u64(epoch);
+    w.bytes(std::string_view(frame).substr(0, kMaxNetFrameBytes));
+    return out;
+}
+
+template <MessageType T>
+base::Result<NetFrame<T>> NetFrame<T>::decode(std::span<const std::byte> payload) {
+    ByteReader r(payload);
+    NetFrame m;
+    m.epoch = TRY(r.u64("net epoch"));
+    size_t length = payload.size() - sizeof(uint64_t);
+    if (length < kMinNetFrameBytes || length > kMaxNetFrameBytes)
+        return error(Reason::BadField, "{} carries a frame of {} bytes ({} to {} allowed)", message_type_name(T), length,
+                     kMinNetFrameBytes, kMaxNetFrameBytes);
+    auto bytes = TRY(r.bytes(length, "net frame"));
+    m.frame.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    return m;
+}
+
+template struct NetFrame<MessageType::NetInput>;
+template struct NetFrame<MessageType::NetOutput>;
+
 MessageType message_type(const Message& message) {
     return std::visit([](const auto& m) { return std::decay_t<decltype(m)>::type; }, message);
 }
@@ -375,6 +423,8 @@ base::Result<Message> decode_message(MessageType type, std::span<const std::byte
     case MessageType::ConsoleInput: return decode_as<ConsoleInput>(payload);
     case MessageType::ConsoleOutput: return decode_as<ConsoleOutput>(payload);
     case MessageType::RngInput: return decode_as<RngInput>(payload);
+    case MessageType::NetInput: return decode_as<NetInput>(payload);
+    case MessageType::NetOutput: return decode_as<NetOutput>(payload);
     case MessageType::VmstateSend: break;
     }
     return error(Reason::UnexpectedMessage, "{} is not a control message", message_type_name(type));

@@ -83,6 +83,8 @@ struct Hello {
     Aead aead = Aead::Auto;        // filled by handshake() unless a test sets it; Auto in snapshots
     std::vector<KeyId> key_ids;    // the keys the sender holds, preferred first (at most
                                    // kMaxKeyIds); set by handshake(), none in snapshots
+    std::string mac;               // the guest NIC's MAC address (xx:xx:xx:xx:xx:xx, lower case);
+                                   // empty without a NIC. Appended to protocol 2: absent = empty
 
     uint64_t page_count() const { return memory_bytes / kPageSize; }
     std::vector<std::byte> encode() const;
@@ -91,10 +93,13 @@ struct Hello {
 };
 
 // The first difference that makes two sides unable to pair (protocol version, VM name, memory
-// size, vCPU count, device list, image hash, link security), as a sentence for both logs; empty
+// size, vCPU count, device list, image hash, NIC MAC, link security), as a sentence for both logs; empty
 // when they match. Roles are not compared here (policy for the caller); neither are keys and
 // AEAD preferences (the handshake settles those).
 std::string incompatibility(const Hello& local, const Hello& peer);
+// A MAC address as HELLO carries it: "52:54:00:12:34:56", lower case.
+inline constexpr size_t kMacTextLength = 17;
+bool is_mac_text(std::string_view text);
 
 // AUTH: the sender's proof that it holds the pre-shared key, answering the peer's nonce, and
 // its verdict on the peer's HELLO (a refusal carries the reason).
@@ -216,10 +221,30 @@ struct RngInput {
     bool operator==(const RngInput&) const = default;
 };
 
+// COLO mode, a guest with a NIC. NET_INPUT: an Ethernet frame the primary's NIC accepted for
+// its guest, for the secondary's guest (primary → secondary). NET_OUTPUT: a frame the
+// secondary's guest sent (its TCP sequence numbers moved onto the primary's), for the primary's
+// packet comparator (secondary → primary). `epoch` as for the console: the checkpoint the
+// sender's guest runs after. The frame is the rest of the payload.
+inline constexpr size_t kMinNetFrameBytes = 14;     // an Ethernet header
+inline constexpr size_t kMaxNetFrameBytes = 65550;  // the NIC's largest frame (no offloads)
+template <MessageType T>
+struct NetFrame {
+    static constexpr MessageType type = T;
+    uint64_t epoch = 0;
+    std::string frame;  // kMinNetFrameBytes..kMaxNetFrameBytes, binary
+
+    std::vector<std::byte> encode() const;
+    static base::Result<NetFrame> decode(std::span<const std::byte> payload);
+    bool operator==(const NetFrame&) const = default;
+};
+using NetInput = NetFrame<MessageType::NetInput>;
+using NetOutput = NetFrame<MessageType::NetOutput>;
+
 // Any control message (everything but VMSTATE_SEND).
 using Message = std::variant<Hello, Auth, ErrorMessage, Heartbeat, CheckpointReady, CheckpointRequest,
                              CheckpointReply, VmstateSize, VmstateReceived, VmstateLoaded, GuestShutdown,
-                             Handover, ConsoleInput, ConsoleOutput, RngInput>;
+                             Handover, ConsoleInput, ConsoleOutput, RngInput, NetInput, NetOutput>;
 
 MessageType message_type(const Message& message);
 std::vector<std::byte> encode_message(const Message& message);

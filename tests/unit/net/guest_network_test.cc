@@ -25,8 +25,10 @@
 #include "core/guest_network.h"
 #include "core/net/frames.h"
 #include "core/net/tap.h"
+#include "core/net/tcp_rewriter.h"
 #include "core/virtio/net.h"
 #include "tests/support/backend.h"
+#include "tests/support/frame_builder.h"
 #include "tests/support/netns.h"
 #include "tests/support/test_net.h"
 #include "tests/support/virtio_driver.h"
@@ -387,6 +389,98 @@ TEST_CASE("start_input drops what queued on the tap; frames after it reach the g
     auto later = make_frame(1514, 200);
     host.send(later);
     CHECK(guest.receive(1, is_test_frame) == std::vector<Frame>{later});
+}
+
+TEST_CASE("an input hook gets every frame from the tap in order and decides what the guest gets; without it they go "
+          "straight in") {
+    if (!root_or_skip())
+        return;
+    NetnsScope ns(NetnsScope::Sysfs::Host);
+    make_tap();
+    PacketSocket host(k_tap);
+    Guest guest;
+    auto network = open_network(guest);
+
+    // COLO's primary: every frame is seen (and forwarded), the guest gets what deliver() gives.
+    std::mutex mutex;
+    std::vector<Frame> seen;
+    std::vector<bool> delivered;
+    network->set_input_hook([&](std::span<const std::byte> frame) {
+        if (!is_test_frame(frame))
+            return;
+        std::lock_guard lock(mutex);
+        seen.emplace_back(frame.begin(), frame.end());
+        bool give = seen.size() % 2 == 1;  // every other one
+        delivered.push_back(give && network->deliver(frame));
+    });
+    REQUIRE(network->start_input());
+    std::vector<Frame> sent, given;
+    for (uint8_t i = 0; i < 20; ++i) {
+        sent.push_back(make_frame(60 + i * 7u, i));
+        if (i % 2 == 0)
+            given.push_back(sent.back());
+        host.send(sent.back());
+    }
+    CHECK(guest.receive(given.size(), is_test_frame) == given);
+    {
+        std::lock_guard lock(mutex);
+        CHECK(seen == sent);
+        CHECK(std::count(delivered.begin(), delivered.end(), true) == static_cast<long>(given.size()));
+    }
+
+    // Without the hook, straight to the guest.
+    network->set_input_hook(nullptr);
+    auto later = make_frame(100, 99);
+    host.send(later);
+    CHECK(guest.receive(1, is_test_frame) == std::vector<Frame>{later});
+    std::lock_guard lock(mutex);
+    CHECK(seen.size() == sent.size());
+}
+
+TEST_CASE("a rewriter moves the guest's TCP sequence numbers onto the primary's, out through the sink and in through "
+          "deliver()") {
+    if (!root_or_skip())
+        return;
+    using namespace colod::test::frames;
+    NetnsScope ns(NetnsScope::Sysfs::Host);
+    make_tap();
+    Guest guest;
+    auto network = open_network(guest);
+    RecordingSink sink;
+    network->set_sink(sink.sink());
+    auto rewriter = std::make_shared<net::TcpRewriter>();
+    network->set_rewriter(rewriter);
+
+    const Host4 client{{0x02, 0, 0, 0, 0, 0x02}, 0x0a000002, 40000};
+    const Host4 guest_host{k_mac, 0x0a00000a, 80};
+    constexpr uint32_t client_isn = 1000, primary_isn = 0x10000000, own_isn = 0x20000000;
+    auto is_tcp = [](std::span<const std::byte> frame) { return ethertype(frame) == 0x0800; };
+
+    // The client connects; the guest here answers with its own ISN; the client acknowledges
+    // the primary's: the guest gets that acknowledgement in its own numbers.
+    REQUIRE(network->deliver(tcp4(client, guest_host, {client_isn, 0, k_syn})));
+    CHECK(guest.receive(1, is_tcp).size() == 1);
+    guest.transmit(tcp4(guest_host, client, {own_isn, client_isn + 1, k_syn | k_ack}));
+    REQUIRE(eventually([&] { return sink.frames().size() == 1; }, scaled(k_deadline)));
+    REQUIRE(network->deliver(tcp4(client, guest_host, {client_isn + 1, primary_isn + 1, k_ack})));
+    auto ack = guest.receive(1, is_tcp);
+    REQUIRE(ack.size() == 1);
+    CHECK(tcp_fields(ack[0]).ack == own_isn + 1);
+    CHECK(tcp_checksum_valid(ack[0]));
+    CHECK(rewriter->connections() == 1);
+
+    // The guest's reply leaves in the primary's numbers, its checksum still right.
+    guest.transmit(tcp4(guest_host, client, {own_isn + 1, client_isn + 1, k_ack | k_psh, 64240, "hello"}));
+    REQUIRE(eventually([&] { return sink.frames().size() == 2; }, scaled(k_deadline)));
+    auto reply = sink.frames()[1];
+    CHECK(tcp_fields(reply).seq == primary_isn + 1);
+    CHECK(tcp_checksum_valid(reply));
+
+    // Without the rewriter the numbers pass as they are.
+    network->set_rewriter(nullptr);
+    guest.transmit(tcp4(guest_host, client, {own_isn + 6, client_isn + 1, k_ack | k_psh, 64240, "again"}));
+    REQUIRE(eventually([&] { return sink.frames().size() == 3; }, scaled(k_deadline)));
+    CHECK(tcp_fields(sink.frames()[2]).seq == own_isn + 6);
 }
 
 TEST_CASE("announce sends RARP rounds from the guest's MAC, and gratuitous ARPs once its address is known") {

@@ -55,12 +55,14 @@ Hello random_hello(std::mt19937_64& rng) {
         for (auto& id : h.key_ids)
             for (auto& b : id)
                 b = std::byte(rng());
+        if (rng() % 2)
+            h.mac = fmt::format("52:54:00:{:02x}:{:02x}:{:02x}", rng() % 256, rng() % 256, rng() % 256);
     }
     return h;
 }
 
 Message random_message(std::mt19937_64& rng) {
-    switch (rng() % 15) {
+    switch (rng() % 17) {
     case 0: return random_hello(rng);
     case 1: {
         Auth a;
@@ -86,6 +88,8 @@ Message random_message(std::mt19937_64& rng) {
     case 11: return ConsoleInput{rng(), std::string(1 + rng() % 100, char(rng()))};
     case 12: return ConsoleOutput{rng(), std::string(1 + rng() % kMaxConsoleBytes, char(rng()))};
     case 13: return RngInput{rng() >> 1, std::string(1 + rng() % kMaxRngBytes, char(rng()))};
+    case 14: return NetInput{rng(), std::string(kMinNetFrameBytes + rng() % 1500, char(rng()))};
+    case 15: return NetOutput{rng(), std::string(kMinNetFrameBytes + rng() % (kMaxNetFrameBytes - kMinNetFrameBytes + 1), char(rng()))};
     default: return GuestShutdown{int32_t(rng())};
     }
 }
@@ -159,6 +163,26 @@ TEST_CASE("RNG_INPUT: no bytes, too many, or an offset that wraps are refused") 
     REQUIRE(RngInput::decode(RngInput{UINT64_MAX - 4, "abcd"}.encode()).ok());
 }
 
+TEST_CASE("NET_INPUT / NET_OUTPUT: a frame shorter than an Ethernet header or longer than the NIC's largest is refused") {
+    for (size_t size : {kMinNetFrameBytes, size_t{1514}, kMaxNetFrameBytes}) {
+        NetOutput out{9, std::string(size, 'f')};
+        auto back = NetOutput::decode(out.encode());
+        REQUIRE(back.ok());
+        CHECK(back.value() == out);
+    }
+    CHECK(reason(NetInput::decode(NetInput{9, std::string(kMinNetFrameBytes - 1, 'f')}.encode())) == Reason::BadField);
+    CHECK(reason(NetInput::decode(NetInput{9, ""}.encode())) == Reason::BadField);
+    // encode() never sends more than the limit; bytes written by hand are refused.
+    std::vector<std::byte> over;
+    ByteWriter w(over);
+    w.u64(9);
+    w.bytes(std::string(kMaxNetFrameBytes + 1, 'f'));
+    CHECK(reason(NetInput::decode(over)) == Reason::BadField);
+    CHECK_FALSE(NetInput::decode(std::vector<std::byte>(5)).ok());  // no room for the epoch
+    // The largest frame fits under the type's cap, which a sender never exceeds.
+    CHECK(NetInput{9, std::string(kMaxNetFrameBytes, 'f')}.encode().size() <= payload_cap(MessageType::NetInput));
+}
+
 TEST_CASE("decoders skip fields appended by a later revision") {
     Heartbeat hb{5, 6};
     auto payload = hb.encode();
@@ -192,7 +216,7 @@ TEST_CASE("malformed: bad version") {
 }
 
 TEST_CASE("malformed: unknown type") {
-    FrameHeader h{kWireVersion, static_cast<MessageType>(17), 0, 0, 16};
+    FrameHeader h{kWireVersion, static_cast<MessageType>(19), 0, 0, 16};
     REQUIRE(reason(decode_header(encode_header(h))) == Reason::UnknownType);
     h.type = static_cast<MessageType>(0);
     REQUIRE(reason(decode_header(encode_header(h))) == Reason::UnknownType);
@@ -261,9 +285,17 @@ TEST_CASE("malformed messages: truncated fields and bad values") {
 
     std::mt19937_64 rng(3);
     Hello h = random_hello(rng);
+    h.mac.clear();
     auto payload = h.encode();
     for (size_t cut = 0; cut < payload.size(); ++cut)
         REQUIRE(reason(Hello::decode(std::span(payload).first(cut))) == Reason::Truncated);
+    // The MAC is optional at the end: without it the HELLO is whole; cut inside it, truncated.
+    Hello with_mac = h;
+    with_mac.mac = "52:54:00:12:34:56";
+    auto longer = with_mac.encode();
+    REQUIRE(longer.size() == payload.size() + 1 + kMacTextLength);
+    for (size_t cut = payload.size() + 1; cut < longer.size(); ++cut)
+        REQUIRE(reason(Hello::decode(std::span(longer).first(cut))) == Reason::Truncated);
 
     Hello bad = h;
     bad.memory_bytes = 4097;
@@ -325,6 +357,36 @@ TEST_CASE("incompatibility names the first difference") {
     b.aead = Aead::ChaCha20Poly1305;
     b.key_ids.clear();
     REQUIRE(incompatibility(a, b).empty());
+    // The guest's MAC: the refusal names the key and both addresses (none: no NIC).
+    b = a;
+    a.mac = "52:54:00:12:34:56";
+    b.mac = "52:54:00:12:34:57";
+    REQUIRE_THAT(incompatibility(a, b), Catch::Contains("guest MAC differs: local 52:54:00:12:34:56, peer "
+                                                        "52:54:00:12:34:57 ([vm] mac must be the same on both hosts)"));
+    b.mac.clear();
+    REQUIRE_THAT(incompatibility(a, b), Catch::Contains("peer none"));
+}
+
+TEST_CASE("HELLO: the MAC is optional at the end; a malformed one is refused") {
+    Hello h;
+    h.vm_name = "demo";
+    h.memory_bytes = 16 * kPageSize;
+    h.vcpus = 1;
+    auto without = Hello::decode(h.encode());
+    REQUIRE(without.ok());
+    CHECK(without.value().mac.empty());
+    h.mac = "52:54:00:ab:cd:ef";
+    auto with = Hello::decode(h.encode());
+    REQUIRE(with.ok());
+    CHECK(with.value().mac == "52:54:00:ab:cd:ef");
+    for (const char* bad : {"52:54:00:AB:CD:EF", "52-54-00-ab-cd-ef", "52:54:00:ab:cd:e", "52:54:00:ab:cd:efg"}) {
+        INFO(bad);
+        auto payload = h.encode();
+        payload.resize(payload.size() - 1 - kMacTextLength);
+        ByteWriter w(payload);
+        w.str8(bad);
+        CHECK(reason(Hello::decode(payload)) == Reason::BadField);
+    }
 }
 
 TEST_CASE("a HELLO of protocol 1 decodes without protocol 2's fields and is refused naming both versions") {
@@ -336,6 +398,7 @@ TEST_CASE("a HELLO of protocol 1 decodes without protocol 2's fields and is refu
     old.link_security = LinkSecurity::Authenticated;  // protocol 1's frame_auth = 1
     old.aead = Aead::Auto;
     old.key_ids.clear();
+    old.mac.clear();
     auto decoded = Hello::decode(old.encode());
     REQUIRE(decoded.ok());
     REQUIRE(decoded.value() == old);
