@@ -16,6 +16,8 @@ constexpr size_t k_at_ack = 8;
 constexpr uint8_t k_option_end = 0;
 constexpr uint8_t k_option_nop = 1;
 constexpr uint8_t k_option_sack = 5;
+constexpr uint8_t k_option_timestamp = 8;
+constexpr size_t k_timestamp_length = 10;
 
 struct Segment {
     PacketView packet;
@@ -55,6 +57,30 @@ void rewrite_sack(std::span<std::byte> segment, size_t header_length, uint32_t o
         }
         at += length;
     }
+}
+
+// Where the timestamp option (RFC 7323: TSval at +2, TSecr at +6) sits in the segment, if it
+// has a well-formed one.
+std::optional<size_t> timestamp_at(std::span<const std::byte> segment, size_t header_length) {
+    size_t at = 20;
+    while (at < header_length) {
+        uint8_t kind = std::to_integer<uint8_t>(segment[at]);
+        if (kind == k_option_end)
+            return std::nullopt;
+        if (kind == k_option_nop) {
+            ++at;
+            continue;
+        }
+        if (at + 1 >= header_length)
+            return std::nullopt;
+        size_t length = std::to_integer<uint8_t>(segment[at + 1]);
+        if (length < 2 || at + length > header_length)
+            return std::nullopt;
+        if (kind == k_option_timestamp)
+            return length == k_timestamp_length ? std::optional<size_t>(at) : std::nullopt;
+        at += length;
+    }
+    return std::nullopt;
 }
 
 }  // namespace
@@ -115,12 +141,24 @@ void TcpRewriter::erase(Table::iterator it) {
     m_table.erase(it);
 }
 
-bool TcpRewriter::learn(Table::iterator it, uint32_t primary_isn_plus_one) {
+void TcpRewriter::note_guest_timestamp(Connection& connection, std::span<const std::byte> segment,
+                                       size_t header_length) {
+    auto ts = timestamp_at(segment, header_length);
+    connection.guest_ts = ts.has_value();
+    if (ts)
+        connection.guest_tsval = load_be32(segment, *ts + 2);
+}
+
+bool TcpRewriter::learn(Table::iterator it, uint32_t primary_isn_plus_one, std::optional<uint32_t> primary_tsval) {
     Connection& connection = it->second;
     connection.offset = primary_isn_plus_one - 1 - connection.isn;
     connection.state = State::Established;
-    if (connection.offset == 0) {
-        erase(it);  // both guests chose the same ISN: nothing to rewrite
+    if (connection.guest_ts && primary_tsval) {
+        connection.ts_known = true;
+        connection.ts_offset = *primary_tsval - connection.guest_tsval;
+    }
+    if (connection.offset == 0 && connection.ts_offset == 0) {
+        erase(it);  // both guests chose the same ISN and timestamp origin: nothing to rewrite
         return false;
     }
     return true;
@@ -135,6 +173,13 @@ void TcpRewriter::inbound(std::span<std::byte> frame) {
             parsed->packet.src};
     bool syn = tcp.flags & k_tcp_syn, ack = tcp.flags & k_tcp_ack, rst = tcp.flags & k_tcp_rst;
 
+    auto segment = frame.subspan(tcp.offset, tcp.end - tcp.offset);
+    // The timestamp echo (valid with ACK only): in the peer's acknowledgement of the primary's
+    // SYN or SYN-ACK, that segment's TSval.
+    auto ts = ack ? timestamp_at(segment, tcp.header_length) : std::nullopt;
+    const size_t echo_at = ts.value_or(0) + 6;
+    auto echoed = ts ? std::optional<uint32_t>(load_be32(segment, echo_at)) : std::nullopt;
+
     std::lock_guard lock(m_mutex);
     auto it = m_table.find(key);
     if (it == m_table.end())
@@ -144,9 +189,10 @@ void TcpRewriter::inbound(std::span<std::byte> frame) {
     switch (connection.state) {
     case State::SynReceived:
         // The client's first acknowledgement (its handshake ACK, or data if that ACK was
-        // lost) acknowledges the primary's SYN-ACK: ack = primary's ISN + 1.
+        // lost) acknowledges the primary's SYN-ACK: ack = primary's ISN + 1, and its
+        // timestamp echo is the primary's SYN-ACK's TSval.
         if (ack && !syn) {
-            if (!learn(it, tcp.ack))
+            if (!learn(it, tcp.ack, echoed))
                 return;
         } else {
             if (rst)
@@ -158,7 +204,7 @@ void TcpRewriter::inbound(std::span<std::byte> frame) {
         // The server's SYN-ACK acknowledges the primary's SYN; so does a RST refusing it
         // (which the guest accepts only with its own ISN + 1 as ack).
         if (ack && (syn || rst)) {
-            if (!learn(it, tcp.ack))
+            if (!learn(it, tcp.ack, echoed))
                 return;
         } else {
             return;
@@ -169,12 +215,13 @@ void TcpRewriter::inbound(std::span<std::byte> frame) {
         break;
     }
 
-    auto segment = frame.subspan(tcp.offset, tcp.end - tcp.offset);
     if (ack) {
         if (connection.fin_out && !seq_before(tcp.ack, connection.fin_out_end))
             connection.fin_out_acked = true;
         rewrite_be32(segment, k_at_checksum, k_at_ack, tcp.ack - connection.offset);
         rewrite_sack(segment, tcp.header_length, connection.offset);
+        if (echoed && connection.ts_known)
+            rewrite_be32(segment, k_at_checksum, echo_at, echoed.value_or(0) - connection.ts_offset);
     }
     if (tcp.flags & k_tcp_fin) {
         connection.fin_in = true;
@@ -204,10 +251,15 @@ void TcpRewriter::outbound(std::span<std::byte> frame) {
     if (syn && !ack) {
         // The guest connects. Its SYN's sequence number is its ISN; the SYN itself passes
         // unchanged (the comparator does not compare a SYN's sequence number).
-        if (it == m_table.end() || it->second.state != State::SynSent || it->second.isn != tcp.seq)
-            start(key, State::SynSent, tcp.seq, now);
-        else
+        Connection* connection = nullptr;
+        if (it == m_table.end() || it->second.state != State::SynSent || it->second.isn != tcp.seq) {
+            connection = &start(key, State::SynSent, tcp.seq, now);
+        } else {
             touch(it, now);
+            connection = &it->second;
+        }
+        // The latest SYN's: the server echoes the primary's latest.
+        note_guest_timestamp(*connection, frame.subspan(tcp.offset, tcp.end - tcp.offset), tcp.header_length);
         return;
     }
     bool known = it != m_table.end() && it->second.isn == tcp.seq;
@@ -223,6 +275,7 @@ void TcpRewriter::outbound(std::span<std::byte> frame) {
         }
         connection->guest_acked = true;
         connection->guest_ack = tcp.ack;
+        note_guest_timestamp(*connection, frame.subspan(tcp.offset, tcp.end - tcp.offset), tcp.header_length);
         return;
     }
     if (it == m_table.end())
@@ -239,6 +292,10 @@ void TcpRewriter::outbound(std::span<std::byte> frame) {
     uint32_t seq = tcp.seq + connection.offset;
     auto segment = frame.subspan(tcp.offset, tcp.end - tcp.offset);
     rewrite_be32(segment, k_at_checksum, k_at_seq, seq);
+    if (connection.ts_known) {
+        if (auto ts = timestamp_at(segment, tcp.header_length))
+            rewrite_be32(segment, k_at_checksum, *ts + 2, load_be32(segment, *ts + 2) + connection.ts_offset);
+    }
     if (ack) {
         connection.guest_acked = true;
         connection.guest_ack = tcp.ack;

@@ -9,10 +9,19 @@
 // primary's. The rewriter sits between the secondary's guest and everything else and moves
 // the secondary's sequence space onto the primary's:
 //
-//   inbound  (world -> secondary's guest):  ack -= offset, and each SACK block's edges
-//   outbound (secondary's guest -> primary's comparator): seq += offset
+//   inbound  (world -> secondary's guest):  ack -= offset, and each SACK block's edges;
+//                                           TSecr -= ts_offset
+//   outbound (secondary's guest -> primary's comparator): seq += offset; TSval += ts_offset
 //
-// where offset = primary's ISN - secondary's ISN (mod 2^32). The secondary's ISN is in the
+// where offset = primary's ISN - secondary's ISN (mod 2^32), and ts_offset the same for the
+// origin of the guests' TCP timestamps (RFC 7323): Linux adds a per-connection random offset
+// to its TSval, drawn from a secret each guest may have drawn on its own, so after a takeover
+// the client would see the survivor's TSvals jump by an arbitrary amount — backwards half the
+// time, and then its PAWS check discards every segment of the connection. ts_offset is learnt
+// with the ISN's: the peer's acknowledgement of the primary's SYN or SYN-ACK echoes the
+// primary's TSval (TSecr), and the secondary's own SYN or SYN-ACK carried its TSval. Once
+// learnt it holds, because the two guests' clocks run together (a COLO secondary's clocks go on
+// with the primary's at every checkpoint, docs/architecture.md). The secondary's ISN is in the
 // SYN or SYN-ACK its guest sends; the primary's is never seen here, but the client's reply to
 // it is: a client that connects to the guest acknowledges the primary's SYN-ACK with
 // ack = primary's ISN + 1 in its first ACK, and a server the guest connects to acknowledges
@@ -26,18 +35,14 @@
 // pair is protected. After a takeover no checkpoint comes: the guest here carries on with the
 // sequence numbers it chose, the world knows the primary's, and the rewriter must stay in the
 // guest's path (now between the guest and the tap) until those connections end; connections
-// opened after the takeover learn an offset of 0 and are not kept.
+// opened after the takeover learn offsets of 0 and are not kept.
 //
-// What is not rewritten (both are harmless to the guests' TCP, so said once here):
-//   * TCP timestamps: each guest's TSval comes from its own clock; the client echoes the
-//     primary's in TSecr. Linux uses TSecr only to measure round trips (a value from the other
-//     guest's clock gives a wrong sample, never a dropped segment) and checks PAWS on the
-//     client's TSval, which both guests receive alike.
-//   * The secondary's own acknowledgements and SACK blocks describe the client's sequence
-//     space, which both guests share.
+// What is not rewritten (harmless to the guests' TCP, so said once here): the secondary's own
+// acknowledgements and SACK blocks, and the peer's TSval, describe the peer's sequence space and
+// clock, which both guests share.
 //
 // Connection lifetime: an entry is made by the guest's SYN or SYN-ACK; once the offset is
-// learnt an entry with offset 0 is dropped at once (nothing to rewrite). An entry is closed
+// learnt an entry with both offsets 0 is dropped at once (nothing to rewrite). An entry is closed
 // by a RST the guest sends or accepts (RFC 5961: sequence number = what the guest acknowledged
 // last), or when both FINs have been acknowledged; a closed entry keeps rewriting for a linger
 // time (TIME-WAIT retransmissions) and then expire_idle() removes it, as it removes
@@ -56,6 +61,7 @@
 #include <cstdint>
 #include <list>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <unordered_map>
 
@@ -117,6 +123,12 @@ private:
         uint32_t fin_out_end = 0, fin_in_end = 0;
         bool guest_acked = false;
         uint32_t guest_ack = 0;  // the last acknowledgement the guest sent (RST validation)
+        // Timestamps: the TSval of the guest's latest SYN or SYN-ACK (if it had the option),
+        // and primary's TSval - secondary's once learnt.
+        bool guest_ts = false;
+        uint32_t guest_tsval = 0;
+        bool ts_known = false;
+        uint32_t ts_offset = 0;
         Clock::time_point last{};
         std::list<Key>::iterator lru;
     };
@@ -126,9 +138,10 @@ private:
     Connection& start(const Key& key, State state, uint32_t isn, Clock::time_point now);
     void touch(Table::iterator it, Clock::time_point now);
     void erase(Table::iterator it);
-    // Learns the offset from the primary's ISN + 1 acknowledged by the peer; false when the
-    // offset is 0 and the entry was dropped.
-    bool learn(Table::iterator it, uint32_t primary_isn_plus_one);
+    // Learns the offsets from the primary's ISN + 1 acknowledged by the peer and the primary's
+    // TSval it echoed (if any); false when both offsets are 0 and the entry was dropped.
+    bool learn(Table::iterator it, uint32_t primary_isn_plus_one, std::optional<uint32_t> primary_tsval);
+    static void note_guest_timestamp(Connection& connection, std::span<const std::byte> segment, size_t header_length);
 
     const size_t m_max_connections;
     mutable std::mutex m_mutex;

@@ -310,6 +310,7 @@ struct TcpFields {
     uint32_t seq = 0, ack = 0;
     uint8_t flags = 0;
     std::vector<std::pair<uint32_t, uint32_t>> sack;
+    std::vector<std::pair<uint32_t, uint32_t>> timestamps;  // (TSval, TSecr), one if present
 };
 
 inline size_t tcp_offset(const std::vector<uint8_t>& raw) {
@@ -332,6 +333,8 @@ inline TcpFields tcp_fields(std::span<const std::byte> frame) {
         if (raw[at] == 5)
             for (size_t edge = at + 2; edge + 8 <= at + length; edge += 8)
                 fields.sack.emplace_back(detail::be32(raw, edge), detail::be32(raw, edge + 4));
+        if (raw[at] == 8 && length == 10)
+            fields.timestamps.emplace_back(detail::be32(raw, at + 2), detail::be32(raw, at + 6));
         at += length;
     }
     return fields;

@@ -573,7 +573,8 @@ TEST_CASE("COLO: a Linux guest's TCP client keeps one connection through failove
     PairOptions options = lan.on_lan(netns_linux_options(net));
     options.mode = "colo";
     // A frame one guest sent and the other did not waits for at most this before a checkpoint.
-    options.checkpoint_interval = "3s";
+    const char* interval = std::getenv("COLOD_NET_COLO_INTERVAL");
+    options.checkpoint_interval = interval ? interval : "3s";
     const char* kills = std::getenv("COLOD_NET_KILLS");
     protected_pair_rounds(options, PairRun{kills ? std::atoi(kills) : 4, false, false}, &lan);
 }

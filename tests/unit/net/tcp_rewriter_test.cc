@@ -109,6 +109,73 @@ TEST_CASE("a connection from the guest: the offset comes from the server's SYN-A
     CHECK(tcp_checksum_valid(ack));
 }
 
+TEST_CASE("timestamps: the offset of the guests' TSval origins is learnt from the peer's echo, TSval moves out and "
+          "TSecr back", "[net]") {
+    constexpr uint32_t primary_ts = 0x10000, secondary_ts = 0xfff00000;  // wraps, as random origins do
+    auto with_ts = [](Tcp tcp, uint32_t value, uint32_t echo) {
+        tcp.options = timestamps(value, echo);
+        return tcp;
+    };
+    SECTION("a client connects") {
+        TcpRewriter rewriter;
+        auto syn = tcp4(k_client, k_guest, with_ts({k_client_isn, 0, k_syn}, 500, 0));
+        rewriter.inbound(syn);
+        auto syn_ack = tcp4(k_guest, k_client, with_ts({k_secondary_isn, k_client_isn + 1, k_syn | k_ack}, secondary_ts, 500));
+        rewriter.outbound(syn_ack);
+        // The client echoes the primary's SYN-ACK's TSval.
+        auto ack = tcp4(k_client, k_guest, with_ts({k_client_isn + 1, k_primary_isn + 1, k_ack}, 510, primary_ts));
+        rewriter.inbound(ack);
+        CHECK(tcp_fields(ack).timestamps == std::vector<std::pair<uint32_t, uint32_t>>{{510, secondary_ts}});
+        CHECK(tcp_checksum_valid(ack));
+        // 40 ms later on both guests' clocks.
+        auto reply = tcp4(k_guest, k_client,
+                          with_ts({k_secondary_isn + 1, k_client_isn + 1, k_ack | k_psh, 502, "hi"}, secondary_ts + 40, 510));
+        rewriter.outbound(reply);
+        CHECK(tcp_fields(reply).timestamps == std::vector<std::pair<uint32_t, uint32_t>>{{primary_ts + 40, 510}});
+        CHECK(tcp_fields(reply).seq == k_primary_isn + 1);
+        CHECK(tcp_checksum_valid(reply));
+        auto later = tcp4(k_client, k_guest, with_ts({k_client_isn + 1, k_primary_isn + 3, k_ack}, 560, primary_ts + 40));
+        rewriter.inbound(later);
+        CHECK(tcp_fields(later).timestamps == std::vector<std::pair<uint32_t, uint32_t>>{{560, secondary_ts + 40}});
+        CHECK(tcp_checksum_valid(later));
+    }
+    SECTION("the guest connects") {
+        TcpRewriter rewriter;
+        auto syn = tcp4(k_guest_client, k_server, with_ts({k_secondary_isn, 0, k_syn}, secondary_ts, 0));
+        rewriter.outbound(syn);
+        auto syn_ack = tcp4(k_server, k_guest_client, with_ts({7000, k_primary_isn + 1, k_syn | k_ack}, 900, primary_ts));
+        rewriter.inbound(syn_ack);
+        CHECK(tcp_fields(syn_ack).timestamps == std::vector<std::pair<uint32_t, uint32_t>>{{900, secondary_ts}});
+        auto data = tcp4(k_guest_client, k_server, with_ts({k_secondary_isn + 1, 7001, k_ack, 502, "GET"}, secondary_ts + 5, 900));
+        rewriter.outbound(data);
+        CHECK(tcp_fields(data).timestamps == std::vector<std::pair<uint32_t, uint32_t>>{{primary_ts + 5, 900}});
+        CHECK(tcp_checksum_valid(data));
+    }
+    SECTION("the same ISN but other timestamp origins: the connection is kept for its timestamps") {
+        TcpRewriter rewriter;
+        auto syn = tcp4(k_client, k_guest, with_ts({k_client_isn, 0, k_syn}, 500, 0));
+        rewriter.inbound(syn);
+        auto syn_ack = tcp4(k_guest, k_client, with_ts({k_primary_isn, k_client_isn + 1, k_syn | k_ack}, secondary_ts, 500));
+        rewriter.outbound(syn_ack);
+        auto ack = tcp4(k_client, k_guest, with_ts({k_client_isn + 1, k_primary_isn + 1, k_ack}, 510, primary_ts));
+        rewriter.inbound(ack);
+        CHECK(rewriter.connections() == 1);
+        CHECK(tcp_fields(ack).ack == k_primary_isn + 1);
+        auto reply = tcp4(k_guest, k_client, with_ts({k_primary_isn + 1, k_client_isn + 1, k_ack, 502, "x"}, secondary_ts + 1, 510));
+        rewriter.outbound(reply);
+        CHECK(tcp_fields(reply).timestamps.at(0).first == primary_ts + 1);
+    }
+    SECTION("a peer without timestamps: only the sequence numbers move") {
+        TcpRewriter rewriter;
+        auto ack = accept(rewriter);
+        CHECK(tcp_fields(ack).timestamps.empty());
+        auto reply = tcp4(k_guest, k_client, {k_secondary_isn + 1, k_client_isn + 1, k_ack | k_psh, 502, "hello"});
+        rewriter.outbound(reply);
+        CHECK(tcp_fields(reply).seq == k_primary_isn + 1);
+        CHECK(tcp_checksum_valid(reply));
+    }
+}
+
 TEST_CASE("IPv6 connections are rewritten alike", "[net]") {
     Ipv6 client_ip{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2};
     Ipv6 guest_ip{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10};
