@@ -1,9 +1,12 @@
 #!/bin/sh
-# Builds the colod .deb with CPack, installs it with its dependencies into a clean Debian
-# bookworm root made by debootstrap, and checks the installed package there: the binaries run
-# --version and --check-config on the installed examples, the units name installed binaries,
-# the man pages and docs are in place, and colod-primary starts its guest from the installed
-# example config and stops cleanly on SIGTERM.
+# Builds the colod .deb with CPack from a build tree configured as a user's plain cmake command
+# configures it (no CMAKE_INSTALL_PREFIX: /usr/local), checks it with packaging/check-deb.sh
+# (every path under /usr, daemons in /usr/sbin with section-8 man pages, units naming them,
+# no lintian error), installs it with its dependencies into a clean Debian bookworm root made by
+# debootstrap, and checks the installed package there: the binaries run --version and
+# --check-config on the installed examples, the units name installed binaries, the man pages and
+# docs are in place, and colod-primary starts its guest from the installed example config and
+# stops cleanly on SIGTERM.
 #
 #   packaging/test-deb.sh [--build-dir DIR] [--cache-dir DIR] [--mirror URL] [--keep-root]
 #                         [--skip-unless-enabled]
@@ -58,6 +61,7 @@ need_packages=""
 command -v debootstrap >/dev/null || need_packages="$need_packages debootstrap"
 command -v dpkg-shlibdeps >/dev/null || need_packages="$need_packages dpkg-dev"
 command -v fakeroot >/dev/null || need_packages="$need_packages fakeroot"
+command -v lintian >/dev/null || need_packages="$need_packages lintian"
 if [ -n "$need_packages" ]; then
     say "installing$need_packages"
     apt-get update -qq
@@ -65,21 +69,22 @@ if [ -n "$need_packages" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need_packages >/dev/null
 fi
 
-# 1. The package, from its own build tree (no tests: only what the package holds).
+# 1. The package, from its own build tree (no tests: only what the package holds), configured
+# without a prefix: the package installs under /usr whatever the tree's prefix is. (-U drops a
+# prefix that an earlier configure of a reused tree cached.)
 start=$(date +%s)
 say "building the package in $build"
-cmake -S "$top" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREFIX=/usr \
-      -DCOLOD_TESTS=OFF >/dev/null
+cmake -S "$top" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOLOD_TESTS=OFF \
+      -UCMAKE_INSTALL_PREFIX >/dev/null
 ninja -C "$build" -j"${JOBS:-2}" >/dev/null
-rm -f "$build"/colod_*.deb
-(cd "$build" && cpack -G DEB >/dev/null)
-deb=$(ls "$build"/colod_*.deb)
+"$top/packaging/check-deb.sh" "$build" "$build/check-deb" || fail "packaging/check-deb.sh failed"
+deb=$(ls "$build"/check-deb/package/colod_*.deb)
 say "built $(basename "$deb") ($(du -k "$deb" | cut -f1) KiB) in $(( $(date +%s) - start )) s"
 
 contents=$(dpkg-deb -c "$deb" | awk '{ print $6 }')
-for path in ./usr/bin/colod-primary ./usr/bin/colod-secondary ./usr/bin/coloctl \
+for path in ./usr/sbin/colod-primary ./usr/sbin/colod-secondary ./usr/bin/coloctl \
             ./usr/lib/systemd/system/colod-primary@.service ./usr/lib/systemd/system/colod-secondary@.service \
-            ./usr/share/man/man1/colod-primary.1.gz ./usr/share/man/man1/colod-secondary.1.gz \
+            ./usr/share/man/man8/colod-primary.8.gz ./usr/share/man/man8/colod-secondary.8.gz \
             ./usr/share/man/man1/coloctl.1.gz ./usr/share/doc/colod/operator-guide.md \
             ./usr/share/doc/colod/runbook.md ./usr/share/doc/colod/events.md ./usr/share/doc/colod/config.md \
             ./usr/share/doc/colod/copyright ./usr/share/doc/colod/examples/demo.conf \
@@ -163,8 +168,8 @@ for unit in colod-primary@.service colod-secondary@.service; do
     [ -x "$root$exec_path" ] || fail "$unit: ExecStart names $exec_path, which is not installed"
 done
 [ "$(stat -c %a "$root/etc/colod")" = 750 ] || fail "postinst did not create /etc/colod with mode 0750"
-in_root sh -c 'zcat /usr/share/man/man1/colod-primary.1.gz | grep -q "^\.SH EXIT STATUS"' ||
-    fail "the installed colod-primary(1) is not readable"
+in_root sh -c 'zcat /usr/share/man/man8/colod-primary.8.gz | grep -q "^\.SH EXIT STATUS"' ||
+    fail "the installed colod-primary(8) is not readable"
 
 # The installed daemon runs its guest from the installed example, as an operator would set it up.
 cp "$root$examples/demo.conf" "$root/etc/colod/demo.conf"

@@ -1,7 +1,8 @@
 #!/bin/sh
-# Checks the man pages: groff formats them without a single warning, each has the sections a
-# man page needs, documents every option the program's --help lists and every exit status.
-#   lint-man.sh MANDIR PROGRAM=BINARY:CODES ...     e.g. colod-primary=/build/daemons/colod-primary:0123
+# Checks the man pages: groff formats them without a single warning, each is in the section its
+# file name says (.TH), has the sections a man page needs, documents every option the program's
+# --help lists and every exit status.
+#   lint-man.sh MANDIR PROGRAM.SECTION=BINARY:CODES ...   e.g. colod-primary.8=/build/daemons/colod-primary:0123
 set -eu
 mandir=$1
 shift
@@ -16,12 +17,16 @@ printf '.TH X 1\n.SH NAME\nx \\- y\n.BX undefined macro\n' > "$broken"
 [ -n "$(lint "$broken")" ] || fail "groff did not report an undefined macro"
 
 for spec in "$@"; do
-    program=${spec%%=*}
+    name=${spec%%=*}
+    program=${name%.*}
+    section=${name##*.}
     rest=${spec#*=}
     binary=${rest%:*}
     codes=${rest##*:}
-    page="$mandir/$program.1"
+    page="$mandir/$name"
     [ -f "$page" ] || { fail "$page is missing"; continue; }
+    title=$(echo "$program" | tr '[:lower:]' '[:upper:]')
+    grep -q "^\.TH $title $section " "$page" || fail "$page: its .TH line does not say '$title $section'"
     out=$(lint "$page")
     [ -z "$out" ] || fail "$page: groff warns: $out"
     for section in NAME SYNOPSIS DESCRIPTION OPTIONS "EXIT STATUS" "SEE ALSO"; do
