@@ -16,6 +16,7 @@
 #include "core/page_buffer.h"
 #include "core/state_sections.h"
 #include "core/uart.h"
+#include "core/virtio/net.h"
 #include "core/virtio/rng.h"
 #include "proto/errors.h"
 #include "proto/handshake.h"
@@ -120,6 +121,22 @@ struct StandbyEngine::Staging {
     }
 };
 
+namespace {
+// The TCP rewriter's table as the NIC's companion state (virtio::NetDevice::Companion).
+class RewriterState final : public virtio::NetDevice::Companion {
+public:
+    explicit RewriterState(std::shared_ptr<net::TcpRewriter> rewriter) : m_rewriter(std::move(rewriter)) {}
+    std::vector<std::byte> save_companion() const override { return m_rewriter->save(); }
+    base::Result<void> check_companion(std::span<const std::byte> bytes) const override {
+        return m_rewriter->check(bytes);
+    }
+    void load_companion(std::span<const std::byte> bytes) override { m_rewriter->load(bytes); }
+
+private:
+    std::shared_ptr<net::TcpRewriter> m_rewriter;
+};
+}  // namespace
+
 StandbyEngine::StandbyEngine(GuestRuntime& guest, proto::Hello identity, ReplicationConfig config,
                              proto::Listener listener, Callbacks callbacks)
     : m_guest(guest),
@@ -140,6 +157,12 @@ StandbyEngine::StandbyEngine(GuestRuntime& guest, proto::Hello identity, Replica
         // connections opened under the primary still need it.
         m_rewriter = std::make_shared<net::TcpRewriter>();
         network->set_rewriter(m_rewriter);
+        // Its table travels in the NIC's state: each checkpoint loaded here replaces it with
+        // the active side's (empty for a primary that never took over, which makes the guests
+        // number alike: every offset forgotten), and after a takeover the checkpoints this side
+        // sends carry its table to the next secondary.
+        if (auto* nic = m_guest.machine().linux_devices().net)
+            nic->set_companion(std::make_shared<RewriterState>(m_rewriter));
     }
 }
 
@@ -650,8 +673,6 @@ base::Result<void> StandbyEngine::apply(Staging& staging, uint64_t seq) {
         TRY(load_machine_state(state, seq));
         if (colo())
             m_colo_state = std::move(state);
-        if (m_rewriter)
-            m_rewriter->checkpoint_loaded();  // the guest here numbers every connection as the primary's
         m_committed = seq;
         m_committed_valid = true;
     }

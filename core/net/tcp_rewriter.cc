@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "core/net/packet_view.h"
+#include "core/state_io.h"
 
 namespace colod::core::net {
 
@@ -310,6 +311,138 @@ void TcpRewriter::outbound(std::span<std::byte> frame) {
         connection.state = State::Closed;
     if (connection.fin_in_acked && connection.fin_out_acked)
         connection.state = State::Closed;
+}
+
+namespace {
+// One saved connection: key (version, ports, addresses), state, offsets, the closing's progress
+// and the guest's last acknowledgement.
+constexpr size_t k_saved_entry = 1 + 2 + 2 + 16 + 16 + 1 + 4 + 1 + 4 + 1 + 4 + 4 + 1 + 4;
+}  // namespace
+
+std::vector<std::byte> TcpRewriter::save() const {
+    std::lock_guard lock(m_mutex);
+    std::vector<const std::pair<const Key, Connection>*> saved;
+    for (auto key = m_lru.rbegin(); key != m_lru.rend() && saved.size() < k_max_saved; ++key) {
+        const auto& entry = *m_table.find(*key);
+        if (entry.second.state == State::Established || entry.second.state == State::Closed)
+            saved.push_back(&entry);
+    }
+    StateWriter w;
+    w.put(static_cast<uint32_t>(saved.size()));
+    for (const auto* entry : saved) {
+        const Key& key = entry->first;
+        const Connection& c = entry->second;
+        w.put(key.version);
+        w.put(key.local_port);
+        w.put(key.remote_port);
+        w.put_raw(key.local.data(), key.local.size());
+        w.put_raw(key.remote.data(), key.remote.size());
+        w.put(static_cast<uint8_t>(c.state));
+        w.put(c.offset);
+        w.put(static_cast<uint8_t>(c.ts_known));
+        w.put(c.ts_offset);
+        w.put(static_cast<uint8_t>(c.fin_out | c.fin_in << 1 | c.fin_out_acked << 2 | c.fin_in_acked << 3));
+        w.put(c.fin_out_end);
+        w.put(c.fin_in_end);
+        w.put(static_cast<uint8_t>(c.guest_acked));
+        w.put(c.guest_ack);
+    }
+    return w.take();
+}
+
+namespace {
+struct SavedEntry {
+    uint8_t version = 0;
+    uint16_t local_port = 0, remote_port = 0;
+    std::array<uint8_t, 16> local{}, remote{};
+    uint8_t state = 0;
+    uint32_t offset = 0;
+    uint8_t ts_known = 0;
+    uint32_t ts_offset = 0;
+    uint8_t fins = 0;
+    uint32_t fin_out_end = 0, fin_in_end = 0;
+    uint8_t guest_acked = 0;
+    uint32_t guest_ack = 0;
+};
+
+base::Result<std::vector<SavedEntry>> decode_saved(std::span<const std::byte> bytes, size_t max, uint8_t established,
+                                                   uint8_t closed) {
+    std::vector<SavedEntry> entries;
+    if (bytes.empty())
+        return entries;
+    StateReader r(bytes);
+    uint32_t count = r.get<uint32_t>();
+    if (!r.failed() && count > max)
+        r.fail(fmt::format("{} connections (at most {})", count, max));
+    if (!r.failed() && r.remaining() != count * k_saved_entry)
+        r.fail(fmt::format("{} connections in {} bytes", count, r.remaining()));
+    for (uint32_t i = 0; i < count && !r.failed(); ++i) {
+        SavedEntry e;
+        e.version = r.get<uint8_t>();
+        e.local_port = r.get<uint16_t>();
+        e.remote_port = r.get<uint16_t>();
+        r.get_raw(e.local.data(), e.local.size());
+        r.get_raw(e.remote.data(), e.remote.size());
+        e.state = r.get<uint8_t>();
+        e.offset = r.get<uint32_t>();
+        e.ts_known = r.get<uint8_t>();
+        e.ts_offset = r.get<uint32_t>();
+        e.fins = r.get<uint8_t>();
+        e.fin_out_end = r.get<uint32_t>();
+        e.fin_in_end = r.get<uint32_t>();
+        e.guest_acked = r.get<uint8_t>();
+        e.guest_ack = r.get<uint32_t>();
+        if (r.failed())
+            break;
+        if (e.version != 4 && e.version != 6)
+            r.fail(fmt::format("connection {}: IP version {}", i, e.version));
+        else if (e.state != established && e.state != closed)
+            r.fail(fmt::format("connection {}: state {}", i, e.state));
+        else if (e.ts_known > 1 || e.guest_acked > 1 || e.fins > 15)
+            r.fail(fmt::format("connection {}: a flag out of range", i));
+        entries.push_back(e);
+    }
+    TRY(r.finish("TCP rewriter table"));
+    return entries;
+}
+}  // namespace
+
+base::Result<void> TcpRewriter::check(std::span<const std::byte> bytes) const {
+    TRY(decode_saved(bytes, k_max_saved, static_cast<uint8_t>(State::Established), static_cast<uint8_t>(State::Closed)));
+    return base::ok();
+}
+
+void TcpRewriter::load(std::span<const std::byte> bytes) {
+    auto entries = decode_saved(bytes, k_max_saved, static_cast<uint8_t>(State::Established),
+                                static_cast<uint8_t>(State::Closed));
+    auto now = Clock::now();
+    std::lock_guard lock(m_mutex);
+    m_table.clear();
+    m_lru.clear();
+    if (!entries)
+        return;  // check() refused it before the load began; nothing is kept
+    // Oldest first, so that the LRU order is the saving side's.
+    for (auto e = entries.value().rbegin(); e != entries.value().rend(); ++e) {
+        Key key{e->version, e->local_port, e->remote_port, e->local, e->remote};
+        if (m_table.size() >= m_max_connections || m_table.contains(key))
+            continue;
+        m_lru.push_back(key);
+        Connection& c = m_table.emplace(key, Connection{}).first->second;
+        c.lru = std::prev(m_lru.end());
+        c.last = now;
+        c.state = static_cast<State>(e->state);
+        c.offset = e->offset;
+        c.ts_known = e->ts_known != 0;
+        c.ts_offset = e->ts_offset;
+        c.fin_out = e->fins & 1;
+        c.fin_in = e->fins & 2;
+        c.fin_out_acked = e->fins & 4;
+        c.fin_in_acked = e->fins & 8;
+        c.fin_out_end = e->fin_out_end;
+        c.fin_in_end = e->fin_in_end;
+        c.guest_acked = e->guest_acked != 0;
+        c.guest_ack = e->guest_ack;
+    }
 }
 
 void TcpRewriter::checkpoint_loaded() {

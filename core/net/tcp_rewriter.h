@@ -64,6 +64,9 @@
 #include <optional>
 #include <span>
 #include <unordered_map>
+#include <vector>
+
+#include "base/result.h"
 
 namespace colod::core::net {
 
@@ -84,12 +87,26 @@ public:
     // takeover), rewritten in place.
     void outbound(std::span<std::byte> frame);
     // The secondary's guest was just made equal to the primary's (a checkpoint was loaded):
-    // every connection numbers alike on both, so every offset is forgotten.
+    // every connection numbers alike on both, so every offset is forgotten (load() with the
+    // primary's own table, when it has one, does this in the engines).
     void checkpoint_loaded();
     // Removes handshakes idle longer than k_handshake_timeout and closed connections idle
     // longer than k_closed_linger (the owner calls it every few seconds; it walks the table).
     // Returns how many it removed.
     size_t expire_idle(Clock::time_point now);
+
+    // The learnt offsets, for the next secondary (they travel in the checkpoints with the NIC's
+    // state): after a takeover the guest here keeps numbering the connections opened under the
+    // old primary its own way, and a new secondary's copy of it numbers them alike, so its
+    // rewriter needs the same offsets. The k_max_saved most recently active connections with
+    // an offset (in a handshake: not saved).
+    static constexpr size_t k_max_saved = 1024;
+    std::vector<std::byte> save() const;
+    // Whether `bytes` is a table save() could have written (sizes, versions, states).
+    base::Result<void> check(std::span<const std::byte> bytes) const;
+    // Replaces the table with the saved one (empty: none), as checkpoint_loaded() does: the
+    // guest here was just made a copy of the one whose rewriter saved it.
+    void load(std::span<const std::byte> bytes);
 
     // Connections tracked now (in a handshake, with an offset, or closed and lingering).
     size_t connections() const;

@@ -340,6 +340,7 @@ std::vector<std::byte> NetDevice::save_state() const {
     w.put(static_cast<uint32_t>(m_backlog.size()));
     for (const auto& frame : m_backlog)
         w.put_blob(frame);
+    w.put_blob(m_companion ? m_companion->save_companion() : std::vector<std::byte>{});
     return w.take();
 }
 
@@ -375,7 +376,10 @@ base::Result<NetDevice::SavedState> NetDevice::decode_state(uint16_t version, st
         s.backlog_bytes += size;
         s.backlog.push_back(std::move(frame));
     }
+    s.companion = r.get_blob(k_max_companion_state);
     TRY(r.finish("virtio-net state"));
+    if (m_companion)
+        TRY(m_companion->check_companion(s.companion));
     if (s.learned_ipv4 != 0 && !net::is_host_ipv4(s.learned_ipv4))
         return base::Error::make(base::Errc::Invalid, "virtio-net state: {} cannot be a guest's address",
                                  net::format_ipv4(s.learned_ipv4));
@@ -394,6 +398,8 @@ base::Result<void> NetDevice::load_state(uint16_t version, std::span<const std::
     m_learned_ipv4 = s.learned_ipv4;
     m_backlog = std::move(s.backlog);
     m_backlog_bytes = s.backlog_bytes;
+    if (m_companion)
+        m_companion->load_companion(s.companion);
     return base::ok();
 }
 

@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -74,9 +75,22 @@ public:
     // full backlog of 1514-byte frames (a 1500-byte MTU) is well within it.
     static constexpr size_t k_rx_backlog = 256;
     static constexpr size_t k_rx_backlog_bytes = 768u << 10;
-    // The longest state save_state() gives: address, frame count, and a full backlog with a
-    // length in front of each frame.
-    static constexpr size_t k_max_state_size = 4 + 4 + 4 * k_rx_backlog + k_rx_backlog_bytes;
+    // State that belongs to whatever stands between this NIC and the world, saved and loaded
+    // with the NIC's own: COLO's TCP rewriter, whose learnt offsets must follow the guest to a
+    // new secondary. At most k_max_companion_state bytes.
+    class Companion {
+    public:
+        virtual ~Companion() = default;
+        virtual std::vector<std::byte> save_companion() const = 0;
+        virtual base::Result<void> check_companion(std::span<const std::byte> bytes) const = 0;
+        // Replaces the companion's state with `bytes` (empty: the saving side had none).
+        virtual void load_companion(std::span<const std::byte> bytes) = 0;
+    };
+    static constexpr size_t k_max_companion_state = 96u << 10;
+    // The longest state save_state() gives: address, frame count, a full backlog with a length
+    // in front of each frame, and the companion's bytes with their length.
+    static constexpr size_t k_max_state_size =
+        4 + 4 + 4 * k_rx_backlog + k_rx_backlog_bytes + 4 + k_max_companion_state;
 
     using Mac = net::Mac;
     // One Ethernet frame the guest sent (without the virtio-net header), valid during the
@@ -89,6 +103,10 @@ public:
 
     // `transmit` may be empty: frames then wait in the ring until set_transmit() gives a sink.
     NetDevice(Mac mac, Transmit transmit);
+
+    // The companion whose state travels with the NIC's (null: none; a state saved with one is
+    // then loaded without it). Set before the machine runs.
+    void set_companion(std::shared_ptr<Companion> companion) { m_companion = std::move(companion); }
 
     // Replaces the sink (a secondary taking over switches to its own tap's). Any thread; takes
     // the transport's lock, so never from inside a Transmit call. Sends what the guest has
@@ -179,6 +197,7 @@ private:
         uint32_t learned_ipv4 = 0;
         std::deque<std::vector<std::byte>> backlog;
         size_t backlog_bytes = 0;
+        std::vector<std::byte> companion;
     };
     base::Result<SavedState> decode_state(uint16_t version, std::span<const std::byte> bytes) const;
 
@@ -193,6 +212,7 @@ private:
     size_t m_backlog_bytes = 0;
     Counters m_counters;
     std::vector<std::byte> m_tx_buffer;  // header + frame of the chain being sent
+    std::shared_ptr<Companion> m_companion;
 };
 
 }  // namespace colod::core::virtio

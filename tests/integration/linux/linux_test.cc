@@ -299,6 +299,17 @@ void protected_pair_rounds(const PairOptions& options, PairRun run, const GuestL
         CHECK(pair.wait_state(Side::Primary, "protected", std::chrono::seconds(10)));
     }
 
+    // With a LAN, one more client keeps ONE TCP connection through every kill of the run (its
+    // own counter): after a takeover the survivor's guest, and then the copy of it that a new
+    // secondary holds, must go on numbering it as the client knows it.
+    IncrClient lifelong;
+    if (lan) {
+        auto tcp = guest_tcp(*lan, std::chrono::minutes(2));
+        REQUIRE(tcp);
+        lifelong.start(std::move(*tcp), "tcp-life", std::chrono::minutes(3));
+        REQUIRE(eventually([&] { return lifelong.acked() >= 5 || !lifelong.running(); }, std::chrono::minutes(2)));
+    }
+
     // Kill the active side again and again: the other takes over, a new secondary starts where
     // the dead one was and is synced from it (re-protection in both directions).
     std::mt19937 rng(std::random_device{}());
@@ -413,6 +424,18 @@ void protected_pair_rounds(const PairOptions& options, PairRun run, const GuestL
         REQUIRE(pair.wait_state(active_side, "standby", std::chrono::minutes(1)));
         check_healthy(survivor->seen());
         std::swap(active_side, standby_side);
+    }
+
+    if (lan) {
+        uint64_t acked = lifelong.acked();
+        CHECK(eventually([&] { return lifelong.acked() >= acked + 5 || !lifelong.running(); }, std::chrono::minutes(2)));
+        lifelong.join();
+        CHECK_FALSE(lifelong.broken());
+        CHECK_FALSE(lifelong.bad_reply());
+        CHECK_FALSE(lifelong.out_of_order());
+        WARN("one TCP connection through all " << run.kills << " failovers: " << lifelong.acked()
+                                               << " replies, the longest wait " << lifelong.max_wait_us() / 1000
+                                               << " ms");
     }
 
     // The guest powers off: both daemons stop cleanly, nobody takes over.

@@ -176,6 +176,73 @@ TEST_CASE("timestamps: the offset of the guests' TSval origins is learnt from th
     }
 }
 
+TEST_CASE("the table travels: a rewriter that loads another's saved table rewrites that one's connections alike",
+          "[net]") {
+    TcpRewriter survivor;  // the secondary that took over: its connections keep their offsets
+    accept(survivor);
+    auto v6_client = Host6{{0x02, 0, 0, 0, 0, 0x06}, {0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2}, 40000};
+    auto v6_guest = Host6{k_guest.mac, {0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10}, 80};
+    auto syn_ack6 = tcp6(v6_guest, v6_client, {k_secondary_isn, k_client_isn + 1, k_syn | k_ack});
+    survivor.outbound(syn_ack6);
+    auto ack6 = tcp6(v6_client, v6_guest, {k_client_isn + 1, k_primary_isn + 1, k_ack});
+    survivor.inbound(ack6);
+    // A handshake in progress is not saved (the next secondary's guest completes it itself).
+    auto half = tcp4(k_guest, Host4{k_client.mac, k_client.ip, 40009}, {k_secondary_isn, 5, k_syn | k_ack});
+    survivor.outbound(half);
+    REQUIRE(survivor.connections() == 3);
+
+    auto saved = survivor.save();
+    REQUIRE(survivor.check(saved));
+    TcpRewriter next;  // the new secondary, whose guest is now a copy of the survivor's
+    (void)accept(next, Host4{k_client.mac, k_client.ip, 40010});  // an offset of its own, replaced
+    next.load(saved);
+    CHECK(next.connections() == 2);
+    for (auto* rewriter : {&survivor, &next}) {
+        auto reply = tcp4(k_guest, k_client, {k_secondary_isn + 1, k_client_isn + 1, k_ack | k_psh, 502, "hello"});
+        rewriter->outbound(reply);
+        CHECK(tcp_fields(reply).seq == k_primary_isn + 1);
+        CHECK(tcp_checksum_valid(reply));
+        auto reply6 = tcp6(v6_guest, v6_client, {k_secondary_isn + 1, k_client_isn + 1, k_ack, 502, "x"});
+        rewriter->outbound(reply6);
+        CHECK(tcp_fields(reply6).seq == k_primary_isn + 1);
+    }
+    // A primary that never took over has nothing to save: loading that forgets every offset.
+    TcpRewriter fresh;
+    auto nothing = fresh.save();
+    REQUIRE(next.check(nothing));
+    next.load(nothing);
+    CHECK(next.connections() == 0);
+    next.load({});
+    CHECK(next.connections() == 0);
+}
+
+TEST_CASE("a malformed saved table is refused, naming what is wrong", "[net]") {
+    TcpRewriter rewriter;
+    accept(rewriter);
+    auto saved = rewriter.save();
+    REQUIRE(rewriter.check(saved));
+    for (size_t cut = 1; cut < saved.size(); ++cut)
+        CHECK_FALSE(rewriter.check(std::span(saved).first(cut)));
+    auto longer = saved;
+    longer.push_back(std::byte{0});
+    CHECK_FALSE(rewriter.check(longer));
+    auto bad_version = saved;
+    bad_version[4] = std::byte{5};  // the first entry's IP version
+    auto refused = rewriter.check(bad_version);
+    REQUIRE_FALSE(refused);
+    CHECK_THAT(refused.error().message(), Catch::Contains("IP version 5"));
+    auto bad_state = saved;
+    bad_state[4 + 37] = std::byte{0};  // SynSent: never saved
+    CHECK_FALSE(rewriter.check(bad_state));
+    std::vector<std::byte> too_many(4 + 61 * (TcpRewriter::k_max_saved + 1));
+    too_many[2] = std::byte{0x04};
+    too_many[3] = std::byte{0x01};  // 0x0401 entries (big-endian, as every state field)
+    CHECK_FALSE(rewriter.check(too_many));
+    // A refused table never half-loads: load() of it keeps nothing.
+    rewriter.load(bad_version);
+    CHECK(rewriter.connections() == 0);
+}
+
 TEST_CASE("IPv6 connections are rewritten alike", "[net]") {
     Ipv6 client_ip{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2};
     Ipv6 guest_ip{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10};

@@ -98,14 +98,34 @@ bool unchanged_outside(Rig& rig, const Frame& before, std::vector<std::pair<uint
 
 // A virtio-net state as save_state() writes it: the address, `count` (the frames' number
 // unless given), and each frame with its length in front.
-std::vector<std::byte> net_state(uint32_t ipv4, const std::vector<Frame>& frames, std::optional<uint32_t> count = {}) {
+// `companion`: the companion's bytes at the end (none: the state stops after the backlog).
+std::vector<std::byte> net_state(uint32_t ipv4, const std::vector<Frame>& frames, std::optional<uint32_t> count = {},
+                                 const std::optional<std::vector<std::byte>>& companion = std::vector<std::byte>{}) {
     StateWriter w;
     w.put(ipv4);
     w.put(count.value_or(static_cast<uint32_t>(frames.size())));
     for (const auto& f : frames)
         w.put_blob(f);
+    if (companion)
+        w.put_blob(*companion);
     return w.take();
 }
+
+// A companion that keeps what it was given, refuses a first byte of 0xff, and saves `saved`.
+struct TestCompanion : NetDevice::Companion {
+    std::vector<std::byte> saved, loaded;
+    int loads = 0;
+    std::vector<std::byte> save_companion() const override { return saved; }
+    base::Result<void> check_companion(std::span<const std::byte> bytes) const override {
+        if (!bytes.empty() && bytes[0] == std::byte{0xff})
+            return base::Error(base::Errc::Invalid, "companion: refused");
+        return base::ok();
+    }
+    void load_companion(std::span<const std::byte> bytes) override {
+        loaded.assign(bytes.begin(), bytes.end());
+        ++loads;
+    }
+};
 
 // The secondary's side of a checkpoint: the primary's `memory` copied into `standby`, and a
 // driver that continues where the primary's `driver` was.
@@ -598,9 +618,10 @@ TEST_CASE("virtio-net state: save, load, save is identical and carries the learn
     REQUIRE(rig.transport->check_state(saved));
     REQUIRE(rig.transport->load_state(saved));
     CHECK(rig.transport->save_state().bytes == saved.bytes);
-    // The address, then an empty backlog.
+    // The address, then an empty backlog, then no companion state.
     CHECK(rig.net->save_state() == std::vector<std::byte>{std::byte{0xc0}, std::byte{0xa8}, std::byte{0x0a},
                                                           std::byte{0x07}, std::byte{0}, std::byte{0}, std::byte{0},
+                                                          std::byte{0}, std::byte{0}, std::byte{0}, std::byte{0},
                                                           std::byte{0}});
 
     // A secondary: its own memory (a copy), its own transport, loaded again and again.
@@ -633,7 +654,7 @@ TEST_CASE("virtio-net check_state and load_state refuse bad blobs and change not
         return out;
     };
     constexpr uint16_t v = NetDevice::k_state_version;
-    auto good = blob({10, 0, 0, 5, 0, 0, 0, 0});
+    auto good = blob({10, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0});
     REQUIRE(net.load_state(v, good));
     REQUIRE(net.learned_ipv4() == 0x0a000005);
     auto refused = [&](uint16_t version, const std::vector<std::byte>& bytes) {
@@ -654,7 +675,7 @@ TEST_CASE("virtio-net check_state and load_state refuse bad blobs and change not
     auto version = net.check_state(v + 1, good);
     REQUIRE_FALSE(version);
     CHECK(version.error().code() == base::Errc::Unsupported);
-    REQUIRE(net.load_state(v, blob({0, 0, 0, 0, 0, 0, 0, 0})));
+    REQUIRE(net.load_state(v, blob({0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})));
     CHECK(net.learned_ipv4() == 0);
 
     // Through the transport: every truncation of a good state is refused.
@@ -792,7 +813,7 @@ TEST_CASE("virtio-net check_state refuses a malformed backlog, saying which fiel
                        Contains("virtio-net state: truncated"));
         }
         // A count that promises more frames than follow.
-        CHECK_THAT(refusal(v, net_state(0x0a000005, {a, b}, 3)), Contains("truncated at byte"));
+        CHECK_THAT(refusal(v, net_state(0x0a000005, {a, b}, 3, std::nullopt)), Contains("truncated at byte"));
     }
     SECTION("a frame too short or too long for Ethernet") {
         CHECK_THAT(refusal(v, net_state(0x0a000005, {a, make_frame(NetDevice::k_min_frame - 1, 0)})),
@@ -801,7 +822,7 @@ TEST_CASE("virtio-net check_state refuses a malformed backlog, saying which fiel
                    Contains("receive backlog frame 0 of 65551 bytes"));
         CHECK_THAT(refusal(v, net_state(0x0a000005, {Frame{}})), Contains("receive backlog frame 0 of 0 bytes"));
         // A length that is no frame is refused before the bytes it claims are looked for.
-        CHECK_THAT(refusal(v, concat(net_state(0x0a000005, {}, 1), Frame(4, std::byte{0xff}))),
+        CHECK_THAT(refusal(v, concat(net_state(0x0a000005, {}, 1, std::nullopt), Frame(4, std::byte{0xff}))),
                    Contains("of 4294967295 bytes"));
     }
     SECTION("more frames than the backlog holds") {
@@ -839,6 +860,37 @@ TEST_CASE("virtio-net check_state refuses a malformed backlog, saying which fiel
     }
 }
 
+TEST_CASE("a companion's state travels with the NIC's: saved after the backlog, checked, and handed back on load") {
+    NetDevice primary(k_mac, {}), standby(k_mac, {});
+    auto saving = std::make_shared<TestCompanion>(), loading = std::make_shared<TestCompanion>();
+    saving->saved = {std::byte{1}, std::byte{2}, std::byte{3}};
+    primary.set_companion(saving);
+    standby.set_companion(loading);
+    constexpr uint16_t v = NetDevice::k_state_version;
+    auto state = primary.save_state();
+    CHECK(state == net_state(0, {}, {}, saving->saved));
+    REQUIRE(standby.check_state(v, state));
+    REQUIRE(standby.load_state(v, state));
+    CHECK(loading->loaded == saving->saved);
+    // A side without a companion saves none, and loading that hands the companion nothing (it
+    // forgets what it had).
+    NetDevice plain(k_mac, {});
+    REQUIRE(standby.load_state(v, plain.save_state()));
+    CHECK(loading->loaded.empty());
+    CHECK(loading->loads == 2);
+    // The companion refuses: the state is refused and nothing is loaded.
+    auto refused = net_state(0, {}, {}, std::vector<std::byte>{std::byte{0xff}});
+    auto checked = standby.check_state(v, refused);
+    REQUIRE_FALSE(checked);
+    CHECK_THAT(checked.error().message(), Catch::Contains("companion: refused"));
+    CHECK_FALSE(standby.load_state(v, refused));
+    CHECK(loading->loads == 2);
+    // Without a companion here, a saved one is skipped; one over the bound is refused anyway.
+    REQUIRE(plain.load_state(v, state));
+    std::vector<std::byte> huge(NetDevice::k_max_companion_state + 1, std::byte{1});
+    CHECK_FALSE(plain.check_state(v, net_state(0, {}, {}, huge)));
+}
+
 TEST_CASE("the largest virtio-net state fits one checkpoint frame and the transport's cap") {
     Rig rig;
     NetDriver driver(rig);
@@ -854,6 +906,10 @@ TEST_CASE("the largest virtio-net state fits one checkpoint frame and the transp
     }
     REQUIRE(left == 0);
     REQUIRE_FALSE(rig.net->receive(make_frame(NetDevice::k_min_frame, 0)));
+    // And the largest companion state.
+    auto companion = std::make_shared<TestCompanion>();
+    companion->saved.assign(NetDevice::k_max_companion_state, std::byte{1});
+    rig.net->set_companion(companion);
     CHECK(rig.net->save_state().size() == NetDevice::k_max_state_size);
     CHECK(NetDevice::k_max_state_size <= MmioTransport::k_max_device_state);
 
@@ -869,9 +925,13 @@ TEST_CASE("the largest virtio-net state fits one checkpoint frame and the transp
     CHECK(encoded);
 
     Rig standby;
+    auto standby_companion = std::make_shared<TestCompanion>();
+    standby.net->set_companion(standby_companion);
     REQUIRE(standby.transport->check_state(saved));
     REQUIRE(standby.transport->load_state(saved));
     CHECK(standby.net->rx_backlog() == NetDevice::k_rx_backlog);
+    CHECK(standby_companion->loaded == companion->saved);
+    standby_companion->saved = standby_companion->loaded;
     CHECK(standby.transport->save_state().bytes == saved.bytes);
 }
 
