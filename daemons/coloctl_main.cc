@@ -11,6 +11,7 @@
 #include "daemons/common.h"
 #include "daemons/console_client.h"
 #include "daemons/control.h"
+#include "daemons/watch.h"
 
 namespace po = boost::program_options;
 using namespace colod;
@@ -50,18 +51,28 @@ int attach(const config::PairConfig& cfg, config::Role role) {
 int main(int argc, char** argv) {
     std::string config_file, role_text, command;
     std::vector<std::string> args;
+    std::string interval_text;
     bool json = false;
+    bool watch = false;
     po::options_description visible(
         "coloctl: control a colod daemon\n\n"
         "Usage: coloctl --config FILE --role primary|secondary COMMAND\n"
-        "Commands: status [--json] | checkpoint | failover | stop | reload (the key files)\n"
+        "Commands: status [--json | --watch [--interval SECONDS]] | checkpoint | failover | stop\n"
+        "          | reload (the key files)\n"
         "          | console (attach to the guest's console; Ctrl-] detaches)\n"
         "Diagnostics: digest (active side: checkpoint and hold the guest paused; standby: its checkpoint)\n"
-        "             | resume (active side: end the hold)\n\nOptions");
+        "             | resume (active side: end the hold)\n\n"
+        "status --watch runs until Ctrl-C or SIGTERM (exit status 0); it exits 3 when the daemon\n"
+        "goes away (or cannot be reached), 1 when it refuses.\n\nOptions");
     visible.add_options()
         ("config", po::value(&config_file)->value_name("FILE"), "the VM pair's config file")
         ("role", po::value(&role_text)->value_name("ROLE"), "which daemon to ask: primary or secondary")
         ("json", po::bool_switch(&json), "status as one JSON object")
+        ("watch", po::bool_switch(&watch),
+         "status as a live view refreshed in place (state, peer, pauses, dirty pages, bytes/s, held output, "
+         "checkpoints/s); one block of lines per refresh when stdout is not a terminal")
+        ("interval", po::value(&interval_text)->value_name("SECONDS"),
+         "with status --watch: the time between refreshes, in seconds (0.5) or with a unit (500ms); default 1")
         ("version", "print the version and exit")
         ("help", "print this help and exit");
     po::options_description hidden;
@@ -95,8 +106,8 @@ int main(int argc, char** argv) {
             words.push_back(arg);
     }
     if (config_file.empty() || role_text.empty() || words.size() != 1) {
-        std::cerr << "coloctl: usage: coloctl --config FILE --role primary|secondary status [--json] | checkpoint | "
-                     "failover | stop | reload | console\n";
+        std::cerr << "coloctl: usage: coloctl --config FILE --role primary|secondary status [--json | --watch "
+                     "[--interval SECONDS]] | checkpoint | failover | stop | reload | console\n";
         return 2;
     }
     command = words.front();
@@ -109,6 +120,27 @@ int main(int argc, char** argv) {
     if (json && command != "status") {
         std::cerr << "coloctl: --json goes with status only\n";
         return 2;
+    }
+    if (watch && command != "status") {
+        std::cerr << "coloctl: --watch goes with status only\n";
+        return 2;
+    }
+    if (watch && json) {
+        std::cerr << "coloctl: status takes --json or --watch, not both\n";
+        return 2;
+    }
+    if (vm.count("interval") && !watch) {
+        std::cerr << "coloctl: --interval goes with status --watch only\n";
+        return 2;
+    }
+    std::chrono::microseconds interval = daemons::k_watch_default_interval;
+    if (vm.count("interval")) {
+        auto parsed = daemons::parse_watch_interval(interval_text);
+        if (!parsed) {
+            std::cerr << "coloctl: --interval '" << interval_text << "': " << parsed.error().message() << "\n";
+            return 2;
+        }
+        interval = *parsed;
     }
     auto role = config::parse_role(role_text);
     if (!role) {
@@ -123,6 +155,8 @@ int main(int argc, char** argv) {
     if (command == "console")
         return attach(*cfg, *role);
     auto path = cfg->host(*role).control;
+    if (watch)
+        return static_cast<int>(daemons::watch_status(path, role_text, interval));
     std::string request = json ? "status --json" : command;
     // A failover waits for a final checkpoint and the peer's takeover; give it time.
     int timeout_ms = command == "failover" ? 60'000 : 10'000;
