@@ -6,7 +6,11 @@
 #include <pwd.h>
 #include <unistd.h>
 
+#include <sys/wait.h>
+
 #include <atomic>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <regex>
@@ -106,6 +110,26 @@ TEST_CASE("losing the secondary leaves the primary unprotected within the heartb
     (void)repaired;
 }
 
+// What Prometheus's own parser and linter say of a scrape: `promtool check metrics` (Debian's
+// prometheus package, which packaging/install-deps.sh installs) reads the exposition from stdin
+// and exits 0 when it parses and follows the naming conventions. Nullopt without promtool.
+struct Promtool {
+    int status = -1;
+    std::string output;
+};
+std::optional<Promtool> promtool_check(const std::string& exposition, const std::filesystem::path& dir) {
+    if (::access("/usr/bin/promtool", X_OK) != 0)
+        return std::nullopt;
+    auto input = dir / "scrape.txt", output = dir / "promtool.out";
+    std::ofstream(input) << exposition;
+    int status = std::system(("/usr/bin/promtool check metrics < '" + input.string() + "' > '" + output.string() +
+                              "' 2>&1")
+                                 .c_str());
+    std::ifstream in(output);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return Promtool{WIFEXITED(status) ? WEXITSTATUS(status) : -1, text};
+}
+
 TEST_CASE("both daemons serve Prometheus metrics; the secondary's show the failover", "[integration][metrics]") {
     PairOptions options;
     options.metrics = true;
@@ -123,6 +147,13 @@ TEST_CASE("both daemons serve Prometheus metrics; the secondary's show the failo
     auto primary = pair.metrics(Side::Primary);
     REQUIRE(primary);
     INFO(*primary);
+    auto checked = promtool_check(*primary, pair.dir());
+    if (checked) {
+        INFO("promtool check metrics: " << checked->output);
+        CHECK(checked->status == 0);
+    } else {
+        WARN("promtool (Debian's prometheus package) is not installed: the scrape is not checked by Prometheus's parser");
+    }
     CHECK(metric_value(*primary, R"(colod_role{vm="demo",role="primary"})") == 1);
     CHECK(metric_value(*primary, R"(colod_state{vm="demo",state="protected"})") == 1);
     CHECK(metric_value(*primary, R"(colod_state{vm="demo",state="standby"})") == 0);
@@ -157,6 +188,10 @@ TEST_CASE("both daemons serve Prometheus metrics; the secondary's show the failo
     secondary = pair.metrics(Side::Secondary);
     REQUIRE(secondary);
     INFO(*secondary);
+    if (auto after = promtool_check(*secondary, pair.dir())) {
+        INFO("promtool check metrics: " << after->output);
+        CHECK(after->status == 0);
+    }
     CHECK(metric_value(*secondary, R"(colod_state{vm="demo",state="active"})") == 1);
     CHECK(metric_value(*secondary, R"(colod_state{vm="demo",state="standby"})") == 0);
     CHECK(metric_value(*secondary, R"(colod_failovers_total{vm="demo"})") == 1);
