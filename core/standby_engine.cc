@@ -334,7 +334,8 @@ void StandbyEngine::run_session(std::shared_ptr<Session> session) {
     }
 
     End end{End::Kind::Lost, {}};
-    if (auto decoder = proto::StateDecoder::create(proto::StateShape::from_hello(m_identity, platform_section_versions())); !decoder) {
+    auto shape = proto::StateShape::from_hello(m_identity, platform_section_versions());
+    if (auto decoder = proto::StateDecoder::create(shape); !decoder) {
         end.why = decoder.error().message();
     } else {
         Staging staging;
@@ -500,7 +501,8 @@ void StandbyEngine::send_frame(std::span<const std::byte> frame) {
     }
     // A vCPU thread, under the NIC's lock: queue, never wait on the link.
     if (session)
-        (void)session->post(proto::NetOutput{m_epoch.load(), std::string(reinterpret_cast<const char*>(frame.data()), frame.size())});
+        (void)session->post(
+            proto::NetOutput{m_epoch.load(), std::string(reinterpret_cast<const char*>(frame.data()), frame.size())});
 }
 
 StandbyEngine::Step StandbyEngine::on_handover(Context&, const proto::Handover& handover) {
