@@ -445,12 +445,6 @@ void TcpRewriter::load(std::span<const std::byte> bytes) {
     }
 }
 
-void TcpRewriter::checkpoint_loaded() {
-    std::lock_guard lock(m_mutex);
-    m_table.clear();
-    m_lru.clear();
-}
-
 size_t TcpRewriter::expire_idle(Clock::time_point now) {
     std::lock_guard lock(m_mutex);
     size_t removed = 0;

@@ -30,8 +30,8 @@
 // carry full checksums, and a frame whose checksum was wrong stays exactly as wrong.
 //
 // A checkpoint makes the secondary's guest a copy of the primary's, TCP sockets included:
-// from then on both number every connection alike, and checkpoint_loaded() forgets every
-// offset. Connections opened since the last checkpoint are all the table ever holds while the
+// from then on both number every connection alike, and load() of the primary's (empty) table
+// forgets every offset. Connections opened since the last checkpoint are all the table ever holds while the
 // pair is protected. After a takeover no checkpoint comes: the guest here carries on with the
 // sequence numbers it chose, the world knows the primary's, and the rewriter must stay in the
 // guest's path (now between the guest and the tap) until those connections end; connections
@@ -86,10 +86,6 @@ public:
     // A frame from the secondary's guest (to the primary's comparator, or to the world after a
     // takeover), rewritten in place.
     void outbound(std::span<std::byte> frame);
-    // The secondary's guest was just made equal to the primary's (a checkpoint was loaded):
-    // every connection numbers alike on both, so every offset is forgotten (load() with the
-    // primary's own table, when it has one, does this in the engines).
-    void checkpoint_loaded();
     // Removes handshakes idle longer than k_handshake_timeout and closed connections idle
     // longer than k_closed_linger (the owner calls it every few seconds; it walks the table).
     // Returns how many it removed.
@@ -104,8 +100,8 @@ public:
     std::vector<std::byte> save() const;
     // Whether `bytes` is a table save() could have written (sizes, versions, states).
     base::Result<void> check(std::span<const std::byte> bytes) const;
-    // Replaces the table with the saved one (empty: none), as checkpoint_loaded() does: the
-    // guest here was just made a copy of the one whose rewriter saved it.
+    // Replaces the table with the saved one (empty: none, every offset forgotten): the guest
+    // here was just made a copy of the one whose rewriter saved it, a checkpoint loaded.
     void load(std::span<const std::byte> bytes);
 
     // Connections tracked now (in a handshake, with an offset, or closed and lingering).
