@@ -1,0 +1,137 @@
+#!/bin/sh
+# SPDX-License-Identifier: GPL-2.0-or-later
+# The OCF resource agent (packaging/ocf/colod) against real daemons: a one-host pair driven as
+# Pacemaker would drive a promotable clone, action by action, checking each exit status:
+#   validate-all (a bad config is OCF_ERR_CONFIGURED), monitor of a stopped resource (7),
+#   start (0) and monitor (0) of both instances, promote of the [primary] instance (the guest
+#   starts from nothing, monitor 8), the promotion scores, kill -9 of the primary and promote of
+#   the standby (takeover: monitor 8, the guest's data survived), re-protection, demote (the
+#   guest stops here without a handover; monitor 0) and promote back, stop twice (0, 0) and
+#   monitor (7).
+#
+#   tests/packaging/ocf-agent-test.sh BIN_DIR AGENT
+set -u
+if [ $# -ne 2 ]; then
+    echo "usage: $0 BIN_DIR AGENT" >&2
+    exit 2
+fi
+BIN_DIR=$(cd "$1" && pwd)
+AGENT=$2
+. "$(dirname "$0")/ocf-pair.sh"
+
+# Promotion scores, as a cluster would get them: a crm_attribute in PATH that writes down what
+# it was asked, and the clone meta attribute that tells the agent it runs in a cluster.
+mkdir -p "$work/bin"
+cat >"$work/bin/crm_attribute" <<EOF
+#!/bin/sh
+echo "\$OCF_RESOURCE_INSTANCE \$*" >>"$work/scores"
+EOF
+chmod 755 "$work/bin/crm_attribute"
+PATH="$work/bin:$PATH"
+export OCF_RESKEY_CRM_meta_clone_max=2
+last_score() {
+    sed -n "s/^$1 .*--promotion -l reboot //p" "$work/scores" | tail -n 1
+}
+expect_score() {
+    got=$(last_score "$1")
+    [ "$got" = "$2" ] || fail "$1: last promotion score '$got', expected '$2'"
+    say "$1 promotion score: $2"
+}
+
+# 1. validate-all.
+expect 0 colod-p validate-all
+cp "$work/pair.conf" "$work/good.conf"
+sed 's/^memory = .*/memory = 12/' "$work/good.conf" >"$work/pair.conf"
+expect 6 colod-p validate-all
+sed 's/^fence-command = .*/fence-command =/' "$work/good.conf" >"$work/pair.conf"
+expect 6 colod-p validate-all
+OCF_RESKEY_role=neither OCF_RESOURCE_INSTANCE=colod-x "$AGENT" validate-all >>"$work/agent.log" 2>&1
+[ $? = 6 ] || fail "validate-all with role=neither is not OCF_ERR_CONFIGURED"
+say "colod-x validate-all (role=neither) -> 6"
+cp "$work/good.conf" "$work/pair.conf"
+OCF_RESKEY_config="$work/missing.conf" OCF_RESOURCE_INSTANCE=colod-x "$AGENT" validate-all >>"$work/agent.log" 2>&1
+[ $? = 5 ] || fail "validate-all with a missing config file is not OCF_ERR_INSTALLED"
+say "colod-x validate-all (missing config) -> 5"
+"$AGENT" meta-data | grep -q '<action name="promote"' || fail "meta-data lacks the promote action"
+
+# 2. Nothing runs yet.
+expect 7 colod-p probe
+expect 7 colod-s probe
+expect 7 colod-p monitor
+# On a host that holds both sections' addresses, the [primary] instance waits for the other.
+expect 1 colod-p start
+expect 7 colod-p monitor
+
+# 3. Both started: empty standbys. Only the [primary] host may start the guest from nothing.
+expect 0 colod-s start
+expect 0 colod-s monitor
+expect 0 colod-p start
+expect 0 colod-p monitor
+expect 0 colod-p start
+expect_score colod-p "-v 5"
+[ "$(last_score colod-s)" = "-D" ] || fail "colod-s (empty, [secondary] host) has a promotion score: $(last_score colod-s)"
+say "colod-s promotion score: none"
+expect 1 colod-s promote
+expect 0 colod-s monitor
+
+# 4. Promote the [primary] instance: the guest starts from nothing and protects itself.
+expect 0 colod-p promote
+expect 8 colod-p monitor
+expect 0 colod-p promote
+expect_score colod-p "-v 1000"
+until_true 120 "the secondary holds a checkpoint" in_state secondary standby seq
+until_true 60 "the primary is protected" in_state primary protected
+expect 0 colod-s monitor
+expect_score colod-s "-v 100"
+[ "$(console primary 'SET ocf survived')" = OK ] || fail "SET on the primary's console"
+timeout 30 "$BIN_DIR/coloctl" --config "$work/pair.conf" --role primary checkpoint >/dev/null ||
+    fail "coloctl checkpoint on the primary"
+
+# 5. The primary dies: its instance is not running; the standby keeps its checkpoint (the
+# fence command fails, so it does not take over by itself) until it is promoted.
+pid=$(cat "$work/run/colod-colod-p.pid")
+kill -KILL "$pid"
+until_true 30 "the killed primary is gone" sh -c "! kill -0 $pid 2>/dev/null"
+expect 7 colod-p monitor
+until_true 30 "the standby sees its primary gone" peer_gone secondary
+expect 0 colod-s monitor
+expect 0 colod-s promote
+expect 8 colod-s monitor
+expect_score colod-s "-v 1000"
+[ "$(console secondary 'GET ocf')" = survived ] || fail "the guest on the secondary lost the key set before the takeover"
+say "the taken-over guest still holds the key"
+
+# 6. The repaired [primary] host starts again: a standby that the active side protects.
+expect 0 colod-p start
+until_true 120 "the [primary] host's standby holds a checkpoint" in_state primary standby seq
+expect 0 colod-p monitor
+expect_score colod-p "-v 100"
+
+# 7. Demote the active side: its guest stops there (no handover) and it is a standby again;
+# the other standby keeps the checkpoint and is promoted back.
+expect 0 colod-s demote
+expect 0 colod-s monitor
+expect 0 colod-s demote
+until_true 30 "the [primary] host's standby sees its primary gone" peer_gone primary
+expect 0 colod-p monitor
+expect 0 colod-p promote
+expect 8 colod-p monitor
+[ "$(console primary 'GET ocf')" = survived ] || fail "the guest lost the key through demote and promote"
+say "the guest promoted back still holds the key"
+
+# 8. Demote, then stop both (twice: stop is idempotent).
+expect 0 colod-p demote
+expect 0 colod-p monitor
+expect 0 colod-p stop
+expect 0 colod-p stop
+expect 7 colod-p monitor
+expect 0 colod-s stop
+expect 0 colod-s stop
+expect 7 colod-s monitor
+for pidfile in "$work"/run/colod-*.pid; do
+    [ -f "$pidfile" ] && fail "a pid file is left: $pidfile"
+done
+if pgrep -f "$work/pair.conf" >/dev/null; then
+    fail "a daemon of this test still runs: $(pgrep -af "$work/pair.conf")"
+fi
+say "PASS"
