@@ -6,6 +6,7 @@
 #include "base/log.h"
 #include "core/net/frames.h"
 #include "core/net/tcp_rewriter.h"
+#include "core/status.h"
 #include "core/virtio/net.h"
 
 namespace colod::core {
@@ -152,6 +153,22 @@ void GuestNetwork::announce() {
 uint64_t GuestNetwork::announcements() const {
     std::lock_guard lock(m_mutex);
     return m_announced;
+}
+
+void GuestNetwork::fill_status(Status& status) const {
+    auto& out = status.network;
+    const auto nic = m_nic.counters();
+    out.present = true;
+    out.tap = m_tap.name();
+    out.tx_frames = nic.tx_frames;
+    out.tx_bytes = nic.tx_bytes;
+    out.rx_frames = nic.rx_frames;
+    out.rx_bytes = nic.rx_bytes;
+    out.rx_dropped = nic.rx_dropped;
+    out.bad_chains = nic.bad_chains;
+    out.rx_backlog = m_nic.rx_backlog();
+    out.tap_dropped = m_tap.dropped();
+    out.announcements = announcements();
 }
 
 void GuestNetwork::announcer() {

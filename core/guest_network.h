@@ -40,6 +40,8 @@ namespace virtio {
 class NetDevice;
 }
 
+struct Status;
+
 class GuestNetwork {
 public:
     // Takes one frame the guest sent; false when it cannot now (the NIC keeps the frame in its
@@ -92,6 +94,9 @@ public:
     static constexpr int k_announce_rounds = 5;
     // Announcements sent so far (tests and status).
     uint64_t announcements() const;
+    // The NIC's and the tap's counters into `network` (Status::Network; `present` and the tap's
+    // name too). Any thread; takes the NIC's transport lock, so not under a lock a vCPU holds.
+    void fill_status(Status& status) const;
 
 private:
     GuestNetwork(net::Tap tap, virtio::NetDevice& nic);

@@ -470,6 +470,7 @@ StandbyEngine::Step StandbyEngine::on_net_input(Context&, proto::NetInput& frame
         if (m_net_input.size() >= k_net_input_frames || m_net_input_bytes + frame.frame.size() > k_net_input_bytes) {
             // The guest here falls behind the primary's input (it is paused, or not started): it
             // misses this frame, runs on other input, and the comparison sends a checkpoint.
+            m_net_input_dropped.fetch_add(1, std::memory_order_relaxed);
             return std::nullopt;
         }
         m_net_input_bytes += frame.frame.size();
@@ -1000,6 +1001,7 @@ void StandbyEngine::fill_status(Status& status) const {
     status.dirty_pages.total = m_dirty_total.load();
     status.peer = m_session_active ? m_peer : m_config.peer_address;
     status.peer_state = m_peer_state;
+    status.network.input_dropped = m_net_input_dropped.load(std::memory_order_relaxed);
 }
 
 }  // namespace colod::core

@@ -214,6 +214,7 @@ private:
     std::mutex m_net_mutex;
     std::deque<proto::NetInput> m_net_input;  // guarded by m_net_mutex
     size_t m_net_input_bytes = 0;             // guarded by m_net_mutex
+    std::atomic<uint64_t> m_net_input_dropped{0};  // frames past the bounds, for status
     // COLO with a NIC: the TCP sequence rewriter between the guest here and everything else.
     std::shared_ptr<net::TcpRewriter> m_rewriter;
     std::thread m_accept_thread;

@@ -52,6 +52,22 @@ struct Status {
     // one took from the decision until the guest ran here.
     uint64_t failovers = 0;
     uint64_t last_failover_us = 0;
+    // The guest's NIC ([vm] net-tap); absent without one. Counters since this daemon started
+    // (the NIC's own are part of no checkpoint).
+    struct Network {
+        bool present = false;
+        std::string tap;
+        uint64_t tx_frames = 0, tx_bytes = 0;  // the guest sent (taken from its ring)
+        uint64_t rx_frames = 0, rx_bytes = 0;  // the guest received (written into its buffers)
+        uint64_t rx_dropped = 0;               // for the guest, not taken: its backlog was full
+        uint64_t rx_backlog = 0;               // for the guest, waiting for receive buffers
+        uint64_t tap_dropped = 0;              // for the network, dropped: the tap's queue was full
+        uint64_t bad_chains = 0;               // transmit or receive chains the guest got wrong
+        // A COLO secondary: frames of the primary's input it could not keep for its guest
+        // (bounded queue; each costs a checkpoint, as the comparison then differs).
+        uint64_t input_dropped = 0;
+        uint64_t announcements = 0;            // MAC announcements sent (a takeover sends them)
+    } network;
 };
 
 }  // namespace colod::core

@@ -97,6 +97,35 @@ std::string seconds_text(uint64_t us) {
     return text;
 }
 
+namespace {
+
+// The guest's NIC, only when it has one ([vm] net-tap).
+void network_metrics(Exposition& out, const core::Status::Network& n) {
+    out.family("colod_net_frames_total", "counter",
+               "Frames through the guest's NIC since the daemon started: tx (the guest sent), rx (the guest "
+               "received).");
+    out.sample("colod_net_frames_total", n.tx_frames, {{"direction", "tx"}});
+    out.sample("colod_net_frames_total", n.rx_frames, {{"direction", "rx"}});
+    out.family("colod_net_bytes_total", "counter", "Bytes of those frames (without the virtio header).");
+    out.sample("colod_net_bytes_total", n.tx_bytes, {{"direction", "tx"}});
+    out.sample("colod_net_bytes_total", n.rx_bytes, {{"direction", "rx"}});
+    out.family("colod_net_dropped_frames_total", "counter",
+               "Frames dropped, by where: rx (for the guest, its receive backlog full), tap (for the network, the "
+               "tap's queue full), replica_input (a COLO secondary's copy of the primary's input, its queue "
+               "full; each costs a checkpoint).");
+    out.sample("colod_net_dropped_frames_total", n.rx_dropped, {{"where", "rx"}});
+    out.sample("colod_net_dropped_frames_total", n.tap_dropped, {{"where", "tap"}});
+    out.sample("colod_net_dropped_frames_total", n.input_dropped, {{"where", "replica_input"}});
+    out.gauge("colod_net_rx_backlog_frames", "Frames for the guest waiting for its receive buffers.", n.rx_backlog);
+    out.counter("colod_net_bad_chains_total", "Transmit or receive chains the guest's driver got wrong.",
+                n.bad_chains);
+    out.counter("colod_net_announcements_total",
+                "Rounds of gratuitous ARP and RARP sent for the guest's MAC (a takeover sends them).",
+                n.announcements);
+}
+
+}  // namespace
+
 std::string metrics_text(const core::Status& s) {
     Exposition out(s.vm);
     out.family("colod_info", "gauge", "Always 1: the pair's replication mode and this daemon's backend, as labels.");
@@ -164,6 +193,8 @@ std::string metrics_text(const core::Status& s) {
               seconds_text(s.last_failover_us));
     out.gauge("colod_console_clients", "Clients connected to the guest's console.", s.console_clients);
     out.gauge("colod_uptime_seconds", "Time since the daemon started.", seconds_text(s.uptime_ms * 1000));
+    if (s.network.present)
+        network_metrics(out, s.network);
     return out.take();
 }
 

@@ -11,6 +11,7 @@
 #include "base/events.h"
 #include "base/log.h"
 #include "core/active_engine.h"
+#include "core/guest_network.h"
 #include "core/guest_runtime.h"
 #include "core/standby_engine.h"
 #include "core/state_sections.h"
@@ -230,6 +231,8 @@ core::Status Node::status() {
               : stopped ? std::string(core::stop_reason_name(m_runtime->machine().stop_info().reason))
                         : "not running";
     s.console_clients = m_runtime->console() ? m_runtime->console()->client_count() : 0;
+    if (auto* network = m_runtime->network())
+        network->fill_status(s);  // before m_mutex: it takes the NIC's lock
     std::lock_guard lock(m_mutex);
     if (m_active)
         m_active->fill_status(s);

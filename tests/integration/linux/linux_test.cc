@@ -380,6 +380,14 @@ void protected_pair_rounds(const PairOptions& options, PairRun run, const GuestL
                           << " ms for a reply (the failover included)");
             CHECK(lan->port_of_guest_mac() ==
                   lan->uplink(standby_side == Side::Primary ? GuestLan::Host::Primary : GuestLan::Host::Secondary));
+            // The survivor's status shows its NIC at work and the announcements of the takeover.
+            auto nic = [&](const std::string& key) {
+                auto json = pair.control(standby_side, "status --json");
+                return json ? json_number(*json, key).value_or(0) : 0;
+            };
+            CHECK(eventually([&] { return nic("announcements") >= 1; }, std::chrono::seconds(30)));
+            CHECK(nic("tx_frames") > 0);
+            CHECK(nic("rx_frames") > 0);
 
             ping->signal(SIGINT);
             auto lost = ping_lost(*ping);

@@ -160,6 +160,42 @@ TEST_CASE("metrics: the golden lines of a protected primary", "[metrics]") {
     CHECK(text.find("# TYPE colod_state gauge") < text.find("colod_state{"));
 }
 
+TEST_CASE("metrics: the guest's NIC shows only when it has one", "[metrics][network]") {
+    core::Status s = protected_primary();
+    CHECK(metrics_text(s).find("colod_net_") == std::string::npos);
+    s.network.present = true;
+    s.network.tap = "tap-a";
+    s.network.tx_frames = 11;
+    s.network.tx_bytes = 1100;
+    s.network.rx_frames = 22;
+    s.network.rx_bytes = 2200;
+    s.network.rx_dropped = 3;
+    s.network.tap_dropped = 4;
+    s.network.input_dropped = 5;
+    s.network.rx_backlog = 6;
+    s.network.bad_chains = 7;
+    s.network.announcements = 8;
+    const std::string text = metrics_text(s);
+    check_format(text);
+    for (const char* line : {
+             "# TYPE colod_net_frames_total counter",
+             R"(colod_net_frames_total{vm="demo",direction="tx"} 11)",
+             R"(colod_net_frames_total{vm="demo",direction="rx"} 22)",
+             R"(colod_net_bytes_total{vm="demo",direction="tx"} 1100)",
+             R"(colod_net_bytes_total{vm="demo",direction="rx"} 2200)",
+             R"(colod_net_dropped_frames_total{vm="demo",where="rx"} 3)",
+             R"(colod_net_dropped_frames_total{vm="demo",where="tap"} 4)",
+             R"(colod_net_dropped_frames_total{vm="demo",where="replica_input"} 5)",
+             "# TYPE colod_net_rx_backlog_frames gauge",
+             R"(colod_net_rx_backlog_frames{vm="demo"} 6)",
+             R"(colod_net_bad_chains_total{vm="demo"} 7)",
+             R"(colod_net_announcements_total{vm="demo"} 8)",
+         }) {
+        INFO(line);
+        CHECK(has_line(text, line));
+    }
+}
+
 TEST_CASE("metrics: histogram buckets are cumulative, ascending, and end at +Inf = _count", "[metrics]") {
     core::Status s = protected_primary();
     for (size_t i = 0; i < s.pause_histogram.counts.size(); ++i)
