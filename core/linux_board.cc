@@ -3,6 +3,7 @@
 
 #include "core/acpi/pm.h"
 #include "core/board.h"
+#include "core/virtio/blk.h"
 #include "core/virtio/mmio.h"
 #include "core/virtio/net.h"
 #include "core/virtio/rng.h"
@@ -44,6 +45,21 @@ base::Result<LinuxDevices> build_linux_board(Board& board, LinuxBoardCallbacks c
                                                  {{net_base, virtio::MmioTransport::k_window_size}},
                                                  Board::Announce::VirtioMmio,
                                                  net_irq}));
+    }
+
+    // virtio-blk: requests are done on the vCPU that notifies (core/virtio/blk.h).
+    if (options.disk) {
+        uint32_t blk_irq = TRY(board.claim_irq());
+        uint64_t blk_base = TRY(board.claim_mmio(virtio::MmioTransport::k_window_size));
+        auto blk = std::make_unique<virtio::BlkDevice>(options.disk, options.disk_serial);
+        devices.blk = blk.get();
+        auto blk_transport = TRY(virtio::MmioTransport::create(std::move(blk), blk_base, board.context().memory(),
+                                                               board.context().irq(blk_irq)));
+        devices.blk_transport = blk_transport.get();
+        TRY(board.add(std::move(blk_transport), {{},
+                                                 {{blk_base, virtio::MmioTransport::k_window_size}},
+                                                 Board::Announce::VirtioMmio,
+                                                 blk_irq}));
     }
     return devices;
 }

@@ -6,7 +6,9 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <optional>
+#include <string>
 
 #include "base/result.h"
 #include "core/net/frames.h"
@@ -14,10 +16,14 @@
 namespace colod::core {
 
 class Board;
+namespace disk {
+class BlockBackend;
+}
 namespace acpi {
 class AcpiPm;
 }
 namespace virtio {
+class BlkDevice;
 class MmioTransport;
 class NetDevice;
 class RngDevice;
@@ -31,6 +37,10 @@ struct LinuxBoardCallbacks {
 // What the guest has beyond the devices every Linux guest gets.
 struct LinuxBoardOptions {
     std::optional<net::Mac> nic_mac;  // a virtio-net NIC with this MAC; none when empty
+    // A virtio-blk disk on this backend (none when null), answering GET_ID with `disk_serial`.
+    // It comes after the rng and the NIC, so they keep their windows and interrupt lines.
+    std::shared_ptr<disk::BlockBackend> disk;
+    std::string disk_serial;
 };
 
 // What build_linux_board added (owned by the board).
@@ -40,6 +50,8 @@ struct LinuxDevices {
     virtio::RngDevice* rng = nullptr;
     virtio::MmioTransport* net_transport = nullptr;
     virtio::NetDevice* net = nullptr;  // null without a NIC
+    virtio::MmioTransport* blk_transport = nullptr;
+    virtio::BlkDevice* blk = nullptr;  // null without a disk
 };
 
 base::Result<LinuxDevices> build_linux_board(Board& board, LinuxBoardCallbacks callbacks,

@@ -37,7 +37,7 @@ struct MachineConfig {
     uint32_t vcpus = 1;
     std::string backend = "kvm";  // "kvm" (/dev/kvm) or "soft" (software backend)
     GuestKind guest = GuestKind::Elf;
-    LinuxBoardOptions linux_board;  // GuestKind::Linux: its NIC, if any
+    LinuxBoardOptions linux_board;  // GuestKind::Linux: its NIC and disk, if any
 };
 
 enum class StopReason {
