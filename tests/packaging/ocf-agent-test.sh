@@ -48,6 +48,16 @@ expect 6 colod-p validate-all
 OCF_RESKEY_role=neither OCF_RESOURCE_INSTANCE=colod-x "$AGENT" validate-all >>"$work/agent.log" 2>&1
 [ $? = 6 ] || fail "validate-all with role=neither is not OCF_ERR_CONFIGURED"
 say "colod-x validate-all (role=neither) -> 6"
+# Without role, the section whose replication address this host holds: here both (refused),
+# or neither (not a host of the pair).
+cp "$work/good.conf" "$work/pair.conf"
+OCF_RESOURCE_INSTANCE=colod-x "$AGENT" validate-all >>"$work/agent.log" 2>&1
+[ $? = 6 ] || fail "validate-all without role on a host that holds both sections is not OCF_ERR_CONFIGURED"
+say "colod-x validate-all (no role, both sections here) -> 6"
+sed 's/^replication = 127.0.0.1:/replication = 198.51.100.1:/' "$work/good.conf" >"$work/pair.conf"
+OCF_RESOURCE_INSTANCE=colod-x "$AGENT" validate-all >>"$work/agent.log" 2>&1
+[ $? = 5 ] || fail "validate-all without role on a host of neither section is not OCF_ERR_INSTALLED"
+say "colod-x validate-all (no role, neither section here) -> 5"
 cp "$work/good.conf" "$work/pair.conf"
 OCF_RESKEY_config="$work/missing.conf" OCF_RESOURCE_INSTANCE=colod-x "$AGENT" validate-all >>"$work/agent.log" 2>&1
 [ $? = 5 ] || fail "validate-all with a missing config file is not OCF_ERR_INSTALLED"
