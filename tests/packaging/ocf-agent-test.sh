@@ -4,8 +4,9 @@
 # Pacemaker would drive a promotable clone, action by action, checking each exit status:
 #   validate-all (a bad config is OCF_ERR_CONFIGURED), monitor of a stopped resource (7),
 #   start (0) and monitor (0) of both instances, promote of the [primary] instance (the guest
-#   starts from nothing, monitor 8), the promotion scores, kill -9 of the primary and promote of
-#   the standby (takeover: monitor 8, the guest's data survived), re-protection, demote (the
+#   starts from nothing, monitor 8), the promotion scores, kill -9 of the primary, the refusal
+#   of a cold start while the peer's score says it holds the replica, promote of the standby
+#   (takeover: monitor 8, the guest's data survived), re-protection, demote (the
 #   guest stops here without a handover; monitor 0) and promote back, stop twice (0, 0) and
 #   monitor (7).
 #
@@ -21,12 +22,29 @@ AGENT=$2
 
 # Promotion scores, as a cluster would get them: a crm_attribute in PATH that writes down what
 # it was asked, and the clone meta attribute that tells the agent it runs in a cluster.
+# The two instances stand for two nodes, hosta and hostb (crm_node); a query of a node's score
+# (crm_attribute -G -N NODE) answers the last score that node's instance set.
 mkdir -p "$work/bin"
-cat >"$work/bin/crm_attribute" <<EOF
+cat >"$work/bin/crm_attribute" <<'END'
 #!/bin/sh
-echo "\$OCF_RESOURCE_INSTANCE \$*" >>"$work/scores"
-EOF
-chmod 755 "$work/bin/crm_attribute"
+case " $* " in
+*" -G "*)
+    node=$(echo " $* " | sed -n 's/.* -N \([^ ]*\) .*/\1/p')
+    case $node in hosta) instance=colod-p ;; *) instance=colod-s ;; esac
+    last=$(sed -n "s/^$instance .*--promotion -l reboot //p" "$SCORES" | tail -n 1)
+    case $last in "-v "*) echo "${last#-v }" ;; *) exit 6 ;; esac ;;
+*) echo "$OCF_RESOURCE_INSTANCE $*" >>"$SCORES" ;;
+esac
+END
+cat >"$work/bin/crm_node" <<'END'
+#!/bin/sh
+case $1 in
+-n) if [ "$OCF_RESOURCE_INSTANCE" = colod-p ]; then echo hosta; else echo hostb; fi ;;
+-l) printf '1 hosta member\n2 hostb member\n' ;;
+esac
+END
+chmod 755 "$work/bin/crm_attribute" "$work/bin/crm_node"
+export SCORES="$work/scores"
 PATH="$work/bin:$PATH"
 export OCF_RESKEY_CRM_meta_clone_max=2
 last_score() {
@@ -105,14 +123,22 @@ until_true 30 "the killed primary is gone" sh -c "! kill -0 $pid 2>/dev/null"
 expect 7 colod-p monitor
 until_true 30 "the standby sees its primary gone" peer_gone secondary
 expect 0 colod-s monitor
+# The [primary] host's instance comes back as an empty standby: while its peer's score says the
+# peer holds the replica, it refuses to start the guest from nothing (which would overwrite
+# that replica).
+expect 0 colod-p start
+expect_score colod-p "-v 5"
+expect 1 colod-p promote
+grep -q "will not start the guest from nothing: hostb holds its replica" "$work/agent.log" ||
+    fail "the refused promote does not name the peer with the replica"
+expect 0 colod-p monitor
 expect 0 colod-s promote
 expect 8 colod-s monitor
 expect_score colod-s "-v 1000"
 [ "$(console secondary 'GET ocf')" = survived ] || fail "the guest on the secondary lost the key set before the takeover"
 say "the taken-over guest still holds the key"
 
-# 6. The repaired [primary] host starts again: a standby that the active side protects.
-expect 0 colod-p start
+# 6. The [primary] host's standby is protected by the active side.
 until_true 120 "the [primary] host's standby holds a checkpoint" in_state primary standby seq
 expect 0 colod-p monitor
 expect_score colod-p "-v 100"
