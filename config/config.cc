@@ -42,7 +42,7 @@ struct KeySpec {
 
 constexpr std::array<std::string_view, 4> k_sections{"vm", "replication", "primary", "secondary"};
 
-constexpr std::array<KeySpec, 30> k_keys{{
+constexpr std::array<KeySpec, 31> k_keys{{
     {"vm", "name", Presence::Derived, ""},
     {"vm", "memory", Presence::Required, ""},
     {"vm", "vcpus", Presence::Defaulted, "1"},
@@ -54,6 +54,7 @@ constexpr std::array<KeySpec, 30> k_keys{{
     {"vm", "accelerator", Presence::Defaulted, "auto"},
     {"vm", "net-tap", Presence::Optional, ""},
     {"vm", "mac", Presence::Optional, ""},
+    {"vm", "disk", Presence::Optional, ""},
     {"replication", "mode", Presence::Defaulted, "checkpoint"},
     {"replication", "checkpoint-interval", Presence::Defaulted, "100ms"},
     {"replication", "heartbeat-interval", Presence::Defaulted, "50ms"},
@@ -479,6 +480,18 @@ private:
         }
 
         network(setting("vm", "net-tap"), setting("vm", "mac"), kernel != nullptr, vm);
+
+        // vm.disk: the path of a raw image, for a Linux guest only. Whether it is a usable
+        // image (there, a regular file, writable, a whole number of sectors) is checked when
+        // the daemon opens it at start-up, on the host that uses it.
+        if (const Setting* disk = setting("vm", "disk")) {
+            if (disk->value.empty())
+                fail("vm", "disk", "must be the path of a raw disk image (or leave the key out)");
+            else if (!kernel)
+                fail("vm", "disk", "is for Linux guests: it needs vm.kernel (the embedded guest has no disk)");
+            else
+                vm.disk = resolve(disk->value);
+        }
     }
 
     // vm.net-tap: a network interface name as Linux accepts one (1 to 15 bytes, not "." or
@@ -1046,6 +1059,8 @@ std::string to_config_text(const PairConfig& config) {
         out += fmt::format("net-tap = {}\n", config.vm.net_tap);
         out += fmt::format("mac = {}\n", format_mac(config.vm.mac));
     }
+    if (config.vm.has_disk())
+        out += fmt::format("disk = {}\n", config.vm.disk.string());
     const auto& replication = config.replication;
     out += "[replication]\n";
     out += fmt::format("mode = {}\n", mode_name(replication.mode));

@@ -70,9 +70,13 @@ struct VmConfig {
     std::string accelerator = "auto";
     std::string net_tap;           // the host's tap interface for the guest's NIC; empty: no network
     Mac mac{};                     // the guest's MAC (both hosts the same); set with net_tap
+    // The guest's disk: a raw image file on this host (absolute; relative in the file means
+    // beside it), opened by the daemon at start-up; empty: no disk. Linux guests only.
+    std::filesystem::path disk;
 
     bool is_linux() const { return !kernel.empty(); }
     bool has_network() const { return !net_tap.empty(); }
+    bool has_disk() const { return !disk.empty(); }
     bool operator==(const VmConfig&) const = default;
 };
 

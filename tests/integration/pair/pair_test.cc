@@ -6,6 +6,8 @@
 #include <pwd.h>
 #include <unistd.h>
 
+#include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 
 #include <atomic>
@@ -18,6 +20,7 @@
 
 #include "proto/auth.h"
 #include "tests/support/crash.h"
+#include "tests/support/fake_bzimage.h"
 #include "tests/support/pair.h"
 #include "tests/support/tiny_elf.h"
 
@@ -218,6 +221,89 @@ TEST_CASE("a metrics port another process holds stops the daemon at start, namin
     CHECK_THAT(pair.read_log("primary"),
                Catch::Contains(fmt::format("primary.metrics: cannot listen on 127.0.0.1:{}: bind: Address already in use",
                                            pair.metrics_port(Side::Primary))));
+}
+
+TEST_CASE("a bad vm.disk stops either daemon at start, naming the key, the image and the reason", "[integration][disk]") {
+    // A Linux guest (a made-up bzImage: neither daemon gets as far as loading it) whose disk is
+    // opened before any KVM call, so this runs on hosts without KVM too.
+    PairOptions options;
+    options.guest = "kernel = vmlinuz\n";
+    options.extra_vm = "disk = disk.img\n";
+    Pair pair(options);
+    std::ofstream(pair.dir() / "vmlinuz", std::ios::binary) << colod::test::FakeBzImage().text();
+    {
+        std::ifstream in(pair.config());
+        std::string text(std::istreambuf_iterator<char>(in), {});
+        std::ofstream(pair.config()) << std::regex_replace(text, std::regex("accelerator = \\w+"), "accelerator = kvm");
+    }
+    const std::filesystem::path image = pair.dir() / "disk.img";
+    auto run = [&](const std::string& program) {
+        auto p = Process::spawn({program, "--config", pair.config()}, (pair.dir() / "out.log").string());
+        REQUIRE(p);
+        int code = p->exit_code();
+        std::string out = pair.read_log("out");
+        std::filesystem::remove(pair.dir() / "out.log");
+        return std::pair{code, out};
+    };
+    auto refused = [&](const std::string& reason) {
+        for (const char* program : {COLOD_PRIMARY_BIN, COLOD_SECONDARY_BIN}) {
+            INFO(program << ", expecting: " << reason);
+            auto [code, out] = run(program);
+            INFO(out);
+            CHECK(code == 1);
+            CHECK_THAT(out, Catch::Contains("vm.disk: " + image.string() + ": " + reason));
+        }
+    };
+    SECTION("missing") { refused("no such file"); }
+    SECTION("a directory") {
+        std::filesystem::create_directory(image);
+        refused("is a directory");
+    }
+    SECTION("empty") {
+        std::ofstream(image).close();
+        refused("is empty");
+    }
+    SECTION("not whole sectors") {
+        std::ofstream(image) << std::string(4097, 'x');
+        refused("is 4097 bytes, not a multiple of 512");
+    }
+    SECTION("held by another process") {
+        std::ofstream(image) << std::string(4096, 'x');
+        base::Fd holder(::open(image.c_str(), O_RDWR | O_CLOEXEC));
+        REQUIRE(::flock(holder.get(), LOCK_EX | LOCK_NB) == 0);
+        refused("is in use");
+    }
+    SECTION("on a read-only file system") {
+        // Root opens a file of mode 0444 for writing all the same: a read-only bind mount of the
+        // pair's folder is what refuses root too.
+        std::ofstream(pair.dir() / "real.img") << std::string(4096, 'x');
+        std::filesystem::create_directory(pair.dir() / "ro");
+        if (::mount(pair.dir().c_str(), (pair.dir() / "ro").c_str(), nullptr, MS_BIND, nullptr) != 0) {
+            WARN("no bind mount here (" << std::strerror(errno) << "): the read-only case is not tested");
+            return;
+        }
+        bool read_only = ::mount(nullptr, (pair.dir() / "ro").c_str(), nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY,
+                                 nullptr) == 0;
+        if (read_only) {
+            std::filesystem::create_symlink(pair.dir() / "ro" / "real.img", image);
+            // The message names the path as configured (the link).
+            refused("is on a read-only file system");
+        } else {
+            WARN("no read-only bind mount here: the read-only case is not tested");
+        }
+        ::umount2((pair.dir() / "ro").c_str(), MNT_DETACH);
+    }
+    SECTION("a good image passes (the daemon stops later, at KVM, where there is none)") {
+        if (host_kvm_available())
+            return;  // it would boot the made-up kernel
+        std::ofstream(image) << std::string(4096, 'x');
+        auto [code, out] = run(COLOD_PRIMARY_BIN);
+        INFO(out);
+        CHECK(code != 0);
+        CHECK_THAT(out, !Catch::Contains("vm.disk"));
+        CHECK_THAT(out, Catch::Contains("disk " + image.string() + ": 4096 bytes, serial disk.img"));
+        CHECK_THAT(out, Catch::Contains("/dev/kvm"));
+    }
 }
 
 TEST_CASE("a colod-primary whose peer already runs the guest refuses to start", "[integration]") {

@@ -533,7 +533,7 @@ TEST_CASE("unknown sections and keys are errors", "[config]") {
           "demo.conf:22: vm.mode = colo: unknown key (mode belongs in [replication])");
     CHECK(errors_of(k_design + "[vm]\nballoon = yes\n") ==
           "demo.conf:22: vm.balloon = yes: unknown key (known in [vm]: name, memory, vcpus, image, kernel, initrd, cmdline, "
-          "console-clients, accelerator, net-tap, mac)");
+          "console-clients, accelerator, net-tap, mac, disk)");
     CHECK(errors_of(k_design + "[vm]\nMemory = 512M\n") ==
           "demo.conf:22: vm.Memory = 512M: unknown key (did you mean vm.memory?)");
     // The keys of an unknown section are not reported one by one.
@@ -745,6 +745,44 @@ TEST_CASE("a Linux guest's network: net-tap and mac", "[config][linux][net]") {
     // The embedded guest has no NIC.
     CHECK(errors_of(k_design + "[vm]\nnet-tap = tap0\nmac = 52:54:00:12:34:56\n", "demo.conf", options) ==
           "demo.conf:22: vm.net-tap = tap0: is for Linux guests: it needs vm.kernel (the embedded guest has no network)");
+}
+
+TEST_CASE("a Linux guest's disk: vm.disk", "[config][linux][disk]") {
+    TempDir dir;
+    colod::test::FakeBzImage kernel;
+    dir.write("vmlinuz", kernel.text());
+    ParseOptions options;
+    options.base_dir = dir.path();
+    auto linux_text = [](std::string_view lines) {
+        return with_line("image", "kernel = vmlinuz") + fmt::format("[vm]\n{}\n", lines);
+    };
+
+    // A relative path is the config file's neighbour; the file itself is examined only when a
+    // daemon opens it (it need not exist for the config to parse).
+    const PairConfig relative = parsed(linux_text("disk = images/demo.img"), "demo.conf", options);
+    CHECK(relative.vm.has_disk());
+    CHECK(relative.vm.disk == dir.path() / "images/demo.img");
+    CHECK(relative.vm.disk.is_absolute());
+    const PairConfig absolute = parsed(linux_text("disk = /var/lib/colod/../colod/demo.img"), "demo.conf", options);
+    CHECK(absolute.vm.disk == "/var/lib/colod/demo.img");
+    // The dump says it, and reads back the same.
+    CHECK(to_config_text(absolute).find("disk = /var/lib/colod/demo.img\n") != std::string::npos);
+    CHECK(parsed(to_config_text(absolute), "demo.conf", options) == absolute);
+    CHECK(parsed(to_config_text(relative), "demo.conf", options) == relative);
+    const PairConfig none = parsed(linux_text(""), "demo.conf", options);
+    CHECK_FALSE(none.vm.has_disk());
+    CHECK(to_config_text(none).find("disk =") == std::string::npos);
+    // With the network too.
+    const PairConfig both =
+        parsed(linux_text("net-tap = tap0\nmac = 52:54:00:12:34:56\ndisk = /d.img"), "demo.conf", options);
+    CHECK(both.vm.has_network());
+    CHECK(both.vm.disk == "/d.img");
+
+    CHECK(errors_of(linux_text("disk ="), "demo.conf", options) ==
+          "demo.conf:22: vm.disk = \"\": must be the path of a raw disk image (or leave the key out)");
+    // The embedded guest has no disk.
+    CHECK(errors_of(k_design + "[vm]\ndisk = /d.img\n", "demo.conf", options) ==
+          "demo.conf:22: vm.disk = /d.img: is for Linux guests: it needs vm.kernel (the embedded guest has no disk)");
 }
 
 TEST_CASE("a Linux guest: kernel and initrd instead of image", "[config][linux]") {
