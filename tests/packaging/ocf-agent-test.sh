@@ -82,6 +82,25 @@ OCF_RESKEY_config="$work/missing.conf" OCF_RESOURCE_INSTANCE=colod-x "$AGENT" va
 say "colod-x validate-all (missing config) -> 5"
 "$AGENT" meta-data | grep -q '<action name="promote"' || fail "meta-data lacks the promote action"
 
+# Without resource-agents' ocf-shellfuncs the agent uses its own helpers: the same answers.
+mkdir -p "$work/no-shellfuncs"
+export OCF_FUNCTIONS_DIR="$work/no-shellfuncs"
+expect 0 colod-s validate-all
+sed 's/^memory = .*/memory = 12/' "$work/good.conf" >"$work/pair.conf"
+expect 6 colod-s validate-all
+cp "$work/good.conf" "$work/pair.conf"
+expect 7 colod-s probe
+expect 0 colod-s start
+expect 0 colod-s monitor
+expect 0 colod-s stop
+expect 7 colod-s monitor
+unset OCF_FUNCTIONS_DIR
+if [ -r /usr/lib/ocf/lib/heartbeat/ocf-shellfuncs ]; then
+    say "from here on with resource-agents' ocf-shellfuncs"
+else
+    say "resource-agents is not installed: the whole test runs on the agent's own helpers"
+fi
+
 # 2. Nothing runs yet.
 expect 7 colod-p probe
 expect 7 colod-s probe
