@@ -27,13 +27,16 @@ std::string_view message_type_name(MessageType type) {
     case MessageType::RngInput: return "RNG_INPUT";
     case MessageType::NetInput: return "NET_INPUT";
     case MessageType::NetOutput: return "NET_OUTPUT";
+    case MessageType::DiskWrites: return "DISK_WRITES";
+    case MessageType::DiskHashes: return "DISK_HASHES";
+    case MessageType::DiskBlocks: return "DISK_BLOCKS";
     }
     return "UNKNOWN";
 }
 
 bool known_message_type(uint8_t type) {
     return type >= static_cast<uint8_t>(MessageType::Hello) &&
-           type <= static_cast<uint8_t>(MessageType::NetOutput);
+           type <= static_cast<uint8_t>(MessageType::DiskBlocks);
 }
 
 uint32_t payload_cap(MessageType type) {
@@ -47,6 +50,9 @@ uint32_t payload_cap(MessageType type) {
     case MessageType::RngInput: return 8u << 10;
     case MessageType::NetInput:
     case MessageType::NetOutput: return 72u << 10;  // u64 epoch + a frame of up to 65550 bytes
+    case MessageType::DiskWrites:
+    case MessageType::DiskBlocks:
+    case MessageType::DiskHashes: return kMaxDiskMessageBytes + (64u << 10);  // data + per-entry headers
     default:
         // Fixed-size control messages; the room above their current size lets a later minor
         // revision append fields that this version skips.

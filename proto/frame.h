@@ -36,8 +36,10 @@ inline constexpr size_t kTagSize = 16;
 // The largest VMSTATE_SEND payload; StateEncoder keeps its frames at or below its own
 // (smaller, configurable) limit, which may not exceed this.
 inline constexpr uint32_t kMaxStatePayload = 32u << 20;
+// The most disk data (written bytes, block bytes or hashes) one DISK_* message carries.
+inline constexpr uint32_t kMaxDiskMessageBytes = 1u << 20;
 
-// Message types. Numbers are never reused; 17..63 are reserved for later messages and are
+// Message types. Numbers are never reused; 22..63 are reserved for later messages and are
 // refused as UnknownType by this version: a peer may only send them after HELLO shows the other side's protocol_version knows
 // them.
 enum class MessageType : uint8_t {
@@ -59,6 +61,9 @@ enum class MessageType : uint8_t {
     RngInput = 16,
     NetInput = 17,
     NetOutput = 18,
+    DiskWrites = 19,
+    DiskHashes = 20,
+    DiskBlocks = 21,
 };
 
 std::string_view message_type_name(MessageType type);

@@ -94,8 +94,10 @@ std::vector<std::byte> Hello::encode() const {
         w.u8(uint8_t(ids));
         for (size_t i = 0; i < ids; ++i)
             w.bytes(key_ids[i]);
-        if (!mac.empty())
+        if (!mac.empty() || disk_bytes != 0)
             w.str8(std::string_view(mac).substr(0, kMacTextLength));
+        if (disk_bytes != 0)
+            w.u64(disk_bytes);
     }
     return out;
 }
@@ -153,8 +155,17 @@ base::Result<Hello> Hello::decode(std::span<const std::byte> payload) {
     if (r.at_end())
         return h;  // no NIC, or a sender from before the MAC was appended
     h.mac = TRY(r.str8("HELLO MAC", kMacTextLength));
-    if (!is_mac_text(h.mac))
+    if (!h.mac.empty() && !is_mac_text(h.mac))
         return error(Reason::BadField, "HELLO MAC '{}' is not six lower-case hex pairs joined by ':'", h.mac);
+    if (r.at_end()) {
+        if (h.mac.empty())
+            return error(Reason::BadField, "HELLO has an empty MAC and no disk after it");
+        return h;  // no disk, or a sender from before the disk size was appended
+    }
+    h.disk_bytes = TRY(r.u64("HELLO disk size"));
+    if (h.disk_bytes == 0 || h.disk_bytes % kDiskSectorSize != 0)
+        return error(Reason::BadField, "HELLO disk size {} is not a nonzero multiple of {}", h.disk_bytes,
+                     kDiskSectorSize);
     return h;
 }
 
@@ -195,6 +206,12 @@ std::string incompatibility(const Hello& local, const Hello& peer) {
     if (local.mac != peer.mac)
         return fmt::format("guest MAC differs: local {}, peer {} ([vm] mac must be the same on both hosts)",
                            local.mac.empty() ? "none" : local.mac, peer.mac.empty() ? "none" : peer.mac);
+    if (local.disk_bytes != peer.disk_bytes) {
+        auto size = [](uint64_t bytes) { return bytes == 0 ? std::string("none") : fmt::format("{} bytes", bytes); };
+        return fmt::format("guest disk differs: local {}, peer {} ([vm] disk must be an image of the same size on both "
+                           "hosts)",
+                           size(local.disk_bytes), size(peer.disk_bytes));
+    }
     if (local.link_security != peer.link_security)
         return fmt::format("link-security differs: local {}, peer {} ([replication] link-security must be the same "
                            "on both sides)",
@@ -390,6 +407,112 @@ base::Result<NetFrame<T>> NetFrame<T>::decode(std::span<const std::byte> payload
 template struct NetFrame<MessageType::NetInput>;
 template struct NetFrame<MessageType::NetOutput>;
 
+namespace {
+
+// Sector-aligned disk data at `offset`: a nonzero multiple of kDiskSectorSize that does not run
+// past 2^64.
+base::Result<void> check_disk_extent(std::string_view what, uint64_t offset, size_t length) {
+    if (length == 0 || length % kDiskSectorSize != 0 || offset % kDiskSectorSize != 0)
+        return error(Reason::BadField, "{} at offset {} with {} bytes: offset and length must be nonzero multiples of {}",
+                     what, offset, length, kDiskSectorSize);
+    if (offset > UINT64_MAX - length)
+        return error(Reason::BadField, "{} at offset {} with {} bytes overflows", what, offset, length);
+    return base::ok();
+}
+
+}  // namespace
+
+std::vector<std::byte> DiskWrites::encode() const {
+    std::vector<std::byte> out;
+    ByteWriter w(out);
+    w.u64(seq);
+    w.u32(uint32_t(writes.size()));
+    for (const auto& write : writes) {
+        w.u64(write.offset);
+        w.u32(uint32_t(write.bytes.size()));
+        w.bytes(std::string_view(write.bytes));
+    }
+    return out;
+}
+
+base::Result<DiskWrites> DiskWrites::decode(std::span<const std::byte> payload) {
+    ByteReader r(payload);
+    DiskWrites m;
+    m.seq = TRY(r.u64("DISK_WRITES seq"));
+    uint32_t count = TRY(r.u32("DISK_WRITES count"));
+    if (count == 0 || count > kMaxDiskMessageBytes / kDiskSectorSize)
+        return error(Reason::BadField, "DISK_WRITES with {} writes (1 to {} allowed)", count,
+                     kMaxDiskMessageBytes / kDiskSectorSize);
+    size_t total = 0;
+    m.writes.reserve(count);
+    for (uint32_t i = 0; i < count; ++i) {
+        DiskWrite write;
+        write.offset = TRY(r.u64("DISK_WRITES offset"));
+        uint32_t length = TRY(r.u32("DISK_WRITES length"));
+        TRY(check_disk_extent("DISK_WRITES write", write.offset, length));
+        total += length;
+        if (total > kMaxDiskMessageBytes)
+            return error(Reason::BadField, "DISK_WRITES carries more than {} bytes", kMaxDiskMessageBytes);
+        auto bytes = TRY(r.bytes(length, "DISK_WRITES data"));
+        write.bytes.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+        m.writes.push_back(std::move(write));
+    }
+    return m;
+}
+
+std::vector<std::byte> DiskHashes::encode() const {
+    std::vector<std::byte> out;
+    ByteWriter w(out);
+    w.u64(first_block);
+    w.u32(block_bytes);
+    w.u32(uint32_t(hashes.size()));
+    for (const auto& hash : hashes)
+        w.bytes(hash);
+    return out;
+}
+
+base::Result<DiskHashes> DiskHashes::decode(std::span<const std::byte> payload) {
+    ByteReader r(payload);
+    DiskHashes m;
+    m.first_block = TRY(r.u64("DISK_HASHES first block"));
+    m.block_bytes = TRY(r.u32("DISK_HASHES block size"));
+    if (m.block_bytes < kDiskSectorSize || m.block_bytes > kMaxDiskMessageBytes ||
+        (m.block_bytes & (m.block_bytes - 1)) != 0)
+        return error(Reason::BadField, "DISK_HASHES block size {} is not a power of two from {} to {}", m.block_bytes,
+                     kDiskSectorSize, kMaxDiskMessageBytes);
+    uint32_t count = TRY(r.u32("DISK_HASHES count"));
+    if (count == 0 || count > kMaxDiskMessageBytes / kDiskHashSize)
+        return error(Reason::BadField, "DISK_HASHES with {} hashes (1 to {} allowed)", count,
+                     kMaxDiskMessageBytes / kDiskHashSize);
+    if (m.first_block > UINT64_MAX / m.block_bytes - count)
+        return error(Reason::BadField, "DISK_HASHES blocks {} + {} run past the largest disk", m.first_block, count);
+    m.hashes.resize(count);
+    for (auto& hash : m.hashes)
+        TRY(read_array(r, hash, "DISK_HASHES hash"));
+    return m;
+}
+
+std::vector<std::byte> DiskBlocks::encode() const {
+    std::vector<std::byte> out;
+    ByteWriter w(out);
+    w.u64(offset);
+    w.bytes(std::string_view(bytes).substr(0, kMaxDiskMessageBytes));
+    return out;
+}
+
+base::Result<DiskBlocks> DiskBlocks::decode(std::span<const std::byte> payload) {
+    ByteReader r(payload);
+    DiskBlocks m;
+    m.offset = TRY(r.u64("DISK_BLOCKS offset"));
+    size_t length = payload.size() - sizeof(uint64_t);
+    if (length > kMaxDiskMessageBytes)
+        return error(Reason::BadField, "DISK_BLOCKS carries {} bytes, at most {} allowed", length, kMaxDiskMessageBytes);
+    TRY(check_disk_extent("DISK_BLOCKS", m.offset, length));
+    auto bytes = TRY(r.bytes(length, "DISK_BLOCKS data"));
+    m.bytes.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    return m;
+}
+
 MessageType message_type(const Message& message) {
     return std::visit([](const auto& m) { return std::decay_t<decltype(m)>::type; }, message);
 }
@@ -425,6 +548,9 @@ base::Result<Message> decode_message(MessageType type, std::span<const std::byte
     case MessageType::RngInput: return decode_as<RngInput>(payload);
     case MessageType::NetInput: return decode_as<NetInput>(payload);
     case MessageType::NetOutput: return decode_as<NetOutput>(payload);
+    case MessageType::DiskWrites: return decode_as<DiskWrites>(payload);
+    case MessageType::DiskHashes: return decode_as<DiskHashes>(payload);
+    case MessageType::DiskBlocks: return decode_as<DiskBlocks>(payload);
     case MessageType::VmstateSend: break;
     }
     return error(Reason::UnexpectedMessage, "{} is not a control message", message_type_name(type));

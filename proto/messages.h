@@ -85,6 +85,9 @@ struct Hello {
                                    // kMaxKeyIds); set by handshake(), none in snapshots
     std::string mac;               // the guest NIC's MAC address (xx:xx:xx:xx:xx:xx, lower case);
                                    // empty without a NIC. Appended to protocol 2: absent = empty
+    uint64_t disk_bytes = 0;       // the guest disk's size (a multiple of kDiskSectorSize); 0
+                                   // without one. Appended after the MAC (then written even
+                                   // when empty): absent = 0
 
     uint64_t page_count() const { return memory_bytes / kPageSize; }
     std::vector<std::byte> encode() const;
@@ -93,7 +96,7 @@ struct Hello {
 };
 
 // The first difference that makes two sides unable to pair (protocol version, VM name, memory
-// size, vCPU count, device list, image hash, NIC MAC, link security), as a sentence for both logs; empty
+// size, vCPU count, device list, image hash, NIC MAC, disk size, link security), as a sentence for both logs; empty
 // when they match. Roles are not compared here (policy for the caller); neither are keys and
 // AEAD preferences (the handshake settles those).
 std::string incompatibility(const Hello& local, const Hello& peer);
@@ -241,10 +244,62 @@ struct NetFrame {
 using NetInput = NetFrame<MessageType::NetInput>;
 using NetOutput = NetFrame<MessageType::NetOutput>;
 
+// A guest disk ([vm] disk): writes and copies move in whole sectors.
+inline constexpr uint64_t kDiskSectorSize = 512;
+
+// DISK_WRITES: writes the primary's guest made to its disk during the epoch that checkpoint `seq`
+// closes (primary → secondary), in the order the guest made them. Sent before that checkpoint's
+// state; the secondary writes them into its image only when it applies `seq`, and drops them
+// otherwise. Each offset and length is a multiple of kDiskSectorSize, each length nonzero, and
+// the data of one message at most kMaxDiskMessageBytes (an epoch takes as many as it needs).
+struct DiskWrite {
+    uint64_t offset = 0;
+    std::string bytes;  // binary
+    bool operator==(const DiskWrite&) const = default;
+};
+struct DiskWrites {
+    static constexpr MessageType type = MessageType::DiskWrites;
+    uint64_t seq = 0;
+    std::vector<DiskWrite> writes;  // at least one
+
+    std::vector<std::byte> encode() const;
+    static base::Result<DiskWrites> decode(std::span<const std::byte> payload);
+    bool operator==(const DiskWrites&) const = default;
+};
+
+// The live copy of the disk. DISK_HASHES (secondary → primary): the hashes of consecutive
+// blocks of the secondary's image from block `first_block` on, blocks of `block_bytes` (a power
+// of two, kDiskSectorSize to kMaxDiskMessageBytes; the last block of the disk may be shorter).
+// DISK_BLOCKS (primary → secondary): `bytes` of the primary's image at `offset` (sector
+// multiples, at most kMaxDiskMessageBytes), for the secondary's image as they are: the copy
+// that comes before a session's first checkpoint.
+inline constexpr size_t kDiskHashSize = 32;
+using DiskHash = std::array<std::byte, kDiskHashSize>;
+struct DiskHashes {
+    static constexpr MessageType type = MessageType::DiskHashes;
+    uint64_t first_block = 0;
+    uint32_t block_bytes = 0;
+    std::vector<DiskHash> hashes;  // 1..kMaxDiskMessageBytes / kDiskHashSize
+
+    std::vector<std::byte> encode() const;
+    static base::Result<DiskHashes> decode(std::span<const std::byte> payload);
+    bool operator==(const DiskHashes&) const = default;
+};
+struct DiskBlocks {
+    static constexpr MessageType type = MessageType::DiskBlocks;
+    uint64_t offset = 0;
+    std::string bytes;  // binary
+
+    std::vector<std::byte> encode() const;
+    static base::Result<DiskBlocks> decode(std::span<const std::byte> payload);
+    bool operator==(const DiskBlocks&) const = default;
+};
+
 // Any control message (everything but VMSTATE_SEND).
 using Message = std::variant<Hello, Auth, ErrorMessage, Heartbeat, CheckpointReady, CheckpointRequest,
                              CheckpointReply, VmstateSize, VmstateReceived, VmstateLoaded, GuestShutdown,
-                             Handover, ConsoleInput, ConsoleOutput, RngInput, NetInput, NetOutput>;
+                             Handover, ConsoleInput, ConsoleOutput, RngInput, NetInput, NetOutput, DiskWrites,
+                             DiskHashes, DiskBlocks>;
 
 MessageType message_type(const Message& message);
 std::vector<std::byte> encode_message(const Message& message);

@@ -46,7 +46,9 @@ std::vector<Message> sample_messages() {
     return {h, a, ErrorMessage{uint16_t(Reason::AuthFailed), "authentication failed"}, Heartbeat{41, 1700000000000000000},
             CheckpointReady{0}, CheckpointRequest{42}, CheckpointReply{42}, VmstateSize{42, 9000, 3, 1},
             VmstateReceived{42}, VmstateLoaded{42}, GuestShutdown{-1}, Handover{42}, ConsoleInput{42, "PING\n"}, ConsoleOutput{42, "PONG\n"},
-            RngInput{4096, "\x01\x02\x03"}, NetInput{42, std::string(60, '\x11')}, NetOutput{42, std::string(60, '\x22')}};
+            RngInput{4096, "\x01\x02\x03"}, NetInput{42, std::string(60, '\x11')}, NetOutput{42, std::string(60, '\x22')},
+            DiskWrites{42, {{4096, std::string(512, '\x33')}, {0, std::string(1024, '\x44')}}},
+            DiskHashes{2, 65536, {DiskHash{}, DiskHash{std::byte{1}}}}, DiskBlocks{65536, std::string(512, '\x55')}};
 }
 
 struct Guest {

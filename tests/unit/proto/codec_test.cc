@@ -57,12 +57,14 @@ Hello random_hello(std::mt19937_64& rng) {
                 b = std::byte(rng());
         if (rng() % 2)
             h.mac = fmt::format("52:54:00:{:02x}:{:02x}:{:02x}", rng() % 256, rng() % 256, rng() % 256);
+        if (rng() % 3 == 0)
+            h.disk_bytes = (1 + rng() % (1ull << 40)) * kDiskSectorSize;
     }
     return h;
 }
 
 Message random_message(std::mt19937_64& rng) {
-    switch (rng() % 17) {
+    switch (rng() % 20) {
     case 0: return random_hello(rng);
     case 1: {
         Auth a;
@@ -90,6 +92,26 @@ Message random_message(std::mt19937_64& rng) {
     case 13: return RngInput{rng() >> 1, std::string(1 + rng() % kMaxRngBytes, char(rng()))};
     case 14: return NetInput{rng(), std::string(kMinNetFrameBytes + rng() % 1500, char(rng()))};
     case 15: return NetOutput{rng(), std::string(kMinNetFrameBytes + rng() % (kMaxNetFrameBytes - kMinNetFrameBytes + 1), char(rng()))};
+    case 16: {
+        DiskWrites m{rng(), {}};
+        size_t room = kMaxDiskMessageBytes;
+        for (size_t i = 0, n = 1 + rng() % 8; i < n; ++i) {
+            size_t sectors = 1 + rng() % std::min<uint64_t>(room / kDiskSectorSize, 64);
+            m.writes.push_back({(rng() >> 24) * kDiskSectorSize, std::string(sectors * kDiskSectorSize, char(rng()))});
+            room -= sectors * kDiskSectorSize;
+            if (room < kDiskSectorSize)
+                break;
+        }
+        return m;
+    }
+    case 17: {
+        DiskHashes m{rng() >> 40, uint32_t(kDiskSectorSize << (rng() % 12)), {}};
+        m.hashes.resize(1 + rng() % 300);
+        for (auto& hash : m.hashes)
+            hash[rng() % kDiskHashSize] = std::byte(rng());
+        return m;
+    }
+    case 18: return DiskBlocks{(rng() >> 24) * kDiskSectorSize, std::string((1 + rng() % 2048) * kDiskSectorSize, char(rng()))};
     default: return GuestShutdown{int32_t(rng())};
     }
 }
@@ -216,7 +238,7 @@ TEST_CASE("malformed: bad version") {
 }
 
 TEST_CASE("malformed: unknown type") {
-    FrameHeader h{kWireVersion, static_cast<MessageType>(19), 0, 0, 16};
+    FrameHeader h{kWireVersion, static_cast<MessageType>(22), 0, 0, 16};
     REQUIRE(reason(decode_header(encode_header(h))) == Reason::UnknownType);
     h.type = static_cast<MessageType>(0);
     REQUIRE(reason(decode_header(encode_header(h))) == Reason::UnknownType);
@@ -286,6 +308,7 @@ TEST_CASE("malformed messages: truncated fields and bad values") {
     std::mt19937_64 rng(3);
     Hello h = random_hello(rng);
     h.mac.clear();
+    h.disk_bytes = 0;
     auto payload = h.encode();
     for (size_t cut = 0; cut < payload.size(); ++cut)
         REQUIRE(reason(Hello::decode(std::span(payload).first(cut))) == Reason::Truncated);
@@ -399,6 +422,7 @@ TEST_CASE("a HELLO of protocol 1 decodes without protocol 2's fields and is refu
     old.aead = Aead::Auto;
     old.key_ids.clear();
     old.mac.clear();
+    old.disk_bytes = 0;
     auto decoded = Hello::decode(old.encode());
     REQUIRE(decoded.ok());
     REQUIRE(decoded.value() == old);
@@ -428,4 +452,99 @@ TEST_CASE("crc32c: every lane size of the three-stream path agrees with the tabl
         INFO("size " << piece.size());
         REQUIRE(crc32c(piece) == table.value());
     }
+}
+
+TEST_CASE("HELLO: the disk's size follows the MAC (written empty without a NIC); a malformed one is refused",
+          "[disk]") {
+    Hello h;
+    h.vm_name = "demo";
+    h.memory_bytes = 16 * kPageSize;
+    h.vcpus = 1;
+    const auto plain = h.encode();
+    h.disk_bytes = 64ull << 20;
+    const auto disk_only = h.encode();
+    REQUIRE(disk_only.size() == plain.size() + 1 + 8);  // an empty MAC, then the size
+    auto read = Hello::decode(disk_only);
+    REQUIRE(read.ok());
+    CHECK(read.value().mac.empty());
+    CHECK(read.value().disk_bytes == 64ull << 20);
+    h.mac = "52:54:00:ab:cd:ef";
+    read = Hello::decode(h.encode());
+    REQUIRE(read.ok());
+    CHECK(read.value() == h);
+    // Cut inside the size: truncated.
+    for (size_t cut = plain.size() + 2; cut < disk_only.size(); ++cut)
+        CHECK(reason(Hello::decode(std::span(disk_only).first(cut))) == Reason::Truncated);
+    // An empty MAC is only a placeholder for the disk after it.
+    auto empty_mac = plain;
+    ByteWriter(empty_mac).str8("");
+    CHECK(reason(Hello::decode(empty_mac)) == Reason::BadField);
+    for (uint64_t bad : {uint64_t{0}, uint64_t{1000}, uint64_t{(64ull << 20) + 1}}) {
+        INFO(bad);
+        auto payload = empty_mac;
+        ByteWriter(payload).u64(bad);
+        CHECK(reason(Hello::decode(payload)) == Reason::BadField);
+    }
+}
+
+TEST_CASE("HELLO: a disk on one side only, or of another size, is an incompatibility naming [vm] disk", "[disk]") {
+    Hello a;
+    a.vm_name = "demo";
+    a.memory_bytes = 16 * kPageSize;
+    a.vcpus = 1;
+    Hello b = a;
+    a.disk_bytes = 1ull << 30;
+    b.disk_bytes = (1ull << 30) + kDiskSectorSize;
+    CHECK(incompatibility(a, b) == "guest disk differs: local 1073741824 bytes, peer 1073742336 bytes ([vm] disk must be "
+                                   "an image of the same size on both hosts)");
+    b.disk_bytes = 0;
+    CHECK_THAT(incompatibility(a, b), Catch::Contains("peer none"));
+    b.disk_bytes = a.disk_bytes;
+    CHECK(incompatibility(a, b).empty());
+}
+
+TEST_CASE("DISK_WRITES, DISK_HASHES, DISK_BLOCKS: sector-aligned, bounded, refused otherwise", "[disk]") {
+    const std::string sector(kDiskSectorSize, 's');
+    // The largest of each fits its payload cap.
+    DiskWrites full{7, {}};
+    for (size_t i = 0; i < kMaxDiskMessageBytes / kDiskSectorSize; ++i)
+        full.writes.push_back({i * kDiskSectorSize, sector});
+    CHECK(full.encode().size() <= payload_cap(MessageType::DiskWrites));
+    REQUIRE(DiskWrites::decode(full.encode()).ok());
+    DiskHashes hashes{0, 65536, std::vector<DiskHash>(kMaxDiskMessageBytes / kDiskHashSize)};
+    CHECK(hashes.encode().size() <= payload_cap(MessageType::DiskHashes));
+    REQUIRE(DiskHashes::decode(hashes.encode()).ok());
+    DiskBlocks blocks{kDiskSectorSize, std::string(kMaxDiskMessageBytes, 'b')};
+    CHECK(blocks.encode().size() <= payload_cap(MessageType::DiskBlocks));
+    REQUIRE(DiskBlocks::decode(blocks.encode()).ok());
+
+    // Writes: none, misaligned offset or length, empty, over the message's bytes, overflowing.
+    CHECK(reason(DiskWrites::decode(DiskWrites{7, {}}.encode())) == Reason::BadField);
+    CHECK(reason(DiskWrites::decode(DiskWrites{7, {{100, sector}}}.encode())) == Reason::BadField);
+    CHECK(reason(DiskWrites::decode(DiskWrites{7, {{0, sector + "x"}}}.encode())) == Reason::BadField);
+    CHECK(reason(DiskWrites::decode(DiskWrites{7, {{0, ""}}}.encode())) == Reason::BadField);
+    CHECK(reason(DiskWrites::decode(DiskWrites{7, {{UINT64_MAX - 511, sector}}}.encode())) == Reason::BadField);
+    auto over = full;
+    over.writes.back().bytes += sector;
+    CHECK(reason(DiskWrites::decode(over.encode())) == Reason::BadField);
+    auto cut = DiskWrites{7, {{0, sector}, {512, sector}}}.encode();
+    for (size_t at = 0; at < cut.size(); ++at)
+        CHECK_FALSE(DiskWrites::decode(std::span(cut).first(at)).ok());
+
+    // Hashes: block sizes that are not powers of two in range, no hashes, too many, past 2^64.
+    for (uint32_t size : {0u, 256u, 1000u, 4097u, 2u << 20})
+        CHECK(reason(DiskHashes::decode(DiskHashes{0, size, {DiskHash{}}}.encode())) == Reason::BadField);
+    CHECK(reason(DiskHashes::decode(DiskHashes{0, 4096, {}}.encode())) == Reason::BadField);
+    auto too_many = hashes;
+    too_many.hashes.emplace_back();
+    CHECK(reason(DiskHashes::decode(too_many.encode())) == Reason::BadField);
+    CHECK(reason(DiskHashes::decode(DiskHashes{UINT64_MAX / 4096, 4096, {DiskHash{}}}.encode())) == Reason::BadField);
+
+    // Blocks: misaligned, empty, over the limit.
+    CHECK(reason(DiskBlocks::decode(DiskBlocks{1, sector}.encode())) == Reason::BadField);
+    CHECK(reason(DiskBlocks::decode(DiskBlocks{0, ""}.encode())) == Reason::BadField);
+    CHECK(reason(DiskBlocks::decode(DiskBlocks{0, sector.substr(1)}.encode())) == Reason::BadField);
+    auto big = DiskBlocks{0, ""}.encode();
+    ByteWriter(big).bytes(std::string(kMaxDiskMessageBytes + kDiskSectorSize, 'b'));
+    CHECK(reason(DiskBlocks::decode(big)) == Reason::BadField);
 }
