@@ -5,7 +5,7 @@
  * console protocol of docs/kvstore.md on a serial tty, byte for byte what builtin:kvstore
  * answers, so every test written against the embedded guest runs against a Linux guest too.
  *
- *   kvstored [--tty PATH] [--scratch-mib N] [--tcp-port N] [--sink-port N]
+ *   kvstored [--tty PATH] [--scratch-mib N] [--tcp-port N] [--sink-port N] [--data-dir DIR]
  *
  * --tty PATH        the console (default /dev/ttyS0); the unit test passes a pty
  * --scratch-mib N   scratch memory for DIRTY/CHURN (default: half of the RAM, at least 4 MiB)
@@ -15,6 +15,9 @@
  *                   connection to its end and then replies with the number of bytes it read
  *                   (a decimal line), one connection at a time, on a thread of its own that
  *                   never touches the engine. Benchmarks measure bulk throughput with it.
+ * --data-dir DIR    where APPEND, RECORDS and RECORD keep their records (DIR/records); /init
+ *                   passes the guest's disk, mounted on /data, when it has one. Without it those
+ *                   commands answer `ERR no disk`.
  *
  * What differs from the embedded guest, and why:
  * - ticks= counts 10 ms steps of CLOCK_MONOTONIC since kvstored started (100 Hz, like the
@@ -38,6 +41,14 @@
  * - HWRNG n (an extension, 1 <= n <= 64): reads n bytes from /dev/hwrng (the virtio-rng) and
  *   replies with them in lower-case hex, or `ERR hwrng: REASON`. Tests use it to see that a
  *   COLO secondary's guest gets the very bytes the primary's did.
+ * - APPEND token, RECORDS, RECORD n (extensions; tests of the disk use them): numbered records
+ *   in the file DIR/records of --data-dir, one line `<n> <token>` each, n counting from 1.
+ *   APPEND (a token of 1 to 64 printable bytes, no space) writes the next line and fsync()s the
+ *   file, and replies `OK n` only after fsync returned: an acknowledged record is on the disk.
+ *   RECORDS replies `<count> <last n>` (`0 0` for none), read from the file each time; RECORD n
+ *   replies record n's line or `ERR no record n`. Any failure (no --data-dir, an I/O error)
+ *   is an `ERR ...` line, never an OK. A partial last line (a write cut short by a crash, never
+ *   acknowledged) is cut off before the next APPEND.
  * - The same protocol on TCP (--tcp-port): one line per request, one reply line per request,
  *   up to TCP_CLIENTS_MAX clients at once beside the console. One thread serves them all: the
  *   main loop polls the tty, the listening socket and the clients (non-blocking sockets), so the
@@ -571,6 +582,216 @@ static void hwrng_command(const char *arg, size_t len)
     kv_platform_write(reply, (size_t)at);
 }
 
+/* ---- APPEND, RECORDS, RECORD: numbered records on the disk ------------------------------- */
+
+#define RECORD_TOKEN_MAX 64
+
+static const char *g_data_dir;     /* --data-dir; NULL: no disk */
+static int g_records_fd = -1;      /* DIR/records, O_APPEND, once opened */
+static uint64_t g_records = 0;     /* complete records in the file, when g_records_known */
+static int g_records_known = 0;
+
+static void reply_error(const char *what, int err)
+{
+    char reply[160];
+    int at = snprintf(reply, sizeof reply, "ERR %s: %s\n", what, strerror(err));
+    kv_platform_write(reply, (size_t)at);
+}
+
+/* Reads the whole records file into a malloc'd buffer (*len bytes); NULL with errno set on
+ * failure. An absent file reads as empty. */
+static char *read_records(size_t *len)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/records", g_data_dir);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        *len = 0;
+        return calloc(1, 1);
+    }
+    if (fd < 0)
+        return NULL;
+    size_t cap = 4096, used = 0;
+    char *buf = malloc(cap);
+    while (buf != NULL) {
+        if (used == cap) {
+            char *bigger = realloc(buf, cap * 2);
+            if (bigger == NULL) {
+                free(buf);
+                buf = NULL;
+                errno = ENOMEM;
+                break;
+            }
+            buf = bigger;
+            cap *= 2;
+        }
+        ssize_t r = read(fd, buf + used, cap - used);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int err = errno;
+            free(buf);
+            buf = NULL;
+            errno = err;
+            break;
+        }
+        if (r == 0)
+            break;
+        used += (size_t)r;
+    }
+    int err = errno;
+    close(fd);
+    errno = err;
+    *len = used;
+    return buf;
+}
+
+/* Opens DIR/records for appending (once), and counts its complete records (after a failure,
+ * again), cutting off a partial last line. 0, or an errno value. */
+static int records_open(void)
+{
+    if (g_records_fd < 0) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/records", g_data_dir);
+        int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0)
+            return errno;
+        /* The file's name must be as durable as its lines. */
+        int dir = open(g_data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dir < 0 || fsync(dir) != 0) {
+            int err = errno;
+            if (dir >= 0)
+                close(dir);
+            close(fd);
+            return err;
+        }
+        close(dir);
+        g_records_fd = fd;
+        g_records_known = 0;
+    }
+    if (!g_records_known) {
+        size_t len;
+        char *buf = read_records(&len);
+        if (buf == NULL)
+            return errno;
+        size_t complete = len;
+        while (complete > 0 && buf[complete - 1] != '\n')
+            complete--;
+        uint64_t count = 0;
+        for (size_t i = 0; i < complete; i++)
+            count += buf[i] == '\n';
+        free(buf);
+        if (complete != len && ftruncate(g_records_fd, (off_t)complete) != 0)
+            return errno;
+        g_records = count;
+        g_records_known = 1;
+    }
+    return 0;
+}
+
+static void append_command(const char *token, size_t len)
+{
+    int ok_token = len >= 1 && len <= RECORD_TOKEN_MAX;
+    for (size_t i = 0; ok_token && i < len; i++)
+        ok_token = token[i] > ' ' && token[i] < 0x7f;
+    if (!ok_token) {
+        static const char usage[] = "ERR usage: APPEND token (1..64 printable bytes, no space)\n";
+        kv_platform_write(usage, sizeof usage - 1);
+        return;
+    }
+    if (g_data_dir == NULL) {
+        kv_platform_write("ERR no disk\n", 12);
+        return;
+    }
+    int err = records_open();
+    if (err != 0) {
+        reply_error("append", err);
+        return;
+    }
+    char line[96];
+    uint64_t n = g_records + 1;
+    int at = snprintf(line, sizeof line, "%llu %.*s\n", (unsigned long long)n, (int)len, token);
+    size_t done = 0;
+    while (done < (size_t)at) {
+        ssize_t w = write(g_records_fd, line + done, (size_t)at - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            err = w < 0 ? errno : EIO;
+            break;
+        }
+        done += (size_t)w;
+    }
+    while (err == 0 && fsync(g_records_fd) != 0) {
+        if (errno != EINTR)
+            err = errno;
+    }
+    if (err != 0) {
+        /* What reached the file is unknown: count again (and cut a partial line) next time. */
+        g_records_known = 0;
+        reply_error("append", err);
+        return;
+    }
+    g_records = n;
+    char reply[32];
+    at = snprintf(reply, sizeof reply, "OK %llu\n", (unsigned long long)n);
+    kv_platform_write(reply, (size_t)at);
+}
+
+/* RECORDS (want == 0) or RECORD want. */
+static void records_command(uint64_t want)
+{
+    if (g_data_dir == NULL) {
+        kv_platform_write("ERR no disk\n", 12);
+        return;
+    }
+    size_t len;
+    char *buf = read_records(&len);
+    if (buf == NULL) {
+        reply_error("records", errno);
+        return;
+    }
+    uint64_t count = 0, last = 0;
+    const char *found = NULL;
+    size_t found_len = 0;
+    for (size_t start = 0; start < len;) {
+        const char *nl = memchr(buf + start, '\n', len - start);
+        if (nl == NULL)
+            break; /* a partial last line is no record */
+        count++;
+        last = strtoull(buf + start, NULL, 10);
+        if (count == want) {
+            found = buf + start;
+            found_len = (size_t)(nl - (buf + start));
+        }
+        start = (size_t)(nl - buf) + 1;
+    }
+    char reply[128];
+    int at;
+    if (want == 0)
+        at = snprintf(reply, sizeof reply, "%llu %llu\n", (unsigned long long)count, (unsigned long long)last);
+    else if (found != NULL && found_len < sizeof reply - 1)
+        at = snprintf(reply, sizeof reply, "%.*s\n", (int)found_len, found);
+    else
+        at = snprintf(reply, sizeof reply, "ERR no record %llu\n", (unsigned long long)want);
+    free(buf);
+    kv_platform_write(reply, (size_t)at);
+}
+
+/* RECORD's n: 1 up to 2^63; 0 when it is not one. */
+static uint64_t parse_record_number(const char *arg, size_t len)
+{
+    if (len == 0 || len > 19)
+        return 0;
+    uint64_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (arg[i] < '0' || arg[i] > '9')
+            return 0;
+        n = n * 10 + (uint64_t)(arg[i] - '0');
+    }
+    return n;
+}
+
 /* Before POWEROFF and REBOOT end kvstored: the OK, and every reply before it, must be out, or
  * they never arrive once /init has powered the machine off.
  * - Asked on the console: waits until the tty has sent everything (tcdrain), as ever.
@@ -604,7 +825,8 @@ static void drain_replies(void)
         nanosleep(&pause, NULL);
 }
 
-/* kv_extension.command: the kvstored-only POWEROFF, REBOOT and HWRNG (see the top of this file). The
+/* kv_extension.command: the kvstored-only POWEROFF, REBOOT, HWRNG, APPEND, RECORDS and RECORD (see
+ * the top of this file). The
  * line follows the engine's grammar: case-insensitive name, spaces around it ignored. */
 static int extra_command(const char *line, size_t len)
 {
@@ -614,6 +836,31 @@ static int extra_command(const char *line, size_t len)
     const char *name = line;
     while (line < end && *line != ' ')
         line++;
+    size_t name_len = (size_t)(line - name);
+    if (is_word(name, name_len, "APPEND") || is_word(name, name_len, "RECORDS") ||
+        is_word(name, name_len, "RECORD")) {
+        while (line < end && *line == ' ')
+            line++;
+        const char *arg_end = end;
+        while (arg_end > line && arg_end[-1] == ' ')
+            arg_end--;
+        size_t arg_len = (size_t)(arg_end - line);
+        if (is_word(name, name_len, "APPEND")) {
+            append_command(line, arg_len);
+        } else if (is_word(name, name_len, "RECORDS")) {
+            if (arg_len != 0)
+                kv_platform_write("ERR usage: RECORDS\n", 19);
+            else
+                records_command(0);
+        } else {
+            uint64_t n = parse_record_number(line, arg_len);
+            if (n == 0 || n > (1ull << 63))
+                kv_platform_write("ERR usage: RECORD n (n >= 1)\n", 29);
+            else
+                records_command(n);
+        }
+        return 1;
+    }
     if (is_word(name, (size_t)(line - name), "HWRNG")) {
         while (line < end && *line == ' ')
             line++;
@@ -894,8 +1141,11 @@ int main(int argc, char **argv)
             tcp_port = parse_port("--tcp-port", argv[++i]);
         else if (strcmp(argv[i], "--sink-port") == 0 && i + 1 < argc)
             sink_port = parse_port("--sink-port", argv[++i]);
+        else if (strcmp(argv[i], "--data-dir") == 0 && i + 1 < argc && argv[i + 1][0] != '\0')
+            g_data_dir = argv[++i];
         else
-            fatal("usage: kvstored [--tty PATH] [--scratch-mib N] [--tcp-port N] [--sink-port N]; "
+            fatal("usage: kvstored [--tty PATH] [--scratch-mib N] [--tcp-port N] [--sink-port N] "
+                  "[--data-dir DIR]; "
                   "unexpected",
                   argv[i]);
     }

@@ -548,6 +548,81 @@ TEST_CASE("HWRNG: usage errors, and n bytes of /dev/hwrng in hex or the reason t
     CHECK(k.unexpected_output().empty());
 }
 
+namespace {
+
+// A temporary folder for --data-dir, removed with everything in it.
+struct DataDir {
+    std::filesystem::path path;
+    DataDir() {
+        std::string pattern = (std::filesystem::temp_directory_path() / "kvstored-data-XXXXXX").string();
+        REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+        path = pattern;
+    }
+    ~DataDir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path, ec);
+    }
+    std::string records() const {
+        std::ifstream in(path / "records", std::ios::binary);
+        return std::string(std::istreambuf_iterator<char>(in), {});
+    }
+};
+
+}  // namespace
+
+TEST_CASE("APPEND, RECORDS and RECORD without a disk answer ERR, never OK", "[kvstored][disk]") {
+    Kvstored k;
+    CHECK(k.cmd("APPEND a") == "ERR no disk");
+    CHECK(k.cmd("RECORDS") == "ERR no disk");
+    CHECK(k.cmd("RECORD 1") == "ERR no disk");
+    CHECK(k.cmd("PING") == "PONG");
+    CHECK(k.unexpected_output().empty());
+}
+
+TEST_CASE("APPEND writes numbered records to --data-dir; RECORDS and RECORD read them back", "[kvstored][disk]") {
+    DataDir dir;
+    {
+        Kvstored k({"--scratch-mib", "64", "--data-dir", dir.path.string()});
+        CHECK(k.cmd("RECORDS") == "0 0");
+        CHECK(k.cmd("RECORD 1") == "ERR no record 1");
+        CHECK(k.cmd("APPEND first") == "OK 1");
+        CHECK(k.cmd("append  second ") == "OK 2");
+        CHECK(k.cmd("APPEND " + std::string(64, 'z')) == "OK 3");
+        CHECK(k.cmd("RECORDS") == "3 3");
+        CHECK(k.cmd("RECORD 1") == "1 first");
+        CHECK(k.cmd("record 2") == "2 second");
+        CHECK(k.cmd("RECORD 3") == "3 " + std::string(64, 'z'));
+        CHECK(k.cmd("RECORD 4") == "ERR no record 4");
+        const std::string append_usage = "ERR usage: APPEND token (1..64 printable bytes, no space)";
+        for (const std::string& bad : std::vector<std::string>{"APPEND", "APPEND a b", "APPEND " + std::string(65, 'z')})
+            CHECK(k.cmd(bad) == append_usage);
+        for (const char* bad : {"RECORD", "RECORD 0", "RECORD x", "RECORD -1", "RECORD 1 2", "RECORD 99999999999999999999"})
+            CHECK(k.cmd(bad) == "ERR usage: RECORD n (n >= 1)");
+        CHECK(k.cmd("RECORDS 1") == "ERR usage: RECORDS");
+        CHECK(k.unexpected_output().empty());
+        // Each OK came after the line was in the file.
+        CHECK(dir.records() == "1 first\n2 second\n3 " + std::string(64, 'z') + "\n");
+    }
+    // A record cut short by a crash was never acknowledged: it is no record, and the next
+    // APPEND takes its place.
+    std::ofstream(dir.path / "records", std::ios::app) << "4 cut-sh";
+    Kvstored k({"--scratch-mib", "64", "--data-dir", dir.path.string()});
+    CHECK(k.cmd("RECORDS") == "3 3");
+    CHECK(k.cmd("APPEND fourth") == "OK 4");
+    CHECK(k.cmd("RECORDS") == "4 4");
+    CHECK(dir.records() == "1 first\n2 second\n3 " + std::string(64, 'z') + "\n4 fourth\n");
+}
+
+TEST_CASE("APPEND that cannot write answers ERR with the reason", "[kvstored][disk]") {
+    DataDir dir;
+    std::filesystem::create_directory(dir.path / "records");  // the file's place is taken
+    Kvstored k({"--scratch-mib", "64", "--data-dir", dir.path.string()});
+    CHECK(k.cmd("APPEND a") == "ERR append: Is a directory");
+    CHECK(k.cmd("RECORDS").starts_with("ERR records: "));
+    Kvstored missing({"--scratch-mib", "64", "--data-dir", (dir.path / "no-such-folder").string()});
+    CHECK(missing.cmd("APPEND a") == "ERR append: No such file or directory");
+}
+
 TEST_CASE("kvstored fails with one line and status 1 when it cannot start", "[kvstored]") {
     auto run = [](std::vector<std::string> args) {
         int err[2];
