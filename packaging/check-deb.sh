@@ -65,7 +65,7 @@ local_paths=$(echo "$contents" | grep '^\./usr/local' || true)
 [ -z "$local_paths" ] || fail "the package installs under /usr/local: $local_paths"
 for path in ./usr/sbin/colod-primary ./usr/sbin/colod-secondary ./usr/bin/coloctl \
             ./usr/share/man/man8/colod-primary.8.gz ./usr/share/man/man8/colod-secondary.8.gz \
-            ./usr/share/man/man1/coloctl.1.gz \
+            ./usr/share/man/man1/coloctl.1.gz ./usr/lib/ocf/resource.d/colod/colod \
             ./usr/share/doc/colod/copyright ./usr/share/doc/colod/changelog.gz; do
     echo "$contents" | grep -qx "$path" || fail "the package lacks $path"
 done
@@ -103,11 +103,16 @@ for page in man8/colod-primary.8 man8/colod-secondary.8 man1/coloctl.1; do
     zcat "$work/root/usr/share/man/$page.gz" | grep -q "^\.TH $title ${name##*.} " ||
         fail "$page.gz does not say it is $title in section ${name##*.}"
 done
+# The OCF resource agent: executable, and Pacemaker finds it as ocf:colod:colod.
+agent_mode=$(echo "$listing" | awk '$6 == "./usr/lib/ocf/resource.d/colod/colod" { print $1 }')
+[ "$agent_mode" = "-rwxr-xr-x" ] || fail "the OCF resource agent has mode $agent_mode, not -rwxr-xr-x"
+"$work/root/usr/lib/ocf/resource.d/colod/colod" meta-data | grep -q '<resource-agent name="colod"' ||
+    fail "the packaged OCF resource agent does not print its meta-data"
 version=$(dpkg-deb -f "$deb" Version)
 changelog_version=$(zcat "$work/root/usr/share/doc/colod/changelog.gz" | sed -n '1s/^colod (\([^)]*\)).*/\1/p')
 [ "$changelog_version" = "$version" ] ||
     fail "the changelog's newest entry is '$changelog_version', the package is $version (packaging/debian/changelog)"
-say "paths: daemons in /usr/sbin, coloctl in /usr/bin, man pages in sections 8 and 1, units name /usr/sbin"
+say "paths: daemons in /usr/sbin, coloctl in /usr/bin, man pages in sections 8 and 1, units name /usr/sbin, OCF agent in /usr/lib/ocf/resource.d/colod"
 
 # 3. lintian.
 if command -v lintian >/dev/null; then
@@ -141,6 +146,8 @@ for program in colod-primary colod-secondary; do
         fail "$unit does not name $work/prefix/sbin/$program: $(grep ^ExecStart= "$unit")"
 done
 [ -x "$work/prefix/bin/coloctl" ] || fail "cmake --install --prefix did not put coloctl in $work/prefix/bin"
+[ -x "$work/prefix/lib/ocf/resource.d/colod/colod" ] ||
+    fail "cmake --install --prefix did not put the OCF resource agent in $work/prefix/lib/ocf/resource.d/colod"
 rm -rf "$work/prefix" "$work/root"
 say "cmake --install --prefix DIR installs under DIR, with units that name DIR/sbin"
 say "PASS"
