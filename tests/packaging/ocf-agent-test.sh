@@ -95,6 +95,17 @@ expect 0 colod-s monitor
 expect 0 colod-s stop
 expect 7 colod-s monitor
 unset OCF_FUNCTIONS_DIR
+
+# A daemon started without the agent (by hand, or by a unit left enabled): monitor reports it and
+# stop takes it over and ends it.
+"$BIN_DIR/colod-secondary" --config "$work/pair.conf" >"$work/by-hand.log" 2>&1 &
+by_hand=$!
+extra_pids="$extra_pids $by_hand"
+until_true 30 "the secondary started by hand answers" in_state secondary standby
+expect 0 colod-s monitor
+expect 0 colod-s stop
+expect 7 colod-s monitor
+wait "$by_hand" || fail "the secondary started by hand did not exit 0 on the agent's stop"
 if [ -r /usr/lib/ocf/lib/heartbeat/ocf-shellfuncs ]; then
     say "from here on with resource-agents' ocf-shellfuncs"
 else
