@@ -211,7 +211,8 @@ std::pair<int, std::string> run_shell(const std::string& command) {
 
 }  // namespace
 
-TEST_CASE("a standalone Linux guest keeps fsync'd records on its ext4 disk, which is clean after power-off",
+TEST_CASE("a standalone Linux guest keeps fsync'd records on its ext4 disk through a reboot; the disk is clean "
+          "after power-off",
           "[linux][disk-standalone]") {
     PairOptions options = linux_options(1);
     options.extra_vm = "disk = disk.img\n";  // beside the config: the pair's folder
@@ -237,6 +238,14 @@ TEST_CASE("a standalone Linux guest keeps fsync'd records on its ext4 disk, whic
     CHECK(console->command("RECORD 37") == fmt::format("37 rec-37-{}", 37 * 7919 % 1000));
     CHECK(console->command("RECORD 101") == "ERR no record 101");
     CHECK(console->command("APPEND") == "ERR usage: APPEND token (1..64 printable bytes, no space)");
+    check_healthy(console->seen());
+    // A reboot in place keeps the disk (only RAM and device state go back to power-on): the
+    // guest mounts it again and goes on counting.
+    REQUIRE(console->command("REBOOT") == "OK");
+    await_kvstored(*console, "reboot", pair);
+    CHECK(console->command("RECORDS") == "100 100");
+    CHECK(console->command("APPEND after-reboot") == "OK 101");
+    expected += "101 after-reboot\n";
     check_healthy(console->seen());
     CHECK(console->command("POWEROFF") == "OK");
     CHECK(primary.exit_code(scaled(std::chrono::seconds(60))) == 0);
