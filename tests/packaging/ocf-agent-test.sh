@@ -7,8 +7,8 @@
 #   starts from nothing, monitor 8), the promotion scores, kill -9 of the primary, the refusal
 #   of a cold start while the peer's score says it holds the replica, promote of the standby
 #   (takeover: monitor 8, the guest's data survived), re-protection, demote (the
-#   guest stops here without a handover; monitor 0) and promote back, stop twice (0, 0) and
-#   monitor (7).
+#   guest stops here without a handover; monitor 0) and promote back, a frozen active daemon
+#   (monitor 1, demote kills it, the standby takes over), stop twice (0, 0) and monitor (7).
 #
 #   tests/packaging/ocf-agent-test.sh BIN_DIR AGENT
 set -u
@@ -185,9 +185,27 @@ expect 8 colod-p monitor
 [ "$(console primary 'GET ocf')" = survived ] || fail "the guest lost the key through demote and promote"
 say "the guest promoted back still holds the key"
 
-# 8. Demote, then stop both (twice: stop is idempotent).
+# 8. The active daemon hangs (SIGSTOP, as a frozen host): monitor fails (1) once status does not
+# answer; the standby loses it and keeps its checkpoint; demote kills the hung daemon (it would
+# not act on SIGTERM) and the standby is promoted.
+until_true 120 "the [secondary] host's standby holds a checkpoint again" in_state secondary standby seq
+pid=$(cat "$work/run/colod-colod-p.pid")
+kill -STOP "$pid"
+export OCF_RESKEY_status_timeout=2
+expect 1 colod-p monitor
+until_true 30 "the standby sees the frozen primary gone" peer_gone secondary
 expect 0 colod-p demote
+unset OCF_RESKEY_status_timeout
+kill -0 "$pid" 2>/dev/null && fail "the frozen daemon (pid $pid) survived demote"
 expect 0 colod-p monitor
+expect 0 colod-s promote
+expect 8 colod-s monitor
+[ "$(console secondary 'GET ocf')" = survived ] || fail "the guest lost the key in the takeover from a frozen primary"
+say "the guest taken over from a frozen primary still holds the key"
+
+# 9. Demote, then stop both (twice: stop is idempotent).
+expect 0 colod-s demote
+expect 0 colod-s monitor
 expect 0 colod-p stop
 expect 0 colod-p stop
 expect 7 colod-p monitor
