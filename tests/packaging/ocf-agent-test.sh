@@ -149,7 +149,7 @@ timeout 30 "$BIN_DIR/coloctl" --config "$work/pair.conf" --role primary checkpoi
 # fence command fails, so it does not take over by itself) until it is promoted.
 pid=$(cat "$work/run/colod-colod-p.pid")
 kill -KILL "$pid"
-until_true 30 "the killed primary is gone" sh -c "! kill -0 $pid 2>/dev/null"
+until_true 30 "the killed primary is gone" process_gone "$pid"
 expect 7 colod-p monitor
 until_true 30 "the standby sees its primary gone" peer_gone secondary
 expect 0 colod-s monitor
@@ -196,7 +196,7 @@ expect 1 colod-p monitor
 until_true 30 "the standby sees the frozen primary gone" peer_gone secondary
 expect 0 colod-p demote
 unset OCF_RESKEY_status_timeout
-kill -0 "$pid" 2>/dev/null && fail "the frozen daemon (pid $pid) survived demote"
+process_gone "$pid" || fail "the frozen daemon (pid $pid) survived demote"
 expect 0 colod-p monitor
 expect 0 colod-s promote
 expect 8 colod-s monitor

@@ -156,6 +156,12 @@ peer_gone() {
     [ "$(echo "$json" | json_field peer_state)" != connected ]
 }
 
+# process_gone PID: the process has exited (gone, or a zombie its new parent has not reaped yet).
+process_gone() {
+    state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+    [ -z "$state" ] || [ "$state" = Z ]
+}
+
 # console ROLE LINE: the guest's answer to LINE on that section's console.
 console() {
     printf '%s\n' "$2" | timeout 30 "$BIN_DIR/coloctl" --config "$work/pair.conf" --role "$1" console 2>/dev/null |
