@@ -90,6 +90,13 @@ sed 's/^memory = .*/memory = 12/' "$work/good.conf" >"$work/pair.conf"
 expect 6 colod-s validate-all
 cp "$work/good.conf" "$work/pair.conf"
 expect 7 colod-s probe
+# A daemon that cannot start (a key file others may read): start fails and says why.
+chmod 644 "$work/pair.key"
+expect 1 colod-s start
+grep -q "ocf-exit-reason:colod-secondary did not come up (exit status 2): .*auth-key-file" "$work/agent.log" ||
+    fail "the failed start does not give the daemon's reason: $(grep ocf-exit-reason "$work/agent.log" | tail -n 1)"
+chmod 600 "$work/pair.key"
+expect 7 colod-s monitor
 expect 0 colod-s start
 expect 0 colod-s monitor
 expect 0 colod-s stop
