@@ -105,6 +105,8 @@ ActiveEngine::ActiveEngine(GuestRuntime& guest, proto::Hello identity, Replicati
                                                    [this] { force_checkpoint(); });
         m_channels.push_back(m_net.get());
     }
+    if (auto* blk = m_guest.machine().linux_devices().blk)
+        m_disk = std::make_unique<DiskSource>(*blk, [this] { force_checkpoint(); }, k_disk_epoch_bytes);
 }
 
 void ActiveEngine::compare_verdict(OutputComparator::Verdict verdict) {
@@ -187,6 +189,8 @@ void ActiveEngine::start() {
             return true;
         });
     }
+    if (m_disk)
+        m_disk->attach();
     std::lock_guard lock(m_mutex);
     if (!m_thread.joinable())
         m_thread = std::thread([this] { run(); });
@@ -208,6 +212,10 @@ void ActiveEngine::stop(HeldOutput held) {
     if (m_thread.joinable())
         m_thread.join();
     m_guest.set_input_tap(nullptr);
+    if (m_disk) {
+        m_disk->detach();
+        m_disk->end_session();
+    }
     if (GuestNetwork* network = m_guest.network(); network && colo())
         network->set_input_hook(nullptr);  // frames from the tap go straight to the guest again
     m_guest.machine().uart().set_transmit_ready(nullptr);
@@ -448,6 +456,12 @@ base::Result<Session::Disposition> ActiveEngine::on_message(proto::Message& mess
             m_net->secondary(frame->epoch, std::as_bytes(std::span(frame->frame.data(), frame->frame.size())));
         return Session::Disposition::Handled;
     }
+    if (auto* hashes = std::get_if<proto::DiskHashes>(&message)) {
+        if (!m_disk)
+            return base::Error(base::Errc::Protocol, "DISK_HASHES for a guest without a disk");
+        m_disk->on_hashes(std::move(*hashes));
+        return Session::Disposition::Handled;
+    }
     if (const auto* error = std::get_if<proto::ErrorMessage>(&message))
         return base::Error::make(base::Errc::Protocol, "the peer gave up: {}", error->reason);
     return Session::Disposition::Inbox;  // acks and replies, for the replication thread
@@ -489,6 +503,8 @@ base::Result<void> ActiveEngine::run_session(proto::Link link) {
         m_input_session = session;
         m_forwarding = false;  // from the first complete checkpoint on
     }
+    if (m_disk)
+        m_disk->begin_session();  // blocks written from here on are sent again
     // The rng's bytes from now on, by their place in its stream: the secondary positions its
     // stream at each checkpoint it loads, so it needs every byte from the session's start.
     rng_session(session);
@@ -509,6 +525,8 @@ base::Result<void> ActiveEngine::run_session(proto::Link link) {
         m_input_session.reset();
         m_forwarding = false;
     }
+    if (m_disk)
+        m_disk->end_session();  // the next session copies the disk again
     rng_session(nullptr);
     {
         std::lock_guard lock(m_mutex);
@@ -614,6 +632,10 @@ base::Result<void> ActiveEngine::sync(Session& session) {
     // Start tracking from now: the full copy below covers everything written before.
     TRY(m_pipeline.restart_dirty_log());
     auto started = Clock::now();
+    // The disk first: its blocks that differ, then those written meanwhile; the first
+    // checkpoint carries the rest.
+    if (m_disk)
+        TRY(m_disk->copy(session, m_config.ack_timeout));
     std::vector<uint64_t> pages(memory.page_count());
     std::iota(pages.begin(), pages.end(), uint64_t{0});
     TRY(m_pipeline.precopy(session, pages, m_next_seq));
@@ -683,6 +705,8 @@ base::Result<void> ActiveEngine::checkpoint(Session& session, uint64_t seq, prot
             }
         }
     };
+    if (m_disk)
+        hooks.disk_writes = [this](uint64_t at) { return m_disk->capture(at); };
     hooks.committed = [this](uint64_t at) {
         output_committed(at);
         m_committed = at;
@@ -790,7 +814,23 @@ void ActiveEngine::guest_shutdown(int exit_code) {
     stop(HeldOutput::Release);
 }
 
+namespace {
+
+void fill_disk_status(Status& status, const DiskFigures& figures) {
+    status.disk.present = true;
+    status.disk.bytes = figures.bytes;
+    status.disk.blocks = figures.blocks;
+    status.disk.copied_blocks = figures.copied_blocks;
+    status.disk.sent_blocks = figures.sent_blocks;
+    status.disk.sent_bytes = figures.sent_bytes;
+    status.disk.checkpoint_bytes = figures.checkpoint_bytes;
+}
+
+}  // namespace
+
 void ActiveEngine::fill_status(Status& status) const {
+    if (m_disk)
+        fill_disk_status(status, m_disk->figures());
     // Only the state machine's fields are read under the engine's lock, which a checkpoint's
     // pause takes too; the figures have atomics or locks of their own (sorting the pause window
     // under the engine's lock would lengthen a pause that waits for it).

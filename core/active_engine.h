@@ -28,6 +28,7 @@
 
 #include "base/result.h"
 #include "core/checkpoint_pipeline.h"
+#include "core/disk_replication.h"
 #include "core/machine.h"
 #include "core/output_channel.h"
 #include "core/output_comparator.h"
@@ -170,6 +171,10 @@ private:
     std::atomic<uint64_t> m_rng_taken{0};      // the device's stream position (its observer)
     std::atomic<uint64_t> m_rng_saved{0};      // ... when the last checkpoint saved the devices
     std::atomic<bool> m_rng_limited{false};    // a COLO session runs checkpoints
+    // The guest's disk ([vm] disk): its live copy and each epoch's writes (null without one).
+    std::unique_ptr<DiskSource> m_disk;
+    // An epoch's disk writes past this force a checkpoint.
+    static constexpr uint64_t k_disk_epoch_bytes = 64u << 20;
     CheckpointPipeline m_pipeline;
 
     mutable std::mutex m_mutex;

@@ -25,6 +25,8 @@ namespace {
 constexpr uint64_t k_precopy_chunk_pages = 2048;
 // A pause longer than this is reported (rate-limited) as checkpoint-slow.
 constexpr uint64_t k_slow_pause_us = 20'000;
+// Disk writes queued before the session's queue is drained.
+constexpr uint64_t k_disk_flush_bytes = 4u << 20;
 
 uint64_t us_of(Clock::duration d) {
     return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(d).count());
@@ -78,6 +80,7 @@ base::Result<void> CheckpointPipeline::precopy(Session& session, std::span<const
 base::Result<void> CheckpointPipeline::run(Session& session, uint64_t seq, proto::StateKind kind, const Hooks& hooks) {
     GuestMemory& memory = m_machine.memory();
     MachineState state;
+    std::vector<proto::DiskWrites> disk_writes;
     uint64_t pause_us = 0;
     std::string breakdown;
     size_t grown = 0;
@@ -103,6 +106,8 @@ base::Result<void> CheckpointPipeline::run(Session& session, uint64_t seq, proto
             if (hooks.devices_saved)
                 hooks.devices_saved(seq);
         }
+        if (hooks.disk_writes)
+            disk_writes = TRY(hooks.disk_writes(seq));
         fault_point("primary.paused");
         breakdown = fmt::format("stop {} us, harvest {} us, copy {} us, device state {} us", us_of(stopped - started),
                                 us_of(harvested - stopped), us_of(copied - harvested), us_of(Clock::now() - copied));
@@ -130,6 +135,23 @@ base::Result<void> CheckpointPipeline::run(Session& session, uint64_t seq, proto
     // ---- send ----
     auto sent_at = Clock::now();
     fault_point("primary.before-send");
+    // The disk's writes first, so the standby holds them when the state completes; the queue
+    // is drained every few MiB (it fails a peer that leaves too much unread).
+    uint64_t unflushed = 0;
+    for (auto& message : disk_writes) {
+        uint64_t bytes = 0;
+        for (const auto& write : message.writes)
+            bytes += write.bytes.size();
+        if (!session.post(std::move(message)))
+            return session.failure().value_or(base::Error(base::Errc::Stopped, "the session ended"));
+        m_bytes_sent += bytes;
+        unflushed += bytes;
+        if (unflushed >= k_disk_flush_bytes) {
+            unflushed = 0;
+            TRY(session.flush(proto::deadline_after(m_ack_timeout)));
+        }
+    }
+    disk_writes.clear();
     TRY(session.send_state(encoded));
     m_bytes_sent += encoded.size().bytes;
     fault_point("primary.sent");

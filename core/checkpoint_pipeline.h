@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 // The active side's checkpoint, one stage after another:
 //
-//   capture (guest paused: dirty pages copied out, device state saved, the engine's bookkeeping)
-//     -> encode (the guest runs again) -> send (the session's sender) -> acks (VMSTATE_RECEIVED,
+//   capture (guest paused: dirty pages copied out, device state saved, the disk's writes taken,
+//     the engine's bookkeeping) -> encode (the guest runs again) -> send (the session's sender:
+//     the disk's writes, then the state) -> acks (VMSTATE_RECEIVED,
 //     VMSTATE_LOADED) -> release (the engine's output for it goes out)
 //
 // and the live pre-copy that comes before a session's first checkpoint. The pipeline owns the
@@ -16,6 +17,7 @@
 #include <functional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "base/result.h"
 #include "core/dirty_bitmap.h"
@@ -24,6 +26,7 @@
 #include "core/page_capture.h"
 #include "core/pause_stats.h"
 #include "core/session.h"
+#include "proto/messages.h"
 #include "proto/state.h"
 
 namespace colod::core {
@@ -42,6 +45,9 @@ public:
         std::function<std::unique_lock<std::mutex>()> lock_input;
         // Still under lock_input's lock, right after the device state was saved.
         std::function<void(uint64_t seq)> devices_saved;
+        // Inside the pause: the guest disk's writes that this checkpoint carries (DISK_WRITES,
+        // sent before its state).
+        std::function<base::Result<std::vector<proto::DiskWrites>>(uint64_t seq)> disk_writes;
     };
 
     CheckpointPipeline(Machine& machine, std::chrono::microseconds interval,

@@ -332,6 +332,8 @@ void StandbyEngine::run_session(std::shared_ptr<Session> session) {
         m_net_input.clear();  // another primary's frames, for a run that is over
         m_net_input_bytes = 0;
     }
+    if (m_disk)
+        m_disk->begin_session(session);  // the image's hashes, for the primary's copy
 
     End end{End::Kind::Lost, {}};
     auto shape = proto::StateShape::from_hello(m_identity, platform_section_versions());
@@ -354,6 +356,8 @@ void StandbyEngine::run_session(std::shared_ptr<Session> session) {
         stopping = m_stop;
     }
     session->close();  // heartbeats stop, the link goes
+    if (m_disk)
+        m_disk->end_session();  // writes of a checkpoint that never came are dropped
     if (!stopping)
         session_ended(end, peer, detected);
 }
@@ -388,6 +392,10 @@ StandbyEngine::End StandbyEngine::receive_loop(Context& context) {
             step = on_rng_input(context, *rng);
         } else if (auto* net = std::get_if<proto::NetInput>(&*message)) {
             step = on_net_input(context, *net);
+        } else if (const auto* blocks = std::get_if<proto::DiskBlocks>(&*message)) {
+            step = on_disk_blocks(context, *blocks);
+        } else if (auto* writes = std::get_if<proto::DiskWrites>(&*message)) {
+            step = on_disk_writes(context, *writes);
         } else if (const auto* planned = std::get_if<proto::Handover>(&*message)) {
             step = on_handover(context, *planned);
         } else if (const auto* off = std::get_if<proto::GuestShutdown>(&*message)) {
@@ -457,6 +465,28 @@ StandbyEngine::Step StandbyEngine::on_rng_input(Context& context, const proto::R
         return refused(context, added.error());
     if (auto* rng = m_guest.machine().linux_devices().rng)
         rng->entropy_available();  // a request of the guest here may wait for them
+    return std::nullopt;
+}
+
+StandbyEngine::Step StandbyEngine::on_disk_blocks(Context& context, const proto::DiskBlocks& blocks) {
+    if (!m_disk)
+        return refused(context, base::Error(base::Errc::Protocol, "DISK_BLOCKS for a guest without a disk"));
+    // The copy writes the image: never beside a takeover (which decides under this lock), and
+    // from here on the old committed state (if any) is gone, as with the RAM's copy.
+    std::lock_guard takeover(m_takeover_mutex);
+    if (state() == State::Active)
+        return refused(context, base::Error(base::Errc::Invalid, "this side took over: it no longer takes a copy"));
+    m_committed_valid = false;
+    if (auto written = m_disk->on_blocks(blocks); !written)
+        return refused(context, written.error());
+    return std::nullopt;
+}
+
+StandbyEngine::Step StandbyEngine::on_disk_writes(Context& context, proto::DiskWrites& writes) {
+    if (!m_disk)
+        return refused(context, base::Error(base::Errc::Protocol, "DISK_WRITES for a guest without a disk"));
+    if (auto staged = m_disk->on_writes(std::move(writes)); !staged)
+        return refused(context, staged.error());
     return std::nullopt;
 }
 
@@ -643,6 +673,11 @@ base::Result<void> StandbyEngine::apply(Staging& staging, uint64_t seq) {
             TRY(memory.harvest_dirty(machine.vm(), own));
         }
         m_committed_valid = false;
+        // The disk first: its writes go into the image through the journal, durable before the
+        // checkpoint counts as loaded. A failure leaves no committed state to take over from
+        // (the image may be part way to this checkpoint).
+        if (m_disk)
+            TRY(m_disk->commit(seq));
         DirtyBitmap sent(colo_running ? memory.page_count() : 0);
         for (const auto& run : staging.runs) {
             std::memcpy(memory.page(run.first_page), staging.data.data() + run.offset, run.count * k_page_size);
@@ -906,6 +941,17 @@ bool StandbyEngine::take_over_locked(const std::string& why, Clock::time_point d
             return false;
         }
     }
+    if (m_disk) {
+        // The guest runs on the image from here: the last checkpoint's writes durable in it.
+        if (auto settled = m_disk->settle(); !settled) {
+            base::log(Level::Error, Event::FailoverAborted,
+                      fmt::format("failover refused: the disk image cannot be made durable at checkpoint {}: {}", seq,
+                                  settled.error().message()),
+                      {{"REASON", why}, {"SEQ", std::to_string(seq)}, k_failover_tag});
+            set_state(State::Standby, fmt::format("standby: primary lost, disk failed; checkpoint {}", seq));
+            return false;
+        }
+    }
     set_state(State::Active, "taking over");
     if (auto* rng = m_guest.machine().linux_devices().rng) {
         // From here on the guest's entropy is this host's own: no primary feeds it any more.
@@ -971,6 +1017,15 @@ std::pair<uint64_t, uint64_t> StandbyEngine::digest() {
 }
 
 void StandbyEngine::fill_status(Status& status) const {
+    if (m_disk) {
+        auto figures = m_disk->figures();
+        status.disk.present = true;
+        status.disk.bytes = figures.bytes;
+        status.disk.blocks = figures.blocks;
+        status.disk.copied_blocks = figures.copied_blocks;
+        status.disk.sent_bytes = figures.sent_bytes;
+        status.disk.checkpoint_bytes = figures.checkpoint_bytes;
+    }
     std::lock_guard lock(m_mutex);
     switch (m_machine.state()) {
     case State::Listening:

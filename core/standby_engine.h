@@ -35,6 +35,7 @@
 
 #include "base/result.h"
 #include "core/dirty_bitmap.h"
+#include "core/disk_replication.h"
 #include "core/machine.h"
 #include "core/page_buffer.h"
 #include "core/replication.h"
@@ -82,6 +83,9 @@ public:
     StandbyEngine(const StandbyEngine&) = delete;
     StandbyEngine& operator=(const StandbyEngine&) = delete;
 
+    // The guest's disk ([vm] disk), before start(): its copy, each checkpoint's writes and the
+    // journal that moves the image with the memory (core/disk_replication.h).
+    void set_disk(std::unique_ptr<DiskReplica> disk) { m_disk = std::move(disk); }
     void start();
     void stop();
 
@@ -131,6 +135,8 @@ private:
     Step on_console_input(Context& context, proto::ConsoleInput& input);
     Step on_rng_input(Context& context, const proto::RngInput& input);
     Step on_net_input(Context& context, proto::NetInput& frame);
+    Step on_disk_blocks(Context& context, const proto::DiskBlocks& blocks);
+    Step on_disk_writes(Context& context, proto::DiskWrites& writes);
     Step on_handover(Context& context, const proto::Handover& handover);
     Step on_guest_shutdown(Context& context, const proto::GuestShutdown& shutdown);
     Step on_peer_error(Context& context, const proto::ErrorMessage& error);
@@ -217,6 +223,7 @@ private:
     std::atomic<uint64_t> m_net_input_dropped{0};  // frames past the bounds, for status
     // COLO with a NIC: the TCP sequence rewriter between the guest here and everything else.
     std::shared_ptr<net::TcpRewriter> m_rewriter;
+    std::unique_ptr<DiskReplica> m_disk;  // null without a disk; used by the session thread and takeover
     std::thread m_accept_thread;
     std::thread m_session_thread;
 };

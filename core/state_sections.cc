@@ -3,6 +3,7 @@
 
 #include "core/kvm_codec.h"
 #include "core/net/frames.h"
+#include "core/virtio/blk.h"
 #include "core/virtio/net.h"
 #include "proto/auth.h"
 
@@ -18,6 +19,8 @@ proto::Hello machine_identity(Machine& machine, std::string_view vm_name, std::s
     hello.image_hash = proto::hash_image(image);
     if (const auto* nic = machine.linux_devices().net)
         hello.mac = net::format_mac(nic->mac());
+    if (const auto* blk = machine.linux_devices().blk)
+        hello.disk_bytes = blk->capacity() * proto::kDiskSectorSize;
     return hello;
 }
 

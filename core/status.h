@@ -68,6 +68,17 @@ struct Status {
         uint64_t input_dropped = 0;
         uint64_t announcements = 0;            // MAC announcements sent (a takeover sends them)
     } network;
+    // The guest's disk ([vm] disk); absent without one (docs/disk.md). The copy's figures are
+    // the current or last session's; the others since this daemon started.
+    struct Disk {
+        bool present = false;
+        uint64_t bytes = 0;             // the disk's size
+        uint64_t blocks = 0;            // 64 KiB blocks the copy compares
+        uint64_t copied_blocks = 0;     // the copy: blocks compared (active) or hashed and sent (standby)
+        uint64_t sent_blocks = 0;       // the copy: blocks sent because they differed or were written meanwhile
+        uint64_t sent_bytes = 0;        // active: the copy's blocks and the checkpoints' writes; standby: received
+        uint64_t checkpoint_bytes = 0;  // writes carried by checkpoints (active) or committed (standby)
+    } disk;
 };
 
 }  // namespace colod::core

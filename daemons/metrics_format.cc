@@ -124,6 +124,22 @@ void network_metrics(Exposition& out, const core::Status::Network& n) {
                 n.announcements);
 }
 
+// The guest's disk, only when it has one ([vm] disk).
+void disk_metrics(Exposition& out, const core::Status::Disk& d) {
+    out.gauge("colod_disk_size_bytes", "The guest disk's size.", d.bytes);
+    out.gauge("colod_disk_copy_progress_ratio",
+              "The disk's live copy (this or the last session): the share of its blocks compared.",
+              fmt::format("{}", d.blocks == 0 ? 0.0 : static_cast<double>(d.copied_blocks) / static_cast<double>(d.blocks)));
+    out.counter("colod_disk_sent_bytes_total",
+                "Disk bytes replicated: sent by the active side (the copy's blocks and every checkpoint's writes), "
+                "received by the standby.",
+                d.sent_bytes);
+    out.counter("colod_disk_checkpoint_bytes_total",
+                "Bytes of guest disk writes carried by checkpoints (active side) or committed into the image "
+                "(standby).",
+                d.checkpoint_bytes);
+}
+
 }  // namespace
 
 std::string metrics_text(const core::Status& s) {
@@ -195,6 +211,8 @@ std::string metrics_text(const core::Status& s) {
     out.gauge("colod_uptime_seconds", "Time since the daemon started.", seconds_text(s.uptime_ms * 1000));
     if (s.network.present)
         network_metrics(out, s.network);
+    if (s.disk.present)
+        disk_metrics(out, s.disk);
     return out.take();
 }
 

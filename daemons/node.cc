@@ -405,9 +405,9 @@ int Node::run() {
                       {{"REASON", "link-security none"}});
     }
     // Each host opens its own copy of the disk image at start, as it opens its tap, and before
-    // any KVM call: a missing, read-only or misshapen image stops the daemon now. FIXME:
-    // nothing replicates the disk yet; keeping the two copies equal is the operator's affair
-    // until the replication of issue 15 does it.
+    // any KVM call: a missing, read-only or misshapen image stops the daemon now. The engines
+    // keep the two copies equal (core/disk_replication.h); a secondary also opens the journal
+    // beside its image below.
     std::shared_ptr<core::disk::BlockBackend> disk;
     std::string disk_serial;
     if (m_cfg.vm.has_disk()) {
@@ -488,6 +488,14 @@ int Node::run() {
         m_standby = std::make_unique<core::StandbyEngine>(*m_runtime, m_identity,
                                                           replication_config(m_cfg, m_self, role(), m_key),
                                                           std::move(*listener), std::move(callbacks));
+        if (auto* blk = m_runtime->machine().linux_devices().blk) {
+            // The image moves from checkpoint to checkpoint through a journal beside it; one
+            // left complete by a crash is written into the image first.
+            auto replica = core::DiskReplica::open(*blk, core::disk::EpochJournal::path_for(m_cfg.vm.disk));
+            if (!replica)
+                return fail(fmt::format("vm.disk: {}", replica.error().message()));
+            m_standby->set_disk(std::move(replica).value());
+        }
         m_standby->start();
         base::log(Level::Notice, Event::Started,
                   fmt::format("standing by for {} on {}", m_cfg.vm.name, m_cfg.host(m_self).replication.to_string()),

@@ -66,6 +66,10 @@ struct PairOptions {
     std::string primary_peer_endpoint;
     // Each side serves Prometheus metrics (metrics = CONSOLE_IP:PORT in its section).
     bool metrics = false;
+    // Each host's daemons read their own copy of the config, in host-primary/ or
+    // host-secondary/ of the pair's folder, so that relative paths in it ([vm] disk) name a
+    // file of that host's own (host_dir()).
+    bool host_dirs = false;
 };
 
 // Fields of `coloctl status --json` a test looks at.
@@ -119,9 +123,15 @@ public:
     std::string config() const { return (m_dir / "demo.conf").string(); }
     // The config file the daemon of that program reads (see PairOptions::primary_peer_endpoint).
     std::string config(Side program) const {
+        if (m_options.host_dirs)
+            return (host_dir(program) / "demo.conf").string();
         if (program == Side::Primary && !m_options.primary_peer_endpoint.empty())
             return (m_dir / "primary.conf").string();
         return config();
+    }
+    // A host's own folder (PairOptions::host_dirs).
+    std::filesystem::path host_dir(Side host) const {
+        return m_dir / (host == Side::Primary ? "host-primary" : "host-secondary");
     }
     uint16_t replication_port(Side side) const { return side == Side::Primary ? m_ports[0] : m_ports[2]; }
     std::string log(const std::string& name) const { return (m_dir / (name + ".log")).string(); }
@@ -170,16 +180,18 @@ public:
         return *m_primary;
     }
     Process& start_secondary() {
-        auto p = Process::spawn(command(COLOD_SECONDARY_BIN, m_options.secondary_netns), log("secondary"),
-                                env_for(Side::Secondary));
+        auto p = Process::spawn(command_with(COLOD_SECONDARY_BIN, m_options.secondary_netns, config(Side::Secondary)),
+                                log("secondary"), env_for(Side::Secondary));
         REQUIRE(p);
         m_secondary.reset();
         m_secondary.emplace(std::move(*p));
         return *m_secondary;
     }
     // A further daemon (e.g. a new secondary on the repaired host), kept until the pair goes.
-    Process& start_extra(const std::string& program, const std::string& netns, const std::string& name) {
-        auto p = Process::spawn(command(program, netns), log(name), m_options.env);
+    // `host`: whose config it reads (PairOptions::host_dirs; the shared one otherwise).
+    Process& start_extra(const std::string& program, const std::string& netns, const std::string& name,
+                         Side host = Side::Secondary) {
+        auto p = Process::spawn(command_with(program, netns, config(host)), log(name), m_options.env);
         REQUIRE(p);
         m_extra.push_back(std::make_unique<Process>(std::move(*p)));
         return *m_extra.back();
@@ -289,6 +301,14 @@ private:
     }
     void write_config() {
         std::ofstream(m_dir / "demo.conf") << config_text(m_options.secondary_ip + ":" + std::to_string(m_ports[2]));
+        if (m_options.host_dirs)
+            for (Side host : {Side::Primary, Side::Secondary}) {
+                std::filesystem::create_directories(host_dir(host));
+                std::string text = config_text(m_options.secondary_ip + ":" + std::to_string(m_ports[2]));
+                auto at = text.find("auth-key-file = demo.key");
+                text.replace(at, 24, "auth-key-file = ../demo.key");
+                std::ofstream(host_dir(host) / "demo.conf") << text;
+            }
         if (!m_options.primary_peer_endpoint.empty())
             std::ofstream(m_dir / "primary.conf") << config_text(m_options.primary_peer_endpoint);
     }

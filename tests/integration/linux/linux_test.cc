@@ -686,3 +686,211 @@ int main(int argc, char** argv) {
     }
     return Catch::Session().run(argc, argv);
 }
+
+namespace {
+
+// The disk's counterpart of IncrClient: APPENDs numbered tokens as fast as the replies come, and
+// keeps every record the guest acknowledged ("OK n" comes only after the guest's fsync returned).
+class AppendClient {
+public:
+    ~AppendClient() { join(); }
+    void start(LineClient client, std::string prefix, std::chrono::milliseconds reply_timeout) {
+        m_thread = std::thread([this, c = std::move(client), prefix, reply_timeout]() mutable {
+            for (uint64_t k = 1; !m_stop; ++k) {
+                std::string token = fmt::format("{}{}", prefix, k);
+                ++m_sent;
+                auto reply = c.command("APPEND " + token, reply_timeout);
+                while (reply && kernel_message(*reply))
+                    reply = c.line(reply_timeout);
+                if (!reply) {
+                    m_broken = true;
+                    return;
+                }
+                std::smatch match;
+                static const std::regex k_ok("OK ([0-9]+)");
+                if (!std::regex_match(*reply, match, k_ok)) {
+                    std::lock_guard lock(m_mutex);
+                    m_bad_reply = *reply;
+                    return;
+                }
+                std::lock_guard lock(m_mutex);
+                m_acked.emplace_back(std::stoull(match[1]), token);
+            }
+        });
+    }
+    void join() {
+        m_stop = true;
+        if (m_thread.joinable())
+            m_thread.join();
+    }
+    uint64_t sent() const { return m_sent; }
+    // (n, token) of every acknowledged APPEND, in order.
+    std::vector<std::pair<uint64_t, std::string>> acked() const {
+        std::lock_guard lock(m_mutex);
+        return m_acked;
+    }
+    size_t acked_count() const {
+        std::lock_guard lock(m_mutex);
+        return m_acked.size();
+    }
+    std::string bad_reply() const {
+        std::lock_guard lock(m_mutex);
+        return m_bad_reply;
+    }
+
+private:
+    std::thread m_thread;
+    std::atomic<bool> m_stop{false}, m_broken{false};
+    std::atomic<uint64_t> m_sent{0};
+    mutable std::mutex m_mutex;
+    std::vector<std::pair<uint64_t, std::string>> m_acked;
+    std::string m_bad_reply;
+};
+
+// "disk copied: X of Y blocks differed ..." from a daemon's log: the last one's X and Y.
+std::optional<std::pair<uint64_t, uint64_t>> disk_copy_figures(const std::string& log) {
+    static const std::regex k_copied("disk copied: ([0-9]+) of ([0-9]+) blocks differed");
+    std::optional<std::pair<uint64_t, uint64_t>> last;
+    for (auto it = std::sregex_iterator(log.begin(), log.end(), k_copied); it != std::sregex_iterator(); ++it)
+        last = std::make_pair(std::stoull((*it)[1]), std::stoull((*it)[2]));
+    return last;
+}
+
+}  // namespace
+
+TEST_CASE("a protected Linux pair with a disk: fsync'd records survive kill -9 of the active side, the images are "
+          "equal at a paused checkpoint, and a re-protection sends only the blocks that differ",
+          "[linux][disk-pair]") {
+    PairOptions options = linux_options(1);
+    options.host_dirs = true;
+    options.extra_vm = "disk = disk.img\n";  // beside each host's config: an image per host
+    Pair pair(options);
+    auto image = [&](Side host) { return (pair.host_dir(host) / "disk.img").string(); };
+    // The primary's image has the file system; the secondary's is blank: the first copy sends
+    // what mkfs wrote.
+    auto made = run_shell(fmt::format("truncate -s 64M {0} {1} && mkfs.ext4 -q -F {0} 2>&1", image(Side::Primary),
+                                      image(Side::Secondary)));
+    INFO(made.second);
+    REQUIRE(made.first == 0);
+
+    std::array<Process*, 2> on_host{};
+    std::array<std::string, 2> log_of{"primary", "secondary"};
+    auto host = [](Side side) { return side == Side::Primary ? 0 : 1; };
+    on_host[1] = &pair.start_secondary();
+    on_host[0] = &pair.start_primary();
+    auto console = open_console(pair, Side::Primary);
+    REQUIRE(console);
+    await_kvstored(*console, "boot", pair);
+    REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
+    auto first = disk_copy_figures(pair.read_log("primary"));
+    REQUIRE(first);
+    WARN("first copy: " << first->first << " of " << first->second << " blocks of 64 KiB differed");
+    CHECK(first->second == 1024);
+    CHECK(first->first > 0);
+    CHECK(first->first < first->second);  // a blank image matches the primary's unused blocks
+    CHECK(console->command("RECORDS") == "0 0");
+
+    // Both images at one paused checkpoint: byte for byte the same.
+    auto images_equal = [&](Side active) {
+        auto held = pair.control(active, "digest", 60000);
+        REQUIRE(held);
+        auto same = run_shell(fmt::format("cmp {} {} 2>&1", image(Side::Primary), image(Side::Secondary)));
+        REQUIRE(pair.control(active, "resume"));
+        INFO(same.second);
+        return same.first == 0;
+    };
+
+    const char* env = std::getenv("COLOD_DISK_KILLS");
+    const int kills = env && *env ? std::atoi(env) : 3;
+    std::mt19937 rng(std::random_device{}());
+    Side active_side = Side::Primary, standby_side = Side::Secondary;
+    uint64_t records = 0;
+    for (int round = 0; round < kills; ++round) {
+        INFO("round " << round << ": kill -9 of the " << (active_side == Side::Primary ? "primary" : "secondary")
+                      << "'s host");
+        AppendClient client;
+        auto appender = pair.console(active_side, std::chrono::seconds(60));
+        REQUIRE(appender);
+        client.start(std::move(*appender), fmt::format("r{}-", round), std::chrono::minutes(3));
+        REQUIRE(eventually([&] { return client.acked_count() >= 5 || !client.bad_reply().empty(); },
+                           std::chrono::minutes(2)));
+        // Writes in flight: somewhere inside an epoch.
+        std::this_thread::sleep_for(std::chrono::milliseconds(300 + rng() % 2000));
+        on_host[host(active_side)]->signal(SIGKILL);
+        REQUIRE(on_host[host(active_side)]->exit_code() == 128 + SIGKILL);
+        client.join();
+        CHECK(client.bad_reply().empty());
+        const auto acked = client.acked();
+        REQUIRE(pair.wait_state(standby_side, "active", std::chrono::minutes(2)));
+
+        // Every acknowledged record is on the survivor's disk, nothing beyond what was sent.
+        auto survivor = open_console(pair, standby_side);
+        REQUIRE(survivor);
+        REQUIRE(survivor->ready(std::chrono::minutes(1)));
+        auto counted = survivor->command("RECORDS");
+        REQUIRE(counted);
+        uint64_t count = std::stoull(counted->substr(0, counted->find(' ')));
+        WARN("round " << round << ": " << acked.size() << " records acknowledged of " << client.sent()
+                      << " sent; the survivor's file has " << count - records << " of them");
+        if (!acked.empty())
+            CHECK(count >= acked.back().first);
+        CHECK(count <= records + client.sent());
+        for (const auto& [n, token] : acked)
+            CHECK(survivor->command(fmt::format("RECORD {}", n)) == fmt::format("{} {}", n, token));
+        // The guest goes on appending on the survivor's disk.
+        CHECK(survivor->command("APPEND after-" + std::to_string(round)) == fmt::format("OK {}", count + 1));
+        records = count + 1;
+
+        // The repaired host runs a new secondary: its image is copied from the survivor's, only
+        // the blocks that differ (those of the lost epoch and those written since).
+        const std::string netns = active_side == Side::Primary ? options.primary_netns : options.secondary_netns;
+        log_of[host(active_side)] = fmt::format("secondary-{}", round);
+        on_host[host(active_side)] = &pair.start_extra(COLOD_SECONDARY_BIN, netns, log_of[host(active_side)], active_side);
+        REQUIRE(pair.wait_state(standby_side, "protected", std::chrono::minutes(5)));
+        auto copied = disk_copy_figures(pair.read_log(log_of[host(standby_side)]));
+        REQUIRE(copied);
+        WARN("round " << round << ": re-protection sent " << copied->first << " of " << copied->second << " blocks");
+        CHECK(copied->first < copied->second / 4);
+        CHECK(images_equal(standby_side));
+        check_healthy(survivor->seen());
+        std::swap(active_side, standby_side);
+    }
+
+    // The standby killed while checkpoints carry writes, and restarted: the pair protects
+    // again, the images equal.
+    {
+        AppendClient client;
+        auto appender = pair.console(active_side, std::chrono::seconds(60));
+        REQUIRE(appender);
+        client.start(std::move(*appender), "s-", std::chrono::minutes(3));
+        REQUIRE(eventually([&] { return client.acked_count() >= 5 || !client.bad_reply().empty(); },
+                           std::chrono::minutes(2)));
+        std::this_thread::sleep_for(std::chrono::milliseconds(300 + rng() % 1000));
+        on_host[host(standby_side)]->signal(SIGKILL);
+        REQUIRE(on_host[host(standby_side)]->exit_code() == 128 + SIGKILL);
+        REQUIRE(eventually([&] { return client.acked_count() >= 20 || !client.bad_reply().empty(); },
+                           std::chrono::minutes(2)));
+        const std::string netns = standby_side == Side::Primary ? options.primary_netns : options.secondary_netns;
+        log_of[host(standby_side)] = "secondary-restarted";
+        on_host[host(standby_side)] = &pair.start_extra(COLOD_SECONDARY_BIN, netns, log_of[host(standby_side)], standby_side);
+        REQUIRE(pair.wait_state(active_side, "protected", std::chrono::minutes(5)));
+        client.join();
+        CHECK(client.bad_reply().empty());
+        CHECK(images_equal(active_side));
+        records = client.acked().empty() ? records : client.acked().back().first;
+    }
+
+    // A clean stop from inside the guest: it unmounts its disk first, so the survivor's file
+    // system checks clean and holds the records.
+    auto last = open_console(pair, active_side);
+    REQUIRE(last);
+    REQUIRE(last->ready(std::chrono::minutes(1)));
+    CHECK(last->command("POWEROFF") == "OK");
+    CHECK(on_host[host(active_side)]->exit_code(scaled(std::chrono::seconds(60))) == 0);
+    CHECK(on_host[host(standby_side)]->exit_code(scaled(std::chrono::seconds(60))) == 0);
+    auto fsck = run_shell(fmt::format("e2fsck -fn {} 2>&1", image(active_side)));
+    INFO("e2fsck -fn:\n" << fsck.second);
+    CHECK(fsck.first == 0);
+    auto lines = run_shell(fmt::format("debugfs -R 'cat /records' {} 2>/dev/null | wc -l", image(active_side)));
+    CHECK(std::stoull(lines.second) >= records);
+}

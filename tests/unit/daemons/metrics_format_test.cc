@@ -196,6 +196,29 @@ TEST_CASE("metrics: the guest's NIC shows only when it has one", "[metrics][netw
     }
 }
 
+TEST_CASE("metrics: the guest's disk shows only when it has one", "[metrics][disk]") {
+    core::Status s = protected_primary();
+    CHECK(metrics_text(s).find("colod_disk_") == std::string::npos);
+    s.disk.present = true;
+    s.disk.bytes = 1 << 30;
+    s.disk.blocks = 16384;
+    s.disk.copied_blocks = 4096;
+    s.disk.sent_bytes = 123;
+    s.disk.checkpoint_bytes = 45;
+    const std::string text = metrics_text(s);
+    check_format(text);
+    for (const char* line : {
+             R"(colod_disk_size_bytes{vm="demo"} 1073741824)",
+             R"(colod_disk_copy_progress_ratio{vm="demo"} 0.25)",
+             "# TYPE colod_disk_sent_bytes_total counter",
+             R"(colod_disk_sent_bytes_total{vm="demo"} 123)",
+             R"(colod_disk_checkpoint_bytes_total{vm="demo"} 45)",
+         }) {
+        INFO(line);
+        CHECK(has_line(text, line));
+    }
+}
+
 TEST_CASE("metrics: histogram buckets are cumulative, ascending, and end at +Inf = _count", "[metrics]") {
     core::Status s = protected_primary();
     for (size_t i = 0; i < s.pause_histogram.counts.size(); ++i)

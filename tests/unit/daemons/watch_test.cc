@@ -319,6 +319,29 @@ TEST_CASE("status --json: the guest's NIC is an object with its counters, null w
                                                         "frames (4 bytes); dropped: rx 5, tap 7, replica input 9"));
 }
 
+TEST_CASE("status --json: the guest's disk is an object with its figures, null without one", "[watch][json][disk]") {
+    auto s = protected_primary();
+    auto doc = daemons::parse_json(daemons::status_json(s));
+    REQUIRE(doc);
+    REQUIRE(doc->find("disk"));
+    CHECK(doc->find("disk")->is(JsonValue::Kind::Null));
+    s.disk = {true, 1ull << 30, 16384, 100, 7, 458752, 4096};
+    doc = daemons::parse_json(daemons::status_json(s));
+    REQUIRE(doc);
+    const JsonValue* disk = doc->find("disk");
+    REQUIRE(disk);
+    REQUIRE(disk->is(JsonValue::Kind::Object));
+    CHECK(disk->find("bytes")->as_u64() == (1ull << 30));
+    CHECK(disk->find("blocks")->as_u64() == 16384u);
+    CHECK(disk->find("copied_blocks")->as_u64() == 100u);
+    CHECK(disk->find("sent_blocks")->as_u64() == 7u);
+    CHECK(disk->find("sent_bytes")->as_u64() == 458752u);
+    CHECK(disk->find("checkpoint_bytes")->as_u64() == 4096u);
+    CHECK(daemons::status_from_json(daemons::status_json(s)));
+    CHECK_THAT(daemons::status_text(s), Catch::Contains("disk:            1073741824 bytes; copy: 100 of 16384 blocks "
+                                                        "compared, 7 sent"));
+}
+
 TEST_CASE("watch: a status without the promised keys, or with wrong types, is refused by name", "[watch][json]") {
     const std::string full = daemons::status_json(protected_primary());
     auto without = [&](const std::string& key_and_value) {
