@@ -8,14 +8,16 @@
 # beside it through the whole test, as on a real pair, so the promoted primary protects its
 # guest and each demote stops a guest that has a replica.
 #
-#   tests/packaging/ocf-tester-test.sh BIN_DIR AGENT
+#   tests/packaging/ocf-tester-test.sh BIN_DIR AGENT [own-helpers]
 #
+# With own-helpers the agent does not find resource-agents' ocf-shellfuncs and uses its own.
 # Exits 77, "skipped", without ocf-tester (apt-get install resource-agents).
 set -u
-if [ $# -ne 2 ]; then
-    echo "usage: $0 BIN_DIR AGENT" >&2
+if [ $# -lt 2 ] || [ $# -gt 3 ] || { [ $# = 3 ] && [ "$3" != own-helpers ]; }; then
+    echo "usage: $0 BIN_DIR AGENT [own-helpers]" >&2
     exit 2
 fi
+own_helpers=${3:-}
 if ! command -v ocf-tester >/dev/null 2>&1; then
     echo "ocf-test: skipped: ocf-tester is not installed (resource-agents; packaging/install-deps.sh)"
     exit 77
@@ -32,6 +34,11 @@ chmod 755 "$work/agent"
 cp "$AGENT" "$work/agent/colod"
 chmod 755 "$work/agent/colod"
 AGENT=$work/agent/colod
+if [ -n "$own_helpers" ]; then
+    mkdir -p "$work/no-shellfuncs"
+    export OCF_FUNCTIONS_DIR="$work/no-shellfuncs"
+    say "the agent runs on its own helpers (no ocf-shellfuncs in $OCF_FUNCTIONS_DIR)"
+fi
 
 expect 0 colod-s start
 ocf-tester -n colod-p -o config="$work/pair.conf" -o role=primary -o coloctl="$BIN_DIR/coloctl" \
