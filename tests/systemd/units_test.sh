@@ -59,7 +59,8 @@ fail() { echo "units-test: FAIL: $*" >&2; exit 1; }
 inside() {
     local root=$1
     local log=$root/../container.log
-    local nspawn="" leader=""
+    # Not local: the EXIT trap needs them after a fail() anywhere.
+    nspawn="" leader=""
     local failures=0
     bad() { echo "units-test: FAIL: $*" >&2; failures=$((failures + 1)); }
     ok() { echo "units-test: ok: $*"; }
@@ -91,8 +92,12 @@ inside() {
     trap stop_container EXIT
 
     local boot_start=$SECONDS
+    # --system-call-filter=bpf: nspawn's own seccomp filter denies bpf(), which systemd needs
+    # for DevicePolicy= and DeviceAllow= (cgroup device programs); without it the container's
+    # systemd applies no device policy at all and the units' DeviceAllow=/dev/kvm proves nothing.
     systemd-nspawn --quiet --boot --directory="$root" --machine=colod-units-test \
-        --register=no --keep-unit --bind=/dev/kvm --console=pipe </dev/null >"$log" 2>&1 &
+        --register=no --keep-unit --bind=/dev/kvm --system-call-filter=bpf --console=pipe \
+        </dev/null >"$log" 2>&1 &
     nspawn=$!
     # The container's PID 1: the systemd whose PID in its own namespace is 1.
     local deadline=$((SECONDS + 60))
@@ -110,7 +115,7 @@ inside() {
     done
     # A command in the container: its namespaces and root, a clean environment.
     c() {
-        nsenter --target "$leader" --mount --uts --ipc --net --pid --cgroup --root --wd \
+        timeout --kill-after=5 120 nsenter --target "$leader" --mount --uts --ipc --net --pid --cgroup --root --wd \
             /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 SYSTEMD_COLORS=0 SYSTEMD_PAGER= "$@"
     }
     local state=""
@@ -175,6 +180,7 @@ EOF
     local P=colod-primary@demo.service S=colod-secondary@demo.service
 
     # --- 1. Type=notify readiness and STATUS= ------------------------------------------------
+    say "starting $S"
     # systemctl start (without --no-block) returns when the start job is done: for Type=notify,
     # when READY=1 came.
     c systemctl start "$S" || { c journalctl -u "$S" --no-pager | tail -n 30 >&2; fail "systemctl start $S failed"; }
@@ -186,6 +192,7 @@ EOF
     text=$(show "$S" StatusText)
     case $text in standby*) ok "$S StatusText: $text" ;; *) bad "$S StatusText is '$text', not standby: ..." ;; esac
 
+    say "starting $P"
     c systemctl start "$P" || { c journalctl -u "$P" --no-pager | tail -n 30 >&2; fail "systemctl start $P failed"; }
     [ "$(show "$P" ActiveState)" = active ] && ok "$P active after systemctl start" || bad "$P: $(show "$P" ActiveState)"
     # Ready means the guest runs: its console answers at once.
@@ -205,7 +212,7 @@ EOF
         ok "the primary's guest runs on the kvm backend" || bad "the primary's started record does not say kvm backend"
     local fds
     fds=$(c sh -c "ls -l /proc/$pid/fd" | sed 's/.*-> //' | sort | uniq -c | tr -s ' ' | tr '\n' ';')
-    echo "$fds" | grep -q ' /dev/kvm;' && echo "$fds" | grep -q 'anon_inode:kvm-vm;' && echo "$fds" | grep -q 'anon_inode:kvm-vcpu' &&
+    echo "$fds" | grep -Eq ' (/host)?/dev/kvm;' && echo "$fds" | grep -q 'anon_inode:kvm-vm;' && echo "$fds" | grep -q 'anon_inode:kvm-vcpu' &&
         ok "colod-primary (pid $pid) holds /dev/kvm, a KVM VM and its vCPU" || bad "colod-primary's files: $fds"
     local proc_status
     proc_status=$(c cat "/proc/$pid/status")
@@ -246,20 +253,40 @@ EOF
     local restarts0 watchdog_usec
     restarts0=$(show "$P" NRestarts)
     watchdog_usec=$(show "$P" WatchdogUSec)
-    local t_stop
-    t_stop=$(now_us)
-    c systemctl kill --kill-who=main --signal=SIGSTOP "$P"
-    say "froze colod-primary (pid $pid) with SIGSTOP (WatchdogUSec=$watchdog_usec)"
+    # SIGSTOP from here, to the daemon's PID in this namespace, timed where it is sent.
+    local outer_pid t_stop last_ping
+    outer_pid=""
+    local leader_ns
+    leader_ns=$(readlink "/proc/$leader/ns/pid")
+    for status in /proc/[0-9]*/status; do
+        if awk -v p="$pid" '$1 == "NSpid:" && $3 == p { found = 1 } END { exit !found }' "$status" 2>/dev/null &&
+            [ "$(readlink "$(dirname "$status")/ns/pid")" = "$leader_ns" ]; then
+            outer_pid=$(basename "$(dirname "$status")")
+            break
+        fi
+    done
+    [ -n "$outer_pid" ] || fail "no NSpid for the primary's pid $pid"
+    # Right after a watchdog ping, so that systemd's kill comes a whole WatchdogSec later.
+    local ping0
+    ping0=$(show "$P" WatchdogTimestampMonotonic)
+    wait_for 15 "a watchdog ping from the primary" sh -c "test \"\$(nsenter --target $leader --mount --pid --root \
+        systemctl show -p WatchdogTimestampMonotonic --value $P)\" != $ping0"
+    t_stop=$(python3 -c 'import os, signal, sys, time
+t = time.monotonic_ns() // 1000
+os.kill(int(sys.argv[1]), signal.SIGSTOP)
+print(t)' "$outer_pid")
+    last_ping=$(show "$P" WatchdogTimestampMonotonic)
+    say "froze colod-primary (pid $pid) with SIGSTOP; its last watchdog ping was $(( (t_stop - last_ping) / 1000 )) ms before (WatchdogUSec=$watchdog_usec)"
     local t_active="" t_killed=""
     local end=$((SECONDS + 60))
     while [ $SECONDS -lt $end ] && { [ -z "$t_active" ] || [ -z "$t_killed" ]; }; do
         if [ -z "$t_active" ] && show "$S" StatusText | grep -q '^active'; then t_active=$(now_us); fi
-        if [ -z "$t_killed" ] && ! c kill -0 "$pid" 2>/dev/null; then t_killed=$(now_us); fi
+        if [ -z "$t_killed" ] && ! c test -e "/proc/$pid"; then t_killed=$(now_us); fi
         sleep 0.2
     done
-    [ -n "$t_active" ] && ok "the secondary took over $(( (t_active - t_stop) / 1000 )) ms after the SIGSTOP" ||
+    [ -n "$t_active" ] && ok "the secondary's StatusText said active $(( (t_active - t_stop) / 1000 )) ms after the SIGSTOP (polled)" ||
         bad "the secondary did not take over within 60 s of the SIGSTOP"
-    [ -n "$t_killed" ] && ok "the frozen primary was gone $(( (t_killed - t_stop) / 1000 )) ms after the SIGSTOP" ||
+    [ -n "$t_killed" ] && ok "the frozen primary was gone $(( (t_killed - t_stop) / 1000 )) ms after the SIGSTOP (polled)" ||
         bad "the frozen primary still exists 60 s after the SIGSTOP"
     say "$S StatusText: $(show "$S" StatusText)"
     reply=$(console 4556 'GET units-test' '^before-the-freeze$') &&
@@ -307,7 +334,8 @@ EOF
     c journalctl -u "$P" -o json --no-pager > "$journal_dir/primary.json"
     # The secondary's unit comment: this one match tells the whole failover.
     c journalctl -u "$S" COLOD_EVENT=failover -o json --no-pager > "$journal_dir/failover.json"
-    if python3 - "$journal_dir/secondary.json" "$journal_dir/primary.json" "$t_stop" "$journal_dir/failover.json" <<'EOF'
+    if python3 - "$journal_dir/secondary.json" "$journal_dir/primary.json" "$t_stop" "$journal_dir/failover.json" \
+        "$last_ping" <<'EOF'
 import json, sys
 def records(path):
     return [json.loads(l) for l in open(path) if l.strip()]
@@ -338,7 +366,7 @@ for name, fields in (("failover-begin", ("COLOD_SEQ", "COLOD_REASON")),
         bad(f"the {name} record says COLOD_VM={r.get('COLOD_VM')} COLOD_ROLE={r.get('COLOD_ROLE')}")
     if int(r["__MONOTONIC_TIMESTAMP"]) < t_stop:
         bad(f"the {name} record is older than the SIGSTOP")
-    print(f"units-test: ok: {name}: " + " ".join(f"{f}={r.get(f)}" for f in ("COLOD_VM", "COLOD_ROLE", "COLOD_SEQ") + fields)
+    print(f"units-test: ok: {name}: " + " ".join(f"{f}={r.get(f)}" for f in ("COLOD_VM", "COLOD_ROLE") + fields)
           + f" ({(int(r['__MONOTONIC_TIMESTAMP']) - t_stop) // 1000} ms after the SIGSTOP)")
 # Type=notify: the unit turned active when READY=1 came, which the daemon sends right after
 # its started record. Both the daemon and systemd (PID 1) write to journald's one native
@@ -386,7 +414,9 @@ wd = first(pri, "Watchdog timeout", t_stop)
 if not wd:
     bad("systemd logged no 'Watchdog timeout' for colod-primary@demo")
 else:
-    print(f"units-test: ok: systemd: '{wd['MESSAGE']}' {(int(wd['__MONOTONIC_TIMESTAMP']) - t_stop) // 1000} ms after the SIGSTOP")
+    last_ping = int(sys.argv[5])
+    print(f"units-test: ok: systemd: '{wd['MESSAGE']}' {(int(wd['__MONOTONIC_TIMESTAMP']) - t_stop) // 1000} ms after the SIGSTOP, "
+          f"{(int(wd['__MONOTONIC_TIMESTAMP']) - last_ping) // 1000} ms after the daemon's last ping")
     for text in ("Main process exited", "Failed with result 'watchdog'", "Scheduled restart job",
                  "status=3/"):
         r = first(pri, text, int(wd["__MONOTONIC_TIMESTAMP"]))
