@@ -72,7 +72,7 @@ cp "$work/good.conf" "$work/pair.conf"
 OCF_RESOURCE_INSTANCE=colod-x "$AGENT" validate-all >>"$work/agent.log" 2>&1
 [ $? = 6 ] || fail "validate-all without role on a host that holds both sections is not OCF_ERR_CONFIGURED"
 say "colod-x validate-all (no role, both sections here) -> 6"
-sed 's/^replication = 127.0.0.1:/replication = 198.51.100.1:/' "$work/good.conf" >"$work/pair.conf"
+sed 's/^replication = 127\.[0-9.]*:/replication = 198.51.100.1:/' "$work/good.conf" >"$work/pair.conf"
 OCF_RESOURCE_INSTANCE=colod-x "$AGENT" validate-all >>"$work/agent.log" 2>&1
 [ $? = 5 ] || fail "validate-all without role on a host of neither section is not OCF_ERR_INSTALLED"
 say "colod-x validate-all (no role, neither section here) -> 5"

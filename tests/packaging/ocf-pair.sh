@@ -41,14 +41,22 @@ extra_pids=""
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP PIPE
 
-# A TCP port on 127.0.0.1 that nothing listens on, below the ephemeral range (as
+# The pair's address: a loopback address of its own (all of 127.0.0.0/8 is this host's), so that
+# the tests running beside this one, which bind their ports on 127.0.0.1, cannot take a port of
+# this pair between the moment it is chosen and a restart of a daemon that binds it.
+random_byte() {
+    echo $(( $(od -An -N1 -tu1 /dev/urandom | tr -d ' ') % 250 + 2 ))
+}
+pair_ip=127.$(random_byte).$(random_byte).$(random_byte)
+
+# A TCP port that no socket uses on any address, below the ephemeral range (as
 # tests/support/free_port.h picks them), never the same twice in one test.
 used_ports=""
 free_port() {
     while :; do
         port=$(( $(od -An -N2 -tu2 /dev/urandom | tr -d ' ') % 22000 + 10000 ))
         case " $used_ports " in *" $port "*) continue ;; esac
-        if [ -z "$(ss -Htln "sport = :$port" 2>/dev/null)" ]; then
+        if [ -z "$(ss -Htan "sport = :$port" 2>/dev/null)" ]; then
             used_ports="$used_ports $port"
             echo "$port"
             return
@@ -62,7 +70,7 @@ backend=${COLOD_TEST_BACKEND:-}
 if [ -z "$backend" ]; then
     if [ -w /dev/kvm ] && [ -r /dev/kvm ]; then backend=kvm; else backend=soft; fi
 fi
-say "guests run on the $backend backend"
+say "guests run on the $backend backend; the pair is on $pair_ip"
 
 mkdir -p "$work/run"
 head -c 32 /dev/urandom >"$work/pair.key"
@@ -85,13 +93,13 @@ fence-command = false
 auth-key-file = pair.key
 
 [primary]
-replication = 127.0.0.1:$(free_port)
-console = 127.0.0.1:$(free_port)
+replication = $pair_ip:$(free_port)
+console = $pair_ip:$(free_port)
 control = $work/primary.sock
 
 [secondary]
-replication = 127.0.0.1:$(free_port)
-console = 127.0.0.1:$(free_port)
+replication = $pair_ip:$(free_port)
+console = $pair_ip:$(free_port)
 control = $work/secondary.sock
 EOF
 
