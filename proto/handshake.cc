@@ -132,7 +132,13 @@ base::Result<Hello> run(Link& link, const KeySet& keys, Hello local, Deadline de
     auto expected = make_proof(key, other(me), local.nonce, peer.nonce, transcript);
     if (!proofs_equal(expected, peer_auth.proof)) {
         send_error(link, Reason::AuthFailed, "authentication failed");
-        return error(Reason::AuthFailed, "peer {} does not hold the pair's key", link.peer_address());
+        // The proofs cover both HELLOs as sent: a peer with another key and a HELLO changed on
+        // the path (a downgrade) fail alike. What the peer's HELLO asked for, when this side
+        // would have refused it, tells the operator which one it more likely was.
+        return error(Reason::AuthFailed, "peer {} does not hold the pair's key, or a HELLO was changed on the path{}",
+                     link.peer_address(),
+                     refusal.empty() ? std::string()
+                                     : fmt::format(" (its HELLO as it arrived, not authenticated: {})", refusal));
     }
     // From here on the peer has proved the key: its refusal is believed and logged. When both
     // refused, this side's own reason reads better in this side's log ("local" is this side).

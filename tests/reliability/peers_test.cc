@@ -9,6 +9,16 @@
 //     line, does) on a link with link-security = authenticated, where pages cross in clear:
 //     must be refused, which only the frames' tags can do;
 //   - an old checkpoint recorded from the stream and injected again later: must be refused;
+//   - two consecutive frames swapped on the path, with their sequence numbers as sent or
+//     swapped to fit: refused (sequence-gap, frame-auth), no takeover;
+//   - a checkpoint frame cut in the middle, then the connection closed or left silent: nothing
+//     of that checkpoint applied. A secondary cannot tell either from a primary that died
+//     while sending (its socket is closed by its kernel, or its host is gone), so it decides to
+//     take over, and only the fence keeps it from doing so while the primary lives: these runs
+//     use a fence-command that fails until the test has killed the primary;
+//   - the primary's HELLO rewritten on the path to ask for link-security none or authenticated
+//     (its CRC fixed up): the handshake fails (the proofs cover both HELLOs as sent), the
+//     standby's committed state stays as it was, no session starts under the weaker security;
 //   - a raw client that runs a real handshake with another key against the replication ports;
 //   - a peer that opens 1000 connections to the secondary's replication port (garbage on some).
 //
@@ -23,6 +33,8 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -132,8 +144,9 @@ bool names_frame_reason(const std::string& text) {
 // times it injected); the secondary must refuse it without a takeover (the primary is alive),
 // the pair must re-protect itself, both sides then hold the same memory, and the primary's
 // death afterwards loses no acknowledged INCR.
+// `expected_reason`, when given, is the proto::Reason the secondary's refusal must name.
 RoundResult corrupted_stream_round(const std::string& what, const std::function<uint64_t(LinkProxy&, Pair&)>& corrupt,
-                                   PeakMemory& peak) {
+                                   PeakMemory& peak, const std::string& expected_reason = {}) {
     RoundResult result;
     Pair pair(proxied_options());
     auto proxy = put_proxy_between(pair);
@@ -159,6 +172,8 @@ RoundResult corrupted_stream_round(const std::string& what, const std::function<
     INFO(what << ": the secondary's log after the fault:\n" << since);
     CHECK(noticed);
     CHECK(names_frame_reason(since));
+    if (!expected_reason.empty())
+        CHECK_THAT(event_line(since, "checkpoint-failed").text, Catch::Contains(expected_reason));
 
     // The primary is alive and sent the damage in good faith (or never sent it): a takeover
     // now makes a second running guest, and the primary, unprotected, acknowledges INCRs the
@@ -567,4 +582,288 @@ TEST_CASE("a peer opening 1000 connections to the replication port leaves the pa
                                       peak.peak_kib(),
                                       fmt::format("secondary RSS {} -> {}", rss_note(memory_before->rss_kib),
                                                   rss_note(memory_after->rss_kib)));
+}
+
+// Reordering on the path: the proxy holds back a checkpoint's VMSTATE_SIZE and forwards it after
+// the frame that follows it (the transfer's first VMSTATE_SEND, or a heartbeat). As sent, each
+// frame arrives where the other belongs: sequence-gap. Renumbered to fit (header checks fixed
+// up), the first to arrive is opened with the nonce of the other's number, and its header, in
+// the AAD, is not the one it was sealed with: frame-auth. Either way the secondary refuses, keeps
+// its checkpoint and never takes over (the sender is alive).
+TEST_CASE("two checkpoint frames swapped on the path are refused, renumbered or not; no takeover",
+          "[reliability][peers][reorder]") {
+    for (auto renumber : {LinkProxy::Renumber::No, LinkProxy::Renumber::Yes}) {
+        bool renumbered = renumber == LinkProxy::Renumber::Yes;
+        PeakMemory peak;
+        auto result = corrupted_stream_round(
+            renumbered ? "frames swapped, renumbered" : "frames swapped",
+            [&](LinkProxy& proxy, Pair&) -> uint64_t {
+                uint64_t before = proxy.stats().swapped;
+                proxy.swap_next(proto::MessageType::VmstateSize, renumber);
+                bool swapped = eventually([&] { return proxy.stats().swapped > before; }, 10s);
+                REQUIRE(swapped);
+                return proxy.stats().swapped - before;
+            },
+            peak, renumbered ? "frame-auth" : "sequence-gap");
+        ReliabilityReport::instance().add(renumbered ? "peers: two frames swapped, renumbered to fit"
+                                                     : "peers: two frames swapped",
+                                          result.injected, result.failovers, result.acked_checked, result.violations,
+                                          peak.peak_kib(), result.note);
+    }
+}
+
+namespace {
+
+// A fence-command standing for a fence agent that finds the primary's host up and refuses
+// (exit 1) until the test, having killed the primary itself, lets it succeed.
+class FenceGate {
+public:
+    FenceGate()
+        : m_flag(std::filesystem::temp_directory_path() /
+                 fmt::format("colod-fence-gate-{}-{}", ::getpid(), std::random_device{}() % 1000000)) {}
+    ~FenceGate() {
+        std::error_code ec;
+        std::filesystem::remove(m_flag, ec);
+    }
+    std::string command() const { return fmt::format("test -e '{}'", m_flag.string()); }
+    void open() { std::ofstream(m_flag) << "the primary is down\n"; }
+
+private:
+    std::filesystem::path m_flag;
+};
+
+// A checkpoint frame cut in the middle: its first half reaches the secondary, then the
+// connection ends (Cut::Close), or stays open with nothing more coming (Cut::Stall: the
+// secondary waits for the rest until heartbeat-timeout of silence). A primary that dies while
+// sending leaves exactly this behind: the bytes its kernel still had, then the end of the
+// connection (its socket closed with the process) or silence (its host gone). So the secondary
+// cannot refuse this as forged data: it discards the partial checkpoint, declares the primary
+// lost and decides to take over from its committed checkpoint, which only fencing stops while
+// the primary lives (DESIGN.md, "Failure handling"). The fence fails here (the primary is up),
+// the failover is aborted, and the pair must re-protect by itself with equal memory and
+// nothing acknowledged lost. With no fence-command at all the secondary would take over and run
+// a second guest: docs/config.md says a pair needs one.
+RoundResult cut_frame_round(LinkProxy::Cut how, const std::string& what, PeakMemory& peak) {
+    RoundResult result;
+    FenceGate fence;
+    PairOptions options = proxied_options();
+    options.fence_command = fence.command();
+    // A wider margin than the harness's 200 ms: a live primary that hears nothing for that long
+    // on a loaded host declares its peer lost and acknowledges INCRs unprotected, which its
+    // death at the end would then lose by the rules, not by a fault of the secondary's. The
+    // stall below still ends after one heartbeat-timeout.
+    options.heartbeat_timeout = "1s";
+    Pair pair(options);
+    auto proxy = put_proxy_between(pair);
+    IncrClient client;
+    start_protected(pair, client, peak);
+    REQUIRE(checkpoints_pass(pair, 10));
+
+    size_t secondary_from = pair.read_log("secondary").size();
+    size_t primary_lost_before = count_events(pair.read_log("primary"), "peer-lost");
+    uint64_t cuts = proxy->stats().cut;
+    proxy->cut_next(proto::MessageType::VmstateSend, how);
+    REQUIRE(eventually([&] { return proxy->stats().cut > cuts; }, 10s));
+    result.injected = proxy->stats().cut - cuts;
+
+    bool aborted = eventually(
+        [&] { return log_since(pair, "secondary", secondary_from).find("[failover-aborted]:") != std::string::npos; },
+        15s);
+    std::string since = log_since(pair, "secondary", secondary_from);
+    INFO(what << ": the secondary's log after the cut:\n" << since);
+    CHECK(aborted);
+    const std::string why = how == LinkProxy::Cut::Close ? "the primary closed the connection" : "heartbeat timeout";
+    CHECK_THAT(event_line(since, "peer-lost").text, Catch::Contains(why));
+    CHECK_THAT(event_line(since, "failover-begin").text, Catch::Contains(why));
+    CHECK_THAT(event_line(since, "fence-run").text, Catch::Contains("FENCE_STATUS=1"));
+    bool took_over = static_cast<bool>(event_line(since, "failover-done"));
+    CHECK_FALSE(took_over);
+    // An end, not forged data: nothing was refused (the partial checkpoint is dropped with the
+    // session; the committed one is what the failover would have resumed, SEQ in failover-begin).
+    CHECK(since.find("[checkpoint-failed]:") == std::string::npos);
+    CHECK_FALSE(LineClient::connect(pair.console_ip(Side::Secondary), pair.console_port(Side::Secondary), 300ms));
+    if (!aborted || took_over) {
+        ++result.violations;
+        result.note = "the secondary took over from a live primary after a cut frame";
+    }
+
+    // The primary sees the link end, serves on unprotected, reconnects through the proxy (which
+    // now forwards everything) and copies the guest again.
+    bool lost = eventually([&] { return count_events(pair.read_log("primary"), "peer-lost") > primary_lost_before; },
+                           15s);
+    CHECK(lost);
+    bool reprotected = pair.wait_state(Side::Primary, "protected", 60s);
+    INFO("primary log:\n" << pair.read_log("primary"));
+    CHECK(reprotected);
+    CHECK(pair.wait_state(Side::Secondary, "standby", 10s));
+    if (!reprotected) {
+        ++result.violations;
+    } else {
+        REQUIRE(checkpoints_pass(pair, 3));
+        auto digests = compare_digests(pair);
+        INFO("digests: primary " << digests.primary << ", secondary " << digests.secondary);
+        CHECK(digests.equal());
+        if (!digests.equal())
+            ++result.violations;
+    }
+    // Now the primary really dies, and the fence agent finds it down.
+    fence.open();
+    kill_primary_and_check(pair, client, peak, result, what);
+    return result;
+}
+
+}  // namespace
+
+TEST_CASE("a checkpoint frame cut in the middle, then the connection closed: nothing applied, no takeover of a "
+          "live primary",
+          "[reliability][peers][truncate]") {
+    PeakMemory peak;
+    auto result = cut_frame_round(LinkProxy::Cut::Close, "frame cut, connection closed", peak);
+    ReliabilityReport::instance().add("peers: checkpoint frame cut, connection closed (fence fails)", result.injected,
+                                      result.failovers, result.acked_checked, result.violations, peak.peak_kib(),
+                                      result.note);
+}
+
+TEST_CASE("a checkpoint frame cut in the middle, the connection left open: heartbeat-timeout ends it, nothing "
+          "applied, no takeover of a live primary",
+          "[reliability][peers][truncate]") {
+    PeakMemory peak;
+    auto result = cut_frame_round(LinkProxy::Cut::Stall, "frame cut, connection left open", peak);
+    ReliabilityReport::instance().add("peers: checkpoint frame cut, connection left silent (fence fails)",
+                                      result.injected, result.failovers, result.acked_checked, result.violations,
+                                      peak.peak_kib(), result.note);
+}
+
+// Downgrade: the proxy rewrites the link_security byte of the primary's HELLO on every new
+// connection and fixes up its CRC (all an attacker can fix: the AUTH proofs are keyed). The
+// session that runs when it is armed is ended by a flipped bit (refused, as above), so the
+// primary connects again, now through the rewriting proxy, while the secondary stands by with
+// a committed checkpoint. Both configs say encrypted, the default: the secondary reads a peer
+// asking for less, but before it believes that (or anything) the proofs must check, and they
+// cover both HELLOs as sent, so each side fails the other's proof (auth-failed). No session
+// starts: the recorded connections carry only handshake frames in clear, the standby's
+// committed state and memory stay the same, and once the proxy stops rewriting the pair
+// protects again with equal memory.
+TEST_CASE("a HELLO rewritten on the path to ask for link-security none or authenticated is refused; the standby's "
+          "state is untouched",
+          "[reliability][peers][downgrade]") {
+    for (auto asked : {proto::LinkSecurity::None, proto::LinkSecurity::Authenticated}) {
+        const std::string asked_name(proto::link_security_name(asked));
+        const std::string what = "HELLO rewritten to " + asked_name;
+        PeakMemory peak;
+        RoundResult result;
+        Pair pair(proxied_options());
+        auto proxy = put_proxy_between(pair);
+        proxy->record(true);
+        IncrClient client;
+        start_protected(pair, client, peak);
+        REQUIRE(checkpoints_pass(pair, 10));
+
+        size_t secondary_from = pair.read_log("secondary").size();
+        size_t primary_from = pair.read_log("primary").size();
+        size_t connections_before = proxy->stats().connections;
+        proxy->rewrite_hello(static_cast<uint8_t>(asked));
+        size_t flips = proxy->stats().flips.size();
+        proxy->flip_bits(1, proto::MessageType::VmstateSend);
+        REQUIRE(eventually([&] { return proxy->stats().flips.size() > flips; }, 10s));
+
+        // Three handshakes through the rewriting proxy. The standby's digest (its committed
+        // checkpoint and its memory) is read after the first and again after the third.
+        const uint64_t attempts = 3;
+        std::set<std::string> states;
+        std::optional<std::string> digest_first;
+        bool attempted = eventually(
+            [&] {
+                if (auto s = pair.status(Side::Secondary))
+                    states.insert(s->state);
+                uint64_t rewritten = proxy->stats().hellos_rewritten;
+                if (!digest_first && rewritten >= 1)
+                    digest_first = pair.control(Side::Secondary, "digest");
+                return rewritten >= attempts && digest_first;
+            },
+            30s);
+        REQUIRE(attempted);
+        // The third HELLO was forwarded; its handshake is over once the primary, having failed
+        // it, connects again (a fourth connection) before the second reading.
+        bool third_over = eventually(
+            [&] {
+                if (auto s = pair.status(Side::Secondary))
+                    states.insert(s->state);
+                return proxy->stats().connections > connections_before + attempts;
+            },
+            15s);
+        auto digest_after = pair.control(Side::Secondary, "digest");
+        proxy->rewrite_hello(std::nullopt);
+        std::string since = log_since(pair, "secondary", secondary_from);
+        std::string primary_since = log_since(pair, "primary", primary_from);
+        INFO(what << ": the secondary's log:\n" << since << "\nthe primary's log:\n" << primary_since);
+        CHECK(third_over);
+        result.injected = proxy->stats().hellos_rewritten;
+
+        // Refused in the handshake, and the secondary's log says why: the proof failed, and the
+        // HELLO as it arrived asked for less than this side's link security.
+        std::string refusal = event_line(since, "handshake-failed").text;
+        CHECK_THAT(refusal, Catch::Contains("auth-failed"));
+        CHECK_THAT(refusal, Catch::Contains("a HELLO was changed on the path"));
+        CHECK_THAT(refusal, Catch::Contains("link-security differs: local encrypted, peer " + asked_name));
+        CHECK(count_events(since, "peer-authenticated") == 0);
+        CHECK(count_events(since, "failover-begin") == 0);
+        CHECK(states == std::set<std::string>{"standby"});
+        // The primary hears an authentication failure and retries; it never pairs up.
+        CHECK_THAT(primary_since, Catch::Contains("auth-failed"));
+        CHECK(count_events(primary_since, "peer-authenticated") == 0);
+
+        // On the wire: every connection whose HELLO was rewritten carried nothing but
+        // handshake frames in clear (HELLO, AUTH, ERROR): no session, no state.
+        auto recordings = proxy->recordings();
+        uint64_t downgraded = 0, beyond_handshake = 0;
+        for (size_t i = connections_before; i < recordings.size(); ++i) {
+            const auto& frames = recordings[i];
+            if (frames.empty() || frames[0].size() < proto::kHeaderSize + 4 ||
+                frames[0][proto::kHeaderSize + 3] != std::byte(static_cast<uint8_t>(asked)))
+                continue;
+            ++downgraded;
+            for (const auto& frame : frames) {
+                auto header = proto::decode_header(std::span(frame).first(proto::kHeaderSize));
+                if (!header || header->tagged() ||
+                    (header->type != proto::MessageType::Hello && header->type != proto::MessageType::Auth &&
+                     header->type != proto::MessageType::Error))
+                    ++beyond_handshake;
+            }
+        }
+        CHECK(downgraded >= attempts);
+        CHECK(beyond_handshake == 0);
+
+        // No guest memory changed on the standby while the attempts went on.
+        REQUIRE(digest_first);
+        REQUIRE(digest_after);
+        INFO("standby digest after the first attempt " << *digest_first << ", after the last " << *digest_after);
+        CHECK(*digest_first == *digest_after);
+        bool untouched = *digest_first == *digest_after && beyond_handshake == 0 && states.size() == 1 &&
+                         count_events(since, "peer-authenticated") == 0;
+        if (!untouched) {
+            ++result.violations;
+            result.note = "a downgraded handshake was accepted or changed the standby";
+        }
+
+        // The proxy forwards HELLOs as sent again: the pair protects itself, same memory.
+        bool reprotected = pair.wait_state(Side::Primary, "protected", 60s);
+        CHECK(reprotected);
+        if (!reprotected) {
+            ++result.violations;
+        } else {
+            CHECK_THAT(event_line(log_since(pair, "secondary", secondary_from), "peer-authenticated").text,
+                       Catch::Contains("link-security encrypted"));
+            REQUIRE(checkpoints_pass(pair, 3));
+            auto digests = compare_digests(pair);
+            INFO("digests: primary " << digests.primary << ", secondary " << digests.secondary);
+            CHECK(digests.equal());
+            if (!digests.equal())
+                ++result.violations;
+        }
+        kill_primary_and_check(pair, client, peak, result, what);
+        ReliabilityReport::instance().add("peers: HELLO rewritten to ask for link-security " + asked_name,
+                                          result.injected, result.failovers, result.acked_checked, result.violations,
+                                          peak.peak_kib(), result.note);
+    }
 }

@@ -18,7 +18,15 @@
 //     opposed to a noisy line). The page must be readable on the wire: link-security
 //     authenticated or none; a tagged frame keeps its tag (nobody on the path can forge one);
 //   - recording the primary's byte stream, and injecting recorded frames into a live stream
-//     (replayed old checkpoints).
+//     (replayed old checkpoints);
+//   - reordering frames: the next frame of a type is held back and forwarded after the frame
+//     that follows it, with their sequence numbers as sent or swapped to fit (header checks
+//     fixed up);
+//   - truncation: the next frame of a type is cut after half its bytes, and then the connection
+//     is closed, or it stays open while every further byte from the primary is dropped (the
+//     receiver waits for the rest of the frame);
+//   - downgrade: the link_security byte of the HELLO the primary sends on each new connection
+//     is rewritten (none or authenticated) and the HELLO's CRC fixed up.
 //
 // The primary → secondary direction is parsed into frames (the proxy knows the frame header),
 // so faults can target whole frames and injected frames land between two frames. Bytes that do
@@ -77,7 +85,18 @@ public:
         std::vector<Flip> flips;
         uint64_t tampered = 0;  // frames changed with the CRC fixed up
         uint64_t injected = 0;  // frames injected
+        uint64_t swapped = 0;   // pairs of frames forwarded in swapped order
+        uint64_t cut = 0;       // frames cut in the middle
+        uint64_t dropped_bytes = 0;     // bytes from the primary dropped after a cut
+        uint64_t hellos_rewritten = 0;  // HELLOs whose link_security was rewritten
     };
+    // Whether two swapped frames keep their sequence numbers (Renumber::No: each arrives where
+    // the other belongs) or swap them too, header checks fixed up (Renumber::Yes: each arrives
+    // at the number the receiver expects, so only the frames' tags can tell).
+    enum class Renumber { No, Yes };
+    // What follows a cut frame's first half: the end of the connection (both ways), or
+    // nothing at all, the connection left open (the receiver waits for the rest).
+    enum class Cut { Close, Stall };
 
     // Listens on `listen_ip` (a free port) and forwards each connection to target.
     static std::unique_ptr<LinkProxy> start(const std::string& listen_ip, const std::string& target_ip,
@@ -137,6 +156,28 @@ public:
     // recomputes the payload CRC, so the frame is well formed but says something the primary
     // never sent.
     void tamper_next_page() { m_tamper_armed = true; }
+    // Holds back the next primary → secondary frame of `type` after the handshake and forwards
+    // it right after the frame that follows it.
+    void swap_next(proto::MessageType type, Renumber renumber) {
+        std::lock_guard lock(m_mutex);
+        m_swap_type = type;
+        m_swap_renumber = renumber;
+    }
+    // Forwards only the first half of the next primary → secondary frame of `type` after the
+    // handshake; then closes the connection, or drops every further byte from the primary while
+    // keeping the connection open.
+    void cut_next(proto::MessageType type, Cut how) {
+        std::lock_guard lock(m_mutex);
+        m_cut_type = type;
+        m_cut_how = how;
+    }
+    // While set, the HELLO the primary sends on each new connection asks for this link
+    // security (proto::LinkSecurity's number) instead of its own, the HELLO's CRC fixed up;
+    // nullopt forwards HELLOs as sent.
+    void rewrite_hello(std::optional<uint8_t> link_security) {
+        std::lock_guard lock(m_mutex);
+        m_hello_security = link_security;
+    }
     // Keeps every connection's primary → secondary frames (recordings()).
     void record(bool on) { m_record = on; }
     std::vector<std::vector<Bytes>> recordings() {
@@ -170,7 +211,10 @@ private:
         Clock::time_point due;
         Bytes bytes;
         bool eof = false;
+        bool close = false;  // close the connection, both ways (after the bytes before it)
     };
+    // What becomes of one frame from the primary.
+    enum class Route { Forward, Hold, CutClose, CutStall };
     // One direction of one connection.
     struct Pipe {
         std::mutex mutex;
@@ -264,13 +308,13 @@ private:
     }
 
     // Queues a chunk, waiting while the pipe is full. False once the pipe is closed.
-    bool enqueue(Pipe& pipe, Bytes bytes, bool eof = false) {
+    bool enqueue(Pipe& pipe, Bytes bytes, bool eof = false, bool close = false) {
         std::unique_lock lock(pipe.mutex);
         pipe.cv.wait(lock, [&] { return pipe.closed || pipe.queued < k_max_queued; });
         if (pipe.closed)
             return false;
         pipe.queued += bytes.size();
-        pipe.queue.push_back(Chunk{due_time(pipe), std::move(bytes), eof});
+        pipe.queue.push_back(Chunk{due_time(pipe), std::move(bytes), eof, close});
         pipe.cv.notify_all();
         return true;
     }
@@ -298,14 +342,21 @@ private:
         Bytes pending;
         std::vector<std::byte> buffer(256 * 1024);
         bool raw = false;
+        bool dropping = false;  // after a cut: nothing more reaches the secondary
+        std::optional<Bytes> held;  // a frame held back to be swapped with the next one
         uint64_t frames = 0;
         for (;;) {
             ssize_t n = ::recv(c.client.get(), buffer.data(), buffer.size(), 0);
             if (n <= 0) {
-                if (!pending.empty())
+                if (!pending.empty() && !dropping)
                     enqueue(c.forward, std::move(pending));
                 enqueue(c.forward, {}, true);
                 return;
+            }
+            if (dropping) {
+                std::lock_guard lock(m_mutex);
+                m_stats.dropped_bytes += static_cast<uint64_t>(n);
+                continue;
             }
             pending.insert(pending.end(), buffer.begin(), buffer.begin() + n);
             for (;;) {
@@ -326,20 +377,90 @@ private:
                     break;
                 Bytes frame(pending.begin(), pending.begin() + static_cast<ptrdiff_t>(size));
                 pending.erase(pending.begin(), pending.begin() + static_cast<ptrdiff_t>(size));
-                fault_frame(c, frame, *header, frames++);
+                Route route = fault_frame(c, frame, *header, frames++);
+                if (route == Route::Hold) {
+                    held = std::move(frame);
+                    continue;
+                }
+                if (route == Route::CutClose || route == Route::CutStall) {
+                    frame.resize(frame.size() / 2);
+                    if (!enqueue(c.forward, std::move(frame)))
+                        return;
+                    if (route == Route::CutClose) {
+                        enqueue(c.forward, {}, false, true);
+                        return;  // the close ends this thread's recv
+                    }
+                    std::lock_guard lock(m_mutex);
+                    m_stats.dropped_bytes += pending.size();
+                    pending.clear();
+                    dropping = true;
+                    break;
+                }
+                if (held) {
+                    bool renumber;
+                    {
+                        std::lock_guard lock(m_mutex);
+                        renumber = m_swap_renumber == Renumber::Yes;
+                        ++m_stats.swapped;
+                    }
+                    if (renumber) {
+                        uint64_t first = sequence_of(*held);
+                        set_sequence(*held, sequence_of(frame));
+                        set_sequence(frame, first);
+                    }
+                    if (!enqueue(c.forward, std::move(frame)) || !enqueue(c.forward, std::move(*held)))
+                        return;
+                    held.reset();
+                    continue;
+                }
                 if (!enqueue(c.forward, std::move(frame)))
                     return;
             }
         }
     }
 
-    void fault_frame(Connection& c, Bytes& frame, const proto::FrameHeader& header, uint64_t index) {
+    static uint64_t sequence_of(const Bytes& frame) {
+        uint64_t value = 0;
+        for (size_t i = 8; i < 16; ++i)
+            value = (value << 8) | uint64_t(frame[i]);
+        return value;
+    }
+    // Writes `sequence` into the frame's header and fixes up the header check.
+    static void set_sequence(Bytes& frame, uint64_t sequence) {
+        for (size_t i = 0; i < 8; ++i)
+            frame[8 + i] = std::byte(sequence >> (56 - 8 * i));
+        uint32_t check = proto::crc32c(std::span<const std::byte>(frame.data(), 20));
+        for (size_t i = 0; i < 4; ++i)
+            frame[20 + i] = std::byte(check >> (24 - 8 * i));
+    }
+
+    Route fault_frame(Connection& c, Bytes& frame, const proto::FrameHeader& header, uint64_t index) {
         std::lock_guard lock(m_mutex);
         ++m_stats.forward_frames;
+        // HELLO: u16 protocol_version, u8 state, u8 link_security, … (docs/protocol.md, section
+        // 2); in clear with a CRC, which the attacker recomputes.
+        if (index == 0 && header.type == proto::MessageType::Hello && m_hello_security && !header.tagged() &&
+            header.payload_length >= 4) {
+            std::byte* payload = frame.data() + proto::kHeaderSize;
+            payload[3] = std::byte(*m_hello_security);
+            uint32_t crc = proto::crc32c(std::span<const std::byte>(payload, header.payload_length));
+            for (size_t i = 0; i < 4; ++i)
+                payload[header.payload_length + i] = std::byte(crc >> (24 - 8 * i));
+            ++m_stats.hellos_rewritten;
+        }
         if (m_record)
             m_recordings[c.recording].push_back(frame);
         if (index < 2)
-            return;  // the handshake: a flip there is a failed authentication, tested elsewhere
+            return Route::Forward;  // the handshake: a flip there is a failed authentication, tested elsewhere
+        if (m_swap_type && *m_swap_type == header.type) {
+            m_swap_type.reset();
+            return Route::Hold;
+        }
+        if (m_cut_type && *m_cut_type == header.type && frame.size() >= 2) {
+            m_cut_type.reset();
+            ++m_stats.cut;
+            return m_cut_how == Cut::Close ? Route::CutClose : Route::CutStall;
+        }
         if (m_tamper_armed && header.type == proto::MessageType::VmstateSend && tamper(frame, header)) {
             m_tamper_armed = false;
             ++m_stats.tampered;
@@ -360,6 +481,7 @@ private:
                                                                                           : "crc";
             m_stats.flips.push_back(Flip{static_cast<uint8_t>(header.type), header.sequence, offset, region});
         }
+        return Route::Forward;
     }
 
     static uint32_t be32(const std::byte* p) {
@@ -422,6 +544,10 @@ private:
                 ::shutdown(fd, SHUT_WR);
                 return;
             }
+            if (chunk.close) {
+                c.close();
+                return;
+            }
             size_t at = 0;
             while (at < chunk.bytes.size()) {
                 size_t piece = chunk.bytes.size() - at;
@@ -465,6 +591,11 @@ private:
     std::vector<std::vector<Bytes>> m_recordings;
     int m_flips_armed = 0;
     std::optional<proto::MessageType> m_flip_type;
+    std::optional<proto::MessageType> m_swap_type;
+    Renumber m_swap_renumber = Renumber::No;
+    std::optional<proto::MessageType> m_cut_type;
+    Cut m_cut_how = Cut::Close;
+    std::optional<uint8_t> m_hello_security;
     Stats m_stats;
 };
 
