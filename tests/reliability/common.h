@@ -88,6 +88,25 @@ inline void sample_memory(Pair& pair, PeakMemory& peak) {
 // the console is ready when every PING has had its reply and the last one is PONG. (A new
 // connection per try would leave an older PING's PONG in flight, to be read as the answer to
 // whatever the caller sends next.)
+//
+// A line the guest had already taken in when its state was checkpointed (an INCR of the
+// primary's client) is answered after a takeover too, onto whichever console client is there:
+// one line more than the PINGs asked for, which would leave the last PONG to be read as the
+// answer to the caller's command. So a PONG is followed by a GET of a key nobody sets: it
+// answers NIL, which no other line here does, and once that NIL is read the console is in step.
+inline bool console_in_step(LineClient& console, std::chrono::steady_clock::time_point deadline) {
+    if (!console.send("GET colod-test-in-step\n"))
+        return false;
+    while (std::chrono::steady_clock::now() < deadline) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        auto reply = console.line(std::min<std::chrono::milliseconds>(left, std::chrono::seconds(3)));
+        if (!reply)
+            return false;
+        if (*reply == "NIL")
+            return true;
+    }
+    return false;
+}
 inline std::optional<LineClient> ready_console(Pair& pair, Pair::Side side,
                                                std::chrono::milliseconds timeout = std::chrono::seconds(15)) {
     auto deadline = std::chrono::steady_clock::now() + scaled(timeout);
@@ -103,7 +122,7 @@ inline std::optional<LineClient> ready_console(Pair& pair, Pair::Side side,
             while (auto reply = c->line(std::chrono::seconds(3))) {
                 unanswered = std::max(unanswered - 1, 0);
                 if (unanswered == 0) {
-                    if (*reply == "PONG")
+                    if (*reply == "PONG" && console_in_step(*c, deadline))
                         return c;
                     break;  // a reply to a line the guest saw joined to an older partial one
                 }

@@ -642,7 +642,9 @@ private:
 // the primary lives (DESIGN.md, "Failure handling"). The fence fails here (the primary is up),
 // the failover is aborted, and the pair must re-protect by itself with equal memory and
 // nothing acknowledged lost. With no fence-command at all the secondary would take over and run
-// a second guest: docs/config.md says a pair needs one.
+// a second guest beside the live primary, as after a partition (docs/config.md); with a fence
+// agent that powers the primary's host off, it takes over after that: safe, but a cut on the
+// path is then enough to move the guest.
 RoundResult cut_frame_round(LinkProxy::Cut how, const std::string& what, PeakMemory& peak) {
     RoundResult result;
     FenceGate fence;
