@@ -819,13 +819,6 @@ private:
         const HostConfig& primary = config.primary;
         const HostConfig& secondary = config.secondary;
 
-        // A disk is replicated in checkpoint mode only: a COLO secondary's guest runs between
-        // checkpoints and would write its image (docs/disk.md).
-        if (usable("vm", "disk") && config.vm.has_disk() && config.replication.mode == Mode::Colo)
-            fail("vm", "disk",
-                 "is not supported with replication.mode = colo yet (the secondary's guest would write its "
-                 "image between checkpoints): use mode = checkpoint");
-
         // Within one host, its console must not take its replication port or control socket.
         if (usable("primary", "replication"))
             check_console("primary", primary.console, "primary.replication", primary.replication);

@@ -60,6 +60,24 @@ proto::DiskHash disk_block_hash(std::span<const std::byte> block) {
     return out;
 }
 
+base::Result<uint64_t> disk_digest(disk::BlockBackend& image) {
+    crypto_generichash_state state;
+    crypto_generichash_init(&state, nullptr, 0, proto::kDiskHashSize);
+    std::vector<std::byte> chunk(1u << 20);
+    for (uint64_t at = 0; at < image.size(); at += chunk.size()) {
+        auto piece = std::span(chunk).first(std::min<uint64_t>(chunk.size(), image.size() - at));
+        TRY(image.read(at, piece));
+        // SAFETY: libsodium takes bytes as unsigned char.
+        crypto_generichash_update(&state, reinterpret_cast<const unsigned char*>(piece.data()), piece.size());
+    }
+    proto::DiskHash hash{};
+    crypto_generichash_final(&state, reinterpret_cast<unsigned char*>(hash.data()), hash.size());
+    uint64_t digest = 0;
+    for (size_t i = 0; i < 8; ++i)
+        digest = digest << 8 | uint64_t(hash[i]);
+    return digest;
+}
+
 // ---- DiskSource ----
 
 DiskSource::DiskSource(virtio::BlkDevice& blk, std::function<void()> force_checkpoint, uint64_t force_bytes)
@@ -75,9 +93,17 @@ void DiskSource::attach() {
     virtio::BlkDevice::Observer observer;
     observer.written = [this](uint64_t offset, std::span<const std::byte> bytes) { written(offset, bytes); };
     m_blk.set_observer(std::move(observer));
+    // Twice the bound that forces a checkpoint: the guest's requests wait until one takes the
+    // log (its pause ends with the device's resume(), which takes them up again).
+    m_blk.set_admission(
+        [this] { return !m_logging.load(std::memory_order_relaxed) || m_log.bytes() < 2 * m_force_bytes; });
 }
 
-void DiskSource::detach() { m_blk.set_observer({}); }
+void DiskSource::detach() {
+    m_blk.set_observer({});
+    m_blk.set_admission({});
+    m_blk.kick();
+}
 
 void DiskSource::begin_session() {
     std::lock_guard lock(m_mutex);
@@ -91,12 +117,16 @@ void DiskSource::begin_session() {
 }
 
 void DiskSource::end_session() {
-    std::lock_guard lock(m_mutex);
-    m_mode = Mode::Off;
-    m_dirty.clear();
-    m_hashes.clear();
-    m_log.clear();
-    m_cv.notify_all();
+    {
+        std::lock_guard lock(m_mutex);
+        m_mode = Mode::Off;
+        m_logging = false;
+        m_dirty.clear();
+        m_hashes.clear();
+        m_log.clear();
+        m_cv.notify_all();
+    }
+    m_blk.kick();  // requests held back by a full log go on (outside m_mutex: kick takes the device's lock)
 }
 
 void DiskSource::written(uint64_t offset, std::span<const std::byte> bytes) {
@@ -244,6 +274,7 @@ base::Result<std::vector<proto::DiskWrites>> DiskSource::capture(uint64_t seq) {
         {
             std::lock_guard lock(m_mutex);
             m_mode = Mode::Logging;
+            m_logging = true;
             m_log.clear();
         }
         messages = disk::pack_disk_writes(seq, std::move(writes));
@@ -280,11 +311,13 @@ base::Result<std::unique_ptr<DiskReplica>> DiskReplica::open(virtio::BlkDevice& 
                    "disk: {} held checkpoint {} complete: written into {} again (the daemon had stopped between the "
                    "journal and the image)",
                    path.string(), *journal->recovered(), backend->describe());
-    return std::unique_ptr<DiskReplica>(new DiskReplica(blk, std::move(journal)));
+    return std::unique_ptr<DiskReplica>(new DiskReplica(blk, std::move(backend), std::move(journal)));
 }
 
-DiskReplica::DiskReplica(virtio::BlkDevice& blk, std::unique_ptr<disk::EpochJournal> journal)
+DiskReplica::DiskReplica(virtio::BlkDevice& blk, std::shared_ptr<disk::BlockBackend> image,
+                         std::unique_ptr<disk::EpochJournal> journal)
     : m_blk(blk),
+      m_image(std::move(image)),
       m_journal(std::move(journal)),
       m_bytes(blk.capacity() * proto::kDiskSectorSize),
       m_blocks(block_count(m_bytes)) {}
@@ -307,7 +340,7 @@ void DiskReplica::end_session() {
 }
 
 void DiskReplica::hash_all(std::shared_ptr<Session> session) {
-    auto backend = m_blk.backend();
+    auto backend = m_image;
     Sender sender(*session, std::chrono::seconds(30));
     std::vector<std::byte> block;
     proto::DiskHashes message{0, k_disk_block_bytes, {}};
@@ -335,7 +368,7 @@ base::Result<void> DiskReplica::on_blocks(const proto::DiskBlocks& blocks) {
     if (blocks.offset > m_bytes || blocks.bytes.size() > m_bytes - blocks.offset)
         return base::Error::make(base::Errc::Protocol, "DISK_BLOCKS of {} bytes at {} run past the disk's {} bytes",
                                  blocks.bytes.size(), blocks.offset, m_bytes);
-    TRY(m_blk.backend()->write(blocks.offset, std::as_bytes(std::span(blocks.bytes.data(), blocks.bytes.size()))));
+    TRY(m_image->write(blocks.offset, std::as_bytes(std::span(blocks.bytes.data(), blocks.bytes.size()))));
     m_written_bytes += blocks.bytes.size();
     m_copied_blocks = std::max<uint64_t>(m_copied_blocks.load(), (blocks.offset + blocks.bytes.size()) / k_disk_block_bytes);
     return base::ok();

@@ -15,8 +15,9 @@
 // through disk::EpochJournal when it applies that checkpoint, so that memory and disk move
 // together. A takeover settles the journal before the guest runs on the image.
 //
-// COLO mode is not supported with a disk yet (the secondary's guest would write its image
-// between checkpoints); the configuration refuses the combination.
+// COLO mode: the secondary's guest runs between checkpoints and writes its disk through a
+// disk::Overlay in front of the image, dropped at each checkpoint it loads and written into the
+// image by a takeover that continues the running guest (the standby engine owns it).
 #pragma once
 
 #include <atomic>
@@ -46,6 +47,9 @@ class BlkDevice;
 inline constexpr uint32_t k_disk_block_bytes = 64 * 1024;
 // The hash of one block (BLAKE2b-256), as DISK_HASHES carries it.
 proto::DiskHash disk_block_hash(std::span<const std::byte> block);
+// A digest of a whole image (the first 8 bytes of its BLAKE2b-256), for `coloctl digest`: equal
+// on both sides at one checkpoint. Reads all of it; the caller keeps writers away meanwhile.
+base::Result<uint64_t> disk_digest(disk::BlockBackend& image);
 
 struct DiskFigures {
     uint64_t bytes = 0;            // the disk's size
@@ -106,6 +110,7 @@ private:
     mutable std::mutex m_mutex;  // taken under the device's transport lock, never around it
     std::condition_variable m_cv;
     Mode m_mode = Mode::Off;               // guarded by m_mutex
+    std::atomic<bool> m_logging{false};    // m_mode == Logging, for the device's admission
     std::vector<bool> m_dirty;             // guarded by m_mutex: blocks written while tracking
     bool m_force_asked = false;            // guarded by m_mutex
     std::deque<proto::DiskHashes> m_hashes;  // guarded by m_mutex
@@ -138,16 +143,22 @@ public:
 
     std::optional<uint64_t> recovered() const { return m_journal->recovered(); }
     DiskFigures figures() const;
+    // The image itself (a COLO secondary's device reads and writes through an overlay in front
+    // of it), and its digest (coloctl digest).
+    const std::shared_ptr<disk::BlockBackend>& image() const { return m_image; }
+    base::Result<uint64_t> digest() const { return disk_digest(*m_image); }
 
     // What the standby stages for one checkpoint at most: the primary forces a checkpoint
     // long before (max-held-output's kind of bound for disk writes).
     static constexpr uint64_t k_max_staged_bytes = 1ull << 30;
 
 private:
-    DiskReplica(virtio::BlkDevice& blk, std::unique_ptr<disk::EpochJournal> journal);
+    DiskReplica(virtio::BlkDevice& blk, std::shared_ptr<disk::BlockBackend> image,
+                std::unique_ptr<disk::EpochJournal> journal);
     void hash_all(std::shared_ptr<Session> session);
 
     virtio::BlkDevice& m_blk;
+    std::shared_ptr<disk::BlockBackend> m_image;
     std::unique_ptr<disk::EpochJournal> m_journal;
     const uint64_t m_bytes;
     const uint64_t m_blocks;

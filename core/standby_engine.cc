@@ -16,6 +16,7 @@
 #include "core/page_buffer.h"
 #include "core/state_sections.h"
 #include "core/uart.h"
+#include "core/virtio/blk.h"
 #include "core/virtio/net.h"
 #include "core/virtio/rng.h"
 #include "proto/errors.h"
@@ -167,6 +168,22 @@ StandbyEngine::StandbyEngine(GuestRuntime& guest, proto::Hello identity, Replica
 }
 
 StandbyEngine::~StandbyEngine() { stop(); }
+
+void StandbyEngine::set_disk(std::unique_ptr<DiskReplica> disk) {
+    m_disk = std::move(disk);
+    auto* blk = m_guest.machine().linux_devices().blk;
+    if (!m_disk || !blk || !colo())
+        return;
+    // The guest here runs between checkpoints: its writes stay in front of the image, which
+    // holds the last committed checkpoint.
+    m_overlay = std::make_shared<disk::Overlay>(m_disk->image());
+    if (auto set = blk->set_backend(m_overlay); !set) {
+        base::log(Level::Error, Event::Error, "COLO: cannot put the disk's overlay in place: " + set.error().message());
+        m_overlay.reset();
+        return;
+    }
+    blk->set_admission([overlay = m_overlay] { return overlay->passing_through() || overlay->bytes() < k_overlay_bytes; });
+}
 
 void StandbyEngine::start() {
     m_accept_thread = std::thread([this] { accept_loop(); });
@@ -676,6 +693,8 @@ base::Result<void> StandbyEngine::apply(Staging& staging, uint64_t seq) {
         // The disk first: its writes go into the image through the journal, durable before the
         // checkpoint counts as loaded. A failure leaves no committed state to take over from
         // (the image may be part way to this checkpoint).
+        if (m_overlay)
+            m_overlay->clear();  // the guest here wrote those in a run that ends now
         if (m_disk)
             TRY(m_disk->commit(seq));
         DirtyBitmap sent(colo_running ? memory.page_count() : 0);
@@ -789,6 +808,8 @@ base::Result<void> StandbyEngine::roll_back_replica() {
     own.for_each([&](uint64_t page) {
         std::memcpy(memory.page(page), m_cache.data() + page * k_page_size, k_page_size);
     });
+    if (m_overlay)
+        m_overlay->clear();  // and its disk writes
     return load_machine_state(*m_colo_state, m_committed.load());
 }
 
@@ -942,8 +963,15 @@ bool StandbyEngine::take_over_locked(const std::string& why, Clock::time_point d
         }
     }
     if (m_disk) {
-        // The guest runs on the image from here: the last checkpoint's writes durable in it.
-        if (auto settled = m_disk->settle(); !settled) {
+        // The guest runs on the image from here: the last checkpoint's writes durable in it,
+        // and in COLO the running guest's own writes since (or none, if it goes back to the
+        // checkpoint).
+        if (m_overlay && !continue_running)
+            m_overlay->clear();
+        base::Result<void> settled = m_disk->settle();
+        if (settled && m_overlay)
+            settled = m_overlay->commit();
+        if (!settled) {
             base::log(Level::Error, Event::FailoverAborted,
                       fmt::format("failover refused: the disk image cannot be made durable at checkpoint {}: {}", seq,
                                   settled.error().message()),
@@ -1011,9 +1039,12 @@ base::Result<uint64_t> StandbyEngine::failover_now() {
     return m_committed.load();
 }
 
-std::pair<uint64_t, uint64_t> StandbyEngine::digest() {
+StandbyEngine::Digest StandbyEngine::digest() {
     std::lock_guard lock(m_takeover_mutex);  // no apply in between
-    return {m_committed.load(), m_guest.machine().memory().digest()};
+    Digest out{m_committed.load(), m_guest.machine().memory().digest(), std::nullopt};
+    if (m_disk)
+        out.disk = m_disk->digest();  // the image: the committed checkpoint (not a COLO run's overlay)
+    return out;
 }
 
 void StandbyEngine::fill_status(Status& status) const {

@@ -35,6 +35,7 @@
 
 #include "base/result.h"
 #include "core/dirty_bitmap.h"
+#include "core/disk/overlay.h"
 #include "core/disk_replication.h"
 #include "core/machine.h"
 #include "core/page_buffer.h"
@@ -85,7 +86,7 @@ public:
 
     // The guest's disk ([vm] disk), before start(): its copy, each checkpoint's writes and the
     // journal that moves the image with the memory (core/disk_replication.h).
-    void set_disk(std::unique_ptr<DiskReplica> disk) { m_disk = std::move(disk); }
+    void set_disk(std::unique_ptr<DiskReplica> disk);
     void start();
     void stop();
 
@@ -95,8 +96,14 @@ public:
     // fence that keeps failing.
     base::Result<uint64_t> failover_now();
 
-    // Diagnostics: the committed checkpoint and the digest of guest RAM holding it.
-    std::pair<uint64_t, uint64_t> digest();
+    // Diagnostics: the committed checkpoint, the digest of guest RAM holding it, and with a
+    // disk the digest of the image at it (nullopt: none; an error: the image unreadable).
+    struct Digest {
+        uint64_t seq = 0;
+        uint64_t memory = 0;
+        std::optional<base::Result<uint64_t>> disk;
+    };
+    Digest digest();
 
     State state() const;
     uint64_t committed() const { return m_committed.load(); }
@@ -224,6 +231,11 @@ private:
     // COLO with a NIC: the TCP sequence rewriter between the guest here and everything else.
     std::shared_ptr<net::TcpRewriter> m_rewriter;
     std::unique_ptr<DiskReplica> m_disk;  // null without a disk; used by the session thread and takeover
+    // COLO: the guest's own writes between two checkpoints, in front of the image (null otherwise).
+    std::shared_ptr<disk::Overlay> m_overlay;
+    // COLO: the guest's disk requests wait while its overlay holds this much (its output then
+    // lags the primary's, whose comparison asks for the checkpoint that empties it).
+    static constexpr uint64_t k_overlay_bytes = 256u << 20;
     std::thread m_accept_thread;
     std::thread m_session_thread;
 };

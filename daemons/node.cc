@@ -293,16 +293,35 @@ ControlReply Node::control(const std::string& request) {
     // Diagnostics for tests and for operators who want to see that both sides hold the same
     // memory: "digest" on the active side takes a checkpoint and keeps the guest paused at it;
     // "digest" on the standby then reports the same checkpoint; "resume" lets the guest go on.
+    // With a disk a third word is the image's digest at that checkpoint (the guest is held,
+    // so nothing writes it meanwhile).
     if (request == "digest") {
+        auto disk_word = [](const std::optional<base::Result<uint64_t>>& disk) -> base::Result<std::string> {
+            if (!disk)
+                return std::string();
+            if (!*disk)
+                return base::Error::make(base::Errc::System, "cannot read the disk image: {}",
+                                         disk->error().message());
+            return fmt::format(" {:016x}", disk->value());
+        };
         if (active) {
             auto held = active->checkpoint_and_hold(std::chrono::seconds(10));
             if (!held)
                 return {false, held.error().message()};
-            return {true, fmt::format("{} {:016x}\n", held->first, held->second)};
+            std::optional<base::Result<uint64_t>> disk;
+            if (auto* blk = m_runtime->machine().linux_devices().blk)
+                disk = core::disk_digest(*blk->backend());
+            auto word = disk_word(disk);
+            if (!word)
+                return {false, word.error().message()};
+            return {true, fmt::format("{} {:016x}{}\n", held->first, held->second, *word)};
         }
         if (standby) {
-            auto [seq, digest] = standby->digest();
-            return {true, fmt::format("{} {:016x}\n", seq, digest)};
+            auto digest = standby->digest();
+            auto word = disk_word(digest.disk);
+            if (!word)
+                return {false, word.error().message()};
+            return {true, fmt::format("{} {:016x}{}\n", digest.seq, digest.memory, *word)};
         }
         return {false, "no replication here"};
     }

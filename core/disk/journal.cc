@@ -13,6 +13,8 @@
 
 #include <fmt/format.h>
 
+#include "core/fault.h"
+
 namespace colod::core::disk {
 
 namespace {
@@ -246,6 +248,7 @@ base::Result<void> EpochJournal::commit(uint64_t seq, std::span<const proto::Dis
     if (::ftruncate(m_fd.get(), static_cast<off_t>(at)) != 0)
         return base::Error::from_errno(fmt::format("{}: truncate", m_path.string()));
     TRY(sync(m_fd.get(), m_path));
+    fault_point("secondary.disk-journaled");  // a crash here: open() finishes the checkpoint
     // 3. Into the image; flushed before the next record replaces this one (or by settle()).
     m_image_dirty = true;
     for (const auto& message : writes)

@@ -150,6 +150,16 @@ void BlkDevice::queue_notify(uint16_t index) {
         process();
 }
 
+void BlkDevice::set_admission(std::function<bool()> admit) {
+    auto lock = lock_of(m_transport);
+    m_admit = std::move(admit);
+}
+
+void BlkDevice::kick() {
+    auto lock = lock_of(m_transport);
+    process();
+}
+
 void BlkDevice::quiesce() {
     auto lock = lock_of(m_transport);
     m_quiesced = true;
@@ -330,6 +340,8 @@ void BlkDevice::process() {
     Queue& queue = m_transport->queue(0);
     bool pushed = false;
     for (;;) {
+        if (m_admit && !m_admit())
+            break;  // back-pressure: the requests wait in the ring until resume() or kick()
         auto next = queue.peek();
         if (!next) {
             m_transport->queue_broken(0, next.error());

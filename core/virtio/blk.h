@@ -107,6 +107,12 @@ public:
 
     // Any thread; take the transport's lock.
     void set_observer(Observer observer);
+    // Back-pressure: while `admit` returns false (called under the transport's lock, before each
+    // request), requests wait in the ring, untaken; they go on at resume() or kick(). Empty:
+    // always admitted.
+    void set_admission(std::function<bool()> admit);
+    // Processes what waits in the ring now (the admission changed its mind). Any thread.
+    void kick();
     // Replaces the backend; refused (nothing changes) unless it has the same size.
     base::Result<void> set_backend(std::shared_ptr<disk::BlockBackend> backend);
     std::shared_ptr<disk::BlockBackend> backend() const;
@@ -174,6 +180,7 @@ private:
     std::shared_ptr<disk::BlockBackend> m_backend;
     std::string m_serial;
     Observer m_observer;
+    std::function<bool()> m_admit;
     bool m_quiesced = false;
     Counters m_counters;
     unsigned m_logged = 0;            // bit per Problem already logged

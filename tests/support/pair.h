@@ -189,9 +189,11 @@ public:
     }
     // A further daemon (e.g. a new secondary on the repaired host), kept until the pair goes.
     // `host`: whose config it reads (PairOptions::host_dirs; the shared one otherwise).
+    // `env`: more of its environment (a COLOD_FAULT spec).
     Process& start_extra(const std::string& program, const std::string& netns, const std::string& name,
-                         Side host = Side::Secondary) {
-        auto p = Process::spawn(command_with(program, netns, config(host)), log(name), m_options.env);
+                         Side host = Side::Secondary, std::vector<std::string> env = {}) {
+        env.insert(env.begin(), m_options.env.begin(), m_options.env.end());
+        auto p = Process::spawn(command_with(program, netns, config(host)), log(name), env);
         REQUIRE(p);
         m_extra.push_back(std::make_unique<Process>(std::move(*p)));
         return *m_extra.back();

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <random>
 #include <set>
+#include <sstream>
 #include <regex>
 #include <thread>
 
@@ -758,10 +759,13 @@ std::optional<std::pair<uint64_t, uint64_t>> disk_copy_figures(const std::string
 
 }  // namespace
 
-TEST_CASE("a protected Linux pair with a disk: fsync'd records survive kill -9 of the active side, the images are "
-          "equal at a paused checkpoint, and a re-protection sends only the blocks that differ",
-          "[linux][disk-pair]") {
+namespace {
+
+// A protected Linux pair with a disk in `mode`: fsync'd records through kill -9 of the active
+// side (COLOD_DISK_KILLS rounds) and of the standby, images compared at held checkpoints.
+void disk_pair_rounds(const std::string& mode) {
     PairOptions options = linux_options(1);
+    options.mode = mode;
     options.host_dirs = true;
     options.extra_vm = "disk = disk.img\n";  // beside each host's config: an image per host
     Pair pair(options);
@@ -790,12 +794,33 @@ TEST_CASE("a protected Linux pair with a disk: fsync'd records survive kill -9 o
     CHECK(first->first < first->second);  // a blank image matches the primary's unused blocks
     CHECK(console->command("RECORDS") == "0 0");
 
-    // Both images at one paused checkpoint: byte for byte the same.
+    // Both images at one paused checkpoint: the digests of both sides (checkpoint, memory,
+    // disk) agree, and the files are byte for byte the same.
     auto images_equal = [&](Side active) {
         auto held = pair.control(active, "digest", 60000);
-        REQUIRE(held);
+        if (!held) {
+            auto reply = daemons::control_request(pair.control_path(active), "digest", 60000);
+            FAIL("digest on the active side: " << (reply ? reply->body : reply.error().message()) << "\nits log:\n"
+                                               << pair.read_log(log_of[host(active)]));
+        }
+        auto other = pair.control(active == Side::Primary ? Side::Secondary : Side::Primary, "digest", 60000);
         auto same = run_shell(fmt::format("cmp {} {} 2>&1", image(Side::Primary), image(Side::Secondary)));
         REQUIRE(pair.control(active, "resume"));
+        REQUIRE(other);
+        CHECK(std::regex_match(*held, std::regex("[0-9]+ [0-9a-f]{16} [0-9a-f]{16}\n")));
+        if (mode == "colo") {
+            // The secondary's guest runs on from the checkpoint (its memory moves on), but its
+            // image stays at it: the checkpoint and the disk's digest agree.
+            auto words = [](const std::string& text) {
+                std::istringstream in(text);
+                std::string seq, memory, disk;
+                in >> seq >> memory >> disk;
+                return seq + " " + disk;
+            };
+            CHECK(words(*held) == words(*other));
+        } else {
+            CHECK(*held == *other);
+        }
         INFO(same.second);
         return same.first == 0;
     };
@@ -880,6 +905,30 @@ TEST_CASE("a protected Linux pair with a disk: fsync'd records survive kill -9 o
         records = client.acked().empty() ? records : client.acked().back().first;
     }
 
+    // The standby dies between its journal and its image (a fault point: the third checkpoint
+    // with writes, once journaled): started again, it finishes that checkpoint from the journal
+    // first, then is copied to again.
+    {
+        AppendClient client;
+        auto appender = pair.console(active_side, std::chrono::seconds(60));
+        REQUIRE(appender);
+        client.start(std::move(*appender), "j-", std::chrono::minutes(3));
+        on_host[host(standby_side)]->signal(SIGKILL);
+        REQUIRE(on_host[host(standby_side)]->exit_code() == 128 + SIGKILL);
+        const std::string netns = standby_side == Side::Primary ? options.primary_netns : options.secondary_netns;
+        log_of[host(standby_side)] = "secondary-journaled";
+        on_host[host(standby_side)] = &pair.start_extra(COLOD_SECONDARY_BIN, netns, log_of[host(standby_side)], standby_side,
+                                                        {"COLOD_FAULT=secondary.disk-journaled:kill@3"});
+        REQUIRE(on_host[host(standby_side)]->exit_code(scaled(std::chrono::minutes(5))) == 128 + SIGKILL);
+        log_of[host(standby_side)] = "secondary-replayed";
+        on_host[host(standby_side)] = &pair.start_extra(COLOD_SECONDARY_BIN, netns, log_of[host(standby_side)], standby_side);
+        REQUIRE(pair.wait_state(active_side, "protected", std::chrono::minutes(5)));
+        CHECK_THAT(pair.read_log("secondary-replayed"), Catch::Contains("complete: written into"));
+        client.join();
+        CHECK(client.bad_reply().empty());
+        CHECK(images_equal(active_side));
+    }
+
     // A clean stop from inside the guest: it unmounts its disk first, so the survivor's file
     // system checks clean and holds the records.
     auto last = open_console(pair, active_side);
@@ -893,4 +942,62 @@ TEST_CASE("a protected Linux pair with a disk: fsync'd records survive kill -9 o
     CHECK(fsck.first == 0);
     auto lines = run_shell(fmt::format("debugfs -R 'cat /records' {} 2>/dev/null | wc -l", image(active_side)));
     CHECK(std::stoull(lines.second) >= records);
+}
+
+}  // namespace
+
+TEST_CASE("a protected Linux pair with a disk: fsync'd records survive kill -9 of the active side, the images are "
+          "equal at a paused checkpoint, and a re-protection sends only the blocks that differ",
+          "[linux][disk-pair]") {
+    disk_pair_rounds("checkpoint");
+}
+
+TEST_CASE("COLO with a disk: the secondary's guest writes an overlay, dropped at each checkpoint and kept by a "
+          "takeover; records survive kill -9 of the active side",
+          "[linux][disk-colo]") {
+    disk_pair_rounds("colo");
+}
+
+TEST_CASE("re-protecting a 1 GiB disk of which 1 % changed sends about 1 % of it", "[linux][disk-reprotect]") {
+    PairOptions options = linux_options(1);
+    options.host_dirs = true;
+    options.extra_vm = "disk = disk.img\n";
+    Pair pair(options);
+    auto image = [&](Side host) { return (pair.host_dir(host) / "disk.img").string(); };
+    // The secondary's image: the primary's, with 1 % of its 64 KiB blocks (164 of 16384)
+    // overwritten at random places, as if it had fallen behind.
+    auto made = run_shell(fmt::format(
+        "truncate -s 1G {0} && mkfs.ext4 -q -F {0} && cp --sparse=always {0} {1} && "
+        "for i in $(shuf -i 0-16383 -n 164); do dd if=/dev/urandom of={1} bs=64K seek=$i count=1 conv=notrunc "
+        "status=none || exit 1; done 2>&1",
+        image(Side::Primary), image(Side::Secondary)));
+    INFO(made.second);
+    REQUIRE(made.first == 0);
+    auto& secondary = pair.start_secondary();
+    auto& primary = pair.start_primary();
+    auto console = open_console(pair, Side::Primary);
+    REQUIRE(console);
+    await_kvstored(*console, "boot", pair);
+    REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(10)));
+    auto copied = disk_copy_figures(pair.read_log("primary"));
+    REQUIRE(copied);
+    auto status = pair.control(Side::Primary, "status --json");
+    REQUIRE(status);
+    uint64_t sent_bytes = json_number(*status, "sent_bytes").value_or(0);
+    WARN("re-protection of a 1 GiB disk with 164 blocks changed: " << copied->first << " of " << copied->second
+                                                                   << " blocks differed; " << sent_bytes
+                                                                   << " bytes sent (" << sent_bytes * 100.0 / (1 << 30)
+                                                                   << " % of the disk)");
+    CHECK(copied->second == 16384);
+    CHECK(copied->first >= 164);        // every changed block, and those the booting guest wrote
+    CHECK(copied->first <= 164 + 200);  // but not the rest
+    CHECK(sent_bytes < (1u << 30) / 20);
+    auto held = pair.control(Side::Primary, "digest", 60000);
+    auto other = pair.control(Side::Secondary, "digest", 60000);
+    REQUIRE(pair.control(Side::Primary, "resume"));
+    REQUIRE(held);
+    CHECK(held == other);
+    CHECK(console->command("POWEROFF") == "OK");
+    CHECK(primary.exit_code(scaled(std::chrono::seconds(60))) == 0);
+    CHECK(secondary.exit_code(scaled(std::chrono::seconds(60))) == 0);
 }

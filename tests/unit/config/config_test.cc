@@ -783,10 +783,8 @@ TEST_CASE("a Linux guest's disk: vm.disk", "[config][linux][disk]") {
     // The embedded guest has no disk.
     CHECK(errors_of(k_design + "[vm]\ndisk = /d.img\n", "demo.conf", options) ==
           "demo.conf:22: vm.disk = /d.img: is for Linux guests: it needs vm.kernel (the embedded guest has no disk)");
-    // Replicated in checkpoint mode only.
-    CHECK(errors_of(with_line("mode", "mode = colo", linux_text("disk = /d.img")), "demo.conf", options) ==
-          "demo.conf:22: vm.disk = /d.img: is not supported with replication.mode = colo yet (the secondary's guest "
-          "would write its image between checkpoints): use mode = checkpoint");
+    // Replicated in both modes.
+    CHECK(parsed(with_line("mode", "mode = colo", linux_text("disk = /d.img")), "demo.conf", options).vm.has_disk());
 }
 
 TEST_CASE("a Linux guest: kernel and initrd instead of image", "[config][linux]") {

@@ -16,6 +16,7 @@
 
 #include "core/disk/image.h"
 #include "core/disk/journal.h"
+#include "core/disk/overlay.h"
 #include "core/disk/write_log.h"
 
 using namespace colod;
@@ -258,4 +259,49 @@ TEST_CASE("journal: a record for a disk of another size is refused by name, not 
     auto missing = EpochJournal::open(**image, dir.path / "no-such-dir" / "j");
     REQUIRE_FALSE(missing.ok());
     CHECK_THAT(missing.error().message(), Catch::Contains("no-such-dir/j"));
+}
+
+TEST_CASE("overlay: the guest's own writes in front of the image, dropped or written into it", "[disk][overlay]") {
+    TempDir dir;
+    // 3 pages and a half: the last page is short.
+    auto image_path = make_image(dir.path / "disk.img", 3 * 4096 + 2048, 'i');
+    std::shared_ptr<core::disk::BlockBackend> image = FileImage::open(image_path).value();
+    core::disk::Overlay overlay(image);
+    CHECK(overlay.size() == image->size());
+    std::string buffer(overlay.size(), '?');
+    auto span_of = [](std::string& s) { return std::as_writable_bytes(std::span(s.data(), s.size())); };
+
+    // A write covering part of a page: the rest of the page comes from the image.
+    REQUIRE(overlay.write(4096 + 512, bytes_of(sectors(2, 'w'))).ok());
+    REQUIRE(overlay.write(3 * 4096 + 1024, bytes_of(sectors(2, 'z'))).ok());  // the short last page
+    CHECK(overlay.bytes() == 2 * 4096);
+    REQUIRE(overlay.read(0, span_of(buffer)).ok());
+    std::string expected(overlay.size(), 'i');
+    expected.replace(4096 + 512, 1024, sectors(2, 'w'));
+    expected.replace(3 * 4096 + 1024, 1024, sectors(2, 'z'));
+    CHECK(buffer == expected);
+    CHECK(read_file(image_path) == std::string(overlay.size(), 'i'));  // the image untouched
+    REQUIRE(overlay.flush().ok());
+    CHECK(read_file(image_path) == std::string(overlay.size(), 'i'));
+
+    // A checkpoint loaded: the writes are gone.
+    overlay.clear();
+    CHECK(overlay.bytes() == 0);
+    REQUIRE(overlay.read(0, span_of(buffer)).ok());
+    CHECK(buffer == std::string(overlay.size(), 'i'));
+
+    // A takeover: what is held goes into the image, and later writes straight there.
+    REQUIRE(overlay.write(0, bytes_of(sectors(1, 'a'))).ok());
+    REQUIRE(overlay.write(3 * 4096 + 1536, bytes_of(sectors(1, 'b'))).ok());
+    REQUIRE(overlay.commit().ok());
+    CHECK(overlay.passing_through());
+    CHECK(overlay.bytes() == 0);
+    expected = std::string(overlay.size(), 'i');
+    expected.replace(0, 512, sectors(1, 'a'));
+    expected.replace(3 * 4096 + 1536, 512, sectors(1, 'b'));
+    CHECK(read_file(image_path) == expected);
+    CHECK(std::filesystem::file_size(image_path) == 3 * 4096 + 2048);
+    REQUIRE(overlay.write(8192, bytes_of(sectors(1, 'c'))).ok());
+    expected.replace(8192, 512, sectors(1, 'c'));
+    CHECK(read_file(image_path) == expected);
 }

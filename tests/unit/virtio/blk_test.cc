@@ -515,3 +515,36 @@ TEST_CASE("FileImage opens a writable raw image and refuses anything else with t
         WARN("no bind mount here (" << std::strerror(errno) << "): EROFS not tested");
     }
 }
+
+TEST_CASE("virtio-blk: while the admission says no, requests wait in the ring; kick() and resume() take them up",
+          "[virtio][blk]") {
+    Rig rig;
+    rig.start();
+    bool admit = false;
+    rig.blk->set_admission([&] { return admit; });
+    Frame data = pattern(4096, 7);
+    rig.put(k_data_gpa, data);
+    CHECK_FALSE(rig.request(BlkDevice::k_type_out, 8, 4096));  // not taken: no used element
+    CHECK(rig.observed_writes.empty());
+    CHECK(rig.image_bytes(8 * 512, 4096) == rig.expected_image(8 * 512, 4096));
+    rig.blk->kick();
+    CHECK_FALSE(rig.driver.get_used(rig.ring));  // still no
+    admit = true;
+    rig.blk->kick();
+    auto used = rig.driver.get_used(rig.ring);
+    REQUIRE(used);
+    CHECK(rig.status() == BlkDevice::k_status_ok);
+    CHECK(rig.image_bytes(8 * 512, 4096) == data);
+    REQUIRE(rig.observed_writes.size() == 1);
+
+    // Held back again, then taken up when the machine resumes the device.
+    admit = false;
+    rig.put(k_data_gpa, pattern(512, 9));
+    CHECK_FALSE(rig.request(BlkDevice::k_type_out, 20, 512));
+    rig.blk->quiesce();
+    admit = true;
+    rig.blk->resume();
+    REQUIRE(rig.driver.get_used(rig.ring));
+    CHECK(rig.image_bytes(20 * 512, 512) == pattern(512, 9));
+    rig.blk->set_admission({});
+}
