@@ -234,7 +234,9 @@ void StandbyEngine::set_state(State state, const std::string& why) {
 
 void StandbyEngine::refuse(proto::Link link, const std::string& why) {
     proto::Hello hello = m_identity;
-    hello.state = state() == State::Active ? proto::PeerState::SecondaryActive : proto::PeerState::SecondaryStandby;
+    // Taking over counts as active: a primary that connects then must not start its guest.
+    hello.state = state() == State::Active || m_taking_over.load() ? proto::PeerState::SecondaryActive
+                                                                     : proto::PeerState::SecondaryStandby;
     hello.link_security = m_config.link_security;
     // The refusal travels inside the handshake, so only a peer that proves the key learns it.
     (void)proto::handshake(link, *m_config.key, hello, proto::deadline_after(k_handshake_timeout),
@@ -265,7 +267,7 @@ void StandbyEngine::accept_loop() {
             std::lock_guard lock(m_mutex);
             if (m_stop)
                 return;
-            active = m_machine.state() == State::Active;
+            active = m_machine.state() == State::Active || m_taking_over.load();
             stopped = m_machine.state() == State::Stopped;
             busy = m_session_active;
             paired_with = m_peer;
@@ -925,6 +927,14 @@ bool StandbyEngine::take_over_locked(const std::string& why, Clock::time_point d
             return false;
         }
     }
+    // From the decision on, a primary that connects (a restarted one, say, while the fence
+    // runs) is refused as by an active side, so it does not start a second guest; an aborted
+    // takeover stands by again.
+    m_taking_over = true;
+    struct Clear {
+        std::atomic<bool>& flag;
+        ~Clear() { flag = false; }
+    } clear_taking_over{m_taking_over};
     std::string from = continue_running
                            ? fmt::format("continuing from the running state (COLO; last checkpoint {})", seq)
                            : fmt::format("from checkpoint {}", seq);

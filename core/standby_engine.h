@@ -230,6 +230,7 @@ private:
     std::atomic<uint64_t> m_net_input_dropped{0};  // frames past the bounds, for status
     // COLO with a NIC: the TCP sequence rewriter between the guest here and everything else.
     std::shared_ptr<net::TcpRewriter> m_rewriter;
+    std::atomic<bool> m_taking_over{false};  // a takeover is under way (fencing, starting the guest)
     std::unique_ptr<DiskReplica> m_disk;  // null without a disk; used by the session thread and takeover
     // COLO: the guest's own writes between two checkpoints, in front of the image (null otherwise).
     std::shared_ptr<disk::Overlay> m_overlay;

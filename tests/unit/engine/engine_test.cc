@@ -574,6 +574,35 @@ TEST_CASE("standby: a fence that fails stops the takeover until the operator ord
     CHECK(side.log.moves.back() == std::pair{StandbyState::Standby, StandbyState::Active});
 }
 
+TEST_CASE("standby: while a takeover fences, a primary that connects is refused as by an active side", "[engine]") {
+    auto dir = std::filesystem::temp_directory_path() / fmt::format("colod-engine-fencing-{}", ::getpid());
+    std::filesystem::create_directories(dir);
+    // The fence says it runs, then waits until the test lets it end (successfully).
+    StandbySide side(fmt::format("touch '{0}/ran'; while [ ! -e '{0}/go' ]; do sleep 0.02; done", dir.string()));
+    auto primary = side.primary();
+    REQUIRE(primary->sync());
+    primary->close();
+    REQUIRE(eventually([&] { return std::filesystem::exists(dir / "ran"); }));
+    // A restarted primary's probe, mid-takeover: refused, and told the other side runs the guest
+    // (so colod-primary exits 3 instead of starting a second guest).
+    auto link = proto::Link::connect(fmt::format("127.0.0.1:{}", side.port), proto::deadline_after(5s));
+    REQUIRE(link);
+    std::optional<proto::PeerState> seen;
+    auto shaken = proto::handshake(*link, *engine_test_key(), side.identity, proto::deadline_after(scaled(5s)),
+                                   [&](const proto::Hello& peer) -> std::string {
+                                       seen = peer.state;
+                                       return {};
+                                   });
+    CHECK_FALSE(shaken);
+    REQUIRE(seen);
+    CHECK(*seen == proto::PeerState::SecondaryActive);
+    CHECK(side.taken() == 0);  // the takeover is still fencing
+    std::ofstream(dir / "go").put('\n');
+    CHECK(eventually([&] { return side.taken() == 1; }));
+    CHECK(side.engine->state() == StandbyState::Active);
+    std::filesystem::remove_all(dir);
+}
+
 TEST_CASE("standby: a primary that falls silent is lost after heartbeat-timeout", "[engine]") {
     StandbySide side;
     auto primary = side.primary(std::chrono::hours(1));  // never a heartbeat of its own
