@@ -8,7 +8,7 @@ packages="
   libboost-program-options-dev libfmt-dev catch2 libsystemd-dev libsodium-dev libssl-dev
   clang libclang-rt-dev
   iproute2 iputils-ping nftables netcat-openbsd socat python3 tcpdump
-  systemd dpkg-dev fakeroot file lintian prometheus resource-agents
+  systemd dpkg-dev fakeroot file lintian prometheus resource-agents tmux
 "
 
 missing=""

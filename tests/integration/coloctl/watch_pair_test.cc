@@ -6,7 +6,9 @@
 #include <catch2/catch.hpp>
 
 #include <signal.h>
+#include <sys/wait.h>
 
+#include <cstdio>
 #include <optional>
 #include <string>
 #include <vector>
@@ -182,4 +184,92 @@ TEST_CASE("coloctl status --watch refuses a bad --interval, naming the option", 
     REQUIRE(nobody);
     CHECK(nobody->exit_code() == 3);
     CHECK_THAT(pair.read_log(log), Catch::Contains("cannot reach the primary daemon"));
+}
+
+namespace {
+
+// A shell command's exit status and standard output.
+std::pair<int, std::string> shell(const std::string& command) {
+    std::string out;
+    FILE* pipe = ::popen(command.c_str(), "r");
+    REQUIRE(pipe);
+    char buffer[4096];
+    while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe))
+        out.append(buffer, n);
+    int status = ::pclose(pipe);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+size_t count_of(const std::string& text, const std::string& what) {
+    size_t n = 0;
+    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1))
+        ++n;
+    return n;
+}
+
+// The checkpoint count on a captured screen ("checkpoints:  1234 (seq ...").
+std::optional<uint64_t> screen_checkpoints(const std::string& screen) {
+    auto at = screen.find("checkpoints:");
+    if (at == std::string::npos)
+        return std::nullopt;
+    auto digit = screen.find_first_of("0123456789", at);
+    if (digit == std::string::npos || digit > screen.find('\n', at))
+        return std::nullopt;
+    return std::stoull(screen.substr(digit));
+}
+
+}  // namespace
+
+TEST_CASE("coloctl status --watch in a terminal (tmux): one view redrawn in place as the figures move; Ctrl-C ends "
+          "it with 0",
+          "[integration][watch][tty]") {
+    REQUIRE(shell("command -v tmux").first == 0);  // packaging/install-deps.sh installs it
+    Pair pair;
+    pair.start_secondary();
+    pair.start_primary();
+    REQUIRE(pair.wait_state(Side::Primary, "protected"));
+
+    const std::string session = fmt::format("colod-watch-{}", ::getpid());
+    struct Session {
+        std::string name;
+        ~Session() { shell("tmux kill-session -t " + name + " 2>/dev/null"); }
+    } guard{session};
+    // A 100x40 terminal; once the watch ends, its exit status stays on the screen.
+    std::string command = fmt::format("{} --config {} --role primary status --watch --interval 0.2; echo watch-exited-$?; "
+                                      "sleep 600",
+                                      COLOD_COLOCTL_BIN, pair.config());
+    REQUIRE(shell(fmt::format("tmux new-session -d -s {} -x 100 -y 40 '{}'", session, command)).first == 0);
+    auto capture = [&] { return shell("tmux capture-pane -p -t " + session).second; };
+
+    std::string first;
+    REQUIRE(eventually([&] {
+        first = capture();
+        return first.find("state:        protected") != std::string::npos && screen_checkpoints(first);
+    }));
+    INFO("the screen:\n" << first);
+    CHECK(first.find("demo (primary, checkpoint mode)") != std::string::npos);
+    CHECK(count_of(first, "state:") == 1);  // one view, not a scroll of blocks
+    uint64_t start = *screen_checkpoints(first);
+
+    // Later screens show the figures moving, still one view in place (a pipe would have
+    // appended a block per refresh: dozens by now).
+    std::string later;
+    REQUIRE(eventually([&] {
+        later = capture();
+        auto now = screen_checkpoints(later);
+        return now && *now > start && later.find("/s") != std::string::npos;
+    }));
+    INFO("later:\n" << later);
+    CHECK(count_of(later, "state:") == 1);
+    CHECK(count_of(later, "checkpoints:") == 1);
+    CHECK(later.find("watch-exited") == std::string::npos);
+
+    REQUIRE(shell(fmt::format("tmux send-keys -t {} C-c", session)).first == 0);
+    std::string last;
+    CHECK(eventually([&] {
+        last = capture();
+        return last.find("watch-exited-") != std::string::npos;
+    }));
+    INFO("after Ctrl-C:\n" << last);
+    CHECK(last.find("watch-exited-0") != std::string::npos);
 }
