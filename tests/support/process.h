@@ -12,9 +12,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "tests/support/backend.h"
@@ -183,6 +185,20 @@ private:
     std::string m_buffer;
     std::optional<int> m_status;
 };
+
+// Runs `command` through /bin/sh: its exit status (-1 if it did not exit normally or could not
+// start) and what it wrote on stdout.
+inline std::pair<int, std::string> run_shell(const std::string& command) {
+    std::string out;
+    FILE* pipe = ::popen(command.c_str(), "r");
+    if (!pipe)
+        return {-1, out};
+    char buffer[4096];
+    while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe))
+        out.append(buffer, n);
+    int status = ::pclose(pipe);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
 
 }  // namespace colod::test
 

@@ -6,9 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <signal.h>
-#include <sys/wait.h>
 
-#include <cstdio>
 #include <optional>
 #include <string>
 #include <vector>
@@ -188,18 +186,6 @@ TEST_CASE("coloctl status --watch refuses a bad --interval, naming the option", 
 
 namespace {
 
-// A shell command's exit status and standard output.
-std::pair<int, std::string> shell(const std::string& command) {
-    std::string out;
-    FILE* pipe = ::popen(command.c_str(), "r");
-    REQUIRE(pipe);
-    char buffer[4096];
-    while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe))
-        out.append(buffer, n);
-    int status = ::pclose(pipe);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
 size_t count_of(const std::string& text, const std::string& what) {
     size_t n = 0;
     for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1))
@@ -223,7 +209,7 @@ std::optional<uint64_t> screen_checkpoints(const std::string& screen) {
 TEST_CASE("coloctl status --watch in a terminal (tmux): one view redrawn in place as the figures move; Ctrl-C ends "
           "it with 0",
           "[integration][watch][tty]") {
-    REQUIRE(shell("command -v tmux").first == 0);  // packaging/install-deps.sh installs it
+    REQUIRE(run_shell("command -v tmux").first == 0);  // packaging/install-deps.sh installs it
     Pair pair;
     pair.start_secondary();
     pair.start_primary();
@@ -232,14 +218,14 @@ TEST_CASE("coloctl status --watch in a terminal (tmux): one view redrawn in plac
     const std::string session = fmt::format("colod-watch-{}", ::getpid());
     struct Session {
         std::string name;
-        ~Session() { shell("tmux kill-session -t " + name + " 2>/dev/null"); }
+        ~Session() { run_shell("tmux kill-session -t " + name + " 2>/dev/null"); }
     } guard{session};
     // A 100x40 terminal; once the watch ends, its exit status stays on the screen.
     std::string command = fmt::format("{} --config {} --role primary status --watch --interval 0.2; echo watch-exited-$?; "
                                       "sleep 600",
                                       COLOD_COLOCTL_BIN, pair.config());
-    REQUIRE(shell(fmt::format("tmux new-session -d -s {} -x 100 -y 40 '{}'", session, command)).first == 0);
-    auto capture = [&] { return shell("tmux capture-pane -p -t " + session).second; };
+    REQUIRE(run_shell(fmt::format("tmux new-session -d -s {} -x 100 -y 40 '{}'", session, command)).first == 0);
+    auto capture = [&] { return run_shell("tmux capture-pane -p -t " + session).second; };
 
     std::string first;
     REQUIRE(eventually([&] {
@@ -264,7 +250,7 @@ TEST_CASE("coloctl status --watch in a terminal (tmux): one view redrawn in plac
     CHECK(count_of(later, "checkpoints:") == 1);
     CHECK(later.find("watch-exited") == std::string::npos);
 
-    REQUIRE(shell(fmt::format("tmux send-keys -t {} C-c", session)).first == 0);
+    REQUIRE(run_shell(fmt::format("tmux send-keys -t {} C-c", session)).first == 0);
     std::string last;
     CHECK(eventually([&] {
         last = capture();

@@ -196,22 +196,6 @@ TEST_CASE("a Linux guest boots standalone with 1 and 4 vCPUs, answers on ttyS0, 
     }
 }
 
-namespace {
-
-// Runs `command` through the shell: its exit status and what it wrote on stdout.
-std::pair<int, std::string> run_shell(const std::string& command) {
-    std::string out;
-    FILE* pipe = ::popen(command.c_str(), "r");
-    REQUIRE(pipe);
-    char buffer[4096];
-    while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe))
-        out.append(buffer, n);
-    int status = ::pclose(pipe);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
-}  // namespace
-
 TEST_CASE("a standalone Linux guest keeps fsync'd records on its ext4 disk through a reboot; the disk is clean "
           "after power-off",
           "[linux][disk-standalone]") {
