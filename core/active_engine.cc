@@ -814,23 +814,9 @@ void ActiveEngine::guest_shutdown(int exit_code) {
     stop(HeldOutput::Release);
 }
 
-namespace {
-
-void fill_disk_status(Status& status, const DiskFigures& figures) {
-    status.disk.present = true;
-    status.disk.bytes = figures.bytes;
-    status.disk.blocks = figures.blocks;
-    status.disk.copied_blocks = figures.copied_blocks;
-    status.disk.sent_blocks = figures.sent_blocks;
-    status.disk.sent_bytes = figures.sent_bytes;
-    status.disk.checkpoint_bytes = figures.checkpoint_bytes;
-}
-
-}  // namespace
-
 void ActiveEngine::fill_status(Status& status) const {
     if (m_disk)
-        fill_disk_status(status, m_disk->figures());
+        status.disk = m_disk->figures().status();
     // Only the state machine's fields are read under the engine's lock, which a checkpoint's
     // pause takes too; the figures have atomics or locks of their own (sorting the pause window
     // under the engine's lock would lengthen a pause that waits for it).

@@ -6,6 +6,7 @@
 
 #include "base/events.h"
 #include "base/log.h"
+#include "core/disk_replication.h"
 #include "core/fault.h"
 #include "core/replication.h"
 #include "core/state_sections.h"
@@ -25,8 +26,6 @@ namespace {
 constexpr uint64_t k_precopy_chunk_pages = 2048;
 // A pause longer than this is reported (rate-limited) as checkpoint-slow.
 constexpr uint64_t k_slow_pause_us = 20'000;
-// Disk writes queued before the session's queue is drained.
-constexpr uint64_t k_disk_flush_bytes = 4u << 20;
 
 uint64_t us_of(Clock::duration d) {
     return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(d).count());
@@ -135,23 +134,8 @@ base::Result<void> CheckpointPipeline::run(Session& session, uint64_t seq, proto
     // ---- send ----
     auto sent_at = Clock::now();
     fault_point("primary.before-send");
-    // The disk's writes first, so the standby holds them when the state completes; the queue
-    // is drained every few MiB (it fails a peer that leaves too much unread).
-    uint64_t unflushed = 0;
-    for (auto& message : disk_writes) {
-        uint64_t bytes = 0;
-        for (const auto& write : message.writes)
-            bytes += write.bytes.size();
-        if (!session.post(std::move(message)))
-            return session.failure().value_or(base::Error(base::Errc::Stopped, "the session ended"));
-        m_bytes_sent += bytes;
-        unflushed += bytes;
-        if (unflushed >= k_disk_flush_bytes) {
-            unflushed = 0;
-            TRY(session.flush(proto::deadline_after(m_ack_timeout)));
-        }
-    }
-    disk_writes.clear();
+    // The disk's writes first, so the standby holds them when the state completes.
+    m_bytes_sent += TRY(send_disk_writes(session, std::move(disk_writes), m_ack_timeout));
     TRY(session.send_state(encoded));
     m_bytes_sent += encoded.size().bytes;
     fault_point("primary.sent");

@@ -60,6 +60,20 @@ proto::DiskHash disk_block_hash(std::span<const std::byte> block) {
     return out;
 }
 
+base::Result<uint64_t> send_disk_writes(Session& session, std::vector<proto::DiskWrites> writes,
+                                        std::chrono::milliseconds timeout) {
+    Sender sender(session, timeout);
+    uint64_t total = 0;
+    for (auto& message : writes) {
+        uint64_t bytes = 0;
+        for (const auto& write : message.writes)
+            bytes += write.bytes.size();
+        TRY(sender.post(std::move(message), bytes));
+        total += bytes;
+    }
+    return total;
+}
+
 base::Result<uint64_t> disk_digest(disk::BlockBackend& image) {
     crypto_generichash_state state;
     crypto_generichash_init(&state, nullptr, 0, proto::kDiskHashSize);

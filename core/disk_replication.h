@@ -35,6 +35,7 @@
 #include "core/disk/journal.h"
 #include "core/disk/write_log.h"
 #include "core/session.h"
+#include "core/status.h"
 #include "proto/messages.h"
 
 namespace colod::core {
@@ -47,6 +48,10 @@ class BlkDevice;
 inline constexpr uint32_t k_disk_block_bytes = 64 * 1024;
 // The hash of one block (BLAKE2b-256), as DISK_HASHES carries it.
 proto::DiskHash disk_block_hash(std::span<const std::byte> block);
+// Queues a checkpoint's DISK_WRITES on the session, draining the queue every few MiB (it fails a
+// peer that leaves too much unread, `timeout` per drain); returns the data bytes queued.
+base::Result<uint64_t> send_disk_writes(Session& session, std::vector<proto::DiskWrites> writes,
+                                        std::chrono::milliseconds timeout);
 // A digest of a whole image (the first 8 bytes of its BLAKE2b-256), for `coloctl digest`: equal
 // on both sides at one checkpoint. Reads all of it; the caller keeps writers away meanwhile.
 base::Result<uint64_t> disk_digest(disk::BlockBackend& image);
@@ -58,6 +63,9 @@ struct DiskFigures {
     uint64_t sent_blocks = 0;      // the live copy: blocks sent (differed, or written meanwhile)
     uint64_t sent_bytes = 0;       // the live copy and every checkpoint's writes
     uint64_t checkpoint_bytes = 0; // bytes of writes carried by checkpoints
+
+    // As `coloctl status` shows them.
+    Status::Disk status() const { return {true, bytes, blocks, copied_blocks, sent_blocks, sent_bytes, checkpoint_bytes}; }
 };
 
 class DiskSource {

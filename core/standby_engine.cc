@@ -1058,15 +1058,8 @@ StandbyEngine::Digest StandbyEngine::digest() {
 }
 
 void StandbyEngine::fill_status(Status& status) const {
-    if (m_disk) {
-        auto figures = m_disk->figures();
-        status.disk.present = true;
-        status.disk.bytes = figures.bytes;
-        status.disk.blocks = figures.blocks;
-        status.disk.copied_blocks = figures.copied_blocks;
-        status.disk.sent_bytes = figures.sent_bytes;
-        status.disk.checkpoint_bytes = figures.checkpoint_bytes;
-    }
+    if (m_disk)
+        status.disk = m_disk->figures().status();
     std::lock_guard lock(m_mutex);
     switch (m_machine.state()) {
     case State::Listening:
