@@ -700,7 +700,6 @@ base::Result<void> ActiveEngine::checkpoint(Session& session, uint64_t seq, prot
             m_hold_requested = false;
             if (move(State::Held, "coloctl digest")) {
                 m_hold_seq = at;
-                m_hold_digest = m_guest.machine().memory().digest();
                 m_hold.emplace(std::move(paused));
             }
         }
@@ -731,8 +730,19 @@ base::Result<std::pair<uint64_t, uint64_t>> ActiveEngine::checkpoint_and_hold(st
         return held() || m_stop || (m_machine.state() != State::Protected && m_machine.state() != State::Held);
     });
     m_hold_requested = false;
-    if (held())
-        return std::make_pair(m_hold_seq, m_hold_digest);
+    if (held()) {
+        // The digest is taken here, after the commit, not in the checkpoint's pause: hashing all
+        // of RAM takes seconds on a big or slow guest, and the pause is what the guest and the
+        // peer's timeouts see. The guest stays paused by the hold meanwhile; a peer lost during
+        // it ends the hold (the guest runs on), which the check below reports.
+        uint64_t seq = m_hold_seq;
+        lock.unlock();
+        uint64_t digest = m_guest.machine().memory().digest();
+        lock.lock();
+        if (m_machine.state() == State::Held && m_hold_seq == seq)
+            return std::make_pair(seq, digest);
+        return base::Error(base::Errc::Failed, "the hold ended while the memory digest was taken (peer lost?)");
+    }
     if (m_machine.state() == State::Held) {
         m_hold.reset();
         move(State::Protected, "the checkpoint to hold at did not commit in time");

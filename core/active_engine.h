@@ -193,7 +193,7 @@ private:
     uint64_t m_handover_seq = 0;                 // guarded by m_mutex: the checkpoint handed over
     bool m_handed_over = false;                  // guarded by m_mutex: HandedOver was reached
     std::optional<Machine::PauseGuard> m_hold;   // guarded by m_mutex: Held and HandingOver's pause
-    uint64_t m_hold_seq = 0, m_hold_digest = 0;  // guarded by m_mutex
+    uint64_t m_hold_seq = 0;                     // guarded by m_mutex
     std::function<base::Result<proto::Link>()> m_dial;
     std::thread m_thread;
 };
