@@ -135,7 +135,11 @@ base::Result<void> CheckpointPipeline::run(Session& session, uint64_t seq, proto
     auto sent_at = Clock::now();
     fault_point("primary.before-send");
     // The disk's writes first, so the standby holds them when the state completes.
-    m_bytes_sent += TRY(send_disk_writes(session, std::move(disk_writes), m_ack_timeout));
+    uint64_t disk_count = 0;
+    for (const auto& message : disk_writes)
+        disk_count += message.writes.size();
+    uint64_t disk_bytes = TRY(send_disk_writes(session, std::move(disk_writes), m_ack_timeout));
+    m_bytes_sent += disk_bytes;
     TRY(session.send_state(encoded));
     m_bytes_sent += encoded.size().bytes;
     fault_point("primary.sent");
@@ -159,8 +163,9 @@ base::Result<void> CheckpointPipeline::run(Session& session, uint64_t seq, proto
     m_pauses.add(pause_us);
     auto round_trip = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - sent_at);
     base::log(Level::Debug, Event::None,
-              fmt::format("checkpoint {}: {} pages, pause {} us ({}), transfer and apply {} us", seq, pages, pause_us,
-                          breakdown, round_trip.count()),
+              fmt::format("checkpoint {}: {} pages, pause {} us ({}), transfer and apply {} us{}", seq, pages, pause_us,
+                          breakdown, round_trip.count(),
+                          hooks.disk_writes ? fmt::format(", disk {} writes {} bytes", disk_count, disk_bytes) : ""),
               {{"SEQ", std::to_string(seq)}, {"PAUSE_US", std::to_string(pause_us)}});
     if (pause_us > k_slow_pause_us || round_trip > m_interval * 2) {
         auto now = Clock::now();

@@ -49,6 +49,12 @@
  *   replies record n's line or `ERR no record n`. Any failure (no --data-dir, an I/O error)
  *   is an `ERR ...` line, never an OK. A partial last line (a write cut short by a crash, never
  *   acknowledged) is cut off before the next APPEND.
+ * - DISKSYNC n, DISKCHURN n (extensions; the disk benchmark uses them): DISKSYNC writes n
+ *   blocks of 4 KiB one after the other, each synchronous (O_DIRECT | O_DSYNC), into DIR/bench
+ *   and replies `OK n p50_us p99_us max_us total_us direct` (each write's latency as the guest
+ *   saw it); DISKCHURN n has a thread write n blocks of 4 KiB (O_DIRECT, not synchronous) into
+ *   DIR/churn every 10 ms tick until `DISKCHURN 0`, and replies `OK writes-done-so-far`. Both
+ *   files are 4 MiB, allocated and written in full at first use, then overwritten in place.
  * - The same protocol on TCP (--tcp-port): one line per request, one reply line per request,
  *   up to TCP_CLIENTS_MAX clients at once beside the console. One thread serves them all: the
  *   main loop polls the tty, the listening socket and the clients (non-blocking sockets), so the
@@ -86,6 +92,7 @@
 #include <sys/mman.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysinfo.h>
 #include <termios.h>
@@ -792,6 +799,215 @@ static uint64_t parse_record_number(const char *arg, size_t len)
     return n;
 }
 
+/* ---- DISKSYNC, DISKCHURN: the disk benchmark's load --------------------------------------- */
+
+#define BENCH_BLOCK 4096
+#define BENCH_FILE_BLOCKS 1024 /* 4 MiB per file, written in full once: no allocation later */
+#define DISKSYNC_MAX 100000
+#define DISKCHURN_MAX 1000
+
+/* Opens DIR/NAME for 4 KiB writes that bypass the page cache (O_DIRECT, and O_DSYNC when
+ * `sync`), creating it first with every block allocated and written, so that the writes being
+ * measured overwrite blocks in place (no file-system allocation in them). Where the file system
+ * refuses O_DIRECT (tmpfs on older kernels) the file is opened without it and *direct says so.
+ * A descriptor, or -errno. */
+static int bench_file_open(const char *name, int sync, int *direct)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", g_data_dir, name);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    int err = fstat(fd, &st) == 0 ? 0 : errno;
+    if (err == 0 && st.st_size != (off_t)BENCH_FILE_BLOCKS * BENCH_BLOCK) {
+        static const char zero[BENCH_BLOCK];
+        for (off_t i = 0; err == 0 && i < BENCH_FILE_BLOCKS; i++) {
+            ssize_t w = pwrite(fd, zero, BENCH_BLOCK, i * BENCH_BLOCK);
+            if (w != BENCH_BLOCK)
+                err = w < 0 ? errno : EIO;
+        }
+        if (err == 0 && fsync(fd) != 0)
+            err = errno;
+    }
+    close(fd);
+    if (err != 0)
+        return -err;
+    int flags = O_RDWR | O_CLOEXEC | (sync ? O_DSYNC : 0);
+    *direct = 1;
+    fd = open(path, flags | O_DIRECT);
+    if (fd < 0 && errno == EINVAL) {
+        *direct = 0;
+        fd = open(path, flags);
+    }
+    return fd < 0 ? -errno : fd;
+}
+
+/* n from "n" (0..max); -1 when it is not one. */
+static long parse_count(const char *arg, size_t len, long max)
+{
+    if (len == 0 || len > 7)
+        return -1;
+    long n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (arg[i] < '0' || arg[i] > '9')
+            return -1;
+        n = n * 10 + (arg[i] - '0');
+    }
+    return n <= max ? n : -1;
+}
+
+static int compare_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* DISKSYNC n: n synchronous 4 KiB writes one after the other (O_DIRECT | O_DSYNC: each returns
+ * once the disk has it), at consecutive blocks of DIR/bench; replies
+ * `OK n p50_us p99_us max_us total_us direct|buffered`. */
+static void disksync_command(const char *arg, size_t len)
+{
+    long n = parse_count(arg, len, DISKSYNC_MAX);
+    if (n < 1) {
+        static const char usage[] = "ERR usage: DISKSYNC n (1..100000)\n";
+        kv_platform_write(usage, sizeof usage - 1);
+        return;
+    }
+    if (g_data_dir == NULL) {
+        kv_platform_write("ERR no disk\n", 12);
+        return;
+    }
+    int direct = 0;
+    int fd = bench_file_open("bench", 1, &direct);
+    if (fd < 0) {
+        reply_error("disksync", -fd);
+        return;
+    }
+    uint64_t *lat = malloc((size_t)n * sizeof *lat);
+    unsigned char *block = aligned_alloc(BENCH_BLOCK, BENCH_BLOCK);
+    int err = lat == NULL || block == NULL ? ENOMEM : 0;
+    int64_t started = ns_since_start();
+    for (long i = 0; err == 0 && i < n; i++) {
+        memset(block, (int)(i & 0xff), BENCH_BLOCK);
+        memcpy(block, &i, sizeof i);
+        int64_t t0 = ns_since_start();
+        ssize_t w = pwrite(fd, block, BENCH_BLOCK, (off_t)(i % BENCH_FILE_BLOCKS) * BENCH_BLOCK);
+        if (w < 0 && errno == EINTR) {
+            i--;
+            continue;
+        }
+        if (w != BENCH_BLOCK)
+            err = w < 0 ? errno : EIO;
+        lat[i] = (uint64_t)(ns_since_start() - t0) / 1000;
+    }
+    int64_t total_us = (ns_since_start() - started) / 1000;
+    close(fd);
+    free(block);
+    if (err != 0) {
+        free(lat);
+        reply_error("disksync", err);
+        return;
+    }
+    qsort(lat, (size_t)n, sizeof *lat, compare_u64);
+    char reply[160];
+    int at = snprintf(reply, sizeof reply, "OK %ld %llu %llu %llu %lld %s\n", n,
+                      (unsigned long long)lat[(size_t)(n - 1) * 50 / 100],
+                      (unsigned long long)lat[(size_t)(n - 1) * 99 / 100], (unsigned long long)lat[n - 1],
+                      (long long)total_us, direct ? "direct" : "buffered");
+    free(lat);
+    kv_platform_write(reply, (size_t)at);
+}
+
+/* DISKCHURN n: a thread writes n 4 KiB blocks every 10 ms tick (O_DIRECT, not synchronous:
+ * the guest's disk requests, not their flushes) at consecutive blocks of DIR/churn; a tick
+ * whose writes are not done by the next is skipped, not queued. `DISKCHURN 0` stops it.
+ * Replies `OK writes` (every write done so far), or `ERR diskchurn: REASON` when a write
+ * failed (the thread then stops). */
+static _Atomic uint64_t g_disk_churn;       /* writes per tick asked for; 0 = off */
+static _Atomic uint32_t g_disk_churn_wake;  /* futex word: bumped when g_disk_churn changes */
+static _Atomic uint64_t g_disk_churn_done;  /* writes done so far */
+static _Atomic int g_disk_churn_err;        /* errno of a failed write; the thread then stops */
+static int g_disk_churn_fd = -1;
+
+static void *disk_churn_main(void *arg)
+{
+    (void)arg;
+    unsigned char *block = aligned_alloc(BENCH_BLOCK, BENCH_BLOCK);
+    if (block == NULL) {
+        atomic_store(&g_disk_churn_err, ENOMEM);
+        return NULL;
+    }
+    uint64_t cursor = 0;
+    for (;;) {
+        uint32_t wake = atomic_load(&g_disk_churn_wake);
+        if (atomic_load(&g_disk_churn) == 0) {
+            futex_wait(&g_disk_churn_wake, wake);
+            continue;
+        }
+        uint64_t tick = ticks_now() + 1;
+        uint64_t n;
+        while ((n = atomic_load(&g_disk_churn)) != 0) {
+            sleep_until_tick(tick);
+            for (uint64_t i = 0; i < n; i++, cursor++) {
+                memset(block, (int)(cursor & 0xff), BENCH_BLOCK);
+                memcpy(block, &cursor, sizeof cursor);
+                ssize_t w = pwrite(g_disk_churn_fd, block, BENCH_BLOCK,
+                                   (off_t)(cursor % BENCH_FILE_BLOCKS) * BENCH_BLOCK);
+                if (w < 0 && errno == EINTR) {
+                    i--, cursor--;
+                    continue;
+                }
+                if (w != BENCH_BLOCK) {
+                    atomic_store(&g_disk_churn_err, w < 0 ? errno : EIO);
+                    atomic_store(&g_disk_churn, 0);
+                    free(block);
+                    return NULL;
+                }
+                atomic_fetch_add(&g_disk_churn_done, 1);
+            }
+            uint64_t now = ticks_now();
+            tick = tick + 1 > now ? tick + 1 : now + 1;
+        }
+    }
+}
+
+static void diskchurn_command(const char *arg, size_t len)
+{
+    long n = parse_count(arg, len, DISKCHURN_MAX);
+    if (n < 0) {
+        static const char usage[] = "ERR usage: DISKCHURN n (0..1000)\n";
+        kv_platform_write(usage, sizeof usage - 1);
+        return;
+    }
+    if (g_data_dir == NULL) {
+        kv_platform_write("ERR no disk\n", 12);
+        return;
+    }
+    int err = atomic_load(&g_disk_churn_err);
+    if (err == 0 && n > 0 && g_disk_churn_fd < 0) {
+        int direct = 0;
+        int fd = bench_file_open("churn", 0, &direct);
+        pthread_t thread;
+        if (fd < 0)
+            err = -fd;
+        else if ((err = pthread_create(&thread, NULL, disk_churn_main, NULL)) != 0)
+            close(fd);
+        else
+            g_disk_churn_fd = fd;
+    }
+    if (err != 0) {
+        reply_error("diskchurn", err);
+        return;
+    }
+    atomic_store(&g_disk_churn, (uint64_t)n);
+    atomic_fetch_add(&g_disk_churn_wake, 1);
+    futex_wake_all(&g_disk_churn_wake);
+    char reply[48];
+    int at = snprintf(reply, sizeof reply, "OK %llu\n", (unsigned long long)atomic_load(&g_disk_churn_done));
+    kv_platform_write(reply, (size_t)at);
+}
+
 /* Before POWEROFF and REBOOT end kvstored: the OK, and every reply before it, must be out, or
  * they never arrive once /init has powered the machine off.
  * - Asked on the console: waits until the tty has sent everything (tcdrain), as ever.
@@ -825,9 +1041,9 @@ static void drain_replies(void)
         nanosleep(&pause, NULL);
 }
 
-/* kv_extension.command: the kvstored-only POWEROFF, REBOOT, HWRNG, APPEND, RECORDS and RECORD (see
- * the top of this file). The
- * line follows the engine's grammar: case-insensitive name, spaces around it ignored. */
+/* kv_extension.command: the kvstored-only POWEROFF, REBOOT, HWRNG, APPEND, RECORDS, RECORD,
+ * DISKSYNC and DISKCHURN (see the top of this file). The line follows the engine's grammar:
+ * case-insensitive name, spaces around it ignored. */
 static int extra_command(const char *line, size_t len)
 {
     const char *end = line + len;
@@ -861,13 +1077,19 @@ static int extra_command(const char *line, size_t len)
         }
         return 1;
     }
-    if (is_word(name, (size_t)(line - name), "HWRNG")) {
+    if (is_word(name, name_len, "HWRNG") || is_word(name, name_len, "DISKSYNC") ||
+        is_word(name, name_len, "DISKCHURN")) {
         while (line < end && *line == ' ')
             line++;
         const char *arg_end = end;
         while (arg_end > line && arg_end[-1] == ' ')
             arg_end--;
-        hwrng_command(line, (size_t)(arg_end - line));
+        if (is_word(name, name_len, "HWRNG"))
+            hwrng_command(line, (size_t)(arg_end - line));
+        else if (is_word(name, name_len, "DISKSYNC"))
+            disksync_command(line, (size_t)(arg_end - line));
+        else
+            diskchurn_command(line, (size_t)(arg_end - line));
         return 1;
     }
     int power_off = is_word(name, (size_t)(line - name), "POWEROFF");

@@ -43,15 +43,20 @@ inline double percentile(std::vector<double> v, double p) {
 
 struct DebugCheckpoint {
     uint64_t seq, pages, pause_us, transfer_us;
+    uint64_t disk_writes = 0, disk_bytes = 0;  // the epoch's guest disk writes ([vm] disk)
 };
 
 // The primary's per-checkpoint debug records (COLOD_LOG_LEVEL=debug) in a piece of its log.
 inline std::vector<DebugCheckpoint> debug_checkpoints(const std::string& log) {
     static const std::regex record(
-        R"(checkpoint ([0-9]+): ([0-9]+) pages, pause ([0-9]+) us(?: \([^)]*\))?, transfer and apply ([0-9]+) us)");
+        R"(checkpoint ([0-9]+): ([0-9]+) pages, pause ([0-9]+) us(?: \([^)]*\))?, transfer and apply ([0-9]+) us)"
+        R"((?:, disk ([0-9]+) writes ([0-9]+) bytes)?)");
     std::vector<DebugCheckpoint> out;
-    for (auto it = std::sregex_iterator(log.begin(), log.end(), record); it != std::sregex_iterator(); ++it)
-        out.push_back({std::stoull((*it)[1]), std::stoull((*it)[2]), std::stoull((*it)[3]), std::stoull((*it)[4])});
+    for (auto it = std::sregex_iterator(log.begin(), log.end(), record); it != std::sregex_iterator(); ++it) {
+        const auto& m = *it;
+        out.push_back({std::stoull(m[1]), std::stoull(m[2]), std::stoull(m[3]), std::stoull(m[4]),
+                       m[5].matched ? std::stoull(m[5]) : 0, m[6].matched ? std::stoull(m[6]) : 0});
+    }
     return out;
 }
 

@@ -8,11 +8,14 @@
 //   3. the guest's network ([net]): TCP request/response latency (p50, p99 of PING on one
 //      connection) and bulk throughput (a stream into kvstored's sink) from a client on the
 //      guest's LAN, standalone against checkpoint mode (10 and 50 ms) and COLO mode, in one run,
-//      each mode's figures also as a ratio to standalone's.
+//      each mode's figures also as a ratio to standalone's;
+//   4. the guest's disk ([disk]): 4 KiB synchronous write latency (p50, p99) and IOPS in the
+//      guest, standalone against checkpoint mode (10, 50 ms) and COLO mode, and in checkpoint
+//      mode the pause and transfer against n disk writes per 10 ms, in one run.
 // Needs /dev/kvm (exit 77 without): where the host has none, run it through the nested KVM:
 //   HOSTKVM_TCG_THREAD=multi tests/hostkvm/nested.sh --writable build -- build/tests/bench/linux/linux_bench
 // (everything is then 50-100 times slower than on hardware: the ratios, not the figures, carry).
-// Usage: linux_bench [Catch2 test spec: "[pause]", "[sync]", "[net]"]
+// Usage: linux_bench [Catch2 test spec: "[pause]", "[sync]", "[net]", "[disk]"]
 //   COLOD_BENCH_QUICK=1  short windows, the 256 MiB sync only (CTest's smoke run)
 //   COLOD_LINUX_GUEST_DIR, COLOD_KEEP_TEST_DIRS=1 as for tests/integration/linux.
 #define CATCH_CONFIG_RUNNER
@@ -20,11 +23,13 @@
 
 #include <cstring>
 #include <memory>
+#include <regex>
 
 #include "tests/integration/netns/guest_lan.h"
 #include "tests/support/bench.h"
 #include "tests/support/linux_guest.h"
 #include "tests/support/pause_table.h"
+#include "tests/support/process.h"
 
 using namespace colod;
 using namespace colod::test;
@@ -203,6 +208,140 @@ TEST_CASE("the guest's network: TCP latency and bulk throughput, standalone agai
     fmt::print("(checkpoint mode holds the guest's packets until the next checkpoint is loaded; COLO releases "
                "each as soon as the secondary's guest sent the same, and checkpoints at least every interval: "
                "docs/network.md)\n\n");
+}
+
+namespace {
+
+// A 64 MiB ext4 image on each host (the secondary's a copy of the primary's, so the first copy
+// is short), in `mode`, protected unless standalone; returns once kvstored answers.
+struct DiskPair {
+    std::unique_ptr<Pair> pair;
+    LineClient console;
+};
+
+DiskPair disk_pair(const std::string& mode, const std::string& interval) {
+    PairOptions options = linux_options(1);
+    options.host_dirs = true;
+    options.extra_vm = "disk = disk.img\n";
+    options.primary_env = {"COLOD_LOG_LEVEL=debug"};
+    bool protect = mode != "standalone";
+    if (protect)
+        options.mode = mode;
+    if (!interval.empty())
+        options.checkpoint_interval = interval;
+    auto pair = std::make_unique<Pair>(options);
+    auto made = run_shell(fmt::format("truncate -s 64M {0} && mkfs.ext4 -q -F {0} && cp --sparse=always {0} {1} 2>&1",
+                                      (pair->host_dir(Side::Primary) / "disk.img").string(),
+                                      (pair->host_dir(Side::Secondary) / "disk.img").string()));
+    INFO(made.second);
+    REQUIRE(made.first == 0);
+    if (protect)
+        pair->start_secondary();
+    pair->start_primary(protect ? std::vector<std::string>{} : std::vector<std::string>{"--standalone"});
+    LineClient console = ready_console(*pair);
+    if (protect)
+        REQUIRE(pair->wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
+    return DiskPair{std::move(pair), std::move(console)};
+}
+
+struct SyncWriteRow {
+    std::string mode;
+    double p50_us = 0, p99_us = 0, iops = 0;
+    std::string how;  // direct or buffered (the guest's file system took O_DIRECT or not)
+};
+
+// DISKSYNC n: n synchronous 4 KiB writes in the guest, timed by the guest.
+SyncWriteRow sync_writes(const std::string& mode, LineClient& console, int n) {
+    REQUIRE(console.command("DISKSYNC 16", std::chrono::minutes(2)).value_or("").starts_with("OK 16 "));  // warm
+    auto reply = console.command(fmt::format("DISKSYNC {}", n), std::chrono::minutes(10));
+    REQUIRE(reply);
+    std::smatch m;
+    INFO("DISKSYNC replied: " << *reply);
+    REQUIRE(std::regex_match(*reply, m, std::regex("OK [0-9]+ ([0-9]+) ([0-9]+) [0-9]+ ([0-9]+) (direct|buffered)")));
+    return SyncWriteRow{mode, std::stod(m[1]), std::stod(m[2]), n / (std::stod(m[3]) / 1e6), m[4]};
+}
+
+struct DiskPauseRow {
+    uint64_t n;
+    double writes_per_checkpoint, kib_per_checkpoint, pause_p50, pause_p99, transfer_p50, transfer_p99, disk_mb_s;
+};
+
+// DISKCHURN n (n 4 KiB writes every 10 ms tick), then a window of the primary's per-checkpoint
+// debug records.
+DiskPauseRow disk_pause_row(Pair& pair, LineClient& console, uint64_t n, std::chrono::milliseconds warm_up,
+                            std::chrono::milliseconds window) {
+    REQUIRE(console.command(fmt::format("DISKCHURN {}", n), std::chrono::seconds(60)).value_or("").starts_with("OK"));
+    std::this_thread::sleep_for(warm_up);  // the window starts after the first full epochs
+    size_t log_from = pair.read_log("primary").size();
+    auto t0 = Clock::now();
+    std::this_thread::sleep_for(window);  // the measurement window itself
+    double seconds = ms_since(t0) / 1000.0;
+    auto records = debug_checkpoints(pair.read_log("primary").substr(log_from));
+    REQUIRE(!records.empty());
+    std::vector<double> pause, transfer;
+    uint64_t writes = 0, bytes = 0;
+    for (const auto& r : records) {
+        pause.push_back(static_cast<double>(r.pause_us));
+        transfer.push_back(static_cast<double>(r.transfer_us) / 1000.0);
+        writes += r.disk_writes;
+        bytes += r.disk_bytes;
+    }
+    double count = static_cast<double>(records.size());
+    return DiskPauseRow{n,
+                        static_cast<double>(writes) / count,
+                        static_cast<double>(bytes) / 1024.0 / count,
+                        percentile(pause, 50),
+                        percentile(pause, 99),
+                        percentile(transfer, 50),
+                        percentile(transfer, 99),
+                        static_cast<double>(bytes) / seconds / 1e6};
+}
+
+}  // namespace
+
+TEST_CASE("the guest's disk: 4 KiB synchronous writes standalone against checkpoint and COLO mode; the pause "
+          "against disk writes per epoch",
+          "[disk]") {
+    const int writes = quick() ? 50 : 400;
+    std::vector<SyncWriteRow> rows;
+    std::vector<DiskPauseRow> pauses;
+    std::string pause_interval = "50ms";
+    for (const auto& [mode, interval] : std::vector<std::pair<std::string, std::string>>{
+             {"standalone", ""}, {"checkpoint", "10ms"}, {"checkpoint", "50ms"}, {"colo", "100ms"}}) {
+        DiskPair dp = disk_pair(mode, interval);
+        rows.push_back(sync_writes(mode + (interval.empty() ? "" : " " + interval), dp.console, writes));
+        if (mode == "checkpoint" && interval == pause_interval) {
+            std::chrono::milliseconds warm_up = std::chrono::seconds(quick() ? 1 : 2);
+            std::chrono::milliseconds window = std::chrono::seconds(quick() ? 2 : 8);
+            for (uint64_t n : {0, 1, 10, 50})
+                pauses.push_back(disk_pause_row(*dp.pair, dp.console, n, warm_up, window));
+            REQUIRE(dp.console.command("DISKCHURN 0").value_or("").starts_with("OK"));
+        }
+        REQUIRE(dp.console.command("PING") == "PONG");
+    }
+    fmt::print("\nThe guest's disk (virtio-blk on a 64 MiB raw image per host, ext4 in the guest), {} backend: "
+               "{} synchronous 4 KiB writes (O_DIRECT | O_DSYNC) one after the other, timed in the guest\n",
+               test_backend(), writes);
+    fmt::print("| mode | p50 us | p99 us | p50 / standalone | IOPS | IOPS / standalone | writes |\n"
+               "|---|---:|---:|---:|---:|---:|---|\n");
+    for (const auto& r : rows)
+        fmt::print("| {} | {:.0f} | {:.0f} | {:.2f} | {:.0f} | {:.2f} | {} |\n", r.mode, r.p50_us, r.p99_us,
+                   r.p50_us / rows[0].p50_us, r.iops, r.iops / rows[0].iops, r.how);
+    fmt::print("(the primary writes its image as the guest asks and fdatasyncs it on the guest's flush; the "
+               "writes go to the secondary with the next checkpoint: docs/disk.md)\n\n");
+    fmt::print("Checkpoint mode {}: the pause and the transfer against the guest's disk writes (DISKCHURN n: n "
+               "writes of 4 KiB every 10 ms)\n",
+               pause_interval);
+    fmt::print("| n | writes / checkpoint | KiB / checkpoint | pause p50 us | pause p99 us | transfer p50 ms | "
+               "transfer p99 ms | disk MB/s |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (const auto& r : pauses)
+        fmt::print("| {} | {:.1f} | {:.0f} | {:.0f} | {:.0f} | {:.1f} | {:.1f} | {:.2f} |\n", r.n,
+                   r.writes_per_checkpoint, r.kib_per_checkpoint, r.pause_p50, r.pause_p99, r.transfer_p50,
+                   r.transfer_p99, r.disk_mb_s);
+    fmt::print("(transfer: from sending the checkpoint, disk writes first, to the secondary's VMSTATE_LOADED, "
+               "which comes after its journal and image are written and fdatasync'd)\n\n");
+    CHECK(pauses.size() == 4);
+    CHECK(pauses[0].writes_per_checkpoint < pauses[3].writes_per_checkpoint);
 }
 
 int main(int argc, char** argv) {

@@ -623,6 +623,64 @@ TEST_CASE("APPEND that cannot write answers ERR with the reason", "[kvstored][di
     CHECK(missing.cmd("APPEND a") == "ERR append: No such file or directory");
 }
 
+TEST_CASE("DISKSYNC writes n synchronous blocks and reports their latency; DISKCHURN writes in the background",
+          "[kvstored][disk]") {
+    Kvstored none;
+    CHECK(none.cmd("DISKSYNC 1") == "ERR no disk");
+    CHECK(none.cmd("DISKCHURN 1") == "ERR no disk");
+
+    DataDir dir;
+    Kvstored k({"--scratch-mib", "64", "--data-dir", dir.path.string()});
+    for (const char* bad : {"DISKSYNC", "DISKSYNC 0", "DISKSYNC x", "DISKSYNC 100001", "DISKSYNC 1 2", "DISKSYNC -1"})
+        CHECK(k.cmd(bad) == "ERR usage: DISKSYNC n (1..100000)");
+    for (const char* bad : {"DISKCHURN", "DISKCHURN 1001", "DISKCHURN y"})
+        CHECK(k.cmd(bad) == "ERR usage: DISKCHURN n (0..1000)");
+
+    std::string reply = k.cmd("DISKSYNC 1030");
+    std::smatch m;
+    REQUIRE(std::regex_match(reply, m, std::regex("OK 1030 ([0-9]+) ([0-9]+) ([0-9]+) ([0-9]+) (direct|buffered)")));
+    uint64_t p50 = std::stoull(m[1]), p99 = std::stoull(m[2]), max = std::stoull(m[3]), total = std::stoull(m[4]);
+    CHECK(p50 <= p99);
+    CHECK(p99 <= max);
+    CHECK(max <= total);
+    // Writes wrap around the 4 MiB file: block 5 holds write 1029's number, block 6 write 6's.
+    {
+        std::ifstream in(dir.path / "bench", std::ios::binary);
+        std::string bytes(std::istreambuf_iterator<char>(in), {});
+        REQUIRE(bytes.size() == 4u << 20);
+        auto word = [&](size_t block) {
+            uint64_t v = 0;
+            std::memcpy(&v, bytes.data() + block * 4096, sizeof v);
+            return v;
+        };
+        CHECK(word(5) == 1029);
+        CHECK(word(6) == 6);
+        CHECK(word(1023) == 1023);
+    }
+
+    // DISKCHURN: the count of writes done grows while it runs, and stops growing after 0.
+    auto done = [&](const std::string& command) {
+        std::string r = k.cmd(command);
+        REQUIRE(r.starts_with("OK "));
+        return std::stoull(r.substr(3));
+    };
+    CHECK(done("DISKCHURN 3") == 0);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    uint64_t seen = 0;
+    while (seen < 30 && std::chrono::steady_clock::now() < deadline)
+        seen = done("DISKCHURN 3");
+    CHECK(seen >= 30);
+    uint64_t stopped = done("DISKCHURN 0");
+    // A tick under way when it stopped may still finish its 3 writes.
+    uint64_t later = 0;
+    for (int i = 0; i < 20; ++i)
+        later = done("DISKCHURN 0");
+    CHECK(later <= stopped + 3);
+    CHECK(std::filesystem::file_size(dir.path / "churn") == 4u << 20);
+    CHECK(k.cmd("PING") == "PONG");
+    CHECK(k.unexpected_output().empty());
+}
+
 TEST_CASE("kvstored fails with one line and status 1 when it cannot start", "[kvstored]") {
     auto run = [](std::vector<std::string> args) {
         int err[2];
