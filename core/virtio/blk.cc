@@ -337,43 +337,11 @@ base::Result<uint32_t> BlkDevice::handle(const Chain& chain) {
 void BlkDevice::process() {
     if (!m_transport || m_quiesced || !m_transport->active())
         return;
-    Queue& queue = m_transport->queue(0);
-    bool pushed = false;
-    for (;;) {
+    serve_queue(*m_transport, 0, [this](const Chain& chain) -> Served {
         if (m_admit && !m_admit())
-            break;  // back-pressure: the requests wait in the ring until resume() or kick()
-        auto next = queue.peek();
-        if (!next) {
-            m_transport->queue_broken(0, next.error());
-            return;
-        }
-        if (!next.value()) {
-            // Ring empty: ask for a notification, and look again in case the driver added a
-            // request before it could see that.
-            auto more = queue.arm_notifications();
-            if (!more) {
-                m_transport->queue_broken(0, more.error());
-                return;
-            }
-            if (more.value())
-                continue;
-            break;
-        }
-        const Chain& chain = *next.value();
-        auto used = handle(chain);
-        if (!used) {
-            m_transport->queue_broken(0, used.error());
-            return;
-        }
-        queue.consume();
-        if (auto pushed_used = queue.push_used(chain.head, *used); !pushed_used) {
-            m_transport->queue_broken(0, pushed_used.error());
-            return;
-        }
-        pushed = true;
-    }
-    if (pushed)
-        m_transport->notify_used(0);
+            return leave_in_ring();  // back-pressure: the requests wait in the ring until resume() or kick()
+        return used_chain(TRY(handle(chain)));
+    });
 }
 
 std::vector<std::byte> BlkDevice::save_state() const {

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -61,6 +62,59 @@ public:
     // its queues until the driver resets the device.
     virtual void queue_broken(uint16_t index, const base::Error& why) = 0;
 };
+
+// What a device did with the chain at the head of a queue, for serve_queue(): a length, the
+// chain is used with that many bytes written into it; std::nullopt, the chain stays in the ring
+// and the walk stops (the device waits: back-pressure, no entropy, a full tap); an error, the
+// queue is broken.
+using Served = base::Result<std::optional<uint32_t>>;
+inline Served used_chain(uint32_t written) { return Served(std::optional<uint32_t>(written)); }
+inline Served leave_in_ring() { return Served(std::optional<uint32_t>()); }
+
+// A device's walk over its queue `index`, with the transport's lock held: each available chain
+// goes to `serve` (a callable taking `const Chain&` and returning Served) and, when used,
+// back to the driver; when the ring runs dry the walk asks for a notification and looks once
+// more (the driver may have added a chain before it could see the request); the driver is
+// notified once at the end if any chain was used. A malformed ring, or an error from `serve`,
+// is queue_broken() and ends the walk.
+template <typename Serve>
+void serve_queue(Transport& transport, uint16_t index, Serve&& serve) {
+    Queue& queue = transport.queue(index);
+    bool pushed = false;
+    for (;;) {
+        auto next = queue.peek();
+        if (!next) {
+            transport.queue_broken(index, next.error());
+            return;
+        }
+        if (!next.value()) {
+            auto more = queue.arm_notifications();
+            if (!more) {
+                transport.queue_broken(index, more.error());
+                return;
+            }
+            if (more.value())
+                continue;
+            break;
+        }
+        const Chain& chain = *next.value();
+        Served served = serve(chain);
+        if (!served) {
+            transport.queue_broken(index, served.error());
+            return;
+        }
+        if (!served.value())
+            break;
+        queue.consume();
+        if (auto used = queue.push_used(chain.head, *served.value()); !used) {
+            transport.queue_broken(index, used.error());
+            return;
+        }
+        pushed = true;
+    }
+    if (pushed)
+        transport.notify_used(index);
+}
 
 class VirtioDevice : public Pausable {
 public:

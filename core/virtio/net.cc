@@ -149,36 +149,7 @@ base::Result<void> NetDevice::read_chain(const Chain& chain) {
 void NetDevice::process_tx() {
     if (!can_run() || m_tx_blocked || !m_transmit)
         return;
-    Queue& queue = m_transport->queue(k_transmit_queue);
-    bool pushed = false;
-    auto give_back = [&](uint16_t head) -> bool {
-        queue.consume();
-        if (auto used = queue.push_used(head, 0); !used) {
-            m_transport->queue_broken(k_transmit_queue, used.error());
-            return false;
-        }
-        pushed = true;
-        return true;
-    };
-    for (;;) {
-        auto next = queue.peek();
-        if (!next) {
-            m_transport->queue_broken(k_transmit_queue, next.error());
-            return;
-        }
-        if (!next.value()) {
-            // Ring empty: ask for a notification, and look again in case the driver added a
-            // chain before it could see that request.
-            auto more = queue.arm_notifications();
-            if (!more) {
-                m_transport->queue_broken(k_transmit_queue, more.error());
-                return;
-            }
-            if (more.value())
-                continue;
-            break;
-        }
-        const Chain& chain = *next.value();
+    serve_queue(*m_transport, k_transmit_queue, [this](const Chain& chain) -> Served {
         std::optional<base::Error> broken;
         if (!chain.writable.empty())
             broken = bad_chain(fmt::format("transmit chain {} has {} device-writable buffers", chain.head,
@@ -191,13 +162,9 @@ void NetDevice::process_tx() {
                                            chain.readable_bytes - k_header_size, k_max_frame));
         if (broken) {
             ++m_counters.bad_chains;
-            m_transport->queue_broken(k_transmit_queue, *broken);
-            return;
+            return *broken;
         }
-        if (auto copied = read_chain(chain); !copied) {
-            m_transport->queue_broken(k_transmit_queue, copied.error());
-            return;
-        }
+        TRY(read_chain(chain));
         // No offloads were negotiated, so the header has nothing for the device to act on:
         // whatever the driver put in it is ignored.
         auto frame = std::span<const std::byte>(m_tx_buffer).subspan(k_header_size);
@@ -206,22 +173,17 @@ void NetDevice::process_tx() {
             base::log_limited(m_log_name + " short", k_log_interval, base::Level::Warning, base::Event::None,
                               fmt::format("{}: transmit chain {} carries {} bytes, not an Ethernet frame; not sent",
                                           m_log_name, chain.head, frame.size()));
-            if (!give_back(chain.head))
-                return;
-            continue;
+            return used_chain(0);  // given back unsent
         }
         if (!m_transmit(frame)) {
             m_tx_blocked = true;  // the chain stays in the ring until tx_ready()
-            break;
+            return leave_in_ring();
         }
         ++m_counters.tx_frames;
         m_counters.tx_bytes += frame.size();
         learn(frame);
-        if (!give_back(chain.head))
-            return;
-    }
-    if (pushed)
-        m_transport->notify_used(k_transmit_queue);
+        return used_chain(0);
+    });
 }
 
 void NetDevice::learn(std::span<const std::byte> frame) {

@@ -204,45 +204,15 @@ base::Result<void> RngDevice::deliver(const Chain& chain, size_t bytes) {
 void RngDevice::process() {
     if (!m_transport || m_quiesced || !m_transport->active())
         return;
-    Queue& queue = m_transport->queue(0);
-    bool pushed = false;
-    for (;;) {
-        auto next = queue.peek();
-        if (!next) {
-            m_transport->queue_broken(0, next.error());
-            return;
-        }
-        if (!next.value()) {
-            // Ring empty: ask for a notification, and look again in case the driver added a
-            // buffer before it could see that request.
-            auto more = queue.arm_notifications();
-            if (!more) {
-                m_transport->queue_broken(0, more.error());
-                return;
-            }
-            if (more.value())
-                continue;
-            break;
-        }
-        const Chain& chain = *next.value();
+    serve_queue(*m_transport, 0, [this](const Chain& chain) -> Served {
         size_t want = static_cast<size_t>(std::min<uint64_t>(chain.writable_bytes, k_max_request));
         if (m_staged.size() < want)
             draw(want - m_staged.size());
         if (m_staged.size() < want)
-            break;  // the chain stays in the ring until entropy_available()
-        if (auto delivered = deliver(chain, want); !delivered) {
-            m_transport->queue_broken(0, delivered.error());
-            return;
-        }
-        queue.consume();
-        if (auto used = queue.push_used(chain.head, static_cast<uint32_t>(want)); !used) {
-            m_transport->queue_broken(0, used.error());
-            return;
-        }
-        pushed = true;
-    }
-    if (pushed)
-        m_transport->notify_used(0);
+            return leave_in_ring();  // the chain stays in the ring until entropy_available()
+        TRY(deliver(chain, want));
+        return used_chain(static_cast<uint32_t>(want));
+    });
 }
 
 // Layout, version 1: u64 bytes taken from the source, blob of the staged bytes.
