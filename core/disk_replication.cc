@@ -7,6 +7,7 @@
 
 #include "base/events.h"
 #include "base/log.h"
+#include "core/fault.h"
 #include "core/virtio/blk.h"
 
 namespace colod::core {
@@ -235,6 +236,7 @@ base::Result<void> DiskSource::copy(Session& session, std::chrono::milliseconds 
                 TRY(sender.post(proto::DiskBlocks{next * k_disk_block_bytes,
                                                   std::string(reinterpret_cast<const char*>(block.data()), block.size())},
                                 block.size()));
+                fault_point("primary.disk-copy");  // the primary's host dies in the middle of the disk's copy
             }
             m_copied_blocks = ++next;
         }
@@ -383,6 +385,7 @@ base::Result<void> DiskReplica::on_blocks(const proto::DiskBlocks& blocks) {
         return base::Error::make(base::Errc::Protocol, "DISK_BLOCKS of {} bytes at {} run past the disk's {} bytes",
                                  blocks.bytes.size(), blocks.offset, m_bytes);
     TRY(m_image->write(blocks.offset, std::as_bytes(std::span(blocks.bytes.data(), blocks.bytes.size()))));
+    fault_point("secondary.disk-copy");  // the secondary's host dies with its image half copied
     m_written_bytes += blocks.bytes.size();
     m_copied_blocks = std::max<uint64_t>(m_copied_blocks.load(), (blocks.offset + blocks.bytes.size()) / k_disk_block_bytes);
     return base::ok();

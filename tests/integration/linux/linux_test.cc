@@ -942,6 +942,138 @@ TEST_CASE("COLO with a disk: the secondary's guest writes an overlay, dropped at
     disk_pair_rounds("colo");
 }
 
+// Kill -9 in the middle of the disk's live copy (fault points in the copy, docs/reliability.md):
+// 1. of the primary, before the secondary holds any checkpoint: there is nothing to take over
+//    from, so the secondary waits for a primary; the primary's host restarted, its guest boots
+//    from its own image, which holds every acknowledged record, and the copy starts again;
+// 2. of the secondary, its image half copied: the primary's guest goes on acknowledging
+//    records; a secondary started again is copied to, and the images are equal.
+TEST_CASE("kill -9 in the middle of the disk's live copy, of the primary and of the secondary: no acknowledged "
+          "record is lost, and the pair protects again",
+          "[linux][disk-sync-kill]") {
+    PairOptions options = linux_options(1);
+    options.host_dirs = true;
+    options.extra_vm = "disk = disk.img\n";
+    Pair pair(options);
+    auto image = [&](Side host) { return (pair.host_dir(host) / "disk.img").string(); };
+    // A blank image on the secondary: the copy has many blocks to send.
+    auto blank_secondary = [&] {
+        auto made = run_shell(fmt::format("rm -f {0}.colod-journal && truncate -s 0 {0} && truncate -s 64M {0} 2>&1",
+                                          image(Side::Secondary)));
+        INFO(made.second);
+        REQUIRE(made.first == 0);
+    };
+    auto made = run_shell(fmt::format("truncate -s 64M {0} && mkfs.ext4 -q -F {0} 2>&1", image(Side::Primary)));
+    INFO(made.second);
+    REQUIRE(made.first == 0);
+    blank_secondary();
+    // Every acknowledged record is in the guest's file, nothing beyond what was sent.
+    auto check_records = [](GuestConsole& console, const std::vector<std::pair<uint64_t, std::string>>& acked,
+                            uint64_t at_most) {
+        auto counted = console.command("RECORDS");
+        REQUIRE(counted);
+        uint64_t count = std::stoull(counted->substr(0, counted->find(' ')));
+        if (!acked.empty())
+            CHECK(count >= acked.back().first);
+        CHECK(count <= at_most);
+        for (const auto& [n, token] : acked)
+            CHECK(console.command(fmt::format("RECORD {}", n)) == fmt::format("{} {}", n, token));
+        return count;
+    };
+    auto images_equal = [&] {
+        auto held = pair.control(Side::Primary, "digest", 60000);
+        auto other = pair.control(Side::Secondary, "digest", 60000);
+        auto same = run_shell(fmt::format("cmp {} {} 2>&1", image(Side::Primary), image(Side::Secondary)));
+        REQUIRE(pair.control(Side::Primary, "resume"));
+        REQUIRE(held);
+        CHECK(held == other);
+        INFO(same.second);
+        CHECK(same.first == 0);
+    };
+
+    // 1. The primary alone first, acknowledging records; then the secondary comes, and the
+    //    primary's host dies at the third block the copy sends.
+    auto& doomed = pair.start_extra(COLOD_PRIMARY_BIN, "", "primary-doomed", Side::Primary,
+                                    {"COLOD_FAULT=primary.disk-copy:kill@3"});
+    std::vector<std::pair<uint64_t, std::string>> acked;
+    uint64_t sent = 0;
+    {
+        auto console = open_console(pair, Side::Primary);
+        REQUIRE(console);
+        await_kvstored(*console, "boot", pair, "primary-doomed");
+        AppendClient client;
+        auto appender = pair.console(Side::Primary, std::chrono::seconds(60));
+        REQUIRE(appender);
+        client.start(std::move(*appender), "p-", std::chrono::minutes(3));
+        REQUIRE(eventually([&] { return client.acked_count() >= 10 || !client.bad_reply().empty(); },
+                           std::chrono::minutes(2)));
+        pair.start_secondary();
+        REQUIRE(doomed.exit_code(scaled(std::chrono::minutes(5))) == 128 + SIGKILL);
+        client.join();
+        CHECK(client.bad_reply() == std::string());  // shows the reply when it fails
+        acked = client.acked();
+        sent = client.sent();
+    }
+    CHECK_THAT(pair.read_log("primary-doomed"), !Catch::Contains("disk copied:"));  // it died within the copy
+    REQUIRE(eventually([&] { return pair.read_log("secondary").find("lost before a complete checkpoint") !=
+                                    std::string::npos; },
+                       std::chrono::minutes(2)));
+    CHECK_THAT(pair.read_log("secondary"), !Catch::Contains("failover"));  // no takeover from a half copy
+    WARN("the primary died in the disk's copy with " << acked.size() << " records acknowledged of " << sent);
+
+    // The primary's host back: its guest boots from its image, every acknowledged record in it,
+    // and the secondary, still waiting, is copied to from the start.
+    auto& primary = pair.start_primary();
+    auto console = open_console(pair, Side::Primary);
+    REQUIRE(console);
+    await_kvstored(*console, "boot after the kill", pair);
+    REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
+    uint64_t records = check_records(*console, acked, sent);
+    images_equal();
+
+    // 2. The secondary's host dies with its image half copied (blanked first, so the copy is
+    //    long); the primary goes on, and the secondary started again is copied to.
+    {
+        AppendClient client;
+        auto appender = pair.console(Side::Primary, std::chrono::seconds(60));
+        REQUIRE(appender);
+        client.start(std::move(*appender), "s-", std::chrono::minutes(3));
+        REQUIRE(eventually([&] { return client.acked_count() >= 5 || !client.bad_reply().empty(); },
+                           std::chrono::minutes(2)));
+        pair.secondary()->signal(SIGKILL);
+        REQUIRE(pair.secondary()->exit_code() == 128 + SIGKILL);
+        blank_secondary();
+        auto& half = pair.start_extra(COLOD_SECONDARY_BIN, "", "secondary-half", Side::Secondary,
+                                      {"COLOD_FAULT=secondary.disk-copy:kill@3"});
+        REQUIRE(half.exit_code(scaled(std::chrono::minutes(5))) == 128 + SIGKILL);
+        auto copies = [&] {
+            std::string log = pair.read_log("primary");
+            size_t n = 0;
+            for (size_t at = log.find("disk copied:"); at != std::string::npos; at = log.find("disk copied:", at + 1))
+                ++n;
+            return n;
+        };
+        CHECK(copies() == 1);  // the first copy only: this one died half way
+        size_t before = client.acked_count();
+        REQUIRE(eventually([&] { return client.acked_count() >= before + 5 || !client.bad_reply().empty(); },
+                           std::chrono::minutes(2)));
+        pair.start_extra(COLOD_SECONDARY_BIN, "", "secondary-again", Side::Secondary);
+        REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
+        client.join();
+        CHECK(client.bad_reply() == std::string());  // shows the reply when it fails
+        records = check_records(*console, client.acked(), records + client.sent());
+        images_equal();
+    }
+    check_healthy(console->seen());
+    CHECK(console->command("POWEROFF") == "OK");
+    CHECK(primary.exit_code(scaled(std::chrono::seconds(60))) == 0);
+    auto fsck = run_shell(fmt::format("e2fsck -fn {} 2>&1", image(Side::Primary)));
+    INFO("e2fsck -fn:\n" << fsck.second);
+    CHECK(fsck.first == 0);
+    auto lines = run_shell(fmt::format("debugfs -R 'cat /records' {} 2>/dev/null | wc -l", image(Side::Primary)));
+    CHECK(std::stoull(lines.second) >= records);
+}
+
 TEST_CASE("re-protecting a 1 GiB disk of which 1 % changed sends about 1 % of it", "[linux][disk-reprotect]") {
     PairOptions options = linux_options(1);
     options.host_dirs = true;
