@@ -11,31 +11,25 @@
 
 #include "daemons/metrics_format.h"
 #include "tests/support/http_client.h"
+#include "tests/support/status_fixture.h"
 
 using namespace colod;
 using daemons::escape_label_value;
 using daemons::metrics_text;
 using daemons::seconds_text;
+using test::lines_of;
 using test::metric_value;
 
 namespace {
 
 core::Status protected_primary() {
-    core::Status s;
-    s.vm = "demo";
-    s.role = "primary";
-    s.mode = "checkpoint";
-    s.state = "protected";
-    s.backend = "kvm";
-    s.guest = "running";
+    core::Status s = test::protected_primary_base();
     s.seq = 1234;
     s.checkpoints = 10;
     s.checkpoints_forced = 3;
     s.checkpoints_mismatch = 2;
     s.dirty_pages.total = 34567;
     s.bytes_sent = 123456789;
-    s.held_output_bytes = 512;
-    s.peer_state = "connected";
     s.sync_progress = 1;
     s.console_clients = 2;
     s.uptime_ms = 61'500;
@@ -45,14 +39,6 @@ core::Status protected_primary() {
     s.pause_histogram.count = 7;       // and one above 1 s
     s.pause_histogram.sum_us = 3'000'250;
     return s;
-}
-
-std::vector<std::string> lines_of(const std::string& text) {
-    std::vector<std::string> lines;
-    std::istringstream in(text);
-    for (std::string line; std::getline(in, line);)
-        lines.push_back(line);
-    return lines;
 }
 
 bool has_line(const std::string& text, const std::string& line) {

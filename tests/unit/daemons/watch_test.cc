@@ -12,31 +12,25 @@
 #include "daemons/watch.h"
 #include "daemons/watch_json.h"
 #include "daemons/watch_view.h"
+#include "tests/support/status_fixture.h"
 
 using namespace colod;
 using namespace std::chrono_literals;
 using daemons::JsonValue;
 using daemons::Refresh;
+using test::lines_of;
 
 namespace {
 
 core::Status protected_primary() {
-    core::Status s;
-    s.vm = "demo";
-    s.role = "primary";
-    s.mode = "checkpoint";
-    s.state = "protected";
-    s.backend = "kvm";
-    s.guest = "running";
+    core::Status s = test::protected_primary_base();
     s.seq = 1000;
     s.checkpoints = 1000;
     s.pause_us = {80, 75, 140, 300};
     s.dirty_pages.last = 12;
     s.dirty_pages.total = 34'000;
     s.bytes_sent = 100'000'000;
-    s.held_output_bytes = 512;
     s.peer = "10.0.0.2:9400";
-    s.peer_state = "connected";
     s.uptime_ms = 60'000;
     return s;
 }
@@ -49,14 +43,6 @@ core::Status later(core::Status s, uint64_t seconds) {
     s.bytes_sent += 1536 * 1024 * seconds;
     s.uptime_ms += 1000 * seconds;
     return s;
-}
-
-std::vector<std::string> lines_of(const std::string& text) {
-    std::vector<std::string> lines;
-    std::istringstream in(text);
-    for (std::string line; std::getline(in, line);)
-        lines.push_back(line);
-    return lines;
 }
 
 // The line of a view that starts with `label` ("checkpoints:"), or "" without one.
