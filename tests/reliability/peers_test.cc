@@ -563,9 +563,13 @@ TEST_CASE("a peer opening 1000 connections to the replication port leaves the pa
     INFO("secondary log since the flood:\n" << since);
     CHECK_FALSE(status_failed);
     // The control socket is not stuck behind the replication listener: a status during the
-    // flood takes about what it takes without one (a wide margin for a loaded machine).
-    INFO("slowest status " << slowest_status_ms << " ms during the flood, " << quiet_status_ms << " ms without");
-    CHECK(slowest_status_ms <= 50 * quiet_status_ms);
+    // flood takes about what it takes without one (a wide margin for a loaded machine), and
+    // never a good part of the flood (a control thread waiting on the listener would wait for
+    // the whole of it; on a machine with no core to spare the scheduler alone can cost a
+    // status 50 times its quiet time, so that is the bound that carries under load).
+    INFO("slowest status " << slowest_status_ms << " ms during the flood, " << quiet_status_ms << " ms without, "
+                           << "the flood " << flood_ms << " ms");
+    CHECK(slowest_status_ms <= std::max<int64_t>(50 * quiet_status_ms, flood_ms / 20));
     CHECK(drained);
     CHECK(established >= connections * 9 / 10);
     // The staging buffers are sized by the guest, not by strangers: the flood may cost socket
