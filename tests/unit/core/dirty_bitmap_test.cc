@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #include <catch2/catch.hpp>
 
+#include <cstdio>
+#include <fstream>
+#include <string>
+
 #include "core/dirty_bitmap.h"
 #include "core/guest_memory.h"
 
@@ -45,4 +49,29 @@ TEST_CASE("guest memory above 3 GiB continues at 4 GiB") {
     CHECK(memory->page_index(4ull << 30).value() == (3ull << 30) / 4096);
     CHECK_FALSE(memory->slice(3ull << 30, 1, GuestMemory::Access::Read));
     CHECK(memory->slice((4ull << 30) + (16ull << 20) - 1, 1, GuestMemory::Access::Read));
+}
+
+TEST_CASE("guest memory is left out of the daemon's core dumps") {
+    auto memory = GuestMemory::create(8 << 20);
+    REQUIRE(memory);
+    // /proc/self/smaps: the mapping's header line starts with its address range, and its
+    // VmFlags line lists "dd" (VM_DONTDUMP).
+    char start[32];
+    std::snprintf(start, sizeof start, "%lx-", reinterpret_cast<unsigned long>(memory->all().data()));
+    std::ifstream smaps("/proc/self/smaps");
+    REQUIRE(smaps);
+    bool in_mapping = false, found = false;
+    std::string flags;
+    for (std::string line; std::getline(smaps, line);) {
+        if (line.rfind(start, 0) == 0) {
+            in_mapping = true;
+            found = true;
+        } else if (in_mapping && line.rfind("VmFlags:", 0) == 0) {
+            flags = line;
+            break;
+        }
+    }
+    REQUIRE(found);
+    INFO(flags);
+    CHECK(flags.find(" dd") != std::string::npos);
 }
