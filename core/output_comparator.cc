@@ -87,6 +87,18 @@ void OutputComparator::try_match(std::vector<std::string>& out, Verdict& verdict
         diverged(verdict);
 }
 
+void OutputComparator::queue_behind_sealed(std::vector<std::string>& out) {
+    // The secondary's guest runs an epoch once it has loaded the checkpoint that opened it, so
+    // its output can match the primary's before the primary has seen that checkpoint commit:
+    // what was sealed before must go out first.
+    if (m_sealed.empty() || out.empty())
+        return;
+    for (const auto& record : out)
+        m_held += record.size();
+    m_sealed.push_back(Sealed{k_matched, std::move(out)});
+    out.clear();
+}
+
 void OutputComparator::release(std::vector<std::string>& out) {
     for (const auto& record : out)
         m_release(std::as_bytes(std::span(record.data(), record.size())));
@@ -105,6 +117,7 @@ void OutputComparator::put(std::span<const std::byte> record) {
                 m_open.push_back(Record{std::string(text(record)), Clock::now()});
                 m_held += record.size();
                 try_match(out, verdict);
+                queue_behind_sealed(out);
                 if (m_held > m_max_held && !m_verdict_pending) {
                     m_verdict_pending = true;
                     verdict = Verdict::Behind;
@@ -131,6 +144,7 @@ void OutputComparator::secondary(uint64_t epoch, std::span<const std::byte> reco
             else
                 m_secondary.emplace_back(text(record));
             try_match(out, verdict);
+            queue_behind_sealed(out);
         }
         release(out);
     }

@@ -24,7 +24,8 @@ namespace colod::core {
 // far behind, the owner takes a checkpoint; the primary's held records then go out once that
 // checkpoint is committed (the secondary has the state that produced them). A checkpoint's
 // capture seals the open epoch; the secondary's later records for the sealed epoch are dropped
-// (its run is replaced by the checkpoint).
+// (its run is replaced by the checkpoint). Released output keeps the primary's order: what
+// matches in an epoch waits behind what earlier checkpoints sealed and have not committed.
 class OutputComparator final : public OutputChannel {
 public:
     enum class Verdict { Fine, Mismatch, Behind };
@@ -59,10 +60,13 @@ public:
 
 private:
     using Clock = std::chrono::steady_clock;
+    // Held output in release order: an epoch's records sealed by checkpoint `seq` (out once it
+    // commits), or matched records (seq k_matched: out as soon as everything before them is).
     struct Sealed {
         uint64_t seq;
         std::vector<std::string> records;
     };
+    static constexpr uint64_t k_matched = 0;
     struct Record {
         std::string bytes;
         Clock::time_point at;
@@ -72,6 +76,9 @@ private:
     void match_stream(std::vector<std::string>& out);
     void match_datagrams(std::vector<std::string>& out);
     void diverged(Verdict& verdict);
+    // Under m_mutex: matched output in `out` goes behind held sealed epochs, if any (then `out`
+    // is left empty).
+    void queue_behind_sealed(std::vector<std::string>& out);
     void release(std::vector<std::string>& out);  // under m_release_mutex
     // Under m_mutex: the open epoch's records, taken out; a fresh open epoch; nothing held.
     std::vector<std::string> take_open();

@@ -100,6 +100,41 @@ TEST_CASE("compared streams go out as soon as both guests said the same", "[outp
     CHECK(channel.held_bytes() == 0);
 }
 
+// The secondary's guest runs on from a checkpoint once it has loaded it, and its output can
+// reach the primary before the primary has seen that checkpoint commit: what both guests said
+// after a checkpoint must still go out after what was sealed by it.
+TEST_CASE("compared output matched after a checkpoint waits for what that checkpoint sealed", "[output]") {
+    for (Framing framing : {Framing::Stream, Framing::Datagram}) {
+        Released out;
+        OutputComparator channel("console", framing, out.fn(), 10s, 1 << 20, {});
+        channel.protect(1);
+        channel.put(bytes("O"));  // the secondary has not said it yet
+        channel.captured(2);      // sealed as checkpoint 2
+        channel.put(bytes("K 122\n"));
+        channel.secondary(2, bytes("K 122\n"));  // both said it in epoch 2: matched
+        CHECK(out.records.empty());               // but "O" is not out yet
+        CHECK(channel.held_bytes() == 7);
+        channel.put(bytes("more"));
+        channel.captured(3);  // sealed behind the matched bytes
+        channel.put(bytes("!"));
+        channel.secondary(3, bytes("!"));
+        channel.committed(2);
+        CHECK(out.joined() == "OK 122\n");  // "more" waits for checkpoint 3, and "!" behind it
+        channel.committed(3);
+        CHECK(out.joined() == "OK 122\nmore!");
+        CHECK(channel.held_bytes() == 0);
+        channel.put(bytes("x"));
+        channel.secondary(3, bytes("x"));  // nothing sealed waits: straight out
+        CHECK(out.joined() == "OK 122\nmore!x");
+        channel.put(bytes("y"));
+        channel.captured(4);
+        channel.put(bytes("z"));
+        channel.secondary(4, bytes("z"));
+        channel.release_all();  // no standby: everything held goes out, in order
+        CHECK(out.joined() == "OK 122\nmore!xyz");
+    }
+}
+
 TEST_CASE("compared datagrams are matched whole and in order", "[output]") {
     Released out;
     std::vector<OutputComparator::Verdict> verdicts;
