@@ -948,8 +948,7 @@ TEST_CASE("COLO with a disk: the secondary's guest writes an overlay, dropped at
 //    from its own image, which holds every acknowledged record, and the copy starts again;
 // 2. of the secondary, its image half copied: the primary's guest goes on acknowledging
 //    records; a secondary started again is copied to, and the images are equal.
-TEST_CASE("kill -9 in the middle of the disk's live copy, of the primary and of the secondary: no acknowledged "
-          "record is lost, and the pair protects again",
+TEST_CASE("the disk's live copy cut by a kill of either side: no acknowledged record lost, protected again",
           "[linux][disk-sync-kill]") {
     PairOptions options = linux_options(1);
     options.host_dirs = true;
