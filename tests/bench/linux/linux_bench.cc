@@ -196,6 +196,7 @@ TEST_CASE("the guest's network: TCP latency and bulk throughput, standalone agai
     rows.push_back(measure_net("checkpoint", "10ms", true, requests, bulk));
     rows.push_back(measure_net("checkpoint", "50ms", true, requests, bulk));
     rows.push_back(measure_net("colo", "100ms", true, requests, bulk));
+    rows.push_back(measure_net("colo", "400ms", true, requests, bulk));
     rows.push_back(measure_net("colo", "1s", true, requests, bulk));
     fmt::print("\nThe guest's network: a client on its LAN (the test's namespace, a bridge to each host's tap), "
                "{} backend; {} PINGs on one TCP connection, then {} MiB into kvstored's sink\n",
