@@ -88,7 +88,7 @@ void GuestRuntime::stop(std::string why) {
     m_watchdog_wake.notify_all();
 }
 
-StopInfo GuestRuntime::wait() {
+StopInfo GuestRuntime::wait_stopped() {
     StopInfo info = m_machine->wait();
     {
         std::lock_guard lock(m_watchdog_mutex);
@@ -97,6 +97,11 @@ StopInfo GuestRuntime::wait() {
     m_watchdog_wake.notify_all();
     if (m_watchdog.joinable())
         m_watchdog.join();
+    return info;
+}
+
+StopInfo GuestRuntime::wait() {
+    StopInfo info = wait_stopped();
     if (ConsoleServer* console = this->console())
         console->stop();
     return info;

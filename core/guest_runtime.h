@@ -56,8 +56,12 @@ public:
     bool running() const;
     // Stops the guest (reason Requested unless it already stopped) and closes the console.
     void stop(std::string why);
-    // Blocks until the guest has stopped.
+    // Blocks until the guest has stopped, then closes the console (its clients get what was
+    // written to it first).
     StopInfo wait();
+    // Blocks until the guest has stopped; the console stays open, so that output released
+    // after the stop (a protected guest's held output at power-off) still reaches its clients.
+    StopInfo wait_stopped();
 
     // Where guest console output goes. The sink runs on vCPU threads.
     void set_output_sink(OutputSink sink);

@@ -379,7 +379,10 @@ ControlReply Node::reload_keys() {
 }
 
 int Node::guest_stopped() {
-    core::StopInfo info = m_runtime->wait();
+    // The console stays open until the daemon's end (run()'s last wait()): a protected guest's
+    // output since its last checkpoint is released by guest_shutdown() below, and its clients
+    // must get it — the reply to the command that powered the guest off among them.
+    core::StopInfo info = m_runtime->wait_stopped();
     core::ActiveEngine* active = nullptr;
     {
         std::lock_guard lock(m_mutex);
