@@ -544,6 +544,28 @@ TEST_CASE("a protected Linux pair in two namespaces, protected once booted: two 
     protected_pair_rounds(lan.on_lan(netns_linux_options(net)), PairRun{2, false, false}, &lan);
 }
 
+// A protected guest's reply to POWEROFF is output like any other: held until a checkpoint
+// commits. With a long interval the guest powers off before the next one; the daemon then
+// releases what it held (the secondary stops too, nothing can bring that state back), and its
+// console clients get it before the console closes.
+TEST_CASE("a protected guest's last output, held when it powers off, reaches the console",
+          "[linux][poweroff-held]") {
+    PairOptions options = linux_options(1);
+    options.checkpoint_interval = "60s";  // (the most there is) no checkpoint between the reply and the power-off
+    Pair pair(options);
+    // Unprotected first, so that booting and its replies need no checkpoint.
+    auto& primary = pair.start_primary();
+    auto console = open_console(pair, Side::Primary);
+    REQUIRE(console);
+    await_kvstored(*console, "boot", pair);
+    auto& secondary = pair.start_secondary();
+    REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
+    CHECK(console->command("POWEROFF", scaled(std::chrono::seconds(60))) == "OK");
+    CHECK(primary.exit_code(scaled(std::chrono::seconds(60))) == 0);
+    CHECK(secondary.exit_code(scaled(std::chrono::seconds(60))) == 0);
+    CHECK_THAT(pair.read_log("primary"), Catch::Contains("the guest powered off with code 0"));
+}
+
 TEST_CASE("COLO with a Linux guest: the secondary's guest gets the primary's virtio-rng bytes, so replies "
           "built from them compare equal, also after the guest rebooted in place",
           "[linux][colo]") {
@@ -703,6 +725,16 @@ public:
             }
         });
     }
+    // On `side`'s console.
+    void start(Pair& pair, Side side, std::string prefix) {
+        auto console = pair.console(side, std::chrono::seconds(60));
+        REQUIRE(console);
+        start(std::move(*console), std::move(prefix), std::chrono::minutes(3));
+    }
+    // Waits until `n` records are acknowledged in all, or a reply was not `OK n`.
+    void await_acked(size_t n) {
+        REQUIRE(eventually([&] { return acked_count() >= n || !bad_reply().empty(); }, std::chrono::minutes(2)));
+    }
     void join() {
         m_stop = true;
         if (m_thread.joinable())
@@ -818,11 +850,8 @@ void disk_pair_rounds(const std::string& mode) {
         INFO("round " << round << ": kill -9 of the " << (active_side == Side::Primary ? "primary" : "secondary")
                       << "'s host");
         AppendClient client;
-        auto appender = pair.console(active_side, std::chrono::seconds(60));
-        REQUIRE(appender);
-        client.start(std::move(*appender), fmt::format("r{}-", round), std::chrono::minutes(3));
-        REQUIRE(eventually([&] { return client.acked_count() >= 5 || !client.bad_reply().empty(); },
-                           std::chrono::minutes(2)));
+        client.start(pair, active_side, fmt::format("r{}-", round));
+        client.await_acked(5);
         // Writes in flight: somewhere inside an epoch.
         std::this_thread::sleep_for(std::chrono::milliseconds(300 + rng() % 2000));
         on_host[host(active_side)]->signal(SIGKILL);
@@ -869,16 +898,12 @@ void disk_pair_rounds(const std::string& mode) {
     // again, the images equal.
     {
         AppendClient client;
-        auto appender = pair.console(active_side, std::chrono::seconds(60));
-        REQUIRE(appender);
-        client.start(std::move(*appender), "s-", std::chrono::minutes(3));
-        REQUIRE(eventually([&] { return client.acked_count() >= 5 || !client.bad_reply().empty(); },
-                           std::chrono::minutes(2)));
+        client.start(pair, active_side, "s-");
+        client.await_acked(5);
         std::this_thread::sleep_for(std::chrono::milliseconds(300 + rng() % 1000));
         on_host[host(standby_side)]->signal(SIGKILL);
         REQUIRE(on_host[host(standby_side)]->exit_code() == 128 + SIGKILL);
-        REQUIRE(eventually([&] { return client.acked_count() >= 20 || !client.bad_reply().empty(); },
-                           std::chrono::minutes(2)));
+        client.await_acked(20);
         const std::string netns = standby_side == Side::Primary ? options.primary_netns : options.secondary_netns;
         log_of[host(standby_side)] = "secondary-restarted";
         on_host[host(standby_side)] = &pair.start_extra(COLOD_SECONDARY_BIN, netns, log_of[host(standby_side)], standby_side);
@@ -894,9 +919,7 @@ void disk_pair_rounds(const std::string& mode) {
     // first, then is copied to again.
     {
         AppendClient client;
-        auto appender = pair.console(active_side, std::chrono::seconds(60));
-        REQUIRE(appender);
-        client.start(std::move(*appender), "j-", std::chrono::minutes(3));
+        client.start(pair, active_side, "j-");
         on_host[host(standby_side)]->signal(SIGKILL);
         REQUIRE(on_host[host(standby_side)]->exit_code() == 128 + SIGKILL);
         const std::string netns = standby_side == Side::Primary ? options.primary_netns : options.secondary_netns;
@@ -1003,11 +1026,8 @@ TEST_CASE("the disk's live copy cut by a kill of either side: no acknowledged re
         REQUIRE(console);
         await_kvstored(*console, "boot", pair, "primary-doomed");
         AppendClient client;
-        auto appender = pair.console(Side::Primary, std::chrono::seconds(60));
-        REQUIRE(appender);
-        client.start(std::move(*appender), "p-", std::chrono::minutes(3));
-        REQUIRE(eventually([&] { return client.acked_count() >= 10 || !client.bad_reply().empty(); },
-                           std::chrono::minutes(2)));
+        client.start(pair, Side::Primary, "p-");
+        client.await_acked(10);
         pair.start_secondary();
         REQUIRE(doomed.exit_code(scaled(std::chrono::minutes(5))) == 128 + SIGKILL);
         client.join();
@@ -1038,11 +1058,8 @@ TEST_CASE("the disk's live copy cut by a kill of either side: no acknowledged re
     console.reset();  // every console client gets the guest's output: the APPENDs' replies too
     {
         AppendClient client;
-        auto appender = pair.console(Side::Primary, std::chrono::seconds(60));
-        REQUIRE(appender);
-        client.start(std::move(*appender), "s-", std::chrono::minutes(3));
-        REQUIRE(eventually([&] { return client.acked_count() >= 5 || !client.bad_reply().empty(); },
-                           std::chrono::minutes(2)));
+        client.start(pair, Side::Primary, "s-");
+        client.await_acked(5);
         pair.secondary()->signal(SIGKILL);
         REQUIRE(pair.secondary()->exit_code() == 128 + SIGKILL);
         blank_secondary();
@@ -1058,8 +1075,7 @@ TEST_CASE("the disk's live copy cut by a kill of either side: no acknowledged re
         };
         CHECK(copies() == 1);  // the first copy only: this one died half way
         size_t before = client.acked_count();
-        REQUIRE(eventually([&] { return client.acked_count() >= before + 5 || !client.bad_reply().empty(); },
-                           std::chrono::minutes(2)));
+        client.await_acked(before + 5);
         pair.start_extra(COLOD_SECONDARY_BIN, "", "secondary-again", Side::Secondary);
         REQUIRE(pair.wait_state(Side::Primary, "protected", std::chrono::minutes(5)));
         client.join();
