@@ -74,6 +74,7 @@ PacketComparator::Shape PacketComparator::shape_of(std::span<const std::byte> fr
         shape.key.source_port = tcp->source_port;
         shape.key.destination_port = tcp->destination_port;
         shape.seq = tcp->seq;
+        shape.ack = tcp->ack;
         shape.flags = tcp->flags;
         shape.payload = tcp->payload;
         shape.payload_length = tcp->payload_length();
@@ -223,6 +224,26 @@ PacketComparator::Step PacketComparator::step_stream(Flow& flow, const Held& hel
     }
 }
 
+bool PacketComparator::acked_by_secondary(const Shape& shape) const {
+    if (shape.key.kind != FlowKind::Tcp || !(shape.flags & k_tcp_ack))
+        return true;
+    auto it = m_secondary_acks.find(shape.key);
+    return it != m_secondary_acks.end() && !seq_before(it->second, shape.ack);
+}
+
+void PacketComparator::note_secondary_ack(const Shape& shape) {
+    if (shape.key.kind != FlowKind::Tcp || !(shape.flags & k_tcp_ack))
+        return;
+    auto it = m_secondary_acks.find(shape.key);
+    if (it == m_secondary_acks.end()) {
+        if (m_secondary_acks.size() >= k_max_flows)
+            m_secondary_acks.clear();
+        m_secondary_acks.emplace(shape.key, shape.ack);
+    } else if (seq_before(it->second, shape.ack)) {
+        it->second = shape.ack;
+    }
+}
+
 void PacketComparator::release_held(uint64_t ordinal, std::vector<Bytes>& out) {
     auto it = m_held_frames.find(ordinal);
     Bytes bytes = std::move(it->second.bytes);
@@ -253,6 +274,8 @@ void PacketComparator::match(Flow& flow, std::vector<Bytes>& out, Verdict& verdi
     while (!flow.primary.empty() && !flow.diverged) {
         uint64_t ordinal = flow.primary.front();
         const Held& held = m_held_frames.at(ordinal);
+        if (!acked_by_secondary(held.shape))
+            break;  // the secondary may not have the bytes this ack gives up yet
         Step step = Step::Release;
         bool compared = false;
         switch (held.shape.unit) {
@@ -354,14 +377,21 @@ void PacketComparator::secondary(uint64_t epoch, std::span<const std::byte> fram
         std::lock_guard order(m_release_mutex);
         {
             std::lock_guard lock(m_mutex);
-            if (!m_comparing || epoch != m_epoch || m_stopped_matching)
-                return;  // an old epoch's frame, or nothing to compare with until a checkpoint
+            if (!m_comparing)
+                return;
             Shape shape = shape_of(frame);
-            if (shape.unit == Unit::Free)
-                return;  // the secondary's pure ACKs are not compared
+            // What the secondary's guest acknowledged it holds, whichever epoch it ran.
+            note_secondary_ack(shape);
+            if (epoch != m_epoch || m_stopped_matching)
+                return;  // an old epoch's frame, or nothing to compare with until a checkpoint
             Flow* flow = flow_for(shape.key, verdict);
-            if (flow && !flow->diverged &&
-                !(shape.unit == Unit::Stream && flow->verified_valid && !seq_before(flow->verified, shape.end))) {
+            if (flow && flow->diverged)
+                flow = nullptr;  // held until the checkpoint
+            // The secondary's pure ACKs are not compared, nor retransmissions of bytes compared
+            // already; their ack may still let the primary's frames of the flow go.
+            bool compared = flow && shape.unit != Unit::Free &&
+                            !(shape.unit == Unit::Stream && flow->verified_valid && !seq_before(flow->verified, shape.end));
+            if (compared) {
                 Waiting waiting;
                 if (shape.unit == Unit::Whole) {
                     waiting.bytes.assign(frame.begin(), frame.end());
@@ -376,11 +406,13 @@ void PacketComparator::secondary(uint64_t epoch, std::span<const std::byte> fram
                 m_waiting_since.emplace(waiting.ordinal, Clock::now());
                 m_secondary_bytes += waiting.bytes.size();
                 flow->secondary.push_back(std::move(waiting));
-                if (m_secondary_bytes > m_limit)
-                    stop_matching(verdict);
-                else
-                    match(*flow, out, verdict);
+                if (m_secondary_bytes > m_limit) {
+                    stop_matching(verdict);  // the flows are gone
+                    flow = nullptr;
+                }
             }
+            if (flow)
+                match(*flow, out, verdict);
         }
         release(out);
     }
@@ -478,6 +510,7 @@ void PacketComparator::discard_all() {
 void PacketComparator::stop_comparing() {
     m_sealed.clear();
     m_sealed_flows.clear();
+    m_secondary_acks.clear();
     reset_epoch(m_epoch);
     m_held = 0;
     m_comparing = false;

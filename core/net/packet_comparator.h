@@ -47,6 +47,14 @@
 //     window probes) are not compared: they go out in the flow's order as soon as nothing
 //     before them is held, and the secondary's are dropped; so are segments whose bytes were
 //     all compared already in this epoch (retransmissions of verified bytes).
+//   The ack number, though not compared, bounds when a segment may go: a primary segment
+//     with ACK set goes out only once the secondary's guest acknowledged as far in that flow
+//     (the highest ack of any of its segments there, pure ACKs included). An ack tells the
+//     peer it may forget those bytes; had the primary's gone out first, a takeover before the
+//     secondary received them (still in the primary's queue for the link when its host died)
+//     would leave the peer's stream with a hole no one can fill. The secondary's acks stay
+//     valid across checkpoints (a checkpoint it loads holds every frame forwarded before it),
+//     until the comparison stops (a new secondary starts from nothing).
 //   Everything else: the whole frame, byte for byte, except the IPv4 header's identification
 //     and checksum (the identification comes from per-guest counters and hashes, QEMU's
 //     colo-compare ignores it too) and the IPv6 flow label (Linux derives it from a random
@@ -148,8 +156,8 @@ private:
     struct Shape {
         FlowKey key;
         Unit unit = Unit::Whole;
-        // TCP: sequence number, flags, payload position; `end` = seq + payload + FIN.
-        uint32_t seq = 0, end = 0;
+        // TCP: sequence and ack numbers, flags, payload position; `end` = seq + payload + FIN.
+        uint32_t seq = 0, end = 0, ack = 0;
         uint8_t flags = 0;
         size_t payload = 0, payload_length = 0;
         // Whole: the IP header's position and version, for the fields not compared.
@@ -186,6 +194,10 @@ private:
     Step step_whole(Flow& flow, const Held& held);
     Step step_segment(Flow& flow, const Held& held);
     Step step_stream(Flow& flow, const Held& held, bool& compared);
+    // Whether the secondary's guest acknowledged as far as `shape` (a TCP segment with ACK set;
+    // true for any other frame).
+    bool acked_by_secondary(const Shape& shape) const;
+    void note_secondary_ack(const Shape& shape);
     void drop_front(Flow& flow);
     void release_held(uint64_t ordinal, std::vector<Bytes>& out);
     void ask(Verdict wanted, Verdict& verdict);
@@ -216,6 +228,9 @@ private:
     std::deque<Sealed> m_sealed;
     // Flows with frames in a sealed epoch: the newest such epoch (matched frames wait for it).
     std::unordered_map<FlowKey, uint64_t, FlowKeyHash> m_sealed_flows;
+    // TCP flows: the highest ack the secondary's guest sent (across epochs; at most
+    // k_max_flows, forgotten all at once beyond that, which only holds frames longer).
+    std::unordered_map<FlowKey, uint32_t, FlowKeyHash> m_secondary_acks;
     std::atomic<uint64_t> m_held{0};  // written under m_mutex, read anywhere
     std::atomic<uint64_t> m_mismatches{0};
     PauseStats m_latency;
