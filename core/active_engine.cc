@@ -8,6 +8,7 @@
 
 #include "base/events.h"
 #include "base/log.h"
+#include "base/thread_name.h"
 #include "core/fault.h"
 #include "core/guest_network.h"
 #include "core/guest_runtime.h"
@@ -193,7 +194,10 @@ void ActiveEngine::start() {
         m_disk->attach();
     std::lock_guard lock(m_mutex);
     if (!m_thread.joinable())
-        m_thread = std::thread([this] { run(); });
+        m_thread = std::thread([this] {
+            base::name_thread("replicate");
+            run();
+        });
 }
 
 void ActiveEngine::stop(HeldOutput held) {
@@ -296,12 +300,13 @@ void ActiveEngine::forward_frame(GuestNetwork& network, std::span<const std::byt
     bool lost = false;
     {
         // Under the input lock, as console input: a checkpoint's device state and the epoch the
-        // frame is tagged with agree (the NIC's backlog is part of that state).
+        // frame is tagged with agree (the NIC's backlog is part of that state). post_now never
+        // waits on the link: it writes the frame at once when the link is idle and has room.
         std::lock_guard lock(m_input_mutex);
         if (!network.deliver(frame))
             return;  // the guest here did not get it either
         if (m_forwarding && m_input_session)
-            lost = !m_input_session->post(
+            lost = !m_input_session->post_now(
                 proto::NetInput{m_input_epoch, std::string(reinterpret_cast<const char*>(frame.data()), frame.size())});
     }
     // A secondary that misses a frame runs on other input from here: a checkpoint puts it back.

@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "base/thread_name.h"
 
 namespace colod::core {
 
@@ -122,7 +123,10 @@ base::Result<std::unique_ptr<ConsoleServer>> ConsoleServer::create(const Console
     std::unique_ptr<ConsoleServer> server(new ConsoleServer(options, input, std::move(listener).value(), port));
     if (!server->m_wake)
         return base::Error::from_errno("eventfd");
-    server->m_thread = std::thread([s = server.get()] { s->loop(); });
+    server->m_thread = std::thread([s = server.get()] {
+        base::name_thread("console");
+        s->loop();
+    });
     return server;
 }
 

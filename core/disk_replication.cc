@@ -7,6 +7,7 @@
 
 #include "base/events.h"
 #include "base/log.h"
+#include "base/thread_name.h"
 #include "core/fault.h"
 #include "core/virtio/blk.h"
 
@@ -344,7 +345,10 @@ void DiskReplica::begin_session(std::shared_ptr<Session> session) {
     end_session();
     m_stop_hashing = false;
     m_copied_blocks = 0;
-    m_hasher = std::thread([this, session = std::move(session)] { hash_all(session); });
+    m_hasher = std::thread([this, session = std::move(session)] {
+        base::name_thread("disk-hash");
+        hash_all(session);
+    });
 }
 
 void DiskReplica::end_session() {

@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "base/log.h"
+#include "base/thread_name.h"
 #include "core/net/frames.h"
 #include "core/net/tcp_rewriter.h"
 #include "core/status.h"
@@ -146,7 +147,10 @@ void GuestNetwork::announce() {
         return;
     m_announce_pending = k_announce_rounds;
     if (!m_announcer.joinable())
-        m_announcer = std::thread([this] { announcer(); });
+        m_announcer = std::thread([this] {
+            base::name_thread("net-announce");
+            announcer();
+        });
     m_announce_wake.notify_all();
 }
 

@@ -2,6 +2,7 @@
 #include "core/guest_runtime.h"
 
 #include "base/log.h"
+#include "base/thread_name.h"
 #include "core/uart.h"
 
 namespace colod::core {
@@ -56,7 +57,10 @@ base::Result<void> GuestRuntime::open_network() {
 base::Result<void> GuestRuntime::start() {
     TRY(m_machine->start());
     if (!m_watchdog.joinable())
-        m_watchdog = std::thread([this] { watchdog(); });
+        m_watchdog = std::thread([this] {
+            base::name_thread("watchdog");
+            watchdog();
+        });
     return base::ok();
 }
 

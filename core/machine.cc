@@ -7,6 +7,7 @@
 #include <ctime>
 
 #include "base/log.h"
+#include "base/thread_name.h"
 #include "core/boot.h"
 #include "core/acpi/tables.h"
 #include "core/elf_loader.h"
@@ -137,7 +138,10 @@ void Machine::guest_reset() {
             reboot = true;
             m_reset_pending = true;
             previous = std::move(m_reset_thread);
-            m_reset_thread = std::thread([this] { reboot_in_place(); });
+            m_reset_thread = std::thread([this] {
+                base::name_thread("reboot");
+                reboot_in_place();
+            });
         }
     }
     if (previous.joinable())

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #include "core/session.h"
 
+#include "base/thread_name.h"
+
 namespace colod::core {
 
 namespace {
@@ -13,6 +15,10 @@ size_t queued_size(const proto::Message& message) {
         return 64 + out->bytes.size();
     if (const auto* rng = std::get_if<proto::RngInput>(&message))
         return 64 + rng->bytes.size();
+    if (const auto* in = std::get_if<proto::NetInput>(&message))
+        return 64 + in->frame.size();
+    if (const auto* out = std::get_if<proto::NetOutput>(&message))
+        return 64 + out->frame.size();
     return 64;
 }
 
@@ -27,7 +33,10 @@ base::Result<std::shared_ptr<Session>> Session::start(proto::Link link, Options 
     std::shared_ptr<Session> session(new Session(std::move(link), std::move(options)));
     session->m_heartbeats = TRY(proto::HeartbeatSender::start(session->m_link, session->m_options.heartbeat_interval,
                                                              session->m_options.committed_seq));
-    session->m_sender = std::thread([raw = session.get()] { raw->sender_loop(); });
+    session->m_sender = std::thread([raw = session.get()] {
+        base::name_thread("link-send");
+        raw->sender_loop();
+    });
     return session;
 }
 
@@ -80,14 +89,19 @@ std::optional<base::Error> Session::wait_failure(proto::Deadline deadline) const
     return m_failure;
 }
 
-bool Session::post(proto::Message message) {
+bool Session::post(proto::Message message) { return enqueue(std::move(message), false); }
+
+bool Session::enqueue(proto::Message message, bool front) {
     size_t bytes = queued_size(message);
     {
         std::lock_guard lock(m_mutex);
         if (m_failure)
             return false;
         if (m_queued_bytes + bytes <= m_options.max_queued_bytes) {
-            m_queue.emplace_back(std::move(message));
+            if (front)
+                m_queue.emplace_front(std::move(message));
+            else
+                m_queue.emplace_back(std::move(message));
             m_queued_bytes += bytes;
             ++m_queued_total;
             m_changed.notify_all();
@@ -97,6 +111,49 @@ bool Session::post(proto::Message message) {
     fail(base::Error::make(base::Errc::Timeout, "the peer does not read: {} KiB queued for it",
                            m_options.max_queued_bytes >> 10));
     return false;
+}
+
+bool Session::post_now(proto::Message message) {
+    bool mine;
+    {
+        std::lock_guard lock(m_mutex);
+        if (m_failure)
+            return false;
+        mine = !m_writing && m_queue.empty();
+        if (mine)
+            m_writing = true;  // the link is this thread's until it is done; the sender waits
+    }
+    if (!mine)
+        return enqueue(std::move(message), false);  // behind what is queued or being written
+    // Only when the socket has room for it now: never wait on the link here.
+    auto sent = m_link.send_if_writable(message, proto::deadline_after(m_options.send_timeout));
+    size_t bytes = queued_size(message);
+    bool over = false;
+    {
+        std::lock_guard lock(m_mutex);
+        m_writing = false;
+        if (sent && *sent) {
+            ++m_queued_total;
+            ++m_written_total;
+        } else if (sent && !m_failure) {
+            // No room: first in the queue (whatever was posted meanwhile came after it).
+            over = m_queued_bytes + bytes > m_options.max_queued_bytes;
+            if (!over) {
+                m_queue.emplace_front(std::move(message));
+                m_queued_bytes += bytes;
+                ++m_queued_total;
+            }
+        }
+    }
+    m_changed.notify_all();
+    if (!sent) {
+        send_failed(sent.error());
+        return false;
+    }
+    if (over)
+        fail(base::Error::make(base::Errc::Timeout, "the peer does not read: {} KiB queued for it",
+                               m_options.max_queued_bytes >> 10));
+    return !over;
 }
 
 base::Result<void> Session::send_state(const proto::EncodedState& state) {
@@ -129,11 +186,12 @@ void Session::sender_loop() {
         Item item;
         {
             std::unique_lock lock(m_mutex);
-            m_changed.wait(lock, [&] { return !m_queue.empty() || m_failure.has_value(); });
+            m_changed.wait(lock, [&] { return (!m_queue.empty() && !m_writing) || m_failure.has_value(); });
             if (m_failure)
                 return;
             item = std::move(m_queue.front());
             m_queue.pop_front();
+            m_writing = true;
         }
         auto deadline = proto::deadline_after(m_options.send_timeout);
         base::Result<void> sent = base::ok();
@@ -146,6 +204,7 @@ void Session::sender_loop() {
         }
         {
             std::lock_guard lock(m_mutex);
+            m_writing = false;
             m_queued_bytes -= std::min(bytes, m_queued_bytes);
             if (sent)
                 ++m_written_total;
@@ -157,14 +216,17 @@ void Session::sender_loop() {
         }
         m_changed.notify_all();
         if (!sent) {
-            // A frame cut short leaves the stream unusable.
-            fail(sent.error().code() == base::Errc::Timeout
-                     ? base::Error::make(base::Errc::Timeout, "the peer did not read for {} s",
-                                         m_options.send_timeout.count() / 1000)
-                     : sent.error());
+            send_failed(sent.error());
             return;
         }
     }
+}
+
+void Session::send_failed(const base::Error& error) {
+    // A frame cut short leaves the stream unusable.
+    fail(error.code() == base::Errc::Timeout ? base::Error::make(base::Errc::Timeout, "the peer did not read for {} s",
+                                                                 m_options.send_timeout.count() / 1000)
+                                             : error);
 }
 
 base::Error Session::translate(const base::Error& error) const {
@@ -194,7 +256,10 @@ base::Result<void> Session::receive(proto::Frame& frame) {
 }
 
 void Session::start_receiver(Handler handler) {
-    m_receiver = std::thread([this, handler = std::move(handler)] { receiver_loop(handler); });
+    m_receiver = std::thread([this, handler = std::move(handler)] {
+        base::name_thread("link-recv");
+        receiver_loop(handler);
+    });
 }
 
 void Session::receiver_loop(Handler handler) {

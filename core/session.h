@@ -3,10 +3,12 @@
 // engines hold their live session as a shared pointer; it ends (close()) when the engine is done
 // with it, whoever still holds a pointer.
 //
-// Sending: one sender thread writes every frame, in the order it was queued. post() queues a
-// control message and returns at once, so a vCPU thread, a console thread or a paused
-// checkpoint never waits on the network; send_state() queues a checkpoint and waits until it is
-// written. Heartbeats go out beside the queue whenever nothing else has for an interval.
+// Sending: frames go out in the order they were queued. post() queues a control message for the
+// sender thread and returns at once, so a vCPU thread, a console thread or a paused checkpoint
+// never waits on the network; post_now() writes it from the calling thread instead when the
+// queue is empty and the socket has room (still never waiting); send_state() queues a
+// checkpoint and waits until it is written. Heartbeats go out beside the queue whenever
+// nothing else has for an interval.
 //
 // Receiving: either the owner's own loop calls receive() (the standby, which decodes checkpoint
 // frames in place), or start_receiver() runs a receiver thread that hands each message to a
@@ -58,6 +60,10 @@ public:
 
     // Queues a control message. False (nothing queued) once the session has failed.
     bool post(proto::Message message);
+    // As post(), but written by the calling thread when nothing is queued or being written and
+    // the socket has room for it now (it never waits on the link): a guest's network frame
+    // then reaches the peer without a hand-off to the sender thread. Else queued.
+    bool post_now(proto::Message message);
     // Queues a checkpoint and waits until it is written. `state` must stay valid until then.
     base::Result<void> send_state(const proto::EncodedState& state);
     // Waits until everything queued before is written (or the session fails, or the deadline).
@@ -97,6 +103,8 @@ private:
     using Item = std::variant<proto::Message, StateJob*>;
 
     Session(proto::Link link, Options options);
+    bool enqueue(proto::Message message, bool front);
+    void send_failed(const base::Error& error);
     void sender_loop();
     void receiver_loop(Handler handler);
     // A receive error as the session reports it (heartbeat timeout, peer closed, or as is).
@@ -113,6 +121,7 @@ private:
     size_t m_queued_bytes = 0;         // guarded by m_mutex
     uint64_t m_queued_total = 0;       // items ever queued (guarded by m_mutex)
     uint64_t m_written_total = 0;      // items ever written (guarded by m_mutex)
+    bool m_writing = false;            // a thread writes an item now (guarded by m_mutex)
     std::deque<proto::Message> m_inbox;  // guarded by m_mutex
     std::optional<base::Error> m_failure;  // guarded by m_mutex
     bool m_closed = false;             // guarded by m_mutex

@@ -8,6 +8,7 @@
 
 #include "base/events.h"
 #include "base/log.h"
+#include "base/thread_name.h"
 #include "core/fence.h"
 #include "core/fault.h"
 #include "core/guest_network.h"
@@ -186,7 +187,10 @@ void StandbyEngine::set_disk(std::unique_ptr<DiskReplica> disk) {
 }
 
 void StandbyEngine::start() {
-    m_accept_thread = std::thread([this] { accept_loop(); });
+    m_accept_thread = std::thread([this] {
+        base::name_thread("standby-accept");
+        accept_loop();
+    });
 }
 
 void StandbyEngine::stop() {
@@ -330,7 +334,10 @@ void StandbyEngine::accept_loop() {
             m_session_active = false;
             continue;
         }
-        m_session_thread = std::thread([this, s = std::move(session).value()]() mutable { run_session(std::move(s)); });
+        m_session_thread = std::thread([this, s = std::move(session).value()]() mutable {
+            base::name_thread("standby-recv");
+            run_session(std::move(s));
+        });
     }
 }
 
@@ -549,9 +556,9 @@ void StandbyEngine::send_frame(std::span<const std::byte> frame) {
         std::lock_guard lock(m_mutex);
         session = m_session;
     }
-    // A vCPU thread, under the NIC's lock: queue, never wait on the link.
+    // A vCPU thread, under the NIC's lock: never wait on the link (written now if it has room).
     if (session)
-        (void)session->post(
+        (void)session->post_now(
             proto::NetOutput{m_epoch.load(), std::string(reinterpret_cast<const char*>(frame.data()), frame.size())});
 }
 

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "base/thread_name.h"
 #include "core/console.h"
 
 namespace colod::daemons {
@@ -56,7 +57,10 @@ base::Result<std::unique_ptr<ControlServer>> ControlServer::create(const std::fi
     std::unique_ptr<ControlServer> server(new ControlServer(path, std::move(listener), std::move(handler)));
     if (!server->m_wake)
         return base::Error::from_errno("eventfd");
-    server->m_thread = std::thread([s = server.get()] { s->loop(); });
+    server->m_thread = std::thread([s = server.get()] {
+        base::name_thread("control");
+        s->loop();
+    });
     return server;
 }
 

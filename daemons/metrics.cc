@@ -18,6 +18,7 @@
 
 #include "base/events.h"
 #include "base/log.h"
+#include "base/thread_name.h"
 #include "daemons/metrics_format.h"
 
 namespace colod::daemons {
@@ -265,6 +266,7 @@ base::Result<std::unique_ptr<MetricsServer>> MetricsServer::create(const config:
     state->accept();
     State* running = state.get();
     state->thread = std::thread([running] {
+        base::name_thread("metrics");
         for (;;) {
             try {
                 running->io.run();

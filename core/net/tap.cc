@@ -17,6 +17,7 @@
 #include <string_view>
 
 #include "base/log.h"
+#include "base/thread_name.h"
 
 namespace colod::core::net {
 
@@ -222,7 +223,10 @@ base::Result<std::unique_ptr<TapReader>> TapReader::start(Tap& tap, Deliver deli
     if (!wake)
         return base::Error::from_errno("eventfd for the tap reader");
     std::unique_ptr<TapReader> reader(new TapReader(tap, std::move(deliver), std::move(wake)));
-    reader->m_thread = std::thread([r = reader.get()] { r->run(); });
+    reader->m_thread = std::thread([r = reader.get()] {
+        base::name_thread("tap-rx");
+        r->run();
+    });
     return reader;
 }
 
