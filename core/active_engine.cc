@@ -297,20 +297,25 @@ size_t ActiveEngine::forward_input(std::span<const std::byte> bytes) {
 }
 
 void ActiveEngine::forward_frame(GuestNetwork& network, std::span<const std::byte> frame) {
-    bool lost = false;
+    bool diverged = false;
     {
         // Under the input lock, as console input: a checkpoint's device state and the epoch the
-        // frame is tagged with agree (the NIC's backlog is part of that state). post_now never
-        // waits on the link: it writes the frame at once when the link is idle and has room.
+        // frame is tagged with agree (the NIC's backlog is part of that state).
         std::lock_guard lock(m_input_mutex);
-        if (!network.deliver(frame))
-            return;  // the guest here did not get it either
+        // To the secondary first, so that its guest's reply, which the primary's waits for in
+        // the comparison, is under way as early as possible. post_now never waits on the link:
+        // it writes the frame at once when the link is idle and has room.
         if (m_forwarding && m_input_session)
-            lost = !m_input_session->post_now(
+            diverged = !m_input_session->post_now(
                 proto::NetInput{m_input_epoch, std::string(reinterpret_cast<const char*>(frame.data()), frame.size())});
+        // A frame the NIC here drops (its receive backlog is full) the secondary's guest may
+        // still get: the guests then run on different input, which a checkpoint puts right.
+        if (!network.deliver(frame))
+            diverged = diverged || (m_forwarding && m_input_session);
     }
-    // A secondary that misses a frame runs on other input from here: a checkpoint puts it back.
-    if (lost)
+    // A secondary that misses a frame, or gets one the guest here did not, runs on other input
+    // from here: a checkpoint puts it back.
+    if (diverged)
         force_checkpoint();
 }
 
@@ -886,6 +891,11 @@ void ActiveEngine::fill_status(Status& status) const {
         auto latency = m_console->compare_latency();
         status.compare_us_p50 = latency.p50;
         status.compare_us_p99 = latency.p99;
+        if (m_net) {
+            auto frames = m_net->compare_latency();
+            status.network.compare_us_p50 = frames.p50;
+            status.network.compare_us_p99 = frames.p99;
+        }
     }
     status.peer = m_config.peer_address;
 }

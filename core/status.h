@@ -67,6 +67,9 @@ struct Status {
         // (bounded queue; each costs a checkpoint, as the comparison then differs).
         uint64_t input_dropped = 0;
         uint64_t announcements = 0;            // MAC announcements sent (a takeover sends them)
+        // A COLO primary: how long the guest's compared frames waited for the secondary's
+        // guest to send the same (microseconds, recent frames); 0 otherwise.
+        uint64_t compare_us_p50 = 0, compare_us_p99 = 0;
     } network;
     // The guest's disk ([vm] disk); absent without one (docs/disk.md). The copy's figures are
     // the current or last session's; the others since this daemon started.

@@ -30,18 +30,22 @@ std::string network_json(const core::Status::Network& n) {
         return "null";
     return fmt::format("{{\"tap\": {}, \"tx_frames\": {}, \"tx_bytes\": {}, \"rx_frames\": {}, \"rx_bytes\": {}, "
                        "\"rx_dropped\": {}, \"rx_backlog\": {}, \"tap_dropped\": {}, \"bad_chains\": {}, "
-                       "\"input_dropped\": {}, \"announcements\": {}}}",
+                       "\"input_dropped\": {}, \"announcements\": {}, \"compare_us\": {{\"p50\": {}, \"p99\": {}}}}}",
                        quoted(n.tap), n.tx_frames, n.tx_bytes, n.rx_frames, n.rx_bytes, n.rx_dropped, n.rx_backlog,
-                       n.tap_dropped, n.bad_chains, n.input_dropped, n.announcements);
+                       n.tap_dropped, n.bad_chains, n.input_dropped, n.announcements, n.compare_us_p50,
+                       n.compare_us_p99);
 }
 
 std::string network_text(const core::Status::Network& n) {
     if (!n.present)
         return {};
     return fmt::format("network:         tap {}: tx {} frames ({} bytes), rx {} frames ({} bytes); dropped: rx {}, tap {}, "
-                       "replica input {}; backlog {}, bad chains {}, announcements {}\n",
+                       "replica input {}; backlog {}, bad chains {}, announcements {}{}\n",
                        n.tap, n.tx_frames, n.tx_bytes, n.rx_frames, n.rx_bytes, n.rx_dropped, n.tap_dropped,
-                       n.input_dropped, n.rx_backlog, n.bad_chains, n.announcements);
+                       n.input_dropped, n.rx_backlog, n.bad_chains, n.announcements,
+                       n.compare_us_p50 || n.compare_us_p99
+                           ? fmt::format("; compared in p50 {} us, p99 {} us", n.compare_us_p50, n.compare_us_p99)
+                           : std::string());
 }
 
 std::string disk_json(const core::Status::Disk& d) {

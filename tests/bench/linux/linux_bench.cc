@@ -126,7 +126,18 @@ namespace {
 struct NetRow {
     std::string mode;
     double p50_ms = 0, p99_ms = 0, mbit_s = 0;
+    // Protected modes, during the bulk transfer: checkpoints taken (COLO: how many of them a
+    // mismatch asked for) and frames of the primary's input the secondary had to drop.
+    uint64_t checkpoints = 0, mismatch = 0, input_dropped = 0;
+    // COLO, the PINGs: how long the primary's replies waited for the secondary's guest's.
+    double compare_p50_ms = 0;
 };
+
+// A number of `side`'s status (0 when it does not answer).
+uint64_t status_number(Pair& pair, Side side, const std::string& key) {
+    auto json = pair.control(side, "status --json");
+    return json ? json_number(*json, key).value_or(0) : 0;
+}
 
 // A TCP connection to the guest on the LAN once it answers there.
 LineClient guest_connection(const GuestLan& lan, uint16_t port, bool ping) {
@@ -168,9 +179,18 @@ NetRow measure_net(const std::string& mode, const std::string& interval, bool pr
         latencies.push_back(ms_since(start));
     }
     NetRow row{mode + (interval.empty() ? "" : " " + interval), percentile(latencies, 50), percentile(latencies, 99), 0};
+    if (mode == "colo") {
+        auto json = pair.control(Side::Primary, "status --json");
+        auto network = json ? json->find("\"network\": ") : std::string::npos;
+        if (network != std::string::npos)
+            row.compare_p50_ms = static_cast<double>(json_number(json->substr(network), "p50").value_or(0)) / 1000;
+    }
 
     LineClient sink = guest_connection(lan, 4556, false);
     std::string chunk(64 * 1024, 'x');
+    uint64_t checkpoints = protect ? status_number(pair, Side::Primary, "checkpoints") : 0;
+    uint64_t mismatch = protect ? status_number(pair, Side::Primary, "checkpoints_mismatch") : 0;
+    uint64_t dropped = protect ? status_number(pair, Side::Secondary, "input_dropped") : 0;
     auto start = Clock::now();
     for (size_t sent = 0; sent < bulk; sent += chunk.size())
         REQUIRE(sink.send(chunk));
@@ -180,6 +200,11 @@ NetRow measure_net(const std::string& mode, const std::string& interval, bool pr
     REQUIRE(count);
     REQUIRE(std::stoull(*count) == (bulk + chunk.size() - 1) / chunk.size() * chunk.size());
     row.mbit_s = static_cast<double>(std::stoull(*count)) * 8 / seconds / 1e6;
+    if (protect) {
+        row.checkpoints = status_number(pair, Side::Primary, "checkpoints") - checkpoints;
+        row.mismatch = status_number(pair, Side::Primary, "checkpoints_mismatch") - mismatch;
+        row.input_dropped = status_number(pair, Side::Secondary, "input_dropped") - dropped;
+    }
     return row;
 }
 
@@ -201,11 +226,14 @@ TEST_CASE("the guest's network: TCP latency and bulk throughput, standalone agai
     fmt::print("\nThe guest's network: a client on its LAN (the test's namespace, a bridge to each host's tap), "
                "{} backend; {} PINGs on one TCP connection, then {} MiB into kvstored's sink\n",
                test_backend(), requests, bulk >> 20);
-    fmt::print("| mode | p50 ms | p99 ms | p50 / standalone | bulk Mbit/s | bulk / standalone |\n"
-               "|---|---:|---:|---:|---:|---:|\n");
+    fmt::print("| mode | p50 ms | p99 ms | p50 / standalone | reply waited for the secondary, p50 ms | bulk Mbit/s | "
+               "bulk / standalone | bulk: checkpoints (mismatch) | bulk: input dropped |\n"
+               "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (const auto& r : rows)
-        fmt::print("| {} | {:.2f} | {:.2f} | {:.1f} | {:.1f} | {:.2f} |\n", r.mode, r.p50_ms, r.p99_ms,
-                   r.p50_ms / rows[0].p50_ms, r.mbit_s, r.mbit_s / rows[0].mbit_s);
+        fmt::print("| {} | {:.2f} | {:.2f} | {:.1f} | {} | {:.1f} | {:.2f} | {} ({}) | {} |\n", r.mode, r.p50_ms,
+                   r.p99_ms, r.p50_ms / rows[0].p50_ms,
+                   r.mode.starts_with("colo") ? fmt::format("{:.2f}", r.compare_p50_ms) : std::string("-"), r.mbit_s,
+                   r.mbit_s / rows[0].mbit_s, r.checkpoints, r.mismatch, r.input_dropped);
     fmt::print("(checkpoint mode holds the guest's packets until the next checkpoint is loaded; COLO releases "
                "each as soon as the secondary's guest sent the same, and checkpoints at least every interval: "
                "docs/network.md)\n\n");

@@ -285,6 +285,8 @@ TEST_CASE("status --json: the guest's NIC is an object with its counters, null w
     s.network.bad_chains = 8;
     s.network.input_dropped = 9;
     s.network.announcements = std::numeric_limits<uint64_t>::max();
+    s.network.compare_us_p50 = 640;
+    s.network.compare_us_p99 = 9100;
     doc = daemons::parse_json(daemons::status_json(s));
     REQUIRE(doc);
     const JsonValue* net = doc->find("network");
@@ -299,10 +301,14 @@ TEST_CASE("status --json: the guest's NIC is an object with its counters, null w
         CHECK(net->find(key)->as_u64() == expected++);
     }
     CHECK(net->find("announcements")->as_u64() == std::numeric_limits<uint64_t>::max());
+    REQUIRE(net->find("compare_us"));
+    CHECK(net->find("compare_us")->find("p50")->as_u64() == 640);
+    CHECK(net->find("compare_us")->find("p99")->as_u64() == 9100);
     // The reader of coloctl status --watch takes it (it skips what it does not show).
     CHECK(daemons::status_from_json(daemons::status_json(s)));
     CHECK_THAT(daemons::status_text(s), Catch::Contains("network:         tap tap \"a\": tx 1 frames (2 bytes), rx 3 "
                                                         "frames (4 bytes); dropped: rx 5, tap 7, replica input 9"));
+    CHECK_THAT(daemons::status_text(s), Catch::Contains("; compared in p50 640 us, p99 9100 us"));
 }
 
 TEST_CASE("status --json: the guest's disk is an object with its figures, null without one", "[watch][json][disk]") {
