@@ -182,36 +182,52 @@ base::Result<void> Session::flush(proto::Deadline deadline) {
 }
 
 void Session::sender_loop() {
+    std::vector<proto::Message> batch;
     for (;;) {
-        Item item;
+        StateJob* job = nullptr;
+        size_t bytes = 0;
+        batch.clear();
         {
             std::unique_lock lock(m_mutex);
             m_changed.wait(lock, [&] { return (!m_queue.empty() && !m_writing) || m_failure.has_value(); });
             if (m_failure)
                 return;
-            item = std::move(m_queue.front());
-            m_queue.pop_front();
+            if (auto* state = std::get_if<StateJob*>(&m_queue.front())) {
+                job = *state;
+                m_queue.pop_front();
+            } else {
+                // Every control message queued up to the next checkpoint (within a bound), in one
+                // write: under a stream of a guest's frames a system call per frame would fall
+                // behind.
+                while (!m_queue.empty() && batch.size() < k_batch_messages && bytes < k_batch_bytes) {
+                    auto* message = std::get_if<proto::Message>(&m_queue.front());
+                    if (!message)
+                        break;
+                    bytes += queued_size(*message);
+                    batch.push_back(std::move(*message));
+                    m_queue.pop_front();
+                }
+            }
             m_writing = true;
         }
         auto deadline = proto::deadline_after(m_options.send_timeout);
         base::Result<void> sent = base::ok();
-        size_t bytes = 0;
-        if (auto* message = std::get_if<proto::Message>(&item)) {
-            bytes = queued_size(*message);
-            sent = m_link.send(*message, deadline);
-        } else {
-            sent = m_link.send_state(*std::get<StateJob*>(item)->state, deadline);
-        }
+        if (job)
+            sent = m_link.send_state(*job->state, deadline);
+        else if (batch.size() == 1)
+            sent = m_link.send(batch.front(), deadline);
+        else
+            sent = m_link.send_batch(batch, deadline);
         {
             std::lock_guard lock(m_mutex);
             m_writing = false;
             m_queued_bytes -= std::min(bytes, m_queued_bytes);
             if (sent)
-                ++m_written_total;
-            if (auto* job = std::get_if<StateJob*>(&item)) {
-                (*job)->done = true;
+                m_written_total += job ? 1 : batch.size();
+            if (job) {
+                job->done = true;
                 if (!sent)
-                    (*job)->error = sent.error();
+                    job->error = sent.error();
             }
         }
         m_changed.notify_all();

@@ -7,8 +7,9 @@
 // sender thread and returns at once, so a vCPU thread, a console thread or a paused checkpoint
 // never waits on the network; post_now() writes it from the calling thread instead when the
 // queue is empty and the socket has room (still never waiting); send_state() queues a
-// checkpoint and waits until it is written. Heartbeats go out beside the queue whenever
-// nothing else has for an interval.
+// checkpoint and waits until it is written. The sender writes the control messages queued
+// together in one write (Link::send_batch), up to k_batch_messages or k_batch_bytes.
+// Heartbeats go out beside the queue whenever nothing else has for an interval.
 //
 // Receiving: either the owner's own loop calls receive() (the standby, which decodes checkpoint
 // frames in place), or start_receiver() runs a receiver thread that hands each message to a
@@ -30,6 +31,7 @@
 #include <string>
 #include <thread>
 #include <variant>
+#include <vector>
 
 #include "base/result.h"
 #include "proto/link.h"
@@ -103,6 +105,9 @@ private:
     using Item = std::variant<proto::Message, StateJob*>;
 
     Session(proto::Link link, Options options);
+    // The most control messages, and bytes of them, the sender writes at once.
+    static constexpr size_t k_batch_messages = 256;
+    static constexpr size_t k_batch_bytes = 256u << 10;
     bool enqueue(proto::Message message, bool front);
     void send_failed(const base::Error& error);
     void sender_loop();

@@ -166,6 +166,7 @@ struct Link::Shared {
     std::optional<FrameCipher> send_cipher; // guarded by send_mutex
     std::vector<std::byte> seal_buffer;     // guarded by send_mutex: one encrypted chunk
     std::vector<iovec> send_iov;            // guarded by send_mutex: the chunk being written
+    std::vector<std::byte> batch_buffer;    // guarded by send_mutex: frames of send_batch()
     bool send_broken = false;               // guarded by send_mutex: a frame was cut short
 
     uint64_t receive_sequence = 0;       // receiving thread only
@@ -198,6 +199,9 @@ struct Link::Shared {
     base::Result<void> read_exact(std::byte* out, size_t n, Deadline deadline, std::string_view doing,
                                   const Landed& landed = {}, size_t landed_bytes = 0, Clock::duration idle = {});
     base::Result<void> send_frame_locked(const FrameHeader& header, std::span<const iovec> payload, Deadline deadline);
+    // Appends one whole frame (header, payload sealed or in clear, trailer) to batch_buffer.
+    // Caller holds send_mutex; the frame takes the next sequence number.
+    base::Result<void> append_frame_locked(FrameHeader header, std::span<const std::byte> payload);
 };
 
 namespace {
@@ -471,6 +475,63 @@ base::Result<void> Link::send(const Message& message, Deadline deadline) {
     iovec iov{payload.data(), payload.size()};
     std::lock_guard lock(m->send_mutex);
     return m->send_frame_locked(header, std::span(&iov, payload.empty() ? 0 : 1), deadline);
+}
+
+base::Result<void> Link::Shared::append_frame_locked(FrameHeader header, std::span<const std::byte> payload) {
+    header.sequence = send_sequence;
+    FrameCipher* cipher = send_cipher ? &*send_cipher : nullptr;
+    if (cipher)
+        header.flags |= static_cast<uint16_t>(cipher->flag());
+    HeaderBytes head = encode_header(header);
+    size_t at = batch_buffer.size();
+    batch_buffer.resize(at + head.size() + payload.size() + header.trailer_size());
+    std::byte* out = batch_buffer.data() + at;
+    std::memcpy(out, head.data(), head.size());
+    out += head.size();
+    std::array<std::byte, kTagSize> trailer{};
+    if (cipher) {
+        TRY(cipher->begin(header.sequence, head));
+        if (cipher->security() == LinkSecurity::Encrypted) {
+            TRY(cipher->seal(payload, out));
+        } else {
+            TRY(cipher->seal(payload, nullptr));
+            std::memcpy(out, payload.data(), payload.size());
+        }
+        trailer = TRY(cipher->finish_seal());
+    } else {
+        std::memcpy(out, payload.data(), payload.size());
+        Crc32c crc;
+        crc.update(payload);
+        store_be32(trailer.data(), crc.value());
+    }
+    std::memcpy(out + payload.size(), trailer.data(), header.trailer_size());
+    ++send_sequence;
+    return base::ok();
+}
+
+base::Result<void> Link::send_batch(std::span<const Message> messages, Deadline deadline) {
+    std::lock_guard lock(m->send_mutex);
+    if (m->send_broken)
+        return base::Error::make(base::Errc::Failed, "sending to {}: an earlier frame was cut short", m->peer);
+    m->batch_buffer.clear();
+    for (const Message& message : messages) {
+        auto payload = encode_message(message);
+        FrameHeader header{kWireVersion, message_type(message), 0, 0, uint32_t(payload.size())};
+        // A failure here (the cipher) leaves sequence numbers taken by frames never written.
+        m->send_broken = true;
+        TRY(m->append_frame_locked(header, payload));
+        m->send_broken = false;
+    }
+    if (m->batch_buffer.empty())
+        return base::ok();
+    // SAFETY: iovec wants a non-const pointer; sendmsg only reads it.
+    iovec iov{m->batch_buffer.data(), m->batch_buffer.size()};
+    m->send_broken = true;
+    TRY(m->write_iov(std::span(&iov, 1), deadline));
+    m->send_broken = false;
+    if (m->batch_buffer.capacity() > (1u << 20))
+        std::vector<std::byte>().swap(m->batch_buffer);  // a rare large batch does not stay
+    return base::ok();
 }
 
 base::Result<bool> Link::send_if_writable(const Message& message, Deadline deadline) {

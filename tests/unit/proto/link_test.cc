@@ -472,6 +472,24 @@ TEST_CASE("handshake: matching peers with the right key pair up, for every link 
         REQUIRE(got->first == 1);
         REQUIRE(p.server.send(VmstateReceived{1}, deadline_after(1s)).ok());
         REQUIRE(std::get<VmstateReceived>(p.client.receive(deadline_after(1s))->message().value()).seq == 1);
+
+        // A batch of network frames in one write: each its own sealed frame, in order, and
+        // the frames after it numbered on.
+        std::vector<Message> batch;
+        for (uint64_t i = 0; i < 40; ++i)
+            batch.push_back(NetInput{i, std::string(60 + 37 * i, char('a' + i % 26))});
+        batch.push_back(VmstateLoaded{7});
+        REQUIRE(p.client.send_batch(batch, deadline_after(2s)).ok());
+        REQUIRE(p.client.send(VmstateLoaded{8}, deadline_after(1s)).ok());
+        for (uint64_t i = 0; i < 40; ++i) {
+            auto frame = p.server.receive(deadline_after(1s));
+            REQUIRE(frame.ok());
+            auto input = std::get<NetInput>(frame->message().value());
+            CHECK(input.epoch == i);
+            CHECK(input.frame == std::string(60 + 37 * i, char('a' + i % 26)));
+        }
+        REQUIRE(std::get<VmstateLoaded>(p.server.receive(deadline_after(1s))->message().value()).seq == 7);
+        REQUIRE(std::get<VmstateLoaded>(p.server.receive(deadline_after(1s))->message().value()).seq == 8);
     }
 }
 
