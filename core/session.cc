@@ -92,25 +92,35 @@ std::optional<base::Error> Session::wait_failure(proto::Deadline deadline) const
 bool Session::post(proto::Message message) { return enqueue(std::move(message), false); }
 
 bool Session::enqueue(proto::Message message, bool front) {
-    size_t bytes = queued_size(message);
     {
         std::lock_guard lock(m_mutex);
         if (m_failure)
             return false;
-        if (m_queued_bytes + bytes <= m_options.max_queued_bytes) {
-            if (front)
-                m_queue.emplace_front(std::move(message));
-            else
-                m_queue.emplace_back(std::move(message));
-            m_queued_bytes += bytes;
-            ++m_queued_total;
+        if (enqueue_locked(message, front)) {
             m_changed.notify_all();
             return true;
         }
     }
+    fail_unread();
+    return false;
+}
+
+bool Session::enqueue_locked(proto::Message& message, bool front) {
+    size_t bytes = queued_size(message);
+    if (m_queued_bytes + bytes > m_options.max_queued_bytes)
+        return false;
+    if (front)
+        m_queue.emplace_front(std::move(message));
+    else
+        m_queue.emplace_back(std::move(message));
+    m_queued_bytes += bytes;
+    ++m_queued_total;
+    return true;
+}
+
+void Session::fail_unread() {
     fail(base::Error::make(base::Errc::Timeout, "the peer does not read: {} KiB queued for it",
                            m_options.max_queued_bytes >> 10));
-    return false;
 }
 
 bool Session::post_now(proto::Message message) {
@@ -127,7 +137,6 @@ bool Session::post_now(proto::Message message) {
         return enqueue(std::move(message), false);  // behind what is queued or being written
     // Only when the socket has room for it now: never wait on the link here.
     auto sent = m_link.send_if_writable(message, proto::deadline_after(m_options.send_timeout));
-    size_t bytes = queued_size(message);
     bool over = false;
     {
         std::lock_guard lock(m_mutex);
@@ -137,12 +146,7 @@ bool Session::post_now(proto::Message message) {
             ++m_written_total;
         } else if (sent && !m_failure) {
             // No room: first in the queue (whatever was posted meanwhile came after it).
-            over = m_queued_bytes + bytes > m_options.max_queued_bytes;
-            if (!over) {
-                m_queue.emplace_front(std::move(message));
-                m_queued_bytes += bytes;
-                ++m_queued_total;
-            }
+            over = !enqueue_locked(message, true);
         }
     }
     m_changed.notify_all();
@@ -151,8 +155,7 @@ bool Session::post_now(proto::Message message) {
         return false;
     }
     if (over)
-        fail(base::Error::make(base::Errc::Timeout, "the peer does not read: {} KiB queued for it",
-                               m_options.max_queued_bytes >> 10));
+        fail_unread();
     return !over;
 }
 

@@ -109,6 +109,9 @@ private:
     static constexpr size_t k_batch_messages = 256;
     static constexpr size_t k_batch_bytes = 256u << 10;
     bool enqueue(proto::Message message, bool front);
+    // Caller holds m_mutex. False, nothing queued, when it would pass max_queued_bytes.
+    bool enqueue_locked(proto::Message& message, bool front);
+    void fail_unread();  // the session's failure when the peer leaves too much unread
     void send_failed(const base::Error& error);
     void sender_loop();
     void receiver_loop(Handler handler);
