@@ -194,8 +194,7 @@ void ActiveEngine::start() {
         m_disk->attach();
     std::lock_guard lock(m_mutex);
     if (!m_thread.joinable())
-        m_thread = std::thread([this] {
-            base::name_thread("replicate");
+        m_thread = base::named_thread("replicate", [this] {
             run();
         });
 }
@@ -302,16 +301,17 @@ void ActiveEngine::forward_frame(GuestNetwork& network, std::span<const std::byt
         // Under the input lock, as console input: a checkpoint's device state and the epoch the
         // frame is tagged with agree (the NIC's backlog is part of that state).
         std::lock_guard lock(m_input_mutex);
+        const bool forwarding = m_forwarding && m_input_session;
         // To the secondary first, so that its guest's reply, which the primary's waits for in
         // the comparison, is under way as early as possible. post_now never waits on the link:
         // it writes the frame at once when the link is idle and has room.
-        if (m_forwarding && m_input_session)
+        if (forwarding)
             diverged = !m_input_session->post_now(
                 proto::NetInput{m_input_epoch, std::string(reinterpret_cast<const char*>(frame.data()), frame.size())});
         // A frame the NIC here drops (its receive backlog is full) the secondary's guest may
         // still get: the guests then run on different input, which a checkpoint puts right.
-        if (!network.deliver(frame))
-            diverged = diverged || (m_forwarding && m_input_session);
+        if (!network.deliver(frame) && forwarding)
+            diverged = true;
     }
     // A secondary that misses a frame, or gets one the guest here did not, runs on other input
     // from here: a checkpoint puts it back.

@@ -123,8 +123,7 @@ base::Result<std::unique_ptr<ConsoleServer>> ConsoleServer::create(const Console
     std::unique_ptr<ConsoleServer> server(new ConsoleServer(options, input, std::move(listener).value(), port));
     if (!server->m_wake)
         return base::Error::from_errno("eventfd");
-    server->m_thread = std::thread([s = server.get()] {
-        base::name_thread("console");
+    server->m_thread = base::named_thread("console", [s = server.get()] {
         s->loop();
     });
     return server;

@@ -345,8 +345,7 @@ void DiskReplica::begin_session(std::shared_ptr<Session> session) {
     end_session();
     m_stop_hashing = false;
     m_copied_blocks = 0;
-    m_hasher = std::thread([this, session = std::move(session)] {
-        base::name_thread("disk-hash");
+    m_hasher = base::named_thread("disk-hash", [this, session = std::move(session)] {
         hash_all(session);
     });
 }

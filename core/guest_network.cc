@@ -147,8 +147,7 @@ void GuestNetwork::announce() {
         return;
     m_announce_pending = k_announce_rounds;
     if (!m_announcer.joinable())
-        m_announcer = std::thread([this] {
-            base::name_thread("net-announce");
+        m_announcer = base::named_thread("net-announce", [this] {
             announcer();
         });
     m_announce_wake.notify_all();

@@ -57,8 +57,7 @@ base::Result<void> GuestRuntime::open_network() {
 base::Result<void> GuestRuntime::start() {
     TRY(m_machine->start());
     if (!m_watchdog.joinable())
-        m_watchdog = std::thread([this] {
-            base::name_thread("watchdog");
+        m_watchdog = base::named_thread("watchdog", [this] {
             watchdog();
         });
     return base::ok();

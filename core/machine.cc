@@ -138,8 +138,7 @@ void Machine::guest_reset() {
             reboot = true;
             m_reset_pending = true;
             previous = std::move(m_reset_thread);
-            m_reset_thread = std::thread([this] {
-                base::name_thread("reboot");
+            m_reset_thread = base::named_thread("reboot", [this] {
                 reboot_in_place();
             });
         }
@@ -321,7 +320,7 @@ void Machine::vcpu_loop(size_t index) {
     kvm::Vcpu& vcpu = m_vcpus[index];
     char name[16];
     std::snprintf(name, sizeof(name), "vcpu%zu", index);
-    pthread_setname_np(pthread_self(), name);
+    base::name_thread(name);
     for (;;) {
         auto result = vcpu.run();
         if (!result) {

@@ -33,8 +33,7 @@ base::Result<std::shared_ptr<Session>> Session::start(proto::Link link, Options 
     std::shared_ptr<Session> session(new Session(std::move(link), std::move(options)));
     session->m_heartbeats = TRY(proto::HeartbeatSender::start(session->m_link, session->m_options.heartbeat_interval,
                                                              session->m_options.committed_seq));
-    session->m_sender = std::thread([raw = session.get()] {
-        base::name_thread("link-send");
+    session->m_sender = base::named_thread("link-send", [raw = session.get()] {
         raw->sender_loop();
     });
     return session;
@@ -275,8 +274,7 @@ base::Result<void> Session::receive(proto::Frame& frame) {
 }
 
 void Session::start_receiver(Handler handler) {
-    m_receiver = std::thread([this, handler = std::move(handler)] {
-        base::name_thread("link-recv");
+    m_receiver = base::named_thread("link-recv", [this, handler = std::move(handler)] {
         receiver_loop(handler);
     });
 }

@@ -187,8 +187,7 @@ void StandbyEngine::set_disk(std::unique_ptr<DiskReplica> disk) {
 }
 
 void StandbyEngine::start() {
-    m_accept_thread = std::thread([this] {
-        base::name_thread("standby-accept");
+    m_accept_thread = base::named_thread("standby-accept", [this] {
         accept_loop();
     });
 }
@@ -334,8 +333,7 @@ void StandbyEngine::accept_loop() {
             m_session_active = false;
             continue;
         }
-        m_session_thread = std::thread([this, s = std::move(session).value()]() mutable {
-            base::name_thread("standby-recv");
+        m_session_thread = base::named_thread("standby-recv", [this, s = std::move(session).value()]() mutable {
             run_session(std::move(s));
         });
     }

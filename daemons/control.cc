@@ -57,8 +57,7 @@ base::Result<std::unique_ptr<ControlServer>> ControlServer::create(const std::fi
     std::unique_ptr<ControlServer> server(new ControlServer(path, std::move(listener), std::move(handler)));
     if (!server->m_wake)
         return base::Error::from_errno("eventfd");
-    server->m_thread = std::thread([s = server.get()] {
-        base::name_thread("control");
+    server->m_thread = base::named_thread("control", [s = server.get()] {
         s->loop();
     });
     return server;

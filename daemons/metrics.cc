@@ -265,8 +265,7 @@ base::Result<std::unique_ptr<MetricsServer>> MetricsServer::create(const config:
     state->port = state->acceptor.local_endpoint(error).port();
     state->accept();
     State* running = state.get();
-    state->thread = std::thread([running] {
-        base::name_thread("metrics");
+    state->thread = base::named_thread("metrics", [running] {
         for (;;) {
             try {
                 running->io.run();

@@ -786,8 +786,7 @@ base::Result<std::unique_ptr<HeartbeatSender>> HeartbeatSender::start(Link& link
     shared->interval = interval;
     shared->committed_seq = std::move(committed_seq);
     auto* raw = shared.get();
-    raw->thread = std::thread([raw] {
-        base::name_thread("heartbeat");
+    raw->thread = base::named_thread("heartbeat", [raw] {
         raw->run();
     });
     return std::unique_ptr<HeartbeatSender>(new HeartbeatSender(std::move(shared)));

@@ -223,8 +223,7 @@ base::Result<std::unique_ptr<TapReader>> TapReader::start(Tap& tap, Deliver deli
     if (!wake)
         return base::Error::from_errno("eventfd for the tap reader");
     std::unique_ptr<TapReader> reader(new TapReader(tap, std::move(deliver), std::move(wake)));
-    reader->m_thread = std::thread([r = reader.get()] {
-        base::name_thread("tap-rx");
+    reader->m_thread = base::named_thread("tap-rx", [r = reader.get()] {
         r->run();
     });
     return reader;
