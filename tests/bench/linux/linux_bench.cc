@@ -133,10 +133,20 @@ struct NetRow {
     double compare_p50_ms = 0;
 };
 
-// A number of `side`'s status (0 when it does not answer).
-uint64_t status_number(Pair& pair, Side side, const std::string& key) {
-    auto json = pair.control(side, "status --json");
-    return json ? json_number(*json, key).value_or(0) : 0;
+// The counters a protected row reports for the bulk transfer, read once per side (0 for a side
+// that does not answer).
+struct BulkCounters {
+    uint64_t checkpoints = 0, mismatch = 0, input_dropped = 0;
+};
+BulkCounters bulk_counters(Pair& pair) {
+    BulkCounters c;
+    if (auto primary = pair.control(Side::Primary, "status --json")) {
+        c.checkpoints = json_number(*primary, "checkpoints").value_or(0);
+        c.mismatch = json_number(*primary, "checkpoints_mismatch").value_or(0);
+    }
+    if (auto secondary = pair.control(Side::Secondary, "status --json"))
+        c.input_dropped = json_number(*secondary, "input_dropped").value_or(0);
+    return c;
 }
 
 // A TCP connection to the guest on the LAN once it answers there.
@@ -188,9 +198,7 @@ NetRow measure_net(const std::string& mode, const std::string& interval, bool pr
 
     LineClient sink = guest_connection(lan, 4556, false);
     std::string chunk(64 * 1024, 'x');
-    uint64_t checkpoints = protect ? status_number(pair, Side::Primary, "checkpoints") : 0;
-    uint64_t mismatch = protect ? status_number(pair, Side::Primary, "checkpoints_mismatch") : 0;
-    uint64_t dropped = protect ? status_number(pair, Side::Secondary, "input_dropped") : 0;
+    BulkCounters before = protect ? bulk_counters(pair) : BulkCounters{};
     auto start = Clock::now();
     for (size_t sent = 0; sent < bulk; sent += chunk.size())
         REQUIRE(sink.send(chunk));
@@ -201,9 +209,10 @@ NetRow measure_net(const std::string& mode, const std::string& interval, bool pr
     REQUIRE(std::stoull(*count) == (bulk + chunk.size() - 1) / chunk.size() * chunk.size());
     row.mbit_s = static_cast<double>(std::stoull(*count)) * 8 / seconds / 1e6;
     if (protect) {
-        row.checkpoints = status_number(pair, Side::Primary, "checkpoints") - checkpoints;
-        row.mismatch = status_number(pair, Side::Primary, "checkpoints_mismatch") - mismatch;
-        row.input_dropped = status_number(pair, Side::Secondary, "input_dropped") - dropped;
+        BulkCounters after = bulk_counters(pair);
+        row.checkpoints = after.checkpoints - before.checkpoints;
+        row.mismatch = after.mismatch - before.mismatch;
+        row.input_dropped = after.input_dropped - before.input_dropped;
     }
     return row;
 }
