@@ -8,7 +8,8 @@
 //   3. the guest's network ([net]): TCP request/response latency (p50, p99 of PING on one
 //      connection) and bulk throughput (a stream into kvstored's sink) from a client on the
 //      guest's LAN, standalone against checkpoint mode (10 and 50 ms) and COLO mode, in one run,
-//      each mode's figures also as a ratio to standalone's;
+//      each mode's figures also as a ratio to standalone's, and how busy the machine's CPUs
+//      were during the bulk transfer and its CPU time per MiB (both hosts share them here);
 //   4. the guest's disk ([disk]): 4 KiB synchronous write latency (p50, p99) and IOPS in the
 //      guest, standalone against checkpoint mode (10, 50 ms) and COLO mode, and in checkpoint
 //      mode the pause and transfer against n disk writes per 10 ms, in one run.
@@ -22,8 +23,11 @@
 #include <catch2/catch.hpp>
 
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <regex>
+
+#include <unistd.h>
 
 #include "tests/integration/netns/guest_lan.h"
 #include "tests/support/bench.h"
@@ -129,20 +133,49 @@ struct NetRow {
     // Protected modes, during the bulk transfer: checkpoints taken (COLO: how many of them a
     // mismatch asked for) and frames of the primary's input the secondary had to drop.
     uint64_t checkpoints = 0, mismatch = 0, input_dropped = 0;
+    // Bytes the checkpoints carried meanwhile (the primary's bytes_sent).
+    uint64_t checkpoint_bytes = 0;
     // COLO, the PINGs: how long the primary's replies waited for the secondary's guest's.
     double compare_p50_ms = 0;
+    // The bulk transfer's CPU, whole machine (both hosts' daemons and guests, the client): how
+    // busy its CPUs were, and CPU time per MiB delivered.
+    double cpu_busy_percent = 0, cpu_ms_per_mib = 0;
 };
+
+// The machine's CPU time so far (/proc/stat's "cpu" line, in clock ticks): busy is all but
+// idle and iowait.
+struct CpuTimes {
+    uint64_t busy = 0, total = 0;
+};
+CpuTimes cpu_times() {
+    std::ifstream in("/proc/stat");
+    std::string name;
+    in >> name;
+    REQUIRE(name == "cpu");
+    CpuTimes t;
+    // user nice system idle iowait irq softirq steal (guest time is inside user already)
+    for (int i = 0; i < 8; ++i) {
+        uint64_t v = 0;
+        in >> v;
+        t.total += v;
+        if (i != 3 && i != 4)
+            t.busy += v;
+    }
+    REQUIRE(in);
+    return t;
+}
 
 // The counters a protected row reports for the bulk transfer, read once per side (0 for a side
 // that does not answer).
 struct BulkCounters {
-    uint64_t checkpoints = 0, mismatch = 0, input_dropped = 0;
+    uint64_t checkpoints = 0, mismatch = 0, input_dropped = 0, checkpoint_bytes = 0;
 };
 BulkCounters bulk_counters(Pair& pair) {
     BulkCounters c;
     if (auto primary = pair.control(Side::Primary, "status --json")) {
         c.checkpoints = json_number(*primary, "checkpoints").value_or(0);
         c.mismatch = json_number(*primary, "checkpoints_mismatch").value_or(0);
+        c.checkpoint_bytes = json_number(*primary, "bytes_sent").value_or(0);
     }
     if (auto secondary = pair.control(Side::Secondary, "status --json"))
         c.input_dropped = json_number(*secondary, "input_dropped").value_or(0);
@@ -199,20 +232,27 @@ NetRow measure_net(const std::string& mode, const std::string& interval, bool pr
     LineClient sink = guest_connection(lan, 4556, false);
     std::string chunk(64 * 1024, 'x');
     BulkCounters before = protect ? bulk_counters(pair) : BulkCounters{};
+    CpuTimes cpu_before = cpu_times();
     auto start = Clock::now();
     for (size_t sent = 0; sent < bulk; sent += chunk.size())
         REQUIRE(sink.send(chunk));
     sink.shutdown_sending();
     auto count = sink.line(std::chrono::minutes(5));
     double seconds = ms_since(start) / 1000.0;
+    CpuTimes cpu_after = cpu_times();
     REQUIRE(count);
     REQUIRE(std::stoull(*count) == (bulk + chunk.size() - 1) / chunk.size() * chunk.size());
     row.mbit_s = static_cast<double>(std::stoull(*count)) * 8 / seconds / 1e6;
+    uint64_t busy = cpu_after.busy - cpu_before.busy, total = cpu_after.total - cpu_before.total;
+    row.cpu_busy_percent = total ? 100.0 * static_cast<double>(busy) / static_cast<double>(total) : 0;
+    row.cpu_ms_per_mib = static_cast<double>(busy) * 1000 / static_cast<double>(::sysconf(_SC_CLK_TCK)) /
+                         (static_cast<double>(std::stoull(*count)) / (1 << 20));
     if (protect) {
         BulkCounters after = bulk_counters(pair);
         row.checkpoints = after.checkpoints - before.checkpoints;
         row.mismatch = after.mismatch - before.mismatch;
         row.input_dropped = after.input_dropped - before.input_dropped;
+        row.checkpoint_bytes = after.checkpoint_bytes - before.checkpoint_bytes;
     }
     return row;
 }
@@ -236,16 +276,21 @@ TEST_CASE("the guest's network: TCP latency and bulk throughput, standalone agai
                "{} backend; {} PINGs on one TCP connection, then {} MiB into kvstored's sink\n",
                test_backend(), requests, bulk >> 20);
     fmt::print("| mode | p50 ms | p99 ms | p50 / standalone | reply waited for the secondary, p50 ms | bulk Mbit/s | "
-               "bulk / standalone | bulk: checkpoints (mismatch) | bulk: input dropped |\n"
-               "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+               "bulk / standalone | bulk: checkpoints (mismatch) | bulk: checkpoint MiB | bulk: input dropped | "
+               "bulk: CPU busy % | bulk: CPU ms per MiB |\n"
+               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (const auto& r : rows)
-        fmt::print("| {} | {:.2f} | {:.2f} | {:.1f} | {} | {:.1f} | {:.2f} | {} ({}) | {} |\n", r.mode, r.p50_ms,
-                   r.p99_ms, r.p50_ms / rows[0].p50_ms,
+        fmt::print("| {} | {:.2f} | {:.2f} | {:.1f} | {} | {:.1f} | {:.2f} | {} ({}) | {:.1f} | {} | {:.0f} | {:.0f} |\n",
+                   r.mode, r.p50_ms, r.p99_ms, r.p50_ms / rows[0].p50_ms,
                    r.mode.starts_with("colo") ? fmt::format("{:.2f}", r.compare_p50_ms) : std::string("-"), r.mbit_s,
-                   r.mbit_s / rows[0].mbit_s, r.checkpoints, r.mismatch, r.input_dropped);
+                   r.mbit_s / rows[0].mbit_s, r.checkpoints, r.mismatch,
+                   static_cast<double>(r.checkpoint_bytes) / (1 << 20), r.input_dropped, r.cpu_busy_percent,
+                   r.cpu_ms_per_mib);
     fmt::print("(checkpoint mode holds the guest's packets until the next checkpoint is loaded; COLO releases "
                "each as soon as the secondary's guest sent the same, and checkpoints at least every interval: "
-               "docs/network.md)\n\n");
+               "docs/network.md; CPU: the whole machine's, {} CPUs, both hosts' daemons and guests and the "
+               "client)\n\n",
+               ::sysconf(_SC_NPROCESSORS_ONLN));
 }
 
 namespace {
