@@ -241,12 +241,13 @@ NetRow measure_net(const std::string& mode, const std::string& interval, bool pr
     double seconds = ms_since(start) / 1000.0;
     CpuTimes cpu_after = cpu_times();
     REQUIRE(count);
-    REQUIRE(std::stoull(*count) == (bulk + chunk.size() - 1) / chunk.size() * chunk.size());
-    row.mbit_s = static_cast<double>(std::stoull(*count)) * 8 / seconds / 1e6;
+    uint64_t received = std::stoull(*count);
+    REQUIRE(received == (bulk + chunk.size() - 1) / chunk.size() * chunk.size());
+    row.mbit_s = static_cast<double>(received) * 8 / seconds / 1e6;
     uint64_t busy = cpu_after.busy - cpu_before.busy, total = cpu_after.total - cpu_before.total;
     row.cpu_busy_percent = total ? 100.0 * static_cast<double>(busy) / static_cast<double>(total) : 0;
     row.cpu_ms_per_mib = static_cast<double>(busy) * 1000 / static_cast<double>(::sysconf(_SC_CLK_TCK)) /
-                         (static_cast<double>(std::stoull(*count)) / (1 << 20));
+                         (static_cast<double>(received) / (1 << 20));
     if (protect) {
         BulkCounters after = bulk_counters(pair);
         row.checkpoints = after.checkpoints - before.checkpoints;
