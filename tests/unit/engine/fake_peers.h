@@ -64,6 +64,8 @@ public:
 
     // For ActiveEngine::set_dialer: one fresh connection per call.
     base::Result<proto::Link> dial() {
+        if (m_refuse_dials)
+            return base::Error(base::Errc::Failed, "the scripted peer takes no more connections");
         if (m_thread.joinable())
             m_thread.join();  // the previous connection is over (the engine closed it)
         auto ends = TRY(proto::Link::pair(m_script.buffer_bytes));
@@ -78,6 +80,8 @@ public:
 
     // From now on, answer complete state transfers (or not).
     void set_ack(bool ack) { m_ack = ack; }
+    // From now on, every dial() fails (the connection already made stays).
+    void refuse_dials() { m_refuse_dials = true; }
 
     // The peer goes away: the active side reads EOF.
     void vanish() {
@@ -193,6 +197,7 @@ private:
     std::shared_ptr<proto::Link> m_link;
     int m_connections = 0;
     std::atomic<bool> m_ack;
+    std::atomic<bool> m_refuse_dials{false};
     std::atomic<uint64_t> m_committed{0};
     std::thread m_thread;
 };
