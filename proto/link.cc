@@ -199,6 +199,9 @@ struct Link::Shared {
     base::Result<void> read_exact(std::byte* out, size_t n, Deadline deadline, std::string_view doing,
                                   const Landed& landed = {}, size_t landed_bytes = 0, Clock::duration idle = {});
     base::Result<void> send_frame_locked(const FrameHeader& header, std::span<const iovec> payload, Deadline deadline);
+    // The next frame's header: its sequence number and the cipher's flag set, encoded, and the
+    // cipher begun on it. Caller holds send_mutex.
+    base::Result<HeaderBytes> open_frame_locked(FrameHeader& header);
     // Appends one whole frame (header, payload sealed or in clear, trailer) to batch_buffer.
     // Caller holds send_mutex; the frame takes the next sequence number.
     base::Result<void> append_frame_locked(FrameHeader header, std::span<const std::byte> payload);
@@ -395,14 +398,9 @@ base::Result<void> Link::Shared::send_frame_locked(const FrameHeader& header_in,
     if (send_broken)
         return base::Error::make(base::Errc::Failed, "sending to {}: an earlier frame was cut short", peer);
     FrameHeader header = header_in;
-    header.sequence = send_sequence;
+    HeaderBytes head = TRY(open_frame_locked(header));
     FrameCipher* cipher = send_cipher ? &*send_cipher : nullptr;
     const bool encrypting = cipher && cipher->security() == LinkSecurity::Encrypted;
-    if (cipher)
-        header.flags |= static_cast<uint16_t>(cipher->flag());
-    HeaderBytes head = encode_header(header);
-    if (cipher)
-        TRY(cipher->begin(header.sequence, head));
     if (encrypting && seal_buffer.size() < kChunk)
         seal_buffer.resize(kChunk);
     // From the first byte on, a failure leaves a partial frame in the stream.
@@ -477,12 +475,19 @@ base::Result<void> Link::send(const Message& message, Deadline deadline) {
     return m->send_frame_locked(header, std::span(&iov, payload.empty() ? 0 : 1), deadline);
 }
 
-base::Result<void> Link::Shared::append_frame_locked(FrameHeader header, std::span<const std::byte> payload) {
+base::Result<HeaderBytes> Link::Shared::open_frame_locked(FrameHeader& header) {
     header.sequence = send_sequence;
-    FrameCipher* cipher = send_cipher ? &*send_cipher : nullptr;
-    if (cipher)
-        header.flags |= static_cast<uint16_t>(cipher->flag());
+    if (send_cipher)
+        header.flags |= static_cast<uint16_t>(send_cipher->flag());
     HeaderBytes head = encode_header(header);
+    if (send_cipher)
+        TRY(send_cipher->begin(header.sequence, head));
+    return head;
+}
+
+base::Result<void> Link::Shared::append_frame_locked(FrameHeader header, std::span<const std::byte> payload) {
+    HeaderBytes head = TRY(open_frame_locked(header));
+    FrameCipher* cipher = send_cipher ? &*send_cipher : nullptr;
     size_t at = batch_buffer.size();
     batch_buffer.resize(at + head.size() + payload.size() + header.trailer_size());
     std::byte* out = batch_buffer.data() + at;
@@ -490,7 +495,6 @@ base::Result<void> Link::Shared::append_frame_locked(FrameHeader header, std::sp
     out += head.size();
     std::array<std::byte, kTagSize> trailer{};
     if (cipher) {
-        TRY(cipher->begin(header.sequence, head));
         if (cipher->security() == LinkSecurity::Encrypted) {
             TRY(cipher->seal(payload, out));
         } else {
