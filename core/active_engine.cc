@@ -12,6 +12,7 @@
 #include "core/fault.h"
 #include "core/guest_network.h"
 #include "core/guest_runtime.h"
+#include "core/net/vnet_header.h"
 #include "core/net/packet_comparator.h"
 #include "core/output_buffer.h"
 #include "core/output_comparator.h"
@@ -169,7 +170,9 @@ void ActiveEngine::start() {
             rng->set_observer([this](uint64_t offset, std::span<const std::byte> bytes) { forward_rng(offset, bytes); });
         }
         if (GuestNetwork* network = m_guest.network())
-            network->set_input_hook([this, network](std::span<const std::byte> frame) { forward_frame(*network, frame); });
+            network->set_input_hook([this, network](const net::VnetHeader& header, std::span<const std::byte> frame) {
+                forward_frame(*network, header, frame);
+            });
     } else {
         m_guest.set_output_sink([this](std::span<const std::byte> bytes) { m_console->put(bytes); });
     }
@@ -295,7 +298,7 @@ size_t ActiveEngine::forward_input(std::span<const std::byte> bytes) {
     return taken;
 }
 
-void ActiveEngine::forward_frame(GuestNetwork& network, std::span<const std::byte> frame) {
+void ActiveEngine::forward_frame(GuestNetwork& network, const net::VnetHeader& header, std::span<const std::byte> frame) {
     bool diverged = false;
     {
         // Under the input lock, as console input: a checkpoint's device state and the epoch the
@@ -306,11 +309,11 @@ void ActiveEngine::forward_frame(GuestNetwork& network, std::span<const std::byt
         // the comparison, is under way as early as possible. post_now never waits on the link:
         // it writes the frame at once when the link is idle and has room.
         if (forwarding)
-            diverged = !m_input_session->post_now(
-                proto::NetInput{m_input_epoch, std::string(reinterpret_cast<const char*>(frame.data()), frame.size())});
+            diverged = !m_input_session->post_now(proto::NetInput{
+                m_input_epoch, std::string(reinterpret_cast<const char*>(frame.data()), frame.size()), header.encode()});
         // A frame the NIC here drops (its receive backlog is full) the secondary's guest may
         // still get: the guests then run on different input, which a checkpoint puts right.
-        if (!network.deliver(frame) && forwarding)
+        if (!network.deliver(frame, header) && forwarding)
             diverged = true;
     }
     // A secondary that misses a frame, or gets one the guest here did not, runs on other input

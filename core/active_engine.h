@@ -42,6 +42,9 @@ namespace colod::core {
 
 class GuestNetwork;
 class GuestRuntime;
+namespace net {
+struct VnetHeader;
+}
 
 class ActiveEngine {
 public:
@@ -134,8 +137,9 @@ private:
     // secondary, which holds every byte since its last checkpoint, holds a bounded amount.
     static constexpr uint64_t k_rng_epoch_limit = 1 << 20;
     void forward_rng(uint64_t offset, std::span<const std::byte> bytes);
-    // COLO: a frame from the tap goes to the guest here and, tagged with the epoch, to the peer.
-    void forward_frame(GuestNetwork& network, std::span<const std::byte> frame);
+    // COLO: a frame from the tap goes to the guest here and, tagged with the epoch, to the peer
+    // (with its virtio-net header, both ways).
+    void forward_frame(GuestNetwork& network, const net::VnetHeader& header, std::span<const std::byte> frame);
     // COLO: a comparator asks for a checkpoint.
     void compare_verdict(OutputComparator::Verdict verdict);
     uint64_t rng_allowance() const;

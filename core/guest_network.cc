@@ -25,6 +25,7 @@ base::Result<std::unique_ptr<GuestNetwork>> GuestNetwork::open(const std::string
     std::unique_ptr<GuestNetwork> network(new GuestNetwork(std::move(tap), nic));
     GuestNetwork* self = network.get();
     nic.set_transmit([self](std::span<const std::byte> frame) { return self->transmit(frame); });
+    nic.set_offload_listener([self](uint64_t features) { self->set_offloads(features); });
     return network;
 }
 
@@ -32,6 +33,7 @@ GuestNetwork::GuestNetwork(net::Tap tap, virtio::NetDevice& nic) : m_tap(std::mo
 
 GuestNetwork::~GuestNetwork() {
     m_nic.set_transmit([](std::span<const std::byte>) { return true; });  // dropped from now on
+    m_nic.set_offload_listener(nullptr);
     std::unique_ptr<net::TapReader> reader;
     {
         std::lock_guard lock(m_mutex);
@@ -70,13 +72,33 @@ void GuestNetwork::set_rewriter(std::shared_ptr<net::TcpRewriter> rewriter) {
     m_rewriter = std::move(rewriter);
 }
 
-bool GuestNetwork::deliver(std::span<const std::byte> frame) {
+bool GuestNetwork::deliver(std::span<const std::byte> frame, const net::VnetHeader& header) {
     if (auto rewriter = this->rewriter()) {
         std::vector<std::byte> copy(frame.begin(), frame.end());
-        rewriter->inbound(copy);
-        return m_nic.receive(copy);
+        rewriter->inbound(copy, header.flags & net::VnetHeader::k_needs_csum ? net::TcpRewriter::Checksum::Partial
+                                                                             : net::TcpRewriter::Checksum::Full);
+        return m_nic.receive(copy, header);
     }
-    return m_nic.receive(frame);
+    return m_nic.receive(frame, header);
+}
+
+void GuestNetwork::set_offloads(uint64_t guest_features) {
+    using virtio::NetDevice;
+    unsigned offloads = 0;
+    if (guest_features & NetDevice::k_feature_guest_csum) {
+        offloads |= net::Tap::k_offload_csum;
+        if (guest_features & NetDevice::k_feature_guest_tso4)
+            offloads |= net::Tap::k_offload_tso4;
+        if (guest_features & NetDevice::k_feature_guest_tso6)
+            offloads |= net::Tap::k_offload_tso6;
+    }
+    if (auto set = m_tap.set_offloads(offloads); !set) {
+        // The tap then goes on handing over what it did before; the NIC finishes or drops
+        // what the guest cannot take, so this costs speed, not frames the guest accepts.
+        base::log(base::Level::Warning, base::Event::None, set.error().message(), {{"TAP", m_tap.name()}});
+        return;
+    }
+    m_tap_offloads.store(offloads, std::memory_order_relaxed);
 }
 
 void GuestNetwork::set_input_hook(InputHook hook) {
@@ -84,12 +106,12 @@ void GuestNetwork::set_input_hook(InputHook hook) {
     m_input_hook = std::move(hook);
 }
 
-void GuestNetwork::from_tap(std::span<const std::byte> frame) {
+void GuestNetwork::from_tap(const net::VnetHeader& header, std::span<const std::byte> frame) {
     std::lock_guard lock(m_input_hook_mutex);
     if (m_input_hook)
-        m_input_hook(frame);
+        m_input_hook(header, frame);
     else
-        (void)deliver(frame);  // a frame the NIC cannot take is dropped, as a full queue would
+        (void)deliver(frame, header);  // a frame the NIC cannot take is dropped, as a full queue would
 }
 
 bool GuestNetwork::transmit(std::span<const std::byte> frame) {
@@ -122,6 +144,10 @@ void GuestNetwork::release(std::span<const std::byte> frame) {
 void GuestNetwork::ready() { m_nic.tx_ready(); }
 
 base::Result<void> GuestNetwork::start_input() {
+    if (input_started())
+        return base::ok();
+    // Before the lock: the NIC's lock is never taken under m_mutex.
+    m_nic.refresh_offloads();
     std::lock_guard lock(m_mutex);
     if (m_reader || m_stopping)
         return base::ok();
@@ -132,7 +158,8 @@ base::Result<void> GuestNetwork::start_input() {
         if (!got)
             break;
     }
-    m_reader = TRY(net::TapReader::start(m_tap, [this](std::span<const std::byte> frame) { from_tap(frame); }));
+    m_reader = TRY(net::TapReader::start(
+        m_tap, [this](const net::VnetHeader& header, std::span<const std::byte> frame) { from_tap(header, frame); }));
     return base::ok();
 }
 

@@ -14,6 +14,12 @@
 // frames on their way in, and the guest's frames are rewritten before they reach the sink. It
 // stays for the guest's life: after a takeover, connections opened under the old primary still
 // need it.
+//
+// Receive offloads: the tap hands over frames with their checksums unfinished and TCP streams
+// in segments of up to 64 KiB exactly as far as the guest's NIC accepted them (its offload
+// listener sets the tap's offloads whenever the guest's driver starts or resets, and
+// start_input() sets them from a state loaded meanwhile); each frame carries its virtio-net
+// header to the NIC, and to the secondary in COLO mode.
 #pragma once
 
 #include <atomic>
@@ -68,21 +74,22 @@ public:
     // The sink takes frames again: the NIC sends what waits in its ring.
     void ready();
 
-    // One frame from the world for the guest's NIC, through the rewriter when there is one.
-    // False when the NIC did not take it (see virtio::NetDevice::receive). Any thread; takes the
-    // NIC's transport lock.
-    bool deliver(std::span<const std::byte> frame);
+    // One frame from the world for the guest's NIC, with its virtio-net header, through the
+    // rewriter when there is one. False when the NIC did not take it (see
+    // virtio::NetDevice::receive). Any thread; takes the NIC's transport lock.
+    bool deliver(std::span<const std::byte> frame, const net::VnetHeader& header = {});
     // Where frames from the tap go once input is started; empty: straight to deliver(). The
     // hook runs on the tap's reader thread; set_input_hook() waits for a call in progress, so it
     // must not be called from inside the hook or under a lock the hook takes.
-    using InputHook = std::function<void(std::span<const std::byte>)>;
+    using InputHook = std::function<void(const net::VnetHeader&, std::span<const std::byte>)>;
     void set_input_hook(InputHook hook);
     // The TCP sequence rewriter for the guest's frames both ways (null: none). Any thread.
     void set_rewriter(std::shared_ptr<net::TcpRewriter> rewriter);
 
     // Frames arriving on the tap go to the guest from now on; those that queued on the tap
     // before are dropped first (a standby's tap collects the network's traffic for the guest
-    // that ran elsewhere). Idempotent.
+    // that ran elsewhere), and the tap's offloads are set from the guest's NIC as it stands
+    // (a standby's came with the loaded state). Idempotent. Not under the NIC's lock.
     base::Result<void> start_input();
     bool input_started() const;
 
@@ -101,7 +108,10 @@ public:
 private:
     GuestNetwork(net::Tap tap, virtio::NetDevice& nic);
     bool transmit(std::span<const std::byte> frame);
-    void from_tap(std::span<const std::byte> frame);
+    void from_tap(const net::VnetHeader& header, std::span<const std::byte> frame);
+    // The NIC's offload listener: the tap's offloads to what the guest accepts (under the NIC's
+    // lock: an ioctl, nothing that waits for the guest).
+    void set_offloads(uint64_t guest_features);
     void announcer();
     // The rewriter, and its idle connections expired now and then (any thread).
     std::shared_ptr<net::TcpRewriter> rewriter();
@@ -128,6 +138,7 @@ private:
     uint64_t m_announced = 0;
     std::thread m_announcer;
     std::atomic<bool> m_release_failed_logged{false};  // release() takes no lock
+    std::atomic<unsigned> m_tap_offloads{0};  // what set_offloads() last set (status)
 };
 
 }  // namespace colod::core

@@ -13,6 +13,7 @@
 #include "core/fault.h"
 #include "core/guest_network.h"
 #include "core/guest_runtime.h"
+#include "core/net/vnet_header.h"
 #include "core/net/tcp_rewriter.h"
 #include "core/page_buffer.h"
 #include "core/state_sections.h"
@@ -542,7 +543,8 @@ void StandbyEngine::feed_frames() {
         if (front.epoch > m_epoch.load())
             return;  // for a run that has not started yet
         if (front.epoch == m_epoch.load() && network)
-            (void)network->deliver(std::as_bytes(std::span(front.frame.data(), front.frame.size())));
+            (void)network->deliver(std::as_bytes(std::span(front.frame.data(), front.frame.size())),
+                                   net::VnetHeader::decode(front.header));
         m_net_input_bytes -= front.frame.size();
         m_net_input.pop_front();
     }

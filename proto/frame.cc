@@ -49,7 +49,7 @@ uint32_t payload_cap(MessageType type) {
     case MessageType::ConsoleOutput:
     case MessageType::RngInput: return 8u << 10;
     case MessageType::NetInput:
-    case MessageType::NetOutput: return 72u << 10;  // u64 epoch + a frame of up to 65550 bytes
+    case MessageType::NetOutput: return 72u << 10;  // u64 epoch (+ a 12-byte header) + a frame of up to 65550 bytes
     case MessageType::DiskWrites:
     case MessageType::DiskBlocks:
     case MessageType::DiskHashes: return kMaxDiskMessageBytes + (64u << 10);  // data + per-entry headers

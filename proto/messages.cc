@@ -404,7 +404,30 @@ base::Result<NetFrame<T>> NetFrame<T>::decode(std::span<const std::byte> payload
     return m;
 }
 
-template struct NetFrame<MessageType::NetInput>;
+std::vector<std::byte> NetInput::encode() const {
+    std::vector<std::byte> out;
+    ByteWriter w(out);
+    w.u64(epoch);
+    w.bytes(std::span<const std::byte>(header));
+    w.bytes(std::string_view(frame).substr(0, kMaxNetFrameBytes));
+    return out;
+}
+
+base::Result<NetInput> NetInput::decode(std::span<const std::byte> payload) {
+    ByteReader r(payload);
+    NetInput m;
+    m.epoch = TRY(r.u64("net epoch"));
+    auto header = TRY(r.bytes(kNetHeaderBytes, "virtio-net header"));
+    std::copy(header.begin(), header.end(), m.header.begin());
+    size_t length = payload.size() - sizeof(uint64_t) - kNetHeaderBytes;
+    if (length < kMinNetFrameBytes || length > kMaxNetFrameBytes)
+        return error(Reason::BadField, "NET_INPUT carries a frame of {} bytes ({} to {} allowed)", length,
+                     kMinNetFrameBytes, kMaxNetFrameBytes);
+    auto bytes = TRY(r.bytes(length, "net frame"));
+    m.frame.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    return m;
+}
+
 template struct NetFrame<MessageType::NetOutput>;
 
 namespace {

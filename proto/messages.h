@@ -225,12 +225,25 @@ struct RngInput {
 };
 
 // COLO mode, a guest with a NIC. NET_INPUT: an Ethernet frame the primary's NIC accepted for
-// its guest, for the secondary's guest (primary → secondary). NET_OUTPUT: a frame the
-// secondary's guest sent (its TCP sequence numbers moved onto the primary's), for the primary's
-// packet comparator (secondary → primary). `epoch` as for the console: the checkpoint the
-// sender's guest runs after. The frame is the rest of the payload.
+// its guest, for the secondary's guest (primary → secondary), with the 12-byte virtio-net
+// header that says which of its checksum and segmentation offloads are still to be done
+// (core/net/vnet_header.h; the receiving NIC checks it). NET_OUTPUT: a frame the secondary's
+// guest sent (its TCP sequence numbers moved onto the primary's), for the primary's packet
+// comparator (secondary → primary). `epoch` as for the console: the checkpoint the sender's
+// guest runs after. The frame is the rest of the payload.
 inline constexpr size_t kMinNetFrameBytes = 14;     // an Ethernet header
-inline constexpr size_t kMaxNetFrameBytes = 65550;  // the NIC's largest frame (no offloads)
+inline constexpr size_t kMaxNetFrameBytes = 65550;  // the NIC's largest frame (a 64 KiB segment's too)
+inline constexpr size_t kNetHeaderBytes = 12;       // struct virtio_net_hdr_v1
+struct NetInput {
+    static constexpr MessageType type = MessageType::NetInput;
+    uint64_t epoch = 0;
+    std::string frame;  // kMinNetFrameBytes..kMaxNetFrameBytes, binary
+    std::array<std::byte, kNetHeaderBytes> header{};  // the frame's virtio-net header
+
+    std::vector<std::byte> encode() const;
+    static base::Result<NetInput> decode(std::span<const std::byte> payload);
+    bool operator==(const NetInput&) const = default;
+};
 template <MessageType T>
 struct NetFrame {
     static constexpr MessageType type = T;
@@ -241,7 +254,6 @@ struct NetFrame {
     static base::Result<NetFrame> decode(std::span<const std::byte> payload);
     bool operator==(const NetFrame&) const = default;
 };
-using NetInput = NetFrame<MessageType::NetInput>;
 using NetOutput = NetFrame<MessageType::NetOutput>;
 
 // A guest disk ([vm] disk): writes and copies move in whole sectors.

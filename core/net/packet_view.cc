@@ -136,6 +136,10 @@ std::optional<std::array<uint16_t, 2>> udp_ports(std::span<const std::byte> fram
 }
 
 void rewrite_be32(std::span<std::byte> segment, size_t checksum_at, size_t at, uint32_t value) {
+    if (checksum_at == k_no_checksum) {
+        store_be32(segment, at, value);
+        return;
+    }
     uint16_t old_words = fold(word_sum(segment, at, at + 4));
     store_be32(segment, at, value);
     uint16_t new_words = fold(word_sum(segment, at, at + 4));

@@ -75,7 +75,10 @@ void store_be32(std::span<std::byte> bytes, size_t offset, uint32_t value);
 // Replaces the 4 bytes at `at` of `segment` (a TCP segment, header first) by `value`, big
 // endian, and updates the segment's checksum at `checksum_at` incrementally (RFC 1624, eqn. 3:
 // HC' = ~(~HC + ~m + m')). `at` may be odd (a SACK edge after one NOP): the words are those of
-// the segment, counted from its start. Neither range may overlap the other.
+// the segment, counted from its start. Neither range may overlap the other. With
+// `checksum_at` k_no_checksum the value alone is replaced (a segment whose checksum is still to
+// be computed over what it will hold: its field has only the pseudo-header's sum).
+inline constexpr size_t k_no_checksum = SIZE_MAX;
 void rewrite_be32(std::span<std::byte> segment, size_t checksum_at, size_t at, uint32_t value);
 
 // Sequence-number order (RFC 793 §3.3, modulo 2^32): whether a comes before b.

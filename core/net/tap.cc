@@ -11,6 +11,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -135,9 +136,10 @@ base::Result<Tap> Tap::open(const std::string& name) {
     struct ifreq request;
     std::memset(&request, 0, sizeof(request));
     std::memcpy(request.ifr_name, name.data(), name.size());
-    // IFF_NO_PI: frames without the 4-byte packet information prefix. IFF_ONE_QUEUE has been
-    // ignored since Linux 3.8 (a tap's queue is its qdisc's) and is left out.
-    request.ifr_flags = IFF_TAP | IFF_NO_PI;
+    // IFF_NO_PI: frames without the 4-byte packet information prefix; IFF_VNET_HDR: with a
+    // virtio-net header instead (its size set below). IFF_ONE_QUEUE has been ignored since
+    // Linux 3.8 (a tap's queue is its qdisc's) and is left out.
+    request.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
     if (::ioctl(fd.get(), TUNSETIFF, &request) < 0) {
         int err = errno;
         switch (err) {
@@ -172,14 +174,41 @@ base::Result<Tap> Tap::open(const std::string& name) {
     if (!(request.ifr_flags & IFF_PERSIST))
         return base::Error::make(base::Errc::Invalid, "there is no network interface '{}' (it was just deleted): {}", name,
                                  create_hint(name));
-    return Tap(std::move(fd), name);
+    // The header with num_buffers (struct virtio_net_hdr_v1), the guest NIC's own layout: the
+    // tap fills the first ten bytes on read and reads them on write.
+    int header_size = static_cast<int>(VnetHeader::k_size);
+    if (::ioctl(fd.get(), TUNSETVNETHDRSZ, &header_size) < 0)
+        return base::Error::from_errno(fmt::format("tap interface '{}' (TUNSETVNETHDRSZ)", name));
+    Tap tap(std::move(fd), name);
+    // Offloads stay set on a persistent interface: another process's choice is not ours.
+    TRY(tap.set_offloads(0));
+    return tap;
+}
+
+base::Result<void> Tap::set_offloads(unsigned offloads) {
+    unsigned long flags = 0;
+    if (offloads & k_offload_csum) {
+        flags |= TUN_F_CSUM;
+        if (offloads & k_offload_tso4)
+            flags |= TUN_F_TSO4;
+        if (offloads & k_offload_tso6)
+            flags |= TUN_F_TSO6;
+    }
+    if (::ioctl(m_fd.get(), TUNSETOFFLOAD, flags) < 0)
+        return base::Error::from_errno(fmt::format("setting the offloads of tap '{}' to {:#x} (TUNSETOFFLOAD)", m_name, flags));
+    return base::ok();
 }
 
 base::Result<void> Tap::write(std::span<const std::byte> frame) {
+    static const std::array<std::byte, VnetHeader::k_size> k_plain = VnetHeader{}.encode();
+    // SAFETY: writev() only reads the iovecs' bytes; the header's are never written.
+    struct iovec parts[2] = {{const_cast<std::byte*>(k_plain.data()), k_plain.size()},
+                             {const_cast<std::byte*>(frame.data()), frame.size()}};
     for (;;) {
-        ssize_t n = ::write(m_fd.get(), frame.data(), frame.size());
+        ssize_t n = ::writev(m_fd.get(), parts, 2);
         if (n >= 0) {
-            if (static_cast<size_t>(n) != frame.size())
+            n -= static_cast<ssize_t>(k_plain.size());
+            if (n < 0 || static_cast<size_t>(n) != frame.size())
                 return base::Error::make(base::Errc::System, "tap '{}': wrote {} bytes of a {}-byte frame", m_name, n,
                                          frame.size());
             return base::ok();
@@ -197,23 +226,28 @@ base::Result<void> Tap::write(std::span<const std::byte> frame) {
     }
 }
 
-base::Result<std::optional<size_t>> Tap::read(std::span<std::byte> buffer) {
+base::Result<std::optional<Tap::Received>> Tap::read(std::span<std::byte> buffer) {
     // A tap cuts a frame to the room it is given without saying so: one byte more shows
     // whether there was more.
+    std::array<std::byte, VnetHeader::k_size> header{};
     std::byte overflow;
-    struct iovec parts[2] = {{buffer.data(), buffer.size()}, {&overflow, 1}};
+    struct iovec parts[3] = {{header.data(), header.size()}, {buffer.data(), buffer.size()}, {&overflow, 1}};
     for (;;) {
-        ssize_t n = ::readv(m_fd.get(), parts, 2);
+        ssize_t n = ::readv(m_fd.get(), parts, 3);
         if (n >= 0) {
-            if (static_cast<size_t>(n) > buffer.size())
+            if (static_cast<size_t>(n) < header.size())
+                return base::Error::make(base::Errc::System, "tap '{}': a read of {} bytes, shorter than its {}-byte header",
+                                         m_name, n, header.size());
+            size_t length = static_cast<size_t>(n) - header.size();
+            if (length > buffer.size())
                 return base::Error::make(base::Errc::Invalid, "tap '{}': a frame longer than the buffer of {} bytes", m_name,
                                          buffer.size());
-            return std::optional<size_t>(static_cast<size_t>(n));
+            return std::optional<Received>(Received{length, VnetHeader::decode(header)});
         }
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN)
-            return std::optional<size_t>();
+            return std::optional<Received>();
         return base::Error::from_errno(fmt::format("reading from tap '{}'", m_name));
     }
 }
@@ -280,7 +314,7 @@ void TapReader::run() {
             if (!frame.value())
                 break;
             got_any = true;
-            m_deliver(std::span<const std::byte>(buffer.data(), *frame.value()));
+            m_deliver(frame.value()->header, std::span<const std::byte>(buffer.data(), frame.value()->length));
         }
         // An error condition that read() does not report would make poll() return at once
         // for ever: give up rather than spin.

@@ -4,8 +4,12 @@
 // administrator's, made with `ip tuntap add dev NAME mode tap [user U]`); it only attaches to
 // it, reads the frames the host sends towards the guest and writes the guest's frames.
 //
-// The tap is opened without IFF_VNET_HDR: frames cross it as plain Ethernet frames, and the
-// guest's device offers no offloads that would need the header.
+// The tap is opened with IFF_VNET_HDR: a 12-byte virtio-net header (VnetHeader) goes in front
+// of every frame both ways. Frames written carry an empty one (the guest's NIC takes no
+// transmit offloads). Frames read carry what the host left undone, as far as set_offloads()
+// lets the tap hand it over: by default nothing (every frame whole, its checksums computed);
+// with checksum and TCP segmentation offloads a host TCP stream crosses in segments of up to
+// 64 KiB with their checksums unfinished, which is what makes a guest's receive path cheap.
 #pragma once
 
 #include <atomic>
@@ -21,19 +25,29 @@
 
 #include "base/fd.h"
 #include "base/result.h"
+#include "core/net/vnet_header.h"
 
 namespace colod::core::net {
 
 class Tap {
 public:
     // Enough for any frame a tap hands over: its MTU is at most 65521 (Linux's tun maximum),
-    // plus the Ethernet header and a VLAN tag.
+    // plus the Ethernet header and a VLAN tag; a segmentation offload's frame is an IP packet
+    // of at most 65535 bytes with the same headers.
     static constexpr size_t k_max_frame = 65550;
+
+    // Offloads the reader of the tap can finish (TUNSETOFFLOAD), from the guest's NIC: the
+    // host may then hand over frames that need them.
+    enum Offload : unsigned {
+        k_offload_csum = 1u << 0,  // checksums left to finish (NEEDS_CSUM)
+        k_offload_tso4 = 1u << 1,  // TCP over IPv4 in 64 KiB segments (needs k_offload_csum)
+        k_offload_tso6 = 1u << 2,  // the same over IPv6
+    };
 
     // Attaches to the existing tap interface `name` (non-blocking, close-on-exec). Never
     // creates one: a missing interface, an interface of another kind (tun, veth, bridge, a
     // multi-queue tap), a tap attached to another process and a name longer than IFNAMSIZ - 1
-    // are errors that name the interface and say what to do.
+    // are errors that name the interface and say what to do. No offloads at first.
     static base::Result<Tap> open(const std::string& name);
 
     Tap(Tap&& other) noexcept;
@@ -46,15 +60,23 @@ public:
     // For poll(2); the Tap keeps owning it.
     int fd() const { return m_fd.get(); }
 
-    // Writes one Ethernet frame to the host. A full tap queue (EAGAIN) drops the frame and
-    // still succeeds (a network may drop; dropped() counts them); any other failure is an
-    // error: a tap that is down (EIO), a frame shorter than an Ethernet header (EINVAL).
-    // read() and write() may run on two threads at once.
+    // Writes one Ethernet frame to the host (behind an empty virtio-net header). A full tap
+    // queue (EAGAIN) drops the frame and still succeeds (a network may drop; dropped() counts
+    // them); any other failure is an error: a tap that is down (EIO), a frame shorter than an
+    // Ethernet header (EINVAL). read(), write() and set_offloads() may run on several threads
+    // at once.
     base::Result<void> write(std::span<const std::byte> frame);
-    // Reads one frame from the host into `buffer` (k_max_frame bytes always suffice) and
-    // returns its length, or std::nullopt when no frame is waiting. A frame longer than
-    // `buffer` is an error (the frame is lost).
-    base::Result<std::optional<size_t>> read(std::span<std::byte> buffer);
+    struct Received {
+        size_t length = 0;  // the frame's, in the buffer given
+        VnetHeader header;  // what is left to do on it (nothing unless set_offloads() allowed it)
+    };
+    // Reads one frame from the host into `buffer` (k_max_frame bytes always suffice), or
+    // std::nullopt when no frame is waiting. A frame longer than `buffer` is an error (the
+    // frame is lost).
+    base::Result<std::optional<Received>> read(std::span<std::byte> buffer);
+    // Which offloads the host may leave to colod from now on (Offload bits; 0: none). Frames
+    // queued before keep the form they had.
+    base::Result<void> set_offloads(unsigned offloads);
 
     // Frames write() dropped because the tap's queue was full. Any thread.
     uint64_t dropped() const { return m_dropped.load(std::memory_order_relaxed); }
@@ -78,7 +100,7 @@ class TapReader {
 public:
     // `deliver` runs on the reader's thread with a frame valid only during the call; it must
     // not call stop() or destroy the reader.
-    using Deliver = std::function<void(std::span<const std::byte> frame)>;
+    using Deliver = std::function<void(const VnetHeader& header, std::span<const std::byte> frame)>;
 
     static base::Result<std::unique_ptr<TapReader>> start(Tap& tap, Deliver deliver);
 

@@ -37,7 +37,7 @@ std::optional<Segment> tcp_segment(std::span<const std::byte> frame) {
 
 // Subtracts `offset` from every edge of every SACK block (RFC 2018) in the segment's options;
 // a malformed option list ends the walk (the guest's TCP ignores what follows it too).
-void rewrite_sack(std::span<std::byte> segment, size_t header_length, uint32_t offset) {
+void rewrite_sack(std::span<std::byte> segment, size_t checksum_at, size_t header_length, uint32_t offset) {
     size_t at = 20;
     while (at < header_length) {
         uint8_t kind = std::to_integer<uint8_t>(segment[at]);
@@ -54,7 +54,7 @@ void rewrite_sack(std::span<std::byte> segment, size_t header_length, uint32_t o
             return;
         if (kind == k_option_sack && (length - 2) % 8 == 0) {
             for (size_t edge = at + 2; edge < at + length; edge += 4)
-                rewrite_be32(segment, k_at_checksum, edge, load_be32(segment, edge) - offset);
+                rewrite_be32(segment, checksum_at, edge, load_be32(segment, edge) - offset);
         }
         at += length;
     }
@@ -165,10 +165,11 @@ bool TcpRewriter::learn(Table::iterator it, uint32_t primary_isn_plus_one, std::
     return true;
 }
 
-void TcpRewriter::inbound(std::span<std::byte> frame) {
+void TcpRewriter::inbound(std::span<std::byte> frame, Checksum checksum) {
     auto parsed = tcp_segment(frame);
     if (!parsed)
         return;
+    const size_t checksum_at = checksum == Checksum::Partial ? k_no_checksum : k_at_checksum;
     const TcpView& tcp = parsed->tcp;
     Key key{static_cast<uint8_t>(parsed->packet.ip), tcp.destination_port, tcp.source_port, parsed->packet.dst,
             parsed->packet.src};
@@ -219,10 +220,10 @@ void TcpRewriter::inbound(std::span<std::byte> frame) {
     if (ack) {
         if (connection.fin_out && !seq_before(tcp.ack, connection.fin_out_end))
             connection.fin_out_acked = true;
-        rewrite_be32(segment, k_at_checksum, k_at_ack, tcp.ack - connection.offset);
-        rewrite_sack(segment, tcp.header_length, connection.offset);
+        rewrite_be32(segment, checksum_at, k_at_ack, tcp.ack - connection.offset);
+        rewrite_sack(segment, checksum_at, tcp.header_length, connection.offset);
         if (echoed && connection.ts_known)
-            rewrite_be32(segment, k_at_checksum, echo_at, echoed.value_or(0) - connection.ts_offset);
+            rewrite_be32(segment, checksum_at, echo_at, echoed.value_or(0) - connection.ts_offset);
     }
     if (tcp.flags & k_tcp_fin) {
         connection.fin_in = true;

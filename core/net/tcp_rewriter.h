@@ -26,8 +26,11 @@
 // it is: a client that connects to the guest acknowledges the primary's SYN-ACK with
 // ack = primary's ISN + 1 in its first ACK, and a server the guest connects to acknowledges
 // the primary's SYN with the same in its SYN-ACK. Each TCP checksum is updated incrementally
-// (RFC 1624), never recomputed: the guests' NIC offers no checksum offload, so the frames
-// carry full checksums, and a frame whose checksum was wrong stays exactly as wrong.
+// (RFC 1624), never recomputed: the guests' NIC takes no transmit checksum offload, so their
+// frames carry full checksums, and a frame whose checksum was wrong stays exactly as wrong. A
+// frame from the world may come with its checksum still to be computed (the NIC's receive
+// offloads: the field holds only the pseudo-header's sum, which the rewritten fields are not
+// part of): inbound() is told so and leaves that field alone.
 //
 // A checkpoint makes the secondary's guest a copy of the primary's, TCP sockets included:
 // from then on both number every connection alike, and load() of the primary's (empty) table
@@ -81,8 +84,11 @@ public:
 
     explicit TcpRewriter(size_t max_connections = 65536);
 
+    // Whether a frame's TCP checksum field holds its checksum, or only the pseudo-header's
+    // sum for whoever computes it later (a virtio-net header's NEEDS_CSUM).
+    enum class Checksum { Full, Partial };
     // A frame from the world to the secondary's guest, rewritten in place.
-    void inbound(std::span<std::byte> frame);
+    void inbound(std::span<std::byte> frame, Checksum checksum = Checksum::Full);
     // A frame from the secondary's guest (to the primary's comparator, or to the world after a
     // takeover), rewritten in place.
     void outbound(std::span<std::byte> frame);

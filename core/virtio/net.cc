@@ -15,8 +15,6 @@ namespace {
 constexpr auto k_log_interval = std::chrono::seconds(10);
 // struct virtio_net_config as far as the offered features define it: mac[6], le16 status.
 constexpr uint32_t k_config_size = 8;
-// Offset of num_buffers in struct virtio_net_hdr_v1 (little-endian u16).
-constexpr size_t k_num_buffers_offset = 10;
 
 // The transport's lock, or none before the device is attached (nothing else can reach it then).
 std::unique_lock<std::mutex> lock_of(Transport* transport) {
@@ -37,7 +35,29 @@ void NetDevice::set_transmit(Transmit transmit) {
     process_tx();
 }
 
-bool NetDevice::receive(std::span<const std::byte> frame) {
+void NetDevice::set_offload_listener(OffloadListener listener) {
+    auto lock = lock_of(m_transport);
+    m_offload_listener = std::move(listener);
+    if (m_offload_listener)
+        m_offload_listener(guest_features_locked());
+}
+
+void NetDevice::refresh_offloads() {
+    auto lock = lock_of(m_transport);
+    if (m_offload_listener)
+        m_offload_listener(guest_features_locked());
+}
+
+uint64_t NetDevice::guest_features() const {
+    auto lock = lock_of(m_transport);
+    return guest_features_locked();
+}
+
+uint64_t NetDevice::guest_features_locked() const {
+    return m_transport && m_transport->active() ? m_transport->driver_features() & k_features : 0;
+}
+
+bool NetDevice::receive(std::span<const std::byte> frame, const net::VnetHeader& header) {
     auto lock = lock_of(m_transport);
     if (frame.size() < k_min_frame || frame.size() > k_max_frame) {
         ++m_counters.rx_dropped;
@@ -51,7 +71,7 @@ bool NetDevice::receive(std::span<const std::byte> frame) {
         deliver_backlog();
     if (m_backlog.empty() && can_run()) {
         bool pushed = false;
-        RxOutcome outcome = deliver(frame, pushed);
+        RxOutcome outcome = deliver(header, frame, pushed);
         if (pushed)
             m_transport->notify_used(k_receive_queue);
         if (outcome == RxOutcome::Delivered)
@@ -63,7 +83,7 @@ bool NetDevice::receive(std::span<const std::byte> frame) {
         ++m_counters.rx_dropped;
         return false;
     }
-    m_backlog.emplace_back(frame.begin(), frame.end());
+    m_backlog.push_back(RxFrame{header, std::vector<std::byte>(frame.begin(), frame.end())});
     m_backlog_bytes += frame.size();
     return true;
 }
@@ -102,8 +122,15 @@ void NetDevice::read_config(uint32_t offset, std::span<std::byte> data) {
 }
 
 void NetDevice::activate() {
+    if (m_offload_listener)
+        m_offload_listener(m_transport->driver_features() & k_features);
     process_tx();
     deliver_backlog();
+}
+
+void NetDevice::reset() {
+    if (m_offload_listener)
+        m_offload_listener(0);
 }
 
 void NetDevice::queue_notify(uint16_t index) {
@@ -198,9 +225,9 @@ void NetDevice::learn(std::span<const std::byte> frame) {
 
 // Header then frame across the chain's writable buffers, in order (the caller checked that
 // they hold both).
-base::Result<void> NetDevice::write_chain(const Chain& chain, std::span<const std::byte> frame) {
-    std::array<std::byte, k_header_size> header{};
-    header[k_num_buffers_offset] = std::byte{1};  // num_buffers = 1, little-endian
+base::Result<void> NetDevice::write_chain(const Chain& chain, const net::VnetHeader& vnet_header,
+                                          std::span<const std::byte> frame) {
+    const auto header = vnet_header.encode(1);  // num_buffers = 1: one chain per frame
     size_t total = header.size() + frame.size();
     size_t done = 0;  // bytes of header and frame written so far
     for (const Buffer& buffer : chain.writable) {
@@ -221,7 +248,59 @@ base::Result<void> NetDevice::write_chain(const Chain& chain, std::span<const st
     return base::ok();
 }
 
-NetDevice::RxOutcome NetDevice::deliver(std::span<const std::byte> frame, bool& pushed) {
+std::optional<net::VnetHeader> NetDevice::header_for_guest(const net::VnetHeader& header,
+                                                           std::span<const std::byte>& frame,
+                                                           std::vector<std::byte>& scratch, bool& finished_here) {
+    using net::VnetHeader;
+    const uint64_t features = m_transport->driver_features();
+    auto refuse = [&](std::string_view why) -> std::optional<VnetHeader> {
+        ++m_counters.bad_headers;
+        ++m_counters.rx_dropped;
+        base::log_limited(m_log_name + " header", k_log_interval, base::Level::Warning, base::Event::None,
+                          fmt::format("{}: a received {}-byte frame {}; dropped", m_log_name, frame.size(), why));
+        return std::nullopt;
+    };
+    VnetHeader out;
+    if (header.gso_type != VnetHeader::k_gso_none) {
+        const uint8_t kind = header.gso_type & ~VnetHeader::k_gso_ecn;
+        const uint64_t needed = kind == VnetHeader::k_gso_tcpv4   ? k_feature_guest_tso4
+                                : kind == VnetHeader::k_gso_tcpv6 ? k_feature_guest_tso6
+                                                                  : 0;
+        if (needed == 0 || (header.gso_type & VnetHeader::k_gso_ecn))
+            return refuse(fmt::format("is a segment of kind {:#x}, which the guest cannot be given", header.gso_type));
+        if (!(features & needed) || !(features & k_feature_guest_csum))
+            return refuse("is a 64 KiB segment and the guest does not take them (now)");
+        if (header.gso_size == 0 || !(header.flags & VnetHeader::k_needs_csum))
+            return refuse(fmt::format("is a segment with segment size {} and flags {:#x}", header.gso_size, header.flags));
+        out.gso_type = header.gso_type;
+        out.gso_size = header.gso_size;
+        out.hdr_len = header.hdr_len;
+    }
+    if (header.flags & VnetHeader::k_needs_csum) {
+        if (size_t{header.csum_start} + header.csum_offset + 2 > frame.size())
+            return refuse(fmt::format("has its checksum to finish at {} + {}, outside it", header.csum_start,
+                                      header.csum_offset));
+        if (features & k_feature_guest_csum) {
+            out.flags = VnetHeader::k_needs_csum;
+            out.csum_start = header.csum_start;
+            out.csum_offset = header.csum_offset;
+        } else {
+            scratch.assign(frame.begin(), frame.end());
+            net::complete_checksum(scratch, header.csum_start, header.csum_offset);
+            frame = scratch;
+            finished_here = true;
+        }
+    } else if ((header.flags & VnetHeader::k_data_valid) && (features & k_feature_guest_csum)) {
+        out.flags = VnetHeader::k_data_valid;
+    }
+    return out;
+}
+
+NetDevice::RxOutcome NetDevice::deliver(const net::VnetHeader& given, std::span<const std::byte> frame, bool& pushed) {
+    bool finished_here = false;
+    auto header = header_for_guest(given, frame, m_rx_scratch, finished_here);
+    if (!header)
+        return RxOutcome::Dropped;
     Queue& queue = m_transport->queue(k_receive_queue);
     auto broken = [&](const base::Error& why) {
         ++m_counters.rx_dropped;
@@ -259,7 +338,7 @@ NetDevice::RxOutcome NetDevice::deliver(std::span<const std::byte> frame, bool& 
                           fmt::format("{}: receive chain {} holds {} bytes, a {}-byte frame needs {}; frame dropped",
                                       m_log_name, chain->head, chain->writable_bytes, frame.size(), total));
     } else {
-        if (auto copied = write_chain(*chain, frame); !copied)
+        if (auto copied = write_chain(*chain, *header, frame); !copied)
             return broken(copied.error());
         written = static_cast<uint32_t>(total);
     }
@@ -271,6 +350,10 @@ NetDevice::RxOutcome NetDevice::deliver(std::span<const std::byte> frame, bool& 
         return RxOutcome::Dropped;
     ++m_counters.rx_frames;
     m_counters.rx_bytes += frame.size();
+    if (header->gso_type != net::VnetHeader::k_gso_none)
+        ++m_counters.rx_gso_frames;
+    if (finished_here)
+        ++m_counters.rx_csum_done;
     return RxOutcome::Delivered;
 }
 
@@ -279,10 +362,10 @@ void NetDevice::deliver_backlog() {
         return;
     bool pushed = false;
     while (!m_backlog.empty()) {
-        RxOutcome outcome = deliver(m_backlog.front(), pushed);
+        RxOutcome outcome = deliver(m_backlog.front().header, m_backlog.front().frame, pushed);
         if (outcome == RxOutcome::NoBuffer)
             break;
-        m_backlog_bytes -= m_backlog.front().size();
+        m_backlog_bytes -= m_backlog.front().frame.size();
         m_backlog.pop_front();
         if (outcome == RxOutcome::Broken)
             return;  // the queue is unusable until the driver resets the device
@@ -291,17 +374,22 @@ void NetDevice::deliver_backlog() {
         m_transport->notify_used(k_receive_queue);
 }
 
-// Layout, version 2: u32 learned IPv4 address (0: none), u32 count of backlogged frames, then
-// for each, oldest first: u32 length, the frame's bytes.
-// Version 1 (the address alone) is refused: a state without its backlog would lose frames.
+// Layout, version 3: u32 learned IPv4 address (0: none), u32 count of backlogged frames, then
+// for each, oldest first: its 12-byte virtio-net header (num_buffers 0), u32 length, the
+// frame's bytes; then the companion's bytes (u32 length first).
+// Versions 1 (the address alone) and 2 (frames without headers) are refused: pairs run one
+// version (the peers' HELLO compares device versions), and a state without its backlog would
+// lose frames.
 // The transport calls this with its lock held (its mutex is not recursive, so the lock is not
 // taken here), the device quiesced.
 std::vector<std::byte> NetDevice::save_state() const {
     StateWriter w;
     w.put(m_learned_ipv4);
     w.put(static_cast<uint32_t>(m_backlog.size()));
-    for (const auto& frame : m_backlog)
-        w.put_blob(frame);
+    for (const auto& rx : m_backlog) {
+        w.put_bytes(rx.header.encode());
+        w.put_blob(rx.frame);
+    }
     w.put_blob(m_companion ? m_companion->save_companion() : std::vector<std::byte>{});
     return w.take();
 }
@@ -317,6 +405,8 @@ base::Result<NetDevice::SavedState> NetDevice::decode_state(uint16_t version, st
     if (!r.failed() && count > k_rx_backlog)
         r.fail(fmt::format("receive backlog of {} frames (at most {})", count, k_rx_backlog));
     for (uint32_t i = 0; i < count && !r.failed(); ++i) {
+        std::array<std::byte, k_header_size> header{};
+        r.get_raw(header.data(), header.size());
         uint32_t size = r.get<uint32_t>();
         if (r.failed())
             break;
@@ -336,7 +426,7 @@ base::Result<NetDevice::SavedState> NetDevice::decode_state(uint16_t version, st
         std::vector<std::byte> frame(size);
         r.get_raw(frame.data(), size);
         s.backlog_bytes += size;
-        s.backlog.push_back(std::move(frame));
+        s.backlog.push_back(RxFrame{net::VnetHeader::decode(header), std::move(frame)});
     }
     s.companion = r.get_blob(k_max_companion_state);
     TRY(r.finish("virtio-net state"));

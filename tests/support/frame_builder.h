@@ -179,6 +179,18 @@ inline std::vector<std::byte> tcp4(const Host4& from, const Host4& to, const Tcp
 }
 
 // A TCP segment over IPv6 (no extension headers) with the given flow label.
+// tcp4()'s frame as a host's TCP stack hands it to a device that finishes checksums (a
+// virtio-net header's NEEDS_CSUM, from the TCP header on, the field at 16): the checksum field
+// holds the pseudo header's sum, folded and not complemented.
+inline std::vector<std::byte> tcp4_unfinished(const Host4& from, const Host4& to, const Tcp& tcp) {
+    auto frame = tcp4(from, to, tcp);
+    constexpr size_t tcp_at = 14 + 20;
+    uint16_t seed = detail::fold(detail::pseudo4(from.ip, to.ip, 6, frame.size() - tcp_at));
+    frame[tcp_at + 16] = std::byte(static_cast<uint8_t>(seed >> 8));
+    frame[tcp_at + 17] = std::byte(static_cast<uint8_t>(seed));
+    return frame;
+}
+
 inline std::vector<std::byte> tcp6(const Host6& from, const Host6& to, const Tcp& tcp, uint32_t flow_label = 0) {
     auto segment = detail::tcp_segment(from.port, to.port, tcp);
     uint16_t sum = detail::checksum(segment, detail::pseudo6(from.ip, to.ip, 6, segment.size()));

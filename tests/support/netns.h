@@ -17,6 +17,7 @@
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -29,6 +30,7 @@
 #include <vector>
 
 #include "base/fd.h"
+#include "core/net/vnet_header.h"
 #include "tests/support/backend.h"
 
 namespace colod::test {
@@ -146,6 +148,32 @@ public:
             if (accept(frame))
                 return std::vector<std::byte>(frame.begin(), frame.end());
         }
+    }
+
+private:
+    base::Fd m_fd;
+};
+
+// The host's side sending with a virtio-net header of its own (PACKET_VNET_HDR): what a host's
+// TCP stack hands a device, a 64 KiB segment with its checksum to finish.
+class VnetPacketSocket {
+public:
+    explicit VnetPacketSocket(const std::string& name) {
+        m_fd = base::Fd(::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0));
+        REQUIRE(m_fd);
+        int one = 1;
+        REQUIRE(::setsockopt(m_fd.get(), SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)) == 0);
+        struct sockaddr_ll addr {};
+        addr.sll_family = AF_PACKET;
+        addr.sll_ifindex = static_cast<int>(::if_nametoindex(name.c_str()));
+        REQUIRE(addr.sll_ifindex != 0);
+        REQUIRE(::bind(m_fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+    }
+    // PACKET_VNET_HDR's header is struct virtio_net_hdr: VnetHeader's without num_buffers.
+    void send(const core::net::VnetHeader& header, std::span<const std::byte> frame) {
+        auto bytes = header.encode();
+        struct iovec parts[2] = {{bytes.data(), 10}, {const_cast<std::byte*>(frame.data()), frame.size()}};
+        REQUIRE(::writev(m_fd.get(), parts, 2) == static_cast<ssize_t>(10 + frame.size()));
     }
 
 private:

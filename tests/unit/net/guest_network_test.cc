@@ -405,7 +405,8 @@ TEST_CASE("an input hook gets every frame from the tap in order and decides what
     std::mutex mutex;
     std::vector<Frame> seen;
     std::vector<bool> delivered;
-    network->set_input_hook([&](std::span<const std::byte> frame) {
+    network->set_input_hook([&](const core::net::VnetHeader& header, std::span<const std::byte> frame) {
+        CHECK(header == core::net::VnetHeader{});  // not IP: nothing left to do on them
         if (!is_test_frame(frame))
             return;
         std::lock_guard lock(mutex);
@@ -435,6 +436,62 @@ TEST_CASE("an input hook gets every frame from the tap in order and decides what
     CHECK(guest.receive(1, is_test_frame) == std::vector<Frame>{later});
     std::lock_guard lock(mutex);
     CHECK(seen.size() == sent.size());
+}
+
+TEST_CASE("the tap's offloads follow the guest's driver: 64 KiB segments while it takes them, whole frames once it "
+          "restarts without") {
+    if (!root_or_skip())
+        return;
+    using namespace colod::test::frames;
+    NetnsScope ns(NetnsScope::Sysfs::Host);
+    make_tap();
+    VnetPacketSocket host(k_tap);
+    Guest guest;  // its driver took every offload
+    auto network = open_network(guest);
+    std::mutex mutex;
+    std::condition_variable arrived;
+    std::vector<net::VnetHeader> headers;
+    network->set_input_hook([&](const net::VnetHeader& header, std::span<const std::byte> frame) {
+        if (ethertype(frame) != 0x0800)
+            return;
+        std::lock_guard lock(mutex);
+        headers.push_back(header);
+        arrived.notify_all();
+    });
+    REQUIRE(network->start_input());
+    auto wait_for = [&](size_t count) {
+        std::unique_lock lock(mutex);
+        return arrived.wait_for(lock, k_deadline, [&] { return headers.size() >= count; });
+    };
+
+    const Host4 client{{0x02, 0, 0, 0, 0, 0x02}, 0x0a000002, 40000};
+    const Host4 guest_host{k_mac, 0x0a00000a, 80};
+    auto segment = tcp4_unfinished(client, guest_host, {1, 1, k_ack, 65535, std::string(4000, 's')});
+    net::VnetHeader gso;
+    gso.flags = net::VnetHeader::k_needs_csum;
+    gso.gso_type = net::VnetHeader::k_gso_tcpv4;
+    gso.hdr_len = 54;
+    gso.gso_size = 1000;
+    gso.csum_start = 34;
+    gso.csum_offset = 16;
+    host.send(gso, segment);
+    REQUIRE(wait_for(1));
+    {
+        std::lock_guard lock(mutex);
+        CHECK(headers[0].gso_type == net::VnetHeader::k_gso_tcpv4);
+        CHECK(headers[0].gso_size == 1000);
+        headers.clear();
+    }
+
+    // The driver restarts (a reset, then features without the offloads): cut by the host.
+    guest.driver.start(~(virtio::NetDevice::k_feature_guest_csum | virtio::NetDevice::k_feature_guest_tso4 |
+                         virtio::NetDevice::k_feature_guest_tso6));
+    host.send(gso, segment);
+    REQUIRE(wait_for(4));
+    std::lock_guard lock(mutex);
+    CHECK(headers.size() == 4);
+    for (const auto& header : headers)
+        CHECK(header == net::VnetHeader{});
 }
 
 TEST_CASE("a rewriter moves the guest's TCP sequence numbers onto the primary's, out through the sink and in through "

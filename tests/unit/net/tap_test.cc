@@ -8,7 +8,10 @@
 
 #include <fcntl.h>
 #include <net/if.h>
+#include <linux/if_packet.h>
 #include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -21,12 +24,15 @@
 
 #include "base/fd.h"
 #include "core/net/tap.h"
+#include "tests/support/frame_builder.h"
 #include "tests/support/netns.h"
 
 using namespace colod;
 using namespace colod::core::net;
 using colod::test::NetnsScope;
 using colod::test::PacketSocket;
+using colod::test::VnetPacketSocket;
+namespace frames = colod::test::frames;
 using Frame = std::vector<std::byte>;
 using namespace std::chrono_literals;
 
@@ -62,8 +68,10 @@ std::optional<Frame> read_test_frame(Tap& tap) {
         ::poll(&pfd, 1, 100);
         auto got = tap.read(buffer);
         REQUIRE(got);
-        if (got.value() && is_test_frame(std::span(buffer).first(*got.value())))
-            return Frame(buffer.begin(), buffer.begin() + static_cast<long>(*got.value()));
+        if (got.value() && is_test_frame(std::span(buffer).first(got.value()->length))) {
+            CHECK(got.value()->header == VnetHeader{});  // nothing left to do: no offloads set
+            return Frame(buffer.begin(), buffer.begin() + static_cast<long>(got.value()->length));
+        }
     }
     return std::nullopt;
 }
@@ -133,6 +141,111 @@ TEST_CASE("a tap carries frames both ways: write() to the host, read() from it")
     }
 }
 
+namespace {
+
+constexpr size_t k_tcp_at = 14 + 20;
+
+// One TCP/IPv4 segment of `payload` bytes as a host's TCP stack hands it to a device that
+// segments and checksums.
+Frame tcp_segment(size_t payload) {
+    const frames::Host4 from{{0x02, 0, 0, 0, 0, 0x42}, 0x0a090001, 12345};
+    const frames::Host4 to{{0x52, 0x54, 0, 0x12, 0x34, 0x56}, 0x0a090002, 80};
+    return frames::tcp4_unfinished(from, to, {1, 1, frames::k_ack, 65535, std::string(payload, 'x')});
+}
+
+bool is_tcp_frame(std::span<const std::byte> f) {
+    return f.size() > k_tcp_at + 20 && f[12] == std::byte{0x08} && f[13] == std::byte{0x00} && f[14 + 9] == std::byte{6};
+}
+
+// The TCP frames `tap` hands over until `count` came or a few seconds passed.
+std::vector<std::pair<VnetHeader, Frame>> read_tcp_frames(Tap& tap, size_t count) {
+    std::vector<std::pair<VnetHeader, Frame>> got;
+    auto deadline = std::chrono::steady_clock::now() + 5s;
+    Frame buffer(Tap::k_max_frame);
+    while (got.size() < count && std::chrono::steady_clock::now() < deadline) {
+        struct pollfd pfd = {tap.fd(), POLLIN, 0};
+        ::poll(&pfd, 1, 100);
+        auto read = tap.read(buffer);
+        REQUIRE(read);
+        if (read.value() && is_tcp_frame(std::span(buffer).first(read.value()->length)))
+            got.emplace_back(read.value()->header, Frame(buffer.begin(), buffer.begin() + static_cast<long>(read.value()->length)));
+    }
+    return got;
+}
+
+}  // namespace
+
+TEST_CASE("a tap hands a host's 64 KiB TCP segment over whole once offloads are set, and in checksummed segments before") {
+    if (!root_or_skip())
+        return;
+    NetnsScope ns(NetnsScope::Sysfs::Private);
+    NetnsScope::sh("ip tuntap add dev ctap0 mode tap");
+    auto tap = Tap::open("ctap0");
+    REQUIRE(tap);
+    NetnsScope::sh("ip link set ctap0 up");
+    VnetPacketSocket host("ctap0");
+
+    constexpr size_t k_mss = 1000, k_segments = 7;
+    auto segment = tcp_segment(k_mss * k_segments - 300);  // the last piece shorter
+    VnetHeader gso;
+    gso.flags = VnetHeader::k_needs_csum;
+    gso.gso_type = VnetHeader::k_gso_tcpv4;
+    gso.hdr_len = k_tcp_at + 20;
+    gso.gso_size = k_mss;
+    gso.csum_start = k_tcp_at;
+    gso.csum_offset = 16;
+
+    // No offloads (as opened): the host cuts it and computes every checksum; nothing left to do.
+    host.send(gso, segment);
+    auto pieces = read_tcp_frames(*tap, k_segments);
+    REQUIRE(pieces.size() == k_segments);
+    size_t payload = 0;
+    for (const auto& [header, frame] : pieces) {
+        CHECK(header == VnetHeader{});
+        CHECK(frame.size() <= k_tcp_at + 20 + k_mss);
+        CHECK(frames::tcp_checksum_valid(frame));
+        payload += frame.size() - k_tcp_at - 20;
+    }
+    CHECK(payload == segment.size() - k_tcp_at - 20);
+
+    // Checksum and TSO offloads: it comes whole, its checksum to finish, as the header says.
+    REQUIRE(tap->set_offloads(Tap::k_offload_csum | Tap::k_offload_tso4));
+    host.send(gso, segment);
+    auto whole = read_tcp_frames(*tap, 1);
+    REQUIRE(whole.size() == 1);
+    CHECK(whole[0].second == segment);
+    CHECK(whole[0].first.gso_type == VnetHeader::k_gso_tcpv4);
+    CHECK(whole[0].first.gso_size == k_mss);
+    CHECK(whole[0].first.flags == VnetHeader::k_needs_csum);
+    CHECK(whole[0].first.csum_start == k_tcp_at);
+    CHECK(whole[0].first.csum_offset == 16);
+
+    // Checksums only: cut again, each piece's checksum left to finish.
+    REQUIRE(tap->set_offloads(Tap::k_offload_csum));
+    host.send(gso, segment);
+    pieces = read_tcp_frames(*tap, k_segments);
+    REQUIRE(pieces.size() == k_segments);
+    for (auto& [header, frame] : pieces) {
+        CHECK(header.gso_type == VnetHeader::k_gso_none);
+        CHECK(header.flags == VnetHeader::k_needs_csum);
+        REQUIRE(complete_checksum(frame, header.csum_start, header.csum_offset));
+        CHECK(frames::tcp_checksum_valid(frame));
+    }
+
+    // TSO without checksums is not asked of the tap: it cuts.
+    REQUIRE(tap->set_offloads(Tap::k_offload_tso4));
+    host.send(gso, segment);
+    CHECK(read_tcp_frames(*tap, k_segments).size() == k_segments);
+
+    // A new Tap on the same interface starts without the offloads the last one set.
+    REQUIRE(tap->set_offloads(Tap::k_offload_csum | Tap::k_offload_tso4));
+    tap = base::Result<Tap>(base::Error(base::Errc::Invalid, "closed"));
+    auto again = Tap::open("ctap0");
+    REQUIRE(again);
+    host.send(gso, segment);
+    CHECK(read_tcp_frames(*again, k_segments).size() == k_segments);
+}
+
 TEST_CASE("TapReader hands every frame to its function until stop()") {
     if (!root_or_skip())
         return;
@@ -146,7 +259,7 @@ TEST_CASE("TapReader hands every frame to its function until stop()") {
     std::mutex mutex;
     std::condition_variable arrived;
     std::vector<Frame> frames;
-    auto reader = TapReader::start(*tap, [&](std::span<const std::byte> frame) {
+    auto reader = TapReader::start(*tap, [&](const VnetHeader&, std::span<const std::byte> frame) {
         if (!is_test_frame(frame))
             return;
         std::lock_guard lock(mutex);
@@ -184,10 +297,10 @@ TEST_CASE("TapReader: destruction stops it; a deleted interface ends it with fai
     auto tap = Tap::open("ctap0");
     REQUIRE(tap);
     {
-        auto idle = TapReader::start(*tap, [](std::span<const std::byte>) {});
+        auto idle = TapReader::start(*tap, [](const VnetHeader&, std::span<const std::byte>) {});
         REQUIRE(idle);
     }  // returns: the thread woke up and ended
-    auto reader = TapReader::start(*tap, [](std::span<const std::byte>) {});
+    auto reader = TapReader::start(*tap, [](const VnetHeader&, std::span<const std::byte>) {});
     REQUIRE(reader);
     NetnsScope::sh("ip link del ctap0");
     auto deadline = std::chrono::steady_clock::now() + 10s;

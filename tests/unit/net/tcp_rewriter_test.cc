@@ -90,6 +90,25 @@ TEST_CASE("a connection to the guest: the offset comes from the client's ACK of 
     CHECK(other == before);
 }
 
+TEST_CASE("a frame whose checksum is still to be computed (NEEDS_CSUM) has its numbers moved and its checksum field left",
+          "[net]") {
+    TcpRewriter rewriter;
+    accept(rewriter);
+    Tcp sacked{k_client_isn + 1, k_primary_isn + 6, k_ack | k_psh, 502, std::string(3000, 'x')};
+    sacked.options = sack({{k_primary_isn + 100, k_primary_isn + 200}}, 2);
+    auto in = tcp4(k_client, k_guest, sacked);
+    // The field as a host leaves it for the device: any value stands for the pseudo-header's sum.
+    const size_t tcp = tcp_offset(detail::to_raw(in));
+    in[tcp + 16] = std::byte{0x12};
+    in[tcp + 17] = std::byte{0x34};
+    rewriter.inbound(in, TcpRewriter::Checksum::Partial);
+    auto fields = tcp_fields(in);
+    CHECK(fields.ack == k_secondary_isn + 6);
+    CHECK(fields.sack == std::vector<std::pair<uint32_t, uint32_t>>{{k_secondary_isn + 100, k_secondary_isn + 200}});
+    CHECK(in[tcp + 16] == std::byte{0x12});
+    CHECK(in[tcp + 17] == std::byte{0x34});
+}
+
 TEST_CASE("a connection from the guest: the offset comes from the server's SYN-ACK", "[net]") {
     TcpRewriter rewriter;
     auto syn = tcp4(k_guest_client, k_server, {k_secondary_isn, 0, k_syn});

@@ -198,11 +198,21 @@ TEST_CASE("NET_INPUT / NET_OUTPUT: a frame shorter than an Ethernet header or lo
     std::vector<std::byte> over;
     ByteWriter w(over);
     w.u64(9);
+    w.bytes(std::string(kNetHeaderBytes, '\0'));
     w.bytes(std::string(kMaxNetFrameBytes + 1, 'f'));
     CHECK(reason(NetInput::decode(over)) == Reason::BadField);
     CHECK_FALSE(NetInput::decode(std::vector<std::byte>(5)).ok());  // no room for the epoch
+    CHECK(reason(NetInput::decode(std::vector<std::byte>(8 + kNetHeaderBytes - 1))) == Reason::Truncated);
+    // The header travels as it is (the receiving NIC checks it).
+    NetInput with_header{9, std::string(1514, 'f')};
+    for (size_t i = 0; i < kNetHeaderBytes; ++i)
+        with_header.header[i] = std::byte(0xa0 + i);
+    auto decoded = NetInput::decode(with_header.encode());
+    REQUIRE(decoded.ok());
+    CHECK(decoded.value() == with_header);
     // The largest frame fits under the type's cap, which a sender never exceeds.
     CHECK(NetInput{9, std::string(kMaxNetFrameBytes, 'f')}.encode().size() <= payload_cap(MessageType::NetInput));
+    CHECK(NetOutput{9, std::string(kMaxNetFrameBytes, 'f')}.encode().size() <= payload_cap(MessageType::NetOutput));
 }
 
 TEST_CASE("decoders skip fields appended by a later revision") {

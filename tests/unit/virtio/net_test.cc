@@ -17,6 +17,7 @@
 #include "core/virtio/mmio.h"
 #include "core/virtio/net.h"
 #include "proto/state.h"
+#include "tests/support/frame_builder.h"
 #include "tests/support/virtio_driver.h"
 
 using namespace colod;
@@ -104,8 +105,10 @@ std::vector<std::byte> net_state(uint32_t ipv4, const std::vector<Frame>& frames
     StateWriter w;
     w.put(ipv4);
     w.put(count.value_or(static_cast<uint32_t>(frames.size())));
-    for (const auto& f : frames)
+    for (const auto& f : frames) {
+        w.put_bytes(std::array<std::byte, NetDevice::k_header_size>{});  // nothing left to do on it
         w.put_blob(f);
+    }
     if (companion)
         w.put_blob(*companion);
     return w.take();
@@ -141,7 +144,7 @@ NetDriver continue_on(Rig& standby, const Frame& memory, const NetDriver& driver
 
 }  // namespace
 
-TEST_CASE("virtio-net identifies itself, offers MAC and STATUS only and shows its MAC with the link up") {
+TEST_CASE("virtio-net identifies itself, offers MAC, STATUS and the receive offloads and shows its MAC with the link up") {
     Rig rig;
     CHECK(rig.transport->name() == "virtio-net@d0000000");
     CHECK(rig.read(MAGIC) == 0x74726976);
@@ -150,8 +153,7 @@ TEST_CASE("virtio-net identifies itself, offers MAC and STATUS only and shows it
     NetDriver driver(rig);
     uint32_t status = driver.negotiate(~0ull);
     CHECK(status == (k_status_acknowledge | k_status_driver | k_status_features_ok));
-    CHECK(driver.features == (NetDevice::k_feature_mac | NetDevice::k_feature_status | k_feature_version_1 |
-                              k_feature_indirect_desc | k_feature_event_idx));
+    CHECK(driver.features == (NetDevice::k_features | k_feature_version_1 | k_feature_indirect_desc | k_feature_event_idx));
     for (uint32_t q : {0u, 1u}) {
         rig.write(QUEUE_SEL, q);
         CHECK(rig.read(QUEUE_NUM_MAX) == NetDevice::k_queue_size);
@@ -822,7 +824,8 @@ TEST_CASE("virtio-net check_state refuses a malformed backlog, saying which fiel
                    Contains("receive backlog frame 0 of 65551 bytes"));
         CHECK_THAT(refusal(v, net_state(0x0a000005, {Frame{}})), Contains("receive backlog frame 0 of 0 bytes"));
         // A length that is no frame is refused before the bytes it claims are looked for.
-        CHECK_THAT(refusal(v, concat(net_state(0x0a000005, {}, 1, std::nullopt), Frame(4, std::byte{0xff}))),
+        CHECK_THAT(refusal(v, concat(concat(net_state(0x0a000005, {}, 1, std::nullopt), Frame(NetDevice::k_header_size)),
+                                     Frame(4, std::byte{0xff}))),
                    Contains("of 4294967295 bytes"));
     }
     SECTION("more frames than the backlog holds") {
@@ -853,10 +856,11 @@ TEST_CASE("virtio-net check_state refuses a malformed backlog, saying which fiel
         // A count of one frame fewer leaves the last frame trailing.
         CHECK_THAT(refusal(v, net_state(0x0a000005, {a, b}, 1)), Contains("unexpected trailing bytes"));
     }
-    SECTION("version 1, the address alone") {
+    SECTION("older versions: 1, the address alone; 2, frames without their headers") {
         CHECK_THAT(refusal(1, std::vector<std::byte>{std::byte{10}, std::byte{0}, std::byte{0}, std::byte{5}}),
-                   Contains("virtio-net state version 1 (this build reads 2)"));
+                   Contains("virtio-net state version 1 (this build reads 3)"));
         CHECK_THAT(refusal(1, good), Contains("version 1"));
+        CHECK_THAT(refusal(2, good), Contains("virtio-net state version 2 (this build reads 3)"));
     }
 }
 
@@ -982,4 +986,204 @@ TEST_CASE("receive() from another thread races the driver posting buffers safely
     world.join();
     CHECK(accepted == k_frames);
     CHECK(rig.net->counters().rx_frames == static_cast<uint64_t>(k_frames));
+}
+
+namespace {
+
+constexpr size_t k_l4 = 14 + 20;  // where the TCP header starts in tcp_frame()'s frames
+
+// A TCP/IPv4 frame with `payload` bytes, its TCP checksum left as a host leaves it for an
+// offload (NEEDS_CSUM).
+Frame tcp_frame(size_t payload) {
+    const frames::Host4 from{{0x02, 0, 0, 0, 0, 1}, 0x0a000001, 40000};
+    const frames::Host4 to{{0x52, 0x54, 0, 0x12, 0x34, 0x56}, 0x0a000002, 80};
+    return frames::tcp4_unfinished(from, to, {1, 1, frames::k_ack, 65535, std::string(payload, 'p')});
+}
+
+bool tcp_checksum_ok(std::span<const std::byte> frame) { return frames::tcp_checksum_valid(frame); }
+
+net::VnetHeader partial_header(uint8_t gso_type = net::VnetHeader::k_gso_none, uint16_t gso_size = 0) {
+    net::VnetHeader h;
+    h.flags = net::VnetHeader::k_needs_csum;
+    h.csum_start = k_l4;
+    h.csum_offset = 16;
+    h.gso_type = gso_type;
+    h.gso_size = gso_size;
+    h.hdr_len = gso_type ? k_l4 + 20 : 0;
+    return h;
+}
+
+// A header as a NIC writes it (num_buffers given) or as a state saves it (0).
+Frame header_bytes(const net::VnetHeader& header, uint16_t num_buffers = 0) {
+    auto bytes = header.encode(num_buffers);
+    return Frame(bytes.begin(), bytes.end());
+}
+
+constexpr uint64_t k_offloads =
+    NetDevice::k_feature_guest_csum | NetDevice::k_feature_guest_tso4 | NetDevice::k_feature_guest_tso6;
+
+}  // namespace
+
+TEST_CASE("receive offloads: a guest that took them gets each frame's header as it came, 64 KiB segments included") {
+    Rig rig;
+    NetDriver driver(rig);
+    driver.start();
+    REQUIRE((driver.features & k_offloads) == k_offloads);
+    // Linux's big receive buffers: a chain with room for a 64 KiB segment and its header.
+    driver.set_desc(driver.rx, 0, 0x40000, k_hdr, k_desc_f_write | k_desc_f_next, 1);
+    driver.set_desc(driver.rx, 1, 0x50000, 0x11000, k_desc_f_write);
+    driver.post(driver.rx, 0);
+    driver.post_rx(2, 0x70000, 1526);
+    driver.post_rx(3, 0x71000, 1526);
+
+    auto segment = tcp_frame(65535 - 40);  // the largest IPv4 packet
+    auto gso = partial_header(net::VnetHeader::k_gso_tcpv4, 1448);
+    CHECK(rig.net->receive(segment, gso));
+    CHECK(driver.get_used(driver.rx) == Used{0, uint32_t(k_hdr + segment.size())});
+    CHECK(rig.bytes_at(0x40000, k_hdr) == header_bytes(gso, 1));
+    CHECK(rig.bytes_at(0x50000, segment.size()) == segment);  // as it came: the checksum the guest's to finish
+
+    net::VnetHeader valid;
+    valid.flags = net::VnetHeader::k_data_valid;
+    auto small = tcp_frame(100);
+    CHECK(rig.net->receive(small, valid));
+    CHECK(driver.get_used(driver.rx) == Used{2, uint32_t(k_hdr + small.size())});
+    CHECK(rig.bytes_at(0x70000, k_hdr) == header_bytes(valid, 1));
+
+    CHECK(rig.net->receive(small, partial_header()));
+    CHECK(driver.get_used(driver.rx) == Used{3, uint32_t(k_hdr + small.size())});
+    CHECK(rig.bytes_at(0x71000 + k_hdr, small.size()) == small);
+
+    auto counters = rig.net->counters();
+    CHECK(counters.rx_frames == 3);
+    CHECK(counters.rx_gso_frames == 1);
+    CHECK(counters.rx_csum_done == 0);
+    CHECK(counters.rx_dropped == 0);
+}
+
+TEST_CASE("receive offloads: a guest that did not take them gets checksums finished and no flags; segments are dropped") {
+    Rig rig;
+    NetDriver driver(rig);
+    driver.start(~k_offloads);
+    REQUIRE((driver.features & k_offloads) == 0);
+    driver.post_rx(0, 0x40000, 1526);
+    driver.post_rx(1, 0x41000, 1526);
+
+    auto frame = tcp_frame(333);  // odd: the last byte is summed alone
+    REQUIRE_FALSE(tcp_checksum_ok(frame));
+    CHECK(rig.net->receive(frame, partial_header()));
+    CHECK(driver.get_used(driver.rx) == Used{0, uint32_t(k_hdr + frame.size())});
+    CHECK(rig.bytes_at(0x40000, k_hdr) == rx_header());
+    auto delivered = rig.bytes_at(0x40000 + k_hdr, frame.size());
+    CHECK(tcp_checksum_ok(delivered));
+    Frame expected = frame;  // the same frame but for the checksum field
+    expected[k_l4 + 16] = delivered[k_l4 + 16];
+    expected[k_l4 + 17] = delivered[k_l4 + 17];
+    CHECK(delivered == expected);
+
+    // DATA_VALID means nothing to such a guest: cleared.
+    net::VnetHeader valid;
+    valid.flags = net::VnetHeader::k_data_valid;
+    auto plain = tcp_frame(10);
+    CHECK(rig.net->receive(plain, valid));
+    CHECK(driver.get_used(driver.rx) == Used{1, uint32_t(k_hdr + plain.size())});
+    CHECK(rig.bytes_at(0x41000, k_hdr) == rx_header());
+
+    // A segment it cannot take: dropped before any buffer is used (TCP sends it again).
+    driver.post_rx(2, 0x42000, 1526);
+    auto before = rig.snapshot();
+    CHECK_FALSE(rig.net->receive(tcp_frame(1400), partial_header(net::VnetHeader::k_gso_tcpv4, 700)));
+    CHECK(unchanged_outside(rig, before, {}));
+    auto counters = rig.net->counters();
+    CHECK(counters.rx_frames == 2);
+    CHECK(counters.rx_csum_done == 1);
+    CHECK(counters.rx_dropped == 1);
+    CHECK(counters.bad_headers == 1);
+    CHECK(rig.net->rx_backlog() == 0);
+}
+
+TEST_CASE("receive offloads: headers that do not describe their frame, or that no guest can take, drop the frame") {
+    Rig rig;
+    NetDriver driver(rig);
+    driver.start();
+    driver.post_rx(0, 0x40000, 1526);
+    auto frame = tcp_frame(100);
+    auto bad = [&](net::VnetHeader header) {
+        auto before = rig.snapshot();
+        CHECK_FALSE(rig.net->receive(frame, header));
+        CHECK(unchanged_outside(rig, before, {}));
+    };
+    net::VnetHeader h = partial_header();
+    h.csum_offset = static_cast<uint16_t>(frame.size() - k_l4 - 1);  // the field runs past the end
+    bad(h);
+    h = partial_header();
+    h.csum_start = 0xffff;
+    bad(h);
+    bad(partial_header(net::VnetHeader::k_gso_udp, 1000));                                   // UFO: not offered
+    bad(partial_header(net::VnetHeader::k_gso_tcpv4 | net::VnetHeader::k_gso_ecn, 1000));  // ECN: not offered
+    bad(partial_header(net::VnetHeader::k_gso_tcpv6 + 1, 1000));                             // no such kind
+    bad(partial_header(net::VnetHeader::k_gso_tcpv4, 0));                                    // no segment size
+    h = partial_header(net::VnetHeader::k_gso_tcpv4, 1000);
+    h.flags = 0;  // a segment whose checksum is done: Linux refuses those
+    bad(h);
+    CHECK(rig.net->counters().bad_headers == 7);
+    CHECK(rig.net->counters().rx_dropped == 7);
+    // The queue still works.
+    CHECK(rig.net->receive(frame, partial_header()));
+    CHECK(driver.get_used(driver.rx) == Used{0, uint32_t(k_hdr + frame.size())});
+}
+
+TEST_CASE("receive offloads: the listener hears what the guest accepts at DRIVER_OK, none at a reset, and again on demand") {
+    Rig rig;
+    std::vector<uint64_t> heard;
+    rig.net->set_offload_listener([&](uint64_t features) { heard.push_back(features); });
+    CHECK(heard == std::vector<uint64_t>{0});  // told at once: nothing runs yet
+    NetDriver driver(rig);
+    driver.start();  // a probe resets the device first (STATUS 0)
+    CHECK(heard == std::vector<uint64_t>{0, 0, NetDevice::k_features});
+    CHECK(rig.net->guest_features() == NetDevice::k_features);
+    driver.start(~NetDevice::k_feature_guest_tso6);
+    const uint64_t without_tso6 = NetDevice::k_features & ~NetDevice::k_feature_guest_tso6;
+    CHECK(heard == std::vector<uint64_t>{0, 0, NetDevice::k_features, 0, without_tso6});
+    rig.net->refresh_offloads();
+    CHECK(heard.size() == 6);
+    CHECK(heard.back() == without_tso6);
+    rig.net->set_offload_listener(nullptr);
+    driver.start();
+    CHECK(heard.size() == 6);
+}
+
+TEST_CASE("receive offloads: a backlogged frame keeps its header through a checkpoint, and is fitted to the guest that gets it") {
+    Rig rig;
+    NetDriver driver(rig);
+    driver.start();
+    auto frame = tcp_frame(500);
+    REQUIRE(rig.net->receive(frame, partial_header()));  // no buffer: it waits
+    rig.transport->quiesce();
+    DeviceState saved = rig.transport->save_state();
+    rig.transport->resume();
+    StateWriter expected;  // address, one frame: its header, then its length and bytes; no companion
+    expected.put(uint32_t{0});
+    expected.put(uint32_t{1});
+    expected.put_bytes(partial_header().encode());
+    expected.put_blob(frame);
+    expected.put_blob(std::vector<std::byte>{});
+    CHECK(rig.net->save_state() == expected.take());
+
+    // A standby loads it with the guest's memory; its guest took the offloads (the same driver).
+    Rig standby;
+    NetDriver continued = continue_on(standby, rig.snapshot(), driver);
+    REQUIRE(standby.transport->load_state(saved));
+    continued.post_rx(0, 0x40000, 1526);
+    CHECK(continued.get_used(continued.rx) == Used{0, uint32_t(k_hdr + frame.size())});
+    CHECK(standby.bytes_at(0x40000, k_hdr) == header_bytes(partial_header(), 1));
+    CHECK(standby.bytes_at(0x40000 + k_hdr, frame.size()) == frame);
+
+    // Its driver restarts without the offloads before the frame is delivered: finished here.
+    REQUIRE(rig.net->receive(frame, partial_header()));
+    driver.start(~k_offloads);
+    driver.post_rx(0, 0x40000, 1526);
+    CHECK(driver.get_used(driver.rx) == Used{0, uint32_t(k_hdr + frame.size())});
+    CHECK(rig.bytes_at(0x40000, k_hdr) == rx_header());
+    CHECK(tcp_checksum_ok(rig.bytes_at(0x40000 + k_hdr, frame.size())));
 }
