@@ -381,6 +381,19 @@ base::Result<GuestShutdown> GuestShutdown::decode(std::span<const std::byte> pay
     return g;
 }
 
+namespace {
+
+// The rest of a NET_INPUT or NET_OUTPUT payload, `length` bytes: a frame of a size the NIC passes.
+base::Result<std::string> net_frame(ByteReader& r, size_t length, MessageType type) {
+    if (length < kMinNetFrameBytes || length > kMaxNetFrameBytes)
+        return error(Reason::BadField, "{} carries a frame of {} bytes ({} to {} allowed)", message_type_name(type), length,
+                     kMinNetFrameBytes, kMaxNetFrameBytes);
+    auto bytes = TRY(r.bytes(length, "net frame"));
+    return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+}  // namespace
+
 template <MessageType T>
 std::vector<std::byte> NetFrame<T>::encode() const {
     std::vector<std::byte> out;
@@ -395,12 +408,7 @@ base::Result<NetFrame<T>> NetFrame<T>::decode(std::span<const std::byte> payload
     ByteReader r(payload);
     NetFrame m;
     m.epoch = TRY(r.u64("net epoch"));
-    size_t length = payload.size() - sizeof(uint64_t);
-    if (length < kMinNetFrameBytes || length > kMaxNetFrameBytes)
-        return error(Reason::BadField, "{} carries a frame of {} bytes ({} to {} allowed)", message_type_name(T), length,
-                     kMinNetFrameBytes, kMaxNetFrameBytes);
-    auto bytes = TRY(r.bytes(length, "net frame"));
-    m.frame.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    m.frame = TRY(net_frame(r, payload.size() - sizeof(uint64_t), T));
     return m;
 }
 
@@ -419,12 +427,7 @@ base::Result<NetInput> NetInput::decode(std::span<const std::byte> payload) {
     m.epoch = TRY(r.u64("net epoch"));
     auto header = TRY(r.bytes(kNetHeaderBytes, "virtio-net header"));
     std::copy(header.begin(), header.end(), m.header.begin());
-    size_t length = payload.size() - sizeof(uint64_t) - kNetHeaderBytes;
-    if (length < kMinNetFrameBytes || length > kMaxNetFrameBytes)
-        return error(Reason::BadField, "NET_INPUT carries a frame of {} bytes ({} to {} allowed)", length,
-                     kMinNetFrameBytes, kMaxNetFrameBytes);
-    auto bytes = TRY(r.bytes(length, "net frame"));
-    m.frame.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    m.frame = TRY(net_frame(r, payload.size() - sizeof(uint64_t) - kNetHeaderBytes, type));
     return m;
 }
 
