@@ -92,13 +92,11 @@ void GuestNetwork::set_offloads(uint64_t guest_features) {
         if (guest_features & NetDevice::k_feature_guest_tso6)
             offloads |= net::Tap::k_offload_tso6;
     }
-    if (auto set = m_tap.set_offloads(offloads); !set) {
-        // The tap then goes on handing over what it did before; the NIC finishes or drops
-        // what the guest cannot take, so this costs speed, not frames the guest accepts.
+    // On failure the tap goes on handing over frames as before: the NIC finishes the checksums
+    // of those the guest cannot take unfinished and drops the segments it cannot take
+    // (bad_headers), and this warning says why.
+    if (auto set = m_tap.set_offloads(offloads); !set)
         base::log(base::Level::Warning, base::Event::None, set.error().message(), {{"TAP", m_tap.name()}});
-        return;
-    }
-    m_tap_offloads.store(offloads, std::memory_order_relaxed);
 }
 
 void GuestNetwork::set_input_hook(InputHook hook) {

@@ -138,7 +138,6 @@ private:
     uint64_t m_announced = 0;
     std::thread m_announcer;
     std::atomic<bool> m_release_failed_logged{false};  // release() takes no lock
-    std::atomic<unsigned> m_tap_offloads{0};  // what set_offloads() last set (status)
 };
 
 }  // namespace colod::core
