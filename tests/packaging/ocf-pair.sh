@@ -68,7 +68,7 @@ free_port() {
 scale=${COLOD_TEST_TIME_SCALE:-1}
 backend=${COLOD_TEST_BACKEND:-}
 if [ -z "$backend" ]; then
-    if [ -w /dev/kvm ] && [ -r /dev/kvm ]; then backend=kvm; else backend=soft; fi
+    if [ -w /dev/kvm ] && [ -r /dev/kvm ] && [ "${COLOD_HOST_KVM:-1}" != 0 ]; then backend=kvm; else backend=soft; fi
 fi
 say "guests run on the $backend backend; the pair is on $pair_ip"
 

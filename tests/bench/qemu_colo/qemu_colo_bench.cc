@@ -473,11 +473,10 @@ TEST_CASE("failover, colod beside QEMU COLO", "[failover]") {
 }
 
 int main(int argc, char** argv) {
-    if (::access("/dev/kvm", R_OK | W_OK) != 0 || qemu_binary().empty()) {
+    if (!host_kvm_available() || qemu_binary().empty()) {
         fmt::print(stderr, "qemu_colo_bench: needs /dev/kvm and qemu-system-x86_64 ({}); run it as "
                            "tests/hostkvm/nested.sh -- {} on a machine without KVM\n",
-                   ::access("/dev/kvm", R_OK | W_OK) != 0 ? "no usable /dev/kvm" : "no QEMU on PATH",
-                   COLOD_QEMU_COLO_BENCH_BIN);
+                   !host_kvm_available() ? "no usable /dev/kvm" : "no QEMU on PATH", COLOD_QEMU_COLO_BENCH_BIN);
         return 77;
     }
     return Catch::Session().run(argc, argv);
