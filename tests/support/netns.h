@@ -158,7 +158,7 @@ private:
 // TCP stack hands a device, a 64 KiB segment with its checksum to finish.
 class VnetPacketSocket {
 public:
-    explicit VnetPacketSocket(const std::string& name) {
+    explicit VnetPacketSocket(const std::string& name) : m_name(name) {
         m_fd = base::Fd(::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0));
         REQUIRE(m_fd);
         int one = 1;
@@ -170,14 +170,38 @@ public:
         REQUIRE(::bind(m_fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
     }
     // PACKET_VNET_HDR's header is struct virtio_net_hdr: VnetHeader's without num_buffers.
+    // Frames go through the interface's qdisc (the one place the kernel cuts a segment for a
+    // tap without TSO), which a tap gets only some time after its carrier came up (when a
+    // reader attached): until then it is "noop" and drops them, so the first send waits for it
+    // (a condition with no event to wait on: looked at every 10 ms).
     void send(const core::net::VnetHeader& header, std::span<const std::byte> frame) {
+        if (!m_qdisc_ready) {
+            auto deadline = std::chrono::steady_clock::now() + scaled(std::chrono::seconds(10));
+            while (!(m_qdisc_ready = qdisc_active()) && std::chrono::steady_clock::now() < deadline)
+                ::usleep(10000);
+            REQUIRE(m_qdisc_ready);
+        }
         auto bytes = header.encode();
         struct iovec parts[2] = {{bytes.data(), 10}, {const_cast<std::byte*>(frame.data()), frame.size()}};
         REQUIRE(::writev(m_fd.get(), parts, 2) == static_cast<ssize_t>(10 + frame.size()));
     }
 
 private:
+    bool qdisc_active() const {
+        FILE* pipe = ::popen(("ip link show dev " + m_name + " 2>/dev/null").c_str(), "r");
+        if (!pipe)
+            return false;
+        std::string out;
+        char chunk[512];
+        while (size_t n = std::fread(chunk, 1, sizeof(chunk), pipe))
+            out.append(chunk, n);
+        ::pclose(pipe);
+        return !out.empty() && out.find("qdisc noop") == std::string::npos;
+    }
+
     base::Fd m_fd;
+    std::string m_name;
+    bool m_qdisc_ready = false;
 };
 
 }  // namespace colod::test
