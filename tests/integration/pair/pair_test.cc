@@ -294,7 +294,9 @@ TEST_CASE("a bad vm.disk stops either daemon at start, naming the key, the image
         ::umount2((pair.dir() / "ro").c_str(), MNT_DETACH);
     }
     SECTION("a good image passes (the daemon stops later, at KVM, where there is none)") {
-        if (host_kvm_available())
+        // What the daemon sees, not what the tests count (COLOD_HOST_KVM=0 leaves an emulating
+        // KVM usable to the daemon).
+        if (::access("/dev/kvm", R_OK | W_OK) == 0)
             return;  // it would boot the made-up kernel
         std::ofstream(image) << std::string(4096, 'x');
         auto [code, out] = run(COLOD_PRIMARY_BIN);
