@@ -84,6 +84,10 @@ TEST_CASE("losing the secondary leaves the primary unprotected within the heartb
     CHECK(detected < std::chrono::milliseconds(200 + 300));
     CHECK(client.max_wait_us() < (200 + 300) * 1000);
 
+    // The killed daemon is gone before another takes its place: a process closes its sockets
+    // only after unmapping its memory, so its listening port may still be taken for a while
+    // after the primary noticed the loss.
+    REQUIRE(pair.secondary()->wait());
     pair.start_secondary();
     REQUIRE(pair.wait_state(Side::Primary, "protected"));
     REQUIRE(pair.wait_state(Side::Secondary, "standby"));
