@@ -330,7 +330,7 @@ void ActiveEngine::forward_rng(uint64_t offset, std::span<const std::byte> bytes
         session = m_rng_session;
     }
     if (session) {
-        // Queued, never sent here (a vCPU thread, under the device's lock).
+        // Queued, never sent here (the device's doorbell thread or a vCPU's, under its lock).
         for (size_t at = 0; at < bytes.size(); at += proto::kMaxRngBytes) {
             size_t n = std::min(bytes.size() - at, proto::kMaxRngBytes);
             (void)session->post(proto::RngInput{offset + at, std::string(reinterpret_cast<const char*>(bytes.data()) + at, n)});

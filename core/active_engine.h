@@ -10,8 +10,8 @@
 // Threads: the replication thread drives the state machine and the checkpoint pipeline; the
 // session's threads send (one queue) and receive (acks, heartbeats, the secondary's output);
 // control calls (checkpoint_now, handover, hold) come from the control socket's thread. No
-// thread does socket I/O while it holds a state mutex: a vCPU thread, the console's input or a
-// paused checkpoint only queue messages on the session.
+// thread does socket I/O while it holds a state mutex: a vCPU thread, a device's doorbell
+// thread, the console's input or a paused checkpoint only queue messages on the session.
 #pragma once
 
 #include <atomic>

@@ -18,6 +18,15 @@ std::function<void(bool)> DeviceContext::irq(uint32_t line) {
     };
 }
 
+base::Result<void> DeviceContext::connect(uint64_t addr, uint32_t value, int fd) {
+    return m_vm.assign_ioeventfd(addr, 4, value, fd);
+}
+
+void DeviceContext::disconnect(uint64_t addr, uint32_t value, int fd) {
+    if (auto removed = m_vm.deassign_ioeventfd(addr, 4, value, fd); !removed)
+        base::logf(base::Level::Warning, base::Event::None, "doorbell at {:#x}: {}", addr, removed.error().message());
+}
+
 base::Result<uint32_t> Board::claim_irq(std::optional<uint32_t> fixed) {
     auto taken = [&](uint32_t line) { return std::find(m_irqs.begin(), m_irqs.end(), line) != m_irqs.end(); };
     if (fixed) {

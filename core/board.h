@@ -35,14 +35,28 @@ public:
     virtual void resume() = 0;
 };
 
+// Doorbells: a guest's 4-byte write of `value` to the MMIO address `addr` signals the eventfd
+// `fd` inside KVM (KVM_IOEVENTFD) instead of stopping the vCPU for colod; other writes there
+// still exit. connect() fails where KVM cannot, and the device then takes the writes as exits.
+class DoorbellWiring {
+public:
+    virtual ~DoorbellWiring() = default;
+    virtual base::Result<void> connect(uint64_t addr, uint32_t value, int fd) = 0;
+    virtual void disconnect(uint64_t addr, uint32_t value, int fd) = 0;
+};
+
 // What a device may use of its machine.
-class DeviceContext {
+class DeviceContext final : public DoorbellWiring {
 public:
     DeviceContext(kvm::Vm& vm, GuestMemory& memory) : m_vm(vm), m_memory(memory) {}
     GuestMemory& memory() { return m_memory; }
     // The device's interrupt output, wired to IOAPIC pin `line` (errors are logged: a device
     // cannot do anything better about them).
     std::function<void(bool level)> irq(uint32_t line);
+    // Doorbells through the VM's ioeventfds. The context outlives the board's devices.
+    DoorbellWiring& doorbells() { return *this; }
+    base::Result<void> connect(uint64_t addr, uint32_t value, int fd) override;
+    void disconnect(uint64_t addr, uint32_t value, int fd) override;
 
 private:
     kvm::Vm& m_vm;

@@ -70,7 +70,7 @@ struct DiskFigures {
 
 class DiskSource {
 public:
-    // `force_checkpoint` is called (from a vCPU thread, at most once per epoch) when an epoch's
+    // `force_checkpoint` is called (from the disk's doorbell thread, at most once per epoch) when an epoch's
     // writes pass `force_bytes`.
     DiskSource(virtio::BlkDevice& blk, std::function<void()> force_checkpoint, uint64_t force_bytes);
     ~DiskSource();

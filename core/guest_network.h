@@ -51,8 +51,8 @@ struct Status;
 class GuestNetwork {
 public:
     // Takes one frame the guest sent; false when it cannot now (the NIC keeps the frame in its
-    // transmit ring until ready()). Runs on vCPU threads under the NIC's transport lock: it may
-    // only queue, never wait.
+    // transmit ring until ready()). Runs on the NIC's doorbell thread (or a vCPU's) under the
+    // NIC's transport lock: it may only queue, never wait.
     using PacketSink = std::function<bool(std::span<const std::byte>)>;
 
     // Opens the tap `tap_name` (it must exist and be used by no other process) and routes the

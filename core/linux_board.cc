@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #include "core/linux_board.h"
 
+#include "base/log.h"
 #include "core/acpi/pm.h"
 #include "core/board.h"
 #include "core/virtio/blk.h"
@@ -9,6 +10,18 @@
 #include "core/virtio/rng.h"
 
 namespace colod::core {
+
+namespace {
+
+// The guest's queue notifications through KVM's ioeventfds, so that a vCPU does not stop for
+// them; where KVM cannot, they come as MMIO exits (slower, the same result).
+void use_doorbells(virtio::MmioTransport& transport, Board& board) {
+    if (auto bells = transport.use_doorbells(board.context().doorbells()); !bells)
+        base::logf(base::Level::Warning, base::Event::None, "{}: queue notifications stop a vCPU each: {}",
+                   transport.name(), bells.error().message());
+}
+
+}  // namespace
 
 base::Result<LinuxDevices> build_linux_board(Board& board, LinuxBoardCallbacks callbacks,
                                              const LinuxBoardOptions& options) {
@@ -28,6 +41,7 @@ base::Result<LinuxDevices> build_linux_board(Board& board, LinuxBoardCallbacks c
     auto transport =
         TRY(virtio::MmioTransport::create(std::move(rng), base, board.context().memory(), board.context().irq(irq)));
     devices.rng_transport = transport.get();
+    use_doorbells(*transport, board);
     TRY(board.add(std::move(transport),
                   {{}, {{base, virtio::MmioTransport::k_window_size}}, Board::Announce::VirtioMmio, irq}));
 
@@ -41,13 +55,14 @@ base::Result<LinuxDevices> build_linux_board(Board& board, LinuxBoardCallbacks c
         auto net_transport = TRY(virtio::MmioTransport::create(std::move(net), net_base, board.context().memory(),
                                                                board.context().irq(net_irq)));
         devices.net_transport = net_transport.get();
+        use_doorbells(*net_transport, board);
         TRY(board.add(std::move(net_transport), {{},
                                                  {{net_base, virtio::MmioTransport::k_window_size}},
                                                  Board::Announce::VirtioMmio,
                                                  net_irq}));
     }
 
-    // virtio-blk: requests are done on the vCPU that notifies (core/virtio/blk.h).
+    // virtio-blk: requests are done on the thread that takes the notification (core/virtio/blk.h).
     if (options.disk) {
         uint32_t blk_irq = TRY(board.claim_irq());
         uint64_t blk_base = TRY(board.claim_mmio(virtio::MmioTransport::k_window_size));
@@ -56,6 +71,7 @@ base::Result<LinuxDevices> build_linux_board(Board& board, LinuxBoardCallbacks c
         auto blk_transport = TRY(virtio::MmioTransport::create(std::move(blk), blk_base, board.context().memory(),
                                                                board.context().irq(blk_irq)));
         devices.blk_transport = blk_transport.get();
+        use_doorbells(*blk_transport, board);
         TRY(board.add(std::move(blk_transport), {{},
                                                  {{blk_base, virtio::MmioTransport::k_window_size}},
                                                  Board::Announce::VirtioMmio,

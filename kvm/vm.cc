@@ -78,6 +78,38 @@ base::Result<void> Vm::irq_line(uint32_t gsi, bool level) {
     return base::ok();
 }
 
+namespace {
+
+kvm_ioeventfd mmio_ioeventfd(uint64_t addr, uint32_t len, uint64_t value, int fd, uint32_t extra_flags) {
+    kvm_ioeventfd request{};
+    request.datamatch = value;
+    request.addr = addr;
+    request.len = len;
+    request.fd = fd;
+    request.flags = KVM_IOEVENTFD_FLAG_DATAMATCH | extra_flags;
+    return request;
+}
+
+}  // namespace
+
+base::Result<void> Vm::assign_ioeventfd(uint64_t addr, uint32_t len, uint64_t value, int fd) {
+    if (check_extension(KVM_CAP_IOEVENTFD) <= 0)
+        return base::Error(base::Errc::Unsupported, "KVM_IOEVENTFD: not offered by this KVM (KVM_CAP_IOEVENTFD)");
+    auto request = mmio_ioeventfd(addr, len, value, fd, 0);
+    auto result = checked_ioctl(*m_handle, KVM_IOEVENTFD, &request);
+    if (!result)
+        return std::move(result).error().context(fmt::format("ioeventfd for {}-byte writes of {:#x} to {:#x}", len, value, addr));
+    return base::ok();
+}
+
+base::Result<void> Vm::deassign_ioeventfd(uint64_t addr, uint32_t len, uint64_t value, int fd) {
+    auto request = mmio_ioeventfd(addr, len, value, fd, KVM_IOEVENTFD_FLAG_DEASSIGN);
+    auto result = checked_ioctl(*m_handle, KVM_IOEVENTFD, &request);
+    if (!result)
+        return std::move(result).error().context(fmt::format("removing the ioeventfd of {:#x}", addr));
+    return base::ok();
+}
+
 base::Result<VmState> Vm::save_state() {
     VmState state;
     kvm_irqchip chip{};

@@ -59,6 +59,14 @@ public:
     // Sets an interrupt line (GSI) of the in-kernel irqchip. Thread-safe (KVM serialises).
     base::Result<void> irq_line(uint32_t gsi, bool level);
 
+    // KVM_IOEVENTFD: a guest's write of exactly `len` bytes (1, 2, 4 or 8) holding `value` to
+    // MMIO address `addr` signals the eventfd `fd` inside KVM, and the vCPU goes on without
+    // exiting to colod; any other write there still exits. KVM holds its own reference to the
+    // eventfd. Fails (Unsupported) without KVM_CAP_IOEVENTFD.
+    base::Result<void> assign_ioeventfd(uint64_t addr, uint32_t len, uint64_t value, int fd);
+    // Undoes one assign_ioeventfd() with the same arguments.
+    base::Result<void> deassign_ioeventfd(uint64_t addr, uint32_t len, uint64_t value, int fd);
+
     // Capture and restore of the in-kernel devices and the clock. The VM must be paused (no
     // vCPU in KVM_RUN) so that the pieces are consistent with each other and with the vCPUs.
     base::Result<VmState> save_state();

@@ -19,12 +19,13 @@
 // ring (the queue's own checks) breaks the queue as for every device (DEVICE_NEEDS_RESET).
 // Each kind of bad request is logged once for the device's lifetime, then only counted.
 //
-// Requests are done synchronously, on the vCPU thread that notified the queue, under the
+// Requests are done synchronously, on the thread that takes the guest's notification (the
+// transport's doorbell thread, or a vCPU's MMIO exit where KVM has no ioeventfds), under the
 // transport's lock: pread/pwrite into and out of guest memory, fdatasync for FLUSH. So no
-// request is ever in flight when the machine pauses (the vCPUs are parked outside KVM_RUN, and
-// an MMIO exit is completed before a vCPU parks), and a checkpoint needs nothing from the
-// device but its small state. The price is a vCPU stopped for each request's I/O, which a
-// worker thread would avoid (FIXME when a guest's disk throughput matters more than this).
+// request is ever in flight when the machine pauses (quiesce() takes the lock after the
+// request being done, and the device takes none while quiesced), and a checkpoint needs
+// nothing from the device but its small state. Requests are done one after another; a worker
+// pool would overlap them (when a guest's disk throughput matters more than this).
 //
 // Replication's hooks: an Observer is told (transport lock held: it may only copy or queue,
 // never do I/O or call into the device) of every range a guest write changed, with the very
@@ -144,7 +145,7 @@ public:
     base::Result<void> load_state(uint16_t version, std::span<const std::byte> bytes) override;
 
     // Pausable. Nothing runs on threads of the device's own, so there is nothing to park; a
-    // notification while quiesced (none comes: the vCPUs are parked) waits for resume().
+    // notification while quiesced (a doorbell rung before the pause) waits for resume().
     void quiesce() override;
     void resume() override;
 

@@ -13,7 +13,9 @@
 // Pausing: the machine quiesces every Pausable before it captures a checkpoint and loads
 // state; the transport is one and passes quiesce()/resume() to its model, which must then stop
 // touching guest memory and its state until resume(). quiesce()/resume() are called without
-// the lock held (a model parking a worker that waits for the lock must be able to).
+// the lock held (a model parking a worker that waits for the lock must be able to). A queue
+// notification can come while quiesced (a doorbell the guest rang before the pause, handled by
+// the transport's thread after it): the model leaves it and looks at its queues at resume().
 #pragma once
 
 #include <cstdint>
@@ -142,7 +144,8 @@ public:
     // Device reset (lock held): drop every request in flight; the transport resets the queues
     // afterwards and the model must not push anything on them from now on.
     virtual void reset() = 0;
-    // The driver kicked queue `index` (lock held; a vCPU thread). Only while active().
+    // The driver kicked queue `index` (lock held; a vCPU thread, or the transport's doorbell
+    // thread). Only while active(); possibly while quiesced (see Pausing above).
     virtual void queue_notify(uint16_t index) = 0;
 
     // The model's own state, a nested blob of the transport's (lock held, machine paused).

@@ -1,11 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #include "core/virtio/mmio.h"
 
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <bit>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 
 #include "base/log.h"
+#include "base/thread_name.h"
 #include "core/state_io.h"
 
 namespace colod::core::virtio {
@@ -75,6 +81,79 @@ MmioTransport::MmioTransport(std::unique_ptr<VirtioDevice> device, uint64_t base
     for (uint16_t i = 0; i < m_device->queue_count(); ++i)
         m_queues.emplace_back(memory, m_device->queue_max_size(i));
     m_device->attach(*this);
+}
+
+MmioTransport::~MmioTransport() {
+    if (m_bell_thread.joinable()) {
+        uint64_t one = 1;
+        (void)!::write(m_bell_stop.get(), &one, sizeof(one));
+        m_bell_thread.join();
+        disconnect_doorbells();
+    }
+}
+
+base::Result<void> MmioTransport::use_doorbells(DoorbellWiring& wiring) {
+    if (m_bell_thread.joinable() || !m_bells.empty())
+        return base::Error::make(base::Errc::Invalid, "{}: doorbells already in use", m_name);
+    m_wiring = &wiring;
+    auto make_eventfd = [&]() -> base::Result<base::Fd> {
+        base::Fd fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+        if (!fd)
+            return base::Error::from_errno(fmt::format("{}: eventfd", m_name));
+        return fd;
+    };
+    m_bell_stop = TRY(make_eventfd());
+    for (uint32_t i = 0; i < m_queues.size(); ++i) {
+        auto fd = make_eventfd();
+        base::Result<void> connected = fd ? wiring.connect(m_base + QUEUE_NOTIFY, i, fd->get())
+                                          : base::Result<void>(fd.error());
+        if (!connected) {
+            disconnect_doorbells();
+            m_bells.clear();
+            m_bell_stop.reset();
+            return std::move(connected).error().context(fmt::format("{} queue {}", m_name, i));
+        }
+        m_bells.push_back(std::move(fd).value());
+    }
+    m_bell_thread_name = fmt::format("bell-{}", m_device->type_name()).substr(0, 15);
+    m_bell_thread = base::named_thread(m_bell_thread_name.c_str(), [this] { ring_loop(); });
+    return base::ok();
+}
+
+void MmioTransport::disconnect_doorbells() {
+    for (size_t i = 0; i < m_bells.size(); ++i)
+        m_wiring->disconnect(m_base + QUEUE_NOTIFY, static_cast<uint32_t>(i), m_bells[i].get());
+}
+
+void MmioTransport::ring_loop() {
+    std::vector<pollfd> fds;
+    for (const auto& bell : m_bells)
+        fds.push_back({bell.get(), POLLIN, 0});
+    fds.push_back({m_bell_stop.get(), POLLIN, 0});
+    for (;;) {
+        if (::poll(fds.data(), fds.size(), -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            base::logf(base::Level::Error, base::Event::Error, "{}: waiting for doorbells: {}; notifications now stop",
+                       m_name, std::strerror(errno));
+            return;
+        }
+        if (fds.back().revents)
+            return;
+        for (uint32_t i = 0; i + 1 < fds.size(); ++i) {
+            if (!(fds[i].revents & POLLIN))
+                continue;
+            uint64_t count;
+            (void)!::read(fds[i].fd, &count, sizeof(count));  // rung once or many times: one look at the queue
+            std::lock_guard lock(m_mutex);
+            notify_queue(i);
+        }
+    }
+}
+
+void MmioTransport::notify_queue(uint32_t index) {
+    if (index < m_queues.size() && active() && m_queues[index].ready())
+        m_device->queue_notify(static_cast<uint16_t>(index));
 }
 
 uint32_t MmioTransport::status() const {
@@ -270,8 +349,7 @@ void MmioTransport::write_register(uint64_t offset, uint32_t value) {
         }
         return;
     case QUEUE_NOTIFY:
-        if (value < m_queues.size() && active() && m_queues[value].ready())
-            m_device->queue_notify(static_cast<uint16_t>(value));
+        notify_queue(value);
         return;
     case INTERRUPT_ACK:
         m_interrupt_status &= ~value;

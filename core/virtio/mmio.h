@@ -9,8 +9,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "base/fd.h"
 #include "base/result.h"
 #include "core/board.h"
 #include "core/device.h"
@@ -40,6 +42,19 @@ public:
     // model's queue shape is not one a transport can offer.
     static base::Result<std::unique_ptr<MmioTransport>> create(std::unique_ptr<VirtioDevice> device, uint64_t base,
                                                                GuestMemory& memory, std::function<void(bool)> irq);
+
+    ~MmioTransport() override;
+
+    // Takes the queues' notifications through doorbells: the guest's write of a queue's index
+    // to QueueNotify then signals an eventfd inside KVM and the vCPU goes on, while a thread of
+    // the transport's own ("bell-<type>") hands the notification to the model under the lock,
+    // as a vCPU's exit would (the model's quiesce() waits for a notification being handled; one
+    // that comes while quiesced the model takes up at resume(): core/virtio/device.h). Writes the
+    // doorbells do not take (another width, a queue that does not exist) still come as MMIO
+    // writes. An error leaves nothing connected and the transport on MMIO writes alone.
+    // `wiring` must outlive the transport. Once, before the machine runs.
+    base::Result<void> use_doorbells(DoorbellWiring& wiring);
+    bool has_doorbells() const { return m_bell_thread.joinable(); }
 
     VirtioDevice& device() { return *m_device; }
     uint64_t base() const { return m_base; }
@@ -88,6 +103,10 @@ private:
     void update_line();
     Queue* selected_queue();
     base::Result<Saved> decode_state(const DeviceState& state) const;
+    // The driver notified queue `index` (lock held): to the model, if the queue runs.
+    void notify_queue(uint32_t index);
+    void ring_loop();
+    void disconnect_doorbells();
 
     const std::unique_ptr<VirtioDevice> m_device;
     const uint64_t m_base;
@@ -105,6 +124,13 @@ private:
     uint32_t m_interrupt_status = 0;
     uint32_t m_config_generation = 0;
     bool m_line = false;  // the level last driven on the interrupt line
+
+    // Doorbells (use_doorbells()): one eventfd per queue, and one that stops the thread.
+    DoorbellWiring* m_wiring = nullptr;
+    std::vector<base::Fd> m_bells;
+    base::Fd m_bell_stop;
+    std::string m_bell_thread_name;
+    std::thread m_bell_thread;
 };
 
 }  // namespace colod::core::virtio

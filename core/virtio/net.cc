@@ -134,8 +134,8 @@ void NetDevice::reset() {
 }
 
 void NetDevice::queue_notify(uint16_t index) {
-    // A notification while quiesced (vCPUs are paused then, so it would come from a stray
-    // caller) is not lost: resume() looks at both queues anyway.
+    // A notification while quiesced (a doorbell rung before the pause) is not lost: resume()
+    // looks at both queues anyway.
     if (index == k_receive_queue)
         deliver_backlog();
     else if (index == k_transmit_queue)

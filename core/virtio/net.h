@@ -114,8 +114,9 @@ public:
 
     using Mac = net::Mac;
     // One Ethernet frame the guest sent (without the virtio-net header), valid during the
-    // call only. Called with the transport's lock held, on a vCPU thread or on whichever
-    // thread called tx_ready(), set_transmit() or resume(): it may only queue the frame, never
+    // call only. Called with the transport's lock held, on the thread that took the guest's
+    // notification (a vCPU's or the transport's doorbell thread) or on whichever thread called
+    // tx_ready(), set_transmit() or resume(): it may only queue the frame, never
     // do I/O, block, or call into the device. Returns false when the sink cannot take it now
     // (back-pressure): the chain stays in the transmit ring, untaken, and the device tries it
     // again when tx_ready() is called.

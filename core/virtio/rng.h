@@ -102,7 +102,7 @@ public:
     static constexpr uint16_t k_queue_size = 256;
     // Bytes given per request at most. Linux asks for small amounts (a cache line at a time in
     // 6.1), so this never shortens a real request; it bounds what a hostile driver can make a
-    // vCPU do under the lock (a chain of many 4 GiB buffers), the staging buffer, and the state.
+    // notification do under the lock (a chain of many 4 GiB buffers), the staging buffer, and the state.
     static constexpr size_t k_max_request = 64 * 1024;
     static constexpr uint16_t k_state_version = 1;
 

@@ -260,6 +260,8 @@ BusResult SoftVcpu::mmio_write(uint64_t gpa, const void* data, uint32_t len) {
             return BusResult::Done;
         }
     }
+    if (m_vm.signal_ioeventfd(false, gpa, data, len))
+        return BusResult::Done;
     kvm_run* run = run_struct();
     run->exit_reason = KVM_EXIT_MMIO;
     run->mmio.phys_addr = gpa;
@@ -297,6 +299,8 @@ BusResult SoftVcpu::pio_out(uint16_t port, const void* data, uint32_t size) {
         m_vm.port_write(port, data, size, monotonic_ns());
         return BusResult::Done;
     }
+    if (m_vm.signal_ioeventfd(true, port, data, size))
+        return BusResult::Done;
     kvm_run* run = run_struct();
     run->exit_reason = KVM_EXIT_IO;
     run->io.direction = KVM_EXIT_IO_OUT;

@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 #include "kvm/soft/soft_vm.h"
 
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 #include <thread>
@@ -68,6 +72,7 @@ int soft_check_extension(long capability) {
     case KVM_CAP_IRQ_INJECT_STATUS:
     case KVM_CAP_SYNC_MMU:
     case KVM_CAP_SREGS2:
+    case KVM_CAP_IOEVENTFD:
         return 1;
     case KVM_CAP_ADJUST_CLOCK:
         return KVM_CLOCK_TSC_STABLE | KVM_CLOCK_REALTIME | KVM_CLOCK_HOST_TSC;
@@ -454,6 +459,95 @@ int SoftVm::set_clock(const kvm_clock_data& data) {
     return 0;
 }
 
+namespace {
+
+// Whether `fd` is an eventfd (KVM's eventfd_ctx_fdget() refuses anything else).
+bool is_eventfd(int fd) {
+    char target[64] = {};
+    ssize_t n = ::readlink(fmt::format("/proc/self/fd/{}", fd).c_str(), target, sizeof(target) - 1);
+    return n > 0 && std::string_view(target, static_cast<size_t>(n)) == "anon_inode:[eventfd]";
+}
+
+// Whether two descriptors are the same open file (KVM compares eventfd contexts). Where kcmp
+// is not offered, any eventfd counts as the same.
+bool same_file(int a, int b) {
+    constexpr int k_kcmp_file = 0;
+    long result = ::syscall(SYS_kcmp, ::getpid(), ::getpid(), k_kcmp_file, a, b);
+    return result == 0 || (result < 0 && errno == ENOSYS);
+}
+
+}  // namespace
+
+// KVM's kvm_ioeventfd(): assign or deassign, with its checks and its collision rule.
+int SoftVm::ioeventfd(const kvm_ioeventfd& request) {
+    constexpr uint32_t k_known = KVM_IOEVENTFD_FLAG_DATAMATCH | KVM_IOEVENTFD_FLAG_PIO | KVM_IOEVENTFD_FLAG_DEASSIGN;
+    if (request.flags & ~k_known)
+        return fail(EINVAL);
+    switch (request.len) {
+    case 0: case 1: case 2: case 4: case 8: break;
+    default: return fail(EINVAL);
+    }
+    if (request.addr + request.len < request.addr)
+        return fail(EINVAL);
+    bool pio = request.flags & KVM_IOEVENTFD_FLAG_PIO;
+    bool wildcard = !(request.flags & KVM_IOEVENTFD_FLAG_DATAMATCH);
+    if (request.len == 0 && (!wildcard || pio))
+        return fail(EINVAL);
+    if (!is_eventfd(request.fd))
+        return fail(::fcntl(request.fd, F_GETFD) < 0 ? EBADF : EINVAL);
+
+    std::lock_guard lock(m_ioeventfd_lock);
+    if (request.flags & KVM_IOEVENTFD_FLAG_DEASSIGN) {
+        for (auto it = m_ioeventfds.begin(); it != m_ioeventfds.end(); ++it) {
+            if (it->pio != pio || it->addr != request.addr || it->len != request.len ||
+                it->datamatch.has_value() == wildcard || (!wildcard && *it->datamatch != request.datamatch) ||
+                !same_file(it->fd.get(), request.fd))
+                continue;
+            m_ioeventfds.erase(it);
+            m_has_ioeventfds.store(!m_ioeventfds.empty(), std::memory_order_release);
+            return 0;
+        }
+        return fail(ENOENT);
+    }
+    for (const auto& existing : m_ioeventfds)
+        if (existing.pio == pio && existing.addr == request.addr &&
+            (existing.len == 0 || request.len == 0 ||
+             (existing.len == request.len &&
+              (!existing.datamatch || wildcard || *existing.datamatch == request.datamatch))))
+            return fail(EEXIST);
+    base::Fd copy(::fcntl(request.fd, F_DUPFD_CLOEXEC, 0));
+    if (!copy)
+        return -1;
+    IoEventFd entry;
+    entry.pio = pio;
+    entry.addr = request.addr;
+    entry.len = request.len;
+    if (!wildcard)
+        entry.datamatch = request.datamatch;
+    entry.fd = std::move(copy);
+    m_ioeventfds.push_back(std::move(entry));
+    m_has_ioeventfds.store(true, std::memory_order_release);
+    return 0;
+}
+
+bool SoftVm::signal_ioeventfd(bool pio, uint64_t addr, const void* data, uint32_t len) {
+    if (!m_has_ioeventfds.load(std::memory_order_acquire))
+        return false;
+    uint64_t value = 0;
+    std::memcpy(&value, data, std::min<uint32_t>(len, sizeof(value)));  // little-endian, as KVM reads it
+    std::lock_guard lock(m_ioeventfd_lock);
+    for (const auto& entry : m_ioeventfds) {
+        if (entry.pio != pio || entry.addr != addr)
+            continue;
+        if (entry.len != 0 && (entry.len != len || (entry.datamatch && *entry.datamatch != value)))
+            continue;
+        uint64_t one = 1;
+        (void)!::write(entry.fd.get(), &one, sizeof(one));  // eventfd_signal(): never fails short of overflow
+        return true;
+    }
+    return false;
+}
+
 int SoftVm::ioctl(unsigned long request, unsigned long arg) {
     // SAFETY: every pointer argument below has the type `request` defines in linux/kvm.h; the
     // caller owns the memory for the duration of the call (KVM's copy_from/to_user contract).
@@ -498,6 +592,7 @@ int SoftVm::ioctl(unsigned long request, unsigned long arg) {
     case KVM_GET_DIRTY_LOG: return get_dirty_log(*arg_ptr<const kvm_dirty_log>(arg));
     case KVM_CLEAR_DIRTY_LOG: return clear_dirty_log(*arg_ptr<const kvm_clear_dirty_log>(arg));
     case KVM_ENABLE_CAP: return enable_cap(*arg_ptr<const kvm_enable_cap>(arg));
+    case KVM_IOEVENTFD: return ioeventfd(*arg_ptr<const kvm_ioeventfd>(arg));
     case KVM_CREATE_VCPU:
         // Through create() only: a soft vCPU is not a file descriptor.
         return fail(EINVAL);

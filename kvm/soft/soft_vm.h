@@ -18,7 +18,9 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <vector>
 
+#include "base/fd.h"
 #include "base/result.h"
 #include "kvm/handle.h"
 #include "kvm/soft/ioapic.h"
@@ -74,6 +76,10 @@ public:
     void ioapic_read(uint64_t gpa, void* data, uint32_t len);
     void ioapic_write(uint64_t gpa, const void* data, uint32_t len);
 
+    // A guest write that an ioeventfd (KVM_IOEVENTFD) takes: signals its eventfd and returns
+    // true; the vCPU then goes on without an exit. `pio`: a port write, else MMIO.
+    bool signal_ioeventfd(bool pio, uint64_t addr, const void* data, uint32_t len);
+
     // Timers of the VM (the PIT), serviced between slices by whichever vCPU runs; next_timer()
     // is the host time at which service is next due.
     void service_timers(int64_t now);
@@ -98,6 +104,7 @@ private:
     int get_dirty_log(const kvm_dirty_log& log);
     int clear_dirty_log(const kvm_clear_dirty_log& log);
     int enable_cap(const kvm_enable_cap& cap);
+    int ioeventfd(const kvm_ioeventfd& request);
     int get_clock(kvm_clock_data& data);
     int set_clock(const kvm_clock_data& data);
 
@@ -116,6 +123,20 @@ private:
     // Created at most once (KVM_CREATE_PIT2) and read lock-free by vCPU threads afterwards.
     std::unique_ptr<Pit> m_pit_storage;
     std::atomic<Pit*> m_pit{nullptr};
+
+    // KVM_IOEVENTFD registrations (each holds its own duplicate of the eventfd, as KVM holds a
+    // reference), guarded by m_ioeventfd_lock; m_has_ioeventfds spares vCPUs the lock while
+    // there are none.
+    struct IoEventFd {
+        bool pio = false;
+        uint64_t addr = 0;
+        uint32_t len = 0;  // 0: a write of any length
+        std::optional<uint64_t> datamatch;
+        base::Fd fd;
+    };
+    std::mutex m_ioeventfd_lock;
+    std::vector<IoEventFd> m_ioeventfds;
+    std::atomic<bool> m_has_ioeventfds{false};
 
     mutable std::mutex m_clock_lock;
     int64_t m_kvmclock_offset = 0;

@@ -13,7 +13,15 @@
 
 #include <catch2/catch.hpp>
 
+#include <poll.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <thread>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
@@ -221,6 +229,62 @@ struct NetDriver : VirtioDriver {
             kick(tx);
     }
 };
+
+// Doorbells rung as KVM rings them (a guest's write to QueueNotify signals the queue's
+// eventfd): the test signals the eventfds a transport connected here. Must outlive the
+// transport. `refuse` makes connect() fail for that queue, as a KVM without ioeventfds would.
+struct TestDoorbells final : core::DoorbellWiring {
+    std::map<uint32_t, int> connected;  // queue index -> eventfd
+    std::optional<uint32_t> refuse;
+    int disconnects = 0;
+
+    base::Result<void> connect(uint64_t addr, uint32_t value, int fd) override {
+        if (refuse == value)
+            return base::Error(base::Errc::Unsupported, "refused by the test");
+        CHECK(addr == k_base + QUEUE_NOTIFY);
+        CHECK(connected.count(value) == 0);
+        connected[value] = fd;
+        return base::ok();
+    }
+    void disconnect(uint64_t addr, uint32_t value, int fd) override {
+        CHECK(addr == k_base + QUEUE_NOTIFY);
+        CHECK(connected.at(value) == fd);
+        connected.erase(value);
+        ++disconnects;
+    }
+    void ring(uint32_t queue) {
+        uint64_t one = 1;
+        REQUIRE(::write(connected.at(queue), &one, sizeof(one)) == sizeof(one));
+    }
+    // Waits until the transport's thread took the queue's ring (its eventfd reads empty).
+    bool taken(uint32_t queue, std::chrono::seconds limit = std::chrono::seconds(10)) {
+        auto deadline = std::chrono::steady_clock::now() + limit;
+        pollfd p{connected.at(queue), POLLIN, 0};
+        while (::poll(&p, 1, 0) == 1) {
+            if (std::chrono::steady_clock::now() > deadline)
+                return false;
+            std::this_thread::yield();
+        }
+        return true;
+    }
+};
+
+// Waits (bounded) until `done` holds, looking under the transport's lock, where a device's
+// other threads write.
+inline bool wait_under_lock(core::virtio::MmioTransport& transport, const std::function<bool()>& done,
+                            std::chrono::seconds limit = std::chrono::seconds(10)) {
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    for (;;) {
+        {
+            auto lock = transport.lock();
+            if (done())
+                return true;
+        }
+        if (std::chrono::steady_clock::now() > deadline)
+            return false;
+        std::this_thread::yield();
+    }
+}
 
 // An Ethernet frame of `len` bytes, broadcast from `src`, of the local experimental EtherType
 // 0x88b5 with a payload that depends on `seed`.

@@ -4,6 +4,7 @@
 // some kernel headers.
 #include <catch2/catch.hpp>
 
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -227,4 +228,19 @@ TEST_CASE("dirty log, IRQ line and immediate exit through libkvm", "[kvm]") {
     REQUIRE(run);
     CHECK(*run == kvm::RunResult::Interrupted);
     CHECK_FALSE(s.vm->create_irqchip_and_pit());  // twice: KVM says EEXIST, libkvm names the ioctl
+}
+
+TEST_CASE("ioeventfds through libkvm: assigned, refused twice, removed, and the error names the address", "[kvm]") {
+    auto s = Setup::make();
+    base::Fd bell(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    REQUIRE(bell);
+    REQUIRE(s.vm->assign_ioeventfd(0xd0000050, 4, 1, bell.get()));
+    auto twice = s.vm->assign_ioeventfd(0xd0000050, 4, 1, bell.get());
+    REQUIRE(!twice);
+    CHECK_THAT(twice.error().message(), Catch::Contains("0xd0000050"));
+    REQUIRE(s.vm->deassign_ioeventfd(0xd0000050, 4, 1, bell.get()));
+    CHECK(!s.vm->deassign_ioeventfd(0xd0000050, 4, 1, bell.get()));
+    // Another value at the same address is a registration of its own.
+    REQUIRE(s.vm->assign_ioeventfd(0xd0000050, 4, 0, bell.get()));
+    REQUIRE(s.vm->assign_ioeventfd(0xd0000050, 4, 1, bell.get()));
 }

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 // The KVM API as colod uses it, checked on every available backend: the software backend
 // always, the host backend (/dev/kvm) where it opens. Guests are the snippets in guests/.
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -792,6 +794,87 @@ TEST_CASE("port I/O and MMIO exits complete", "[soft_vm]") {
             run_expect_io(vcpu, 0x86, KVM_EXIT_IO_OUT);
             CHECK(machine.read64(k_io_in_result) == 0xdeadbeef);
             CHECK(machine.read64(k_mmio_result) == 0x1122334455667788ull);
+        }
+    }
+}
+
+namespace {
+
+kvm_ioeventfd doorbell_request(uint64_t addr, uint32_t len, uint64_t value, int fd, uint32_t flags) {
+    kvm_ioeventfd request{};
+    request.addr = addr;
+    request.len = len;
+    request.datamatch = value;
+    request.fd = fd;
+    request.flags = flags;
+    return request;
+}
+
+// The eventfd's count, taken (0 when it was not signalled).
+uint64_t take_count(int fd) {
+    uint64_t count = 0;
+    return ::read(fd, &count, sizeof(count)) == sizeof(count) ? count : 0;
+}
+
+}  // namespace
+
+TEST_CASE("an ioeventfd takes the writes it matches and no others; refused and removed as KVM does", "[soft_vm]") {
+    for (auto& c : available_backends()) {
+        DYNAMIC_SECTION(c.name) {
+            Machine machine(*c.backend);
+            REQUIRE(machine.vm().ioctl(KVM_CHECK_EXTENSION, KVM_CAP_IOEVENTFD) > 0);
+            machine.load_guest("doorbell");
+            Vcpu& vcpu = machine.add_vcpu(0);
+            base::Fd mmio_bell(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+            base::Fd port_bell(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+            REQUIRE((mmio_bell && port_bell));
+            constexpr uint64_t k_notify = 0xd0000050;
+            auto mmio = doorbell_request(k_notify, 4, 1, mmio_bell.get(), KVM_IOEVENTFD_FLAG_DATAMATCH);
+            auto port = doorbell_request(0x90, 4, 1, port_bell.get(), KVM_IOEVENTFD_FLAG_DATAMATCH | KVM_IOEVENTFD_FLAG_PIO);
+            REQUIRE(machine.vm().ioctl(KVM_IOEVENTFD, reinterpret_cast<unsigned long>(&mmio)) == 0);
+            REQUIRE(machine.vm().ioctl(KVM_IOEVENTFD, reinterpret_cast<unsigned long>(&port)) == 0);
+
+            // Refusals: the same registration again, a width KVM does not know, a file that
+            // is not an eventfd.
+            CHECK(machine.vm().ioctl(KVM_IOEVENTFD, reinterpret_cast<unsigned long>(&mmio)) == -1);
+            CHECK(errno == EEXIST);
+            auto odd = doorbell_request(k_notify + 0x100, 3, 1, mmio_bell.get(), KVM_IOEVENTFD_FLAG_DATAMATCH);
+            CHECK(machine.vm().ioctl(KVM_IOEVENTFD, reinterpret_cast<unsigned long>(&odd)) == -1);
+            CHECK(errno == EINVAL);
+            int pipe_fds[2];
+            REQUIRE(::pipe(pipe_fds) == 0);
+            base::Fd pipe_read(pipe_fds[0]), pipe_write(pipe_fds[1]);
+            auto not_eventfd = doorbell_request(k_notify + 0x100, 4, 1, pipe_read.get(), KVM_IOEVENTFD_FLAG_DATAMATCH);
+            CHECK(machine.vm().ioctl(KVM_IOEVENTFD, reinterpret_cast<unsigned long>(&not_eventfd)) == -1);
+
+            // The doorbell's write signals without an exit: the first exit is the next write.
+            REQUIRE(vcpu.handle->ioctl(KVM_RUN, 0) == 0);
+            REQUIRE(vcpu.run->exit_reason == KVM_EXIT_MMIO);
+            CHECK(vcpu.run->mmio.phys_addr == k_notify);
+            CHECK(vcpu.run->mmio.len == 4);
+            CHECK(vcpu.run->mmio.is_write == 1);
+            uint32_t written = 0;
+            std::memcpy(&written, vcpu.run->mmio.data, 4);
+            CHECK(written == 7);
+            CHECK(take_count(mmio_bell.get()) == 1);
+            REQUIRE(vcpu.handle->ioctl(KVM_RUN, 0) == 0);
+            REQUIRE(vcpu.run->exit_reason == KVM_EXIT_MMIO);
+            CHECK(vcpu.run->mmio.len == 2);
+            run_expect_io(vcpu, 0x86, KVM_EXIT_IO_OUT);  // the port doorbell did not exit either
+            CHECK(take_count(port_bell.get()) == 1);
+            CHECK(take_count(mmio_bell.get()) == 0);
+
+            // Removed, the doorbell's write exits again; removing it twice is ENOENT.
+            auto removal = mmio;
+            removal.flags |= KVM_IOEVENTFD_FLAG_DEASSIGN;
+            REQUIRE(machine.vm().ioctl(KVM_IOEVENTFD, reinterpret_cast<unsigned long>(&removal)) == 0);
+            CHECK(machine.vm().ioctl(KVM_IOEVENTFD, reinterpret_cast<unsigned long>(&removal)) == -1);
+            CHECK(errno == ENOENT);
+            REQUIRE(vcpu.handle->ioctl(KVM_RUN, 0) == 0);
+            REQUIRE(vcpu.run->exit_reason == KVM_EXIT_MMIO);
+            std::memcpy(&written, vcpu.run->mmio.data, 4);
+            CHECK(written == 1);
+            CHECK(take_count(mmio_bell.get()) == 0);
         }
     }
 }

@@ -1187,3 +1187,69 @@ TEST_CASE("receive offloads: a backlogged frame keeps its header through a check
     CHECK(rig.bytes_at(0x40000, k_hdr) == rx_header());
     CHECK(tcp_checksum_ok(rig.bytes_at(0x40000 + k_hdr, frame.size())));
 }
+
+TEST_CASE("doorbells: a rung transmit queue reaches the sink from the transport's thread; rung while quiesced, at resume") {
+    TestDoorbells bells;  // outlives the transport
+    Rig rig;
+    REQUIRE(rig.transport->use_doorbells(bells));
+    CHECK(rig.transport->has_doorbells());
+    CHECK(bells.connected.size() == 2);  // receive and transmit queue
+    NetDriver driver(rig);
+    driver.start();
+    auto a = make_frame(100, 1), b = make_frame(200, 2), c = make_frame(300, 3);
+
+    driver.send(0, 0x30000, a, false);
+    bells.ring(1);
+    REQUIRE(wait_under_lock(*rig.transport, [&] { return rig.sent.size() == 1; }));
+    CHECK(rig.sent == std::vector<Frame>{a});
+    CHECK(driver.get_used(driver.tx) == Used{0, 0});
+
+    // Quiesced (a checkpoint's pause): the ring is taken, the device not touched until resume.
+    rig.transport->quiesce();
+    driver.send(1, 0x31000, b, false);
+    auto before = rig.snapshot();
+    bells.ring(1);
+    REQUIRE(bells.taken(1));
+    {
+        auto lock = rig.transport->lock();  // the thread's turn, if it is in one, ends first
+        CHECK(rig.sent.size() == 1);
+        CHECK(unchanged_outside(rig, before, {}));
+    }
+    rig.transport->resume();
+    CHECK(rig.sent == std::vector<Frame>{a, b});
+    CHECK(driver.get_used(driver.tx) == Used{1, 0});
+
+    // A notification as an MMIO write (what the doorbell does not take) still works.
+    driver.send(2, 0x32000, c);
+    CHECK(rig.sent == std::vector<Frame>{a, b, c});
+
+    rig.transport.reset();  // stops the thread and disconnects every doorbell
+    CHECK(bells.connected.empty());
+    CHECK(bells.disconnects == 2);
+}
+
+TEST_CASE("doorbells: one that cannot be connected leaves none, and the transport on MMIO notifications") {
+    TestDoorbells bells;
+    bells.refuse = 1;
+    Rig rig;
+    auto refused = rig.transport->use_doorbells(bells);
+    REQUIRE(!refused);
+    CHECK_THAT(refused.error().message(), Catch::Contains("virtio-net@") && Catch::Contains("queue 1") &&
+                                              Catch::Contains("refused by the test"));
+    CHECK(bells.connected.empty());
+    CHECK(bells.disconnects == 1);  // queue 0's, connected first
+    CHECK(!rig.transport->has_doorbells());
+    NetDriver driver(rig);
+    driver.start();
+    auto a = make_frame(100, 1);
+    driver.send(0, 0x30000, a);
+    CHECK(rig.sent == std::vector<Frame>{a});
+
+    TestDoorbells second;
+    REQUIRE(rig.transport->use_doorbells(second));
+    auto again = rig.transport->use_doorbells(second);
+    REQUIRE(!again);
+    CHECK_THAT(again.error().message(), Catch::Contains("already"));
+    rig.transport.reset();
+    CHECK(second.connected.empty());
+}
