@@ -35,11 +35,13 @@ sanitize() {
      ctest --output-on-failure --timeout 900 -j"${TEST_JOBS:-1}" -R "$s_tests")
 }
 
-# The threads of the engines and the daemons: the engine tests and the loopback pair test.
+# The threads of the engines, the virtio devices (doorbell threads, a tap's reader) and the
+# daemons: the engine and virtio tests and the loopback pair test.
 thread_sanitizer() {
-  echo "tests: engine tests and the loopback pair test again with -fsanitize=thread"
-  sanitize thread "${SANITIZE_BUILD_DIR:-$top/build-tsan}" "/tests/(unit/engine|integration/pair)$" \
-    '^(engine_test|pair_test)$' engine_test pair_test colod-primary colod-secondary coloctl
+  echo "tests: engine and virtio tests and the loopback pair test again with -fsanitize=thread"
+  sanitize thread "${SANITIZE_BUILD_DIR:-$top/build-tsan}" "/tests/(unit/engine|unit/virtio|integration/pair)$" \
+    '^(engine_test|virtio_test|virtio_net_test|virtio_blk_test|pair_test)$' engine_test virtio_test virtio_net_test \
+    virtio_blk_test pair_test colod-primary colod-secondary coloctl
 }
 
 # Step 4: the sanitizer builds and their tests.
@@ -60,12 +62,13 @@ sanitizer_steps() {
       ;;
   esac
 
-  # CI also runs the engine tests under ThreadSanitizer (about 3.5 minutes here). The loopback
-  # pair test under it too (COLOD_SANITIZERS=thread) takes CI to about 28 of its 30 minutes, too
-  # close to run on every change.
+  # CI also runs the engine and virtio tests under ThreadSanitizer (about 4 minutes here). The
+  # loopback pair test under it too (COLOD_SANITIZERS=thread) takes CI to about 28 of its 30
+  # minutes, too close to run on every change.
   if [ "${CI:-}" = true ] && [ "$sanitizers" != thread ] && [ "${COLOD_CI_TSAN:-1}" = 1 ]; then
-    echo "tests: engine tests again with -fsanitize=thread"
-    sanitize thread "$top/build-tsan" "/tests/unit/engine$" '^engine_test$' engine_test
+    echo "tests: engine and virtio tests again with -fsanitize=thread"
+    sanitize thread "$top/build-tsan" "/tests/unit/(engine|virtio)$" \
+      '^(engine_test|virtio_test|virtio_net_test|virtio_blk_test)$' engine_test virtio_test virtio_net_test virtio_blk_test
   fi
 }
 
