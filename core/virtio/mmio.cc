@@ -88,41 +88,36 @@ MmioTransport::~MmioTransport() {
         uint64_t one = 1;
         (void)!::write(m_bell_stop.get(), &one, sizeof(one));
         m_bell_thread.join();
-        disconnect_doorbells();
+        for (uint32_t i = 0; i < m_bells.size(); ++i)
+            m_wiring->disconnect(m_base + QUEUE_NOTIFY, i, m_bells[i].get());
     }
 }
 
 base::Result<void> MmioTransport::use_doorbells(DoorbellWiring& wiring) {
-    if (m_bell_thread.joinable() || !m_bells.empty())
+    if (m_bell_thread.joinable())
         return base::Error::make(base::Errc::Invalid, "{}: doorbells already in use", m_name);
-    m_wiring = &wiring;
-    auto make_eventfd = [&]() -> base::Result<base::Fd> {
+    std::vector<base::Fd> bells;  // one per queue, then the thread's stop
+    for (size_t i = 0; i <= m_queues.size(); ++i) {
         base::Fd fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
         if (!fd)
             return base::Error::from_errno(fmt::format("{}: eventfd", m_name));
-        return fd;
-    };
-    m_bell_stop = TRY(make_eventfd());
+        bells.push_back(std::move(fd));
+    }
+    const uint64_t notify = m_base + QUEUE_NOTIFY;
     for (uint32_t i = 0; i < m_queues.size(); ++i) {
-        auto fd = make_eventfd();
-        base::Result<void> connected = fd ? wiring.connect(m_base + QUEUE_NOTIFY, i, fd->get())
-                                          : base::Result<void>(fd.error());
-        if (!connected) {
-            disconnect_doorbells();
-            m_bells.clear();
-            m_bell_stop.reset();
+        if (auto connected = wiring.connect(notify, i, bells[i].get()); !connected) {
+            for (uint32_t j = 0; j < i; ++j)
+                wiring.disconnect(notify, j, bells[j].get());
             return std::move(connected).error().context(fmt::format("{} queue {}", m_name, i));
         }
-        m_bells.push_back(std::move(fd).value());
     }
+    m_wiring = &wiring;
+    m_bell_stop = std::move(bells.back());
+    bells.pop_back();
+    m_bells = std::move(bells);
     m_bell_thread_name = fmt::format("bell-{}", m_device->type_name()).substr(0, 15);
     m_bell_thread = base::named_thread(m_bell_thread_name.c_str(), [this] { ring_loop(); });
     return base::ok();
-}
-
-void MmioTransport::disconnect_doorbells() {
-    for (size_t i = 0; i < m_bells.size(); ++i)
-        m_wiring->disconnect(m_base + QUEUE_NOTIFY, static_cast<uint32_t>(i), m_bells[i].get());
 }
 
 void MmioTransport::ring_loop() {

@@ -106,7 +106,6 @@ private:
     // The driver notified queue `index` (lock held): to the model, if the queue runs.
     void notify_queue(uint32_t index);
     void ring_loop();
-    void disconnect_doorbells();
 
     const std::unique_ptr<VirtioDevice> m_device;
     const uint64_t m_base;
